@@ -1,0 +1,88 @@
+//! Where repository objects live. The trait offers only what an S3 bucket
+//! offers too (DESIGN.md invariant 1): create-once put, whole or ranged get,
+//! list by kind, delete. No rename, no append, no update in place.
+//!
+//! Durability contract: when `put` returns `Ok`, the object is durable under
+//! its final name with exactly the given bytes; when it returns `Err`, no
+//! object with partial content exists under that name. `list` either
+//! returns every object of a kind or an error, never a partial list
+//! presented as complete (restic#4612).
+
+pub mod local;
+pub mod memory;
+
+use crate::error::Result;
+
+/// The object kinds, each under a fixed name or prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FileKind {
+    Config,
+    Key,
+    Pack,
+    Index,
+    Snapshot,
+    Lock,
+}
+
+impl FileKind {
+    /// The directory (prefix) of the kind; `config` is a single object.
+    pub fn dir(&self) -> &'static str {
+        match self {
+            FileKind::Config => "",
+            FileKind::Key => "keys",
+            FileKind::Pack => "packs",
+            FileKind::Index => "index",
+            FileKind::Snapshot => "snapshots",
+            FileKind::Lock => "locks",
+        }
+    }
+
+    /// The object's path inside the repository. Packs are spread over 256
+    /// subdirectories by their first byte so no directory grows huge.
+    pub fn path(&self, name: &str) -> String {
+        match self {
+            FileKind::Config => "config".to_string(),
+            FileKind::Pack if name.len() >= 2 => format!("packs/{}/{name}", &name[..2]),
+            _ => format!("{}/{name}", self.dir()),
+        }
+    }
+}
+
+/// A repository store.
+pub trait Backend: Send + Sync {
+    /// Human-readable location, for messages.
+    fn location(&self) -> String;
+    /// Store a new object. Putting an existing name is allowed only with
+    /// identical bytes (content-addressed names make retries idempotent).
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// Read a whole object.
+    fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
+    /// Read `len` bytes at `offset`; a short object is an error.
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Every object of a kind, with its size.
+    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// The size of one object.
+    fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
+    /// Delete an object; deleting a missing object is not an error.
+    fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+}
+
+/// Run the same contract checks against any backend (ARCHITECTURE.md habit 3).
+#[cfg(test)]
+pub fn conformance(b: &dyn Backend) {
+    use crate::error::Error;
+    assert!(b.list(FileKind::Pack).unwrap().is_empty());
+    assert!(matches!(b.get(FileKind::Snapshot, "aa"), Err(Error::NotFound { .. })));
+    b.put(FileKind::Pack, "abcd", b"hello world").unwrap();
+    b.put(FileKind::Pack, "abcd", b"hello world").unwrap();
+    b.put(FileKind::Config, "config", b"cfg").unwrap();
+    assert_eq!(b.get(FileKind::Pack, "abcd").unwrap(), b"hello world");
+    assert_eq!(b.get_range(FileKind::Pack, "abcd", 6, 5).unwrap(), b"world");
+    assert!(b.get_range(FileKind::Pack, "abcd", 6, 6).is_err());
+    assert_eq!(b.size(FileKind::Pack, "abcd").unwrap(), 11);
+    assert_eq!(b.list(FileKind::Pack).unwrap(), vec![("abcd".to_string(), 11)]);
+    assert_eq!(b.get(FileKind::Config, "config").unwrap(), b"cfg");
+    b.delete(FileKind::Pack, "abcd").unwrap();
+    b.delete(FileKind::Pack, "abcd").unwrap();
+    assert!(b.list(FileKind::Pack).unwrap().is_empty());
+}

@@ -1,0 +1,40 @@
+//! What a blob is, and the two roles the operations need from a repository:
+//! read a blob ([`BlobSource`]) and store one ([`BlobSink`]). The archiver
+//! and restorer depend on these traits, not on the concrete repository, so
+//! their tests need no repository at all (ARCHITECTURE.md habit 4).
+
+use crate::error::Result;
+use crate::id::BlobId;
+
+/// What a blob holds; recorded in pack trailers and bound into its AAD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum BlobKind {
+    Data = 1,
+    Tree = 2,
+}
+
+impl BlobKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(BlobKind::Data),
+            2 => Some(BlobKind::Tree),
+            _ => None,
+        }
+    }
+}
+
+/// Reads blobs by id; every returned blob has been authenticated and its id
+/// re-hashed.
+pub trait BlobSource: Sync {
+    fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>>;
+}
+
+/// Stores blobs, deduplicating against what the repository already holds.
+pub trait BlobSink: Sync {
+    /// The id `data` would be stored under.
+    fn blob_id(&self, data: &[u8]) -> BlobId;
+    /// Store `data` unless a blob with `id` is already stored or queued.
+    /// Returns the number of bytes added to the repository (0 when deduplicated).
+    fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;
+}

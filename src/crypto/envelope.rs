@@ -1,0 +1,121 @@
+//! The AEAD envelope (repo-format/README.md, "Envelope"):
+//!
+//! ```text
+//! nonce[24] || ciphertext[n] || tag[16]      XChaCha20-Poly1305, random nonce
+//! ```
+//!
+//! This is the only file that names `chacha20poly1305`. Random 192-bit
+//! nonces make reuse negligible without any counter state, which matters
+//! because packs are written by many threads and many processes.
+
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+
+pub const NONCE_LEN: usize = 24;
+pub const TAG_LEN: usize = 16;
+/// Bytes an envelope adds to its plaintext.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// Fill `buf` from the operating system's CSPRNG. A machine that cannot
+/// provide randomness cannot encrypt safely, so this is fatal.
+pub fn random_bytes(buf: &mut [u8]) {
+    if let Err(e) = getrandom::fill(buf) {
+        // No fallback is safe: a predictable nonce or key is worse than stopping.
+        panic!("the operating system's random number generator failed: {e}");
+    }
+}
+
+/// Encrypt `plaintext` under `key`, binding `aad`.
+pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
+    let mut nonce = [0u8; NONCE_LEN];
+    random_bytes(&mut nonce);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(plaintext);
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+        .unwrap_or_else(|_| unreachable_len());
+    out.extend_from_slice(&tag);
+    out
+}
+
+/// XChaCha20-Poly1305 only refuses messages over 256 GiB; every caller is
+/// capped far below that.
+fn unreachable_len() -> Tag {
+    panic!("AEAD message length limit exceeded")
+}
+
+/// Why an envelope did not open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenError {
+    /// Shorter than nonce + tag.
+    Truncated(usize),
+    /// Authentication failed: wrong key, wrong place, or altered bytes.
+    Authentication,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Truncated(n) => write!(
+                f,
+                "{n} bytes is shorter than the {OVERHEAD}-byte encryption envelope (empty or truncated)"
+            ),
+            OpenError::Authentication => {
+                f.write_str("authentication failed (altered, truncated or moved ciphertext)")
+            }
+        }
+    }
+}
+
+/// Decrypt and authenticate; no plaintext is released unless the tag checks.
+pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    if sealed.len() < OVERHEAD {
+        return Err(OpenError::Truncated(sealed.len()));
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let mut buf = ct.to_vec();
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    cipher
+        .decrypt_in_place_detached(
+            XNonce::from_slice(nonce),
+            aad,
+            &mut buf,
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| OpenError::Authentication)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let key = [7u8; 32];
+        let sealed = seal(&key, b"aad", b"secret");
+        assert_eq!(sealed.len(), 6 + OVERHEAD);
+        assert_eq!(open(&key, b"aad", &sealed).unwrap(), b"secret");
+        assert_eq!(open(&key, b"other", &sealed), Err(OpenError::Authentication));
+        assert_eq!(open(&[8u8; 32], b"aad", &sealed), Err(OpenError::Authentication));
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 1;
+            assert!(open(&key, b"aad", &bad).is_err(), "flip at {i} undetected");
+        }
+        assert_eq!(open(&key, b"aad", &sealed[..10]), Err(OpenError::Truncated(10)));
+        assert!(open(&key, b"aad", &sealed[..sealed.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn nonces_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..100_000 {
+            let s = seal(&[1u8; 32], b"", b"");
+            assert!(seen.insert(s[..NONCE_LEN].to_vec()));
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! Key slots and key files (repo-format/README.md, "Key slots").
+//!
+//! A key slot is the object `keys/<key id>`:
+//!
+//! ```text
+//! magic "cofferK1"[8]
+//! kind u8                       1 = passphrase, 2 = key file
+//! argon2_memory_kib u32         passphrase slots only; 0 for key files
+//! argon2_iterations u32
+//! argon2_lanes u32
+//! salt[16]
+//! wrapped_len u32 || wrapped    envelope(master key[32]) under the KEK,
+//!                               aad = repo || KeyWrap || key id
+//! meta_len u32 || meta          envelope(slot metadata) under the master
+//!                               metadata key, aad = repo || KeyMeta || key id
+//! ```
+//!
+//! KEK: Argon2id(passphrase, salt, params) for passphrase slots;
+//! keyed-BLAKE3(key = secret, salt) for key-file slots (the secret is
+//! already 256 random bits, so no stretching is needed).
+//! KDF parameters are bounded before the KDF runs (RELIABILITY.md H-2).
+
+use super::envelope::{self, OpenError};
+use super::{AadKind, KeySet, MasterKey, aad};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::id::{KeyId, RepoId};
+use zeroize::{Zeroize, Zeroizing};
+
+pub const SLOT_MAGIC: &[u8; 8] = b"cofferK1";
+pub const SALT_LEN: usize = 16;
+
+/// Upper bounds on KDF parameters read from a slot: 4 GiB of memory and
+/// 64 passes would make opening a hostile slot a denial of service.
+pub const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
+pub const MAX_ITERATIONS: u32 = 64;
+pub const MAX_LANES: u32 = 16;
+
+/// Argon2id parameters recorded in a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub lanes: u32,
+}
+
+impl Default for KdfParams {
+    /// 64 MiB, 3 passes, 1 lane: about 0.2 s on this project's 2-core
+    /// reference machine (repo-format/SECURITY.md).
+    fn default() -> Self {
+        Self {
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            lanes: 1,
+        }
+    }
+}
+
+impl KdfParams {
+    fn check(&self) -> Result<(), String> {
+        if self.memory_kib < 8 * self.lanes.max(1)
+            || self.memory_kib > MAX_MEMORY_KIB
+            || self.iterations == 0
+            || self.iterations > MAX_ITERATIONS
+            || self.lanes == 0
+            || self.lanes > MAX_LANES
+        {
+            return Err(format!(
+                "Argon2id parameters out of bounds (memory {} KiB, {} passes, {} lanes)",
+                self.memory_kib, self.iterations, self.lanes
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SlotKind {
+    Passphrase = 1,
+    KeyFile = 2,
+}
+
+/// Descriptive metadata of a slot, readable by anyone holding the master key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotMeta {
+    pub created_unix_ns: i64,
+    pub hostname: String,
+    pub username: String,
+}
+
+/// A decoded (still locked) key slot.
+#[derive(Clone, Debug)]
+pub struct KeySlot {
+    pub kind: SlotKind,
+    pub kdf: KdfParams,
+    pub salt: [u8; SALT_LEN],
+    pub wrapped: Vec<u8>,
+    pub meta_sealed: Vec<u8>,
+}
+
+/// A secret that unlocks a slot.
+pub enum Unlock<'a> {
+    Passphrase(&'a [u8]),
+    KeyFile(&'a [u8; 32]),
+}
+
+fn kek(slot_kind: SlotKind, kdf: &KdfParams, salt: &[u8; SALT_LEN], secret: &Unlock) -> Option<Zeroizing<[u8; 32]>> {
+    let mut out = Zeroizing::new([0u8; 32]);
+    match (slot_kind, secret) {
+        (SlotKind::Passphrase, Unlock::Passphrase(p)) => {
+            let params = argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.lanes, Some(32)).ok()?;
+            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            a.hash_password_into(p, salt, &mut out[..]).ok()?;
+        }
+        (SlotKind::KeyFile, Unlock::KeyFile(s)) => {
+            out.copy_from_slice(blake3::keyed_hash(s, salt).as_bytes());
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+impl KeySlot {
+    /// Create a slot wrapping `master` for `secret`.
+    pub fn create(
+        repo: &RepoId,
+        id: &KeyId,
+        master: &MasterKey,
+        keys: &KeySet,
+        secret: &Unlock,
+        kdf: KdfParams,
+        meta: &SlotMeta,
+    ) -> KeySlot {
+        let kind = match secret {
+            Unlock::Passphrase(_) => SlotKind::Passphrase,
+            Unlock::KeyFile(_) => SlotKind::KeyFile,
+        };
+        let kdf = if kind == SlotKind::KeyFile {
+            KdfParams { memory_kib: 0, iterations: 0, lanes: 0 }
+        } else {
+            kdf
+        };
+        let mut salt = [0u8; SALT_LEN];
+        envelope::random_bytes(&mut salt);
+        let kek = kek(kind, &kdf, &salt, secret).unwrap_or_else(|| Zeroizing::new([0; 32]));
+        let wrapped = envelope::seal(&kek, &aad(repo, AadKind::KeyWrap, &id.0), &master.0);
+        let mut w = Writer::new();
+        w.i64(meta.created_unix_ns);
+        w.str(&meta.hostname);
+        w.str(&meta.username);
+        let meta_sealed = envelope::seal(&keys.meta, &aad(repo, AadKind::KeyMeta, &id.0), &w.finish());
+        KeySlot { kind, kdf, salt, wrapped, meta_sealed }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(SLOT_MAGIC);
+        w.u8(self.kind as u8);
+        w.u32(self.kdf.memory_kib);
+        w.u32(self.kdf.iterations);
+        w.u32(self.kdf.lanes);
+        w.raw(&self.salt);
+        w.bytes(&self.wrapped);
+        w.bytes(&self.meta_sealed);
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<KeySlot, DecodeError> {
+        let mut r = Reader::new(bytes);
+        if r.take(8)? != SLOT_MAGIC {
+            return Err(DecodeError("not a coffer key slot (bad magic)".into()));
+        }
+        let kind = match r.u8()? {
+            1 => SlotKind::Passphrase,
+            2 => SlotKind::KeyFile,
+            k => return Err(DecodeError(format!("unknown key slot kind {k}"))),
+        };
+        let kdf = KdfParams {
+            memory_kib: r.u32()?,
+            iterations: r.u32()?,
+            lanes: r.u32()?,
+        };
+        if kind == SlotKind::Passphrase {
+            kdf.check().map_err(DecodeError)?;
+        }
+        let salt = r.array::<SALT_LEN>()?;
+        let wrapped = r.bytes(32 + envelope::OVERHEAD, "wrapped key")?.to_vec();
+        if wrapped.len() != 32 + envelope::OVERHEAD {
+            return Err(DecodeError("wrapped key has the wrong length".into()));
+        }
+        let meta_sealed = r.bytes(64 * 1024, "slot metadata")?.to_vec();
+        r.finish()?;
+        Ok(KeySlot { kind, kdf, salt, wrapped, meta_sealed })
+    }
+
+    /// Try to unwrap the master key. `None`: this secret does not open this slot.
+    pub fn unlock(&self, repo: &RepoId, id: &KeyId, secret: &Unlock) -> Option<MasterKey> {
+        let kek = kek(self.kind, &self.kdf, &self.salt, secret)?;
+        let mut plain = envelope::open(&kek, &aad(repo, AadKind::KeyWrap, &id.0), &self.wrapped).ok()?;
+        let mut k = [0u8; 32];
+        if plain.len() != 32 {
+            plain.zeroize();
+            return None;
+        }
+        k.copy_from_slice(&plain);
+        plain.zeroize();
+        Some(MasterKey(k))
+    }
+
+    /// Read the slot's metadata with the repository's keys.
+    pub fn meta(&self, repo: &RepoId, id: &KeyId, keys: &KeySet) -> Result<SlotMeta, String> {
+        let plain = envelope::open(&keys.meta, &aad(repo, AadKind::KeyMeta, &id.0), &self.meta_sealed)
+            .map_err(|e: OpenError| e.to_string())?;
+        let mut r = Reader::new(&plain);
+        let m = (|| -> Result<SlotMeta, DecodeError> {
+            let created_unix_ns = r.i64()?;
+            let hostname = r.string(1024, "hostname")?;
+            let username = r.string(1024, "username")?;
+            Ok(SlotMeta { created_unix_ns, hostname, username })
+        })()
+        .map_err(|e| e.0)?;
+        r.finish().map_err(|e| e.0)?;
+        Ok(m)
+    }
+}
+
+/// The text of a key file a user keeps:
+///
+/// ```text
+/// coffer key file v1
+/// repository <repo id hex>
+/// secret <64 hex digits>
+/// ```
+pub struct KeyFileSecret {
+    pub repo: RepoId,
+    pub secret: Zeroizing<[u8; 32]>,
+}
+
+impl KeyFileSecret {
+    pub fn generate(repo: RepoId) -> Self {
+        let mut s = Zeroizing::new([0u8; 32]);
+        envelope::random_bytes(&mut s[..]);
+        KeyFileSecret { repo, secret: s }
+    }
+
+    pub fn to_text(&self) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "coffer key file v1\nrepository {}\nsecret {}\n",
+            self.repo.to_hex(),
+            hex::encode(&self.secret[..])
+        ))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+        if lines.next() != Some("coffer key file v1") {
+            return Err("not a coffer key file (first line must be `coffer key file v1`)".into());
+        }
+        let mut repo = None;
+        let mut secret = None;
+        for l in lines {
+            match l.split_once(' ') {
+                Some(("repository", v)) => repo = RepoId::from_hex(v.trim()),
+                Some(("secret", v)) => {
+                    let mut s = Zeroizing::new([0u8; 32]);
+                    if hex::decode_to_slice(v.trim(), &mut s[..]).is_ok() {
+                        secret = Some(s);
+                    }
+                }
+                _ => return Err("unexpected line in key file".into()),
+            }
+        }
+        match (repo, secret) {
+            (Some(repo), Some(secret)) => Ok(KeyFileSecret { repo, secret }),
+            _ => Err("key file lacks a valid `repository` or `secret` line".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weak() -> KdfParams {
+        KdfParams { memory_kib: 64, iterations: 1, lanes: 1 }
+    }
+
+    fn meta() -> SlotMeta {
+        SlotMeta { created_unix_ns: 5, hostname: "h".into(), username: "u".into() }
+    }
+
+    #[test]
+    fn passphrase_slot_round_trip() {
+        let repo = RepoId([1; 32]);
+        let id = KeyId([2; 32]);
+        let master = MasterKey([9; 32]);
+        let keys = KeySet::derive(&master);
+        let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::Passphrase(b"pw"), weak(), &meta());
+        let back = KeySlot::decode(&slot.encode()).unwrap();
+        assert_eq!(back.unlock(&repo, &id, &Unlock::Passphrase(b"pw")).unwrap().0, master.0);
+        assert!(back.unlock(&repo, &id, &Unlock::Passphrase(b"wrong")).is_none());
+        assert!(back.unlock(&repo, &KeyId([3; 32]), &Unlock::Passphrase(b"pw")).is_none());
+        assert_eq!(back.meta(&repo, &id, &keys).unwrap(), meta());
+    }
+
+    #[test]
+    fn key_file_slot_and_text() {
+        let repo = RepoId([1; 32]);
+        let id = KeyId([2; 32]);
+        let master = MasterKey([9; 32]);
+        let keys = KeySet::derive(&master);
+        let kf = KeyFileSecret::generate(repo);
+        let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::KeyFile(&kf.secret), weak(), &meta());
+        let parsed = KeyFileSecret::parse(&kf.to_text()).unwrap();
+        assert_eq!(parsed.repo, repo);
+        let got = slot.unlock(&repo, &id, &Unlock::KeyFile(&parsed.secret)).unwrap();
+        assert_eq!(got.0, master.0);
+        assert!(slot.unlock(&repo, &id, &Unlock::Passphrase(b"x")).is_none());
+        assert!(KeyFileSecret::parse("hello").is_err());
+    }
+
+    #[test]
+    fn hostile_kdf_params_rejected_before_kdf() {
+        let repo = RepoId([1; 32]);
+        let id = KeyId([2; 32]);
+        let master = MasterKey([9; 32]);
+        let keys = KeySet::derive(&master);
+        let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::Passphrase(b"pw"), weak(), &meta());
+        let mut bytes = slot.encode();
+        bytes[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(KeySlot::decode(&bytes).is_err());
+        let mut bytes = slot.encode();
+        bytes[13..17].copy_from_slice(&0u32.to_le_bytes());
+        assert!(KeySlot::decode(&bytes).is_err());
+        let good = slot.encode();
+        for n in 0..good.len() {
+            assert!(KeySlot::decode(&good[..n]).is_err());
+        }
+    }
+}

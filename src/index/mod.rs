@@ -1,0 +1,354 @@
+//! The repository index, queried through a local SQLite cache
+//! (DESIGN.md invariant 4).
+//!
+//! The source of truth is the set of index segments in the repository; the
+//! SQLite file is a cache of their union, stamped with the repository id,
+//! the format version and the exact set of segments it holds. [`Index::sync`]
+//! compares that set with a fresh listing: new segments are added, and if
+//! any cached segment has disappeared (a prune replaced it) the cache is
+//! rebuilt, so a cache that says "already stored" never outlives a prune
+//! (RELIABILITY.md §0.9). Each segment is added in one transaction, so a
+//! kill mid-update leaves the cache at the previous consistent state.
+//!
+//! Lookups are indexed B-tree queries: memory stays at SQLite's page cache
+//! however large the repository grows.
+
+pub mod schema;
+pub mod segment;
+
+use crate::blob::BlobKind;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId, RepoId, SegmentId};
+use crate::pack::PackEntry;
+use rusqlite::{Connection, OptionalExtension, params};
+use segment::Segment;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    pub pack: PackId,
+    pub entry: PackEntry,
+}
+
+pub struct Index {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+}
+
+fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Cache {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+impl Index {
+    /// Open (or create) the cache at `path` for repository `repo`. A file
+    /// that is corrupt, from another repository or another schema is
+    /// discarded and rebuilt.
+    pub fn open(path: &Path, repo: &RepoId, format_version: u32) -> Result<Index> {
+        match Self::try_open(path, repo, format_version) {
+            Ok(i) => Ok(i),
+            Err(_) => {
+                // The cache is disposable: start over from an empty file.
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(p));
+                }
+                Self::try_open(path, repo, format_version)
+            }
+        }
+    }
+
+    /// An index held only in memory (tests, benchmarks, one-off tools).
+    pub fn in_memory(repo: &RepoId, format_version: u32) -> Result<Index> {
+        let conn = Connection::open_in_memory().map_err(|e| cache_err(Path::new(":memory:"), e))?;
+        Self::init(conn, Path::new(":memory:"), repo, format_version)
+    }
+
+    fn try_open(path: &Path, repo: &RepoId, format_version: u32) -> Result<Index> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| cache_err(path, e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| cache_err(path, e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(60))
+            .map_err(|e| cache_err(path, e))?;
+        // WAL: readers never block the writer; NORMAL sync is enough for a
+        // cache that is rebuilt when it disagrees with the repository.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(|e| cache_err(path, e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| cache_err(path, e))?;
+        let ok: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| cache_err(path, e))?;
+        if ok != "ok" {
+            return Err(cache_err(path, format!("integrity check: {ok}")));
+        }
+        Self::init(conn, path, repo, format_version)
+    }
+
+    fn init(conn: Connection, path: &Path, repo: &RepoId, format_version: u32) -> Result<Index> {
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| cache_err(path, e))?;
+        if version != 0 && version != schema::SCHEMA_VERSION {
+            conn.execute_batch(schema::DROP).map_err(|e| cache_err(path, e))?;
+        }
+        conn.execute_batch(schema::CREATE).map_err(|e| cache_err(path, e))?;
+        conn.pragma_update(None, "user_version", schema::SCHEMA_VERSION)
+            .map_err(|e| cache_err(path, e))?;
+        let idx = Index {
+            conn: Mutex::new(conn),
+            path: path.to_path_buf(),
+        };
+        let stamp = format!("{}:{}", repo.to_hex(), format_version);
+        let current: Option<Vec<u8>> = idx
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key='stamp'", [], |r| r.get(0))
+            .optional()
+            .map_err(|e| cache_err(path, e))?;
+        if current.as_deref() != Some(stamp.as_bytes()) {
+            idx.clear()?;
+            idx.conn()
+                .execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('stamp', ?1)",
+                    params![stamp.as_bytes()],
+                )
+                .map_err(|e| cache_err(path, e))?;
+        }
+        Ok(idx)
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // SQLite keeps its own consistency; a poisoned guard still holds a
+        // usable connection.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> Error {
+        cache_err(&self.path, e)
+    }
+
+    /// Forget everything (the stamp stays).
+    pub fn clear(&self) -> Result<()> {
+        self.conn()
+            .execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM segments;")
+            .map_err(|e| self.err(e))
+    }
+
+    /// The segments the cache was built from.
+    pub fn segments(&self) -> Result<HashSet<SegmentId>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id FROM segments").map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = HashSet::new();
+        for r in rows {
+            let b = r.map_err(|e| self.err(e))?;
+            out.insert(SegmentId::from_slice(&b).ok_or_else(|| self.err("bad segment id"))?);
+        }
+        Ok(out)
+    }
+
+    /// Bring the cache in line with the listed segments. `load` fetches and
+    /// decrypts one segment. Returns true when a full rebuild happened.
+    pub fn sync(
+        &self,
+        listed: &[SegmentId],
+        load: impl Fn(&SegmentId) -> Result<Segment>,
+    ) -> Result<bool> {
+        let have = self.segments()?;
+        let want: HashSet<SegmentId> = listed.iter().copied().collect();
+        let rebuild = !have.is_subset(&want);
+        if rebuild {
+            self.clear()?;
+        }
+        let have = if rebuild { HashSet::new() } else { have };
+        for id in listed {
+            if !have.contains(id) {
+                let seg = load(id)?;
+                self.add_segment(id, &seg)?;
+            }
+        }
+        Ok(rebuild)
+    }
+
+    /// Add one segment's packs and blobs, atomically.
+    pub fn add_segment(&self, id: &SegmentId, seg: &Segment) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut ins_pack = tx
+                .prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")
+                .map_err(|e| self.err(e))?;
+            let mut get_pid = tx
+                .prepare_cached("SELECT pid FROM packs WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            let mut ins_blob = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| self.err(e))?;
+            for p in &seg.packs {
+                ins_pack
+                    .execute(params![&p.id.0[..], p.size as i64])
+                    .map_err(|e| self.err(e))?;
+                let pid: i64 = get_pid
+                    .query_row(params![&p.id.0[..]], |r| r.get(0))
+                    .map_err(|e| self.err(e))?;
+                for e in &p.entries {
+                    ins_blob
+                        .execute(params![
+                            &e.id.0[..],
+                            pid,
+                            e.kind as u8,
+                            e.offset,
+                            e.length,
+                            e.raw_length
+                        ])
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            tx.execute("INSERT OR IGNORE INTO segments (id) VALUES (?1)", params![&id.0[..]])
+                .map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Where a blob is stored (any one copy).
+    pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(
+                "SELECT p.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1 LIMIT 1",
+            )
+            .map_err(|e| self.err(e))?;
+        let row = st
+            .query_row(params![&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((pack, kind, offset, length, raw_length)) = row else {
+            return Ok(None);
+        };
+        let pack = PackId::from_slice(&pack).ok_or_else(|| self.err("bad pack id"))?;
+        let kind = BlobKind::from_u8(kind).ok_or_else(|| self.err("bad blob kind"))?;
+        Ok(Some(BlobLocation {
+            pack,
+            entry: PackEntry {
+                kind,
+                id: *id,
+                offset,
+                length,
+                raw_length,
+            },
+        }))
+    }
+
+    pub fn contains(&self, id: &BlobId) -> Result<bool> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached("SELECT 1 FROM blobs WHERE id = ?1 LIMIT 1")
+            .map_err(|e| self.err(e))?;
+        st.exists(params![&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Every indexed pack and its recorded size.
+    pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id, size FROM packs ORDER BY id").map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, size) = r.map_err(|e| self.err(e))?;
+            out.push((PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?, size as u64));
+        }
+        Ok(out)
+    }
+
+    /// (blob count, pack count).
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let c = self.conn();
+        let blobs: i64 = c
+            .query_row("SELECT COUNT(*) FROM blobs", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        let packs: i64 = c
+            .query_row("SELECT COUNT(*) FROM packs", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok((blobs as u64, packs as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use segment::IndexedPack;
+
+    fn seg(pack: u8, blobs: &[u8]) -> Segment {
+        let mut off = 0;
+        let entries = blobs
+            .iter()
+            .map(|&b| {
+                let e = PackEntry { kind: BlobKind::Data, id: BlobId([b; 32]), offset: off, length: 100, raw_length: 90 };
+                off += 100;
+                e
+            })
+            .collect();
+        Segment { packs: vec![IndexedPack { id: PackId([pack; 32]), size: off as u64 + 200, entries }] }
+    }
+
+    #[test]
+    fn sync_adds_and_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let repo = RepoId([1; 32]);
+        let idx = Index::open(&path, &repo, 1).unwrap();
+        let s1 = SegmentId([1; 32]);
+        let s2 = SegmentId([2; 32]);
+        let load = |id: &SegmentId| Ok(if id.0[0] == 1 { seg(10, &[1, 2]) } else { seg(11, &[3]) });
+        assert!(!idx.sync(&[s1], load).unwrap());
+        assert!(idx.contains(&BlobId([1; 32])).unwrap());
+        assert!(!idx.contains(&BlobId([3; 32])).unwrap());
+        let loc = idx.lookup(&BlobId([2; 32])).unwrap().unwrap();
+        assert_eq!(loc.pack, PackId([10; 32]));
+        assert_eq!(loc.entry.offset, 100);
+        assert!(!idx.sync(&[s1, s2], load).unwrap());
+        assert!(idx.contains(&BlobId([3; 32])).unwrap());
+        // s1 disappeared (prune): the cache must forget its blobs.
+        assert!(idx.sync(&[s2], load).unwrap());
+        assert!(!idx.contains(&BlobId([1; 32])).unwrap());
+        assert!(idx.contains(&BlobId([3; 32])).unwrap());
+        drop(idx);
+        // Reopening keeps the content; another repository id wipes it.
+        let idx = Index::open(&path, &repo, 1).unwrap();
+        assert!(idx.contains(&BlobId([3; 32])).unwrap());
+        drop(idx);
+        let idx = Index::open(&path, &RepoId([2; 32]), 1).unwrap();
+        assert!(!idx.contains(&BlobId([3; 32])).unwrap());
+        assert!(idx.segments().unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_cache_file_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        std::fs::write(&path, b"this is not a database at all, just junk bytes").unwrap();
+        let idx = Index::open(&path, &RepoId([1; 32]), 1).unwrap();
+        assert_eq!(idx.counts().unwrap(), (0, 0));
+    }
+}

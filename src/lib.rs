@@ -1,0 +1,31 @@
+//! coffer: a content-addressed, deduplicating, encrypted backup engine.
+//!
+//! Layers, lowest first; a module imports only from layers below it
+//! (`../shared/DESIGN.md`, `repo-format/README.md` for the bytes):
+//!
+//! ```text
+//! L6  cli (binary only)
+//! L5  archiver  restorer                         user files in and out
+//! L4  repository                                 config, keys, blob store, snapshots
+//! L3  backend  index                             object store; SQLite index cache
+//! L2  pack  snapshot                             byte encodings of stored records
+//! L1  chunking  crypto  compression              pure primitives
+//! L0  id  error  codec  blob                     shared vocabulary
+//! ```
+
+pub mod archiver;
+pub mod backend;
+pub mod blob;
+pub mod chunking;
+pub mod codec;
+pub mod compression;
+pub mod crypto;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod pack;
+pub mod repository;
+pub mod restorer;
+pub mod snapshot;
+
+pub use error::{Error, Result};

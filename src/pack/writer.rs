@@ -1,0 +1,85 @@
+//! Builds a pack in memory: append sealed blobs, then seal the trailer.
+//! Layout in [`super`].
+
+use super::{ENTRY_LEN, PackEntry, SealedBlob, TRAILER_MAGIC};
+use crate::codec::Writer;
+use crate::crypto::{AadKind, KeySet, aad, envelope};
+use crate::id::{PackId, RepoId, content_hash};
+
+/// A pack being filled.
+#[derive(Default)]
+pub struct PackWriter {
+    buf: Vec<u8>,
+    entries: Vec<PackEntry>,
+}
+
+/// A finished pack: its name, bytes and the blobs it holds.
+pub struct FinishedPack {
+    pub id: PackId,
+    pub bytes: Vec<u8>,
+    pub entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> &[PackEntry] {
+        &self.entries
+    }
+
+    pub fn add(&mut self, blob: SealedBlob) {
+        let offset = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
+        self.entries.push(PackEntry {
+            kind: blob.kind,
+            id: blob.id,
+            offset,
+            length: u32::try_from(blob.bytes.len()).unwrap_or(u32::MAX),
+            raw_length: blob.raw_length,
+        });
+        self.buf.extend_from_slice(&blob.bytes);
+    }
+
+    /// Seal the trailer and name the pack.
+    pub fn finish(mut self, keys: &KeySet, repo: &RepoId) -> FinishedPack {
+        let trailer = encode_trailer(&self.entries);
+        let sealed = envelope::seal(&keys.data, &aad(repo, AadKind::PackTrailer, &[0; 32]), &trailer);
+        self.buf.extend_from_slice(&sealed);
+        self.buf
+            .extend_from_slice(&u32::try_from(sealed.len()).unwrap_or(u32::MAX).to_le_bytes());
+        FinishedPack {
+            id: PackId(content_hash(&self.buf)),
+            bytes: self.buf,
+            entries: self.entries,
+        }
+    }
+}
+
+/// The trailer plaintext (also used by index segments for their entry lists).
+pub fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.buf.reserve(12 + entries.len() * ENTRY_LEN);
+    w.raw(TRAILER_MAGIC);
+    w.u32(entries.len() as u32);
+    for e in entries {
+        encode_entry(&mut w, e);
+    }
+    w.finish()
+}
+
+pub fn encode_entry(w: &mut Writer, e: &PackEntry) {
+    w.u8(e.kind as u8);
+    w.raw(e.id.as_bytes());
+    w.u32(e.offset);
+    w.u32(e.length);
+    w.u32(e.raw_length);
+}

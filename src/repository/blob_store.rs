@@ -1,0 +1,283 @@
+//! Storing blobs during a backup: dedup check → compress → seal → pack →
+//! verify → upload → index, with a flush barrier at the end.
+//!
+//! Workers call [`BlobStore::store_blob`] from many threads: the dedup
+//! check and the sealing run in the caller's thread, appending to the open
+//! pack takes a short lock. Full packs go through a bounded channel to one
+//! uploader thread, which re-opens every blob of the pack (so memory or
+//! compressor faults are caught before anything is uploaded: restic#4529),
+//! puts the pack, and every [`CHECKPOINT_BLOBS`] blobs writes an index
+//! segment and adds it to the SQLite cache. Memory is bounded by the
+//! channel: at most two packs wait for upload.
+//!
+//! Ordering (DESIGN.md invariant 5): a blob is in a segment only after its
+//! pack is durable, and [`BlobStore::finish`] returns only after the last
+//! segment is durable, so the caller may then write the snapshot.
+
+use super::Repository;
+use crate::backend::FileKind;
+use crate::blob::{BlobKind, BlobSink};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, SegmentId};
+use crate::index::segment::{IndexedPack, Segment};
+use crate::pack::writer::{FinishedPack, PackWriter};
+use crate::pack::{open_blob, reader::parse_pack, seal_blob};
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// Blobs per index segment written during a backup: bounds the memory of
+/// not-yet-indexed ids and the work lost to a crash.
+pub const CHECKPOINT_BLOBS: usize = 100_000;
+
+/// What a backup added to the repository.
+#[derive(Clone, Debug, Default)]
+pub struct StoreStats {
+    pub blobs_added: u64,
+    /// Plaintext bytes of new blobs.
+    pub raw_bytes_added: u64,
+    /// Bytes of new blobs as stored (compressed and encrypted).
+    pub stored_bytes_added: u64,
+    pub packs_written: u64,
+    pub segments: Vec<SegmentId>,
+}
+
+struct Shared {
+    repo: Arc<Repository>,
+    /// Ids queued or uploaded but not yet in the SQLite index.
+    pending: Mutex<HashSet<BlobId>>,
+    /// The first repository error; once set every call fails with it.
+    failed: Mutex<Option<String>>,
+    blobs_added: AtomicU64,
+    raw_added: AtomicU64,
+    stored_added: AtomicU64,
+}
+
+pub struct BlobStore {
+    shared: Arc<Shared>,
+    writers: Mutex<[PackWriter; 2]>,
+    tx: Option<Sender<FinishedPack>>,
+    uploader: Option<JoinHandle<Result<(u64, Vec<SegmentId>)>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BlobStore {
+    pub fn new(repo: Arc<Repository>) -> Result<BlobStore> {
+        // Load the index before workers start: every dedup check needs it.
+        repo.index()?;
+        let shared = Arc::new(Shared {
+            repo,
+            pending: Mutex::new(HashSet::new()),
+            failed: Mutex::new(None),
+            blobs_added: AtomicU64::new(0),
+            raw_added: AtomicU64::new(0),
+            stored_added: AtomicU64::new(0),
+        });
+        let (tx, rx) = bounded::<FinishedPack>(2);
+        let s2 = shared.clone();
+        let uploader = std::thread::Builder::new()
+            .name("coffer-upload".into())
+            .spawn(move || upload_loop(&s2, rx))
+            .map_err(|e| Error::Usage(format!("cannot start the upload thread: {e}")))?;
+        Ok(BlobStore {
+            shared,
+            writers: Mutex::new([PackWriter::new(), PackWriter::new()]),
+            tx: Some(tx),
+            uploader: Some(uploader),
+        })
+    }
+
+    pub fn repository(&self) -> &Arc<Repository> {
+        &self.shared.repo
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match lock(&self.shared.failed).as_ref() {
+            Some(msg) => Err(Error::Usage(format!("backup aborted after a repository error: {msg}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Is this blob already stored or queued? Claims it if not.
+    fn claim(&self, id: &BlobId) -> Result<bool> {
+        {
+            let mut p = lock(&self.shared.pending);
+            if p.contains(id) {
+                return Ok(false);
+            }
+            // Checked under the pending lock: the uploader removes ids from
+            // `pending` only after they are in SQLite, so no id is missed
+            // in between.
+            if self.shared.repo.index()?.contains(id)? {
+                return Ok(false);
+            }
+            p.insert(*id);
+        }
+        Ok(true)
+    }
+
+    fn send(&self, pack: PackWriter) -> Result<()> {
+        let finished = pack.finish(self.shared.repo.keys(), self.shared.repo.id());
+        match &self.tx {
+            Some(tx) => tx.send(finished).map_err(|_| {
+                let msg = lock(&self.shared.failed).clone().unwrap_or_else(|| "upload thread stopped".into());
+                Error::Usage(format!("backup aborted after a repository error: {msg}"))
+            }),
+            None => Err(Error::Usage("blob store already finished".into())),
+        }
+    }
+
+    /// Seal and pack the last blobs, wait for every upload, write the last
+    /// index segment. After `Ok`, everything stored is durable and indexed.
+    pub fn finish(mut self) -> Result<StoreStats> {
+        let packs: Vec<PackWriter> = {
+            let mut w = lock(&self.writers);
+            w.iter_mut().map(std::mem::take).collect()
+        };
+        let mut send_err = None;
+        for p in packs.into_iter().filter(|p| !p.is_empty()) {
+            if let Err(e) = self.send(p) {
+                send_err = Some(e);
+                break;
+            }
+        }
+        drop(self.tx.take());
+        let joined = match self.uploader.take().map(|h| h.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err(Error::Usage("the upload thread panicked".into())),
+            None => Err(Error::Usage("blob store already finished".into())),
+        };
+        let (packs_written, segments) = joined?;
+        if let Some(e) = send_err {
+            return Err(e);
+        }
+        Ok(StoreStats {
+            blobs_added: self.shared.blobs_added.load(Ordering::Relaxed),
+            raw_bytes_added: self.shared.raw_added.load(Ordering::Relaxed),
+            stored_bytes_added: self.shared.stored_added.load(Ordering::Relaxed),
+            packs_written,
+            segments,
+        })
+    }
+}
+
+impl Drop for BlobStore {
+    fn drop(&mut self) {
+        // An abandoned store (the backup failed) still stops its thread.
+        drop(self.tx.take());
+        if let Some(h) = self.uploader.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl BlobSink for BlobStore {
+    fn blob_id(&self, data: &[u8]) -> BlobId {
+        self.shared.repo.keys().blob_id(data)
+    }
+
+    fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
+        self.check_failed()?;
+        if !self.claim(&id)? {
+            return Ok(0);
+        }
+        let repo = &self.shared.repo;
+        let sealed = seal_blob(repo.keys(), repo.id(), kind, id, data, repo.config().zstd_level);
+        let stored = sealed.bytes.len() as u64;
+        self.shared.blobs_added.fetch_add(1, Ordering::Relaxed);
+        self.shared.raw_added.fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.shared.stored_added.fetch_add(stored, Ordering::Relaxed);
+        let full = {
+            let mut w = lock(&self.writers);
+            let slot = &mut w[(kind == BlobKind::Tree) as usize];
+            slot.add(sealed);
+            if slot.len() >= repo.config().pack_size as usize {
+                Some(std::mem::take(slot))
+            } else {
+                None
+            }
+        };
+        if let Some(p) = full {
+            self.send(p)?;
+        }
+        Ok(stored)
+    }
+}
+
+/// Re-open every blob of a sealed pack before it leaves the process.
+fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
+    let name = FileKind::Pack.path(&p.id.to_hex());
+    let entries = parse_pack(repo.keys(), repo.id(), &p.bytes)
+        .map_err(|e| Error::corrupt(format!("{name} (before upload)"), e))?;
+    if entries != p.entries {
+        return Err(Error::corrupt(format!("{name} (before upload)"), "trailer does not match the blobs written"));
+    }
+    entries.par_iter().try_for_each(|e| {
+        let s = &p.bytes[e.offset as usize..(e.offset + e.length) as usize];
+        open_blob(repo.keys(), repo.id(), e, s)
+            .map(|_| ())
+            .map_err(|err| Error::corrupt(format!("{name} (before upload)"), err))
+    })
+}
+
+fn upload_loop(shared: &Shared, rx: Receiver<FinishedPack>) -> Result<(u64, Vec<SegmentId>)> {
+    let repo = &shared.repo;
+    let mut unindexed = Segment::default();
+    let mut unindexed_blobs = 0usize;
+    let mut segments = Vec::new();
+    let mut packs = 0u64;
+    let fail = |e: Error| -> Error {
+        lock(&shared.failed).get_or_insert_with(|| e.to_string());
+        e
+    };
+    let flush = |seg: &mut Segment, segments: &mut Vec<SegmentId>| -> Result<()> {
+        if seg.packs.is_empty() {
+            return Ok(());
+        }
+        let id = repo.save_segment(seg)?;
+        repo.index()?.add_segment(&id, seg)?;
+        let mut p = lock(&shared.pending);
+        for e in seg.packs.iter().flat_map(|p| &p.entries) {
+            p.remove(&e.id);
+        }
+        segments.push(id);
+        *seg = Segment::default();
+        Ok(())
+    };
+    for pack in rx.iter() {
+        let step = || -> Result<()> {
+            verify_pack(repo, &pack)?;
+            repo.backend().put(FileKind::Pack, &pack.id.to_hex(), &pack.bytes)?;
+            Ok(())
+        };
+        if let Err(e) = step() {
+            // Drain so senders are not blocked, then report.
+            let e = fail(e);
+            for _ in rx.iter() {}
+            return Err(e);
+        }
+        packs += 1;
+        unindexed_blobs += pack.entries.len();
+        unindexed.packs.push(IndexedPack {
+            id: pack.id,
+            size: pack.bytes.len() as u64,
+            entries: pack.entries,
+        });
+        if unindexed_blobs >= CHECKPOINT_BLOBS {
+            if let Err(e) = flush(&mut unindexed, &mut segments) {
+                let e = fail(e);
+                for _ in rx.iter() {}
+                return Err(e);
+            }
+            unindexed_blobs = 0;
+        }
+    }
+    flush(&mut unindexed, &mut segments).map_err(fail)?;
+    Ok((packs, segments))
+}

@@ -1,0 +1,431 @@
+//! The repository: config, keys, blob reads, snapshots and index segments
+//! over any [`Backend`]. Everything above this layer goes through it or
+//! through the role traits it implements.
+//!
+//! Opening reads the plaintext config header (format version and repository
+//! id), unwraps the master key from a key slot, then decrypts the config
+//! body. The index is loaded lazily: listing snapshots does not pay for it.
+
+pub mod blob_store;
+pub mod config;
+
+use crate::backend::{Backend, FileKind};
+use crate::blob::{BlobKind, BlobSource};
+use crate::chunking::Chunker;
+use crate::crypto::key_file::{KdfParams, KeyFileSecret, KeySlot, SlotKind, SlotMeta, Unlock};
+use crate::crypto::{AadKind, KeySet, MasterKey, aad, envelope};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, KeyId, RepoId, SegmentId, SnapshotId, content_hash};
+use crate::index::Index;
+use crate::index::segment::Segment;
+use crate::snapshot::Snapshot;
+use config::{Config, FORMAT_VERSION};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use zeroize::Zeroizing;
+
+/// The secret a user opens a repository with.
+pub enum Secret {
+    Passphrase(Zeroizing<Vec<u8>>),
+    KeyFile(KeyFileSecret),
+}
+
+/// How `init` protects the new master key.
+pub enum InitSecret {
+    Passphrase(Zeroizing<Vec<u8>>),
+    /// Generate a key file; `init` returns it for the caller to save.
+    NewKeyFile,
+}
+
+/// Most passphrase slots tried when opening: each costs one Argon2id run, so
+/// a repository with a thousand slots cannot stall every command (H-4).
+const MAX_PASSPHRASE_SLOTS: usize = 32;
+
+pub struct Repository {
+    backend: Arc<dyn Backend>,
+    repo_id: RepoId,
+    keys: KeySet,
+    config: Config,
+    key_id: KeyId,
+    cache_root: Option<PathBuf>,
+    index: OnceLock<Index>,
+}
+
+/// Who is writing, for key slot metadata and snapshots.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into a buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Repository {
+    /// Create a repository. Key slot first, config last: a repository
+    /// exists exactly when its config does, so an interrupted `init` leaves
+    /// nothing a later command would accept (RELIABILITY.md A7).
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        secret: InitSecret,
+        mut config: Config,
+        kdf: KdfParams,
+    ) -> Result<(Repository, Option<KeyFileSecret>)> {
+        config.validate().map_err(Error::Usage)?;
+        match backend.get(FileKind::Config, "config") {
+            Ok(_) => return Err(Error::AlreadyExists { path: backend.location().into() }),
+            Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        if !backend.list(FileKind::Key)?.is_empty() || !backend.list(FileKind::Pack)?.is_empty() {
+            return Err(Error::Usage(format!(
+                "{} holds key or pack objects but no config (an interrupted init or a damaged repository): remove it or choose another location",
+                backend.location()
+            )));
+        }
+        if config.created_ns == 0 {
+            config.created_ns = now_ns();
+        }
+        let mut rid = [0u8; 32];
+        envelope::random_bytes(&mut rid);
+        let repo_id = RepoId(rid);
+        let master = MasterKey::generate();
+        let keys = KeySet::derive(&master);
+        let key_file = match &secret {
+            InitSecret::NewKeyFile => Some(KeyFileSecret::generate(repo_id)),
+            InitSecret::Passphrase(_) => None,
+        };
+        let unlock = match (&secret, &key_file) {
+            (InitSecret::Passphrase(p), _) => Unlock::Passphrase(p),
+            (InitSecret::NewKeyFile, Some(kf)) => Unlock::KeyFile(&kf.secret),
+            (InitSecret::NewKeyFile, None) => unreachable!("key file generated above"),
+        };
+        let key_id = add_slot(backend.as_ref(), &repo_id, &master, &keys, &unlock, kdf)?;
+        backend.put(FileKind::Config, "config", &config.encode(&repo_id, &keys))?;
+        let repo = Repository {
+            backend,
+            repo_id,
+            keys,
+            config,
+            key_id,
+            cache_root: None,
+            index: OnceLock::new(),
+        };
+        Ok((repo, key_file))
+    }
+
+    /// Open with a passphrase or key file.
+    pub fn open(backend: Arc<dyn Backend>, secret: &Secret) -> Result<Repository> {
+        let raw = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NotARepository { path: backend.location().into() });
+            }
+            Err(e) => return Err(e),
+        };
+        let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
+        if header.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion { found: header.version, supported: FORMAT_VERSION });
+        }
+        let repo_id = header.repo;
+        if let Secret::KeyFile(kf) = secret {
+            if kf.repo != repo_id {
+                return Err(Error::Usage(format!(
+                    "the key file belongs to repository {}, not to {} ({})",
+                    kf.repo.short(),
+                    repo_id.short(),
+                    backend.location()
+                )));
+            }
+        }
+        let (master, key_id) = unlock_master(backend.as_ref(), &repo_id, secret)?;
+        let keys = KeySet::derive(&master);
+        let config = config::decode_body(&header, &keys).map_err(|e| Error::corrupt("config", e))?;
+        Ok(Repository {
+            backend,
+            repo_id,
+            keys,
+            config,
+            key_id,
+            cache_root: None,
+            index: OnceLock::new(),
+        })
+    }
+
+    /// Keep the index cache under `root/<repository id>/`; without this the
+    /// index lives in memory for the life of the process.
+    pub fn with_cache_dir(mut self, root: Option<PathBuf>) -> Self {
+        self.cache_root = root;
+        self
+    }
+
+    pub fn id(&self) -> &RepoId {
+        &self.repo_id
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    pub fn keys(&self) -> &KeySet {
+        &self.keys
+    }
+    pub fn key_id(&self) -> &KeyId {
+        &self.key_id
+    }
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+    pub fn chunker(&self) -> Chunker {
+        Chunker::new(self.config.chunker, self.keys.chunker_seed())
+    }
+
+    /// Path of the SQLite index cache, if it is on disk.
+    pub fn cache_path(&self) -> Option<PathBuf> {
+        self.cache_root
+            .as_ref()
+            .map(|r| r.join(self.repo_id.to_hex()).join("index.sqlite"))
+    }
+
+    /// The index, synced with the repository's segments on first use.
+    pub fn index(&self) -> Result<&Index> {
+        if let Some(i) = self.index.get() {
+            return Ok(i);
+        }
+        let idx = match self.cache_path() {
+            Some(p) => Index::open(&p, &self.repo_id, FORMAT_VERSION)?,
+            None => Index::in_memory(&self.repo_id, FORMAT_VERSION)?,
+        };
+        self.sync_index(&idx)?;
+        Ok(self.index.get_or_init(|| idx))
+    }
+
+    fn sync_index(&self, idx: &Index) -> Result<()> {
+        let listed: Vec<SegmentId> = self
+            .backend
+            .list(FileKind::Index)?
+            .into_iter()
+            .filter_map(|(n, _)| SegmentId::from_hex(&n))
+            .collect();
+        idx.sync(&listed, |id| self.load_segment(id))?;
+        Ok(())
+    }
+
+    /// Re-list the segments and bring the loaded index up to date.
+    pub fn refresh_index(&self) -> Result<()> {
+        match self.index.get() {
+            Some(i) => self.sync_index(i),
+            None => self.index().map(|_| ()),
+        }
+    }
+
+    /// Seal `plain` and store it under the hash of the sealed bytes.
+    fn save_named(&self, kind: FileKind, key: &[u8; 32], aad_kind: AadKind, plain: &[u8]) -> Result<[u8; 32]> {
+        let sealed = envelope::seal(key, &aad(&self.repo_id, aad_kind, &[0; 32]), plain);
+        let name = content_hash(&sealed);
+        self.backend.put(kind, &hex::encode(name), &sealed)?;
+        Ok(name)
+    }
+
+    /// Load an object named by its hash: check the name, then open it.
+    fn load_named(&self, kind: FileKind, name: &[u8; 32], key: &[u8; 32], aad_kind: AadKind) -> Result<Vec<u8>> {
+        let hexname = hex::encode(name);
+        let obj = kind.path(&hexname);
+        let sealed = self.backend.get(kind, &hexname)?;
+        if sealed.len() < envelope::OVERHEAD {
+            return Err(Error::corrupt(obj, format!("only {} bytes (empty or truncated)", sealed.len())));
+        }
+        if &content_hash(&sealed) != name {
+            return Err(Error::corrupt(obj, "content does not match its name (damaged or swapped)"));
+        }
+        envelope::open(key, &aad(&self.repo_id, aad_kind, &[0; 32]), &sealed)
+            .map_err(|e| Error::corrupt(obj, e.to_string()))
+    }
+
+    pub fn save_segment(&self, seg: &Segment) -> Result<SegmentId> {
+        let key = self.keys.index;
+        self.save_named(FileKind::Index, &key, AadKind::IndexSegment, &seg.encode())
+            .map(SegmentId)
+    }
+
+    pub fn load_segment(&self, id: &SegmentId) -> Result<Segment> {
+        let key = self.keys.index;
+        let plain = self.load_named(FileKind::Index, &id.0, &key, AadKind::IndexSegment)?;
+        Segment::decode(&plain).map_err(|e| Error::corrupt(FileKind::Index.path(&id.to_hex()), e.0))
+    }
+
+    pub fn save_snapshot(&self, snap: &Snapshot) -> Result<SnapshotId> {
+        let key = self.keys.snapshot;
+        self.save_named(FileKind::Snapshot, &key, AadKind::Snapshot, &snap.encode())
+            .map(SnapshotId)
+    }
+
+    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+        let key = self.keys.snapshot;
+        let plain = self.load_named(FileKind::Snapshot, &id.0, &key, AadKind::Snapshot)?;
+        Snapshot::decode(&plain).map_err(|e| Error::corrupt(FileKind::Snapshot.path(&id.to_hex()), e.0))
+    }
+
+    /// Every snapshot, oldest first. A damaged snapshot is an error naming it.
+    pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let ids: Vec<SnapshotId> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .filter_map(|(n, _)| SnapshotId::from_hex(&n))
+            .collect();
+        let mut out: Vec<(SnapshotId, Snapshot)> = ids
+            .par_iter()
+            .map(|id| self.load_snapshot(id).map(|s| (*id, s)))
+            .collect::<Result<_>>()?;
+        out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+        Ok(out)
+    }
+
+    /// Resolve `latest` or a unique id prefix.
+    pub fn resolve_snapshot(&self, reference: &str) -> Result<(SnapshotId, Snapshot)> {
+        if reference == "latest" {
+            return self
+                .list_snapshots()?
+                .pop()
+                .ok_or_else(|| Error::SnapshotRef("the repository has no snapshots yet".into()));
+        }
+        let r = reference.to_ascii_lowercase();
+        if r.is_empty() || !r.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotRef(format!(
+                "{reference:?} is not a snapshot id: give `latest` or a hex id prefix"
+            )));
+        }
+        let matches: Vec<SnapshotId> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(&r))
+            .filter_map(|(n, _)| SnapshotId::from_hex(&n))
+            .collect();
+        match matches.as_slice() {
+            [id] => Ok((*id, self.load_snapshot(id)?)),
+            [] => Err(Error::SnapshotRef(format!("no snapshot matches {reference:?}: run `coffer snapshots`"))),
+            _ => Err(Error::SnapshotRef(format!(
+                "{reference:?} matches {} snapshots: give more digits",
+                matches.len()
+            ))),
+        }
+    }
+
+    /// Read one blob, locating it through the index.
+    pub fn read_blob_checked(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        let loc = self
+            .index()?
+            .lookup(id)?
+            .ok_or_else(|| Error::BlobMissing { id: id.to_hex() })?;
+        if loc.entry.kind != kind {
+            return Err(Error::corrupt(
+                FileKind::Pack.path(&loc.pack.to_hex()),
+                format!("blob {id} is indexed as {:?}, expected {kind:?}", loc.entry.kind),
+            ));
+        }
+        let name = loc.pack.to_hex();
+        let sealed = self
+            .backend
+            .get_range(FileKind::Pack, &name, loc.entry.offset as u64, loc.entry.length as usize)?;
+        crate::pack::open_blob(&self.keys, &self.repo_id, &loc.entry, &sealed)
+            .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))
+    }
+
+    /// Metadata of every key slot (id, kind, metadata or the reason it is unreadable).
+    pub fn list_keys(&self) -> Result<Vec<(KeyId, Option<SlotKind>, Result<SlotMeta, String>)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(FileKind::Key)? {
+            let Some(id) = KeyId::from_hex(&name) else { continue };
+            match self.backend.get(FileKind::Key, &name).map(|b| KeySlot::decode(&b)) {
+                Ok(Ok(slot)) => out.push((id, Some(slot.kind), slot.meta(&self.repo_id, &id, &self.keys))),
+                Ok(Err(e)) => out.push((id, None, Err(e.0))),
+                Err(e) => out.push((id, None, Err(e.to_string()))),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl BlobSource for Repository {
+    fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        self.read_blob_checked(kind, id)
+    }
+}
+
+/// Write a new key slot for `unlock`; returns its id.
+fn add_slot(
+    backend: &dyn Backend,
+    repo: &RepoId,
+    master: &MasterKey,
+    keys: &KeySet,
+    unlock: &Unlock,
+    kdf: KdfParams,
+) -> Result<KeyId> {
+    let mut kid = [0u8; 32];
+    envelope::random_bytes(&mut kid);
+    let key_id = KeyId(kid);
+    let meta = SlotMeta {
+        created_unix_ns: now_ns(),
+        hostname: hostname(),
+        username: username(),
+    };
+    let slot = KeySlot::create(repo, &key_id, master, keys, unlock, kdf, &meta);
+    backend.put(FileKind::Key, &key_id.to_hex(), &slot.encode())?;
+    Ok(key_id)
+}
+
+fn unlock_master(backend: &dyn Backend, repo: &RepoId, secret: &Secret) -> Result<(MasterKey, KeyId)> {
+    let want = match secret {
+        Secret::Passphrase(_) => SlotKind::Passphrase,
+        Secret::KeyFile(_) => SlotKind::KeyFile,
+    };
+    let unlock = match secret {
+        Secret::Passphrase(p) => Unlock::Passphrase(p),
+        Secret::KeyFile(k) => Unlock::KeyFile(&k.secret),
+    };
+    let mut tried = 0;
+    for (name, _) in backend.list(FileKind::Key)? {
+        let Some(id) = KeyId::from_hex(&name) else { continue };
+        // An unreadable or malformed slot must not lock out the others (H-3).
+        let Ok(bytes) = backend.get(FileKind::Key, &name) else { continue };
+        let Ok(slot) = KeySlot::decode(&bytes) else { continue };
+        if slot.kind != want {
+            continue;
+        }
+        if want == SlotKind::Passphrase {
+            tried += 1;
+            if tried > MAX_PASSPHRASE_SLOTS {
+                break;
+            }
+        }
+        if let Some(m) = slot.unlock(repo, &id, &unlock) {
+            return Ok((m, id));
+        }
+    }
+    Err(Error::WrongPassword { repo: backend.location() })
+}
+
+/// Default location of the SQLite cache root: `$XDG_CACHE_HOME/coffer` or
+/// `~/.cache/coffer`.
+pub fn default_cache_root() -> Option<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Some(Path::new(&x).join("coffer"));
+    }
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("coffer"))
+}

@@ -1,0 +1,341 @@
+//! Trees: one per directory, nodes sorted by name (repo-format/README.md,
+//! "Trees"). The encoding is canonical: the same directory state always
+//! yields the same bytes, so an unchanged directory keeps its tree id and
+//! is stored once.
+//!
+//! ```text
+//! tree := "cofferT1"[8] || count u32 || node*count     (names strictly ascending, bytewise)
+//! node := name bytes || kind u8 || mode u32 || uid u32 || gid u32
+//!         || user str || group str || mtime_ns i64 || ctime_ns i64 || size u64
+//!         || inode u64 || device u64 || links u64 || rdev u64 || flags u32
+//!         || link_target bytes || xattr_count u32 || (name bytes || value bytes)*
+//!         || content_count u32 || blob id[32]* || has_subtree u8 || [subtree id[32]]
+//! ```
+//! `bytes`/`str` are `u32 length || bytes`. Atime is not stored: it changes
+//! on every read and would make every tree new each night.
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::id::BlobId;
+
+pub const TREE_MAGIC: &[u8; 8] = b"cofferT1";
+pub const MAX_NAME: usize = 4096;
+pub const MAX_LINK_TARGET: usize = 64 * 1024;
+pub const MAX_XATTRS: usize = 4096;
+pub const MAX_XATTR_VALUE: usize = 1024 * 1024;
+/// Flag: the file changed while it was read; content is what was read.
+pub const FLAG_CHANGED_DURING_READ: u32 = 1;
+/// Flag: the file could not be read completely; content is incomplete.
+pub const FLAG_INCOMPLETE: u32 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NodeKind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    Fifo = 4,
+    CharDevice = 5,
+    BlockDevice = 6,
+    Socket = 7,
+}
+
+impl NodeKind {
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => NodeKind::File,
+            2 => NodeKind::Dir,
+            3 => NodeKind::Symlink,
+            4 => NodeKind::Fifo,
+            5 => NodeKind::CharDevice,
+            6 => NodeKind::BlockDevice,
+            7 => NodeKind::Socket,
+            _ => return None,
+        })
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeKind::File => "file",
+            NodeKind::Dir => "dir",
+            NodeKind::Symlink => "symlink",
+            NodeKind::Fifo => "fifo",
+            NodeKind::CharDevice => "chardev",
+            NodeKind::BlockDevice => "blockdev",
+            NodeKind::Socket => "socket",
+        }
+    }
+}
+
+/// One directory entry and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: Vec<u8>,
+    pub kind: NodeKind,
+    /// Permission bits including setuid/setgid/sticky (`st_mode & 0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub user: String,
+    pub group: String,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub size: u64,
+    pub inode: u64,
+    pub device: u64,
+    pub links: u64,
+    pub rdev: u64,
+    pub flags: u32,
+    pub link_target: Vec<u8>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub content: Vec<BlobId>,
+    pub subtree: Option<BlobId>,
+}
+
+impl Node {
+    pub fn new(name: Vec<u8>, kind: NodeKind) -> Self {
+        Node {
+            name,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            user: String::new(),
+            group: String::new(),
+            mtime_ns: 0,
+            ctime_ns: 0,
+            size: 0,
+            inode: 0,
+            device: 0,
+            links: 0,
+            rdev: 0,
+            flags: 0,
+            link_target: Vec::new(),
+            xattrs: Vec::new(),
+            content: Vec::new(),
+            subtree: None,
+        }
+    }
+}
+
+/// A name is valid when it is one path component: not empty, not `.` or
+/// `..`, without `/` or NUL. One validator serves decode, restore, ls and
+/// check (RELIABILITY.md I1).
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+/// A directory's nodes, sorted by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tree {
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Sort nodes into canonical order before encoding.
+    pub fn sort(&mut self) {
+        self.nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_slice().cmp(name))
+            .ok()
+            .map(|i| &self.nodes[i])
+    }
+
+    /// Canonical bytes. Callers sort first; unsorted input is a bug that
+    /// decode would reject, so it is caught by every round-trip test.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(TREE_MAGIC);
+        w.u32(self.nodes.len() as u32);
+        for n in &self.nodes {
+            w.bytes(&n.name);
+            w.u8(n.kind as u8);
+            w.u32(n.mode);
+            w.u32(n.uid);
+            w.u32(n.gid);
+            w.str(&n.user);
+            w.str(&n.group);
+            w.i64(n.mtime_ns);
+            w.i64(n.ctime_ns);
+            w.u64(n.size);
+            w.u64(n.inode);
+            w.u64(n.device);
+            w.u64(n.links);
+            w.u64(n.rdev);
+            w.u32(n.flags);
+            w.bytes(&n.link_target);
+            w.u32(n.xattrs.len() as u32);
+            for (k, v) in &n.xattrs {
+                w.bytes(k);
+                w.bytes(v);
+            }
+            w.u32(n.content.len() as u32);
+            for id in &n.content {
+                w.raw(id.as_bytes());
+            }
+            match &n.subtree {
+                Some(id) => {
+                    w.u8(1);
+                    w.raw(id.as_bytes());
+                }
+                None => w.u8(0),
+            }
+        }
+        w.finish()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Tree, DecodeError> {
+        let mut r = Reader::new(bytes);
+        if r.take(8)? != TREE_MAGIC {
+            return Err(DecodeError("not a tree (bad magic)".into()));
+        }
+        // The smallest node encodes in well over 100 bytes.
+        let count = r.count(usize::MAX, 100, "tree node")?;
+        let mut nodes: Vec<Node> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let name = r.bytes(MAX_NAME, "name")?.to_vec();
+            if !valid_name(&name) {
+                return Err(DecodeError(format!(
+                    "invalid entry name {:?}",
+                    String::from_utf8_lossy(&name)
+                )));
+            }
+            if let Some(prev) = nodes.last() {
+                if prev.name >= name {
+                    return Err(DecodeError(format!(
+                        "entries not strictly sorted at {:?} (duplicate or out of order)",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+            }
+            let k = r.u8()?;
+            let kind =
+                NodeKind::from_u8(k).ok_or_else(|| DecodeError(format!("unknown node kind {k}")))?;
+            let mut n = Node::new(name, kind);
+            n.mode = r.u32()?;
+            n.uid = r.u32()?;
+            n.gid = r.u32()?;
+            n.user = r.string(1024, "user name")?;
+            n.group = r.string(1024, "group name")?;
+            n.mtime_ns = r.i64()?;
+            n.ctime_ns = r.i64()?;
+            n.size = r.u64()?;
+            n.inode = r.u64()?;
+            n.device = r.u64()?;
+            n.links = r.u64()?;
+            n.rdev = r.u64()?;
+            n.flags = r.u32()?;
+            n.link_target = r.bytes(MAX_LINK_TARGET, "symlink target")?.to_vec();
+            let nx = r.count(MAX_XATTRS, 8, "xattr")?;
+            for _ in 0..nx {
+                let k = r.bytes(MAX_NAME, "xattr name")?.to_vec();
+                let v = r.bytes(MAX_XATTR_VALUE, "xattr value")?.to_vec();
+                n.xattrs.push((k, v));
+            }
+            let nc = r.count(usize::MAX, 32, "content id")?;
+            n.content.reserve(nc);
+            for _ in 0..nc {
+                n.content.push(BlobId(r.array()?));
+            }
+            n.subtree = match r.u8()? {
+                0 => None,
+                1 => Some(BlobId(r.array()?)),
+                v => return Err(DecodeError(format!("bad subtree flag {v}"))),
+            };
+            match kind {
+                NodeKind::Dir if n.subtree.is_none() => {
+                    return Err(DecodeError("directory without subtree".into()));
+                }
+                NodeKind::Dir => {}
+                _ if n.subtree.is_some() => {
+                    return Err(DecodeError("non-directory with a subtree".into()));
+                }
+                NodeKind::File => {}
+                _ if !n.content.is_empty() => {
+                    return Err(DecodeError("non-file with content".into()));
+                }
+                _ => {}
+            }
+            nodes.push(n);
+        }
+        r.finish()?;
+        Ok(Tree { nodes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Tree {
+        let mut f = Node::new(b"a\xffb".to_vec(), NodeKind::File);
+        f.content = vec![BlobId([1; 32]), BlobId([2; 32])];
+        f.xattrs = vec![(b"user.x".to_vec(), b"v".to_vec())];
+        f.mtime_ns = -5;
+        let mut d = Node::new(b"dir".to_vec(), NodeKind::Dir);
+        d.subtree = Some(BlobId([3; 32]));
+        let mut l = Node::new(b"link".to_vec(), NodeKind::Symlink);
+        l.link_target = b"/nowhere".to_vec();
+        Tree { nodes: vec![f, d, l] }
+    }
+
+    #[test]
+    fn round_trip_and_canonical() {
+        let t = sample();
+        let b = t.encode();
+        let back = Tree::decode(&b).unwrap();
+        assert_eq!(back, t);
+        assert_eq!(back.encode(), b);
+        assert!(back.find(b"dir").is_some());
+        assert!(back.find(b"nope").is_none());
+    }
+
+    #[test]
+    fn hostile_trees_rejected() {
+        for bad in [&b".."[..], b".", b"", b"a/b", b"a\0b"] {
+            let mut t = sample();
+            t.nodes[0].name = bad.to_vec();
+            t.sort();
+            assert!(Tree::decode(&t.encode()).is_err(), "{bad:?}");
+        }
+        let mut t = sample();
+        t.nodes[1].name = t.nodes[0].name.clone();
+        assert!(Tree::decode(&t.encode()).is_err());
+        let mut t = sample();
+        t.nodes.swap(0, 2);
+        assert!(Tree::decode(&t.encode()).is_err());
+        let b = sample().encode();
+        for n in 0..b.len() {
+            assert!(Tree::decode(&b[..n]).is_err());
+        }
+        let mut long = b.clone();
+        long.push(0);
+        assert!(Tree::decode(&long).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut input = TREE_MAGIC.to_vec();
+            input.extend(data);
+            let _ = Tree::decode(&input);
+        }
+
+        #[test]
+        fn encode_decode_round_trip(names in proptest::collection::btree_set("[a-z]{1,8}", 0..20), size in any::<u64>(), mtime in any::<i64>()) {
+            let nodes = names.into_iter().map(|n| {
+                let mut node = Node::new(n.into_bytes(), NodeKind::File);
+                node.size = size;
+                node.mtime_ns = mtime;
+                node
+            }).collect();
+            let t = Tree { nodes };
+            let b = t.encode();
+            let back = Tree::decode(&b).unwrap();
+            prop_assert_eq!(&back, &t);
+            prop_assert_eq!(back.encode(), b);
+        }
+    }
+}

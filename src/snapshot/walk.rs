@@ -1,0 +1,101 @@
+//! Depth-first walk over a snapshot's trees through a [`BlobSource`].
+//! Iterative, so a hostile tree nested 10^5 deep cannot overflow the stack
+//! (RELIABILITY.md I9); memory holds one tree per level.
+
+use super::tree::{NodeKind, Tree};
+use crate::blob::{BlobKind, BlobSource};
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+
+/// Load and decode one tree blob, naming it on failure.
+pub fn load_tree(source: &dyn BlobSource, id: &BlobId) -> Result<Tree> {
+    let bytes = source.read_blob(BlobKind::Tree, id)?;
+    Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e.0))
+}
+
+/// What the visitor wants next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Visit {
+    /// Descend into this directory (ignored for non-directories).
+    Descend,
+    /// Do not descend into this directory.
+    Skip,
+}
+
+/// Visit every node under `root` in depth-first, name order. `path` is the
+/// node's path relative to the root, components joined by `/`. A directory
+/// is visited before its children; `leave` is called after them.
+pub fn walk(
+    source: &dyn BlobSource,
+    root: &BlobId,
+    mut visit: impl FnMut(&[u8], &super::tree::Node) -> Result<Visit>,
+    mut leave: impl FnMut(&[u8], &super::tree::Node) -> Result<()>,
+) -> Result<()> {
+    struct Frame {
+        tree: Tree,
+        next: usize,
+        prefix: Vec<u8>,
+        /// The directory node this frame lists, for `leave`.
+        dir: Option<super::tree::Node>,
+    }
+    let mut stack = vec![Frame {
+        tree: load_tree(source, root)?,
+        next: 0,
+        prefix: Vec::new(),
+        dir: None,
+    }];
+    while let Some(top) = stack.last_mut() {
+        if top.next >= top.tree.nodes.len() {
+            let done = stack.pop().unwrap_or_else(|| unreachable!());
+            if let Some(d) = done.dir {
+                // The frame's prefix is the directory's own path plus `/`.
+                let mut dpath = done.prefix;
+                dpath.pop();
+                leave(&dpath, &d)?;
+            }
+            continue;
+        }
+        let node = top.tree.nodes[top.next].clone();
+        top.next += 1;
+        let mut path = top.prefix.clone();
+        path.extend_from_slice(&node.name);
+        let v = visit(&path, &node)?;
+        if node.kind == NodeKind::Dir && v == Visit::Descend {
+            if let Some(sub) = node.subtree {
+                let tree = load_tree(source, &sub)?;
+                path.push(b'/');
+                stack.push(Frame {
+                    tree,
+                    next: 0,
+                    prefix: path,
+                    dir: Some(node),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Find the node at `path` (components separated by `/`, no leading `/`)
+/// below `root`. Returns `None` when a component does not exist.
+pub fn find_path(
+    source: &dyn BlobSource,
+    root: &BlobId,
+    path: &[u8],
+) -> Result<Option<super::tree::Node>> {
+    let mut tree = load_tree(source, root)?;
+    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    for (i, c) in comps.iter().enumerate() {
+        let Some(node) = tree.find(c).cloned() else {
+            return Ok(None);
+        };
+        if i + 1 == comps.len() {
+            return Ok(Some(node));
+        }
+        match (node.kind, node.subtree) {
+            (NodeKind::Dir, Some(sub)) => tree = load_tree(source, &sub)?,
+            _ => return Ok(None),
+        }
+    }
+    Ok(None)
+}
