@@ -22,6 +22,7 @@ pub mod compression;
 pub mod crypto;
 pub mod error;
 pub mod id;
+pub mod progress;
 pub mod index;
 pub mod pack;
 pub mod repository;

@@ -1,1 +1,366 @@
-//! todo
+//! Backup: turn directory trees into a snapshot.
+//!
+//! ```text
+//!  walker thread ──items (ordered, bounded)──────────────────► assembler (caller's thread)
+//!      │                                                          ▲   builds trees bottom-up,
+//!      └──file jobs (bounded)──► file savers (N threads) ─results─┘   stores them, counts
+//!                                  read → FastCDC → BLAKE3 → dedup → zstd → seal  (rayon)
+//!                                  → BlobSink (packs → verify → upload → index)
+//! ```
+//!
+//! The walker emits items in depth-first name order; each file item carries
+//! a one-shot receiver for its result, so files are read in parallel while
+//! trees are assembled in order. Memory is bounded by the two channel
+//! capacities, never by the size of the tree or of any file.
+//!
+//! Errors: a source problem is a [`SourceWarning`] collected in the outcome
+//! (exit 3); any [`Error`] (a repository failure) aborts the run before a
+//! snapshot is written.
+
+pub mod file_saver;
+pub mod metadata;
+pub mod scan;
+
+use crate::blob::{BlobKind, BlobSink, BlobSource};
+use crate::chunking::Chunker;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, SnapshotId};
+use crate::progress::{Progress, SourceWarning};
+use crate::repository::Repository;
+use crate::repository::blob_store::BlobStore;
+use crate::snapshot::Snapshot;
+use crate::snapshot::tree::{Node, Tree};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Items the walker may run ahead of the assembler.
+const ITEM_QUEUE: usize = 8192;
+/// Files waiting for a saver.
+const JOB_QUEUE: usize = 256;
+
+pub struct FileJob {
+    pub path: PathBuf,
+    pub size: u64,
+    pub result: Sender<Result<FileOutcome>>,
+}
+
+/// What a file saver produced for one file.
+#[derive(Default)]
+pub struct FileOutcome {
+    pub content: Vec<BlobId>,
+    /// Bytes read.
+    pub read: u64,
+    /// Stored bytes this file added to the repository.
+    pub added: u64,
+    pub flags: u32,
+    /// Metadata of the open file before it was read.
+    pub stat: Option<std::fs::Metadata>,
+    /// The file was stored, with a problem worth reporting.
+    pub warning: Option<SourceWarning>,
+    /// The file could not be stored at all.
+    pub skipped: Option<SourceWarning>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParentState {
+    New,
+    Changed,
+    Unmodified,
+}
+
+pub enum Item {
+    Enter { node: Node, parent_subtree: Option<BlobId> },
+    Leaf { path: PathBuf, node: Node, outcome: Option<Receiver<Result<FileOutcome>>>, state: ParentState },
+    Leave { flags: u32 },
+}
+
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// Absolute paths to back up.
+    pub paths: Vec<PathBuf>,
+    /// Re-read every file even when the parent says it is unchanged.
+    pub force: bool,
+    /// File saver threads.
+    pub threads: usize,
+}
+
+/// Counters of one backup; stored in the snapshot's summary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub files_new: u64,
+    pub files_changed: u64,
+    pub files_unmodified: u64,
+    pub dirs_new: u64,
+    pub dirs_changed: u64,
+    pub dirs_unmodified: u64,
+    pub total_files: u64,
+    pub total_bytes: u64,
+    pub bytes_read: u64,
+    pub bytes_added: u64,
+    pub warnings: u64,
+    pub duration_ms: u64,
+}
+
+impl Summary {
+    pub fn to_map(&self) -> BTreeMap<String, u64> {
+        let mut m = BTreeMap::new();
+        for (k, v) in [
+            ("files_new", self.files_new),
+            ("files_changed", self.files_changed),
+            ("files_unmodified", self.files_unmodified),
+            ("dirs_new", self.dirs_new),
+            ("dirs_changed", self.dirs_changed),
+            ("dirs_unmodified", self.dirs_unmodified),
+            ("total_files", self.total_files),
+            ("total_bytes", self.total_bytes),
+            ("bytes_read", self.bytes_read),
+            ("bytes_added", self.bytes_added),
+            ("warnings", self.warnings),
+            ("duration_ms", self.duration_ms),
+        ] {
+            m.insert(k.to_string(), v);
+        }
+        m
+    }
+}
+
+pub struct BackupOutcome {
+    pub tree: BlobId,
+    pub summary: Summary,
+    pub warnings: Vec<SourceWarning>,
+}
+
+/// Back up `opts.paths` into `sink`, comparing with the parent snapshot's
+/// tree when given. Returns the root tree id; the caller writes the snapshot.
+pub fn backup(
+    sink: &dyn BlobSink,
+    parent: Option<(&dyn BlobSource, BlobId)>,
+    chunker: &Chunker,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    let start = std::time::Instant::now();
+    for p in &opts.paths {
+        if !p.is_absolute() {
+            return Err(Error::Usage(format!("backup path {} must be absolute", p.display())));
+        }
+    }
+    let trie = scan::PathTrie::new(&opts.paths);
+    let stop = AtomicBool::new(false);
+    let (warn_tx, warn_rx) = unbounded::<SourceWarning>();
+    let mut outcome = std::thread::scope(|s| -> Result<BackupOutcome> {
+        let (item_tx, item_rx) = bounded::<Item>(ITEM_QUEUE);
+        let (job_tx, job_rx) = bounded::<FileJob>(JOB_QUEUE);
+        let walker = scan::Walker {
+            items: item_tx,
+            jobs: job_tx,
+            parent_source: parent.map(|p| p.0),
+            force: opts.force,
+            names: Default::default(),
+            warnings: warn_tx.clone(),
+        };
+        let parent_root = parent.map(|p| p.1);
+        let trie = &trie;
+        let walk = std::thread::Builder::new()
+            .name("coffer-walk".into())
+            .stack_size(256 * 1024 * 1024)
+            .spawn_scoped(s, move || walker.run(trie, parent_root))
+            .map_err(|e| Error::Usage(format!("cannot start the walker thread: {e}")))?;
+        for i in 0..opts.threads.max(1) {
+            let rx = job_rx.clone();
+            let stop = &stop;
+            std::thread::Builder::new()
+                .name(format!("coffer-read-{i}"))
+                .spawn_scoped(s, move || {
+                    for job in rx.iter() {
+                        if stop.load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        let r = file_saver::save_file(&job, sink, chunker, progress);
+                        let _ = job.result.send(r);
+                    }
+                })
+                .map_err(|e| Error::Usage(format!("cannot start a reader thread: {e}")))?;
+        }
+        drop(job_rx);
+        let r = assemble(sink, item_rx, progress);
+        if r.is_err() {
+            stop.store(true, Ordering::Relaxed);
+        }
+        let walked = walk.join().map_err(|_| Error::Usage("the walker thread panicked".into()))?;
+        let out = r?;
+        walked?;
+        Ok(out)
+    })?;
+    drop(warn_tx);
+    let early: Vec<SourceWarning> = warn_rx.iter().collect();
+    for w in &early {
+        progress.warning(w);
+    }
+    outcome.warnings.extend(early);
+    outcome.summary.warnings = outcome.warnings.len() as u64;
+    outcome.summary.duration_ms = start.elapsed().as_millis() as u64;
+    Ok(outcome)
+}
+
+struct Frame {
+    node: Option<Node>,
+    parent_subtree: Option<BlobId>,
+    tree: Tree,
+}
+
+/// Consume items in order, fill in file results, store finished trees.
+fn assemble(sink: &dyn BlobSink, items: Receiver<Item>, progress: &dyn Progress) -> Result<BackupOutcome> {
+    let mut summary = Summary::default();
+    let mut warnings = Vec::new();
+    let mut stack = vec![Frame { node: None, parent_subtree: None, tree: Tree::default() }];
+    let store_tree = |tree: &mut Tree, summary: &mut Summary| -> Result<BlobId> {
+        tree.sort();
+        let bytes = tree.encode();
+        let id = sink.blob_id(&bytes);
+        summary.bytes_added += sink.store_blob(BlobKind::Tree, id, &bytes)?;
+        Ok(id)
+    };
+    for item in items.iter() {
+        match item {
+            Item::Enter { node, parent_subtree } => {
+                stack.push(Frame { node: Some(node), parent_subtree, tree: Tree::default() });
+            }
+            Item::Leave { flags } => {
+                let Some(mut f) = stack.pop().filter(|_| !stack.is_empty()) else {
+                    return Err(Error::Usage("internal error: unbalanced directory walk".into()));
+                };
+                let id = store_tree(&mut f.tree, &mut summary)?;
+                match f.parent_subtree {
+                    None => summary.dirs_new += 1,
+                    Some(p) if p == id => summary.dirs_unmodified += 1,
+                    Some(_) => summary.dirs_changed += 1,
+                }
+                let mut node = f.node.unwrap_or_else(|| Node::new(b"?".to_vec(), crate::snapshot::tree::NodeKind::Dir));
+                node.subtree = Some(id);
+                node.flags |= flags;
+                if let Some(top) = stack.last_mut() {
+                    top.tree.nodes.push(node);
+                }
+            }
+            Item::Leaf { path, mut node, outcome, state } => {
+                if let Some(rx) = outcome {
+                    let out = rx
+                        .recv()
+                        .map_err(|_| Error::Usage("internal error: a reader thread stopped".into()))??;
+                    if let Some(w) = out.skipped {
+                        progress.warning(&w);
+                        warnings.push(w);
+                        continue;
+                    }
+                    if let Some(w) = out.warning {
+                        progress.warning(&w);
+                        warnings.push(w);
+                    }
+                    if let Some(st) = &out.stat {
+                        use std::os::unix::fs::MetadataExt;
+                        node.mtime_ns = st.mtime().saturating_mul(1_000_000_000).saturating_add(st.mtime_nsec());
+                        node.ctime_ns = st.ctime().saturating_mul(1_000_000_000).saturating_add(st.ctime_nsec());
+                        node.inode = st.ino();
+                        node.device = st.dev();
+                        node.mode = st.mode() & 0o7777;
+                    }
+                    node.content = out.content;
+                    node.size = out.read;
+                    node.flags = out.flags;
+                    summary.bytes_read += out.read;
+                    summary.bytes_added += out.added;
+                } else if node.kind == crate::snapshot::tree::NodeKind::File {
+                    progress.file_done(&path, node.size, 0);
+                }
+                if node.kind == crate::snapshot::tree::NodeKind::File {
+                    summary.total_files += 1;
+                    summary.total_bytes += node.size;
+                    match state {
+                        ParentState::New => summary.files_new += 1,
+                        ParentState::Changed => summary.files_changed += 1,
+                        ParentState::Unmodified => summary.files_unmodified += 1,
+                    }
+                }
+                if let Some(top) = stack.last_mut() {
+                    top.tree.nodes.push(node);
+                }
+            }
+        }
+    }
+    if stack.len() != 1 {
+        return Err(Error::Usage("internal error: the directory walk ended early".into()));
+    }
+    let mut root = stack.pop().map(|f| f.tree).unwrap_or_default();
+    let tree = store_tree(&mut root, &mut summary)?;
+    Ok(BackupOutcome { tree, summary, warnings })
+}
+
+/// What a backup into a repository needs besides the paths.
+pub struct SnapshotOptions {
+    pub backup: BackupOptions,
+    pub parent: Option<(SnapshotId, Snapshot)>,
+    pub tags: Vec<String>,
+    pub hostname: String,
+}
+
+/// Back up into `repo` and record a snapshot. Order: packs, index segment,
+/// then the snapshot (DESIGN.md invariant 5); on any error no snapshot exists.
+pub fn snapshot(
+    repo: Arc<Repository>,
+    opts: &SnapshotOptions,
+    progress: &dyn Progress,
+) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
+    let store = BlobStore::new(repo.clone())?;
+    let chunker = repo.chunker();
+    let parent = opts.parent.as_ref().map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
+    let mut outcome = backup(&store, parent, &chunker, &opts.backup, progress)?;
+    let stats = store.finish()?;
+    outcome.summary.bytes_added = stats.stored_bytes_added;
+    let paths = opts
+        .backup
+        .paths
+        .iter()
+        .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
+        .collect();
+    let snap = Snapshot {
+        time_ns: crate::repository::now_ns(),
+        tree: outcome.tree,
+        parent: opts.parent.as_ref().map(|(id, _)| *id),
+        hostname: opts.hostname.clone(),
+        username: crate::repository::username(),
+        // SAFETY: getuid/getgid cannot fail and touch no memory.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        paths,
+        tags: opts.tags.clone(),
+        program_version: format!("coffer {}", env!("CARGO_PKG_VERSION")),
+        summary: outcome.summary.to_map(),
+    };
+    let id = repo.save_snapshot(&snap)?;
+    Ok((id, snap, outcome))
+}
+
+/// Make a user-given path absolute and resolve symlinks in its parent
+/// directories, keeping the last component as given: backing up a symlink
+/// stores the link, as restic does.
+pub fn absolute_path(p: &Path) -> std::io::Result<PathBuf> {
+    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    let mut clean = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::Normal(n) => clean.push(n),
+            _ => {}
+        }
+    }
+    match (clean.parent(), clean.file_name()) {
+        (Some(parent), Some(name)) => Ok(std::fs::canonicalize(parent)?.join(name)),
+        _ => Ok(clean),
+    }
+}

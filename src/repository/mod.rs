@@ -34,8 +34,9 @@ pub enum Secret {
 /// How `init` protects the new master key.
 pub enum InitSecret {
     Passphrase(Zeroizing<Vec<u8>>),
-    /// Generate a key file; `init` returns it for the caller to save.
-    NewKeyFile,
+    /// A key file the caller generated (and saved) beforehand; its
+    /// repository id becomes the new repository's id.
+    KeyFile(KeyFileSecret),
 }
 
 /// Most passphrase slots tried when opening: each costs one Argon2id run, so
@@ -86,7 +87,7 @@ impl Repository {
         secret: InitSecret,
         mut config: Config,
         kdf: KdfParams,
-    ) -> Result<(Repository, Option<KeyFileSecret>)> {
+    ) -> Result<Repository> {
         config.validate().map_err(Error::Usage)?;
         match backend.get(FileKind::Config, "config") {
             Ok(_) => return Err(Error::AlreadyExists { path: backend.location().into() }),
@@ -102,23 +103,19 @@ impl Repository {
         if config.created_ns == 0 {
             config.created_ns = now_ns();
         }
-        let mut rid = [0u8; 32];
-        envelope::random_bytes(&mut rid);
-        let repo_id = RepoId(rid);
+        let repo_id = match &secret {
+            InitSecret::KeyFile(kf) => kf.repo,
+            InitSecret::Passphrase(_) => new_repo_id(),
+        };
         let master = MasterKey::generate();
         let keys = KeySet::derive(&master);
-        let key_file = match &secret {
-            InitSecret::NewKeyFile => Some(KeyFileSecret::generate(repo_id)),
-            InitSecret::Passphrase(_) => None,
-        };
-        let unlock = match (&secret, &key_file) {
-            (InitSecret::Passphrase(p), _) => Unlock::Passphrase(p),
-            (InitSecret::NewKeyFile, Some(kf)) => Unlock::KeyFile(&kf.secret),
-            (InitSecret::NewKeyFile, None) => unreachable!("key file generated above"),
+        let unlock = match &secret {
+            InitSecret::Passphrase(p) => Unlock::Passphrase(p),
+            InitSecret::KeyFile(kf) => Unlock::KeyFile(&kf.secret),
         };
         let key_id = add_slot(backend.as_ref(), &repo_id, &master, &keys, &unlock, kdf)?;
         backend.put(FileKind::Config, "config", &config.encode(&repo_id, &keys))?;
-        let repo = Repository {
+        Ok(Repository {
             backend,
             repo_id,
             keys,
@@ -126,8 +123,7 @@ impl Repository {
             key_id,
             cache_root: None,
             index: OnceLock::new(),
-        };
-        Ok((repo, key_file))
+        })
     }
 
     /// Open with a passphrase or key file.
@@ -366,6 +362,13 @@ impl BlobSource for Repository {
     fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
         self.read_blob_checked(kind, id)
     }
+}
+
+/// A fresh random repository id.
+pub fn new_repo_id() -> RepoId {
+    let mut rid = [0u8; 32];
+    envelope::random_bytes(&mut rid);
+    RepoId(rid)
 }
 
 /// Write a new key slot for `unlock`; returns its id.

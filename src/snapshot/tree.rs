@@ -19,6 +19,8 @@ use crate::id::BlobId;
 
 pub const TREE_MAGIC: &[u8; 8] = b"cofferT1";
 pub const MAX_NAME: usize = 4096;
+/// The smallest encoded node: a 1-byte name, empty strings and lists.
+pub const MIN_NODE_LEN: usize = 4 + 1 + 1 + 4 * 3 + 4 + 4 + 8 * 7 + 4 + 4 + 4 + 4 + 1;
 pub const MAX_LINK_TARGET: usize = 64 * 1024;
 pub const MAX_XATTRS: usize = 4096;
 pub const MAX_XATTR_VALUE: usize = 1024 * 1024;
@@ -190,8 +192,7 @@ impl Tree {
         if r.take(8)? != TREE_MAGIC {
             return Err(DecodeError("not a tree (bad magic)".into()));
         }
-        // The smallest node encodes in well over 100 bytes.
-        let count = r.count(usize::MAX, 100, "tree node")?;
+        let count = r.count(usize::MAX, MIN_NODE_LEN, "tree node")?;
         let mut nodes: Vec<Node> = Vec::with_capacity(count);
         for _ in 0..count {
             let name = r.bytes(MAX_NAME, "name")?.to_vec();

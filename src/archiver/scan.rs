@@ -1,0 +1,246 @@
+//! The directory walk: visits the backup paths depth-first in name order
+//! and emits an ordered stream of [`Item`]s. Files that must be read become
+//! jobs for the file savers; a file unchanged since the parent snapshot
+//! (same size, mtime, ctime, inode and device) carries its old content ids
+//! and is never opened.
+//!
+//! The walk recurses; real filesystems bound the depth (PATH_MAX), and the
+//! walker thread is given a large stack.
+
+use super::metadata::{NameCache, node_from_metadata};
+use super::{FileJob, FileOutcome, Item, ParentState};
+use crate::blob::BlobSource;
+use crate::error::Result;
+use crate::id::BlobId;
+use crate::progress::SourceWarning;
+use crate::snapshot::tree::{FLAG_INCOMPLETE, Node, NodeKind, Tree};
+use crate::snapshot::walk::load_tree;
+use crossbeam_channel::{Sender, bounded};
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// The backup paths as a tree of path components: inner nodes are
+/// directories recorded only for their metadata, `target` nodes are walked
+/// completely.
+#[derive(Default, Debug)]
+pub struct PathTrie {
+    pub children: BTreeMap<Vec<u8>, PathTrie>,
+    pub target: bool,
+}
+
+impl PathTrie {
+    /// Build from absolute paths. A path below another target is subsumed.
+    pub fn new(paths: &[PathBuf]) -> PathTrie {
+        let mut root = PathTrie::default();
+        for p in paths {
+            let mut node = &mut root;
+            for c in p.components() {
+                if let std::path::Component::Normal(name) = c {
+                    if node.target {
+                        break;
+                    }
+                    node = node.children.entry(name.as_bytes().to_vec()).or_default();
+                }
+            }
+            node.target = true;
+            node.children.clear();
+        }
+        root
+    }
+}
+
+pub struct Walker<'a> {
+    pub items: Sender<Item>,
+    pub jobs: Sender<FileJob>,
+    pub parent_source: Option<&'a dyn BlobSource>,
+    pub force: bool,
+    pub names: NameCache,
+    pub warnings: Sender<SourceWarning>,
+}
+
+/// The walker stops when the assembler hangs up (an error upstream).
+struct Hangup;
+
+impl Walker<'_> {
+    pub fn run(mut self, trie: &PathTrie, parent_root: Option<BlobId>) -> Result<()> {
+        let parent = self.load_parent(parent_root)?;
+        // A hang-up means the assembler stopped on an error it reports itself.
+        if trie.target {
+            // Backing up `/` itself: its entries form the root tree.
+            let _ = self.walk_dir(Path::new("/"), parent.as_ref());
+        } else {
+            let _ = self.emit_trie(trie, Path::new("/"), parent.as_ref());
+        }
+        Ok(())
+    }
+
+    fn load_parent(&self, id: Option<BlobId>) -> Result<Option<Tree>> {
+        match (self.parent_source, id) {
+            (Some(src), Some(id)) => load_tree(src, &id).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// A parent subtree that cannot be loaded only costs a re-read of
+    /// everything below it; it must not stop the backup.
+    fn parent_subtree(&self, pnode: Option<&Node>) -> Option<Tree> {
+        let p = pnode?;
+        if p.kind != NodeKind::Dir {
+            return None;
+        }
+        self.load_parent(p.subtree).ok().flatten()
+    }
+
+    fn send(&self, item: Item) -> Result<(), Hangup> {
+        self.items.send(item).map_err(|_| Hangup)
+    }
+
+    fn warn(&self, path: &Path, message: String) {
+        let _ = self.warnings.send(SourceWarning { path: path.to_path_buf(), message });
+    }
+
+    fn emit_trie(&mut self, trie: &PathTrie, prefix: &Path, parent: Option<&Tree>) -> Result<(), Hangup> {
+        for (name, child) in &trie.children {
+            let path = prefix.join(OsStr::from_bytes(name));
+            let md = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warn(&path, format!("cannot read: {e}"));
+                    continue;
+                }
+            };
+            let pnode = parent.and_then(|t| t.find(name));
+            if child.target {
+                self.emit_entry(&path, name.clone(), &md, pnode)?;
+            } else {
+                if !md.is_dir() {
+                    self.warn(&path, "is not a directory; the paths below it are skipped".into());
+                    continue;
+                }
+                let node = node_from_metadata(name.clone(), &path, &md, &mut self.names);
+                let sub = self.parent_subtree(pnode);
+                self.send(Item::Enter { node, parent_subtree: pnode.and_then(|p| p.subtree) })?;
+                self.emit_trie(child, &path, sub.as_ref())?;
+                self.send(Item::Leave { flags: 0 })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn emit_entry(
+        &mut self,
+        path: &Path,
+        name: Vec<u8>,
+        md: &std::fs::Metadata,
+        pnode: Option<&Node>,
+    ) -> Result<(), Hangup> {
+        let node = node_from_metadata(name, path, md, &mut self.names);
+        match node.kind {
+            NodeKind::Dir => {
+                let sub = self.parent_subtree(pnode);
+                self.send(Item::Enter { node, parent_subtree: pnode.and_then(|p| p.subtree) })?;
+                let flags = self.walk_dir(path, sub.as_ref())?;
+                self.send(Item::Leave { flags })
+            }
+            NodeKind::File => {
+                let state = match pnode {
+                    None => ParentState::New,
+                    Some(p) if !self.force && unchanged(p, &node) => {
+                        let mut node = node;
+                        node.content = p.content.clone();
+                        return self.send(Item::Leaf {
+                            path: path.to_path_buf(),
+                            node,
+                            outcome: None,
+                            state: ParentState::Unmodified,
+                        });
+                    }
+                    Some(_) => ParentState::Changed,
+                };
+                let (tx, rx) = bounded::<Result<FileOutcome>>(1);
+                self.jobs
+                    .send(FileJob { path: path.to_path_buf(), size: node.size, result: tx })
+                    .map_err(|_| Hangup)?;
+                self.send(Item::Leaf { path: path.to_path_buf(), node, outcome: Some(rx), state })
+            }
+            _ => self.send(Item::Leaf {
+                path: path.to_path_buf(),
+                node,
+                outcome: None,
+                state: if pnode.is_some() { ParentState::Unmodified } else { ParentState::New },
+            }),
+        }
+    }
+
+    /// Emit every entry of a directory; returns the directory's flags.
+    fn walk_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<u32, Hangup> {
+        let rd = match std::fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) => {
+                self.warn(path, format!("cannot list directory: {e}"));
+                return Ok(FLAG_INCOMPLETE);
+            }
+        };
+        let mut flags = 0;
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                Err(e) => {
+                    self.warn(path, format!("error while listing directory: {e}"));
+                    flags |= FLAG_INCOMPLETE;
+                }
+            }
+        }
+        names.sort_unstable();
+        for name in names {
+            let child = path.join(OsStr::from_bytes(&name));
+            let md = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.warn(&child, "vanished before it could be read".into());
+                    continue;
+                }
+                Err(e) => {
+                    self.warn(&child, format!("cannot read metadata: {e}"));
+                    continue;
+                }
+            };
+            let pnode = parent.and_then(|t| t.find(&name));
+            self.emit_entry(&child, name, &md, pnode)?;
+        }
+        Ok(flags)
+    }
+}
+
+/// The change-detection rule (DESIGN.md): all five must match, and the
+/// parent must not have recorded the file as damaged or changing.
+pub fn unchanged(parent: &Node, now: &Node) -> bool {
+    parent.kind == NodeKind::File
+        && parent.flags == 0
+        && parent.size == now.size
+        && parent.mtime_ns == now.mtime_ns
+        && parent.ctime_ns == now.ctime_ns
+        && parent.inode == now.inode
+        && parent.device == now.device
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trie_subsumes_nested_targets() {
+        let t = PathTrie::new(&[PathBuf::from("/a/b"), PathBuf::from("/a/b/c"), PathBuf::from("/x")]);
+        let a = &t.children[&b"a".to_vec()];
+        assert!(!a.target);
+        let b = &a.children[&b"b".to_vec()];
+        assert!(b.target && b.children.is_empty());
+        assert!(t.children[&b"x".to_vec()].target);
+        let t = PathTrie::new(&[PathBuf::from("/a/b/c"), PathBuf::from("/a")]);
+        assert!(t.children[&b"a".to_vec()].target);
+        assert!(t.children[&b"a".to_vec()].children.is_empty());
+    }
+}

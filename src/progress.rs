@@ -1,0 +1,35 @@
+//! Progress events. The library only reports; the CLI decides how to show
+//! them (indicatif bars, JSON lines, or nothing).
+
+use std::path::Path;
+
+/// A problem with a user's file that does not stop the operation: the file
+/// is skipped or marked, and the command exits 3 (DESIGN.md invariant 6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceWarning {
+    pub path: std::path::PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for SourceWarning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// Receives events from long operations; every method has a no-op default.
+pub trait Progress: Sync {
+    /// The pre-scan found this many files and bytes in total.
+    fn scan_total(&self, _files: u64, _bytes: u64) {}
+    /// A file is being read.
+    fn file_started(&self, _path: &Path, _size: u64) {}
+    /// A file is complete; `read` bytes were read (0 when unchanged).
+    fn file_done(&self, _path: &Path, _size: u64, _read: u64) {}
+    /// Bytes of content processed (read, restored or verified).
+    fn bytes_done(&self, _n: u64) {}
+    fn warning(&self, _w: &SourceWarning) {}
+}
+
+/// Reports nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
