@@ -1,0 +1,138 @@
+//! `coffer init`, and the zero-configuration default repository.
+
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use coffer::backend::local::LocalBackend;
+use coffer::crypto::key_file::{KdfParams, KeyFileSecret};
+use coffer::repository::config::Config;
+use coffer::repository::{InitSecret, Repository, new_repo_id};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd compression level (1-22; 0 picks the default, 3)
+    #[arg(long, default_value_t = 3)]
+    pub compression: i32,
+    /// Target pack size (e.g. 16M)
+    #[arg(long, default_value = "16M")]
+    pub pack_size: String,
+    /// Smallest chunk (e.g. 256K)
+    #[arg(long, default_value = "256K")]
+    pub chunk_min: String,
+    /// Average chunk (e.g. 1M)
+    #[arg(long, default_value = "1M")]
+    pub chunk_avg: String,
+    /// Largest chunk (e.g. 4M)
+    #[arg(long, default_value = "4M")]
+    pub chunk_max: String,
+}
+
+fn config_from(a: &InitArgs) -> Result<Config> {
+    let mut c = Config::default();
+    c.zstd_level = if a.compression == 0 { 3 } else { a.compression };
+    let sz = |s: &str| -> Result<u32> {
+        u32::try_from(super::parse_size(s)?).map_err(|_| anyhow::anyhow!("size {s} is too large"))
+    };
+    c.pack_size = sz(&a.pack_size)?;
+    c.chunker.min_size = sz(&a.chunk_min)?;
+    c.chunker.avg_size = sz(&a.chunk_avg)?;
+    c.chunker.max_size = sz(&a.chunk_max)?;
+    c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(c)
+}
+
+/// Write a new key file with mode 0600, refusing to overwrite anything.
+fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create key file {}", path.display()))?;
+    f.write_all(kf.to_text().as_bytes())
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("cannot write key file {}", path.display()))?;
+    Ok(())
+}
+
+/// Create a repository opened by a new key file at `key_path`. The key file
+/// is written (and synced) before the repository, so a repository never
+/// exists without its key.
+pub fn create_with_key_file(repo_path: &Path, key_path: &Path, config: Config, quiet: bool) -> Result<Repository> {
+    if key_path.exists() {
+        bail!(
+            "key file {} already exists but {} holds no repository: move the key file away, or give --repo",
+            key_path.display(),
+            repo_path.display()
+        );
+    }
+    let kf = KeyFileSecret::generate(new_repo_id());
+    write_key_file(key_path, &kf)?;
+    let created = LocalBackend::create(repo_path).and_then(|b| {
+        Repository::init(Arc::new(b), InitSecret::KeyFile(kf), config, KdfParams::default())
+    });
+    let repo = match created {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(key_path);
+            return Err(e.into());
+        }
+    };
+    if !quiet {
+        output::notice(&format!(
+            "coffer: created repository {} at {}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.",
+            repo.id().short(),
+            repo_path.display(),
+            key_path.display()
+        ));
+    }
+    Ok(repo)
+}
+
+pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
+    let config = config_from(a)?;
+    let (path, is_default) = repo::location(g)?;
+    if path.join("config").exists() {
+        bail!("{} already holds a repository", path.display());
+    }
+    let repo = if let Some(kp) = &g.key_file {
+        create_with_key_file(&path, kp, config, g.quiet)?
+    } else if let Some(pw) = repo::configured_password(g)? {
+        let b = LocalBackend::create(&path)?;
+        Repository::init(Arc::new(b), InitSecret::Passphrase(pw), config, KdfParams::default())?
+    } else if is_default {
+        create_with_key_file(&path, &repo::default_key_file()?, config, g.quiet)?
+    } else if repo::interactive() {
+        let pw = repo::prompt("enter a password for the new repository: ")?;
+        let again = repo::prompt("enter the password again: ")?;
+        if pw != again {
+            bail!("the passwords do not match; nothing was created");
+        }
+        let b = LocalBackend::create(&path)?;
+        Repository::init(Arc::new(b), InitSecret::Passphrase(pw), config, KdfParams::default())?
+    } else {
+        bail!("no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file");
+    };
+    if g.json {
+        output::json(&serde_json::json!({
+            "message_type": "initialized",
+            "id": repo.id().to_hex(),
+            "repository": path.display().to_string(),
+        }));
+    } else if !g.quiet {
+        output::line(&format!("created coffer repository {} at {}", repo.id().short(), path.display()));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,88 @@
+//! `coffer ls SNAPSHOT [PATH]`
+
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::{Result, bail};
+use clap::Args;
+use coffer::snapshot::tree::{Node, NodeKind};
+use coffer::snapshot::walk::{Visit, find_path, walk};
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Snapshot id prefix or `latest`
+    pub snapshot: String,
+    /// Only list this path and what is below it
+    pub path: Option<String>,
+    /// Show mode, owner, size and modification time
+    #[arg(short, long)]
+    pub long: bool,
+}
+
+fn print(path: &[u8], n: &Node, long: bool, json: bool) {
+    let p = String::from_utf8_lossy(path);
+    if json {
+        output::json(&serde_json::json!({
+            "path": p,
+            "name": String::from_utf8_lossy(&n.name),
+            "type": n.kind.as_str(),
+            "mode": n.mode,
+            "uid": n.uid,
+            "gid": n.gid,
+            "user": n.user,
+            "group": n.group,
+            "size": n.size,
+            "mtime": output::rfc3339(n.mtime_ns),
+            "message_type": "node",
+        }));
+    } else if long {
+        let mut line = format!(
+            "{} {:>8} {:>8} {:>12} {} {p}",
+            output::mode_string(n.kind.as_str(), n.mode),
+            if n.user.is_empty() { n.uid.to_string() } else { n.user.clone() },
+            if n.group.is_empty() { n.gid.to_string() } else { n.group.clone() },
+            n.size,
+            output::short_time(n.mtime_ns),
+        );
+        if n.kind == NodeKind::Symlink {
+            line.push_str(" -> ");
+            line.push_str(&String::from_utf8_lossy(&n.link_target));
+        }
+        output::line(&line);
+    } else {
+        output::line(&p);
+    }
+}
+
+pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
+    let repo = repo::open(g)?;
+    let (_, snap) = repo.resolve_snapshot(&a.snapshot)?;
+    let want = a.path.as_deref().unwrap_or("/").trim_end_matches('/');
+    let (root, prefix) = if want.is_empty() {
+        (snap.tree, Vec::new())
+    } else {
+        let rel = want.trim_start_matches('/');
+        let Some(node) = find_path(repo.as_ref(), &snap.tree, rel.as_bytes())? else {
+            bail!("{want} is not in the snapshot");
+        };
+        let mut full = b"/".to_vec();
+        full.extend_from_slice(rel.as_bytes());
+        print(&full, &node, a.long, g.json);
+        match (node.kind, node.subtree) {
+            (NodeKind::Dir, Some(sub)) => (sub, full),
+            _ => return Ok(ExitCode::SUCCESS),
+        }
+    };
+    walk(
+        repo.as_ref(),
+        &root,
+        |rel, node| {
+            let mut full = prefix.clone();
+            full.push(b'/');
+            full.extend_from_slice(rel);
+            print(&full, node, a.long, g.json);
+            Ok(Visit::Descend)
+        },
+        |_, _| Ok(()),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

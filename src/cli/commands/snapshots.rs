@@ -1,0 +1,70 @@
+//! `coffer snapshots`
+
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::Result;
+use clap::Args;
+use coffer::id::SnapshotId;
+use coffer::snapshot::Snapshot;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct SnapshotsArgs {
+    /// Only snapshots of this host
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Only snapshots with this tag
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
+    serde_json::json!({
+        "id": id.to_hex(),
+        "short_id": id.short(),
+        "time": output::rfc3339(s.time_ns),
+        "tree": s.tree.to_hex(),
+        "parent": s.parent.map(|p| p.to_hex()),
+        "paths": s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect::<Vec<_>>(),
+        "hostname": s.hostname,
+        "username": s.username,
+        "uid": s.uid,
+        "gid": s.gid,
+        "tags": s.tags,
+        "program_version": s.program_version,
+        "summary": s.summary,
+    })
+}
+
+pub fn run(g: &GlobalOpts, a: &SnapshotsArgs) -> Result<ExitCode> {
+    let repo = repo::open(g)?;
+    let snaps: Vec<_> = repo
+        .list_snapshots()?
+        .into_iter()
+        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.hostname == h))
+        .filter(|(_, s)| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
+        .collect();
+    if g.json {
+        output::json(&serde_json::Value::Array(snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect()));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if g.quiet {
+        return Ok(ExitCode::SUCCESS);
+    }
+    output::line(&format!("{:<10} {:<20} {:<16} {:<14} {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size"));
+    output::line(&"-".repeat(90));
+    for (id, s) in &snaps {
+        let paths: Vec<String> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        output::line(&format!(
+            "{:<10} {:<20} {:<16} {:<14} {:>10}  {}",
+            id.short(),
+            output::short_time(s.time_ns),
+            s.hostname,
+            s.tags.join(","),
+            output::bytes(s.summary.get("total_bytes").copied().unwrap_or(0)),
+            paths.join(" ")
+        ));
+    }
+    output::line(&"-".repeat(90));
+    output::line(&format!("{} snapshots", snaps.len()));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,89 @@
+//! Command-line definitions and dispatch. Flags follow restic's where a
+//! restic user would look for them.
+
+pub mod commands;
+pub mod output;
+pub mod progress_bars;
+pub mod repo;
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (writes repository format version 1)"
+);
+
+#[derive(Parser)]
+#[command(
+    name = "coffer",
+    version = LONG_VERSION,
+    about = "Content-addressed, deduplicating, encrypted backups",
+    long_about = "Content-addressed, deduplicating, encrypted backups.\n\nWith no --repo and no COFFER_REPOSITORY, coffer uses a default repository under $XDG_DATA_HOME/coffer/default, opened with a generated key file under $XDG_CONFIG_HOME/coffer/."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct GlobalOpts {
+    /// Repository location (a directory)
+    #[arg(short = 'r', long, global = true, env = "COFFER_REPOSITORY")]
+    pub repo: Option<PathBuf>,
+    /// Read the repository password from a file (first line)
+    #[arg(long, global = true, env = "COFFER_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Run a shell command and use its output as the password
+    #[arg(long, global = true, env = "COFFER_PASSWORD_COMMAND")]
+    pub password_command: Option<String>,
+    /// Open the repository with a key file instead of a password
+    #[arg(long, global = true, env = "COFFER_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Directory for the local index cache
+    #[arg(long, global = true, env = "COFFER_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Keep no local cache (the index is rebuilt in memory on each run)
+    #[arg(long, global = true)]
+    pub no_cache: bool,
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print nothing but errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create a new repository
+    Init(commands::init::InitArgs),
+    /// Back up files and directories into a new snapshot
+    Backup(commands::backup::BackupArgs),
+    /// List snapshots
+    Snapshots(commands::snapshots::SnapshotsArgs),
+    /// List the files in a snapshot
+    Ls(commands::ls::LsArgs),
+    /// Restore a snapshot (or part of it) into a directory
+    Restore(commands::restore::RestoreArgs),
+    /// Print repository objects as JSON (for debugging)
+    Cat(commands::cat::CatArgs),
+}
+
+/// Parse arguments and run. Exit codes: 0 ok, 1 failure (as `Err`),
+/// 3 completed with unreadable or changed files.
+pub fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    match &cli.command {
+        Command::Init(a) => commands::init::run(g, a),
+        Command::Backup(a) => commands::backup::run(g, a),
+        Command::Snapshots(a) => commands::snapshots::run(g, a),
+        Command::Ls(a) => commands::ls::run(g, a),
+        Command::Restore(a) => commands::restore::run(g, a),
+        Command::Cat(a) => commands::cat::run(g, a),
+    }
+}

@@ -1,0 +1,118 @@
+//! Human and JSON rendering; the only place that prints.
+
+use std::io::Write;
+
+/// One line on stderr: `coffer: error: …` with the whole cause chain.
+pub fn error(e: &anyhow::Error) {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    let _ = writeln!(std::io::stderr(), "coffer: error: {msg}");
+}
+
+/// An informational message on stderr (stdout stays clean for data).
+pub fn notice(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+pub fn warn(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "coffer: warning: {msg}");
+}
+
+/// Print a line to stdout; a closed pipe (`coffer ls | head`) is not an error.
+pub fn line(s: &str) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{s}").is_err() {
+        std::process::exit(0);
+    }
+}
+
+pub fn json(v: &serde_json::Value) {
+    line(&v.to_string());
+}
+
+/// Bytes in binary units: `1.5 GiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[u]) }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn split(ns: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
+    let secs = ns.div_euclid(1_000_000_000);
+    let frac = ns.rem_euclid(1_000_000_000);
+    let (y, mo, d) = civil(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    (y, mo, d, sod / 3600, sod % 3600 / 60, sod % 60, frac)
+}
+
+/// RFC 3339 in UTC with nanoseconds.
+pub fn rfc3339(ns: i64) -> String {
+    let (y, mo, d, h, mi, s, frac) = split(ns);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:09}Z")
+}
+
+/// `2026-11-22 20:26:36` (UTC), for tables.
+pub fn short_time(ns: i64) -> String {
+    let (y, mo, d, h, mi, s, _) = split(ns);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+}
+
+/// `rwxr-xr-x` with the type letter in front.
+pub fn mode_string(kind: &str, mode: u32) -> String {
+    let t = match kind {
+        "dir" => 'd',
+        "symlink" => 'l',
+        "fifo" => 'p',
+        "chardev" => 'c',
+        "blockdev" => 'b',
+        "socket" => 's',
+        _ => '-',
+    };
+    let mut s = String::with_capacity(10);
+    s.push(t);
+    for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x'].iter().enumerate() {
+        let bit = 1 << (8 - i);
+        s.push(if mode & bit != 0 { *c } else { '-' });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(rfc3339(1_700_000_000_123_000_000), "2023-11-14T22:13:20.123000000Z");
+        assert_eq!(short_time(951_782_400_000_000_000), "2000-02-29 00:00:00");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+        assert_eq!(mode_string("dir", 0o755), "drwxr-xr-x");
+    }
+}

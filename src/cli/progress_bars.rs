@@ -1,0 +1,125 @@
+//! Progress display: an indicatif line on a terminal, restic-style JSON
+//! status lines with `--json`, nothing otherwise.
+
+use coffer::progress::{Progress, SourceWarning};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Counters {
+    pub files: AtomicU64,
+    pub bytes: AtomicU64,
+    pub warnings: AtomicU64,
+    pub start: Instant,
+}
+
+impl Counters {
+    fn new() -> Self {
+        Counters {
+            files: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            warnings: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+}
+
+pub enum Display {
+    Bar(ProgressBar),
+    Json(Mutex<Instant>),
+    Silent,
+}
+
+pub struct CliProgress {
+    pub counters: Counters,
+    display: Display,
+    quiet: bool,
+}
+
+impl CliProgress {
+    /// `verb` names the work: "backed up", "restored".
+    pub fn new(json: bool, quiet: bool) -> Self {
+        use std::io::IsTerminal;
+        let display = if json && !quiet {
+            Display::Json(Mutex::new(Instant::now()))
+        } else if !quiet && std::io::stderr().is_terminal() {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            Display::Bar(bar)
+        } else {
+            Display::Silent
+        };
+        CliProgress { counters: Counters::new(), display, quiet }
+    }
+
+    fn status(&self, current: Option<&Path>) {
+        let files = self.counters.files.load(Ordering::Relaxed);
+        let bytes = self.counters.bytes.load(Ordering::Relaxed);
+        let secs = self.counters.start.elapsed().as_secs_f64().max(0.001);
+        match &self.display {
+            Display::Bar(b) => {
+                let cur = current.map(|p| p.display().to_string()).unwrap_or_default();
+                b.set_message(format!(
+                    "{files} files, {} ({}/s) {cur}",
+                    super::output::bytes(bytes),
+                    super::output::bytes((bytes as f64 / secs) as u64)
+                ));
+            }
+            Display::Json(last) => {
+                let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+                if l.elapsed() >= Duration::from_secs(1) {
+                    *l = Instant::now();
+                    super::output::json(&serde_json::json!({
+                        "message_type": "status",
+                        "seconds_elapsed": secs as u64,
+                        "files_done": files,
+                        "bytes_done": bytes,
+                        "current_files": current.map(|p| vec![p.display().to_string()]).unwrap_or_default(),
+                    }));
+                }
+            }
+            Display::Silent => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Display::Bar(b) = &self.display {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for CliProgress {
+    fn file_started(&self, path: &Path, _size: u64) {
+        self.status(Some(path));
+    }
+
+    fn file_done(&self, path: &Path, _size: u64, _read: u64) {
+        self.counters.files.fetch_add(1, Ordering::Relaxed);
+        self.status(Some(path));
+    }
+
+    fn bytes_done(&self, n: u64) {
+        self.counters.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn warning(&self, w: &SourceWarning) {
+        self.counters.warnings.fetch_add(1, Ordering::Relaxed);
+        match &self.display {
+            Display::Json(_) => super::output::json(&serde_json::json!({
+                "message_type": "error",
+                "item": w.path.display().to_string(),
+                "error": w.message,
+            })),
+            Display::Bar(b) => b.suspend(|| super::output::warn(&w.to_string())),
+            Display::Silent if !self.quiet => super::output::warn(&w.to_string()),
+            Display::Silent => super::output::warn(&w.to_string()),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Finding the repository and the secret that opens it.
+//!
+//! Repository: `--repo`, `COFFER_REPOSITORY`, else the default repository
+//! `$XDG_DATA_HOME/coffer/default`. Secret, first found wins: `--key-file`,
+//! `COFFER_PASSWORD`, `--password-file`, `--password-command`, the default
+//! key file (only for the default repository), an interactive prompt.
+
+use super::GlobalOpts;
+use anyhow::{Context, Result, anyhow, bail};
+use coffer::backend::local::LocalBackend;
+use coffer::crypto::key_file::KeyFileSecret;
+use coffer::repository::{Repository, Secret, default_cache_root};
+use std::io::IsTerminal;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
+    if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(v));
+    }
+    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither {var} nor HOME is set: give --repo"))?;
+    Ok(Path::new(&home).join(fallback))
+}
+
+pub fn default_repo_path() -> Result<PathBuf> {
+    Ok(xdg("XDG_DATA_HOME", ".local/share")?.join("coffer").join("default"))
+}
+
+pub fn default_key_file() -> Result<PathBuf> {
+    Ok(xdg("XDG_CONFIG_HOME", ".config")?.join("coffer").join("default.key"))
+}
+
+/// The repository location and whether it is the default one.
+pub fn location(g: &GlobalOpts) -> Result<(PathBuf, bool)> {
+    match &g.repo {
+        Some(r) if !r.as_os_str().is_empty() => Ok((r.clone(), false)),
+        _ => Ok((default_repo_path()?, true)),
+    }
+}
+
+pub fn cache_root(g: &GlobalOpts) -> Option<PathBuf> {
+    if g.no_cache {
+        return None;
+    }
+    g.cache_dir.clone().or_else(default_cache_root)
+}
+
+/// Read a key file, refusing one that others can read.
+pub fn read_key_file(path: &Path) -> Result<KeyFileSecret> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "key file {} is readable by other users: run `chmod 600 {}` and try again",
+            path.display(),
+            path.display()
+        );
+    }
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+    );
+    KeyFileSecret::parse(&text).map_err(|e| anyhow!("key file {}: {e}", path.display()))
+}
+
+/// Strip exactly one trailing newline (and a CR before it).
+fn strip_newline(mut s: Vec<u8>) -> Vec<u8> {
+    if s.last() == Some(&b'\n') {
+        s.pop();
+        if s.last() == Some(&b'\r') {
+            s.pop();
+        }
+    }
+    s
+}
+
+/// A password from the environment, a file or a command, if one is configured.
+pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    if let Some(p) = std::env::var_os("COFFER_PASSWORD") {
+        use std::os::unix::ffi::OsStrExt;
+        return Ok(Some(Zeroizing::new(p.as_bytes().to_vec())));
+    }
+    if let Some(f) = &g.password_file {
+        let data = std::fs::read(f).with_context(|| format!("cannot read password file {}", f.display()))?;
+        let first = data.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
+        let first = strip_newline(first);
+        if first.is_empty() {
+            bail!("password file {} is empty", f.display());
+        }
+        return Ok(Some(Zeroizing::new(first)));
+    }
+    if let Some(cmd) = &g.password_command {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run password command {cmd:?}"))?;
+        if !out.status.success() {
+            bail!("password command {cmd:?} failed ({})", out.status);
+        }
+        let pw = strip_newline(out.stdout);
+        if pw.is_empty() {
+            bail!("password command {cmd:?} printed nothing");
+        }
+        return Ok(Some(Zeroizing::new(pw)));
+    }
+    Ok(None)
+}
+
+/// Ask on the terminal (not echoed).
+pub fn prompt(question: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let p = rpassword::prompt_password(question).context("cannot read the password from the terminal")?;
+    Ok(Zeroizing::new(p.into_bytes()))
+}
+
+pub fn interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// The secret for an existing repository.
+pub fn secret(g: &GlobalOpts, is_default: bool, repo_path: &Path) -> Result<Secret> {
+    if let Some(k) = &g.key_file {
+        return Ok(Secret::KeyFile(read_key_file(k)?));
+    }
+    if let Some(p) = configured_password(g)? {
+        return Ok(Secret::Passphrase(p));
+    }
+    if is_default {
+        let kf = default_key_file()?;
+        if kf.exists() {
+            return Ok(Secret::KeyFile(read_key_file(&kf)?));
+        }
+    }
+    if interactive() {
+        return Ok(Secret::Passphrase(prompt(&format!(
+            "enter password for repository {}: ",
+            repo_path.display()
+        ))?));
+    }
+    bail!(
+        "no password for repository {}: set COFFER_PASSWORD, --password-file, --password-command or --key-file",
+        repo_path.display()
+    )
+}
+
+/// Open the repository the options name.
+pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
+    let (path, is_default) = location(g)?;
+    if !path.join("config").exists() {
+        if is_default {
+            bail!(
+                "no repository yet at the default location {}: run `coffer backup DIR` to create it, or give --repo",
+                path.display()
+            );
+        }
+        if !path.exists() {
+            bail!("repository {} does not exist: check --repo or run `coffer init`", path.display());
+        }
+    }
+    let secret = secret(g, is_default, &path)?;
+    let backend = Arc::new(LocalBackend::open(&path));
+    let repo = Repository::open(backend, &secret)?.with_cache_dir(cache_root(g));
+    Ok(Arc::new(repo))
+}
