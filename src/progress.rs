@@ -19,6 +19,11 @@ impl std::fmt::Display for SourceWarning {
 
 /// Receives events from long operations; every method has a no-op default.
 pub trait Progress: Sync {
+    /// Whether a pre-scan for totals is worth its stat() calls (a progress
+    /// bar with an ETA wants one; a log does not).
+    fn wants_totals(&self) -> bool {
+        false
+    }
     /// The pre-scan found this many files and bytes in total.
     fn scan_total(&self, _files: u64, _bytes: u64) {}
     /// A file is being read.

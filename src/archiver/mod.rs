@@ -29,9 +29,9 @@ use crate::progress::{Progress, SourceWarning};
 use crate::repository::Repository;
 use crate::repository::blob_store::BlobStore;
 use crate::snapshot::Snapshot;
-use crate::snapshot::tree::{Node, Tree};
+use crate::snapshot::tree::{Node, NodeKind, Tree};
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +161,7 @@ pub fn backup(
             force: opts.force,
             names: Default::default(),
             warnings: warn_tx.clone(),
+            linked: Default::default(),
         };
         let parent_root = parent.map(|p| p.1);
         let trie = &trie;
@@ -186,10 +187,14 @@ pub fn backup(
                 .map_err(|e| Error::Usage(format!("cannot start a reader thread: {e}")))?;
         }
         drop(job_rx);
-        let r = assemble(sink, item_rx, progress);
-        if r.is_err() {
-            stop.store(true, Ordering::Relaxed);
+        if progress.wants_totals() {
+            let (paths, stop) = (&opts.paths, &stop);
+            s.spawn(move || scan::prescan(paths, stop, progress));
         }
+        let r = assemble(sink, chunker, item_rx, progress);
+        // Stops the savers' remaining jobs after an error, and the pre-scan
+        // in any case: the backup is done either way.
+        stop.store(true, Ordering::Relaxed);
         let walked = walk.join().map_err(|_| Error::Usage("the walker thread panicked".into()))?;
         let out = r?;
         walked?;
@@ -213,8 +218,15 @@ struct Frame {
 }
 
 /// Consume items in order, fill in file results, store finished trees.
-fn assemble(sink: &dyn BlobSink, items: Receiver<Item>, progress: &dyn Progress) -> Result<BackupOutcome> {
+fn assemble(
+    sink: &dyn BlobSink,
+    chunker: &Chunker,
+    items: Receiver<Item>,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
     let mut summary = Summary::default();
+    // Content of multiply-linked files read so far, for their other names.
+    let mut linked: HashMap<(u64, u64), (Vec<BlobId>, u64, u32)> = HashMap::new();
     let mut warnings = Vec::new();
     let mut stack = vec![Frame { node: None, parent_subtree: None, tree: Tree::default() }];
     let store_tree = |tree: &mut Tree, summary: &mut Summary| -> Result<BlobId> {
@@ -239,7 +251,7 @@ fn assemble(sink: &dyn BlobSink, items: Receiver<Item>, progress: &dyn Progress)
                     Some(p) if p == id => summary.dirs_unmodified += 1,
                     Some(_) => summary.dirs_changed += 1,
                 }
-                let mut node = f.node.unwrap_or_else(|| Node::new(b"?".to_vec(), crate::snapshot::tree::NodeKind::Dir));
+                let mut node = f.node.unwrap_or_else(|| Node::new(b"?".to_vec(), NodeKind::Dir));
                 node.subtree = Some(id);
                 node.flags |= flags;
                 if let Some(top) = stack.last_mut() {
@@ -247,10 +259,30 @@ fn assemble(sink: &dyn BlobSink, items: Receiver<Item>, progress: &dyn Progress)
                 }
             }
             Item::Leaf { path, mut node, outcome, state } => {
-                if let Some(rx) = outcome {
-                    let out = rx
-                        .recv()
-                        .map_err(|_| Error::Usage("internal error: a reader thread stopped".into()))??;
+                let is_file = node.kind == NodeKind::File;
+                let link_key = (node.device, node.inode);
+                let reuse_link = is_file && outcome.is_none() && state != ParentState::Unmodified;
+                let outcome = match (outcome, reuse_link.then(|| linked.get(&link_key)).flatten()) {
+                    (Some(rx), _) => Some(
+                        rx.recv()
+                            .map_err(|_| Error::Usage("internal error: a reader thread stopped".into()))??,
+                    ),
+                    (None, Some((content, size, flags))) => {
+                        node.content = content.clone();
+                        node.size = *size;
+                        node.flags = *flags;
+                        None
+                    }
+                    // The first name of this inode could not be read: read
+                    // this one here.
+                    (None, None) if reuse_link => {
+                        let (tx, _rx) = bounded(1);
+                        let job = FileJob { path: path.clone(), size: node.size, result: tx };
+                        Some(file_saver::save_file(&job, sink, chunker, progress)?)
+                    }
+                    (None, None) => None,
+                };
+                if let Some(out) = outcome {
                     if let Some(w) = out.skipped {
                         progress.warning(&w);
                         warnings.push(w);
@@ -273,10 +305,13 @@ fn assemble(sink: &dyn BlobSink, items: Receiver<Item>, progress: &dyn Progress)
                     node.flags = out.flags;
                     summary.bytes_read += out.read;
                     summary.bytes_added += out.added;
-                } else if node.kind == crate::snapshot::tree::NodeKind::File {
+                } else if is_file {
                     progress.file_done(&path, node.size, 0);
                 }
-                if node.kind == crate::snapshot::tree::NodeKind::File {
+                if is_file && node.links > 1 {
+                    linked.insert(link_key, (node.content.clone(), node.size, node.flags));
+                }
+                if is_file {
                     summary.total_files += 1;
                     summary.total_bytes += node.size;
                     match state {

@@ -58,6 +58,8 @@ pub struct Walker<'a> {
     pub force: bool,
     pub names: NameCache,
     pub warnings: Sender<SourceWarning>,
+    /// (device, inode) of multiply-linked files already sent for reading.
+    pub linked: std::collections::HashSet<(u64, u64)>,
 }
 
 /// The walker stops when the assembler hangs up (an error upstream).
@@ -159,6 +161,11 @@ impl Walker<'_> {
                     }
                     Some(_) => ParentState::Changed,
                 };
+                if node.links > 1 && !self.linked.insert((node.device, node.inode)) {
+                    // Another name of a file already being read: the
+                    // assembler copies its content ids instead of reading twice.
+                    return self.send(Item::Leaf { path: path.to_path_buf(), node, outcome: None, state });
+                }
                 let (tx, rx) = bounded::<Result<FileOutcome>>(1);
                 self.jobs
                     .send(FileJob { path: path.to_path_buf(), size: node.size, result: tx })
@@ -213,6 +220,28 @@ impl Walker<'_> {
         }
         Ok(flags)
     }
+}
+
+/// Count the files and bytes below `paths` for progress totals. Runs beside
+/// the real walk; errors are ignored (the walk reports them).
+pub fn prescan(paths: &[PathBuf], stop: &std::sync::atomic::AtomicBool, progress: &dyn crate::progress::Progress) {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        if md.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.flatten().map(|e| e.path()));
+            }
+        } else if md.is_file() {
+            files += 1;
+            bytes += md.len();
+        }
+    }
+    progress.scan_total(files, bytes);
 }
 
 /// The change-detection rule (DESIGN.md): all five must match, and the

@@ -35,11 +35,10 @@ pub enum Display {
 pub struct CliProgress {
     pub counters: Counters,
     display: Display,
-    quiet: bool,
+    total_files: AtomicU64,
 }
 
 impl CliProgress {
-    /// `verb` names the work: "backed up", "restored".
     pub fn new(json: bool, quiet: bool) -> Self {
         use std::io::IsTerminal;
         let display = if json && !quiet {
@@ -55,7 +54,7 @@ impl CliProgress {
         } else {
             Display::Silent
         };
-        CliProgress { counters: Counters::new(), display, quiet }
+        CliProgress { counters: Counters::new(), display, total_files: AtomicU64::new(0) }
     }
 
     fn status(&self, current: Option<&Path>) {
@@ -65,8 +64,10 @@ impl CliProgress {
         match &self.display {
             Display::Bar(b) => {
                 let cur = current.map(|p| p.display().to_string()).unwrap_or_default();
+                let total = self.total_files.load(Ordering::Relaxed);
+                let of = if total > 0 { format!("/{total}") } else { String::new() };
                 b.set_message(format!(
-                    "{files} files, {} ({}/s) {cur}",
+                    "{files}{of} files, {} read ({}/s) {cur}",
                     super::output::bytes(bytes),
                     super::output::bytes((bytes as f64 / secs) as u64)
                 ));
@@ -96,17 +97,43 @@ impl CliProgress {
 }
 
 impl Progress for CliProgress {
+    fn wants_totals(&self) -> bool {
+        matches!(self.display, Display::Bar(_))
+    }
+
+    fn scan_total(&self, files: u64, bytes: u64) {
+        if let Display::Bar(b) = &self.display {
+            b.set_length(bytes.max(1));
+            b.set_style(
+                ProgressStyle::with_template(
+                    "[{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}\n{msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            self.total_files.store(files, Ordering::Relaxed);
+        }
+    }
+
     fn file_started(&self, path: &Path, _size: u64) {
         self.status(Some(path));
     }
 
-    fn file_done(&self, path: &Path, _size: u64, _read: u64) {
+    fn file_done(&self, path: &Path, size: u64, read: u64) {
         self.counters.files.fetch_add(1, Ordering::Relaxed);
+        if read == 0 {
+            // Unchanged files count as done for the bar and its ETA.
+            if let Display::Bar(b) = &self.display {
+                b.inc(size);
+            }
+        }
         self.status(Some(path));
     }
 
     fn bytes_done(&self, n: u64) {
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
+        if let Display::Bar(b) = &self.display {
+            b.inc(n);
+        }
     }
 
     fn warning(&self, w: &SourceWarning) {
@@ -118,7 +145,7 @@ impl Progress for CliProgress {
                 "error": w.message,
             })),
             Display::Bar(b) => b.suspend(|| super::output::warn(&w.to_string())),
-            Display::Silent if !self.quiet => super::output::warn(&w.to_string()),
+            // Warnings are errors' little siblings: --quiet still shows them.
             Display::Silent => super::output::warn(&w.to_string()),
         }
     }
