@@ -194,7 +194,10 @@ mod tests {
         edited.insert(1000, 0x55);
         let c = Chunker::new(small(), 9);
         let set = |d: &[u8]| -> std::collections::HashSet<Vec<u8>> {
-            c.cuts(d).iter().map(|&(o, n)| d[o..o + n].to_vec()).collect()
+            c.cuts(d)
+                .iter()
+                .map(|&(o, n)| d[o..o + n].to_vec())
+                .collect()
         };
         let (a, b) = (set(&data), set(&edited));
         let shared = a.intersection(&b).count();

@@ -25,7 +25,9 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The repository disk is full: distinct because users act on it differently.
-    #[error("repository disk full while writing {object}: free some space and run the command again")]
+    #[error(
+        "repository disk full while writing {object}: free some space and run the command again"
+    )]
     DiskFull { object: String },
     /// An object requested from the backend does not exist.
     #[error("repository object {object} does not exist")]
@@ -34,7 +36,9 @@ pub enum Error {
     #[error("repository object {object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },
     /// The given path holds no coffer repository.
-    #[error("{path} is not a coffer repository (no config object): check --repo or run `coffer init`")]
+    #[error(
+        "{path} is not a coffer repository (no config object): check --repo or run `coffer init`"
+    )]
     NotARepository { path: PathBuf },
     /// `init` on a location that already has a repository.
     #[error("{path} already holds a repository")]
@@ -43,7 +47,9 @@ pub enum Error {
     #[error("the password or key file does not open repository {repo}")]
     WrongPassword { repo: String },
     /// The repository was written by an unknown format version.
-    #[error("repository format version {found} is not supported (this coffer reads version {supported}): use a newer coffer")]
+    #[error(
+        "repository format version {found} is not supported (this coffer reads version {supported}): use a newer coffer"
+    )]
     UnsupportedVersion { found: u32, supported: u32 },
     /// The local SQLite index cache failed.
     #[error("local index cache {path}: {reason}")]

@@ -1,7 +1,7 @@
 //! 32-byte identifiers, one newtype per kind of thing they name, so a pack id
 //! can never be passed where a blob id is expected.
 //!
-//! Printed and parsed as 64 lowercase hex digits (repo-format/README.md, "Object naming").
+//! Printed as 64 lowercase hex digits (parsing also accepts uppercase) (repo-format/README.md, "Object naming").
 
 use std::fmt;
 

@@ -37,15 +37,19 @@ fn open_source(path: &Path) -> std::io::Result<File> {
         .custom_flags(base | libc::O_NOATIME)
         .open(path)
     {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            std::fs::OpenOptions::new().read(true).custom_flags(base).open(path)
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(base)
+            .open(path),
         r => r,
     }
 }
 
 fn warning(path: &Path, message: String) -> SourceWarning {
-    SourceWarning { path: path.to_path_buf(), message }
+    SourceWarning {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 /// Store every chunk of `data[cuts]`, in parallel when there are several.
@@ -74,11 +78,14 @@ fn store_chunks(
     Ok(added)
 }
 
+/// Read, chunk and store one file. `buf` is the calling thread's reusable
+/// read buffer.
 pub fn save_file(
     job: &FileJob,
     sink: &dyn BlobSink,
     chunker: &Chunker,
     progress: &dyn Progress,
+    buf: &mut Vec<u8>,
 ) -> Result<FileOutcome> {
     let path = &job.path;
     let mut out = FileOutcome::default();
@@ -109,55 +116,64 @@ pub fn save_file(
     progress.file_started(path, before.size());
 
     let max = chunker.params().max_size as usize;
-    let cap = (before.size() as usize).saturating_add(1).min(READ_BUF + max);
-    let mut buf: Vec<u8> = Vec::with_capacity(cap.max(1));
+    let size_hint = before.size();
+    let mut filled = 0usize;
     let mut total = 0u64;
     let mut eof = false;
     let mut read_error = None;
     while !eof {
-        // Fill the buffer up to the read size (or EOF).
-        let target = READ_BUF.max(buf.len() + max);
-        while buf.len() < target {
-            let want = (target - buf.len()).min(READ_BUF);
-            let start = buf.len();
-            buf.resize(start + want, 0);
-            match file.read(&mut buf[start..]) {
-                Ok(0) => {
-                    buf.truncate(start);
-                    eof = true;
-                    break;
-                }
+        // Fill up to READ_BUF, asking for what the file should still hold
+        // (+1 to see EOF without another call): a 1 KiB file costs a 1 KiB
+        // read, not a 16 MiB one.
+        while filled < READ_BUF && !eof {
+            let expected = size_hint.saturating_sub(total).saturating_add(1);
+            let want = (READ_BUF + max - filled).min(
+                usize::try_from(expected)
+                    .unwrap_or(usize::MAX)
+                    .max(64 * 1024),
+            );
+            if buf.len() < filled + want {
+                // The buffer belongs to this reader thread and only ever
+                // grows, so bytes are zeroed once per thread, not per file.
+                buf.resize(filled + want, 0);
+            }
+            match file.read(&mut buf[filled..filled + want]) {
+                Ok(0) => eof = true,
                 Ok(n) => {
-                    buf.truncate(start + n);
+                    filled += n;
                     total += n as u64;
                     progress.bytes_done(n as u64);
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    buf.truncate(start);
                     read_error = Some(e);
                     eof = true;
-                    break;
                 }
             }
         }
-        let (cuts, used) = chunker.cut_buffer(&buf, eof);
-        out.added += store_chunks(sink, &buf, &cuts, &mut out.content)?;
-        buf.drain(..used);
+        let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
+        out.added += store_chunks(sink, &buf[..filled], &cuts, &mut out.content)?;
+        buf.copy_within(used..filled, 0);
+        filled -= used;
     }
     out.read = total;
     if let Some(e) = read_error {
         out.flags |= FLAG_INCOMPLETE;
-        out.warning = Some(warning(path, format!("read error after {total} bytes, stored what was read: {e}")));
-    } else if let Ok(after) = file.metadata() {
-        if after.size() != before.size()
+        out.warning = Some(warning(
+            path,
+            format!("read error after {total} bytes, stored what was read: {e}"),
+        ));
+    } else if let Ok(after) = file.metadata()
+        && (after.size() != before.size()
             || after.mtime() != before.mtime()
             || after.mtime_nsec() != before.mtime_nsec()
-            || total != before.size()
-        {
-            out.flags |= FLAG_CHANGED_DURING_READ;
-            out.warning = Some(warning(path, "changed while it was read; stored what was read".into()));
-        }
+            || total != before.size())
+    {
+        out.flags |= FLAG_CHANGED_DURING_READ;
+        out.warning = Some(warning(
+            path,
+            "changed while it was read; stored what was read".into(),
+        ));
     }
     progress.file_done(path, total, total);
     Ok(out)

@@ -20,10 +20,16 @@ pub struct NameCache {
 
 impl NameCache {
     pub fn user(&mut self, uid: u32) -> String {
-        self.users.entry(uid).or_insert_with(|| lookup_user(uid)).clone()
+        self.users
+            .entry(uid)
+            .or_insert_with(|| lookup_user(uid))
+            .clone()
     }
     pub fn group(&mut self, gid: u32) -> String {
-        self.groups.entry(gid).or_insert_with(|| lookup_group(gid)).clone()
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| lookup_group(gid))
+            .clone()
     }
 }
 
@@ -36,7 +42,9 @@ fn lookup_user(uid: u32) -> String {
         let mut res: *mut libc::passwd = std::ptr::null_mut();
         let rc = libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut res);
         if rc == 0 && !res.is_null() && !pwd.pw_name.is_null() {
-            return std::ffi::CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned();
+            return std::ffi::CStr::from_ptr(pwd.pw_name)
+                .to_string_lossy()
+                .into_owned();
         }
     }
     String::new()
@@ -50,7 +58,9 @@ fn lookup_group(gid: u32) -> String {
         let mut res: *mut libc::group = std::ptr::null_mut();
         let rc = libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr(), buf.len(), &mut res);
         if rc == 0 && !res.is_null() && !grp.gr_name.is_null() {
-            return std::ffi::CStr::from_ptr(grp.gr_name).to_string_lossy().into_owned();
+            return std::ffi::CStr::from_ptr(grp.gr_name)
+                .to_string_lossy()
+                .into_owned();
         }
     }
     String::new()
@@ -76,7 +86,12 @@ pub fn kind_of(md: &Metadata) -> NodeKind {
 }
 
 /// Fill the metadata fields of a node (content and subtree stay empty).
-pub fn node_from_metadata(name: Vec<u8>, path: &Path, md: &Metadata, names: &mut NameCache) -> Node {
+pub fn node_from_metadata(
+    name: Vec<u8>,
+    path: &Path,
+    md: &Metadata,
+    names: &mut NameCache,
+) -> Node {
     let kind = kind_of(md);
     let mut n = Node::new(name, kind);
     n.mode = md.mode() & 0o7777;
@@ -84,8 +99,14 @@ pub fn node_from_metadata(name: Vec<u8>, path: &Path, md: &Metadata, names: &mut
     n.gid = md.gid();
     n.user = names.user(n.uid);
     n.group = names.group(n.gid);
-    n.mtime_ns = md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec());
-    n.ctime_ns = md.ctime().saturating_mul(1_000_000_000).saturating_add(md.ctime_nsec());
+    n.mtime_ns = md
+        .mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.mtime_nsec());
+    n.ctime_ns = md
+        .ctime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(md.ctime_nsec());
     n.inode = md.ino();
     n.device = md.dev();
     n.links = md.nlink();
@@ -132,7 +153,8 @@ pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         }
         let mut val = vec![0u8; vlen as usize];
         // SAFETY: `val` has exactly the length we pass.
-        let got = unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+        let got =
+            unsafe { libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
         if got < 0 {
             continue;
         }

@@ -72,9 +72,19 @@ pub enum ParentState {
 }
 
 pub enum Item {
-    Enter { node: Node, parent_subtree: Option<BlobId> },
-    Leaf { path: PathBuf, node: Node, outcome: Option<Receiver<Result<FileOutcome>>>, state: ParentState },
-    Leave { flags: u32 },
+    Enter {
+        node: Node,
+        parent_subtree: Option<BlobId>,
+    },
+    Leaf {
+        path: PathBuf,
+        node: Node,
+        outcome: Option<Receiver<Result<FileOutcome>>>,
+        state: ParentState,
+    },
+    Leave {
+        flags: u32,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -145,7 +155,10 @@ pub fn backup(
     let start = std::time::Instant::now();
     for p in &opts.paths {
         if !p.is_absolute() {
-            return Err(Error::Usage(format!("backup path {} must be absolute", p.display())));
+            return Err(Error::Usage(format!(
+                "backup path {} must be absolute",
+                p.display()
+            )));
         }
     }
     let trie = scan::PathTrie::new(&opts.paths);
@@ -176,11 +189,12 @@ pub fn backup(
             std::thread::Builder::new()
                 .name(format!("coffer-read-{i}"))
                 .spawn_scoped(s, move || {
+                    let mut buf = Vec::new();
                     for job in rx.iter() {
                         if stop.load(Ordering::Relaxed) {
                             continue;
                         }
-                        let r = file_saver::save_file(&job, sink, chunker, progress);
+                        let r = file_saver::save_file(&job, sink, chunker, progress, &mut buf);
                         let _ = job.result.send(r);
                     }
                 })
@@ -195,7 +209,9 @@ pub fn backup(
         // Stops the savers' remaining jobs after an error, and the pre-scan
         // in any case: the backup is done either way.
         stop.store(true, Ordering::Relaxed);
-        let walked = walk.join().map_err(|_| Error::Usage("the walker thread panicked".into()))?;
+        let walked = walk
+            .join()
+            .map_err(|_| Error::Usage("the walker thread panicked".into()))?;
         let out = r?;
         walked?;
         Ok(out)
@@ -228,7 +244,11 @@ fn assemble(
     // Content of multiply-linked files read so far, for their other names.
     let mut linked: HashMap<(u64, u64), (Vec<BlobId>, u64, u32)> = HashMap::new();
     let mut warnings = Vec::new();
-    let mut stack = vec![Frame { node: None, parent_subtree: None, tree: Tree::default() }];
+    let mut stack = vec![Frame {
+        node: None,
+        parent_subtree: None,
+        tree: Tree::default(),
+    }];
     let store_tree = |tree: &mut Tree, summary: &mut Summary| -> Result<BlobId> {
         tree.sort();
         let bytes = tree.encode();
@@ -238,12 +258,21 @@ fn assemble(
     };
     for item in items.iter() {
         match item {
-            Item::Enter { node, parent_subtree } => {
-                stack.push(Frame { node: Some(node), parent_subtree, tree: Tree::default() });
+            Item::Enter {
+                node,
+                parent_subtree,
+            } => {
+                stack.push(Frame {
+                    node: Some(node),
+                    parent_subtree,
+                    tree: Tree::default(),
+                });
             }
             Item::Leave { flags } => {
                 let Some(mut f) = stack.pop().filter(|_| !stack.is_empty()) else {
-                    return Err(Error::Usage("internal error: unbalanced directory walk".into()));
+                    return Err(Error::Usage(
+                        "internal error: unbalanced directory walk".into(),
+                    ));
                 };
                 let id = store_tree(&mut f.tree, &mut summary)?;
                 match f.parent_subtree {
@@ -251,22 +280,28 @@ fn assemble(
                     Some(p) if p == id => summary.dirs_unmodified += 1,
                     Some(_) => summary.dirs_changed += 1,
                 }
-                let mut node = f.node.unwrap_or_else(|| Node::new(b"?".to_vec(), NodeKind::Dir));
+                let mut node = f
+                    .node
+                    .unwrap_or_else(|| Node::new(b"?".to_vec(), NodeKind::Dir));
                 node.subtree = Some(id);
                 node.flags |= flags;
                 if let Some(top) = stack.last_mut() {
                     top.tree.nodes.push(node);
                 }
             }
-            Item::Leaf { path, mut node, outcome, state } => {
+            Item::Leaf {
+                path,
+                mut node,
+                outcome,
+                state,
+            } => {
                 let is_file = node.kind == NodeKind::File;
                 let link_key = (node.device, node.inode);
                 let reuse_link = is_file && outcome.is_none() && state != ParentState::Unmodified;
                 let outcome = match (outcome, reuse_link.then(|| linked.get(&link_key)).flatten()) {
-                    (Some(rx), _) => Some(
-                        rx.recv()
-                            .map_err(|_| Error::Usage("internal error: a reader thread stopped".into()))??,
-                    ),
+                    (Some(rx), _) => Some(rx.recv().map_err(|_| {
+                        Error::Usage("internal error: a reader thread stopped".into())
+                    })??),
                     (None, Some((content, size, flags))) => {
                         node.content = content.clone();
                         node.size = *size;
@@ -277,8 +312,18 @@ fn assemble(
                     // this one here.
                     (None, None) if reuse_link => {
                         let (tx, _rx) = bounded(1);
-                        let job = FileJob { path: path.clone(), size: node.size, result: tx };
-                        Some(file_saver::save_file(&job, sink, chunker, progress)?)
+                        let job = FileJob {
+                            path: path.clone(),
+                            size: node.size,
+                            result: tx,
+                        };
+                        Some(file_saver::save_file(
+                            &job,
+                            sink,
+                            chunker,
+                            progress,
+                            &mut Vec::new(),
+                        )?)
                     }
                     (None, None) => None,
                 };
@@ -294,8 +339,14 @@ fn assemble(
                     }
                     if let Some(st) = &out.stat {
                         use std::os::unix::fs::MetadataExt;
-                        node.mtime_ns = st.mtime().saturating_mul(1_000_000_000).saturating_add(st.mtime_nsec());
-                        node.ctime_ns = st.ctime().saturating_mul(1_000_000_000).saturating_add(st.ctime_nsec());
+                        node.mtime_ns = st
+                            .mtime()
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(st.mtime_nsec());
+                        node.ctime_ns = st
+                            .ctime()
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(st.ctime_nsec());
                         node.inode = st.ino();
                         node.device = st.dev();
                         node.mode = st.mode() & 0o7777;
@@ -327,11 +378,17 @@ fn assemble(
         }
     }
     if stack.len() != 1 {
-        return Err(Error::Usage("internal error: the directory walk ended early".into()));
+        return Err(Error::Usage(
+            "internal error: the directory walk ended early".into(),
+        ));
     }
     let mut root = stack.pop().map(|f| f.tree).unwrap_or_default();
     let tree = store_tree(&mut root, &mut summary)?;
-    Ok(BackupOutcome { tree, summary, warnings })
+    Ok(BackupOutcome {
+        tree,
+        summary,
+        warnings,
+    })
 }
 
 /// What a backup into a repository needs besides the paths.
@@ -351,7 +408,10 @@ pub fn snapshot(
 ) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
     let store = BlobStore::new(repo.clone())?;
     let chunker = repo.chunker();
-    let parent = opts.parent.as_ref().map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
+    let parent = opts
+        .parent
+        .as_ref()
+        .map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
     let mut outcome = backup(&store, parent, &chunker, &opts.backup, progress)?;
     let stats = store.finish()?;
     outcome.summary.bytes_added = stats.stored_bytes_added;
@@ -383,7 +443,11 @@ pub fn snapshot(
 /// directories, keeping the last component as given: backing up a symlink
 /// stores the link, as restic does.
 pub fn absolute_path(p: &Path) -> std::io::Result<PathBuf> {
-    let abs = if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) };
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
     let mut clean = PathBuf::from("/");
     for c in abs.components() {
         match c {

@@ -1,7 +1,8 @@
 //! The directory walk: visits the backup paths depth-first in name order
 //! and emits an ordered stream of [`Item`]s. Files that must be read become
 //! jobs for the file savers; a file unchanged since the parent snapshot
-//! (same size, mtime, ctime, inode and device) carries its old content ids
+//! (same size, mtime, ctime, inode and device, and recorded without
+//! problems) carries its old content ids
 //! and is never opened.
 //!
 //! The walk recurses; real filesystems bound the depth (PATH_MAX), and the
@@ -100,10 +101,18 @@ impl Walker<'_> {
     }
 
     fn warn(&self, path: &Path, message: String) {
-        let _ = self.warnings.send(SourceWarning { path: path.to_path_buf(), message });
+        let _ = self.warnings.send(SourceWarning {
+            path: path.to_path_buf(),
+            message,
+        });
     }
 
-    fn emit_trie(&mut self, trie: &PathTrie, prefix: &Path, parent: Option<&Tree>) -> Result<(), Hangup> {
+    fn emit_trie(
+        &mut self,
+        trie: &PathTrie,
+        prefix: &Path,
+        parent: Option<&Tree>,
+    ) -> Result<(), Hangup> {
         for (name, child) in &trie.children {
             let path = prefix.join(OsStr::from_bytes(name));
             let md = match std::fs::symlink_metadata(&path) {
@@ -118,12 +127,18 @@ impl Walker<'_> {
                 self.emit_entry(&path, name.clone(), &md, pnode)?;
             } else {
                 if !md.is_dir() {
-                    self.warn(&path, "is not a directory; the paths below it are skipped".into());
+                    self.warn(
+                        &path,
+                        "is not a directory; the paths below it are skipped".into(),
+                    );
                     continue;
                 }
                 let node = node_from_metadata(name.clone(), &path, &md, &mut self.names);
                 let sub = self.parent_subtree(pnode);
-                self.send(Item::Enter { node, parent_subtree: pnode.and_then(|p| p.subtree) })?;
+                self.send(Item::Enter {
+                    node,
+                    parent_subtree: pnode.and_then(|p| p.subtree),
+                })?;
                 self.emit_trie(child, &path, sub.as_ref())?;
                 self.send(Item::Leave { flags: 0 })?;
             }
@@ -142,7 +157,10 @@ impl Walker<'_> {
         match node.kind {
             NodeKind::Dir => {
                 let sub = self.parent_subtree(pnode);
-                self.send(Item::Enter { node, parent_subtree: pnode.and_then(|p| p.subtree) })?;
+                self.send(Item::Enter {
+                    node,
+                    parent_subtree: pnode.and_then(|p| p.subtree),
+                })?;
                 let flags = self.walk_dir(path, sub.as_ref())?;
                 self.send(Item::Leave { flags })
             }
@@ -164,19 +182,37 @@ impl Walker<'_> {
                 if node.links > 1 && !self.linked.insert((node.device, node.inode)) {
                     // Another name of a file already being read: the
                     // assembler copies its content ids instead of reading twice.
-                    return self.send(Item::Leaf { path: path.to_path_buf(), node, outcome: None, state });
+                    return self.send(Item::Leaf {
+                        path: path.to_path_buf(),
+                        node,
+                        outcome: None,
+                        state,
+                    });
                 }
                 let (tx, rx) = bounded::<Result<FileOutcome>>(1);
                 self.jobs
-                    .send(FileJob { path: path.to_path_buf(), size: node.size, result: tx })
+                    .send(FileJob {
+                        path: path.to_path_buf(),
+                        size: node.size,
+                        result: tx,
+                    })
                     .map_err(|_| Hangup)?;
-                self.send(Item::Leaf { path: path.to_path_buf(), node, outcome: Some(rx), state })
+                self.send(Item::Leaf {
+                    path: path.to_path_buf(),
+                    node,
+                    outcome: Some(rx),
+                    state,
+                })
             }
             _ => self.send(Item::Leaf {
                 path: path.to_path_buf(),
                 node,
                 outcome: None,
-                state: if pnode.is_some() { ParentState::Unmodified } else { ParentState::New },
+                state: if pnode.is_some() {
+                    ParentState::Unmodified
+                } else {
+                    ParentState::New
+                },
             }),
         }
     }
@@ -224,14 +260,20 @@ impl Walker<'_> {
 
 /// Count the files and bytes below `paths` for progress totals. Runs beside
 /// the real walk; errors are ignored (the walk reports them).
-pub fn prescan(paths: &[PathBuf], stop: &std::sync::atomic::AtomicBool, progress: &dyn crate::progress::Progress) {
+pub fn prescan(
+    paths: &[PathBuf],
+    stop: &std::sync::atomic::AtomicBool,
+    progress: &dyn crate::progress::Progress,
+) {
     let (mut files, mut bytes) = (0u64, 0u64);
     let mut stack: Vec<PathBuf> = paths.to_vec();
     while let Some(p) = stack.pop() {
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
-        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if md.is_dir() {
             if let Ok(rd) = std::fs::read_dir(&p) {
                 stack.extend(rd.flatten().map(|e| e.path()));
@@ -262,7 +304,11 @@ mod tests {
 
     #[test]
     fn trie_subsumes_nested_targets() {
-        let t = PathTrie::new(&[PathBuf::from("/a/b"), PathBuf::from("/a/b/c"), PathBuf::from("/x")]);
+        let t = PathTrie::new(&[
+            PathBuf::from("/a/b"),
+            PathBuf::from("/a/b/c"),
+            PathBuf::from("/x"),
+        ]);
         let a = &t.children[&b"a".to_vec()];
         assert!(!a.target);
         let b = &a.children[&b"b".to_vec()];

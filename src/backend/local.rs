@@ -24,7 +24,13 @@ const TEMP_INFIX: &str = ".tmp-";
 fn check_name(kind: FileKind, name: &str) -> Result<()> {
     let ok = match kind {
         FileKind::Config => name == "config",
-        _ => !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+        _ => {
+            !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }
     };
     if ok {
         Ok(())
@@ -36,15 +42,20 @@ fn check_name(kind: FileKind, name: &str) -> Result<()> {
 impl LocalBackend {
     /// Open an existing directory (the caller checks for a config object).
     pub fn open(root: &Path) -> Self {
-        LocalBackend { root: root.to_path_buf() }
+        LocalBackend {
+            root: root.to_path_buf(),
+        }
     }
 
     /// Create the directory layout for a new repository.
     pub fn create(root: &Path) -> Result<Self> {
-        let b = LocalBackend { root: root.to_path_buf() };
+        let b = LocalBackend {
+            root: root.to_path_buf(),
+        };
         for d in ["keys", "packs", "index", "snapshots", "locks"] {
             let p = root.join(d);
-            fs::create_dir_all(&p).map_err(|e| Error::backend_io("mkdir", p.display().to_string(), e))?;
+            fs::create_dir_all(&p)
+                .map_err(|e| Error::backend_io("mkdir", p.display().to_string(), e))?;
         }
         sync_dir(root).map_err(|e| Error::backend_io("fsync", root.display().to_string(), e))?;
         Ok(b)
@@ -63,13 +74,20 @@ impl LocalBackend {
     pub fn remove_stale_temp_files(&self) -> Result<usize> {
         let mut n = 0;
         for dir in self.kind_dirs(FileKind::Pack)?.into_iter().chain(
-            [FileKind::Key, FileKind::Index, FileKind::Snapshot, FileKind::Lock]
-                .iter()
-                .map(|k| self.root.join(k.dir())),
+            [
+                FileKind::Key,
+                FileKind::Index,
+                FileKind::Snapshot,
+                FileKind::Lock,
+            ]
+            .iter()
+            .map(|k| self.root.join(k.dir())),
         ) {
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().contains(TEMP_INFIX) && fs::remove_file(e.path()).is_ok() {
+                if e.file_name().to_string_lossy().contains(TEMP_INFIX)
+                    && fs::remove_file(e.path()).is_ok()
+                {
                     n += 1;
                 }
             }
@@ -83,7 +101,8 @@ impl LocalBackend {
             return Ok(vec![base]);
         }
         let mut dirs = Vec::new();
-        let rd = fs::read_dir(&base).map_err(|e| Error::backend_io("list", base.display().to_string(), e))?;
+        let rd = fs::read_dir(&base)
+            .map_err(|e| Error::backend_io("list", base.display().to_string(), e))?;
         for e in rd {
             let e = e.map_err(|e| Error::backend_io("list", base.display().to_string(), e))?;
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -112,16 +131,20 @@ impl Backend for LocalBackend {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let path = self.full(kind, name)?;
         let obj = kind.path(name);
+        // Content-addressed kinds: the name is the hash of the bytes, so an
+        // object of the same size under the same name is this object (a
+        // retried put). Other kinds are create-once: never replaced.
+        let content_named = matches!(kind, FileKind::Pack | FileKind::Index | FileKind::Snapshot);
         if let Ok(m) = fs::metadata(&path) {
-            // Content-addressed: same name, same size means same bytes. A
-            // different size under the same name is a damaged object that must
-            // not be papered over.
-            if m.len() == data.len() as u64 {
+            if content_named && m.len() == data.len() as u64 {
                 return Ok(());
             }
-            return Err(Error::corrupt(obj, format!("exists with {} bytes, expected {}", m.len(), data.len())));
+            return Err(Error::AlreadyExists { path: obj.into() });
         }
-        let dir = path.parent().map(Path::to_path_buf).unwrap_or_else(|| self.root.clone());
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(|e| Error::backend_io("mkdir", obj.clone(), e))?;
             if let Some(p) = dir.parent() {
@@ -141,9 +164,22 @@ impl Backend for LocalBackend {
             let _ = fs::remove_file(&tmp);
             return Err(Error::backend_io("write", obj, e));
         }
-        if let Err(e) = fs::rename(&tmp, &path) {
-            let _ = fs::remove_file(&tmp);
-            return Err(Error::backend_io("rename", obj, e));
+        // link() fails if the name exists, unlike rename(): two writers
+        // racing to create `config` or a lock cannot both succeed.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let same = content_named
+                    && fs::metadata(&path)
+                        .map(|m| m.len() == data.len() as u64)
+                        .unwrap_or(false);
+                if !same {
+                    return Err(Error::AlreadyExists { path: obj.into() });
+                }
+            }
+            Err(e) => return Err(Error::backend_io("link", obj, e)),
         }
         sync_dir(&dir).map_err(|e| Error::backend_io("fsync", obj, e))
     }
@@ -153,7 +189,8 @@ impl Backend for LocalBackend {
         let obj = kind.path(name);
         let mut f = File::open(&path).map_err(|e| Error::backend_io("read", obj.clone(), e))?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| Error::backend_io("read", obj, e))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| Error::backend_io("read", obj, e))?;
         Ok(buf)
     }
 
@@ -166,7 +203,9 @@ impl Backend for LocalBackend {
             Ok(()) => Ok(buf),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corrupt(
                 obj,
-                format!("object is shorter than the {len} bytes at offset {offset} the index records (truncated)"),
+                format!(
+                    "object is shorter than the {len} bytes at offset {offset} the index records (truncated)"
+                ),
             )),
             Err(e) => Err(Error::backend_io("read", obj, e)),
         }
@@ -175,14 +214,17 @@ impl Backend for LocalBackend {
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
         for dir in self.kind_dirs(kind)? {
-            let rd = fs::read_dir(&dir).map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
+            let rd = fs::read_dir(&dir)
+                .map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
             for e in rd {
                 let e = e.map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.contains(TEMP_INFIX) || check_name(kind, &name).is_err() {
                     continue;
                 }
-                let m = e.metadata().map_err(|e| Error::backend_io("stat", name.clone(), e))?;
+                let m = e
+                    .metadata()
+                    .map_err(|e| Error::backend_io("stat", name.clone(), e))?;
                 if m.is_file() {
                     out.push((name, m.len()));
                 }
@@ -233,6 +275,15 @@ mod tests {
         fs::write(dir.path().join("index/abcd.tmp-1234"), b"partial").unwrap();
         assert!(b.list(FileKind::Index).unwrap().is_empty());
         assert_eq!(b.remove_stale_temp_files().unwrap(), 1);
+    }
+
+    #[test]
+    fn non_content_objects_are_create_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::create(dir.path()).unwrap();
+        b.put(FileKind::Config, "config", b"first").unwrap();
+        assert!(b.put(FileKind::Config, "config", b"other").is_err());
+        assert_eq!(b.get(FileKind::Config, "config").unwrap(), b"first");
     }
 
     #[test]

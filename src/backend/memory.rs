@@ -27,8 +27,17 @@ impl Backend for MemoryBackend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
-        self.lock().insert(kind.path(name), data.to_vec());
-        Ok(())
+        let path = kind.path(name);
+        let mut m = self.lock();
+        let content_named = matches!(kind, FileKind::Pack | FileKind::Index | FileKind::Snapshot);
+        match m.get(&path) {
+            Some(old) if content_named && old.len() == data.len() => Ok(()),
+            Some(_) => Err(Error::AlreadyExists { path: path.into() }),
+            None => {
+                m.insert(path, data.to_vec());
+                Ok(())
+            }
+        }
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
@@ -42,11 +51,16 @@ impl Backend for MemoryBackend {
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let path = kind.path(name);
         let m = self.lock();
-        let data = m.get(&path).ok_or_else(|| Error::NotFound { object: path.clone() })?;
+        let data = m.get(&path).ok_or_else(|| Error::NotFound {
+            object: path.clone(),
+        })?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         match start.checked_add(len) {
             Some(end) if end <= data.len() => Ok(data[start..end].to_vec()),
-            _ => Err(Error::corrupt(path, "object is shorter than the range read")),
+            _ => Err(Error::corrupt(
+                path,
+                "object is shorter than the range read",
+            )),
         }
     }
 

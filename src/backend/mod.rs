@@ -52,8 +52,10 @@ impl FileKind {
 pub trait Backend: Send + Sync {
     /// Human-readable location, for messages.
     fn location(&self) -> String;
-    /// Store a new object. Putting an existing name is allowed only with
-    /// identical bytes (content-addressed names make retries idempotent).
+    /// Store a new object. `config`, keys and locks are create-once: an
+    /// existing name is an error. For content-named kinds (packs, index,
+    /// snapshots) an existing object of the same size is taken as this one,
+    /// which makes retried puts idempotent.
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
     /// Read a whole object.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
@@ -72,15 +74,22 @@ pub trait Backend: Send + Sync {
 pub fn conformance(b: &dyn Backend) {
     use crate::error::Error;
     assert!(b.list(FileKind::Pack).unwrap().is_empty());
-    assert!(matches!(b.get(FileKind::Snapshot, "aa"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        b.get(FileKind::Snapshot, "aa"),
+        Err(Error::NotFound { .. })
+    ));
     b.put(FileKind::Pack, "abcd", b"hello world").unwrap();
     b.put(FileKind::Pack, "abcd", b"hello world").unwrap();
     b.put(FileKind::Config, "config", b"cfg").unwrap();
+    assert!(b.put(FileKind::Config, "config", b"cfx").is_err());
     assert_eq!(b.get(FileKind::Pack, "abcd").unwrap(), b"hello world");
     assert_eq!(b.get_range(FileKind::Pack, "abcd", 6, 5).unwrap(), b"world");
     assert!(b.get_range(FileKind::Pack, "abcd", 6, 6).is_err());
     assert_eq!(b.size(FileKind::Pack, "abcd").unwrap(), 11);
-    assert_eq!(b.list(FileKind::Pack).unwrap(), vec![("abcd".to_string(), 11)]);
+    assert_eq!(
+        b.list(FileKind::Pack).unwrap(),
+        vec![("abcd".to_string(), 11)]
+    );
     assert_eq!(b.get(FileKind::Config, "config").unwrap(), b"cfg");
     b.delete(FileKind::Pack, "abcd").unwrap();
     b.delete(FileKind::Pack, "abcd").unwrap();

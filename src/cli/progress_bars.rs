@@ -54,7 +54,11 @@ impl CliProgress {
         } else {
             Display::Silent
         };
-        CliProgress { counters: Counters::new(), display, total_files: AtomicU64::new(0) }
+        CliProgress {
+            counters: Counters::new(),
+            display,
+            total_files: AtomicU64::new(0),
+        }
     }
 
     fn status(&self, current: Option<&Path>) {
@@ -65,7 +69,11 @@ impl CliProgress {
             Display::Bar(b) => {
                 let cur = current.map(|p| p.display().to_string()).unwrap_or_default();
                 let total = self.total_files.load(Ordering::Relaxed);
-                let of = if total > 0 { format!("/{total}") } else { String::new() };
+                let of = if total > 0 {
+                    format!("/{total}")
+                } else {
+                    String::new()
+                };
                 b.set_message(format!(
                     "{files}{of} files, {} read ({}/s) {cur}",
                     super::output::bytes(bytes),

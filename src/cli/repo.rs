@@ -20,16 +20,21 @@ fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
     if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(v));
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither {var} nor HOME is set: give --repo"))?;
+    let home = std::env::var_os("HOME")
+        .ok_or_else(|| anyhow!("neither {var} nor HOME is set: give --repo"))?;
     Ok(Path::new(&home).join(fallback))
 }
 
 pub fn default_repo_path() -> Result<PathBuf> {
-    Ok(xdg("XDG_DATA_HOME", ".local/share")?.join("coffer").join("default"))
+    Ok(xdg("XDG_DATA_HOME", ".local/share")?
+        .join("coffer")
+        .join("default"))
 }
 
 pub fn default_key_file() -> Result<PathBuf> {
-    Ok(xdg("XDG_CONFIG_HOME", ".config")?.join("coffer").join("default.key"))
+    Ok(xdg("XDG_CONFIG_HOME", ".config")?
+        .join("coffer")
+        .join("default.key"))
 }
 
 /// The repository location and whether it is the default one.
@@ -49,7 +54,8 @@ pub fn cache_root(g: &GlobalOpts) -> Option<PathBuf> {
 
 /// Read a key file, refusing one that others can read.
 pub fn read_key_file(path: &Path) -> Result<KeyFileSecret> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read key file {}", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read key file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         bail!(
             "key file {} is readable by other users: run `chmod 600 {}` and try again",
@@ -58,7 +64,8 @@ pub fn read_key_file(path: &Path) -> Result<KeyFileSecret> {
         );
     }
     let text = Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read key file {}", path.display()))?,
     );
     KeyFileSecret::parse(&text).map_err(|e| anyhow!("key file {}: {e}", path.display()))
 }
@@ -81,7 +88,8 @@ pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>>
         return Ok(Some(Zeroizing::new(p.as_bytes().to_vec())));
     }
     if let Some(f) = &g.password_file {
-        let data = std::fs::read(f).with_context(|| format!("cannot read password file {}", f.display()))?;
+        let data = std::fs::read(f)
+            .with_context(|| format!("cannot read password file {}", f.display()))?;
         let first = data.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
         let first = strip_newline(first);
         if first.is_empty() {
@@ -111,7 +119,8 @@ pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>>
 
 /// Ask on the terminal (not echoed).
 pub fn prompt(question: &str) -> Result<Zeroizing<Vec<u8>>> {
-    let p = rpassword::prompt_password(question).context("cannot read the password from the terminal")?;
+    let p = rpassword::prompt_password(question)
+        .context("cannot read the password from the terminal")?;
     Ok(Zeroizing::new(p.into_bytes()))
 }
 
@@ -156,7 +165,10 @@ pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
             );
         }
         if !path.exists() {
-            bail!("repository {} does not exist: check --repo or run `coffer init`", path.display());
+            bail!(
+                "repository {} does not exist: check --repo or run `coffer init`",
+                path.display()
+            );
         }
     }
     let secret = secret(g, is_default, &path)?;

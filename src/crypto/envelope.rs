@@ -99,14 +99,23 @@ mod tests {
         let sealed = seal(&key, b"aad", b"secret");
         assert_eq!(sealed.len(), 6 + OVERHEAD);
         assert_eq!(open(&key, b"aad", &sealed).unwrap(), b"secret");
-        assert_eq!(open(&key, b"other", &sealed), Err(OpenError::Authentication));
-        assert_eq!(open(&[8u8; 32], b"aad", &sealed), Err(OpenError::Authentication));
+        assert_eq!(
+            open(&key, b"other", &sealed),
+            Err(OpenError::Authentication)
+        );
+        assert_eq!(
+            open(&[8u8; 32], b"aad", &sealed),
+            Err(OpenError::Authentication)
+        );
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 1;
             assert!(open(&key, b"aad", &bad).is_err(), "flip at {i} undetected");
         }
-        assert_eq!(open(&key, b"aad", &sealed[..10]), Err(OpenError::Truncated(10)));
+        assert_eq!(
+            open(&key, b"aad", &sealed[..10]),
+            Err(OpenError::Truncated(10))
+        );
         assert!(open(&key, b"aad", &sealed[..sealed.len() - 1]).is_err());
     }
 

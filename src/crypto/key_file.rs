@@ -5,7 +5,7 @@
 //! ```text
 //! magic "cofferK1"[8]
 //! kind u8                       1 = passphrase, 2 = key file
-//! argon2_memory_kib u32         passphrase slots only; 0 for key files
+//! argon2_memory_kib u32         passphrase slots; all three are 0 for key files
 //! argon2_iterations u32
 //! argon2_lanes u32
 //! salt[16]
@@ -29,8 +29,9 @@ use zeroize::{Zeroize, Zeroizing};
 pub const SLOT_MAGIC: &[u8; 8] = b"cofferK1";
 pub const SALT_LEN: usize = 16;
 
-/// Upper bounds on KDF parameters read from a slot: 4 GiB of memory and
-/// 64 passes would make opening a hostile slot a denial of service.
+/// Upper bounds on KDF parameters read from a slot (inclusive): a hostile
+/// slot asking for terabytes of memory or millions of passes would make
+/// every open a denial of service (RELIABILITY.md H-2).
 pub const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
 pub const MAX_ITERATIONS: u32 = 64;
 pub const MAX_LANES: u32 = 16;
@@ -56,7 +57,7 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
-    fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), String> {
         if self.memory_kib < 8 * self.lanes.max(1)
             || self.memory_kib > MAX_MEMORY_KIB
             || self.iterations == 0
@@ -104,12 +105,19 @@ pub enum Unlock<'a> {
     KeyFile(&'a [u8; 32]),
 }
 
-fn kek(slot_kind: SlotKind, kdf: &KdfParams, salt: &[u8; SALT_LEN], secret: &Unlock) -> Option<Zeroizing<[u8; 32]>> {
+fn kek(
+    slot_kind: SlotKind,
+    kdf: &KdfParams,
+    salt: &[u8; SALT_LEN],
+    secret: &Unlock,
+) -> Option<Zeroizing<[u8; 32]>> {
     let mut out = Zeroizing::new([0u8; 32]);
     match (slot_kind, secret) {
         (SlotKind::Passphrase, Unlock::Passphrase(p)) => {
-            let params = argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.lanes, Some(32)).ok()?;
-            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let params =
+                argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.lanes, Some(32)).ok()?;
+            let a =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             a.hash_password_into(p, salt, &mut out[..]).ok()?;
         }
         (SlotKind::KeyFile, Unlock::KeyFile(s)) => {
@@ -130,26 +138,39 @@ impl KeySlot {
         secret: &Unlock,
         kdf: KdfParams,
         meta: &SlotMeta,
-    ) -> KeySlot {
+    ) -> Result<KeySlot, String> {
         let kind = match secret {
             Unlock::Passphrase(_) => SlotKind::Passphrase,
             Unlock::KeyFile(_) => SlotKind::KeyFile,
         };
         let kdf = if kind == SlotKind::KeyFile {
-            KdfParams { memory_kib: 0, iterations: 0, lanes: 0 }
+            KdfParams {
+                memory_kib: 0,
+                iterations: 0,
+                lanes: 0,
+            }
         } else {
+            // A slot its own reader would refuse must never be written.
+            kdf.check()?;
             kdf
         };
         let mut salt = [0u8; SALT_LEN];
         envelope::random_bytes(&mut salt);
-        let kek = kek(kind, &kdf, &salt, secret).unwrap_or_else(|| Zeroizing::new([0; 32]));
+        let kek = kek(kind, &kdf, &salt, secret).ok_or("Argon2id refused the parameters")?;
         let wrapped = envelope::seal(&kek, &aad(repo, AadKind::KeyWrap, &id.0), &master.0);
         let mut w = Writer::new();
         w.i64(meta.created_unix_ns);
         w.str(&meta.hostname);
         w.str(&meta.username);
-        let meta_sealed = envelope::seal(&keys.meta, &aad(repo, AadKind::KeyMeta, &id.0), &w.finish());
-        KeySlot { kind, kdf, salt, wrapped, meta_sealed }
+        let meta_sealed =
+            envelope::seal(&keys.meta, &aad(repo, AadKind::KeyMeta, &id.0), &w.finish());
+        Ok(KeySlot {
+            kind,
+            kdf,
+            salt,
+            wrapped,
+            meta_sealed,
+        })
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -190,13 +211,20 @@ impl KeySlot {
         }
         let meta_sealed = r.bytes(64 * 1024, "slot metadata")?.to_vec();
         r.finish()?;
-        Ok(KeySlot { kind, kdf, salt, wrapped, meta_sealed })
+        Ok(KeySlot {
+            kind,
+            kdf,
+            salt,
+            wrapped,
+            meta_sealed,
+        })
     }
 
     /// Try to unwrap the master key. `None`: this secret does not open this slot.
     pub fn unlock(&self, repo: &RepoId, id: &KeyId, secret: &Unlock) -> Option<MasterKey> {
         let kek = kek(self.kind, &self.kdf, &self.salt, secret)?;
-        let mut plain = envelope::open(&kek, &aad(repo, AadKind::KeyWrap, &id.0), &self.wrapped).ok()?;
+        let mut plain =
+            envelope::open(&kek, &aad(repo, AadKind::KeyWrap, &id.0), &self.wrapped).ok()?;
         let mut k = [0u8; 32];
         if plain.len() != 32 {
             plain.zeroize();
@@ -209,14 +237,22 @@ impl KeySlot {
 
     /// Read the slot's metadata with the repository's keys.
     pub fn meta(&self, repo: &RepoId, id: &KeyId, keys: &KeySet) -> Result<SlotMeta, String> {
-        let plain = envelope::open(&keys.meta, &aad(repo, AadKind::KeyMeta, &id.0), &self.meta_sealed)
-            .map_err(|e: OpenError| e.to_string())?;
+        let plain = envelope::open(
+            &keys.meta,
+            &aad(repo, AadKind::KeyMeta, &id.0),
+            &self.meta_sealed,
+        )
+        .map_err(|e: OpenError| e.to_string())?;
         let mut r = Reader::new(&plain);
         let m = (|| -> Result<SlotMeta, DecodeError> {
             let created_unix_ns = r.i64()?;
             let hostname = r.string(1024, "hostname")?;
             let username = r.string(1024, "username")?;
-            Ok(SlotMeta { created_unix_ns, hostname, username })
+            Ok(SlotMeta {
+                created_unix_ns,
+                hostname,
+                username,
+            })
         })()
         .map_err(|e| e.0)?;
         r.finish().map_err(|e| e.0)?;
@@ -282,11 +318,19 @@ mod tests {
     use super::*;
 
     fn weak() -> KdfParams {
-        KdfParams { memory_kib: 64, iterations: 1, lanes: 1 }
+        KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            lanes: 1,
+        }
     }
 
     fn meta() -> SlotMeta {
-        SlotMeta { created_unix_ns: 5, hostname: "h".into(), username: "u".into() }
+        SlotMeta {
+            created_unix_ns: 5,
+            hostname: "h".into(),
+            username: "u".into(),
+        }
     }
 
     #[test]
@@ -295,11 +339,31 @@ mod tests {
         let id = KeyId([2; 32]);
         let master = MasterKey([9; 32]);
         let keys = KeySet::derive(&master);
-        let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::Passphrase(b"pw"), weak(), &meta());
+        let slot = KeySlot::create(
+            &repo,
+            &id,
+            &master,
+            &keys,
+            &Unlock::Passphrase(b"pw"),
+            weak(),
+            &meta(),
+        )
+        .unwrap();
         let back = KeySlot::decode(&slot.encode()).unwrap();
-        assert_eq!(back.unlock(&repo, &id, &Unlock::Passphrase(b"pw")).unwrap().0, master.0);
-        assert!(back.unlock(&repo, &id, &Unlock::Passphrase(b"wrong")).is_none());
-        assert!(back.unlock(&repo, &KeyId([3; 32]), &Unlock::Passphrase(b"pw")).is_none());
+        assert_eq!(
+            back.unlock(&repo, &id, &Unlock::Passphrase(b"pw"))
+                .unwrap()
+                .0,
+            master.0
+        );
+        assert!(
+            back.unlock(&repo, &id, &Unlock::Passphrase(b"wrong"))
+                .is_none()
+        );
+        assert!(
+            back.unlock(&repo, &KeyId([3; 32]), &Unlock::Passphrase(b"pw"))
+                .is_none()
+        );
         assert_eq!(back.meta(&repo, &id, &keys).unwrap(), meta());
     }
 
@@ -310,13 +374,45 @@ mod tests {
         let master = MasterKey([9; 32]);
         let keys = KeySet::derive(&master);
         let kf = KeyFileSecret::generate(repo);
-        let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::KeyFile(&kf.secret), weak(), &meta());
+        let slot = KeySlot::create(
+            &repo,
+            &id,
+            &master,
+            &keys,
+            &Unlock::KeyFile(&kf.secret),
+            weak(),
+            &meta(),
+        )
+        .unwrap();
         let parsed = KeyFileSecret::parse(&kf.to_text()).unwrap();
         assert_eq!(parsed.repo, repo);
-        let got = slot.unlock(&repo, &id, &Unlock::KeyFile(&parsed.secret)).unwrap();
+        let got = slot
+            .unlock(&repo, &id, &Unlock::KeyFile(&parsed.secret))
+            .unwrap();
         assert_eq!(got.0, master.0);
         assert!(slot.unlock(&repo, &id, &Unlock::Passphrase(b"x")).is_none());
         assert!(KeyFileSecret::parse("hello").is_err());
+    }
+
+    #[test]
+    fn out_of_bounds_params_are_never_written() {
+        let master = MasterKey([9; 32]);
+        let keys = KeySet::derive(&master);
+        let bad = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            lanes: 0,
+        };
+        let r = KeySlot::create(
+            &RepoId([1; 32]),
+            &KeyId([2; 32]),
+            &master,
+            &keys,
+            &Unlock::Passphrase(b"p"),
+            bad,
+            &meta(),
+        );
+        assert!(r.is_err());
     }
 
     #[test]
@@ -325,7 +421,16 @@ mod tests {
         let id = KeyId([2; 32]);
         let master = MasterKey([9; 32]);
         let keys = KeySet::derive(&master);
-        let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::Passphrase(b"pw"), weak(), &meta());
+        let slot = KeySlot::create(
+            &repo,
+            &id,
+            &master,
+            &keys,
+            &Unlock::Passphrase(b"pw"),
+            weak(),
+            &meta(),
+        )
+        .unwrap();
         let mut bytes = slot.encode();
         bytes[9..13].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(KeySlot::decode(&bytes).is_err());

@@ -29,8 +29,9 @@ pub enum AadKind {
     Lock = 9,
 }
 
-/// `repo_id[32] || kind[1] || id[32]`; `id` is zero where the object is
-/// named by the hash of its ciphertext (the name already pins it).
+/// `repo_id[32] || kind[1] || id[32]`; `id` is zero for the config, pack
+/// trailers and objects named by the hash of their ciphertext (the name
+/// already pins those).
 pub fn aad(repo: &RepoId, kind: AadKind, id: &[u8; 32]) -> [u8; 65] {
     let mut a = [0u8; 65];
     a[..32].copy_from_slice(repo.as_bytes());

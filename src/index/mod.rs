@@ -97,9 +97,11 @@ impl Index {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| cache_err(path, e))?;
         if version != 0 && version != schema::SCHEMA_VERSION {
-            conn.execute_batch(schema::DROP).map_err(|e| cache_err(path, e))?;
+            conn.execute_batch(schema::DROP)
+                .map_err(|e| cache_err(path, e))?;
         }
-        conn.execute_batch(schema::CREATE).map_err(|e| cache_err(path, e))?;
+        conn.execute_batch(schema::CREATE)
+            .map_err(|e| cache_err(path, e))?;
         conn.pragma_update(None, "user_version", schema::SCHEMA_VERSION)
             .map_err(|e| cache_err(path, e))?;
         let idx = Index {
@@ -144,7 +146,9 @@ impl Index {
     /// The segments the cache was built from.
     pub fn segments(&self) -> Result<HashSet<SegmentId>> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT id FROM segments").map_err(|e| self.err(e))?;
+        let mut st = c
+            .prepare("SELECT id FROM segments")
+            .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| r.get::<_, Vec<u8>>(0))
             .map_err(|e| self.err(e))?;
@@ -215,8 +219,11 @@ impl Index {
                         .map_err(|e| self.err(e))?;
                 }
             }
-            tx.execute("INSERT OR IGNORE INTO segments (id) VALUES (?1)", params![&id.0[..]])
-                .map_err(|e| self.err(e))?;
+            tx.execute(
+                "INSERT OR IGNORE INTO segments (id) VALUES (?1)",
+                params![&id.0[..]],
+            )
+            .map_err(|e| self.err(e))?;
         }
         tx.commit().map_err(|e| self.err(e))
     }
@@ -269,14 +276,19 @@ impl Index {
     /// Every indexed pack and its recorded size.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT id, size FROM packs ORDER BY id").map_err(|e| self.err(e))?;
+        let mut st = c
+            .prepare("SELECT id, size FROM packs ORDER BY id")
+            .map_err(|e| self.err(e))?;
         let rows = st
             .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
             let (id, size) = r.map_err(|e| self.err(e))?;
-            out.push((PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?, size as u64));
+            out.push((
+                PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?,
+                size as u64,
+            ));
         }
         Ok(out)
     }
@@ -304,12 +316,24 @@ mod tests {
         let entries = blobs
             .iter()
             .map(|&b| {
-                let e = PackEntry { kind: BlobKind::Data, id: BlobId([b; 32]), offset: off, length: 100, raw_length: 90 };
+                let e = PackEntry {
+                    kind: BlobKind::Data,
+                    id: BlobId([b; 32]),
+                    offset: off,
+                    length: 100,
+                    raw_length: 90,
+                };
                 off += 100;
                 e
             })
             .collect();
-        Segment { packs: vec![IndexedPack { id: PackId([pack; 32]), size: off as u64 + 200, entries }] }
+        Segment {
+            packs: vec![IndexedPack {
+                id: PackId([pack; 32]),
+                size: off as u64 + 200,
+                entries,
+            }],
+        }
     }
 
     #[test]
@@ -320,7 +344,13 @@ mod tests {
         let idx = Index::open(&path, &repo, 1).unwrap();
         let s1 = SegmentId([1; 32]);
         let s2 = SegmentId([2; 32]);
-        let load = |id: &SegmentId| Ok(if id.0[0] == 1 { seg(10, &[1, 2]) } else { seg(11, &[3]) });
+        let load = |id: &SegmentId| {
+            Ok(if id.0[0] == 1 {
+                seg(10, &[1, 2])
+            } else {
+                seg(11, &[3])
+            })
+        };
         assert!(!idx.sync(&[s1], load).unwrap());
         assert!(idx.contains(&BlobId([1; 32])).unwrap());
         assert!(!idx.contains(&BlobId([3; 32])).unwrap());

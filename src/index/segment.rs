@@ -37,7 +37,8 @@ impl Segment {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::new();
-        w.buf.reserve(12 + self.packs.len() * 44 + self.blob_count() * ENTRY_LEN);
+        w.buf
+            .reserve(12 + self.packs.len() * 44 + self.blob_count() * ENTRY_LEN);
         w.raw(SEGMENT_MAGIC);
         w.u32(self.packs.len() as u32);
         for p in &self.packs {
@@ -69,11 +70,16 @@ impl Segment {
             for _ in 0..ne {
                 entries.push(decode_entry(&mut r)?);
             }
-            // Blobs plus the trailer must fit inside the pack.
-            let end = entries.last().map(|e| e.offset as u64 + e.length as u64).unwrap_or(0);
+            // The blobs and the 4-byte trailer length must fit inside the pack.
+            let end = entries
+                .last()
+                .map(|e| e.offset as u64 + e.length as u64)
+                .unwrap_or(0);
             check_tiling(&entries, end).map_err(|e| DecodeError(format!("pack {id}: {e}")))?;
             if end + 4 > size {
-                return Err(DecodeError(format!("pack {id}: blobs extend past its size")));
+                return Err(DecodeError(format!(
+                    "pack {id}: blobs extend past its size"
+                )));
             }
             packs.push(IndexedPack { id, size, entries });
         }
@@ -95,8 +101,20 @@ mod tests {
                 id: PackId([1; 32]),
                 size: 1000,
                 entries: vec![
-                    PackEntry { kind: BlobKind::Data, id: BlobId([2; 32]), offset: 0, length: 100, raw_length: 200 },
-                    PackEntry { kind: BlobKind::Tree, id: BlobId([3; 32]), offset: 100, length: 50, raw_length: 10 },
+                    PackEntry {
+                        kind: BlobKind::Data,
+                        id: BlobId([2; 32]),
+                        offset: 0,
+                        length: 100,
+                        raw_length: 200,
+                    },
+                    PackEntry {
+                        kind: BlobKind::Tree,
+                        id: BlobId([3; 32]),
+                        offset: 100,
+                        length: 50,
+                        raw_length: 10,
+                    },
                 ],
             }],
         };

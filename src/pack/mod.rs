@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! pack    := blob* || trailer_envelope || trailer_len u32
-//! blob    := envelope(flag u8 || payload)        key: data, aad = repo || Data|Tree || blob id
+//! blob    := envelope(flag u8 || payload)        key: data, aad = repo || DataBlob(4)|TreeBlob(5) || blob id
 //!            flag 0: payload is the plaintext; flag 1: payload is zstd of it
 //! trailer := "cofferP1"[8] || count u32 || entry*count      key: data, aad = repo || PackTrailer || 0^32
 //! entry   := kind u8 || blob id[32] || offset u32 || length u32 || raw_length u32   (45 bytes)
@@ -95,7 +95,10 @@ pub fn open_blob(
     sealed: &[u8],
 ) -> Result<Vec<u8>, String> {
     if entry.raw_length > MAX_BLOB_RAW {
-        return Err(format!("blob {} declares {} bytes", entry.id, entry.raw_length));
+        return Err(format!(
+            "blob {} declares {} bytes",
+            entry.id, entry.raw_length
+        ));
     }
     let body = envelope::open(&keys.data, &blob_aad(repo, entry.kind, &entry.id), sealed)
         .map_err(|e| format!("blob {}: {e}", entry.id))?;
@@ -115,7 +118,10 @@ pub fn open_blob(
         ));
     }
     if keys.blob_id(&plain) != entry.id {
-        return Err(format!("blob {}: content does not hash to its id", entry.id));
+        return Err(format!(
+            "blob {}: content does not hash to its id",
+            entry.id
+        ));
     }
     Ok(plain)
 }

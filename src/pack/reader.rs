@@ -14,7 +14,9 @@ pub const MAX_TRAILER: usize = 12 + MAX_PACK_ENTRIES * ENTRY_LEN + envelope::OVE
 pub fn trailer_len(last4: [u8; 4], pack_size: u64) -> Result<usize, String> {
     let n = u32::from_le_bytes(last4) as u64;
     if pack_size > MAX_PACK_SIZE {
-        return Err(format!("pack is {pack_size} bytes, over the {MAX_PACK_SIZE} limit"));
+        return Err(format!(
+            "pack is {pack_size} bytes, over the {MAX_PACK_SIZE} limit"
+        ));
     }
     if n < envelope::OVERHEAD as u64 || n + 4 > pack_size || n as usize > MAX_TRAILER {
         return Err(format!(
@@ -32,8 +34,12 @@ pub fn open_trailer(
     sealed: &[u8],
     blobs_end: u64,
 ) -> Result<Vec<PackEntry>, String> {
-    let plain = envelope::open(&keys.data, &aad(repo, AadKind::PackTrailer, &[0; 32]), sealed)
-        .map_err(|e| format!("trailer: {e}"))?;
+    let plain = envelope::open(
+        &keys.data,
+        &aad(repo, AadKind::PackTrailer, &[0; 32]),
+        sealed,
+    )
+    .map_err(|e| format!("trailer: {e}"))?;
     let entries = decode_trailer(&plain).map_err(|e| format!("trailer: {e}"))?;
     check_tiling(&entries, blobs_end)?;
     Ok(entries)
@@ -42,10 +48,15 @@ pub fn open_trailer(
 /// Parse a whole pack held in memory.
 pub fn parse_pack(keys: &KeySet, repo: &RepoId, pack: &[u8]) -> Result<Vec<PackEntry>, String> {
     if pack.len() < 4 {
-        return Err(format!("pack is only {} bytes (empty or truncated)", pack.len()));
+        return Err(format!(
+            "pack is only {} bytes (empty or truncated)",
+            pack.len()
+        ));
     }
     let size = pack.len() as u64;
-    let last4: [u8; 4] = pack[pack.len() - 4..].try_into().map_err(|_| "short pack")?;
+    let last4: [u8; 4] = pack[pack.len() - 4..]
+        .try_into()
+        .map_err(|_| "short pack")?;
     let n = trailer_len(last4, size)?;
     let start = pack.len() - 4 - n;
     open_trailer(keys, repo, &pack[start..pack.len() - 4], start as u64)
@@ -73,9 +84,17 @@ pub fn decode_entry(r: &mut Reader) -> Result<PackEntry, DecodeError> {
     let length = r.u32()?;
     let raw_length = r.u32()?;
     if length < envelope::OVERHEAD as u32 + 1 {
-        return Err(DecodeError(format!("blob {id} has impossible length {length}")));
+        return Err(DecodeError(format!(
+            "blob {id} has impossible length {length}"
+        )));
     }
-    Ok(PackEntry { kind, id, offset, length, raw_length })
+    Ok(PackEntry {
+        kind,
+        id,
+        offset,
+        length,
+        raw_length,
+    })
 }
 
 /// Entries must be contiguous, in order, and end exactly at `end`.
@@ -83,7 +102,10 @@ pub fn check_tiling(entries: &[PackEntry], end: u64) -> Result<(), String> {
     let mut pos = 0u64;
     for e in entries {
         if e.offset as u64 != pos {
-            return Err(format!("blob {} at offset {} (expected {pos})", e.id, e.offset));
+            return Err(format!(
+                "blob {} at offset {} (expected {pos})",
+                e.id, e.offset
+            ));
         }
         pos += e.length as u64;
     }
@@ -107,7 +129,14 @@ mod tests {
         let mut w = PackWriter::new();
         let blobs: Vec<Vec<u8>> = vec![b"abc".repeat(1000), vec![], b"xyz".to_vec()];
         for b in &blobs {
-            w.add(seal_blob(&keys, &repo, BlobKind::Data, keys.blob_id(b), b, 3));
+            w.add(seal_blob(
+                &keys,
+                &repo,
+                BlobKind::Data,
+                keys.blob_id(b),
+                b,
+                3,
+            ));
         }
         let p = w.finish(&keys, &repo);
         let entries = parse_pack(&keys, &repo, &p.bytes).unwrap();

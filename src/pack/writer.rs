@@ -52,10 +52,17 @@ impl PackWriter {
     /// Seal the trailer and name the pack.
     pub fn finish(mut self, keys: &KeySet, repo: &RepoId) -> FinishedPack {
         let trailer = encode_trailer(&self.entries);
-        let sealed = envelope::seal(&keys.data, &aad(repo, AadKind::PackTrailer, &[0; 32]), &trailer);
+        let sealed = envelope::seal(
+            &keys.data,
+            &aad(repo, AadKind::PackTrailer, &[0; 32]),
+            &trailer,
+        );
         self.buf.extend_from_slice(&sealed);
-        self.buf
-            .extend_from_slice(&u32::try_from(sealed.len()).unwrap_or(u32::MAX).to_le_bytes());
+        self.buf.extend_from_slice(
+            &u32::try_from(sealed.len())
+                .unwrap_or(u32::MAX)
+                .to_le_bytes(),
+        );
         FinishedPack {
             id: PackId(content_hash(&self.buf)),
             bytes: self.buf,
@@ -64,7 +71,7 @@ impl PackWriter {
     }
 }
 
-/// The trailer plaintext (also used by index segments for their entry lists).
+/// The trailer plaintext.
 pub fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {
     let mut w = Writer::new();
     w.buf.reserve(12 + entries.len() * ENTRY_LEN);

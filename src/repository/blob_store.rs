@@ -56,11 +56,14 @@ struct Shared {
     stored_added: AtomicU64,
 }
 
+/// Packs written and segments saved by the upload thread.
+type UploadResult = Result<(u64, Vec<SegmentId>)>;
+
 pub struct BlobStore {
     shared: Arc<Shared>,
     writers: Mutex<[PackWriter; 2]>,
     tx: Option<Sender<FinishedPack>>,
-    uploader: Option<JoinHandle<Result<(u64, Vec<SegmentId>)>>>,
+    uploader: Option<JoinHandle<UploadResult>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,7 +102,9 @@ impl BlobStore {
 
     fn check_failed(&self) -> Result<()> {
         match lock(&self.shared.failed).as_ref() {
-            Some(msg) => Err(Error::Usage(format!("backup aborted after a repository error: {msg}"))),
+            Some(msg) => Err(Error::Usage(format!(
+                "backup aborted after a repository error: {msg}"
+            ))),
             None => Ok(()),
         }
     }
@@ -126,7 +131,9 @@ impl BlobStore {
         let finished = pack.finish(self.shared.repo.keys(), self.shared.repo.id());
         match &self.tx {
             Some(tx) => tx.send(finished).map_err(|_| {
-                let msg = lock(&self.shared.failed).clone().unwrap_or_else(|| "upload thread stopped".into());
+                let msg = lock(&self.shared.failed)
+                    .clone()
+                    .unwrap_or_else(|| "upload thread stopped".into());
                 Error::Usage(format!("backup aborted after a repository error: {msg}"))
             }),
             None => Err(Error::Usage("blob store already finished".into())),
@@ -184,15 +191,33 @@ impl BlobSink for BlobStore {
 
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
         self.check_failed()?;
+        if data.len() > crate::pack::MAX_BLOB_RAW as usize {
+            return Err(Error::Usage(format!(
+                "a {kind:?} blob of {} bytes exceeds the {} byte limit (a directory with too many entries?)",
+                data.len(),
+                crate::pack::MAX_BLOB_RAW
+            )));
+        }
         if !self.claim(&id)? {
             return Ok(0);
         }
         let repo = &self.shared.repo;
-        let sealed = seal_blob(repo.keys(), repo.id(), kind, id, data, repo.config().zstd_level);
+        let sealed = seal_blob(
+            repo.keys(),
+            repo.id(),
+            kind,
+            id,
+            data,
+            repo.config().zstd_level,
+        );
         let stored = sealed.bytes.len() as u64;
         self.shared.blobs_added.fetch_add(1, Ordering::Relaxed);
-        self.shared.raw_added.fetch_add(data.len() as u64, Ordering::Relaxed);
-        self.shared.stored_added.fetch_add(stored, Ordering::Relaxed);
+        self.shared
+            .raw_added
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        self.shared
+            .stored_added
+            .fetch_add(stored, Ordering::Relaxed);
         let full = {
             let mut w = lock(&self.writers);
             let slot = &mut w[(kind == BlobKind::Tree) as usize];
@@ -216,7 +241,10 @@ fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
     let entries = parse_pack(repo.keys(), repo.id(), &p.bytes)
         .map_err(|e| Error::corrupt(format!("{name} (before upload)"), e))?;
     if entries != p.entries {
-        return Err(Error::corrupt(format!("{name} (before upload)"), "trailer does not match the blobs written"));
+        return Err(Error::corrupt(
+            format!("{name} (before upload)"),
+            "trailer does not match the blobs written",
+        ));
     }
     entries.par_iter().try_for_each(|e| {
         let s = &p.bytes[e.offset as usize..(e.offset + e.length) as usize];
@@ -226,7 +254,7 @@ fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
     })
 }
 
-fn upload_loop(shared: &Shared, rx: Receiver<FinishedPack>) -> Result<(u64, Vec<SegmentId>)> {
+fn upload_loop(shared: &Shared, rx: Receiver<FinishedPack>) -> UploadResult {
     let repo = &shared.repo;
     let mut unindexed = Segment::default();
     let mut unindexed_blobs = 0usize;
@@ -253,7 +281,8 @@ fn upload_loop(shared: &Shared, rx: Receiver<FinishedPack>) -> Result<(u64, Vec<
     for pack in rx.iter() {
         let step = || -> Result<()> {
             verify_pack(repo, &pack)?;
-            repo.backend().put(FileKind::Pack, &pack.id.to_hex(), &pack.bytes)?;
+            repo.backend()
+                .put(FileKind::Pack, &pack.id.to_hex(), &pack.bytes)?;
             Ok(())
         };
         if let Err(e) = step() {

@@ -45,7 +45,10 @@ impl Config {
             return Err(format!("zstd level {} is outside -7..=22", self.zstd_level));
         }
         if !(1024 * 1024..=1024 * 1024 * 1024).contains(&self.pack_size) {
-            return Err(format!("pack size {} is outside 1 MiB..1 GiB", self.pack_size));
+            return Err(format!(
+                "pack size {} is outside 1 MiB..1 GiB",
+                self.pack_size
+            ));
         }
         Ok(())
     }
@@ -58,7 +61,11 @@ impl Config {
         body.u32(self.zstd_level as u32);
         body.u32(self.pack_size);
         body.i64(self.created_ns);
-        let sealed = envelope::seal(&keys.meta, &aad(repo, AadKind::Config, &[0; 32]), &body.finish());
+        let sealed = envelope::seal(
+            &keys.meta,
+            &aad(repo, AadKind::Config, &[0; 32]),
+            &body.finish(),
+        );
         let mut w = Writer::new();
         w.raw(CONFIG_MAGIC);
         w.u32(FORMAT_VERSION);
@@ -83,12 +90,20 @@ pub fn decode_header(bytes: &[u8]) -> Result<ConfigHeader<'_>, DecodeError> {
     let version = r.u32()?;
     let repo = RepoId(r.array()?);
     let sealed_body = r.take(r.remaining())?;
-    Ok(ConfigHeader { version, repo, sealed_body })
+    Ok(ConfigHeader {
+        version,
+        repo,
+        sealed_body,
+    })
 }
 
 pub fn decode_body(header: &ConfigHeader, keys: &KeySet) -> Result<Config, String> {
-    let plain = envelope::open(&keys.meta, &aad(&header.repo, AadKind::Config, &[0; 32]), header.sealed_body)
-        .map_err(|e| e.to_string())?;
+    let plain = envelope::open(
+        &keys.meta,
+        &aad(&header.repo, AadKind::Config, &[0; 32]),
+        header.sealed_body,
+    )
+    .map_err(|e| e.to_string())?;
     let mut r = Reader::new(&plain);
     let c = (|| -> Result<Config, DecodeError> {
         let chunker = ChunkerParams {
@@ -99,7 +114,12 @@ pub fn decode_body(header: &ConfigHeader, keys: &KeySet) -> Result<Config, Strin
         let zstd_level = r.u32()? as i32;
         let pack_size = r.u32()?;
         let created_ns = r.i64()?;
-        Ok(Config { chunker, zstd_level, pack_size, created_ns })
+        Ok(Config {
+            chunker,
+            zstd_level,
+            pack_size,
+            created_ns,
+        })
     })()
     .map_err(|e| e.0)?;
     r.finish().map_err(|e| e.0)?;

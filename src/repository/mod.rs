@@ -39,6 +39,10 @@ pub enum InitSecret {
     KeyFile(KeyFileSecret),
 }
 
+/// A key slot as `key list` shows it: id, kind (if the slot parses), and
+/// its metadata or why it cannot be read.
+pub type KeyListing = (KeyId, Option<SlotKind>, Result<SlotMeta, String>);
+
 /// Most passphrase slots tried when opening: each costs one Argon2id run, so
 /// a repository with a thousand slots cannot stall every command (H-4).
 const MAX_PASSPHRASE_SLOTS: usize = 32;
@@ -90,7 +94,11 @@ impl Repository {
     ) -> Result<Repository> {
         config.validate().map_err(Error::Usage)?;
         match backend.get(FileKind::Config, "config") {
-            Ok(_) => return Err(Error::AlreadyExists { path: backend.location().into() }),
+            Ok(_) => {
+                return Err(Error::AlreadyExists {
+                    path: backend.location().into(),
+                });
+            }
             Err(Error::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -131,28 +139,34 @@ impl Repository {
         let raw = match backend.get(FileKind::Config, "config") {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {
-                return Err(Error::NotARepository { path: backend.location().into() });
+                return Err(Error::NotARepository {
+                    path: backend.location().into(),
+                });
             }
             Err(e) => return Err(e),
         };
         let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
         if header.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion { found: header.version, supported: FORMAT_VERSION });
+            return Err(Error::UnsupportedVersion {
+                found: header.version,
+                supported: FORMAT_VERSION,
+            });
         }
         let repo_id = header.repo;
-        if let Secret::KeyFile(kf) = secret {
-            if kf.repo != repo_id {
-                return Err(Error::Usage(format!(
-                    "the key file belongs to repository {}, not to {} ({})",
-                    kf.repo.short(),
-                    repo_id.short(),
-                    backend.location()
-                )));
-            }
+        if let Secret::KeyFile(kf) = secret
+            && kf.repo != repo_id
+        {
+            return Err(Error::Usage(format!(
+                "the key file belongs to repository {}, not to {} ({})",
+                kf.repo.short(),
+                repo_id.short(),
+                backend.location()
+            )));
         }
         let (master, key_id) = unlock_master(backend.as_ref(), &repo_id, secret)?;
         let keys = KeySet::derive(&master);
-        let config = config::decode_body(&header, &keys).map_err(|e| Error::corrupt("config", e))?;
+        let config =
+            config::decode_body(&header, &keys).map_err(|e| Error::corrupt("config", e))?;
         Ok(Repository {
             backend,
             repo_id,
@@ -230,7 +244,13 @@ impl Repository {
     }
 
     /// Seal `plain` and store it under the hash of the sealed bytes.
-    fn save_named(&self, kind: FileKind, key: &[u8; 32], aad_kind: AadKind, plain: &[u8]) -> Result<[u8; 32]> {
+    fn save_named(
+        &self,
+        kind: FileKind,
+        key: &[u8; 32],
+        aad_kind: AadKind,
+        plain: &[u8],
+    ) -> Result<[u8; 32]> {
         let sealed = envelope::seal(key, &aad(&self.repo_id, aad_kind, &[0; 32]), plain);
         let name = content_hash(&sealed);
         self.backend.put(kind, &hex::encode(name), &sealed)?;
@@ -238,15 +258,27 @@ impl Repository {
     }
 
     /// Load an object named by its hash: check the name, then open it.
-    fn load_named(&self, kind: FileKind, name: &[u8; 32], key: &[u8; 32], aad_kind: AadKind) -> Result<Vec<u8>> {
+    fn load_named(
+        &self,
+        kind: FileKind,
+        name: &[u8; 32],
+        key: &[u8; 32],
+        aad_kind: AadKind,
+    ) -> Result<Vec<u8>> {
         let hexname = hex::encode(name);
         let obj = kind.path(&hexname);
         let sealed = self.backend.get(kind, &hexname)?;
         if sealed.len() < envelope::OVERHEAD {
-            return Err(Error::corrupt(obj, format!("only {} bytes (empty or truncated)", sealed.len())));
+            return Err(Error::corrupt(
+                obj,
+                format!("only {} bytes (empty or truncated)", sealed.len()),
+            ));
         }
         if &content_hash(&sealed) != name {
-            return Err(Error::corrupt(obj, "content does not match its name (damaged or swapped)"));
+            return Err(Error::corrupt(
+                obj,
+                "content does not match its name (damaged or swapped)",
+            ));
         }
         envelope::open(key, &aad(&self.repo_id, aad_kind, &[0; 32]), &sealed)
             .map_err(|e| Error::corrupt(obj, e.to_string()))
@@ -273,7 +305,8 @@ impl Repository {
     pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let key = self.keys.snapshot;
         let plain = self.load_named(FileKind::Snapshot, &id.0, &key, AadKind::Snapshot)?;
-        Snapshot::decode(&plain).map_err(|e| Error::corrupt(FileKind::Snapshot.path(&id.to_hex()), e.0))
+        Snapshot::decode(&plain)
+            .map_err(|e| Error::corrupt(FileKind::Snapshot.path(&id.to_hex()), e.0))
     }
 
     /// Every snapshot, oldest first. A damaged snapshot is an error naming it.
@@ -315,7 +348,9 @@ impl Repository {
             .collect();
         match matches.as_slice() {
             [id] => Ok((*id, self.load_snapshot(id)?)),
-            [] => Err(Error::SnapshotRef(format!("no snapshot matches {reference:?}: run `coffer snapshots`"))),
+            [] => Err(Error::SnapshotRef(format!(
+                "no snapshot matches {reference:?}: run `coffer snapshots`"
+            ))),
             _ => Err(Error::SnapshotRef(format!(
                 "{reference:?} matches {} snapshots: give more digits",
                 matches.len()
@@ -332,24 +367,40 @@ impl Repository {
         if loc.entry.kind != kind {
             return Err(Error::corrupt(
                 FileKind::Pack.path(&loc.pack.to_hex()),
-                format!("blob {id} is indexed as {:?}, expected {kind:?}", loc.entry.kind),
+                format!(
+                    "blob {id} is indexed as {:?}, expected {kind:?}",
+                    loc.entry.kind
+                ),
             ));
         }
         let name = loc.pack.to_hex();
-        let sealed = self
-            .backend
-            .get_range(FileKind::Pack, &name, loc.entry.offset as u64, loc.entry.length as usize)?;
+        let sealed = self.backend.get_range(
+            FileKind::Pack,
+            &name,
+            loc.entry.offset as u64,
+            loc.entry.length as usize,
+        )?;
         crate::pack::open_blob(&self.keys, &self.repo_id, &loc.entry, &sealed)
             .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))
     }
 
     /// Metadata of every key slot (id, kind, metadata or the reason it is unreadable).
-    pub fn list_keys(&self) -> Result<Vec<(KeyId, Option<SlotKind>, Result<SlotMeta, String>)>> {
+    pub fn list_keys(&self) -> Result<Vec<KeyListing>> {
         let mut out = Vec::new();
         for (name, _) in self.backend.list(FileKind::Key)? {
-            let Some(id) = KeyId::from_hex(&name) else { continue };
-            match self.backend.get(FileKind::Key, &name).map(|b| KeySlot::decode(&b)) {
-                Ok(Ok(slot)) => out.push((id, Some(slot.kind), slot.meta(&self.repo_id, &id, &self.keys))),
+            let Some(id) = KeyId::from_hex(&name) else {
+                continue;
+            };
+            match self
+                .backend
+                .get(FileKind::Key, &name)
+                .map(|b| KeySlot::decode(&b))
+            {
+                Ok(Ok(slot)) => out.push((
+                    id,
+                    Some(slot.kind),
+                    slot.meta(&self.repo_id, &id, &self.keys),
+                )),
                 Ok(Err(e)) => out.push((id, None, Err(e.0))),
                 Err(e) => out.push((id, None, Err(e.to_string()))),
             }
@@ -388,12 +439,17 @@ fn add_slot(
         hostname: hostname(),
         username: username(),
     };
-    let slot = KeySlot::create(repo, &key_id, master, keys, unlock, kdf, &meta);
+    let slot =
+        KeySlot::create(repo, &key_id, master, keys, unlock, kdf, &meta).map_err(Error::Usage)?;
     backend.put(FileKind::Key, &key_id.to_hex(), &slot.encode())?;
     Ok(key_id)
 }
 
-fn unlock_master(backend: &dyn Backend, repo: &RepoId, secret: &Secret) -> Result<(MasterKey, KeyId)> {
+fn unlock_master(
+    backend: &dyn Backend,
+    repo: &RepoId,
+    secret: &Secret,
+) -> Result<(MasterKey, KeyId)> {
     let want = match secret {
         Secret::Passphrase(_) => SlotKind::Passphrase,
         Secret::KeyFile(_) => SlotKind::KeyFile,
@@ -404,10 +460,16 @@ fn unlock_master(backend: &dyn Backend, repo: &RepoId, secret: &Secret) -> Resul
     };
     let mut tried = 0;
     for (name, _) in backend.list(FileKind::Key)? {
-        let Some(id) = KeyId::from_hex(&name) else { continue };
+        let Some(id) = KeyId::from_hex(&name) else {
+            continue;
+        };
         // An unreadable or malformed slot must not lock out the others (H-3).
-        let Ok(bytes) = backend.get(FileKind::Key, &name) else { continue };
-        let Ok(slot) = KeySlot::decode(&bytes) else { continue };
+        let Ok(bytes) = backend.get(FileKind::Key, &name) else {
+            continue;
+        };
+        let Ok(slot) = KeySlot::decode(&bytes) else {
+            continue;
+        };
         if slot.kind != want {
             continue;
         }
@@ -421,7 +483,9 @@ fn unlock_master(backend: &dyn Backend, repo: &RepoId, secret: &Secret) -> Resul
             return Ok((m, id));
         }
     }
-    Err(Error::WrongPassword { repo: backend.location() })
+    Err(Error::WrongPassword {
+        repo: backend.location(),
+    })
 }
 
 /// Default location of the SQLite cache root: `$XDG_CACHE_HOME/coffer` or

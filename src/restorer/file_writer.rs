@@ -17,7 +17,10 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 fn target_err(path: &Path, source: std::io::Error) -> Error {
-    Error::Target { path: path.to_path_buf(), source }
+    Error::Target {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn cstr(path: &Path) -> std::io::Result<CString> {
@@ -67,7 +70,12 @@ fn clear_any(path: &Path) -> Result<()> {
 
 /// Restore a regular file's content and metadata, then rename into place.
 /// Returns the bytes written.
-pub fn restore_file(source: &dyn BlobSource, node: &Node, path: &Path, as_root: bool) -> Result<u64> {
+pub fn restore_file(
+    source: &dyn BlobSource,
+    node: &Node,
+    path: &Path,
+    as_root: bool,
+) -> Result<u64> {
     let tmp = temp_path(path);
     let result = (|| -> Result<u64> {
         let mut f = OpenOptions::new()
@@ -99,7 +107,8 @@ fn write_content(source: &dyn BlobSource, node: &Node, f: &mut File, path: &Path
         if data.iter().all(|&b| b == 0) {
             // All-zero chunk: leave a hole, so sparse files stay sparse.
             pos += data.len() as u64;
-            f.seek(SeekFrom::Start(pos)).map_err(|e| target_err(path, e))?;
+            f.seek(SeekFrom::Start(pos))
+                .map_err(|e| target_err(path, e))?;
             hole_at_end = true;
         } else {
             f.write_all(&data).map_err(|e| target_err(path, e))?;
@@ -132,13 +141,21 @@ pub fn restore_special(node: &Node, path: &Path, as_root: bool) -> Result<Option
             if !as_root {
                 return Ok(Some("device node not restored (needs root)".into()));
             }
-            let kind = if node.kind == NodeKind::CharDevice { libc::S_IFCHR } else { libc::S_IFBLK };
+            let kind = if node.kind == NodeKind::CharDevice {
+                libc::S_IFCHR
+            } else {
+                libc::S_IFBLK
+            };
             // SAFETY: `c` is a valid NUL-terminated path.
             if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, node.rdev as libc::dev_t) } != 0 {
                 return Err(target_err(path, std::io::Error::last_os_error()));
             }
         }
-        NodeKind::Socket => return Ok(Some("socket not restored (sockets are created by programs)".into())),
+        NodeKind::Socket => {
+            return Ok(Some(
+                "socket not restored (sockets are created by programs)".into(),
+            ));
+        }
         NodeKind::File | NodeKind::Dir => return Ok(None),
     }
     apply_metadata(node, path, as_root).map_err(|e| target_err(path, e))?;
@@ -159,7 +176,9 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
         if !as_root && !k.starts_with(b"user.") {
             continue;
         }
-        let Ok(ck) = CString::new(k.as_slice()) else { continue };
+        let Ok(ck) = CString::new(k.as_slice()) else {
+            continue;
+        };
         // SAFETY: valid C strings and a value buffer of the length passed.
         // Failures (unsupported filesystem) are not fatal for a restore.
         unsafe {
@@ -168,7 +187,11 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
     }
     if node.kind != NodeKind::Symlink {
         // Without root, setuid/setgid bits are dropped (RELIABILITY.md I7).
-        let mode = if as_root { node.mode } else { node.mode & 0o1777 };
+        let mode = if as_root {
+            node.mode
+        } else {
+            node.mode & 0o1777
+        };
         // SAFETY: `c` is a valid path; chmod on a non-symlink.
         if unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) } != 0 {
             return Err(std::io::Error::last_os_error());
@@ -181,7 +204,15 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
     let times = [ts, ts];
     // SAFETY: `times` is two valid timespecs; AT_SYMLINK_NOFOLLOW sets the
     // link's own times.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } != 0
+    {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

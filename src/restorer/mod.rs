@@ -81,7 +81,10 @@ pub fn restore(
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
-    std::fs::create_dir_all(target).map_err(|e| Error::Target { path: target.to_path_buf(), source: e })?;
+    std::fs::create_dir_all(target).map_err(|e| Error::Target {
+        path: target.to_path_buf(),
+        source: e,
+    })?;
     // SAFETY: geteuid cannot fail.
     let as_root = unsafe { libc::geteuid() } == 0;
     let mut summary = RestoreSummary::default();
@@ -114,7 +117,10 @@ pub fn restore(
         source,
         root,
         |rel, node| {
-            if failed_dirs.iter().any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/')) {
+            if failed_dirs
+                .iter()
+                .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
+            {
                 return Ok(Visit::Skip);
             }
             let Some(full) = selected(rel, &opts.includes) else {
@@ -151,7 +157,10 @@ pub fn restore(
                 _ => match file_writer::restore_special(node, &path, as_root) {
                     Ok(None) => summary.others += 1,
                     Ok(Some(w)) => {
-                        let w = SourceWarning { path: path.clone(), message: w };
+                        let w = SourceWarning {
+                            path: path.clone(),
+                            message: w,
+                        };
                         progress.warning(&w);
                         summary.warnings.push(w);
                     }
@@ -165,7 +174,10 @@ pub fn restore(
     run_batch(&mut batch, &mut summary);
     for (first, path) in pending_links {
         let r = file_writer::clear_non_dir(&path).and_then(|_| {
-            std::fs::hard_link(&first, &path).map_err(|e| Error::Target { path: path.clone(), source: e })
+            std::fs::hard_link(&first, &path).map_err(|e| Error::Target {
+                path: path.clone(),
+                source: e,
+            })
         });
         match r {
             Ok(()) => summary.files += 1,
@@ -174,7 +186,9 @@ pub fn restore(
     }
     for (path, node) in dirs.iter().rev() {
         if let Err(e) = file_writer::apply_metadata(node, path, as_root) {
-            summary.errors.push(format!("{}: cannot set metadata: {e}", path.display()));
+            summary
+                .errors
+                .push(format!("{}: cannot set metadata: {e}", path.display()));
         }
     }
     Ok(summary)

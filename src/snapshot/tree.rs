@@ -202,17 +202,17 @@ impl Tree {
                     String::from_utf8_lossy(&name)
                 )));
             }
-            if let Some(prev) = nodes.last() {
-                if prev.name >= name {
-                    return Err(DecodeError(format!(
-                        "entries not strictly sorted at {:?} (duplicate or out of order)",
-                        String::from_utf8_lossy(&name)
-                    )));
-                }
+            if let Some(prev) = nodes.last()
+                && prev.name >= name
+            {
+                return Err(DecodeError(format!(
+                    "entries not strictly sorted at {:?} (duplicate or out of order)",
+                    String::from_utf8_lossy(&name)
+                )));
             }
             let k = r.u8()?;
-            let kind =
-                NodeKind::from_u8(k).ok_or_else(|| DecodeError(format!("unknown node kind {k}")))?;
+            let kind = NodeKind::from_u8(k)
+                .ok_or_else(|| DecodeError(format!("unknown node kind {k}")))?;
             let mut n = Node::new(name, kind);
             n.mode = r.u32()?;
             n.uid = r.u32()?;
@@ -244,19 +244,16 @@ impl Tree {
                 1 => Some(BlobId(r.array()?)),
                 v => return Err(DecodeError(format!("bad subtree flag {v}"))),
             };
-            match kind {
-                NodeKind::Dir if n.subtree.is_none() => {
-                    return Err(DecodeError("directory without subtree".into()));
-                }
-                NodeKind::Dir => {}
-                _ if n.subtree.is_some() => {
-                    return Err(DecodeError("non-directory with a subtree".into()));
-                }
-                NodeKind::File => {}
-                _ if !n.content.is_empty() => {
-                    return Err(DecodeError("non-file with content".into()));
-                }
-                _ => {}
+            let shape_ok = match kind {
+                NodeKind::Dir => n.subtree.is_some() && n.content.is_empty(),
+                NodeKind::File => n.subtree.is_none(),
+                _ => n.subtree.is_none() && n.content.is_empty(),
+            };
+            if !shape_ok {
+                return Err(DecodeError(format!(
+                    "{} node with the wrong fields (directories need a subtree and no content; only files have content)",
+                    kind.as_str()
+                )));
             }
             nodes.push(n);
         }
@@ -279,7 +276,9 @@ mod tests {
         d.subtree = Some(BlobId([3; 32]));
         let mut l = Node::new(b"link".to_vec(), NodeKind::Symlink);
         l.link_target = b"/nowhere".to_vec();
-        Tree { nodes: vec![f, d, l] }
+        Tree {
+            nodes: vec![f, d, l],
+        }
     }
 
     #[test]

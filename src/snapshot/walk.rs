@@ -60,17 +60,18 @@ pub fn walk(
         let mut path = top.prefix.clone();
         path.extend_from_slice(&node.name);
         let v = visit(&path, &node)?;
-        if node.kind == NodeKind::Dir && v == Visit::Descend {
-            if let Some(sub) = node.subtree {
-                let tree = load_tree(source, &sub)?;
-                path.push(b'/');
-                stack.push(Frame {
-                    tree,
-                    next: 0,
-                    prefix: path,
-                    dir: Some(node),
-                });
-            }
+        if node.kind == NodeKind::Dir
+            && v == Visit::Descend
+            && let Some(sub) = node.subtree
+        {
+            let tree = load_tree(source, &sub)?;
+            path.push(b'/');
+            stack.push(Frame {
+                tree,
+                next: 0,
+                prefix: path,
+                dir: Some(node),
+            });
         }
     }
     Ok(())
@@ -84,7 +85,10 @@ pub fn find_path(
     path: &[u8],
 ) -> Result<Option<super::tree::Node>> {
     let mut tree = load_tree(source, root)?;
-    let comps: Vec<&[u8]> = path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let comps: Vec<&[u8]> = path
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     for (i, c) in comps.iter().enumerate() {
         let Some(node) = tree.find(c).cloned() else {
             return Ok(None);

@@ -36,7 +36,10 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     for p in &a.paths {
         match archiver::absolute_path(p) {
             Ok(abs) if std::fs::symlink_metadata(&abs).is_ok() => paths.push(abs),
-            _ => output::warn(&format!("{}: does not exist or cannot be read; skipped", p.display())),
+            _ => output::warn(&format!(
+                "{}: does not exist or cannot be read; skipped",
+                p.display()
+            )),
         }
     }
     if paths.is_empty() {
@@ -47,7 +50,12 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
 
     let (repo_path, is_default) = repo::location(g)?;
     if is_default && !repo_path.join("config").exists() {
-        super::init::create_with_key_file(&repo_path, &repo::default_key_file()?, Config::default(), g.quiet)?;
+        super::init::create_with_key_file(
+            &repo_path,
+            &repo::default_key_file()?,
+            Config::default(),
+            g.quiet,
+        )?;
     }
     let repo = repo::open(g)?;
     let hostname = a.host.clone().unwrap_or_else(coffer::repository::hostname);
@@ -71,7 +79,11 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
             force: a.force,
             threads: a
                 .threads
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+                .unwrap_or_else(|| {
+                    std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(2)
+                })
                 .max(1),
         },
         parent,
@@ -126,5 +138,9 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         }
         output::line(&format!("snapshot {} saved", id.short()));
     }
-    Ok(if outcome.warnings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(3) })
+    Ok(if outcome.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

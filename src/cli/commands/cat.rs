@@ -57,7 +57,10 @@ fn node_json(n: &Node) -> Value {
 
 pub fn run(g: &GlobalOpts, a: &CatArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let need = || a.id.clone().ok_or_else(|| anyhow!("`coffer cat {}` needs an id", a.kind));
+    let need = || {
+        a.id.clone()
+            .ok_or_else(|| anyhow!("`coffer cat {}` needs an id", a.kind))
+    };
     let v = match a.kind.as_str() {
         "config" => {
             let c = repo.config();

@@ -70,7 +70,12 @@ fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
 /// Create a repository opened by a new key file at `key_path`. The key file
 /// is written (and synced) before the repository, so a repository never
 /// exists without its key.
-pub fn create_with_key_file(repo_path: &Path, key_path: &Path, config: Config, quiet: bool) -> Result<Repository> {
+pub fn create_with_key_file(
+    repo_path: &Path,
+    key_path: &Path,
+    config: Config,
+    quiet: bool,
+) -> Result<Repository> {
     if key_path.exists() {
         bail!(
             "key file {} already exists but {} holds no repository: move the key file away, or give --repo",
@@ -81,7 +86,12 @@ pub fn create_with_key_file(repo_path: &Path, key_path: &Path, config: Config, q
     let kf = KeyFileSecret::generate(new_repo_id());
     write_key_file(key_path, &kf)?;
     let created = LocalBackend::create(repo_path).and_then(|b| {
-        Repository::init(Arc::new(b), InitSecret::KeyFile(kf), config, KdfParams::default())
+        Repository::init(
+            Arc::new(b),
+            InitSecret::KeyFile(kf),
+            config,
+            KdfParams::default(),
+        )
     });
     let repo = match created {
         Ok(r) => r,
@@ -111,7 +121,12 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
         create_with_key_file(&path, kp, config, g.quiet)?
     } else if let Some(pw) = repo::configured_password(g)? {
         let b = LocalBackend::create(&path)?;
-        Repository::init(Arc::new(b), InitSecret::Passphrase(pw), config, KdfParams::default())?
+        Repository::init(
+            Arc::new(b),
+            InitSecret::Passphrase(pw),
+            config,
+            KdfParams::default(),
+        )?
     } else if is_default {
         create_with_key_file(&path, &repo::default_key_file()?, config, g.quiet)?
     } else if repo::interactive() {
@@ -121,9 +136,16 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
             bail!("the passwords do not match; nothing was created");
         }
         let b = LocalBackend::create(&path)?;
-        Repository::init(Arc::new(b), InitSecret::Passphrase(pw), config, KdfParams::default())?
+        Repository::init(
+            Arc::new(b),
+            InitSecret::Passphrase(pw),
+            config,
+            KdfParams::default(),
+        )?
     } else {
-        bail!("no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file");
+        bail!(
+            "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"
+        );
     };
     if g.json {
         output::json(&serde_json::json!({
@@ -132,7 +154,11 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
             "repository": path.display().to_string(),
         }));
     } else if !g.quiet {
-        output::line(&format!("created coffer repository {} at {}", repo.id().short(), path.display()));
+        output::line(&format!(
+            "created coffer repository {} at {}",
+            repo.id().short(),
+            path.display()
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -38,8 +38,16 @@ fn print(path: &[u8], n: &Node, long: bool, json: bool) {
         let mut line = format!(
             "{} {:>8} {:>8} {:>12} {} {p}",
             output::mode_string(n.kind.as_str(), n.mode),
-            if n.user.is_empty() { n.uid.to_string() } else { n.user.clone() },
-            if n.group.is_empty() { n.gid.to_string() } else { n.group.clone() },
+            if n.user.is_empty() {
+                n.uid.to_string()
+            } else {
+                n.user.clone()
+            },
+            if n.group.is_empty() {
+                n.gid.to_string()
+            } else {
+                n.group.clone()
+            },
             n.size,
             output::short_time(n.mtime_ns),
         );

@@ -26,8 +26,12 @@ pub fn parse_size(s: &str) -> Result<u64> {
         }
         _ => (s, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| anyhow::anyhow!("size {s:?} is not a number"))?;
-    n.checked_mul(mult).ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("size {s:?} is not a number"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
 }
 
 #[cfg(test)]

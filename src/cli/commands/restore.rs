@@ -24,7 +24,13 @@ pub struct RestoreArgs {
 pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let (id, snap) = repo.resolve_snapshot(&a.snapshot)?;
-    let opts = RestoreOptions { includes: a.include.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect() };
+    let opts = RestoreOptions {
+        includes: a
+            .include
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
+    };
     let progress = CliProgress::new(g.json, g.quiet);
     let start = std::time::Instant::now();
     let result = restorer::restore(repo.as_ref(), &snap.tree, &a.target, &opts, &progress);
@@ -57,7 +63,10 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         ));
     }
     if !s.errors.is_empty() {
-        anyhow::bail!("{} entries could not be restored (listed above)", s.errors.len());
+        anyhow::bail!(
+            "{} entries could not be restored (listed above)",
+            s.errors.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -44,16 +44,25 @@ pub fn run(g: &GlobalOpts, a: &SnapshotsArgs) -> Result<ExitCode> {
         .filter(|(_, s)| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
         .collect();
     if g.json {
-        output::json(&serde_json::Value::Array(snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect()));
+        output::json(&serde_json::Value::Array(
+            snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect(),
+        ));
         return Ok(ExitCode::SUCCESS);
     }
     if g.quiet {
         return Ok(ExitCode::SUCCESS);
     }
-    output::line(&format!("{:<10} {:<20} {:<16} {:<14} {:>10}  Paths", "ID", "Time", "Host", "Tags", "Size"));
+    output::line(&format!(
+        "{:<10} {:<20} {:<16} {:<14} {:>10}  Paths",
+        "ID", "Time", "Host", "Tags", "Size"
+    ));
     output::line(&"-".repeat(90));
     for (id, s) in &snaps {
-        let paths: Vec<String> = s.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        let paths: Vec<String> = s
+            .paths
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
         output::line(&format!(
             "{:<10} {:<20} {:<16} {:<14} {:>10}  {}",
             id.short(),
