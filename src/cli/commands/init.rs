@@ -33,15 +33,19 @@ pub struct InitArgs {
 }
 
 fn config_from(a: &InitArgs) -> Result<Config> {
-    let mut c = Config::default();
-    c.zstd_level = if a.compression == 0 { 3 } else { a.compression };
     let sz = |s: &str| -> Result<u32> {
         u32::try_from(super::parse_size(s)?).map_err(|_| anyhow::anyhow!("size {s} is too large"))
     };
-    c.pack_size = sz(&a.pack_size)?;
-    c.chunker.min_size = sz(&a.chunk_min)?;
-    c.chunker.avg_size = sz(&a.chunk_avg)?;
-    c.chunker.max_size = sz(&a.chunk_max)?;
+    let c = Config {
+        zstd_level: if a.compression == 0 { 3 } else { a.compression },
+        pack_size: sz(&a.pack_size)?,
+        chunker: coffer::chunking::ChunkerParams {
+            min_size: sz(&a.chunk_min)?,
+            avg_size: sz(&a.chunk_avg)?,
+            max_size: sz(&a.chunk_max)?,
+        },
+        created_ns: 0,
+    };
     c.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(c)
 }
