@@ -4,18 +4,49 @@
 //! compression for data that will not shrink (issue #4: zstd is the slowest
 //! stage by far).
 
+use std::cell::RefCell;
+
+thread_local! {
+    // One zstd context per thread and level: creating a context costs more
+    // than compressing a small blob.
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn compress_with(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSORS.with(|c| {
+        let mut c = c.borrow_mut();
+        if !c.iter().any(|(l, _)| *l == level) {
+            c.push((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        let (_, comp) = c.iter_mut().find(|(l, _)| *l == level)?;
+        comp.compress(data).ok()
+    })
+}
+
 /// Compress `data` at `level`; `None` when the result would not be smaller.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if data.len() < 64 || !looks_compressible(data) {
         return None;
     }
-    let out = zstd::bulk::compress(data, level).ok()?;
+    let out = compress_with(data, level)?;
     (out.len() < data.len()).then_some(out)
 }
 
 /// Decompress into exactly `raw_len` bytes, or fail.
 pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
-    let out = zstd::bulk::decompress(data, raw_len).map_err(|e| format!("zstd: {e}"))?;
+    let out = DECOMPRESSOR
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match d.as_mut() {
+                Some(dec) => dec.decompress(data, raw_len),
+                None => Err(std::io::Error::other("no zstd decompressor")),
+            }
+        })
+        .map_err(|e| format!("zstd: {e}"))?;
     if out.len() != raw_len {
         return Err(format!(
             "decompressed to {} bytes, expected {raw_len}",
@@ -35,9 +66,9 @@ fn looks_compressible(data: &[u8]) -> bool {
     }
     let start = (data.len() / 2).saturating_sub(SAMPLE / 2);
     let sample = &data[start..start + SAMPLE];
-    match zstd::bulk::compress(sample, 1) {
-        Ok(c) => c.len() * 100 < sample.len() * 97,
-        Err(_) => true,
+    match compress_with(sample, 1) {
+        Some(c) => c.len() * 100 < sample.len() * 97,
+        None => true,
     }
 }
 
