@@ -1,0 +1,71 @@
+//! Pack sealing: `seal_blob` (compress when it helps, then encrypt) on
+//! 1 MiB chunks, and a `PackWriter` filling and finishing a 16 MiB pack.
+
+mod common;
+
+use coffer::blob::BlobKind;
+use coffer::crypto::{KeySet, MasterKey};
+use coffer::id::RepoId;
+use coffer::pack::writer::PackWriter;
+use coffer::pack::{SealedBlob, seal_blob};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn pack(c: &mut Criterion) {
+    let keys = KeySet::derive(&MasterKey([7; 32]));
+    let repo = RepoId([1; 32]);
+    let inputs = [
+        ("text", common::text_chunk(6)),
+        ("random", common::random_chunk(7)),
+        ("mixed", common::mixed(8, common::MIB)),
+    ];
+    let mut g = c.benchmark_group("pack");
+    g.throughput(Throughput::Bytes(common::MIB as u64));
+    for (name, data) in &inputs {
+        let id = keys.blob_id(data);
+        g.bench_function(format!("seal_blob/{name}-1MiB"), |b| {
+            b.iter(|| seal_blob(&keys, &repo, BlobKind::Data, id, black_box(data), 3))
+        });
+    }
+
+    // A 16 MiB pack (the default pack size) of 16 sealed 1 MiB blobs.
+    let blobs: Vec<SealedBlob> = (0..16u64)
+        .map(|i| {
+            let data = common::mixed(100 + i, common::MIB);
+            seal_blob(&keys, &repo, BlobKind::Data, keys.blob_id(&data), &data, 3)
+        })
+        .collect();
+    let pack_bytes: u64 = blobs.iter().map(|b| b.bytes.len() as u64).sum();
+    g.throughput(Throughput::Bytes(pack_bytes));
+    g.bench_function("writer/16-blobs", |b| {
+        b.iter_batched(
+            || {
+                blobs
+                    .iter()
+                    .map(|s| SealedBlob {
+                        kind: s.kind,
+                        id: s.id,
+                        bytes: s.bytes.clone(),
+                        raw_length: s.raw_length,
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |blobs| {
+                let mut w = PackWriter::new();
+                for blob in blobs {
+                    w.add(blob);
+                }
+                w.finish(&keys, &repo)
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = common::config();
+    targets = pack
+}
+criterion_main!(benches);
