@@ -4,7 +4,7 @@
 //! their tests need no repository at all (ARCHITECTURE.md habit 4).
 
 use crate::error::Result;
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
 
 /// What a blob holds; recorded in pack trailers and bound into its AAD.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,4 +37,27 @@ pub trait BlobSink: Sync {
     /// Store `data` unless a blob with `id` is already stored or queued.
     /// Returns the number of bytes added to the repository (0 when deduplicated).
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;
+}
+
+/// Where a stored blob lives: the pack and byte range the restorer reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobPlace {
+    pub kind: BlobKind,
+    pub pack: PackId,
+    pub offset: u32,
+    pub length: u32,
+    pub raw_length: u32,
+}
+
+/// Blob reads grouped by pack: what a fast restore needs to read each pack
+/// once, in order, fetching only the byte ranges it uses.
+pub trait PackedBlobSource: BlobSource {
+    /// Where a blob is stored; `None` when the index does not know it.
+    fn locate(&self, id: &BlobId) -> Result<Option<BlobPlace>>;
+    /// Raw bytes of a pack.
+    fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// Authenticate, decompress and verify one sealed blob read at `place`.
+    fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>>;
+    /// The id `data` has in this repository (to compare existing files).
+    fn data_id(&self, data: &[u8]) -> BlobId;
 }

@@ -10,12 +10,12 @@ pub mod blob_store;
 pub mod config;
 
 use crate::backend::{Backend, FileKind};
-use crate::blob::{BlobKind, BlobSource};
+use crate::blob::{BlobKind, BlobPlace, BlobSource, PackedBlobSource};
 use crate::chunking::Chunker;
 use crate::crypto::key_file::{KdfParams, KeyFileSecret, KeySlot, SlotKind, SlotMeta, Unlock};
 use crate::crypto::{AadKind, KeySet, MasterKey, aad, envelope};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, KeyId, RepoId, SegmentId, SnapshotId, content_hash};
+use crate::id::{BlobId, KeyId, PackId, RepoId, SegmentId, SnapshotId, content_hash};
 use crate::index::Index;
 use crate::index::segment::Segment;
 use crate::snapshot::Snapshot;
@@ -412,6 +412,38 @@ impl Repository {
 impl BlobSource for Repository {
     fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
         self.read_blob_checked(kind, id)
+    }
+}
+
+impl PackedBlobSource for Repository {
+    fn locate(&self, id: &BlobId) -> Result<Option<BlobPlace>> {
+        Ok(self.index()?.lookup(id)?.map(|l| BlobPlace {
+            kind: l.entry.kind,
+            pack: l.pack,
+            offset: l.entry.offset,
+            length: l.entry.length,
+            raw_length: l.entry.raw_length,
+        }))
+    }
+
+    fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.backend.get_range(FileKind::Pack, &pack.to_hex(), offset, len)
+    }
+
+    fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>> {
+        let entry = crate::pack::PackEntry {
+            kind: place.kind,
+            id: *id,
+            offset: place.offset,
+            length: place.length,
+            raw_length: place.raw_length,
+        };
+        crate::pack::open_blob(&self.keys, &self.repo_id, &entry, sealed)
+            .map_err(|e| Error::corrupt(FileKind::Pack.path(&place.pack.to_hex()), e))
+    }
+
+    fn data_id(&self, data: &[u8]) -> BlobId {
+        self.keys.blob_id(data)
     }
 }
 

@@ -1,17 +1,14 @@
 //! Writing restored entries and their metadata.
 //!
 //! Files are written under a temporary name in their final directory,
-//! verified blob by blob (every blob is authenticated and re-hashed before
-//! a byte is written), given their metadata, and only then renamed into
-//! place: an interrupted or failed restore never leaves a half-written file
+//! blob by blob (each authenticated and re-hashed before a byte of it is
+//! written), given their metadata, and only then renamed into place: an interrupted or failed restore never leaves a half-written file
 //! under the real name (RELIABILITY.md E3, F1).
 
-use crate::blob::{BlobKind, BlobSource};
 use crate::error::{Error, Result};
 use crate::snapshot::tree::{Node, NodeKind};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -28,12 +25,36 @@ fn cstr(path: &Path) -> std::io::Result<CString> {
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))
 }
 
-/// A temporary name in the same directory as `path`.
-pub fn temp_path(path: &Path) -> PathBuf {
-    let mut r = [0u8; 8];
-    crate::crypto::envelope::random_bytes(&mut r);
-    let name = format!(".coffer-tmp-{}", hex::encode(r));
-    path.parent().unwrap_or(Path::new(".")).join(name)
+/// The temporary name a file is restored under: in the same directory,
+/// derived from the final name, so a re-run after an interruption reuses
+/// (truncates) it instead of leaving another stray file.
+pub fn stable_temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+    let h = blake3::hash(name);
+    let tmp = format!(".coffer-tmp-{}", hex::encode(&h.as_bytes()[..8]));
+    path.parent().unwrap_or(Path::new(".")).join(tmp)
+}
+
+/// Create (or truncate) a temporary file of `size` bytes, all holes.
+pub fn create_sized(tmp: &Path, size: u64) -> std::io::Result<File> {
+    // O_NOFOLLOW: a symlink planted under the temporary name is not followed.
+    let f = OpenOptions::new()
+        .write(true)
+        .read(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .mode(0o600)
+        .open(tmp)?;
+    f.set_len(size)?;
+    Ok(f)
+}
+
+/// Give a complete temporary file its metadata and move it to its name.
+pub fn commit(node: &Node, tmp: &Path, path: &Path, as_root: bool) -> Result<()> {
+    apply_metadata(node, tmp, as_root).map_err(|e| target_err(path, e))?;
+    clear_any(path)?;
+    std::fs::rename(tmp, path).map_err(|e| target_err(path, e))
 }
 
 /// Remove whatever is at `path` unless it is a real directory: a symlink
@@ -66,60 +87,6 @@ fn clear_any(path: &Path) -> Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(target_err(path, e)),
     }
-}
-
-/// Restore a regular file's content and metadata, then rename into place.
-/// Returns the bytes written.
-pub fn restore_file(
-    source: &dyn BlobSource,
-    node: &Node,
-    path: &Path,
-    as_root: bool,
-) -> Result<u64> {
-    let tmp = temp_path(path);
-    let result = (|| -> Result<u64> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| target_err(path, e))?;
-        let written = write_content(source, node, &mut f, path)?;
-        f.sync_all().map_err(|e| target_err(path, e))?;
-        drop(f);
-        apply_metadata(node, &tmp, as_root).map_err(|e| target_err(path, e))?;
-        clear_any(path)?;
-        std::fs::rename(&tmp, path).map_err(|e| target_err(path, e))?;
-        Ok(written)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn write_content(source: &dyn BlobSource, node: &Node, f: &mut File, path: &Path) -> Result<u64> {
-    let mut pos = 0u64;
-    let mut hole_at_end = false;
-    for id in &node.content {
-        let data = source.read_blob(BlobKind::Data, id)?;
-        if data.iter().all(|&b| b == 0) {
-            // All-zero chunk: leave a hole, so sparse files stay sparse.
-            pos += data.len() as u64;
-            f.seek(SeekFrom::Start(pos))
-                .map_err(|e| target_err(path, e))?;
-            hole_at_end = true;
-        } else {
-            f.write_all(&data).map_err(|e| target_err(path, e))?;
-            pos += data.len() as u64;
-            hole_at_end = false;
-        }
-    }
-    if hole_at_end {
-        f.set_len(pos).map_err(|e| target_err(path, e))?;
-    }
-    Ok(pos)
 }
 
 /// Create a symlink, FIFO or device node at `path` (replacing what is there).

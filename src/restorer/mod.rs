@@ -1,35 +1,78 @@
 //! Restore: recreate a snapshot's trees, or selected parts, under a target.
 //!
-//! The snapshot's tree is walked depth-first. Directories are created (or
-//! checked to be real directories) before their entries, so every parent of
-//! a path written here is a directory this run made or verified: nothing is
-//! written through a symlink, planted or restored (RELIABILITY.md I3, I4,
-//! I6). Names were validated when each tree was decoded (no `..`, `/` or
-//! NUL). Files are restored in parallel batches; hardlinks are made after
-//! their first path exists; directory metadata is applied last, deepest
-//! first, so writing entries does not disturb directory times.
+//! Plan, then execute, in bounded batches:
+//! 1. Walk the snapshot's trees (iteratively) through the selection.
+//!    Directories are created or checked to be real directories before
+//!    their entries, so every parent of a path written here is a directory
+//!    this run made or verified: nothing is written through a symlink,
+//!    planted or restored (RELIABILITY.md I3, I4, I6). Names were validated
+//!    when each tree was decoded (no `..`, `/` or NUL).
+//! 2. Files go into a batch; a file already at the target with the same
+//!    content is left alone (`--overwrite if-changed`), which also makes a
+//!    re-run after an interruption resume where it stopped.
+//! 3. A batch is executed pack by pack: every blob the batch needs is looked
+//!    up, grouped by pack, and each pack's needed byte ranges are read once
+//!    (coalesced when close), in parallel across packs. Each blob is
+//!    authenticated, decompressed and re-hashed before any byte of it is
+//!    written; a blob used by several files is read once. Writes are
+//!    positioned writes into temporary files pre-sized to the file's length,
+//!    so all-zero chunks are simply not written and stay holes.
+//! 4. A complete file gets its metadata and is renamed into place; a file
+//!    with any failed blob is removed, never left with wrong bytes
+//!    (RELIABILITY.md F1). Hardlinks are made once their first name exists;
+//!    directory metadata is applied last, deepest first.
 
 pub mod file_writer;
+pub mod select;
 
-use crate::blob::BlobSource;
+use crate::blob::{BlobPlace, PackedBlobSource};
 use crate::error::{Error, Result};
-use crate::id::BlobId;
+use crate::id::{BlobId, PackId};
 use crate::progress::{Progress, SourceWarning};
 use crate::snapshot::tree::{Node, NodeKind};
 use crate::snapshot::walk::{Visit, walk};
 use rayon::prelude::*;
+use select::{Pick, Selection};
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-/// Files restored per parallel batch.
-const BATCH: usize = 256;
+/// Files per batch: bounds open descriptors and planning memory.
+const BATCH_FILES: usize = 512;
+/// Blob references per batch (a single larger file still forms one batch).
+const BATCH_BLOBS: usize = 64 * 1024;
+/// Needed ranges of a pack closer than this are read as one.
+const COALESCE_GAP: u64 = 1024 * 1024;
+
+/// What to do with a file that already exists at the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Overwrite {
+    /// Replace it unconditionally.
+    Always,
+    /// Keep it when size and content already match; replace it otherwise.
+    #[default]
+    IfChanged,
+    /// Keep whatever is there.
+    Never,
+}
 
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
-    /// Snapshot paths (`/a/b`) to restore; empty means everything.
+    /// Include patterns (path prefixes or globs); empty means everything.
     pub includes: Vec<Vec<u8>>,
+    pub excludes: Vec<Vec<u8>>,
+    pub overwrite: Overwrite,
+    /// Re-read every restored file and check it against the snapshot.
+    pub verify: bool,
+    /// Plan only: report what would be written.
+    pub dry_run: bool,
+    /// The snapshot path of the tree being restored (`/` for the root; the
+    /// PATH of `SNAPSHOT:PATH`), for matching patterns.
+    pub root_path: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -38,160 +81,410 @@ pub struct RestoreSummary {
     pub dirs: u64,
     pub others: u64,
     pub bytes: u64,
+    /// Files left alone because they already matched.
+    pub files_unchanged: u64,
+    pub files_verified: u64,
     /// Entries that could not be restored, each naming the path and why.
     pub errors: Vec<String>,
     pub warnings: Vec<SourceWarning>,
+    /// With `dry_run`: one line per entry that would be written.
+    pub planned: Vec<String>,
 }
 
-fn strip(p: &[u8]) -> &[u8] {
-    let mut p = p;
-    while let [b'/', rest @ ..] = p {
-        p = rest;
+struct FileTask {
+    path: PathBuf,
+    tmp: PathBuf,
+    node: Node,
+    file: Option<File>,
+    error: Mutex<Option<String>>,
+}
+
+impl FileTask {
+    fn fail(&self, msg: String) {
+        let mut e = self.error.lock().unwrap_or_else(|p| p.into_inner());
+        e.get_or_insert(msg);
     }
-    while let [rest @ .., b'/'] = p {
-        p = rest;
+}
+
+/// A blob the batch needs, and where its bytes go.
+struct Need {
+    id: BlobId,
+    place: BlobPlace,
+    targets: Vec<(usize, u64)>,
+}
+
+fn statvfs_free(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `st` is a plain C struct the call fills; `c` is a valid path.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
     }
+}
+
+fn join_path(root: &[u8], rel: &[u8]) -> Vec<u8> {
+    let mut p = root.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(rel);
     p
 }
 
-/// `Some(true)`: restore the node and everything below; `Some(false)`: an
-/// ancestor of an include, create it and look inside; `None`: skip.
-fn selected(path: &[u8], includes: &[Vec<u8>]) -> Option<bool> {
-    if includes.is_empty() {
-        return Some(true);
-    }
-    let mut ancestor = false;
-    for inc in includes {
-        let inc = strip(inc);
-        if inc.is_empty() || path == inc || (path.starts_with(inc) && path[inc.len()] == b'/') {
-            return Some(true);
-        }
-        if inc.starts_with(path) && inc[path.len()] == b'/' {
-            ancestor = true;
-        }
-    }
-    ancestor.then_some(false)
+struct Restorer<'a> {
+    src: &'a dyn PackedBlobSource,
+    progress: &'a dyn Progress,
+    opts: &'a RestoreOptions,
+    as_root: bool,
+    summary: RestoreSummary,
+    batch: Vec<FileTask>,
+    batch_blobs: usize,
+    /// (device, inode) → first restored path, for hardlinks.
+    links: HashMap<(u64, u64), PathBuf>,
+    pending_links: Vec<(PathBuf, PathBuf)>,
+    dirs: Vec<(PathBuf, Node)>,
 }
 
 /// Restore the tree `root` into `target`.
 pub fn restore(
-    source: &dyn BlobSource,
+    src: &dyn PackedBlobSource,
     root: &BlobId,
     target: &Path,
     opts: &RestoreOptions,
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
-    std::fs::create_dir_all(target).map_err(|e| Error::Target {
-        path: target.to_path_buf(),
-        source: e,
-    })?;
-    // SAFETY: geteuid cannot fail.
-    let as_root = unsafe { libc::geteuid() } == 0;
-    let mut summary = RestoreSummary::default();
-    let mut batch: Vec<(PathBuf, Node)> = Vec::new();
-    let mut dirs: Vec<(PathBuf, Node)> = Vec::new();
-    let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut pending_links: Vec<(PathBuf, PathBuf)> = Vec::new();
-    // Paths (relative) whose directory could not be created: skip below.
-    let mut failed_dirs: Vec<Vec<u8>> = Vec::new();
+    let sel = Selection::new(&opts.includes, &opts.excludes)?;
+    let root_path = if opts.root_path.is_empty() { b"/".to_vec() } else { opts.root_path.clone() };
 
-    let run_batch = |batch: &mut Vec<(PathBuf, Node)>, summary: &mut RestoreSummary| {
-        let results: Vec<(PathBuf, Result<u64>)> = batch
-            .par_iter()
-            .map(|(p, n)| (p.clone(), file_writer::restore_file(source, n, p, as_root)))
-            .collect();
-        for (p, r) in results {
-            match r {
-                Ok(b) => {
-                    summary.files += 1;
-                    summary.bytes += b;
-                    progress.file_done(&p, b, b);
-                }
-                Err(e) => summary.errors.push(format!("{}: {e}", p.display())),
-            }
-        }
-        batch.clear();
-    };
-
+    // Pass 1: how much will be written, to refuse early on a full disk.
+    let mut picks: Vec<Pick> = vec![sel.root_pick()];
+    let mut needed = 0u64;
     walk(
-        source,
+        src,
         root,
         |rel, node| {
-            if failed_dirs
-                .iter()
-                .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
-            {
+            let depth = rel.iter().filter(|&&b| b == b'/').count();
+            picks.truncate(depth + 1);
+            let parent = *picks.last().unwrap_or(&Pick::All);
+            let pick = sel.pick(&join_path(&root_path, rel), node.kind == NodeKind::Dir, parent);
+            if pick == Pick::Skip {
                 return Ok(Visit::Skip);
             }
-            let Some(full) = selected(rel, &opts.includes) else {
-                return Ok(Visit::Skip);
-            };
-            let path = target.join(OsStr::from_bytes(rel));
-            if !full && node.kind != NodeKind::Dir {
-                return Ok(Visit::Skip);
+            if pick == Pick::All && node.kind == NodeKind::File {
+                needed += node.size;
             }
-            match node.kind {
-                NodeKind::Dir => {
-                    if let Err(e) = file_writer::ensure_dir(&path) {
-                        summary.errors.push(e.to_string());
-                        failed_dirs.push(rel.to_vec());
-                        return Ok(Visit::Skip);
-                    }
-                    summary.dirs += 1;
-                    dirs.push((path, node.clone()));
-                }
-                NodeKind::File => {
-                    if node.links > 1 {
-                        let key = (node.device, node.inode);
-                        if let Some(first) = links.get(&key) {
-                            pending_links.push((first.clone(), path));
-                            return Ok(Visit::Skip);
-                        }
-                        links.insert(key, path.clone());
-                    }
-                    batch.push((path, node.clone()));
-                    if batch.len() >= BATCH {
-                        run_batch(&mut batch, &mut summary);
-                    }
-                }
-                _ => match file_writer::restore_special(node, &path, as_root) {
-                    Ok(None) => summary.others += 1,
-                    Ok(Some(w)) => {
-                        let w = SourceWarning {
-                            path: path.clone(),
-                            message: w,
-                        };
-                        progress.warning(&w);
-                        summary.warnings.push(w);
-                    }
-                    Err(e) => summary.errors.push(e.to_string()),
-                },
-            }
+            picks.push(pick);
             Ok(Visit::Descend)
         },
         |_, _| Ok(()),
     )?;
-    run_batch(&mut batch, &mut summary);
-    for (first, path) in pending_links {
-        let r = file_writer::clear_non_dir(&path).and_then(|_| {
-            std::fs::hard_link(&first, &path).map_err(|e| Error::Target {
-                path: path.clone(),
-                source: e,
-            })
+    if !opts.dry_run {
+        std::fs::create_dir_all(target).map_err(|e| Error::Target { path: target.to_path_buf(), source: e })?;
+        if let Some(free) = statvfs_free(target)
+            && needed > free
+        {
+            return Err(Error::Usage(format!(
+                "not enough space in {}: the restore needs up to {needed} bytes, {free} are free; free some space or restore less (--include)",
+                target.display()
+            )));
+        }
+    }
+
+    let mut r = Restorer {
+        src,
+        progress,
+        opts,
+        // SAFETY: geteuid cannot fail.
+        as_root: unsafe { libc::geteuid() } == 0,
+        summary: RestoreSummary::default(),
+        batch: Vec::new(),
+        batch_blobs: 0,
+        links: HashMap::new(),
+        pending_links: Vec::new(),
+        dirs: Vec::new(),
+    };
+    // Pass 2: create directories and specials, batch files.
+    let mut picks: Vec<Pick> = vec![sel.root_pick()];
+    let mut failed_dirs: Vec<Vec<u8>> = Vec::new();
+    walk(
+        src,
+        root,
+        |rel, node| {
+            let depth = rel.iter().filter(|&&b| b == b'/').count();
+            picks.truncate(depth + 1);
+            let parent = *picks.last().unwrap_or(&Pick::All);
+            if failed_dirs.iter().any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/')) {
+                return Ok(Visit::Skip);
+            }
+            let is_dir = node.kind == NodeKind::Dir;
+            let pick = sel.pick(&join_path(&root_path, rel), is_dir, parent);
+            if pick == Pick::Skip || (pick == Pick::Descend && !is_dir) {
+                return Ok(Visit::Skip);
+            }
+            picks.push(pick);
+            let path = target.join(OsStr::from_bytes(rel));
+            if is_dir {
+                if r.opts.dry_run {
+                    r.summary.planned.push(format!("dir  {}", path.display()));
+                } else if let Err(e) = file_writer::ensure_dir(&path) {
+                    r.summary.errors.push(e.to_string());
+                    failed_dirs.push(rel.to_vec());
+                    return Ok(Visit::Skip);
+                }
+                r.summary.dirs += 1;
+                r.dirs.push((path, node.clone()));
+                return Ok(Visit::Descend);
+            }
+            r.entry(path, node)?;
+            Ok(Visit::Descend)
+        },
+        |_, _| Ok(()),
+    )?;
+    r.run_batch();
+    r.finish_links();
+    if !opts.dry_run {
+        for (path, node) in r.dirs.iter().rev() {
+            if let Err(e) = file_writer::apply_metadata(node, path, r.as_root) {
+                r.summary.errors.push(format!("{}: cannot set metadata: {e}", path.display()));
+            }
+        }
+    }
+    Ok(r.summary)
+}
+
+impl Restorer<'_> {
+    fn entry(&mut self, path: PathBuf, node: &Node) -> Result<()> {
+        if node.kind != NodeKind::File {
+            if self.opts.dry_run {
+                self.summary.planned.push(format!("{:<4} {}", node.kind.as_str(), path.display()));
+                self.summary.others += 1;
+                return Ok(());
+            }
+            match file_writer::restore_special(node, &path, self.as_root) {
+                Ok(None) => self.summary.others += 1,
+                Ok(Some(w)) => {
+                    let w = SourceWarning { path, message: w };
+                    self.progress.warning(&w);
+                    self.summary.warnings.push(w);
+                }
+                Err(e) => self.summary.errors.push(e.to_string()),
+            }
+            return Ok(());
+        }
+        if node.links > 1 {
+            let key = (node.device, node.inode);
+            if let Some(first) = self.links.get(&key) {
+                self.pending_links.push((first.clone(), path));
+                return Ok(());
+            }
+            self.links.insert(key, path.clone());
+        }
+        if std::fs::symlink_metadata(&path).is_ok() {
+            let keep = match self.opts.overwrite {
+                Overwrite::Never => true,
+                Overwrite::Always => false,
+                Overwrite::IfChanged => self.matches(node, &path),
+            };
+            if keep {
+                self.summary.files_unchanged += 1;
+                self.progress.file_done(&path, node.size, 0);
+                return Ok(());
+            }
+        }
+        if self.opts.dry_run {
+            self.summary.planned.push(format!("file {} ({} bytes)", path.display(), node.size));
+            self.summary.files += 1;
+            self.summary.bytes += node.size;
+            return Ok(());
+        }
+        self.batch_blobs += node.content.len();
+        self.batch.push(FileTask {
+            tmp: file_writer::stable_temp_path(&path),
+            path,
+            node: node.clone(),
+            file: None,
+            error: Mutex::new(None),
         });
-        match r {
-            Ok(()) => summary.files += 1,
-            Err(e) => summary.errors.push(e.to_string()),
+        if self.batch.len() >= BATCH_FILES || self.batch_blobs >= BATCH_BLOBS {
+            self.run_batch();
+        }
+        Ok(())
+    }
+
+    /// Does the regular file at `path` hold exactly the node's content?
+    fn matches(&self, node: &Node, path: &Path) -> bool {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() && m.len() == node.size => {}
+            _ => return false,
+        }
+        let Ok(f) = File::open(path) else { return false };
+        let mut off = 0u64;
+        for id in &node.content {
+            let Ok(Some(place)) = self.src.locate(id) else { return false };
+            let mut buf = vec![0u8; place.raw_length as usize];
+            if f.read_exact_at(&mut buf, off).is_err() || self.src.data_id(&buf) != *id {
+                return false;
+            }
+            off += buf.len() as u64;
+        }
+        off == node.size
+    }
+
+    fn run_batch(&mut self) {
+        let mut tasks = std::mem::take(&mut self.batch);
+        self.batch_blobs = 0;
+        if tasks.is_empty() {
+            return;
+        }
+        // Create the temporary files, sized so unwritten ranges are holes.
+        for t in tasks.iter_mut() {
+            match file_writer::create_sized(&t.tmp, t.node.size) {
+                Ok(f) => t.file = Some(f),
+                Err(e) => t.fail(format!("{}: {e}", t.path.display())),
+            }
+        }
+        // Group the needed blobs by pack.
+        let mut needs: HashMap<BlobId, Need> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if t.file.is_none() {
+                continue;
+            }
+            let mut off = 0u64;
+            for id in &t.node.content {
+                let place = match needs.get(id) {
+                    Some(n) => Some(n.place),
+                    None => match self.src.locate(id) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            t.fail(format!("{}: {e}", t.path.display()));
+                            break;
+                        }
+                    },
+                };
+                let Some(place) = place else {
+                    t.fail(format!("{}: blob {id} is not in the repository index (data lost: run `coffer check`)", t.path.display()));
+                    break;
+                };
+                needs
+                    .entry(*id)
+                    .or_insert_with(|| Need { id: *id, place, targets: Vec::new() })
+                    .targets
+                    .push((i, off));
+                off += place.raw_length as u64;
+            }
+            if off != t.node.size && t.error.lock().map(|e| e.is_none()).unwrap_or(false) {
+                t.fail(format!("{}: content adds up to {off} bytes, the snapshot says {}", t.path.display(), t.node.size));
+            }
+        }
+        let mut by_pack: HashMap<PackId, Vec<Need>> = HashMap::new();
+        for n in needs.into_values() {
+            by_pack.entry(n.place.pack).or_default().push(n);
+        }
+        let mut packs: Vec<(PackId, Vec<Need>)> = by_pack.into_iter().collect();
+        packs.sort_by_key(|(p, _)| *p);
+        let written = std::sync::atomic::AtomicU64::new(0);
+        packs.par_iter_mut().for_each(|(pack, blobs)| {
+            blobs.sort_by_key(|n| n.place.offset);
+            let mut i = 0;
+            while i < blobs.len() {
+                // Extend the range while the next blob is close.
+                let start = blobs[i].place.offset as u64;
+                let mut end = start + blobs[i].place.length as u64;
+                let mut j = i + 1;
+                while j < blobs.len() && (blobs[j].place.offset as u64) <= end + COALESCE_GAP {
+                    end = end.max(blobs[j].place.offset as u64 + blobs[j].place.length as u64);
+                    j += 1;
+                }
+                let range = self.src.read_pack_range(pack, start, (end - start) as usize);
+                for n in &blobs[i..j] {
+                    let data = range.as_ref().map_err(|e| e.to_string()).and_then(|buf| {
+                        let o = (n.place.offset as u64 - start) as usize;
+                        self.src
+                            .open_sealed(&n.id, &n.place, &buf[o..o + n.place.length as usize])
+                            .map_err(|e| e.to_string())
+                    });
+                    match data {
+                        Ok(data) => {
+                            let zero = data.iter().all(|&b| b == 0);
+                            for &(ti, off) in &n.targets {
+                                let t = &tasks[ti];
+                                if zero {
+                                    continue;
+                                }
+                                if let Some(f) = &t.file
+                                    && let Err(e) = f.write_all_at(&data, off)
+                                {
+                                    t.fail(format!("{}: {e}", t.path.display()));
+                                }
+                            }
+                            let b = data.len() as u64 * n.targets.len() as u64;
+                            written.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
+                            self.progress.bytes_done(b);
+                        }
+                        Err(e) => {
+                            for &(ti, _) in &n.targets {
+                                let t = &tasks[ti];
+                                t.fail(format!("{}: {e}", t.path.display()));
+                            }
+                        }
+                    }
+                }
+                i = j;
+            }
+        });
+        // Finish each file: metadata, then the rename that makes it visible.
+        for t in tasks.iter_mut() {
+            let file = t.file.take();
+            let err = t.error.lock().map(|e| e.clone()).unwrap_or(None);
+            if let Some(e) = err {
+                drop(file);
+                let _ = std::fs::remove_file(&t.tmp);
+                self.summary.errors.push(e);
+                continue;
+            }
+            drop(file);
+            match file_writer::commit(&t.node, &t.tmp, &t.path, self.as_root) {
+                Ok(()) => {
+                    self.summary.files += 1;
+                    self.summary.bytes += t.node.size;
+                    self.progress.file_done(&t.path, t.node.size, t.node.size);
+                    if self.opts.verify {
+                        if self.matches(&t.node, &t.path) {
+                            self.summary.files_verified += 1;
+                        } else {
+                            self.summary.errors.push(format!(
+                                "{}: verification failed: the restored file does not match the snapshot",
+                                t.path.display()
+                            ));
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&t.tmp);
+                    self.summary.errors.push(e.to_string());
+                }
+            }
         }
     }
-    for (path, node) in dirs.iter().rev() {
-        if let Err(e) = file_writer::apply_metadata(node, path, as_root) {
-            summary
-                .errors
-                .push(format!("{}: cannot set metadata: {e}", path.display()));
+
+    fn finish_links(&mut self) {
+        for (first, path) in std::mem::take(&mut self.pending_links) {
+            if self.opts.dry_run {
+                self.summary.planned.push(format!("link {} => {}", path.display(), first.display()));
+                continue;
+            }
+            let r = file_writer::clear_non_dir(&path).and_then(|_| {
+                std::fs::hard_link(&first, &path).map_err(|e| Error::Target { path: path.clone(), source: e })
+            });
+            match r {
+                Ok(()) => self.summary.files += 1,
+                Err(e) => self.summary.errors.push(e.to_string()),
+            }
         }
     }
-    Ok(summary)
 }
 
 #[cfg(test)]
@@ -199,14 +492,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn include_selection() {
-        let inc = vec![b"/home/u/models".to_vec()];
-        assert_eq!(selected(b"home", &inc), Some(false));
-        assert_eq!(selected(b"home/u", &inc), Some(false));
-        assert_eq!(selected(b"home/u/models", &inc), Some(true));
-        assert_eq!(selected(b"home/u/models/x", &inc), Some(true));
-        assert_eq!(selected(b"home/u/modelsx", &inc), None);
-        assert_eq!(selected(b"etc", &inc), None);
-        assert_eq!(selected(b"anything", &[]), Some(true));
+    fn join() {
+        assert_eq!(join_path(b"/", b"a/b"), b"/a/b");
+        assert_eq!(join_path(b"/x", b"a"), b"/x/a");
     }
 }

@@ -1,72 +1,159 @@
-//! `coffer restore SNAPSHOT --target DIR`
+//! `coffer restore SNAPSHOT[:PATH] --target DIR`
 
 use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
-use anyhow::Result;
-use clap::Args;
-use coffer::restorer::{self, RestoreOptions};
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use coffer::id::BlobId;
+use coffer::repository::Repository;
+use coffer::restorer::{self, Overwrite, RestoreOptions};
+use coffer::snapshot::tree::NodeKind;
+use coffer::snapshot::walk::find_path;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum OverwriteArg {
+    Always,
+    IfChanged,
+    Never,
+}
+
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
-    /// Snapshot id prefix or `latest`
+    /// Snapshot id prefix or `latest`; `SNAPSHOT:PATH` restores the
+    /// contents of PATH directly into the target
     pub snapshot: String,
     /// Directory to restore into (created if missing)
     #[arg(short, long)]
     pub target: PathBuf,
-    /// Restore only this path of the snapshot (repeatable)
+    /// Restore only paths matching (a path prefix or a glob; repeatable)
     #[arg(short, long)]
     pub include: Vec<PathBuf>,
+    /// Leave out paths matching (a path prefix or a glob; repeatable)
+    #[arg(short, long)]
+    pub exclude: Vec<PathBuf>,
+    /// Existing files: replace always, only when their content differs, or never
+    #[arg(long, value_enum, default_value = "if-changed")]
+    pub overwrite: OverwriteArg,
+    /// Re-read every restored file and check it against the snapshot
+    #[arg(long)]
+    pub verify: bool,
+    /// Show what would be restored, write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Resolve `SNAPSHOT[:PATH]` to (snapshot id, tree to restore, its path,
+/// an include pattern when PATH is a single file).
+pub fn resolve_subtree(
+    repo: &Repository,
+    reference: &str,
+) -> Result<(coffer::id::SnapshotId, BlobId, Vec<u8>, Option<Vec<u8>>)> {
+    let (snap_ref, path) = match reference.split_once(':') {
+        Some((s, p)) => (s, Some(p)),
+        None => (reference, None),
+    };
+    let (id, snap) = repo.resolve_snapshot(snap_ref)?;
+    let Some(path) = path.map(|p| p.trim_end_matches('/')).filter(|p| !p.is_empty()) else {
+        return Ok((id, snap.tree, b"/".to_vec(), None));
+    };
+    let rel = path.trim_start_matches('/');
+    let Some(node) = find_path(repo, &snap.tree, rel.as_bytes())? else {
+        bail!("{path} is not in snapshot {}", id.short());
+    };
+    let full = format!("/{rel}").into_bytes();
+    match (node.kind, node.subtree) {
+        (NodeKind::Dir, Some(sub)) => Ok((id, sub, full, None)),
+        _ => {
+            // A single file: restore its directory, selecting just it.
+            let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+            let parent_tree = if parent_rel.is_empty() {
+                snap.tree
+            } else {
+                match find_path(repo, &snap.tree, parent_rel.as_bytes())? {
+                    Some(n) => n.subtree.ok_or_else(|| anyhow::anyhow!("{parent_rel} is not a directory"))?,
+                    None => bail!("{path} is not in snapshot {}", id.short()),
+                }
+            };
+            Ok((id, parent_tree, format!("/{parent_rel}").into_bytes(), Some(full)))
+        }
+    }
 }
 
 pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let (id, snap) = repo.resolve_snapshot(&a.snapshot)?;
+    let (id, tree, root_path, only) = resolve_subtree(&repo, &a.snapshot)?;
+    let mut includes: Vec<Vec<u8>> = a.include.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    if let Some(f) = only {
+        if !includes.is_empty() {
+            bail!("--include cannot be combined with SNAPSHOT:PATH naming a single file");
+        }
+        includes.push(f);
+    }
     let opts = RestoreOptions {
-        includes: a
-            .include
-            .iter()
-            .map(|p| p.as_os_str().as_bytes().to_vec())
-            .collect(),
+        includes,
+        excludes: a.exclude.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        overwrite: match a.overwrite {
+            OverwriteArg::Always => Overwrite::Always,
+            OverwriteArg::IfChanged => Overwrite::IfChanged,
+            OverwriteArg::Never => Overwrite::Never,
+        },
+        verify: a.verify,
+        dry_run: a.dry_run,
+        root_path,
     };
     let progress = CliProgress::new(g.json, g.quiet);
     let start = std::time::Instant::now();
-    let result = restorer::restore(repo.as_ref(), &snap.tree, &a.target, &opts, &progress);
+    let result = restorer::restore(repo.as_ref(), &tree, &a.target, &opts, &progress);
     progress.finish();
     let s = result?;
     for e in &s.errors {
         output::warn(e);
+    }
+    if a.dry_run && !g.json {
+        for p in &s.planned {
+            output::line(&format!("would restore {p}"));
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     if g.json {
         output::json(&serde_json::json!({
             "message_type": "summary",
             "snapshot_id": id.to_hex(),
+            "dry_run": a.dry_run,
             "files_restored": s.files,
+            "files_unchanged": s.files_unchanged,
+            "files_verified": s.files_verified,
             "dirs_restored": s.dirs,
             "other_restored": s.others,
             "bytes_restored": s.bytes,
             "errors": s.errors,
+            "planned": s.planned,
             "total_duration": secs,
         }));
     } else if !g.quiet {
-        output::line(&format!(
-            "restored {} files, {} dirs, {} other entries ({}) from snapshot {} to {} in {secs:.2}s",
+        let verb = if a.dry_run { "would restore" } else { "restored" };
+        let mut line = format!(
+            "{verb} {} files, {} dirs, {} other entries ({}) from snapshot {} to {} in {secs:.2}s",
             s.files,
             s.dirs,
             s.others,
             output::bytes(s.bytes),
             id.short(),
             a.target.display()
-        ));
+        );
+        if s.files_unchanged > 0 {
+            line.push_str(&format!("; {} files already up to date", s.files_unchanged));
+        }
+        if a.verify {
+            line.push_str(&format!("; {} files verified", s.files_verified));
+        }
+        output::line(&line);
     }
     if !s.errors.is_empty() {
-        anyhow::bail!(
-            "{} entries could not be restored (listed above)",
-            s.errors.len()
-        );
+        bail!("{} entries could not be restored (listed above)", s.errors.len());
     }
     Ok(ExitCode::SUCCESS)
 }
