@@ -69,6 +69,8 @@ pub enum Command {
     Ls(commands::ls::LsArgs),
     /// Restore a snapshot (or part of it) into a directory
     Restore(commands::restore::RestoreArgs),
+    /// Write a file from a snapshot to stdout (a directory as tar)
+    Dump(commands::dump::DumpArgs),
     /// Print repository objects as JSON (for debugging)
     Cat(commands::cat::CatArgs),
 }
@@ -84,6 +86,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Snapshots(a) => commands::snapshots::run(g, a),
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
+        Command::Dump(a) => commands::dump::run(g, a),
         Command::Cat(a) => commands::cat::run(g, a),
     }
 }

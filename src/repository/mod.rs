@@ -427,7 +427,8 @@ impl PackedBlobSource for Repository {
     }
 
     fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.backend.get_range(FileKind::Pack, &pack.to_hex(), offset, len)
+        self.backend
+            .get_range(FileKind::Pack, &pack.to_hex(), offset, len)
     }
 
     fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>> {

@@ -22,6 +22,7 @@
 //!    (RELIABILITY.md F1). Hardlinks are made once their first name exists;
 //!    directory metadata is applied last, deepest first.
 
+pub mod dump;
 pub mod file_writer;
 pub mod select;
 
@@ -157,7 +158,11 @@ pub fn restore(
     progress: &dyn Progress,
 ) -> Result<RestoreSummary> {
     let sel = Selection::new(&opts.includes, &opts.excludes)?;
-    let root_path = if opts.root_path.is_empty() { b"/".to_vec() } else { opts.root_path.clone() };
+    let root_path = if opts.root_path.is_empty() {
+        b"/".to_vec()
+    } else {
+        opts.root_path.clone()
+    };
 
     // Pass 1: how much will be written, to refuse early on a full disk.
     let mut picks: Vec<Pick> = vec![sel.root_pick()];
@@ -169,7 +174,11 @@ pub fn restore(
             let depth = rel.iter().filter(|&&b| b == b'/').count();
             picks.truncate(depth + 1);
             let parent = *picks.last().unwrap_or(&Pick::All);
-            let pick = sel.pick(&join_path(&root_path, rel), node.kind == NodeKind::Dir, parent);
+            let pick = sel.pick(
+                &join_path(&root_path, rel),
+                node.kind == NodeKind::Dir,
+                parent,
+            );
             if pick == Pick::Skip {
                 return Ok(Visit::Skip);
             }
@@ -182,7 +191,10 @@ pub fn restore(
         |_, _| Ok(()),
     )?;
     if !opts.dry_run {
-        std::fs::create_dir_all(target).map_err(|e| Error::Target { path: target.to_path_buf(), source: e })?;
+        std::fs::create_dir_all(target).map_err(|e| Error::Target {
+            path: target.to_path_buf(),
+            source: e,
+        })?;
         if let Some(free) = statvfs_free(target)
             && needed > free
         {
@@ -216,7 +228,10 @@ pub fn restore(
             let depth = rel.iter().filter(|&&b| b == b'/').count();
             picks.truncate(depth + 1);
             let parent = *picks.last().unwrap_or(&Pick::All);
-            if failed_dirs.iter().any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/')) {
+            if failed_dirs
+                .iter()
+                .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
+            {
                 return Ok(Visit::Skip);
             }
             let is_dir = node.kind == NodeKind::Dir;
@@ -248,7 +263,9 @@ pub fn restore(
     if !opts.dry_run {
         for (path, node) in r.dirs.iter().rev() {
             if let Err(e) = file_writer::apply_metadata(node, path, r.as_root) {
-                r.summary.errors.push(format!("{}: cannot set metadata: {e}", path.display()));
+                r.summary
+                    .errors
+                    .push(format!("{}: cannot set metadata: {e}", path.display()));
             }
         }
     }
@@ -259,7 +276,9 @@ impl Restorer<'_> {
     fn entry(&mut self, path: PathBuf, node: &Node) -> Result<()> {
         if node.kind != NodeKind::File {
             if self.opts.dry_run {
-                self.summary.planned.push(format!("{:<4} {}", node.kind.as_str(), path.display()));
+                self.summary
+                    .planned
+                    .push(format!("{:<4} {}", node.kind.as_str(), path.display()));
                 self.summary.others += 1;
                 return Ok(());
             }
@@ -295,7 +314,9 @@ impl Restorer<'_> {
             }
         }
         if self.opts.dry_run {
-            self.summary.planned.push(format!("file {} ({} bytes)", path.display(), node.size));
+            self.summary
+                .planned
+                .push(format!("file {} ({} bytes)", path.display(), node.size));
             self.summary.files += 1;
             self.summary.bytes += node.size;
             return Ok(());
@@ -320,10 +341,14 @@ impl Restorer<'_> {
             Ok(m) if m.is_file() && m.len() == node.size => {}
             _ => return false,
         }
-        let Ok(f) = File::open(path) else { return false };
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
         let mut off = 0u64;
         for id in &node.content {
-            let Ok(Some(place)) = self.src.locate(id) else { return false };
+            let Ok(Some(place)) = self.src.locate(id) else {
+                return false;
+            };
             let mut buf = vec![0u8; place.raw_length as usize];
             if f.read_exact_at(&mut buf, off).is_err() || self.src.data_id(&buf) != *id {
                 return false;
@@ -370,13 +395,21 @@ impl Restorer<'_> {
                 };
                 needs
                     .entry(*id)
-                    .or_insert_with(|| Need { id: *id, place, targets: Vec::new() })
+                    .or_insert_with(|| Need {
+                        id: *id,
+                        place,
+                        targets: Vec::new(),
+                    })
                     .targets
                     .push((i, off));
                 off += place.raw_length as u64;
             }
             if off != t.node.size && t.error.lock().map(|e| e.is_none()).unwrap_or(false) {
-                t.fail(format!("{}: content adds up to {off} bytes, the snapshot says {}", t.path.display(), t.node.size));
+                t.fail(format!(
+                    "{}: content adds up to {off} bytes, the snapshot says {}",
+                    t.path.display(),
+                    t.node.size
+                ));
             }
         }
         let mut by_pack: HashMap<PackId, Vec<Need>> = HashMap::new();
@@ -398,7 +431,9 @@ impl Restorer<'_> {
                     end = end.max(blobs[j].place.offset as u64 + blobs[j].place.length as u64);
                     j += 1;
                 }
-                let range = self.src.read_pack_range(pack, start, (end - start) as usize);
+                let range = self
+                    .src
+                    .read_pack_range(pack, start, (end - start) as usize);
                 for n in &blobs[i..j] {
                     let data = range.as_ref().map_err(|e| e.to_string()).and_then(|buf| {
                         let o = (n.place.offset as u64 - start) as usize;
@@ -473,11 +508,18 @@ impl Restorer<'_> {
     fn finish_links(&mut self) {
         for (first, path) in std::mem::take(&mut self.pending_links) {
             if self.opts.dry_run {
-                self.summary.planned.push(format!("link {} => {}", path.display(), first.display()));
+                self.summary.planned.push(format!(
+                    "link {} => {}",
+                    path.display(),
+                    first.display()
+                ));
                 continue;
             }
             let r = file_writer::clear_non_dir(&path).and_then(|_| {
-                std::fs::hard_link(&first, &path).map_err(|e| Error::Target { path: path.clone(), source: e })
+                std::fs::hard_link(&first, &path).map_err(|e| Error::Target {
+                    path: path.clone(),
+                    source: e,
+                })
             });
             match r {
                 Ok(()) => self.summary.files += 1,

@@ -27,7 +27,11 @@ impl Pattern {
             literal.insert(0, b'/');
         }
         let glob = if is_glob {
-            let g = if name_only { text.clone() } else { String::from_utf8_lossy(&literal).into_owned() };
+            let g = if name_only {
+                text.clone()
+            } else {
+                String::from_utf8_lossy(&literal).into_owned()
+            };
             Some(
                 GlobBuilder::new(&g)
                     .literal_separator(true)
@@ -38,7 +42,11 @@ impl Pattern {
         } else {
             None
         };
-        Ok(Pattern { literal, glob, name_only })
+        Ok(Pattern {
+            literal,
+            glob,
+            name_only,
+        })
     }
 
     /// Does the pattern match `path` (`/`-rooted) itself?
@@ -85,8 +93,14 @@ pub enum Pick {
 impl Selection {
     pub fn new(includes: &[Vec<u8>], excludes: &[Vec<u8>]) -> Result<Selection> {
         Ok(Selection {
-            includes: includes.iter().map(|p| Pattern::new(p)).collect::<Result<_>>()?,
-            excludes: excludes.iter().map(|p| Pattern::new(p)).collect::<Result<_>>()?,
+            includes: includes
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect::<Result<_>>()?,
+            excludes: excludes
+                .iter()
+                .map(|p| Pattern::new(p))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -109,7 +123,11 @@ impl Selection {
     }
 
     pub fn root_pick(&self) -> Pick {
-        if self.includes.is_empty() { Pick::All } else { Pick::Descend }
+        if self.includes.is_empty() {
+            Pick::All
+        } else {
+            Pick::Descend
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod cat;
+pub mod dump;
 pub mod init;
 pub mod ls;
 pub mod restore;

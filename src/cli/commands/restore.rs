@@ -56,7 +56,10 @@ pub fn resolve_subtree(
         None => (reference, None),
     };
     let (id, snap) = repo.resolve_snapshot(snap_ref)?;
-    let Some(path) = path.map(|p| p.trim_end_matches('/')).filter(|p| !p.is_empty()) else {
+    let Some(path) = path
+        .map(|p| p.trim_end_matches('/'))
+        .filter(|p| !p.is_empty())
+    else {
         return Ok((id, snap.tree, b"/".to_vec(), None));
     };
     let rel = path.trim_start_matches('/');
@@ -73,11 +76,18 @@ pub fn resolve_subtree(
                 snap.tree
             } else {
                 match find_path(repo, &snap.tree, parent_rel.as_bytes())? {
-                    Some(n) => n.subtree.ok_or_else(|| anyhow::anyhow!("{parent_rel} is not a directory"))?,
+                    Some(n) => n
+                        .subtree
+                        .ok_or_else(|| anyhow::anyhow!("{parent_rel} is not a directory"))?,
                     None => bail!("{path} is not in snapshot {}", id.short()),
                 }
             };
-            Ok((id, parent_tree, format!("/{parent_rel}").into_bytes(), Some(full)))
+            Ok((
+                id,
+                parent_tree,
+                format!("/{parent_rel}").into_bytes(),
+                Some(full),
+            ))
         }
     }
 }
@@ -85,7 +95,11 @@ pub fn resolve_subtree(
 pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let (id, tree, root_path, only) = resolve_subtree(&repo, &a.snapshot)?;
-    let mut includes: Vec<Vec<u8>> = a.include.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect();
+    let mut includes: Vec<Vec<u8>> = a
+        .include
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect();
     if let Some(f) = only {
         if !includes.is_empty() {
             bail!("--include cannot be combined with SNAPSHOT:PATH naming a single file");
@@ -94,7 +108,11 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
     }
     let opts = RestoreOptions {
         includes,
-        excludes: a.exclude.iter().map(|p| p.as_os_str().as_bytes().to_vec()).collect(),
+        excludes: a
+            .exclude
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
         overwrite: match a.overwrite {
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfChanged => Overwrite::IfChanged,
@@ -134,7 +152,11 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
             "total_duration": secs,
         }));
     } else if !g.quiet {
-        let verb = if a.dry_run { "would restore" } else { "restored" };
+        let verb = if a.dry_run {
+            "would restore"
+        } else {
+            "restored"
+        };
         let mut line = format!(
             "{verb} {} files, {} dirs, {} other entries ({}) from snapshot {} to {} in {secs:.2}s",
             s.files,
@@ -153,7 +175,10 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         output::line(&line);
     }
     if !s.errors.is_empty() {
-        bail!("{} entries could not be restored (listed above)", s.errors.len());
+        bail!(
+            "{} entries could not be restored (listed above)",
+            s.errors.len()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

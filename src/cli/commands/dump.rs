@@ -1,0 +1,60 @@
+//! `coffer dump SNAPSHOT PATH`: a file's bytes, or a directory as tar.
+
+use crate::cli::{GlobalOpts, repo};
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use coffer::restorer::dump::{dump_file, dump_tar};
+use coffer::snapshot::tree::NodeKind;
+use coffer::snapshot::walk::find_path;
+use std::io::Write;
+use std::process::ExitCode;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Archive {
+    Tar,
+}
+
+#[derive(Args, Debug)]
+pub struct DumpArgs {
+    /// Snapshot id prefix or `latest`
+    pub snapshot: String,
+    /// Path inside the snapshot (a file, or a directory written as tar)
+    pub path: String,
+    /// Archive format for directories
+    #[arg(long, value_enum, default_value = "tar")]
+    pub archive: Archive,
+}
+
+pub fn run(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
+    let repo = repo::open(g)?;
+    let (id, snap) = repo.resolve_snapshot(&a.snapshot)?;
+    let rel = a.path.trim_matches('/');
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
+    if rel.is_empty() {
+        dump_tar(repo.as_ref(), &snap.tree, b"", &mut out)?;
+    } else {
+        let Some(node) = find_path(repo.as_ref(), &snap.tree, rel.as_bytes())? else {
+            bail!("{} is not in snapshot {}", a.path, id.short());
+        };
+        match (node.kind, node.subtree) {
+            (NodeKind::File, _) => {
+                dump_file(repo.as_ref(), &node, &mut out)?;
+            }
+            (NodeKind::Dir, Some(sub)) => match a.archive {
+                Archive::Tar => dump_tar(repo.as_ref(), &sub, rel.as_bytes(), &mut out)?,
+            },
+            _ => bail!(
+                "{} is a {}, which has no content to dump",
+                a.path,
+                node.kind.as_str()
+            ),
+        }
+    }
+    if let Err(e) = out.flush()
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        return Err(e.into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
