@@ -45,12 +45,19 @@ pub struct RestoreArgs {
     pub dry_run: bool,
 }
 
-/// Resolve `SNAPSHOT[:PATH]` to (snapshot id, tree to restore, its path,
-/// an include pattern when PATH is a single file).
-pub fn resolve_subtree(
-    repo: &Repository,
-    reference: &str,
-) -> Result<(coffer::id::SnapshotId, BlobId, Vec<u8>, Option<Vec<u8>>)> {
+/// What `SNAPSHOT[:PATH]` names.
+pub struct Subtree {
+    pub snapshot: coffer::id::SnapshotId,
+    /// The tree to restore.
+    pub tree: BlobId,
+    /// Its path in the snapshot.
+    pub path: Vec<u8>,
+    /// When PATH is a single file: the include that selects just it.
+    pub only: Option<Vec<u8>>,
+}
+
+/// Resolve `SNAPSHOT[:PATH]`.
+pub fn resolve_subtree(repo: &Repository, reference: &str) -> Result<Subtree> {
     let (snap_ref, path) = match reference.split_once(':') {
         Some((s, p)) => (s, Some(p)),
         None => (reference, None),
@@ -60,7 +67,12 @@ pub fn resolve_subtree(
         .map(|p| p.trim_end_matches('/'))
         .filter(|p| !p.is_empty())
     else {
-        return Ok((id, snap.tree, b"/".to_vec(), None));
+        return Ok(Subtree {
+            snapshot: id,
+            tree: snap.tree,
+            path: b"/".to_vec(),
+            only: None,
+        });
     };
     let rel = path.trim_start_matches('/');
     let Some(node) = find_path(repo, &snap.tree, rel.as_bytes())? else {
@@ -68,7 +80,12 @@ pub fn resolve_subtree(
     };
     let full = format!("/{rel}").into_bytes();
     match (node.kind, node.subtree) {
-        (NodeKind::Dir, Some(sub)) => Ok((id, sub, full, None)),
+        (NodeKind::Dir, Some(sub)) => Ok(Subtree {
+            snapshot: id,
+            tree: sub,
+            path: full,
+            only: None,
+        }),
         _ => {
             // A single file: restore its directory, selecting just it.
             let parent_rel = rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
@@ -94,7 +111,12 @@ pub fn resolve_subtree(
 
 pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let (id, tree, root_path, only) = resolve_subtree(&repo, &a.snapshot)?;
+    let Subtree {
+        snapshot: id,
+        tree,
+        path: root_path,
+        only,
+    } = resolve_subtree(&repo, &a.snapshot)?;
     let mut includes: Vec<Vec<u8>> = a
         .include
         .iter()
