@@ -99,12 +99,12 @@ pub fn resolve_subtree(repo: &Repository, reference: &str) -> Result<Subtree> {
                     None => bail!("{path} is not in snapshot {}", id.short()),
                 }
             };
-            Ok((
-                id,
-                parent_tree,
-                format!("/{parent_rel}").into_bytes(),
-                Some(full),
-            ))
+            Ok(Subtree {
+                snapshot: id,
+                tree: parent_tree,
+                path: format!("/{parent_rel}").into_bytes(),
+                only: Some(full),
+            })
         }
     }
 }
