@@ -1,0 +1,14 @@
+//! coffer's end-to-end tests: one test binary that runs the real `coffer`
+//! executable against temporary repositories (RELIABILITY.md section 4).
+
+// Environment, fixture builder, tree comparison and other shared helpers.
+mod support;
+
+// Full backup/restore round trips of awkward trees, plus ls, snapshots and cat output.
+mod backup_restore;
+// Deduplication and change detection as reported by `backup --json` and seen on disk.
+mod dedup;
+// Command-line behaviour: zero-config repository, password sources, exit codes and messages.
+mod cli;
+// Damaged repositories: corrupt packs, snapshots and index objects fail clearly, never panic.
+mod errors;
