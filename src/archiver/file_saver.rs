@@ -115,47 +115,11 @@ pub fn save_file(
     out.stat = Some(before.clone());
     progress.file_started(path, before.size());
 
-    let max = chunker.params().max_size as usize;
-    let size_hint = before.size();
-    let mut filled = 0usize;
-    let mut total = 0u64;
-    let mut eof = false;
-    let mut read_error = None;
-    while !eof {
-        // Fill up to READ_BUF, asking for what the file should still hold
-        // (+1 to see EOF without another call): a 1 KiB file costs a 1 KiB
-        // read, not a 16 MiB one.
-        while filled < READ_BUF && !eof {
-            let expected = size_hint.saturating_sub(total).saturating_add(1);
-            let want = (READ_BUF + max - filled).min(
-                usize::try_from(expected)
-                    .unwrap_or(usize::MAX)
-                    .max(64 * 1024),
-            );
-            if buf.len() < filled + want {
-                // The buffer belongs to this reader thread and only ever
-                // grows, so bytes are zeroed once per thread, not per file.
-                buf.resize(filled + want, 0);
-            }
-            match file.read(&mut buf[filled..filled + want]) {
-                Ok(0) => eof = true,
-                Ok(n) => {
-                    filled += n;
-                    total += n as u64;
-                    progress.bytes_done(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    read_error = Some(e);
-                    eof = true;
-                }
-            }
-        }
-        let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
-        out.added += store_chunks(sink, &buf[..filled], &cuts, &mut out.content)?;
-        buf.copy_within(used..filled, 0);
-        filled -= used;
-    }
+    let streamed = chunk_stream(&mut file, before.size(), sink, chunker, progress, buf)?;
+    out.content = streamed.content;
+    out.added = streamed.added;
+    let total = streamed.read;
+    let read_error = streamed.error;
     out.read = total;
     if let Some(e) = read_error {
         out.flags |= FLAG_INCOMPLETE;
@@ -176,5 +140,81 @@ pub fn save_file(
         ));
     }
     progress.file_done(path, total, total);
+    Ok(out)
+}
+
+/// What [`chunk_stream`] produced.
+pub struct Streamed {
+    pub content: Vec<BlobId>,
+    pub read: u64,
+    pub added: u64,
+    /// The read error that ended the stream early, if any: a source error,
+    /// reported by the caller as a warning or a failure as it sees fit.
+    pub error: Option<std::io::Error>,
+}
+
+/// Read `src` to its end, cut it into chunks and store them. `size_hint`
+/// (the expected length, 0 if unknown) sizes the reads; `buf` is the
+/// calling thread's reusable buffer. Only repository errors are `Err`.
+pub fn chunk_stream(
+    src: &mut dyn Read,
+    size_hint: u64,
+    sink: &dyn BlobSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    buf: &mut Vec<u8>,
+) -> Result<Streamed> {
+    let mut out = Streamed {
+        content: Vec::new(),
+        read: 0,
+        added: 0,
+        error: None,
+    };
+    let max = chunker.params().max_size as usize;
+    let mut filled = 0usize;
+    let mut total = 0u64;
+    let mut eof = false;
+    let mut read_error = None;
+    while !eof {
+        // Fill up to READ_BUF, asking for what the file should still hold
+        // (+1 to see EOF without another call): a 1 KiB file costs a 1 KiB
+        // read, not a 16 MiB one.
+        while filled < READ_BUF && !eof {
+            let expected = if size_hint == 0 {
+                READ_BUF as u64
+            } else {
+                size_hint.saturating_sub(total).saturating_add(1)
+            };
+            let want = (READ_BUF + max - filled).min(
+                usize::try_from(expected)
+                    .unwrap_or(usize::MAX)
+                    .max(64 * 1024),
+            );
+            if buf.len() < filled + want {
+                // The buffer belongs to this reader thread and only ever
+                // grows, so bytes are zeroed once per thread, not per file.
+                buf.resize(filled + want, 0);
+            }
+            match src.read(&mut buf[filled..filled + want]) {
+                Ok(0) => eof = true,
+                Ok(n) => {
+                    filled += n;
+                    total += n as u64;
+                    progress.bytes_done(n as u64);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    read_error = Some(e);
+                    eof = true;
+                }
+            }
+        }
+        let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
+        out.added += store_chunks(sink, &buf[..filled], &cuts, &mut out.content)?;
+        buf.copy_within(used..filled, 0);
+        filled -= used;
+    }
+    out.read = total;
+    out.error = read_error;
     Ok(out)
 }

@@ -20,6 +20,7 @@
 pub mod file_saver;
 pub mod metadata;
 pub mod scan;
+pub mod stream;
 
 use crate::blob::{BlobKind, BlobSink, BlobSource};
 use crate::chunking::Chunker;
@@ -421,6 +422,17 @@ pub fn snapshot(
         .iter()
         .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
         .collect();
+    let (id, snap) = save_snapshot(&repo, &outcome, paths, opts)?;
+    Ok((id, snap, outcome))
+}
+
+/// Write the snapshot object: the last step, after packs and index.
+fn save_snapshot(
+    repo: &Repository,
+    outcome: &BackupOutcome,
+    paths: Vec<Vec<u8>>,
+    opts: &SnapshotOptions,
+) -> Result<(SnapshotId, Snapshot)> {
     let snap = Snapshot {
         time_ns: crate::repository::now_ns(),
         tree: outcome.tree,
@@ -436,7 +448,7 @@ pub fn snapshot(
         summary: outcome.summary.to_map(),
     };
     let id = repo.save_snapshot(&snap)?;
-    Ok((id, snap, outcome))
+    Ok((id, snap))
 }
 
 /// Make a user-given path absolute and resolve symlinks in its parent

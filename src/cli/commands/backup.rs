@@ -5,15 +5,29 @@ use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::archiver::{self, BackupOptions, SnapshotOptions};
+use coffer::id::SnapshotId;
+use coffer::repository::Repository;
 use coffer::repository::config::Config;
+use coffer::snapshot::Snapshot;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Files and directories to back up
-    #[arg(required = true)]
+    /// Files and directories to back up (with --stdin-from-command: the
+    /// command and its arguments, after `--`)
     pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file
+    #[arg(long)]
+    pub stdin: bool,
+    /// File name for --stdin / --stdin-from-command
+    #[arg(long, default_value = "stdin")]
+    pub stdin_name: String,
+    /// Run the command given after `--` and back up its output; if it
+    /// exits non-zero, the backup fails and no snapshot is written
+    #[arg(long)]
+    pub stdin_from_command: bool,
     /// Add a tag to the snapshot (repeatable, or comma-separated)
     #[arg(long = "tag", value_delimiter = ',')]
     pub tags: Vec<String>,
@@ -32,6 +46,14 @@ pub struct BackupArgs {
 }
 
 pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
+    if a.stdin || a.stdin_from_command {
+        return run_stream(g, a);
+    }
+    if a.paths.is_empty() {
+        bail!(
+            "nothing to back up: give one or more paths, --stdin, or --stdin-from-command -- CMD"
+        );
+    }
     let mut paths = Vec::new();
     for p in &a.paths {
         match archiver::absolute_path(p) {
@@ -94,6 +116,141 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     let result = archiver::snapshot(repo.clone(), &opts, &progress);
     progress.finish();
     let (id, snap, outcome) = result?;
+    report(g, &id, &snap, &outcome)
+}
+
+/// The repository to back up into; the zero-configuration default one is
+/// created on first use.
+fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
+    let (repo_path, is_default) = repo::location(g)?;
+    if is_default && !repo_path.join("config").exists() {
+        super::init::create_with_key_file(
+            &repo_path,
+            &repo::default_key_file()?,
+            Config::default(),
+            g.quiet,
+        )?;
+    }
+    repo::open(g)
+}
+
+/// `--parent`, or the latest snapshot of the same host and paths.
+fn find_parent(
+    repo: &Repository,
+    a: &BackupArgs,
+    hostname: &str,
+    paths: &[Vec<u8>],
+) -> Result<Option<(SnapshotId, Snapshot)>> {
+    Ok(match &a.parent {
+        Some(r) => Some(repo.resolve_snapshot(r)?),
+        None => repo
+            .list_snapshots()?
+            .into_iter()
+            .rev()
+            .find(|(_, s)| s.hostname == hostname && s.paths == paths),
+    })
+}
+
+/// `--stdin` and `--stdin-from-command`.
+fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
+    if a.stdin && a.stdin_from_command {
+        bail!("give either --stdin or --stdin-from-command, not both");
+    }
+    if a.stdin && !a.paths.is_empty() {
+        bail!("--stdin backs up standard input only: remove the paths");
+    }
+    let mut child = None;
+    if a.stdin_from_command {
+        let Some((cmd, args)) = a.paths.split_first() else {
+            bail!(
+                "--stdin-from-command needs the command after `--`, e.g. `coffer backup --stdin-from-command -- pg_dumpall -U postgres`"
+            );
+        };
+        let c = std::process::Command::new(cmd)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot run {}: {e}", cmd.display()))?;
+        child = Some(c);
+    }
+    let repo = open_or_create(g)?;
+    let hostname = a.host.clone().unwrap_or_else(coffer::repository::hostname);
+    let want = vec![format!("/{}", a.stdin_name).into_bytes()];
+    let parent = find_parent(&repo, a, &hostname, &want)?;
+    let opts = SnapshotOptions {
+        backup: BackupOptions {
+            paths: Vec::new(),
+            force: a.force,
+            threads: 1,
+        },
+        parent,
+        tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
+        hostname,
+    };
+    let progress = CliProgress::new(g.json, g.quiet);
+    let cmd_name = a
+        .paths
+        .first()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let result = match child.as_mut() {
+        Some(c) => {
+            let mut out = c
+                .stdout
+                .take()
+                .ok_or_else(|| anyhow::anyhow!("no output pipe from {cmd_name}"))?;
+            let mut finished = || -> coffer::Result<()> {
+                let status = c
+                    .wait()
+                    .map_err(|e| coffer::Error::Usage(format!("waiting for {cmd_name}: {e}")))?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(coffer::Error::Usage(format!(
+                        "{cmd_name} failed ({status}); no snapshot was written"
+                    )))
+                }
+            };
+            archiver::stream::snapshot_stream(
+                repo.clone(),
+                &mut out,
+                &a.stdin_name,
+                &opts,
+                &progress,
+                &mut finished,
+            )
+        }
+        None => {
+            let mut input = std::io::stdin().lock();
+            archiver::stream::snapshot_stream(
+                repo.clone(),
+                &mut input,
+                &a.stdin_name,
+                &opts,
+                &progress,
+                &mut || Ok(()),
+            )
+        }
+    };
+    progress.finish();
+    if result.is_err()
+        && let Some(c) = child.as_mut()
+    {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let (id, snap, outcome) = result?;
+    report(g, &id, &snap, &outcome)
+}
+
+fn report(
+    g: &GlobalOpts,
+    id: &SnapshotId,
+    snap: &Snapshot,
+    outcome: &archiver::BackupOutcome,
+) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
         output::json(&serde_json::json!({
