@@ -34,6 +34,10 @@ pub trait BlobSource: Sync {
 pub trait BlobSink: Sync {
     /// The id `data` would be stored under.
     fn blob_id(&self, data: &[u8]) -> BlobId;
+    /// Is a blob with `id` stored (indexed) or queued in this run? The
+    /// archiver asks before reusing a parent snapshot's content ids, so a
+    /// blob lost from the index is stored again (restic#2571).
+    fn has_blob(&self, id: &BlobId) -> Result<bool>;
     /// Store `data` unless a blob with `id` is already stored or queued.
     /// Returns the number of bytes added to the repository (0 when deduplicated).
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;

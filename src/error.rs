@@ -43,12 +43,18 @@ pub enum Error {
     /// `init` on a location that already has a repository.
     #[error("{path} already holds a repository")]
     AlreadyExists { path: PathBuf },
-    /// No key slot opens with the given password or key file.
-    #[error("the password or key file does not open repository {repo}")]
-    WrongPassword { repo: String },
+    /// No key slot opens with the given password or key file. The reader
+    /// cannot tell a wrong password from an altered slot or repository id,
+    /// so the message says both; `damaged` names slots that could not even
+    /// be parsed (empty, or `; key slots that cannot be read: …`).
+    #[error(
+        "the password or key file does not open repository {repo} (a wrong password or key file, or its config or key slots were altered){damaged}"
+    )]
+    WrongPassword { repo: String, damaged: String },
     /// The repository was written by an unknown format version.
     #[error(
-        "repository format version {found} is not supported (this coffer reads version {supported}): use a newer coffer"
+        "repository format version {found} is not supported (this coffer reads version {supported}){}",
+        if .found > .supported { ": use a newer coffer" } else { ": the config is damaged or was altered, and coffer never reads it as another version" }
     )]
     UnsupportedVersion { found: u32, supported: u32 },
     /// The local SQLite index cache failed.

@@ -12,3 +12,5 @@ mod dedup;
 mod cli;
 // Damaged repositories: corrupt packs, snapshots and index objects fail clearly, never panic.
 mod errors;
+// The frozen format-v1 repository opens and restores byte for byte (the compatibility promise).
+mod format_vectors;

@@ -3,7 +3,7 @@
 //! hardlinks), symlink targets and extended attributes. Never follows
 //! symlinks.
 
-use crate::snapshot::tree::{Node, NodeKind};
+use crate::snapshot::tree::{Node, NodeKind, Time};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::Metadata;
@@ -99,14 +99,8 @@ pub fn node_from_metadata(
     n.gid = md.gid();
     n.user = names.user(n.uid);
     n.group = names.group(n.gid);
-    n.mtime_ns = md
-        .mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(md.mtime_nsec());
-    n.ctime_ns = md
-        .ctime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(md.ctime_nsec());
+    n.mtime = Time::new(md.mtime(), md.mtime_nsec());
+    n.ctime = Time::new(md.ctime(), md.ctime_nsec());
     n.inode = md.ino();
     n.device = md.dev();
     n.links = md.nlink();

@@ -172,6 +172,8 @@ pub fn backup(
             items: item_tx,
             jobs: job_tx,
             parent_source: parent.map(|p| p.0),
+            sink,
+            error: None,
             force: opts.force,
             names: Default::default(),
             warnings: warn_tx.clone(),
@@ -213,9 +215,9 @@ pub fn backup(
         let walked = walk
             .join()
             .map_err(|_| Error::Usage("the walker thread panicked".into()))?;
-        let out = r?;
+        // A repository error the walker met explains an early end of items.
         walked?;
-        Ok(out)
+        r
     })?;
     drop(warn_tx);
     let early: Vec<SourceWarning> = warn_rx.iter().collect();
@@ -340,14 +342,8 @@ fn assemble(
                     }
                     if let Some(st) = &out.stat {
                         use std::os::unix::fs::MetadataExt;
-                        node.mtime_ns = st
-                            .mtime()
-                            .saturating_mul(1_000_000_000)
-                            .saturating_add(st.mtime_nsec());
-                        node.ctime_ns = st
-                            .ctime()
-                            .saturating_mul(1_000_000_000)
-                            .saturating_add(st.ctime_nsec());
+                        node.mtime = crate::snapshot::tree::Time::new(st.mtime(), st.mtime_nsec());
+                        node.ctime = crate::snapshot::tree::Time::new(st.ctime(), st.ctime_nsec());
                         node.inode = st.ino();
                         node.device = st.dev();
                         node.mode = st.mode() & 0o7777;

@@ -10,7 +10,7 @@
 
 use super::metadata::{NameCache, node_from_metadata};
 use super::{FileJob, FileOutcome, Item, ParentState};
-use crate::blob::BlobSource;
+use crate::blob::{BlobSink, BlobSource};
 use crate::error::Result;
 use crate::id::BlobId;
 use crate::progress::SourceWarning;
@@ -56,6 +56,10 @@ pub struct Walker<'a> {
     pub items: Sender<Item>,
     pub jobs: Sender<FileJob>,
     pub parent_source: Option<&'a dyn BlobSource>,
+    /// Where content ids reused from the parent must still be stored.
+    pub sink: &'a dyn BlobSink,
+    /// A repository error met by the walker itself; aborts the backup.
+    pub error: Option<crate::error::Error>,
     pub force: bool,
     pub names: NameCache,
     pub warnings: Sender<SourceWarning>,
@@ -68,7 +72,17 @@ struct Hangup;
 
 impl Walker<'_> {
     pub fn run(mut self, trie: &PathTrie, parent_root: Option<BlobId>) -> Result<()> {
-        let parent = self.load_parent(parent_root)?;
+        self.walk_all(trie, parent_root)?;
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn walk_all(&mut self, trie: &PathTrie, parent_root: Option<BlobId>) -> Result<()> {
+        // An unreadable parent only costs a full re-read; it must not stop
+        // the backup (its damage is reported where it was found).
+        let parent = self.load_parent(parent_root).ok().flatten();
         // A hang-up means the assembler stopped on an error it reports itself.
         if trie.target {
             // Backing up `/` itself: its entries form the root tree.
@@ -167,7 +181,9 @@ impl Walker<'_> {
             NodeKind::File => {
                 let state = match pnode {
                     None => ParentState::New,
-                    Some(p) if !self.force && unchanged(p, &node) => {
+                    Some(p)
+                        if !self.force && unchanged(p, &node) && self.all_known(&p.content)? =>
+                    {
                         let mut node = node;
                         node.content = p.content.clone();
                         return self.send(Item::Leaf {
@@ -215,6 +231,21 @@ impl Walker<'_> {
                 },
             }),
         }
+    }
+
+    /// Are all these blobs still stored? A repository error stops the walk.
+    fn all_known(&mut self, ids: &[BlobId]) -> Result<bool, Hangup> {
+        for id in ids {
+            match self.sink.has_blob(id) {
+                Ok(true) => {}
+                Ok(false) => return Ok(false),
+                Err(e) => {
+                    self.error = Some(e);
+                    return Err(Hangup);
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Emit every entry of a directory; returns the directory's flags.
@@ -292,8 +323,8 @@ pub fn unchanged(parent: &Node, now: &Node) -> bool {
     parent.kind == NodeKind::File
         && parent.flags == 0
         && parent.size == now.size
-        && parent.mtime_ns == now.mtime_ns
-        && parent.ctime_ns == now.ctime_ns
+        && parent.mtime == now.mtime
+        && parent.ctime == now.ctime
         && parent.inode == now.inode
         && parent.device == now.device
 }

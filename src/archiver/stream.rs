@@ -45,15 +45,14 @@ pub fn snapshot_stream(
         )));
     }
     finished()?;
-    let now = crate::repository::now_ns();
     let mut node = Node::new(name.as_bytes().to_vec(), NodeKind::File);
     node.mode = 0o600;
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     node.uid = unsafe { libc::getuid() };
     node.gid = unsafe { libc::getgid() };
     node.user = crate::repository::username();
-    node.mtime_ns = now;
-    node.ctime_ns = now;
+    node.mtime = crate::snapshot::tree::Time::now();
+    node.ctime = node.mtime;
     node.size = streamed.read;
     node.links = 1;
     node.content = streamed.content;

@@ -67,8 +67,10 @@ fn civil(days: i64) -> (i64, u32, u32) {
 }
 
 fn split(ns: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
-    let secs = ns.div_euclid(1_000_000_000);
-    let frac = ns.rem_euclid(1_000_000_000);
+    split_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
+}
+
+fn split_time(secs: i64, frac: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
     let (y, mo, d) = civil(secs.div_euclid(86_400));
     let sod = secs.rem_euclid(86_400);
     (y, mo, d, sod / 3600, sod % 3600 / 60, sod % 60, frac)
@@ -78,6 +80,18 @@ fn split(ns: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
 pub fn rfc3339(ns: i64) -> String {
     let (y, mo, d, h, mi, s, frac) = split(ns);
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:09}Z")
+}
+
+/// RFC 3339 in UTC from seconds and nanoseconds (any year).
+pub fn rfc3339_time(sec: i64, nsec: u32) -> String {
+    let (y, mo, d, h, mi, s, frac) = split_time(sec, nsec as i64);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:09}Z")
+}
+
+/// `2026-11-22 20:26:36` (UTC) from seconds, for tables.
+pub fn short_time_sec(sec: i64) -> String {
+    let (y, mo, d, h, mi, s, _) = split_time(sec, 0);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
 }
 
 /// `2026-11-22 20:26:36` (UTC), for tables.
@@ -97,8 +111,7 @@ pub fn mode_string(kind: &str, mode: u32) -> String {
         "socket" => 's',
         _ => '-',
     };
-    let mut s = String::with_capacity(10);
-    s.push(t);
+    let mut s: Vec<char> = vec![t];
     for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x']
         .iter()
         .enumerate()
@@ -106,7 +119,17 @@ pub fn mode_string(kind: &str, mode: u32) -> String {
         let bit = 1 << (8 - i);
         s.push(if mode & bit != 0 { *c } else { '-' });
     }
-    s
+    // setuid, setgid and sticky show in place of the x of user, group, other.
+    for (bit, pos, set, unset) in [
+        (0o4000, 3, 's', 'S'),
+        (0o2000, 6, 's', 'S'),
+        (0o1000, 9, 't', 'T'),
+    ] {
+        if mode & bit != 0 {
+            s[pos] = if s[pos] == 'x' { set } else { unset };
+        }
+    }
+    s.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -124,5 +147,8 @@ mod tests {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.50 KiB");
         assert_eq!(mode_string("dir", 0o755), "drwxr-xr-x");
+        assert_eq!(mode_string("dir", 0o1777), "drwxrwxrwt");
+        assert_eq!(mode_string("file", 0o4755), "-rwsr-xr-x");
+        assert_eq!(mode_string("file", 0o2644), "-rw-r-Sr--");
     }
 }

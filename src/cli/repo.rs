@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
+/// The repository this process opened, so problems found along the way
+/// (damaged objects that were skipped) can be reported when it exits.
+pub static OPENED: std::sync::OnceLock<Arc<Repository>> = std::sync::OnceLock::new();
+
 fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {
     if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(v));
@@ -170,9 +174,14 @@ pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
                 path.display()
             );
         }
+        bail!(
+            "{} is not a coffer repository (no config object): check --repo or run `coffer init`",
+            path.display()
+        );
     }
     let secret = secret(g, is_default, &path)?;
     let backend = Arc::new(LocalBackend::open(&path));
-    let repo = Repository::open(backend, &secret)?.with_cache_dir(cache_root(g));
-    Ok(Arc::new(repo))
+    let repo = Arc::new(Repository::open(backend, &secret)?.with_cache_dir(cache_root(g)));
+    let _ = OPENED.set(repo.clone());
+    Ok(repo)
 }

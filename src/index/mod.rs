@@ -161,11 +161,13 @@ impl Index {
     }
 
     /// Bring the cache in line with the listed segments. `load` fetches and
-    /// decrypts one segment. Returns true when a full rebuild happened.
+    /// decrypts one segment, or returns `None` for a damaged one, which is
+    /// skipped (and retried next time). Returns true when a full rebuild
+    /// happened.
     pub fn sync(
         &self,
         listed: &[SegmentId],
-        load: impl Fn(&SegmentId) -> Result<Segment>,
+        load: impl Fn(&SegmentId) -> Result<Option<Segment>>,
     ) -> Result<bool> {
         let have = self.segments()?;
         let want: HashSet<SegmentId> = listed.iter().copied().collect();
@@ -175,8 +177,9 @@ impl Index {
         }
         let have = if rebuild { HashSet::new() } else { have };
         for id in listed {
-            if !have.contains(id) {
-                let seg = load(id)?;
+            if !have.contains(id)
+                && let Some(seg) = load(id)?
+            {
                 self.add_segment(id, &seg)?;
             }
         }
@@ -273,6 +276,18 @@ impl Index {
         st.exists(params![&id.0[..]]).map_err(|e| self.err(e))
     }
 
+    /// The size the index records for `pack`, if it knows the pack.
+    pub fn pack_size(&self, pack: &PackId) -> Result<Option<u64>> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached("SELECT size FROM packs WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        st.query_row(params![&pack.0[..]], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|s| s.map(|s| s as u64))
+            .map_err(|e| self.err(e))
+    }
+
     /// Every indexed pack and its recorded size.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
         let c = self.conn();
@@ -345,11 +360,11 @@ mod tests {
         let s1 = SegmentId([1; 32]);
         let s2 = SegmentId([2; 32]);
         let load = |id: &SegmentId| {
-            Ok(if id.0[0] == 1 {
+            Ok(Some(if id.0[0] == 1 {
                 seg(10, &[1, 2])
             } else {
                 seg(11, &[3])
-            })
+            }))
         };
         assert!(!idx.sync(&[s1], load).unwrap());
         assert!(idx.contains(&BlobId([1; 32])).unwrap());

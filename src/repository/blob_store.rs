@@ -189,6 +189,13 @@ impl BlobSink for BlobStore {
         self.shared.repo.keys().blob_id(data)
     }
 
+    fn has_blob(&self, id: &BlobId) -> Result<bool> {
+        if lock(&self.shared.pending).contains(id) {
+            return Ok(true);
+        }
+        self.shared.repo.index()?.contains(id)
+    }
+
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
         self.check_failed()?;
         if data.len() > crate::pack::MAX_BLOB_RAW as usize {

@@ -8,6 +8,8 @@
 
 pub mod blob_store;
 pub mod config;
+mod keys;
+pub mod lock;
 
 use crate::backend::{Backend, FileKind};
 use crate::blob::{BlobKind, BlobPlace, BlobSource, PackedBlobSource};
@@ -53,8 +55,15 @@ pub struct Repository {
     keys: KeySet,
     config: Config,
     key_id: KeyId,
+    /// Kept (zeroized on drop) so new key slots can wrap it: `key add`,
+    /// `key passwd`, `key export`.
+    master: MasterKey,
+    /// Packs whose size was checked against the index in this session.
+    sized_packs: std::sync::Mutex<std::collections::HashSet<PackId>>,
     cache_root: Option<PathBuf>,
     index: OnceLock<Index>,
+    /// Damaged objects skipped so far, each naming the object.
+    problems: std::sync::Mutex<Vec<String>>,
 }
 
 /// Who is writing, for key slot metadata and snapshots.
@@ -129,8 +138,11 @@ impl Repository {
             keys,
             config,
             key_id,
+            master,
+            sized_packs: Default::default(),
             cache_root: None,
             index: OnceLock::new(),
+            problems: Default::default(),
         })
     }
 
@@ -157,10 +169,10 @@ impl Repository {
             && kf.repo != repo_id
         {
             return Err(Error::Usage(format!(
-                "the key file belongs to repository {}, not to {} ({})",
+                "the key file belongs to repository {}, but the config of {} names repository {} (a key file of another repository, or an altered config)",
                 kf.repo.short(),
-                repo_id.short(),
-                backend.location()
+                backend.location(),
+                repo_id.short()
             )));
         }
         let (master, key_id) = unlock_master(backend.as_ref(), &repo_id, secret)?;
@@ -173,8 +185,11 @@ impl Repository {
             keys,
             config,
             key_id,
+            master,
+            sized_packs: Default::default(),
             cache_root: None,
             index: OnceLock::new(),
+            problems: Default::default(),
         })
     }
 
@@ -231,7 +246,19 @@ impl Repository {
             .into_iter()
             .filter_map(|(n, _)| SegmentId::from_hex(&n))
             .collect();
-        idx.sync(&listed, |id| self.load_segment(id))?;
+        idx.sync(&listed, |id| match self.load_segment(id) {
+            Ok(s) => Ok(Some(s)),
+            // A damaged segment only hides its blobs: a backup stores them
+            // again, a restore that needs them fails naming them, and
+            // `repair index` rebuilds the index from the packs.
+            Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
+                self.note_problem(format!(
+                    "{e}; its blobs are ignored (run `coffer repair index`)"
+                ));
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        })?;
         Ok(())
     }
 
@@ -309,7 +336,20 @@ impl Repository {
             .map_err(|e| Error::corrupt(FileKind::Snapshot.path(&id.to_hex()), e.0))
     }
 
-    /// Every snapshot, oldest first. A damaged snapshot is an error naming it.
+    fn note_problem(&self, msg: String) {
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(msg);
+    }
+
+    /// Damaged objects skipped since the last call, each naming the object.
+    pub fn take_problems(&self) -> Vec<String> {
+        std::mem::take(&mut *self.problems.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Every readable snapshot, oldest first. A damaged snapshot is skipped
+    /// and recorded as a problem: one bad object must not hide the others.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
         let ids: Vec<SnapshotId> = self
             .backend
@@ -317,10 +357,20 @@ impl Repository {
             .into_iter()
             .filter_map(|(n, _)| SnapshotId::from_hex(&n))
             .collect();
-        let mut out: Vec<(SnapshotId, Snapshot)> = ids
+        let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids
             .par_iter()
-            .map(|id| self.load_snapshot(id).map(|s| (*id, s)))
-            .collect::<Result<_>>()?;
+            .map(|id| (*id, self.load_snapshot(id)))
+            .collect();
+        let mut out = Vec::with_capacity(loaded.len());
+        for (id, r) in loaded {
+            match r {
+                Ok(s) => out.push((id, s)),
+                Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
+                    self.note_problem(format!("{e}; snapshot skipped"))
+                }
+                Err(e) => return Err(e),
+            }
+        }
         out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
         Ok(out)
     }
@@ -374,6 +424,7 @@ impl Repository {
             ));
         }
         let name = loc.pack.to_hex();
+        self.check_pack_size(&loc.pack)?;
         let sealed = self.backend.get_range(
             FileKind::Pack,
             &name,
@@ -382,6 +433,35 @@ impl Repository {
         )?;
         crate::pack::open_blob(&self.keys, &self.repo_id, &loc.entry, &sealed)
             .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))
+    }
+
+    /// The first time a pack is read in this session, compare its size
+    /// with the index's record: bytes appended to or cut from a pack are
+    /// tampering or damage even when the ranges read are intact
+    /// (RELIABILITY.md F2, K9). One stat per pack, not per blob.
+    fn check_pack_size(&self, pack: &PackId) -> Result<()> {
+        let lock = |m: &std::sync::Mutex<std::collections::HashSet<PackId>>| {
+            m.lock().map(|s| s.contains(pack)).unwrap_or(false)
+        };
+        if lock(&self.sized_packs) {
+            return Ok(());
+        }
+        let name = pack.to_hex();
+        if let Some(want) = self.index()?.pack_size(pack)? {
+            let have = self.backend.size(FileKind::Pack, &name)?;
+            if have != want {
+                return Err(Error::corrupt(
+                    FileKind::Pack.path(&name),
+                    format!(
+                        "the object is {have} bytes but the index records {want} (truncated, or bytes appended)"
+                    ),
+                ));
+            }
+        }
+        if let Ok(mut s) = self.sized_packs.lock() {
+            s.insert(*pack);
+        }
+        Ok(())
     }
 
     /// Metadata of every key slot (id, kind, metadata or the reason it is unreadable).
@@ -427,6 +507,7 @@ impl PackedBlobSource for Repository {
     }
 
     fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+        self.check_pack_size(pack)?;
         self.backend
             .get_range(FileKind::Pack, &pack.to_hex(), offset, len)
     }
@@ -492,16 +573,30 @@ fn unlock_master(
         Secret::KeyFile(k) => Unlock::KeyFile(&k.secret),
     };
     let mut tried = 0;
+    // Slots that could not be read or parsed, named in the final error.
+    let mut damaged: Vec<String> = Vec::new();
+    // A slot that opened but whose metadata does not authenticate: it was
+    // altered (or damaged) after it was written.
+    let mut altered: Option<Error> = None;
     for (name, _) in backend.list(FileKind::Key)? {
         let Some(id) = KeyId::from_hex(&name) else {
             continue;
         };
+        let obj = FileKind::Key.path(&name);
         // An unreadable or malformed slot must not lock out the others (H-3).
-        let Ok(bytes) = backend.get(FileKind::Key, &name) else {
-            continue;
+        let bytes = match backend.get(FileKind::Key, &name) {
+            Ok(b) => b,
+            Err(e) => {
+                damaged.push(format!("{obj} ({e})"));
+                continue;
+            }
         };
-        let Ok(slot) = KeySlot::decode(&bytes) else {
-            continue;
+        let slot = match KeySlot::decode(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                damaged.push(format!("{obj} ({e})"));
+                continue;
+            }
         };
         if slot.kind != want {
             continue;
@@ -513,11 +608,29 @@ fn unlock_master(
             }
         }
         if let Some(m) = slot.unlock(repo, &id, &unlock) {
-            return Ok((m, id));
+            // The slot's metadata is sealed under a key derived from the
+            // master key: checking it proves the slot is as it was written.
+            match slot.meta(repo, &id, &KeySet::derive(&m)) {
+                Ok(_) => return Ok((m, id)),
+                Err(e) => {
+                    altered.get_or_insert(Error::corrupt(
+                        obj,
+                        format!("the key opens it but its metadata does not authenticate ({e}): the slot was altered; open the repository with another key and replace this one (`coffer key add`, then `coffer key remove`)"),
+                    ));
+                }
+            }
         }
+    }
+    if let Some(e) = altered {
+        return Err(e);
     }
     Err(Error::WrongPassword {
         repo: backend.location(),
+        damaged: if damaged.is_empty() {
+            String::new()
+        } else {
+            format!("; key slots that cannot be read: {}", damaged.join(", "))
+        },
     })
 }
 

@@ -74,7 +74,7 @@ fn header(node: &Node, kind: tar::EntryType, size: u64) -> tar::Header {
     h.set_gid(node.gid as u64);
     let _ = h.set_username(&node.user);
     let _ = h.set_groupname(&node.group);
-    h.set_mtime(node.mtime_ns.div_euclid(1_000_000_000).max(0) as u64);
+    h.set_mtime(node.mtime.sec.max(0) as u64);
     h.set_size(size);
     h
 }

@@ -165,8 +165,8 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
         }
     }
     let ts = libc::timespec {
-        tv_sec: node.mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
-        tv_nsec: node.mtime_ns.rem_euclid(1_000_000_000) as _,
+        tv_sec: node.mtime.sec as libc::time_t,
+        tv_nsec: node.mtime.nsec as _,
     };
     let times = [ts, ts];
     // SAFETY: `times` is two valid timespecs; AT_SYMLINK_NOFOLLOW sets the

@@ -167,6 +167,7 @@ pub fn restore(
     // Pass 1: how much will be written, to refuse early on a full disk.
     let mut picks: Vec<Pick> = vec![sel.root_pick()];
     let mut needed = 0u64;
+    let mut matched = false;
     walk(
         src,
         root,
@@ -182,14 +183,28 @@ pub fn restore(
             if pick == Pick::Skip {
                 return Ok(Visit::Skip);
             }
-            if pick == Pick::All && node.kind == NodeKind::File {
-                needed += node.size;
+            if pick == Pick::All {
+                matched = true;
+                if node.kind == NodeKind::File {
+                    needed += node.size;
+                }
             }
             picks.push(pick);
             Ok(Visit::Descend)
         },
         |_, _| Ok(()),
     )?;
+    if !matched && !opts.includes.is_empty() {
+        let pats: Vec<String> = opts
+            .includes
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        return Err(Error::Usage(format!(
+            "--include {} matched nothing in the snapshot (paths are absolute, as `coffer ls` prints them)",
+            pats.join(", ")
+        )));
+    }
     if !opts.dry_run {
         std::fs::create_dir_all(target).map_err(|e| Error::Target {
             path: target.to_path_buf(),
@@ -260,6 +275,7 @@ pub fn restore(
     )?;
     r.run_batch();
     r.finish_links();
+
     if !opts.dry_run {
         for (path, node) in r.dirs.iter().rev() {
             if let Err(e) = file_writer::apply_metadata(node, path, r.as_root) {

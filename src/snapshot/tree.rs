@@ -6,12 +6,15 @@
 //! ```text
 //! tree := "cofferT1"[8] || count u32 || node*count     (names strictly ascending, bytewise)
 //! node := name bytes || kind u8 || mode u32 || uid u32 || gid u32
-//!         || user str || group str || mtime_ns i64 || ctime_ns i64 || size u64
+//!         || user str || group str || mtime_sec i64 || mtime_nsec u32
+//!         || ctime_sec i64 || ctime_nsec u32 || size u64
 //!         || inode u64 || device u64 || links u64 || rdev u64 || flags u32
 //!         || link_target bytes || xattr_count u32 || (name bytes || value bytes)*
 //!         || content_count u32 || blob id[32]* || has_subtree u8 || [subtree id[32]]
 //! ```
-//! `bytes`/`str` are `u32 length || bytes`. Atime is not stored: it changes
+//! `bytes`/`str` are `u32 length || bytes`; `*_nsec` is below 10^9.
+//! Seconds and nanoseconds apart, so any time a filesystem can hold round-
+//! trips (nanoseconds in one i64 would end in 2262). Atime is not stored: it changes
 //! on every read and would make every tree new each night.
 
 use crate::codec::{DecodeError, Reader, Writer};
@@ -20,7 +23,7 @@ use crate::id::BlobId;
 pub const TREE_MAGIC: &[u8; 8] = b"cofferT1";
 pub const MAX_NAME: usize = 4096;
 /// The smallest encoded node: a 1-byte name, empty strings and lists.
-pub const MIN_NODE_LEN: usize = 4 + 1 + 1 + 4 * 3 + 4 + 4 + 8 * 7 + 4 + 4 + 4 + 4 + 1;
+pub const MIN_NODE_LEN: usize = 4 + 1 + 1 + 4 * 3 + 4 + 4 + 12 * 2 + 8 * 5 + 4 + 4 + 4 + 4 + 1;
 pub const MAX_LINK_TARGET: usize = 64 * 1024;
 pub const MAX_XATTRS: usize = 4096;
 pub const MAX_XATTR_VALUE: usize = 1024 * 1024;
@@ -67,6 +70,40 @@ impl NodeKind {
     }
 }
 
+/// A file time: seconds since the epoch (negative before 1970) and
+/// nanoseconds within the second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl Time {
+    pub fn new(sec: i64, nsec: i64) -> Time {
+        Time {
+            sec,
+            nsec: nsec.clamp(0, 999_999_999) as u32,
+        }
+    }
+
+    /// Nanoseconds since the epoch, saturating (for display only).
+    pub fn as_ns(&self) -> i64 {
+        self.sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(self.nsec as i64)
+    }
+
+    pub fn now() -> Time {
+        match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => Time {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            },
+            Err(_) => Time::default(),
+        }
+    }
+}
+
 /// One directory entry and its metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
@@ -78,8 +115,8 @@ pub struct Node {
     pub gid: u32,
     pub user: String,
     pub group: String,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime: Time,
+    pub ctime: Time,
     pub size: u64,
     pub inode: u64,
     pub device: u64,
@@ -102,8 +139,8 @@ impl Node {
             gid: 0,
             user: String::new(),
             group: String::new(),
-            mtime_ns: 0,
-            ctime_ns: 0,
+            mtime: Time::default(),
+            ctime: Time::default(),
             size: 0,
             inode: 0,
             device: 0,
@@ -158,8 +195,10 @@ impl Tree {
             w.u32(n.gid);
             w.str(&n.user);
             w.str(&n.group);
-            w.i64(n.mtime_ns);
-            w.i64(n.ctime_ns);
+            w.i64(n.mtime.sec);
+            w.u32(n.mtime.nsec);
+            w.i64(n.ctime.sec);
+            w.u32(n.ctime.nsec);
             w.u64(n.size);
             w.u64(n.inode);
             w.u64(n.device);
@@ -219,8 +258,8 @@ impl Tree {
             n.gid = r.u32()?;
             n.user = r.string(1024, "user name")?;
             n.group = r.string(1024, "group name")?;
-            n.mtime_ns = r.i64()?;
-            n.ctime_ns = r.i64()?;
+            n.mtime = read_time(&mut r)?;
+            n.ctime = read_time(&mut r)?;
             n.size = r.u64()?;
             n.inode = r.u64()?;
             n.device = r.u64()?;
@@ -262,6 +301,15 @@ impl Tree {
     }
 }
 
+fn read_time(r: &mut Reader) -> Result<Time, DecodeError> {
+    let sec = r.i64()?;
+    let nsec = r.u32()?;
+    if nsec >= 1_000_000_000 {
+        return Err(DecodeError(format!("nanoseconds {nsec} out of range")));
+    }
+    Ok(Time { sec, nsec })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,7 +319,7 @@ mod tests {
         let mut f = Node::new(b"a\xffb".to_vec(), NodeKind::File);
         f.content = vec![BlobId([1; 32]), BlobId([2; 32])];
         f.xattrs = vec![(b"user.x".to_vec(), b"v".to_vec())];
-        f.mtime_ns = -5;
+        f.mtime = Time { sec: -5, nsec: 7 };
         let mut d = Node::new(b"dir".to_vec(), NodeKind::Dir);
         d.subtree = Some(BlobId([3; 32]));
         let mut l = Node::new(b"link".to_vec(), NodeKind::Symlink);
@@ -324,11 +372,11 @@ mod tests {
         }
 
         #[test]
-        fn encode_decode_round_trip(names in proptest::collection::btree_set("[a-z]{1,8}", 0..20), size in any::<u64>(), mtime in any::<i64>()) {
+        fn encode_decode_round_trip(names in proptest::collection::btree_set("[a-z]{1,8}", 0..20), size in any::<u64>(), mtime in any::<i64>(), nsec in 0u32..1_000_000_000) {
             let nodes = names.into_iter().map(|n| {
                 let mut node = Node::new(n.into_bytes(), NodeKind::File);
                 node.size = size;
-                node.mtime_ns = mtime;
+                node.mtime = Time { sec: mtime, nsec };
                 node
             }).collect();
             let t = Tree { nodes };

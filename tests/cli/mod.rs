@@ -327,7 +327,6 @@ fn directory_that_is_not_a_repository() {
 }
 
 #[test]
-#[ignore = "bug: with no password configured, a directory without config reports `no password` instead of `not a coffer repository`"]
 fn directory_that_is_not_a_repository_without_password() {
     let env = Env::new();
     fs::create_dir_all(&env.repo).unwrap();
@@ -445,7 +444,6 @@ fn backup_of_nonexistent_path_fails() {
 }
 
 #[test]
-#[ignore = "bug: `backup EXISTING MISSING` skips MISSING with a warning but exits 0 instead of 3"]
 fn backup_with_one_missing_path_exits_3() {
     let env = Env::new();
     env.init();

@@ -55,13 +55,17 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         );
     }
     let mut paths = Vec::new();
+    let mut skipped = 0u64;
     for p in &a.paths {
         match archiver::absolute_path(p) {
             Ok(abs) if std::fs::symlink_metadata(&abs).is_ok() => paths.push(abs),
-            _ => output::warn(&format!(
-                "{}: does not exist or cannot be read; skipped",
-                p.display()
-            )),
+            _ => {
+                skipped += 1;
+                output::warn(&format!(
+                    "{}: does not exist or cannot be read; skipped",
+                    p.display()
+                ));
+            }
         }
     }
     if paths.is_empty() {
@@ -115,7 +119,9 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     let progress = CliProgress::new(g.json, g.quiet);
     let result = archiver::snapshot(repo.clone(), &opts, &progress);
     progress.finish();
-    let (id, snap, outcome) = result?;
+    let (id, snap, mut outcome) = result?;
+    // A skipped path makes the snapshot incomplete, like an unreadable file.
+    outcome.summary.warnings += skipped;
     report(g, &id, &snap, &outcome)
 }
 
@@ -287,7 +293,7 @@ fn report(
             output::bytes(s.bytes_added)
         ));
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));
-        if !outcome.warnings.is_empty() {
+        if outcome.summary.warnings > 0 {
             output::line(&format!(
                 "{} files or directories could not be read completely (see warnings above)",
                 outcome.warnings.len()
@@ -295,7 +301,7 @@ fn report(
         }
         output::line(&format!("snapshot {} saved", id.short()));
     }
-    Ok(if outcome.warnings.is_empty() {
+    Ok(if outcome.summary.warnings == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

@@ -30,7 +30,7 @@ fn node_json(n: &Node) -> Value {
         "type": n.kind.as_str(),
         "mode": format!("{:o}", n.mode),
         "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
-        "mtime": output::rfc3339(n.mtime_ns), "ctime": output::rfc3339(n.ctime_ns),
+        "mtime": output::rfc3339_time(n.mtime.sec, n.mtime.nsec), "ctime": output::rfc3339_time(n.ctime.sec, n.ctime.nsec),
         "size": n.size, "inode": n.inode, "device": n.device, "links": n.links,
         "flags": n.flags,
         "content": n.content.iter().map(|c| c.to_hex()).collect::<Vec<_>>(),

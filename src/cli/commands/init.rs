@@ -51,7 +51,7 @@ fn config_from(a: &InitArgs) -> Result<Config> {
 }
 
 /// Write a new key file with mode 0600, refusing to overwrite anything.
-fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
+pub fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -31,7 +31,7 @@ fn print(path: &[u8], n: &Node, long: bool, json: bool) {
             "user": n.user,
             "group": n.group,
             "size": n.size,
-            "mtime": output::rfc3339(n.mtime_ns),
+            "mtime": output::rfc3339_time(n.mtime.sec, n.mtime.nsec),
             "message_type": "node",
         }));
     } else if long {
@@ -49,7 +49,7 @@ fn print(path: &[u8], n: &Node, long: bool, json: bool) {
                 n.group.clone()
             },
             n.size,
-            output::short_time(n.mtime_ns),
+            output::short_time_sec(n.mtime.sec),
         );
         if n.kind == NodeKind::Symlink {
             line.push_str(" -> ");

@@ -4,6 +4,7 @@ pub mod backup;
 pub mod cat;
 pub mod dump;
 pub mod init;
+pub mod key;
 pub mod ls;
 pub mod restore;
 pub mod snapshots;

@@ -1,0 +1,293 @@
+//! Repository locks (DESIGN.md invariant 7; repo-format/README.md, "Locks").
+//!
+//! ```text
+//! lock := "cofferL1"[8] || exclusive u8 || created_ns i64 || refreshed_ns i64
+//!         || hostname str || username str || pid u32
+//! ```
+//! Sealed with the metadata key, aad = repo || Lock || lock id; stored as
+//! `locks/<lock id>`, where the id is random.
+//!
+//! Backups and checks take shared locks; prune and repair take exclusive
+//! ones. Objects are immutable, so a refresh writes a new lock object and
+//! then deletes the old one. A lock is *stale* when it was not refreshed
+//! for [`LockTimeouts::stale`], or when it belongs to this host and its
+//! process is gone; stale locks block nobody.
+//!
+//! The holder's side of the contract (restic#2715, kopia#1949): the time
+//! since the last successful refresh is measured on `CLOCK_BOOTTIME`, which
+//! keeps counting while the process is stopped or the machine suspended.
+//! Once it exceeds `stale - margin` the lock is *lost*: no refresh can
+//! revive it, and the repository refuses to write index segments or
+//! snapshots or to delete anything. A SIGSTOPped backup resumed after a
+//! prune therefore aborts instead of committing a snapshot whose data the
+//! prune may have removed.
+
+use crate::backend::FileKind;
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::crypto::{AadKind, KeySet, aad, envelope};
+use crate::error::{Error, Result};
+use crate::id::{LockId, RepoId};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const LOCK_MAGIC: &[u8; 8] = b"cofferL1";
+
+/// How long locks live. Defaults: refresh every 5 minutes, stale after 30,
+/// and a holder gives up 5 minutes before it could be seen as stale.
+#[derive(Clone, Copy, Debug)]
+pub struct LockTimeouts {
+    pub refresh: Duration,
+    pub stale: Duration,
+    pub margin: Duration,
+}
+
+impl Default for LockTimeouts {
+    fn default() -> Self {
+        LockTimeouts {
+            refresh: Duration::from_secs(5 * 60),
+            stale: Duration::from_secs(30 * 60),
+            margin: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl LockTimeouts {
+    /// Scale all three from a stale timeout (tests use seconds).
+    pub fn with_stale(stale: Duration) -> Self {
+        LockTimeouts {
+            refresh: stale / 6,
+            stale,
+            margin: stale / 6,
+        }
+    }
+}
+
+/// A decoded lock object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    pub exclusive: bool,
+    pub created_ns: i64,
+    pub refreshed_ns: i64,
+    pub hostname: String,
+    pub username: String,
+    pub pid: u32,
+}
+
+impl LockInfo {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.raw(LOCK_MAGIC);
+        w.u8(self.exclusive as u8);
+        w.i64(self.created_ns);
+        w.i64(self.refreshed_ns);
+        w.str(&self.hostname);
+        w.str(&self.username);
+        w.u32(self.pid);
+        w.finish()
+    }
+
+    pub fn decode(b: &[u8]) -> Result<LockInfo, DecodeError> {
+        let mut r = Reader::new(b);
+        if r.take(8)? != LOCK_MAGIC {
+            return Err(DecodeError("not a lock (bad magic)".into()));
+        }
+        let exclusive = match r.u8()? {
+            0 => false,
+            1 => true,
+            v => return Err(DecodeError(format!("bad exclusive flag {v}"))),
+        };
+        let l = LockInfo {
+            exclusive,
+            created_ns: r.i64()?,
+            refreshed_ns: r.i64()?,
+            hostname: r.string(1024, "hostname")?,
+            username: r.string(1024, "username")?,
+            pid: r.u32()?,
+        };
+        r.finish()?;
+        Ok(l)
+    }
+
+    /// Stale: not refreshed in time, or a dead process on this host.
+    pub fn is_stale(&self, now_ns: i64, stale: Duration, this_host: &str) -> bool {
+        let age = now_ns.saturating_sub(self.refreshed_ns);
+        if age > stale.as_nanos() as i64 {
+            return true;
+        }
+        self.hostname == this_host && !pid_alive(self.pid)
+    }
+
+    pub fn describe(&self, now_ns: i64) -> String {
+        let age = now_ns.saturating_sub(self.refreshed_ns) / 1_000_000_000;
+        format!(
+            "{} lock held by {}@{} (pid {}), refreshed {age}s ago",
+            if self.exclusive {
+                "exclusive"
+            } else {
+                "shared"
+            },
+            self.username,
+            self.hostname,
+            self.pid
+        )
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if p <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(p, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Seconds on `CLOCK_BOOTTIME`: monotonic, and counts suspend and SIGSTOP.
+pub fn boottime() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-parameter.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+pub fn seal_lock(keys: &KeySet, repo: &RepoId, id: &LockId, info: &LockInfo) -> Vec<u8> {
+    envelope::seal(&keys.meta, &aad(repo, AadKind::Lock, &id.0), &info.encode())
+}
+
+pub fn open_lock(keys: &KeySet, repo: &RepoId, id: &LockId, sealed: &[u8]) -> Result<LockInfo> {
+    let obj = FileKind::Lock.path(&id.to_hex());
+    let plain = envelope::open(&keys.meta, &aad(repo, AadKind::Lock, &id.0), sealed)
+        .map_err(|e| Error::corrupt(obj.clone(), e.to_string()))?;
+    LockInfo::decode(&plain).map_err(|e| Error::corrupt(obj, e.0))
+}
+
+/// The holder's view of its lock, shared with the refresher thread.
+pub struct LockState {
+    pub id: Mutex<LockId>,
+    pub info: Mutex<LockInfo>,
+    /// Boottime of the last successful write of the lock object.
+    pub last_refresh: Mutex<Duration>,
+    pub lost: AtomicBool,
+    pub timeouts: LockTimeouts,
+}
+
+impl LockState {
+    /// `Ok` while the lock is certainly still held.
+    pub fn check(&self) -> Result<()> {
+        let since =
+            boottime().saturating_sub(*self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()));
+        if self.lost.load(Ordering::SeqCst) || since + self.timeouts.margin >= self.timeouts.stale {
+            self.lost.store(true, Ordering::SeqCst);
+            return Err(Error::Usage(format!(
+                "the repository lock was lost (not refreshed for {}s; the process was stopped, suspended or cut off, or the lock was removed): aborting without writing anything more",
+                since.as_secs()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Writes a fresh lock object for the holder (and deletes the old one).
+pub type RefreshFn = Box<dyn Fn(&LockState) -> Result<()> + Send + Sync>;
+
+/// A held lock: refreshed in the background, removed on drop.
+pub struct LockGuard {
+    pub state: Arc<LockState>,
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+    remove: Box<dyn Fn(&LockId) + Send + Sync>,
+}
+
+impl LockGuard {
+    pub fn new(
+        state: Arc<LockState>,
+                refresh: RefreshFn,
+        remove: Box<dyn Fn(&LockId) + Send + Sync>,
+    ) -> LockGuard {
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (s2, st2) = (stop.clone(), state.clone());
+        let refresher = std::thread::Builder::new()
+            .name("coffer-lock".into())
+            .spawn(move || {
+                loop {
+                    let (m, cv) = &*s2;
+                    let guard = m.lock().unwrap_or_else(|p| p.into_inner());
+                    let (guard, _) = cv
+                        .wait_timeout_while(guard, st2.timeouts.refresh, |stopped| !*stopped)
+                        .unwrap_or_else(|p| p.into_inner());
+                    if *guard {
+                        return;
+                    }
+                    drop(guard);
+                    // A lock past its deadline is never revived.
+                    if st2.check().is_err() || refresh(&st2).is_err() {
+                        st2.lost.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                }
+            })
+            .ok();
+        LockGuard {
+            state,
+            stop,
+            refresher,
+            remove,
+        }
+    }
+
+    pub fn check(&self) -> Result<()> {
+        self.state.check()
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &*self.stop;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.refresher.take() {
+            let _ = h.join();
+        }
+        let id = *self.state.id.lock().unwrap_or_else(|p| p.into_inner());
+        (self.remove)(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_round_trip_and_staleness() {
+        let l = LockInfo {
+            exclusive: true,
+            created_ns: 1,
+            refreshed_ns: 1_000_000_000_000,
+            hostname: "h".into(),
+            username: "u".into(),
+            pid: std::process::id(),
+        };
+        assert_eq!(LockInfo::decode(&l.encode()).unwrap(), l);
+        let stale = Duration::from_secs(30);
+        assert!(!l.is_stale(l.refreshed_ns + 1, stale, "h"));
+        assert!(l.is_stale(l.refreshed_ns + 31_000_000_000, stale, "h"));
+        let dead = LockInfo {
+            pid: u32::MAX - 1,
+            ..l.clone()
+        };
+        assert!(dead.is_stale(dead.refreshed_ns, stale, "h"));
+        assert!(!dead.is_stale(dead.refreshed_ns, stale, "other-host"));
+        for n in 0..l.encode().len() {
+            assert!(LockInfo::decode(&l.encode()[..n]).is_err());
+        }
+    }
+}
