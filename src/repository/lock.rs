@@ -208,7 +208,7 @@ pub struct LockGuard {
 impl LockGuard {
     pub fn new(
         state: Arc<LockState>,
-                refresh: RefreshFn,
+        refresh: RefreshFn,
         remove: Box<dyn Fn(&LockId) + Send + Sync>,
     ) -> LockGuard {
         let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
