@@ -16,6 +16,7 @@
 pub mod archiver;
 pub mod backend;
 pub mod blob;
+pub mod check;
 pub mod chunking;
 pub mod codec;
 pub mod compression;
@@ -25,8 +26,10 @@ pub mod id;
 pub mod index;
 pub mod pack;
 pub mod progress;
+pub mod repair;
 pub mod repository;
 pub mod restorer;
+pub mod retention;
 pub mod snapshot;
 
 pub use error::{Error, Result};

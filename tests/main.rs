@@ -14,3 +14,7 @@ mod cli;
 mod errors;
 // The frozen format-v1 repository opens and restores byte for byte (the compatibility promise).
 mod format_vectors;
+// Tampering with every object kind (flip, truncate, append, swap): detected, named, exit 1, never restored wrong.
+mod tamper;
+// Key management: list, add, remove, passwd, export; key files 0600 and refused when others can read them.
+mod keys;

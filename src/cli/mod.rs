@@ -55,6 +55,9 @@ pub struct GlobalOpts {
     /// Print nothing but errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Wait this long for a conflicting lock to go away (e.g. 10m)
+    #[arg(long, global = true)]
+    pub wait_lock: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -69,6 +72,16 @@ pub enum Command {
     Ls(commands::ls::LsArgs),
     /// Restore a snapshot (or part of it) into a directory
     Restore(commands::restore::RestoreArgs),
+    /// Remove snapshots by id or by a keep policy
+    Forget(commands::forget::ForgetArgs),
+    /// Remove data no snapshot references
+    Prune(commands::prune::PruneArgs),
+    /// Verify the repository's structure and, optionally, its data
+    Check(commands::check::CheckArgs),
+    /// Rebuild the index or rewrite damaged snapshots
+    Repair(commands::repair::RepairArgs),
+    /// Remove stale locks
+    Unlock(commands::unlock::UnlockArgs),
     /// Write a file from a snapshot to stdout (a directory as tar)
     Dump(commands::dump::DumpArgs),
     /// Print repository objects as JSON (for debugging)
@@ -104,6 +117,11 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
         Command::Dump(a) => commands::dump::run(g, a),
+        Command::Forget(a) => commands::forget::run(g, a),
+        Command::Prune(a) => commands::prune::run(g, a),
+        Command::Check(a) => commands::check::run(g, a),
+        Command::Repair(a) => commands::repair::run(g, a),
+        Command::Unlock(a) => commands::unlock::run(g, a),
         Command::Cat(a) => commands::cat::run(g, a),
         Command::Key(a) => commands::key::run(g, a),
     }

@@ -179,9 +179,45 @@ pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
             path.display()
         );
     }
-    let secret = secret(g, is_default, &path)?;
     let backend = Arc::new(LocalBackend::open(&path));
+    // The format version is checked before a password is asked for.
+    Repository::check_format(backend.as_ref())?;
+    let secret = secret(g, is_default, &path)?;
     let repo = Arc::new(Repository::open(backend, &secret)?.with_cache_dir(cache_root(g)));
     let _ = OPENED.set(repo.clone());
     Ok(repo)
+}
+
+/// Lock timeouts: the defaults, or `COFFER_LOCK_STALE_SECS` (for tests and
+/// unusual setups; refresh and margin scale with it).
+pub fn lock_timeouts() -> coffer::repository::lock::LockTimeouts {
+    use coffer::repository::lock::LockTimeouts;
+    match std::env::var("COFFER_LOCK_STALE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(s) if s > 0 => LockTimeouts::with_stale(std::time::Duration::from_secs(s)),
+        _ => LockTimeouts::default(),
+    }
+}
+
+/// `--wait-lock` as a duration (default: do not wait).
+pub fn wait_lock(g: &GlobalOpts) -> Result<std::time::Duration> {
+    match &g.wait_lock {
+        None => Ok(std::time::Duration::ZERO),
+        Some(s) => {
+            let s = s.trim();
+            let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+            let n: u64 = num
+                .parse()
+                .map_err(|_| anyhow!("--wait-lock {s:?}: give e.g. 30s, 10m or 1h"))?;
+            let secs = match unit {
+                "" | "s" => n,
+                "m" => n * 60,
+                "h" => n * 3600,
+                _ => bail!("--wait-lock {s:?}: give e.g. 30s, 10m or 1h"),
+            };
+            Ok(std::time::Duration::from_secs(secs))
+        }
+    }
 }

@@ -397,3 +397,138 @@ mod tests {
         assert_eq!(idx.counts().unwrap(), (0, 0));
     }
 }
+
+/// How much of a pack is in use (from [`Index::pack_usage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackUsage {
+    pub pack: PackId,
+    pub size: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+    pub used_blobs: u64,
+    pub used_bytes: u64,
+}
+
+impl Index {
+    /// Start an empty used-blob set.
+    pub fn used_reset(&self) -> Result<()> {
+        self.conn()
+            .execute_batch(schema::USED)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Mark a blob used; `false` when it already was.
+    pub fn used_insert(&self, id: &BlobId) -> Result<bool> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached("INSERT OR IGNORE INTO used (id) VALUES (?1)")
+            .map_err(|e| self.err(e))?;
+        Ok(st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1)
+    }
+
+    pub fn used_contains(&self, id: &BlobId) -> Result<bool> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached("SELECT 1 FROM used WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        st.exists(params![&id.0[..]]).map_err(|e| self.err(e))
+    }
+
+    /// Used blobs that no indexed pack holds (at most `limit` of them).
+    pub fn missing_used(&self, limit: usize) -> Result<Vec<BlobId>> {
+        let c = self.conn();
+        let mut st = c.prepare(schema::MISSING_USED).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows.take(limit) {
+            let b = r.map_err(|e| self.err(e))?;
+            out.push(BlobId::from_slice(&b).ok_or_else(|| self.err("bad blob id"))?);
+        }
+        Ok(out)
+    }
+
+    /// Usage of every indexed pack, against the used set.
+    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
+        let c = self.conn();
+        let mut st = c.prepare(schema::PACK_USAGE).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, size, blobs, bytes, ub, ubytes) = r.map_err(|e| self.err(e))?;
+            out.push(PackUsage {
+                pack: PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?,
+                size: size as u64,
+                blobs: blobs as u64,
+                bytes: bytes as u64,
+                used_blobs: ub as u64,
+                used_bytes: ubytes as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The blobs of one pack, in offset order.
+    pub fn pack_entries(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(
+                "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1 ORDER BY b.offset",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![&pack.0[..]], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u8>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, u32>(4)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, kind, offset, length, raw_length) = r.map_err(|e| self.err(e))?;
+            out.push(PackEntry {
+                kind: BlobKind::from_u8(kind).ok_or_else(|| self.err("bad blob kind"))?,
+                id: BlobId::from_slice(&id).ok_or_else(|| self.err("bad blob id"))?,
+                offset,
+                length,
+                raw_length,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every pack that holds a copy of `id`.
+    pub fn packs_of(&self, id: &BlobId) -> Result<Vec<PackId>> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached(
+                "SELECT p.id FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map(params![&id.0[..]], |r| r.get::<_, Vec<u8>>(0))
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let b = r.map_err(|e| self.err(e))?;
+            out.push(PackId::from_slice(&b).ok_or_else(|| self.err("bad pack id"))?);
+        }
+        Ok(out)
+    }
+}

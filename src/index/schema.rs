@@ -30,3 +30,24 @@ DROP TABLE IF EXISTS segments;
 DROP TABLE IF EXISTS packs;
 DROP TABLE IF EXISTS blobs;
 ";
+
+/// The set of blobs in use, built by prune and check: a temporary table, so
+/// marking ten million blobs costs disk pages, not memory.
+pub const USED: &str = "
+CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID;
+DELETE FROM used;
+";
+
+/// Per pack: recorded size, blobs and bytes in total and in use.
+pub const PACK_USAGE: &str = "
+SELECT p.id, p.size, COUNT(*), SUM(b.length),
+       SUM(CASE WHEN u.id IS NULL THEN 0 ELSE 1 END),
+       SUM(CASE WHEN u.id IS NULL THEN 0 ELSE b.length END)
+FROM blobs b JOIN packs p ON p.pid = b.pid LEFT JOIN used u ON u.id = b.id
+GROUP BY b.pid ORDER BY p.id
+";
+
+/// Used blobs the index does not know.
+pub const MISSING_USED: &str = "
+SELECT u.id FROM used u WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = u.id)
+";

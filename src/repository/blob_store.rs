@@ -242,6 +242,19 @@ impl BlobSink for BlobStore {
     }
 }
 
+/// Verify a finished pack and upload it; returns what a segment lists.
+/// Used by prune to write repacked packs.
+pub fn upload_pack(repo: &Repository, pack: FinishedPack) -> Result<IndexedPack> {
+    verify_pack(repo, &pack)?;
+    repo.backend()
+        .put(FileKind::Pack, &pack.id.to_hex(), &pack.bytes)?;
+    Ok(IndexedPack {
+        id: pack.id,
+        size: pack.bytes.len() as u64,
+        entries: pack.entries,
+    })
+}
+
 /// Re-open every blob of a sealed pack before it leaves the process.
 fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
     let name = FileKind::Pack.path(&p.id.to_hex());

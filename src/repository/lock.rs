@@ -262,6 +262,171 @@ impl Drop for LockGuard {
     }
 }
 
+use super::Repository;
+use crate::id::LockId as Lid;
+
+/// A lock object as listed: readable, or why not.
+pub type ListedLock = (Lid, Result<LockInfo>);
+
+impl Repository {
+    /// Every lock object in the repository.
+    pub fn list_locks(&self) -> Result<Vec<ListedLock>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend().list(FileKind::Lock)? {
+            let Some(id) = Lid::from_hex(&name) else {
+                continue;
+            };
+            let info = self
+                .backend()
+                .get(FileKind::Lock, &name)
+                .and_then(|b| open_lock(self.keys(), self.id(), &id, &b));
+            match info {
+                // Removed between list and get: it is gone, not damaged.
+                Err(Error::NotFound { .. }) => {}
+                info => out.push((id, info)),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn remove_lock(&self, id: &Lid) -> Result<()> {
+        self.backend().delete(FileKind::Lock, &id.to_hex())
+    }
+
+    fn write_lock(&self, info: &LockInfo) -> Result<Lid> {
+        let mut b = [0u8; 32];
+        envelope::random_bytes(&mut b);
+        let id = Lid(b);
+        self.backend().put(
+            FileKind::Lock,
+            &id.to_hex(),
+            &seal_lock(self.keys(), self.id(), &id, info),
+        )?;
+        Ok(id)
+    }
+
+    /// The first lock (other than `ours`) that conflicts with taking a lock
+    /// of this kind. An unreadable lock object conflicts with everything:
+    /// nobody can tell what it protects (RELIABILITY.md G8).
+    fn conflict(
+        &self,
+        exclusive: bool,
+        ours: Option<&Lid>,
+        stale: Duration,
+    ) -> Result<Option<String>> {
+        let now = super::now_ns();
+        let host = super::hostname();
+        for (id, info) in self.list_locks()? {
+            if Some(&id) == ours {
+                continue;
+            }
+            match info {
+                Ok(l) if l.is_stale(now, stale, &host) => {}
+                Ok(l) if exclusive || l.exclusive => return Ok(Some(l.describe(now))),
+                Ok(_) => {}
+                Err(e) => {
+                    return Ok(Some(format!(
+                        "{e} (if no other coffer is running, remove it with `coffer unlock --remove-all`)"
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Take a shared or exclusive lock, waiting up to `wait` for a
+    /// conflicting one to go away. Once held, every index segment, snapshot
+    /// and deletion this repository writes first checks the lock is intact.
+    pub fn lock(
+        self: &std::sync::Arc<Self>,
+        exclusive: bool,
+        timeouts: LockTimeouts,
+        wait: Duration,
+    ) -> Result<LockGuard> {
+        let start = boottime();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let blocked = match self.conflict(exclusive, None, timeouts.stale)? {
+                Some(why) => Some(why),
+                None => {
+                    let now = super::now_ns();
+                    let info = LockInfo {
+                        exclusive,
+                        created_ns: now,
+                        refreshed_ns: now,
+                        hostname: super::hostname(),
+                        username: super::username(),
+                        pid: std::process::id(),
+                    };
+                    let id = self.write_lock(&info)?;
+                    // Someone may have locked at the same moment: look again,
+                    // and back off if so. Both may back off; both never proceed.
+                    match self.conflict(exclusive, Some(&id), timeouts.stale)? {
+                        None => return Ok(self.hold(id, info, timeouts)),
+                        Some(why) => {
+                            let _ = self.remove_lock(&id);
+                            Some(why)
+                        }
+                    }
+                }
+            };
+            let why = blocked.unwrap_or_default();
+            if boottime().saturating_sub(start) >= wait {
+                return Err(Error::Usage(format!(
+                    "the repository is locked: {why}. Wait for it (--wait-lock), or if that process is gone, run `coffer unlock`"
+                )));
+            }
+            // Jitter, so two waiters that collided do not collide again.
+            let mut j = [0u8; 1];
+            envelope::random_bytes(&mut j);
+            let pause =
+                Duration::from_millis(200 * u64::from(attempt.min(25)) + u64::from(j[0]) * 4);
+            std::thread::sleep(
+                pause
+                    .min(wait.saturating_sub(boottime().saturating_sub(start)))
+                    .max(Duration::from_millis(50)),
+            );
+        }
+    }
+
+    fn hold(
+        self: &std::sync::Arc<Self>,
+        id: Lid,
+        info: LockInfo,
+        timeouts: LockTimeouts,
+    ) -> LockGuard {
+        let state = Arc::new(LockState {
+            id: Mutex::new(id),
+            info: Mutex::new(info),
+            last_refresh: Mutex::new(boottime()),
+            lost: AtomicBool::new(false),
+            timeouts,
+        });
+        self.set_lock_state(Some(state.clone()));
+        let (r1, r2) = (self.clone(), self.clone());
+        let refresh: RefreshFn = Box::new(move |st: &LockState| {
+            let old = *st.id.lock().unwrap_or_else(|p| p.into_inner());
+            // Our lock was removed (`unlock --remove-all`): it is lost.
+            r1.backend().get(FileKind::Lock, &old.to_hex())?;
+            let started = boottime();
+            let mut info = st.info.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            info.refreshed_ns = super::now_ns();
+            let new = r1.write_lock(&info)?;
+            *st.id.lock().unwrap_or_else(|p| p.into_inner()) = new;
+            *st.info.lock().unwrap_or_else(|p| p.into_inner()) = info;
+            *st.last_refresh.lock().unwrap_or_else(|p| p.into_inner()) = started;
+            let _ = r1.remove_lock(&old);
+            Ok(())
+        });
+        let remove: Box<dyn Fn(&Lid) + Send + Sync> = Box::new(move |id: &Lid| {
+            r2.set_lock_state(None);
+            let _ = r2.remove_lock(id);
+        });
+        LockGuard::new(state, refresh, remove)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,12 +58,13 @@ pub struct Repository {
     /// Kept (zeroized on drop) so new key slots can wrap it: `key add`,
     /// `key passwd`, `key export`.
     master: MasterKey,
-    /// Packs whose size was checked against the index in this session.
-    sized_packs: std::sync::Mutex<std::collections::HashSet<PackId>>,
     cache_root: Option<PathBuf>,
     index: OnceLock<Index>,
     /// Damaged objects skipped so far, each naming the object.
     problems: std::sync::Mutex<Vec<String>>,
+    /// The lock this process holds, if any: checked before every write of
+    /// an index segment or snapshot and before every deletion.
+    lock_state: std::sync::Mutex<Option<Arc<lock::LockState>>>,
 }
 
 /// Who is writing, for key slot metadata and snapshots.
@@ -139,11 +140,34 @@ impl Repository {
             config,
             key_id,
             master,
-            sized_packs: Default::default(),
             cache_root: None,
             index: OnceLock::new(),
             problems: Default::default(),
+            lock_state: Default::default(),
         })
+    }
+
+    /// Read the config's plaintext header and check its format version:
+    /// what a reader must do before it asks for a passphrase or tries a key
+    /// (repo-format/README.md, "Versioning"). Returns the repository id.
+    pub fn check_format(backend: &dyn Backend) -> Result<RepoId> {
+        let raw = match backend.get(FileKind::Config, "config") {
+            Ok(b) => b,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::NotARepository {
+                    path: backend.location().into(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
+        if header.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: header.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(header.repo)
     }
 
     /// Open with a passphrase or key file.
@@ -186,10 +210,10 @@ impl Repository {
             config,
             key_id,
             master,
-            sized_packs: Default::default(),
             cache_root: None,
             index: OnceLock::new(),
             problems: Default::default(),
+            lock_state: Default::default(),
         })
     }
 
@@ -278,6 +302,7 @@ impl Repository {
         aad_kind: AadKind,
         plain: &[u8],
     ) -> Result<[u8; 32]> {
+        self.ensure_lock()?;
         let sealed = envelope::seal(key, &aad(&self.repo_id, aad_kind, &[0; 32]), plain);
         let name = content_hash(&sealed);
         self.backend.put(kind, &hex::encode(name), &sealed)?;
@@ -334,6 +359,29 @@ impl Repository {
         let plain = self.load_named(FileKind::Snapshot, &id.0, &key, AadKind::Snapshot)?;
         Snapshot::decode(&plain)
             .map_err(|e| Error::corrupt(FileKind::Snapshot.path(&id.to_hex()), e.0))
+    }
+
+    pub(crate) fn set_lock_state(&self, s: Option<Arc<lock::LockState>>) {
+        *self.lock_state.lock().unwrap_or_else(|p| p.into_inner()) = s;
+    }
+
+    /// `Ok` unless this process took a lock and has lost it.
+    pub fn ensure_lock(&self) -> Result<()> {
+        let s = self
+            .lock_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match s {
+            Some(s) => s.check(),
+            None => Ok(()),
+        }
+    }
+
+    /// Delete an object, only while this process's lock (if any) is intact.
+    pub fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        self.ensure_lock()?;
+        self.backend.delete(kind, name)
     }
 
     fn note_problem(&self, msg: String) {
@@ -424,7 +472,6 @@ impl Repository {
             ));
         }
         let name = loc.pack.to_hex();
-        self.check_pack_size(&loc.pack)?;
         let sealed = self.backend.get_range(
             FileKind::Pack,
             &name,
@@ -435,32 +482,50 @@ impl Repository {
             .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))
     }
 
-    /// The first time a pack is read in this session, compare its size
-    /// with the index's record: bytes appended to or cut from a pack are
-    /// tampering or damage even when the ranges read are intact
-    /// (RELIABILITY.md F2, K9). One stat per pack, not per blob.
-    fn check_pack_size(&self, pack: &PackId) -> Result<()> {
-        let lock = |m: &std::sync::Mutex<std::collections::HashSet<PackId>>| {
-            m.lock().map(|s| s.contains(pack)).unwrap_or(false)
-        };
-        if lock(&self.sized_packs) {
-            return Ok(());
-        }
+    /// Check a pack's structure without reading its blobs: its size
+    /// against the index's record, then its trailer (authenticated, parsed,
+    /// tiling the pack). Catches bytes appended, cut or altered outside
+    /// the blobs a reader uses (RELIABILITY.md F1, F2, K9). Costs a stat
+    /// and one small ranged read.
+    pub fn check_pack(&self, pack: &PackId) -> Result<()> {
         let name = pack.to_hex();
-        if let Some(want) = self.index()?.pack_size(pack)? {
-            let have = self.backend.size(FileKind::Pack, &name)?;
-            if have != want {
-                return Err(Error::corrupt(
-                    FileKind::Pack.path(&name),
-                    format!(
-                        "the object is {have} bytes but the index records {want} (truncated, or bytes appended)"
-                    ),
-                ));
-            }
+        let obj = FileKind::Pack.path(&name);
+        let size = self.backend.size(FileKind::Pack, &name)?;
+        if let Some(want) = self.index()?.pack_size(pack)?
+            && want != size
+        {
+            return Err(Error::corrupt(
+                obj,
+                format!(
+                    "the object is {size} bytes but the index records {want} (truncated, or bytes appended)"
+                ),
+            ));
         }
-        if let Ok(mut s) = self.sized_packs.lock() {
-            s.insert(*pack);
+        if size < 4 {
+            return Err(Error::corrupt(
+                obj,
+                format!("only {size} bytes (empty or truncated)"),
+            ));
         }
+        // Most trailers fit in the last 64 KiB: one read for both.
+        let tail_len = size.min(64 * 1024);
+        let tail =
+            self.backend
+                .get_range(FileKind::Pack, &name, size - tail_len, tail_len as usize)?;
+        let mut last4 = [0u8; 4];
+        last4.copy_from_slice(&tail[tail.len() - 4..]);
+        let n = crate::pack::reader::trailer_len(last4, size)
+            .map_err(|e| Error::corrupt(obj.clone(), e))?;
+        let start = size - 4 - n as u64;
+        let fetched;
+        let sealed = if n as u64 + 4 <= tail_len {
+            &tail[tail.len() - 4 - n..tail.len() - 4]
+        } else {
+            fetched = self.backend.get_range(FileKind::Pack, &name, start, n)?;
+            &fetched[..]
+        };
+        crate::pack::reader::open_trailer(&self.keys, &self.repo_id, sealed, start)
+            .map_err(|e| Error::corrupt(obj, e))?;
         Ok(())
     }
 
@@ -507,7 +572,6 @@ impl PackedBlobSource for Repository {
     }
 
     fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
-        self.check_pack_size(pack)?;
         self.backend
             .get_range(FileKind::Pack, &pack.to_hex(), offset, len)
     }
@@ -526,6 +590,10 @@ impl PackedBlobSource for Repository {
 
     fn data_id(&self, data: &[u8]) -> BlobId {
         self.keys.blob_id(data)
+    }
+
+    fn check_pack(&self, pack: &PackId) -> Result<()> {
+        Repository::check_pack(self, pack)
     }
 }
 

@@ -145,6 +145,8 @@ struct Restorer<'a> {
     batch_blobs: usize,
     /// (device, inode) → first restored path, for hardlinks.
     links: HashMap<(u64, u64), PathBuf>,
+    /// Packs whose structure was already checked in this restore.
+    checked_packs: std::collections::HashSet<PackId>,
     pending_links: Vec<(PathBuf, PathBuf)>,
     dirs: Vec<(PathBuf, Node)>,
 }
@@ -230,6 +232,7 @@ pub fn restore(
         batch: Vec::new(),
         batch_blobs: 0,
         links: HashMap::new(),
+        checked_packs: Default::default(),
         pending_links: Vec::new(),
         dirs: Vec::new(),
     };
@@ -434,6 +437,20 @@ impl Restorer<'_> {
         }
         let mut packs: Vec<(PackId, Vec<Need>)> = by_pack.into_iter().collect();
         packs.sort_by_key(|(p, _)| *p);
+        // Each pack's structure (size, trailer) is checked once per restore.
+        // Damage there is reported naming the pack; its blobs are still
+        // used, since each is authenticated and re-hashed on its own.
+        let unchecked: Vec<PackId> = packs
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| !self.checked_packs.contains(p))
+            .collect();
+        let damaged: Vec<String> = unchecked
+            .par_iter()
+            .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
+            .collect();
+        self.checked_packs.extend(unchecked);
+        self.summary.errors.extend(damaged);
         let written = std::sync::atomic::AtomicU64::new(0);
         packs.par_iter_mut().for_each(|(pack, blobs)| {
             blobs.sort_by_key(|n| n.place.offset);

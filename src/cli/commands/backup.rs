@@ -116,6 +116,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
     };
+    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet);
     let result = archiver::snapshot(repo.clone(), &opts, &progress);
     progress.finish();
@@ -195,6 +196,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
     };
+    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet);
     let cmd_name = a
         .paths

@@ -109,6 +109,9 @@ pub fn run(g: &GlobalOpts, a: &CatArgs) -> Result<ExitCode> {
         "pack" => {
             let id = PackId::from_hex(&need()?).ok_or_else(|| anyhow!("give a full 64-digit pack id"))?;
             let bytes = repo.backend().get(FileKind::Pack, &id.to_hex())?;
+            if coffer::id::content_hash(&bytes) != id.0 {
+                bail!("pack {id} is corrupt: its content does not match its name (damaged or swapped)");
+            }
             let entries = coffer::pack::reader::parse_pack(repo.keys(), repo.id(), &bytes)
                 .map_err(|e| anyhow!("pack {id} is corrupt: {e}"))?;
             json!({"id": id.to_hex(), "size": bytes.len(), "blobs": entries.iter().map(entry_json).collect::<Vec<_>>()})

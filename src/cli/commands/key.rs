@@ -261,11 +261,10 @@ fn open_owned(g: &GlobalOpts) -> Result<Repository> {
             path.display()
         );
     }
+    let backend = Arc::new(LocalBackend::open(&path));
+    Repository::check_format(backend.as_ref())?;
     let secret = repo::secret(g, is_default, &path)?;
-    Ok(Repository::open(
-        Arc::new(LocalBackend::open(&path)),
-        &secret,
-    )?)
+    Ok(Repository::open(backend, &secret)?)
 }
 
 fn passwd(g: &GlobalOpts, a: &PasswdArgs) -> Result<ExitCode> {

@@ -1,0 +1,304 @@
+//! `check`: find every fault, change nothing (a lock object aside).
+//!
+//! Structure: the config and a key opened (or we would not be here); every
+//! index segment reads; every indexed pack exists with its recorded size;
+//! each pack's own trailer agrees with the index; every snapshot reads and
+//! every tree and blob it references is indexed. Packs nobody indexes are
+//! reported as reclaimable (`prune` removes them), not as errors.
+//!
+//! `--read-data` (or a subset of packs) also reads packs whole: the name
+//! must be the hash of the bytes, and every blob must authenticate,
+//! decompress and hash to its id. Hardware faults are what users hit most
+//! (RELIABILITY.md §0.3), so a subset each night is cheap insurance.
+
+use crate::backend::FileKind;
+use crate::blob::{BlobKind, BlobSource};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId, content_hash};
+use crate::pack::open_blob;
+use crate::pack::reader::{open_trailer, parse_pack, trailer_len};
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::snapshot::tree::{NodeKind, Tree};
+use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
+
+/// Which packs to read in full.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ReadData {
+    None,
+    All,
+    /// A random share of the packs (0 < f ≤ 1).
+    Fraction(f64),
+    /// Slice n of m (1-based): m runs with n = 1..m read every pack once.
+    Slice(u32, u32),
+}
+
+impl ReadData {
+    /// Parse `10%` or `n/m`.
+    pub fn parse_subset(s: &str) -> std::result::Result<ReadData, String> {
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a percentage"))?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(format!(
+                    "{s:?}: the percentage must be above 0 and at most 100"
+                ));
+            }
+            return Ok(ReadData::Fraction(v / 100.0));
+        }
+        if let Some((n, m)) = s.split_once('/') {
+            let n: u32 = n
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: n in n/m is not a number"))?;
+            let m: u32 = m
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?}: m in n/m is not a number"))?;
+            if m == 0 || n == 0 || n > m {
+                return Err(format!("{s:?}: use n/m with 1 ≤ n ≤ m"));
+            }
+            return Ok(ReadData::Slice(n, m));
+        }
+        Err(format!("{s:?}: give a percentage (10%) or a slice (n/m)"))
+    }
+
+    fn selects(&self, i: usize, _id: &PackId) -> bool {
+        match *self {
+            ReadData::None => false,
+            ReadData::All => true,
+            ReadData::Fraction(f) => {
+                let mut r = [0u8; 8];
+                crate::crypto::envelope::random_bytes(&mut r);
+                (u64::from_le_bytes(r) as f64 / u64::MAX as f64) < f
+            }
+            ReadData::Slice(n, m) => (i as u64 % m as u64) == (n as u64 - 1),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// Damage: each line names the object and what is wrong.
+    pub errors: Vec<String>,
+    /// Worth knowing, not damage (reclaimable packs).
+    pub infos: Vec<String>,
+    pub snapshots: u64,
+    pub trees: u64,
+    pub packs: u64,
+    pub packs_read: u64,
+    pub blobs_read: u64,
+    pub bytes_read: u64,
+}
+
+pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<Findings> {
+    let mut f = Findings::default();
+    let idx = repo.index()?;
+    // Packs: listing vs index.
+    let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
+    let indexed = idx.packs()?;
+    let indexed_names: HashSet<String> = indexed.iter().map(|(p, _)| p.to_hex()).collect();
+    f.packs = indexed.len() as u64;
+    let mut present = Vec::new();
+    for (p, size) in &indexed {
+        match listed.get(&p.to_hex()) {
+            None => f.errors.push(format!(
+                "pack {p} is in the index but missing from the repository"
+            )),
+            Some(&s) if s != *size => f.errors.push(format!(
+                "pack {p} is {s} bytes, the index records {size} (truncated or damaged)"
+            )),
+            Some(_) => present.push((*p, *size)),
+        }
+    }
+    let mut unindexed = 0u64;
+    let mut unindexed_bytes = 0u64;
+    for (name, size) in &listed {
+        if !indexed_names.contains(name) {
+            unindexed += 1;
+            unindexed_bytes += size;
+        }
+    }
+    if unindexed > 0 {
+        f.infos.push(format!(
+            "{unindexed} packs ({unindexed_bytes} bytes) are not in the index (left by an interrupted backup or prune); `coffer prune` reclaims them"
+        ));
+    }
+    // Trailers vs index, in parallel: two small reads per pack.
+    let trailer_errors: Vec<String> = present
+        .par_iter()
+        .filter_map(|(p, size)| check_trailer(repo, p, *size).err())
+        .collect();
+    f.errors.extend(trailer_errors);
+    // Snapshots, trees, blobs.
+    let snaps = repo.list_snapshots()?;
+    f.snapshots = snaps.len() as u64;
+    let mut seen: HashSet<BlobId> = HashSet::new();
+    for (sid, s) in &snaps {
+        let mut stack = vec![(s.tree, b"/".to_vec())];
+        while let Some((tid, path)) = stack.pop() {
+            if !seen.insert(tid) {
+                continue;
+            }
+            f.trees += 1;
+            let tree = match repo.read_blob(BlobKind::Tree, &tid).and_then(|b| {
+                Tree::decode(&b).map_err(|e| Error::corrupt(format!("tree {tid}"), e.0))
+            }) {
+                Ok(t) => t,
+                Err(e) => {
+                    f.errors.push(format!(
+                        "snapshot {} {}: {e}",
+                        sid.short(),
+                        String::from_utf8_lossy(&path)
+                    ));
+                    continue;
+                }
+            };
+            for n in &tree.nodes {
+                let mut p = path.clone();
+                if p.len() > 1 {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(&n.name);
+                for c in &n.content {
+                    if !idx.contains(c)? {
+                        f.errors.push(format!(
+                            "snapshot {} {}: data blob {c} is missing from the index",
+                            sid.short(),
+                            String::from_utf8_lossy(&p)
+                        ));
+                        break;
+                    }
+                }
+                if n.kind == NodeKind::Dir
+                    && let Some(sub) = n.subtree
+                {
+                    stack.push((sub, p));
+                }
+            }
+        }
+    }
+    for p in repo.take_problems() {
+        f.errors.push(p);
+    }
+    // Read data.
+    if read != ReadData::None {
+        let mut sorted = present.clone();
+        sorted.sort();
+        let chosen: Vec<PackId> = sorted
+            .iter()
+            .enumerate()
+            .filter(|(i, (p, _))| read.selects(*i, p))
+            .map(|(_, (p, _))| *p)
+            .collect();
+        let results: Vec<(u64, u64, Vec<String>)> = chosen
+            .par_iter()
+            .map(|p| {
+                let r = read_pack(repo, p);
+                if let Ok((_, bytes, _)) = r.as_ref() {
+                    progress.bytes_done(*bytes);
+                }
+                r.unwrap_or_else(|e| (0, 0, vec![e.to_string()]))
+            })
+            .collect();
+        f.packs_read = chosen.len() as u64;
+        for (blobs, bytes, errs) in results {
+            f.blobs_read += blobs;
+            f.bytes_read += bytes;
+            f.errors.extend(errs);
+        }
+    }
+    Ok(f)
+}
+
+fn check_trailer(repo: &Repository, p: &PackId, size: u64) -> std::result::Result<(), String> {
+    let name = p.to_hex();
+    let obj = FileKind::Pack.path(&name);
+    let fail = |e: String| format!("{obj}: {e}");
+    let last4 = repo
+        .backend()
+        .get_range(FileKind::Pack, &name, size.saturating_sub(4), 4)
+        .map_err(|e| fail(e.to_string()))?;
+    let last4: [u8; 4] = last4
+        .as_slice()
+        .try_into()
+        .map_err(|_| fail("short read".into()))?;
+    let n = trailer_len(last4, size).map_err(fail)?;
+    let start = size - 4 - n as u64;
+    let sealed = repo
+        .backend()
+        .get_range(FileKind::Pack, &name, start, n)
+        .map_err(|e| fail(e.to_string()))?;
+    let entries = open_trailer(repo.keys(), repo.id(), &sealed, start).map_err(fail)?;
+    let recorded = repo
+        .index()
+        .map_err(|e| fail(e.to_string()))?
+        .pack_entries(p)
+        .map_err(|e| fail(e.to_string()))?;
+    let mut a = entries.clone();
+    a.sort_by_key(|e| e.offset);
+    if a != recorded {
+        return Err(fail(format!(
+            "the pack's trailer lists {} blobs that differ from the {} the index records",
+            a.len(),
+            recorded.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Read one pack whole and verify everything in it.
+fn read_pack(repo: &Repository, p: &PackId) -> Result<(u64, u64, Vec<String>)> {
+    let name = p.to_hex();
+    let obj = FileKind::Pack.path(&name);
+    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let mut errs = Vec::new();
+    if content_hash(&bytes) != p.0 {
+        errs.push(format!("{obj}: content does not match its name (damaged)"));
+    }
+    let entries = match parse_pack(repo.keys(), repo.id(), &bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            errs.push(format!("{obj}: {e}"));
+            return Ok((0, bytes.len() as u64, errs));
+        }
+    };
+    for e in &entries {
+        let s = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        if let Err(err) = open_blob(repo.keys(), repo.id(), e, s) {
+            errs.push(format!("{obj}: {err}"));
+        }
+    }
+    Ok((entries.len() as u64, bytes.len() as u64, errs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets() {
+        assert_eq!(
+            ReadData::parse_subset("10%").unwrap(),
+            ReadData::Fraction(0.1)
+        );
+        assert_eq!(
+            ReadData::parse_subset("2/5").unwrap(),
+            ReadData::Slice(2, 5)
+        );
+        assert!(ReadData::parse_subset("0%").is_err());
+        assert!(ReadData::parse_subset("6/5").is_err());
+        assert!(ReadData::parse_subset("x").is_err());
+        // Every pack is in exactly one slice of m.
+        let id = PackId([0; 32]);
+        for i in 0..20 {
+            let n = (1..=4)
+                .filter(|n| ReadData::Slice(*n, 4).selects(i, &id))
+                .count();
+            assert_eq!(n, 1);
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! `coffer prune [--max-unused 5%] [--dry-run]`
+
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::{Result, anyhow};
+use clap::Args;
+use coffer::repository::Repository;
+use coffer::retention::prune::{self, PruneOptions};
+use std::process::ExitCode;
+
+#[derive(Args, Debug, Clone)]
+pub struct PruneArgs {
+    /// Repack packs with more than this share of unused bytes
+    #[arg(long, default_value = "5%")]
+    pub max_unused: String,
+    /// Show what would be removed, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn max_unused(s: &str) -> Result<f64> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| anyhow!("--max-unused {s:?}: give a percentage such as 5%"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(anyhow!("--max-unused must be between 0% and 100%"));
+    }
+    Ok(v / 100.0)
+}
+
+/// Plan and (unless dry-run) execute; the caller holds an exclusive lock.
+pub fn prune_locked(g: &GlobalOpts, repo: &Repository, a: &PruneArgs) -> Result<()> {
+    let opts = PruneOptions {
+        max_unused: max_unused(&a.max_unused)?,
+    };
+    let plan = prune::plan(repo, &opts)?;
+    let freed = plan.bytes_to_delete();
+    if !g.quiet && !g.json {
+        output::line(&format!(
+            "{} snapshots, {} packs ({}), {} in use",
+            plan.snapshots,
+            plan.packs_total,
+            output::bytes(plan.bytes_total),
+            output::bytes(plan.bytes_used)
+        ));
+        output::line(&format!(
+            "{}: {} unused packs, {} packs to repack, {} unindexed packs; up to {} to free",
+            if a.dry_run {
+                "would remove"
+            } else {
+                "removing"
+            },
+            plan.delete.len(),
+            plan.repack.len(),
+            plan.unindexed.len(),
+            output::bytes(freed)
+        ));
+    }
+    if a.dry_run {
+        if g.json {
+            output::json(&serde_json::json!({
+                "message_type": "summary", "dry_run": true,
+                "packs_to_delete": plan.delete.len(), "packs_to_repack": plan.repack.len(),
+                "unindexed_packs": plan.unindexed.len(), "bytes_to_free": freed,
+            }));
+        }
+        return Ok(());
+    }
+    let r = prune::execute(repo, &plan)?;
+    if g.json {
+        output::json(&serde_json::json!({
+            "message_type": "summary", "dry_run": false,
+            "packs_deleted": r.packs_deleted, "packs_repacked": r.packs_repacked,
+            "packs_written": r.packs_written, "blobs_repacked": r.blobs_repacked,
+            "bytes_freed": r.bytes_freed,
+        }));
+    } else if !g.quiet {
+        output::line(&format!(
+            "deleted {} packs, repacked {} packs ({} blobs into {} new packs), freed {}",
+            r.packs_deleted,
+            r.packs_repacked,
+            r.blobs_repacked,
+            r.packs_written,
+            output::bytes(r.bytes_freed)
+        ));
+    }
+    Ok(())
+}
+
+pub fn run(g: &GlobalOpts, a: &PruneArgs) -> Result<ExitCode> {
+    let repo = repo::open(g)?;
+    let _lock = repo.lock(true, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    prune_locked(g, &repo, a)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,308 @@
+//! Prune: give back the space of data no snapshot references.
+//!
+//! Plan (nothing is written): list snapshots and packs, mark every blob the
+//! snapshots reference (walking each tree once, into a SQLite temporary
+//! table, so memory does not grow with the repository), then classify each
+//! pack: all used → keep; nothing used → delete; partly used with more than
+//! `max_unused` of its bytes unused → repack. The plan is refused — nothing
+//! deleted — when what was listed does not add up: a snapshot or index
+//! segment that cannot be read, an indexed pack missing or of the wrong
+//! size, or a used blob the index does not know (RELIABILITY.md §6.7).
+//!
+//! Execute, in the order that keeps every crash safe (RELIABILITY.md 4.B):
+//! 1. copy the used blobs of packs to repack into new packs (their sealed
+//!    bytes are moved as they are, after being authenticated and re-hashed);
+//! 2. write new index segments listing every pack that stays;
+//! 3. delete the old index segments;
+//! 4. delete the packs no longer indexed.
+//!
+//! A crash after 1 leaves unreferenced packs for the next prune; after 2,
+//! duplicate index entries, which readers tolerate; during 3 or 4, packs
+//! that nothing references. No step leaves a snapshot without its data.
+//! Every write and delete first checks the exclusive lock is still held.
+
+use crate::backend::FileKind;
+use crate::blob::{BlobKind, BlobSource};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId, SegmentId};
+use crate::index::segment::{IndexedPack, Segment};
+use crate::pack::writer::PackWriter;
+use crate::pack::{SealedBlob, open_blob};
+use crate::repository::Repository;
+use crate::repository::blob_store::{CHECKPOINT_BLOBS, upload_pack};
+use crate::snapshot::tree::{NodeKind, Tree};
+use std::collections::{HashMap, HashSet};
+
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Repack a pack when more than this share of its bytes is unused.
+    pub max_unused: f64,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        PruneOptions { max_unused: 0.05 }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PrunePlan {
+    pub snapshots: usize,
+    pub used_blobs: u64,
+    pub packs_total: u64,
+    pub bytes_total: u64,
+    pub bytes_used: u64,
+    /// Indexed packs with no used blob.
+    pub delete: Vec<(PackId, u64)>,
+    /// Partly used packs to rewrite.
+    pub repack: Vec<(PackId, u64)>,
+    /// Packs in the repository that no index segment lists (left by an
+    /// interrupted backup or prune): nothing can reference their blobs.
+    pub unindexed: Vec<(String, u64)>,
+    /// The segments listed when planning; replaced on execution.
+    pub old_segments: Vec<SegmentId>,
+}
+
+impl PrunePlan {
+    pub fn bytes_to_delete(&self) -> u64 {
+        self.delete
+            .iter()
+            .chain(&self.repack)
+            .map(|p| p.1)
+            .sum::<u64>()
+            + self.unindexed.iter().map(|p| p.1).sum::<u64>()
+    }
+    pub fn is_noop(&self) -> bool {
+        self.delete.is_empty() && self.repack.is_empty() && self.unindexed.is_empty()
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PruneReport {
+    pub packs_deleted: u64,
+    pub packs_repacked: u64,
+    pub packs_written: u64,
+    pub blobs_repacked: u64,
+    pub bytes_freed: u64,
+    pub segments_written: u64,
+}
+
+/// Mark every blob reachable from every snapshot in the index's used set.
+/// Returns the number of snapshots walked.
+pub fn mark_used(repo: &Repository) -> Result<usize> {
+    let snaps = repo.list_snapshots()?;
+    let idx = repo.index()?;
+    let problems = repo.take_problems();
+    if !problems.is_empty() {
+        return Err(Error::Usage(format!(
+            "refusing to prune: {} (a damaged snapshot or index segment may reference data that would be deleted; run `coffer check` and `coffer repair`)",
+            problems.join("; ")
+        )));
+    }
+    idx.used_reset()?;
+    for (sid, s) in &snaps {
+        let mut stack = vec![s.tree];
+        while let Some(tid) = stack.pop() {
+            if !idx.used_insert(&tid)? {
+                continue; // this tree, and so everything below it, is done
+            }
+            let bytes = repo.read_blob(BlobKind::Tree, &tid).map_err(|e| {
+                Error::Usage(format!(
+                    "refusing to prune: snapshot {} cannot be read completely: {e}",
+                    sid.short()
+                ))
+            })?;
+            let tree =
+                Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {tid}"), e.0))?;
+            for n in &tree.nodes {
+                for c in &n.content {
+                    idx.used_insert(c)?;
+                }
+                if n.kind == NodeKind::Dir
+                    && let Some(sub) = n.subtree
+                {
+                    stack.push(sub);
+                }
+            }
+        }
+    }
+    Ok(snaps.len())
+}
+
+/// Work out what prune would do. Writes nothing.
+pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
+    let old_segments: Vec<SegmentId> = repo
+        .backend()
+        .list(FileKind::Index)?
+        .into_iter()
+        .filter_map(|(n, _)| SegmentId::from_hex(&n))
+        .collect();
+    let snapshots = mark_used(repo)?;
+    let idx = repo.index()?;
+    let missing = idx.missing_used(5)?;
+    if !missing.is_empty() {
+        let ids: Vec<String> = missing.iter().map(|b| b.to_hex()).collect();
+        return Err(Error::Usage(format!(
+            "refusing to prune: snapshots reference blobs the index does not know (e.g. {}): run `coffer check`, then `coffer repair index` or `coffer repair snapshots`",
+            ids.join(", ")
+        )));
+    }
+    let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
+    let mut plan = PrunePlan {
+        snapshots,
+        old_segments,
+        ..Default::default()
+    };
+    let mut indexed: HashSet<String> = HashSet::new();
+    for u in idx.pack_usage()? {
+        let name = u.pack.to_hex();
+        match listed.get(&name) {
+            None => {
+                return Err(Error::Usage(format!(
+                    "refusing to prune: the index lists pack {name}, which is missing from the repository: run `coffer check`"
+                )));
+            }
+            Some(&size) if size != u.size => {
+                return Err(Error::Usage(format!(
+                    "refusing to prune: pack {name} is {size} bytes, the index says {}: run `coffer check`",
+                    u.size
+                )));
+            }
+            Some(_) => {}
+        }
+        indexed.insert(name);
+        plan.packs_total += 1;
+        plan.bytes_total += u.size;
+        plan.bytes_used += u.used_bytes;
+        plan.used_blobs += u.used_blobs;
+        if u.used_blobs == 0 {
+            plan.delete.push((u.pack, u.size));
+        } else if u.used_blobs < u.blobs
+            && (u.bytes - u.used_bytes) as f64 > opts.max_unused * u.bytes as f64
+        {
+            plan.repack.push((u.pack, u.size));
+        }
+    }
+    for (name, size) in listed {
+        if !indexed.contains(&name) {
+            plan.unindexed.push((name, size));
+        }
+    }
+    plan.unindexed.sort();
+    Ok(plan)
+}
+
+/// Carry out a plan made by [`plan`] under the same exclusive lock.
+pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
+    let mut report = PruneReport::default();
+    if plan.is_noop() {
+        return Ok(report);
+    }
+    let idx = repo.index()?;
+    let dead: HashSet<PackId> = plan
+        .delete
+        .iter()
+        .chain(&plan.repack)
+        .map(|p| p.0)
+        .collect();
+    // 1. Repack: move each used blob that no surviving pack holds.
+    let mut new_packs: Vec<IndexedPack> = Vec::new();
+    let mut writer = PackWriter::new();
+    let mut copied: HashSet<BlobId> = HashSet::new();
+    for (pack, _) in &plan.repack {
+        let name = pack.to_hex();
+        let obj = FileKind::Pack.path(&name);
+        let bytes = repo.backend().get(FileKind::Pack, &name)?;
+        if crate::id::content_hash(&bytes) != pack.0 {
+            return Err(Error::corrupt(
+                obj,
+                "content does not match its name; not repacked (run `coffer check --read-data`)",
+            ));
+        }
+        for e in idx.pack_entries(pack)? {
+            if !idx.used_contains(&e.id)? || copied.contains(&e.id) {
+                continue;
+            }
+            if idx.packs_of(&e.id)?.iter().any(|p| !dead.contains(p)) {
+                continue;
+            }
+            let (s, l) = (e.offset as usize, e.length as usize);
+            let Some(sealed) = bytes.get(s..s + l) else {
+                return Err(Error::corrupt(
+                    obj,
+                    format!("blob {} lies outside the pack", e.id),
+                ));
+            };
+            // Never carry a damaged blob into a new pack.
+            open_blob(repo.keys(), repo.id(), &e, sealed)
+                .map_err(|err| Error::corrupt(obj.clone(), err))?;
+            writer.add(SealedBlob {
+                kind: e.kind,
+                id: e.id,
+                bytes: sealed.to_vec(),
+                raw_length: e.raw_length,
+            });
+            copied.insert(e.id);
+            report.blobs_repacked += 1;
+            if writer.len() >= repo.config().pack_size as usize {
+                repo.ensure_lock()?;
+                let p = std::mem::take(&mut writer).finish(repo.keys(), repo.id());
+                new_packs.push(upload_pack(repo, p)?);
+                report.packs_written += 1;
+            }
+        }
+        report.packs_repacked += 1;
+    }
+    if !writer.is_empty() {
+        repo.ensure_lock()?;
+        new_packs.push(upload_pack(repo, writer.finish(repo.keys(), repo.id()))?);
+        report.packs_written += 1;
+    }
+    // 2. The new index: every surviving pack, then the new ones.
+    let mut seg = Segment::default();
+    let mut blobs = 0usize;
+    let flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
+        if !seg.packs.is_empty() {
+            repo.save_segment(seg)?;
+            report.segments_written += 1;
+            *seg = Segment::default();
+        }
+        Ok(())
+    };
+    let live: Vec<(PackId, u64)> = idx
+        .packs()?
+        .into_iter()
+        .filter(|(p, _)| !dead.contains(p))
+        .collect();
+    for (pack, size) in live {
+        let entries = idx.pack_entries(&pack)?;
+        blobs += entries.len();
+        seg.packs.push(IndexedPack {
+            id: pack,
+            size,
+            entries,
+        });
+        if blobs >= CHECKPOINT_BLOBS {
+            flush(&mut seg, &mut report)?;
+            blobs = 0;
+        }
+    }
+    seg.packs.extend(new_packs);
+    flush(&mut seg, &mut report)?;
+    // 3. Old segments, then 4. old packs.
+    for s in &plan.old_segments {
+        repo.delete(FileKind::Index, &s.to_hex())?;
+    }
+    for (pack, size) in plan.delete.iter().chain(&plan.repack) {
+        repo.delete(FileKind::Pack, &pack.to_hex())?;
+        report.packs_deleted += 1;
+        report.bytes_freed += size;
+    }
+    for (name, size) in &plan.unindexed {
+        repo.delete(FileKind::Pack, name)?;
+        report.packs_deleted += 1;
+        report.bytes_freed += size;
+    }
+    repo.refresh_index()?;
+    Ok(report)
+}
