@@ -17,6 +17,75 @@ pub struct LocalBackend {
     root: PathBuf,
 }
 
+/// Crash-test hook (RELIABILITY.md H2): `COFFER_FAILPOINT=before-put:N` or
+/// `after-put:N` kills the process with `abort()` (no unwinding, no
+/// destructors: a real death) just before or just after the N-th object
+/// write; `before-put:KIND:N` counts only one kind (`pack`, `index`,
+/// `snapshot`, `key`, `lock`, `config`; plurals work too). Unset, it costs one atomic load.
+mod failpoint {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Point {
+        after: bool,
+        kind: Option<String>,
+        n: u64,
+    }
+
+    static POINT: OnceLock<Option<Point>> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+
+    fn point() -> &'static Option<Point> {
+        POINT.get_or_init(|| {
+            let v = std::env::var("COFFER_FAILPOINT").ok()?;
+            let parts: Vec<&str> = v.split(':').collect();
+            let after = match parts.first()? {
+                &"before-put" => false,
+                &"after-put" => true,
+                _ => return None,
+            };
+            let (kind, n) = match parts.as_slice() {
+                [_, n] => (None, n.parse().ok()?),
+                [_, k, n] => (Some(k.to_string()), n.parse().ok()?),
+                _ => return None,
+            };
+            Some(Point { after, kind, n })
+        })
+    }
+
+    /// `pack` or `packs`, `key` or `keys`, …; `config` for the config.
+    fn kind_matches(k: &str, dir: &str) -> bool {
+        k == dir || format!("{k}s") == dir || (k == "config" && dir.is_empty())
+    }
+
+    pub fn hit(after: bool, dir: &str) {
+        if let Some(p) = point()
+            && p.after == after
+            && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
+        {
+            let c = if after {
+                COUNT.load(Ordering::SeqCst)
+            } else {
+                COUNT.fetch_add(1, Ordering::SeqCst) + 1
+            };
+            if c == p.n {
+                std::process::abort();
+            }
+        }
+    }
+
+    /// Count a completed put when only `after-put` points are set.
+    pub fn count_after(dir: &str) {
+        if let Some(p) = point()
+            && p.after
+            && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
+        {
+            COUNT.fetch_add(1, Ordering::SeqCst);
+            hit(true, dir);
+        }
+    }
+}
+
 const TEMP_INFIX: &str = ".tmp-";
 
 /// Object names are lowercase hex (or `config`): nothing can escape the
@@ -113,22 +182,8 @@ impl LocalBackend {
     }
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn unique_suffix() -> String {
-    let mut b = [0u8; 8];
-    crate::crypto::envelope::random_bytes(&mut b);
-    hex::encode(b)
-}
-
-impl Backend for LocalBackend {
-    fn location(&self) -> String {
-        self.root.display().to_string()
-    }
-
-    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+impl LocalBackend {
+    fn put_inner(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let path = self.full(kind, name)?;
         let obj = kind.path(name);
         // Content-addressed kinds: the name is the hash of the bytes, so an
@@ -182,6 +237,31 @@ impl Backend for LocalBackend {
             Err(e) => return Err(Error::backend_io("link", obj, e)),
         }
         sync_dir(&dir).map_err(|e| Error::backend_io("fsync", obj, e))
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn unique_suffix() -> String {
+    let mut b = [0u8; 8];
+    crate::crypto::envelope::random_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        failpoint::hit(false, kind.dir());
+        let r = self.put_inner(kind, name, data);
+        if r.is_ok() {
+            failpoint::count_after(kind.dir());
+        }
+        r
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
