@@ -39,9 +39,9 @@ mod failpoint {
         POINT.get_or_init(|| {
             let v = std::env::var("COFFER_FAILPOINT").ok()?;
             let parts: Vec<&str> = v.split(':').collect();
-            let after = match parts.first()? {
-                &"before-put" => false,
-                &"after-put" => true,
+            let after = match *parts.first()? {
+                "before-put" => false,
+                "after-put" => true,
                 _ => return None,
             };
             let (kind, n) = match parts.as_slice() {
