@@ -21,6 +21,7 @@ pub mod chunking;
 pub mod codec;
 pub mod compression;
 pub mod crypto;
+pub mod drill;
 pub mod error;
 pub mod id;
 pub mod index;

@@ -82,6 +82,8 @@ pub enum Command {
     Repair(commands::repair::RepairArgs),
     /// Remove stale locks
     Unlock(commands::unlock::UnlockArgs),
+    /// Restore a random sample into a temp dir and verify every byte
+    Drill(commands::drill::DrillArgs),
     /// Write a file from a snapshot to stdout (a directory as tar)
     Dump(commands::dump::DumpArgs),
     /// Print repository objects as JSON (for debugging)
@@ -122,6 +124,7 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Check(a) => commands::check::run(g, a),
         Command::Repair(a) => commands::repair::run(g, a),
         Command::Unlock(a) => commands::unlock::run(g, a),
+        Command::Drill(a) => commands::drill::run(g, a),
         Command::Cat(a) => commands::cat::run(g, a),
         Command::Key(a) => commands::key::run(g, a),
     }

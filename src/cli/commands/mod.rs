@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod cat;
 pub mod check;
+pub mod drill;
 pub mod dump;
 pub mod forget;
 pub mod init;

@@ -1,0 +1,78 @@
+//! `coffer drill [SNAPSHOT] [--sample 2%|N]`
+
+use crate::cli::progress_bars::CliProgress;
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use coffer::drill::{Sample, drill, pick_snapshots};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct DrillArgs {
+    /// Snapshot to drill (default: the newest, the oldest and one between)
+    pub snapshot: Option<String>,
+    /// Files to restore per snapshot: a share (2%) or a count (50); the
+    /// largest file is always included
+    #[arg(long, default_value = "2%")]
+    pub sample: String,
+    /// Where to restore the sample (removed afterwards; default: the system temp dir)
+    #[arg(long)]
+    pub scratch_dir: Option<PathBuf>,
+}
+
+pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
+    let repo = repo::open(g)?;
+    let sample = Sample::parse(&a.sample).map_err(|e| anyhow!("--sample {e}"))?;
+    let snaps = match &a.snapshot {
+        Some(r) => vec![repo.resolve_snapshot(r)?],
+        None => pick_snapshots(repo.list_snapshots()?),
+    };
+    if snaps.is_empty() {
+        bail!("the repository has no snapshots to drill");
+    }
+    let scratch = a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let progress = CliProgress::new(g.json, g.quiet);
+    let r = drill(&repo, &snaps, sample, &scratch, &progress);
+    progress.finish();
+    let r = r?;
+    let rate = if r.seconds > 0.0 {
+        (r.bytes as f64 / r.seconds) as u64
+    } else {
+        0
+    };
+    if g.json {
+        output::json(&serde_json::json!({
+            "message_type": "summary",
+            "snapshots": r.snapshots.iter().map(|s| s.to_hex()).collect::<Vec<_>>(),
+            "files_verified": r.files, "bytes": r.bytes, "seconds": r.seconds,
+            "bytes_per_second": rate, "failures": r.failures,
+        }));
+    } else {
+        for f in &r.failures {
+            output::line(&format!("FAILED: {f}"));
+        }
+        if !g.quiet {
+            output::line(&format!(
+                "drill: restored and verified {} files ({}) from {} snapshots in {:.2}s ({}/s): {}",
+                r.files,
+                output::bytes(r.bytes),
+                r.snapshots.len(),
+                r.seconds,
+                output::bytes(rate),
+                if r.failures.is_empty() {
+                    "all match".to_string()
+                } else {
+                    format!("{} FAILURES", r.failures.len())
+                }
+            ));
+        }
+    }
+    if !r.failures.is_empty() {
+        bail!(
+            "the restore drill found {} failures (listed above)",
+            r.failures.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,196 @@
+//! Restore drill: prove that backups restore, on a schedule, cheaply.
+//!
+//! For each chosen snapshot: sample files (always including the largest),
+//! restore them with the real restorer into a temporary directory, re-read
+//! every restored byte and compare it with the snapshot (the restorer's
+//! `--verify`), then remove the directory. What operations guides ask for
+//! every quarter, as one command for a timer.
+
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use crate::progress::Progress;
+use crate::repository::Repository;
+use crate::restorer::{self, Overwrite, RestoreOptions};
+use crate::snapshot::Snapshot;
+use crate::snapshot::tree::NodeKind;
+use crate::snapshot::walk::{Visit, walk};
+use std::path::{Path, PathBuf};
+
+/// How many files to sample per snapshot.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sample {
+    /// This share of the files (0 < f ≤ 1).
+    Fraction(f64),
+    /// At most this many files.
+    Count(usize),
+}
+
+impl Sample {
+    pub fn parse(s: &str) -> std::result::Result<Sample, String> {
+        if let Some(p) = s.strip_suffix('%') {
+            let v: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a percentage"))?;
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(format!(
+                    "{s:?}: the percentage must be above 0 and at most 100"
+                ));
+            }
+            return Ok(Sample::Fraction(v / 100.0));
+        }
+        let n: usize = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?}: give a percentage (2%) or a file count"))?;
+        if n == 0 {
+            return Err("the sample must have at least one file".into());
+        }
+        Ok(Sample::Count(n))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DrillReport {
+    pub snapshots: Vec<SnapshotId>,
+    pub files: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Each failure names the snapshot, the file and what went wrong.
+    pub failures: Vec<String>,
+}
+
+fn random_unit() -> f64 {
+    let mut r = [0u8; 8];
+    crate::crypto::envelope::random_bytes(&mut r);
+    (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Choose the sample of one snapshot: (paths, the largest file's path).
+fn choose(repo: &Repository, snap: &Snapshot, sample: Sample) -> Result<Vec<Vec<u8>>> {
+    let mut largest: Option<(u64, Vec<u8>)> = None;
+    let mut chosen: Vec<Vec<u8>> = Vec::new();
+    let mut seen = 0usize;
+    walk(
+        repo,
+        &snap.tree,
+        |rel, node| {
+            if node.kind != NodeKind::File {
+                return Ok(Visit::Descend);
+            }
+            let mut p = b"/".to_vec();
+            p.extend_from_slice(rel);
+            if largest.as_ref().is_none_or(|(s, _)| node.size > *s) {
+                largest = Some((node.size, p.clone()));
+            }
+            seen += 1;
+            match sample {
+                Sample::Fraction(f) => {
+                    if random_unit() < f {
+                        chosen.push(p);
+                    }
+                }
+                // Reservoir sampling: memory bounded by the sample size.
+                Sample::Count(n) => {
+                    if chosen.len() < n {
+                        chosen.push(p);
+                    } else {
+                        let j = (random_unit() * seen as f64) as usize;
+                        if j < n {
+                            chosen[j] = p;
+                        }
+                    }
+                }
+            }
+            Ok(Visit::Descend)
+        },
+        |_, _| Ok(()),
+    )?;
+    if let Some((_, p)) = largest
+        && !chosen.contains(&p)
+    {
+        chosen.push(p);
+    }
+    Ok(chosen)
+}
+
+/// Run a drill over `snaps` (a few snapshots), restoring under `scratch`.
+pub fn drill(
+    repo: &Repository,
+    snaps: &[(SnapshotId, Snapshot)],
+    sample: Sample,
+    scratch: &Path,
+    progress: &dyn Progress,
+) -> Result<DrillReport> {
+    let start = std::time::Instant::now();
+    let mut report = DrillReport::default();
+    let mut r = [0u8; 8];
+    crate::crypto::envelope::random_bytes(&mut r);
+    let dir: PathBuf = scratch.join(format!("coffer-drill-{}", hex::encode(r)));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Target {
+        path: dir.clone(),
+        source: e,
+    })?;
+    let result = (|| -> Result<()> {
+        for (i, (id, snap)) in snaps.iter().enumerate() {
+            report.snapshots.push(*id);
+            let paths = choose(repo, snap, sample)?;
+            if paths.is_empty() {
+                continue;
+            }
+            let opts = RestoreOptions {
+                includes: paths,
+                verify: true,
+                overwrite: Overwrite::Always,
+                ..Default::default()
+            };
+            let target = dir.join(i.to_string());
+            match restorer::restore(repo, &snap.tree, &target, &opts, progress) {
+                Ok(s) => {
+                    report.files += s.files_verified;
+                    report.bytes += s.bytes;
+                    for e in s.errors {
+                        report
+                            .failures
+                            .push(format!("snapshot {}: {e}", id.short()));
+                    }
+                }
+                Err(e) => report
+                    .failures
+                    .push(format!("snapshot {}: {e}", id.short())),
+            }
+            // Keep the scratch space small: one snapshot's sample at a time.
+            let _ = std::fs::remove_dir_all(&target);
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result?;
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Which snapshots to drill when none is named: the newest, the oldest and
+/// one chosen at random between them.
+pub fn pick_snapshots(all: Vec<(SnapshotId, Snapshot)>) -> Vec<(SnapshotId, Snapshot)> {
+    if all.len() <= 3 {
+        return all;
+    }
+    let n = all.len();
+    let mid = 1 + ((random_unit() * (n - 2) as f64) as usize).min(n - 3);
+    vec![all[n - 1].clone(), all[mid].clone(), all[0].clone()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_parsing() {
+        assert_eq!(Sample::parse("2%").unwrap(), Sample::Fraction(0.02));
+        assert_eq!(Sample::parse("50").unwrap(), Sample::Count(50));
+        assert!(Sample::parse("0").is_err());
+        assert!(Sample::parse("0%").is_err());
+        assert!(Sample::parse("abc").is_err());
+    }
+}
