@@ -38,6 +38,16 @@ pub trait BlobSink: Sync {
     /// archiver asks before reusing a parent snapshot's content ids, so a
     /// blob lost from the index is stored again (restic#2571).
     fn has_blob(&self, id: &BlobId) -> Result<bool>;
+    /// Which of `ids` are stored or queued (one query for many ids).
+    fn known_blobs(&self, ids: &[BlobId]) -> Result<std::collections::HashSet<BlobId>> {
+        let mut out = std::collections::HashSet::new();
+        for id in ids {
+            if self.has_blob(id)? {
+                out.insert(*id);
+            }
+        }
+        Ok(out)
+    }
     /// Store `data` unless a blob with `id` is already stored or queued.
     /// Returns the number of bytes added to the repository (0 when deduplicated).
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;

@@ -37,8 +37,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// Items the walker may run ahead of the assembler.
-const ITEM_QUEUE: usize = 8192;
+/// Items per message from the walker to the assembler.
+pub const ITEM_BATCH: usize = 256;
+/// Batches the walker may run ahead of the assembler (8192 items).
+const ITEM_QUEUE: usize = 32;
 /// Files waiting for a saver.
 const JOB_QUEUE: usize = 256;
 
@@ -166,7 +168,7 @@ pub fn backup(
     let stop = AtomicBool::new(false);
     let (warn_tx, warn_rx) = unbounded::<SourceWarning>();
     let mut outcome = std::thread::scope(|s| -> Result<BackupOutcome> {
-        let (item_tx, item_rx) = bounded::<Item>(ITEM_QUEUE);
+        let (item_tx, item_rx) = bounded::<Vec<Item>>(ITEM_QUEUE);
         let (job_tx, job_rx) = bounded::<FileJob>(JOB_QUEUE);
         let walker = scan::Walker {
             items: item_tx,
@@ -178,6 +180,8 @@ pub fn backup(
             names: Default::default(),
             warnings: warn_tx.clone(),
             linked: Default::default(),
+            pending: Vec::with_capacity(ITEM_BATCH),
+            known: Default::default(),
         };
         let parent_root = parent.map(|p| p.1);
         let trie = &trie;
@@ -240,7 +244,7 @@ struct Frame {
 fn assemble(
     sink: &dyn BlobSink,
     chunker: &Chunker,
-    items: Receiver<Item>,
+    items: Receiver<Vec<Item>>,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
     let mut summary = Summary::default();
@@ -259,7 +263,7 @@ fn assemble(
         summary.bytes_added += sink.store_blob(BlobKind::Tree, id, &bytes)?;
         Ok(id)
     };
-    for item in items.iter() {
+    for item in items.iter().flatten() {
         match item {
             Item::Enter {
                 node,

@@ -9,7 +9,7 @@
 //! walker thread is given a large stack.
 
 use super::metadata::{NameCache, node_from_metadata};
-use super::{FileJob, FileOutcome, Item, ParentState};
+use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState};
 use crate::blob::{BlobSink, BlobSource};
 use crate::error::Result;
 use crate::id::BlobId;
@@ -53,7 +53,12 @@ impl PathTrie {
 }
 
 pub struct Walker<'a> {
-    pub items: Sender<Item>,
+    /// Items go out in batches: one channel operation (and one thread
+    /// wake-up) per [`ITEM_BATCH`] entries, not per file.
+    pub items: Sender<Vec<Item>>,
+    pub pending: Vec<Item>,
+    /// Blob ids confirmed stored, for the directory being walked.
+    pub known: std::collections::HashSet<BlobId>,
     pub jobs: Sender<FileJob>,
     pub parent_source: Option<&'a dyn BlobSource>,
     /// Where content ids reused from the parent must still be stored.
@@ -84,11 +89,14 @@ impl Walker<'_> {
         // the backup (its damage is reported where it was found).
         let parent = self.load_parent(parent_root).ok().flatten();
         // A hang-up means the assembler stopped on an error it reports itself.
-        if trie.target {
+        let walked = if trie.target {
             // Backing up `/` itself: its entries form the root tree.
-            let _ = self.walk_dir(Path::new("/"), parent.as_ref());
+            self.walk_dir(Path::new("/"), parent.as_ref()).map(|_| ())
         } else {
-            let _ = self.emit_trie(trie, Path::new("/"), parent.as_ref());
+            self.emit_trie(trie, Path::new("/"), parent.as_ref())
+        };
+        if walked.is_ok() {
+            let _ = self.flush();
         }
         Ok(())
     }
@@ -110,8 +118,20 @@ impl Walker<'_> {
         self.load_parent(p.subtree).ok().flatten()
     }
 
-    fn send(&self, item: Item) -> Result<(), Hangup> {
-        self.items.send(item).map_err(|_| Hangup)
+    fn send(&mut self, item: Item) -> Result<(), Hangup> {
+        self.pending.push(item);
+        if self.pending.len() >= ITEM_BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Hangup> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(ITEM_BATCH));
+        self.items.send(batch).map_err(|_| Hangup)
     }
 
     fn warn(&self, path: &Path, message: String) {
@@ -236,6 +256,9 @@ impl Walker<'_> {
     /// Are all these blobs still stored? A repository error stops the walk.
     fn all_known(&mut self, ids: &[BlobId]) -> Result<bool, Hangup> {
         for id in ids {
+            if self.known.contains(id) {
+                continue;
+            }
             match self.sink.has_blob(id) {
                 Ok(true) => {}
                 Ok(false) => return Ok(false),
@@ -269,19 +292,45 @@ impl Walker<'_> {
             }
         }
         names.sort_unstable();
+        let mut entries = Vec::with_capacity(names.len());
         for name in names {
             let child = path.join(OsStr::from_bytes(&name));
-            let md = match std::fs::symlink_metadata(&child) {
-                Ok(m) => m,
+            match std::fs::symlink_metadata(&child) {
+                Ok(m) => entries.push((child, name, m)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.warn(&child, "vanished before it could be read".into());
-                    continue;
                 }
-                Err(e) => {
-                    self.warn(&child, format!("cannot read metadata: {e}"));
-                    continue;
+                Err(e) => self.warn(&child, format!("cannot read metadata: {e}")),
+            }
+        }
+        // One batched index query for the content the parent lets us reuse,
+        // instead of one per file.
+        self.known.clear();
+        if !self.force
+            && let Some(parent) = parent
+        {
+            let mut ids = Vec::new();
+            for (_, name, md) in &entries {
+                if let Some(p) = parent.find(name)
+                    && md.is_file()
+                    && p.kind == NodeKind::File
+                    && p.size == md.len()
+                    && p.inode == std::os::unix::fs::MetadataExt::ino(md)
+                {
+                    ids.extend_from_slice(&p.content);
                 }
-            };
+            }
+            if !ids.is_empty() {
+                match self.sink.known_blobs(&ids) {
+                    Ok(k) => self.known = k,
+                    Err(e) => {
+                        self.error = Some(e);
+                        return Err(Hangup);
+                    }
+                }
+            }
+        }
+        for (child, name, md) in entries {
             let pnode = parent.and_then(|t| t.find(&name));
             self.emit_entry(&child, name, &md, pnode)?;
         }

@@ -21,12 +21,15 @@ pub struct LocalBackend {
 /// `after-put:N` kills the process with `abort()` (no unwinding, no
 /// destructors: a real death) just before or just after the N-th object
 /// write; `before-put:KIND:N` counts only one kind (`pack`, `index`,
-/// `snapshot`, `key`, `lock`, `config`; plurals work too). Unset, it costs one atomic load.
+/// `snapshot`, `key`, `lock`, `config`; plurals work too).
+/// `before-delete[:KIND]:N` does the same just before the N-th deletion.
+/// Unset, it costs one atomic load.
 mod failpoint {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     struct Point {
+        delete: bool,
         after: bool,
         kind: Option<String>,
         n: u64,
@@ -39,9 +42,10 @@ mod failpoint {
         POINT.get_or_init(|| {
             let v = std::env::var("COFFER_FAILPOINT").ok()?;
             let parts: Vec<&str> = v.split(':').collect();
-            let after = match *parts.first()? {
-                "before-put" => false,
-                "after-put" => true,
+            let (delete, after) = match *parts.first()? {
+                "before-put" => (false, false),
+                "after-put" => (false, true),
+                "before-delete" => (true, false),
                 _ => return None,
             };
             let (kind, n) = match parts.as_slice() {
@@ -49,7 +53,12 @@ mod failpoint {
                 [_, k, n] => (Some(k.to_string()), n.parse().ok()?),
                 _ => return None,
             };
-            Some(Point { after, kind, n })
+            Some(Point {
+                delete,
+                after,
+                kind,
+                n,
+            })
         })
     }
 
@@ -60,6 +69,7 @@ mod failpoint {
 
     pub fn hit(after: bool, dir: &str) {
         if let Some(p) = point()
+            && !p.delete
             && p.after == after
             && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
         {
@@ -77,11 +87,23 @@ mod failpoint {
     /// Count a completed put when only `after-put` points are set.
     pub fn count_after(dir: &str) {
         if let Some(p) = point()
+            && !p.delete
             && p.after
             && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
         {
             COUNT.fetch_add(1, Ordering::SeqCst);
             hit(true, dir);
+        }
+    }
+
+    /// Before a deletion: abort at the N-th when `before-delete` is set.
+    pub fn hit_delete(dir: &str) {
+        if let Some(p) = point()
+            && p.delete
+            && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
+            && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
+        {
+            std::process::abort();
         }
     }
 }
@@ -323,6 +345,7 @@ impl Backend for LocalBackend {
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.full(kind, name)?;
+        failpoint::hit_delete(kind.dir());
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

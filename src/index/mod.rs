@@ -375,6 +375,11 @@ mod tests {
         assert!(!idx.sync(&[s1, s2], load).unwrap());
         assert!(idx.contains(&BlobId([3; 32])).unwrap());
         // s1 disappeared (prune): the cache must forget its blobs.
+        let many = idx
+            .contains_many(&[BlobId([1; 32]), BlobId([3; 32]), BlobId([9; 32])])
+            .unwrap();
+        assert_eq!(many.len(), 2);
+        assert!(many.contains(&BlobId([1; 32])) && !many.contains(&BlobId([9; 32])));
         assert!(idx.sync(&[s2], load).unwrap());
         assert!(!idx.contains(&BlobId([1; 32])).unwrap());
         assert!(idx.contains(&BlobId([3; 32])).unwrap());
@@ -528,6 +533,33 @@ impl Index {
         for r in rows {
             let b = r.map_err(|e| self.err(e))?;
             out.push(PackId::from_slice(&b).ok_or_else(|| self.err("bad pack id"))?);
+        }
+        Ok(out)
+    }
+}
+
+impl Index {
+    /// Which of `ids` the index holds: one query per 256 ids.
+    pub fn contains_many(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
+        const CHUNK: usize = 256;
+        let mut out = HashSet::new();
+        let c = self.conn();
+        for chunk in ids.chunks(CHUNK) {
+            let sql = format!(
+                "SELECT DISTINCT id FROM blobs WHERE id IN ({})",
+                vec!["?"; chunk.len()].join(",")
+            );
+            let mut st = c.prepare_cached(&sql).map_err(|e| self.err(e))?;
+            let params: Vec<&[u8]> = chunk.iter().map(|i| &i.0[..]).collect();
+            let rows = st
+                .query_map(rusqlite::params_from_iter(params), |r| {
+                    r.get::<_, Vec<u8>>(0)
+                })
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                let b = r.map_err(|e| self.err(e))?;
+                out.insert(BlobId::from_slice(&b).ok_or_else(|| self.err("bad blob id"))?);
+            }
         }
         Ok(out)
     }

@@ -25,6 +25,15 @@ impl PackWriter {
         Self::default()
     }
 
+    /// A writer whose buffer will not need to grow for a pack of `bytes`
+    /// (growing by doubling would reserve twice the pack size).
+    pub fn with_capacity(bytes: usize) -> Self {
+        PackWriter {
+            buf: Vec::with_capacity(bytes),
+            entries: Vec::new(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }

@@ -18,7 +18,7 @@ use super::Repository;
 use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSink};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, SegmentId};
+use crate::id::{BlobId, PackId, SegmentId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::{FinishedPack, PackWriter};
 use crate::pack::{open_blob, reader::parse_pack, seal_blob};
@@ -74,6 +74,8 @@ impl BlobStore {
     pub fn new(repo: Arc<Repository>) -> Result<BlobStore> {
         // Load the index before workers start: every dedup check needs it.
         repo.index()?;
+        adopt_unindexed_packs(&repo)?;
+        let repo2 = repo.clone();
         let shared = Arc::new(Shared {
             repo,
             pending: Mutex::new(HashSet::new()),
@@ -82,7 +84,9 @@ impl BlobStore {
             raw_added: AtomicU64::new(0),
             stored_added: AtomicU64::new(0),
         });
-        let (tx, rx) = bounded::<FinishedPack>(2);
+        // One pack waiting while one uploads: enough to overlap upload
+        // with sealing, and memory stays at a few pack sizes.
+        let (tx, rx) = bounded::<FinishedPack>(1);
         let s2 = shared.clone();
         let uploader = std::thread::Builder::new()
             .name("coffer-upload".into())
@@ -90,7 +94,10 @@ impl BlobStore {
             .map_err(|e| Error::Usage(format!("cannot start the upload thread: {e}")))?;
         Ok(BlobStore {
             shared,
-            writers: Mutex::new([PackWriter::new(), PackWriter::new()]),
+            writers: Mutex::new([
+                PackWriter::with_capacity(data_pack_capacity(&repo2)),
+                PackWriter::new(),
+            ]),
             tx: Some(tx),
             uploader: Some(uploader),
         })
@@ -196,6 +203,13 @@ impl BlobSink for BlobStore {
         self.shared.repo.index()?.contains(id)
     }
 
+    fn known_blobs(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
+        let mut out = self.shared.repo.index()?.contains_many(ids)?;
+        let p = lock(&self.shared.pending);
+        out.extend(ids.iter().filter(|i| p.contains(i)));
+        Ok(out)
+    }
+
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
         self.check_failed()?;
         if data.len() > crate::pack::MAX_BLOB_RAW as usize {
@@ -230,7 +244,12 @@ impl BlobSink for BlobStore {
             let slot = &mut w[(kind == BlobKind::Tree) as usize];
             slot.add(sealed);
             if slot.len() >= repo.config().pack_size as usize {
-                Some(std::mem::take(slot))
+                let cap = if kind == BlobKind::Tree {
+                    0
+                } else {
+                    data_pack_capacity(repo)
+                };
+                Some(std::mem::replace(slot, PackWriter::with_capacity(cap)))
             } else {
                 None
             }
@@ -240,6 +259,65 @@ impl BlobSink for BlobStore {
         }
         Ok(stored)
     }
+}
+
+/// Index the packs that exist but that no segment lists (left by a backup
+/// killed between its pack uploads and its index segment, RELIABILITY.md
+/// A3), so this backup reuses their blobs instead of uploading them again.
+/// Each is read whole and verified like a pack about to be uploaded; one
+/// that does not verify stays unindexed, for prune to remove. Returns the
+/// number of packs indexed. The caller holds a lock (the segment write
+/// checks it).
+pub fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
+    let idx = repo.index()?;
+    let indexed: HashSet<PackId> = idx.packs()?.into_iter().map(|(p, _)| p).collect();
+    let orphans: Vec<(PackId, u64)> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, size)| PackId::from_hex(&n).map(|p| (p, size)))
+        .filter(|(p, _)| !indexed.contains(p))
+        .collect();
+    let adopted: Vec<IndexedPack> = orphans
+        .par_iter()
+        .filter_map(|(id, size)| {
+            let bytes = repo.backend().get(FileKind::Pack, &id.to_hex()).ok()?;
+            if bytes.len() as u64 != *size || content_hash(&bytes) != id.0 {
+                return None;
+            }
+            let pack = FinishedPack {
+                id: *id,
+                entries: parse_pack(repo.keys(), repo.id(), &bytes).ok()?,
+                bytes,
+            };
+            verify_pack(repo, &pack).ok()?;
+            Some(IndexedPack {
+                id: pack.id,
+                size: *size,
+                entries: pack.entries,
+            })
+        })
+        .collect();
+    let n = adopted.len() as u64;
+    let mut seg = Segment::default();
+    let mut blobs = 0usize;
+    for (i, p) in adopted.into_iter().enumerate() {
+        blobs += p.entries.len();
+        seg.packs.push(p);
+        if blobs >= CHECKPOINT_BLOBS || i as u64 + 1 == n {
+            let id = repo.save_segment(&seg)?;
+            idx.add_segment(&id, &seg)?;
+            seg = Segment::default();
+            blobs = 0;
+        }
+    }
+    Ok(n)
+}
+
+/// Room for a data pack: the target size, one maximal chunk past it, and
+/// the trailer.
+fn data_pack_capacity(repo: &Repository) -> usize {
+    repo.config().pack_size as usize + repo.config().chunker.max_size as usize + (2 << 20)
 }
 
 /// Verify a finished pack and upload it; returns what a segment lists.

@@ -188,7 +188,11 @@ pub fn restore(
             if pick == Pick::All {
                 matched = true;
                 if node.kind == NodeKind::File {
-                    needed += node.size;
+                    // A file holds at most its blobs' bytes: a hostile
+                    // declared size (2^63) must not inflate, or overflow,
+                    // the estimate; it fails on its own in `run_batch`.
+                    let most = node.content.len() as u64 * crate::pack::MAX_BLOB_RAW as u64;
+                    needed = needed.saturating_add(node.size.min(most));
                 }
             }
             picks.push(pick);
@@ -368,6 +372,9 @@ impl Restorer<'_> {
             let Ok(Some(place)) = self.src.locate(id) else {
                 return false;
             };
+            if place.raw_length > crate::pack::MAX_BLOB_RAW {
+                return false;
+            }
             let mut buf = vec![0u8; place.raw_length as usize];
             if f.read_exact_at(&mut buf, off).is_err() || self.src.data_id(&buf) != *id {
                 return false;
@@ -383,20 +390,15 @@ impl Restorer<'_> {
         if tasks.is_empty() {
             return;
         }
-        // Create the temporary files, sized so unwritten ranges are holes.
-        for t in tasks.iter_mut() {
-            match file_writer::create_sized(&t.tmp, t.node.size) {
-                Ok(f) => t.file = Some(f),
-                Err(e) => t.fail(format!("{}: {e}", t.path.display())),
-            }
-        }
-        // Group the needed blobs by pack.
+        // Plan each file before anything is created: every content blob
+        // located, a data blob, and their lengths adding up to the declared
+        // size. A file that fails here gets no temporary file at all, so a
+        // hostile size (2^62) is never preallocated (RELIABILITY.md I8).
         let mut needs: HashMap<BlobId, Need> = HashMap::new();
-        for (i, t) in tasks.iter().enumerate() {
-            if t.file.is_none() {
-                continue;
-            }
+        for (i, t) in tasks.iter_mut().enumerate() {
+            let mut places: Vec<(BlobId, BlobPlace, u64)> = Vec::with_capacity(t.node.content.len());
             let mut off = 0u64;
+            let mut planned = true;
             for id in &t.node.content {
                 let place = match needs.get(id) {
                     Some(n) => Some(n.place),
@@ -404,31 +406,56 @@ impl Restorer<'_> {
                         Ok(p) => p,
                         Err(e) => {
                             t.fail(format!("{}: {e}", t.path.display()));
+                            planned = false;
                             break;
                         }
                     },
                 };
                 let Some(place) = place else {
                     t.fail(format!("{}: blob {id} is not in the repository index (data lost: run `coffer check`)", t.path.display()));
+                    planned = false;
                     break;
                 };
+                if place.kind != crate::blob::BlobKind::Data {
+                    t.fail(format!(
+                        "{}: blob {id} is a tree, not file content (the snapshot is corrupt)",
+                        t.path.display()
+                    ));
+                    planned = false;
+                    break;
+                }
+                places.push((*id, place, off));
+                off += place.raw_length as u64;
+            }
+            if !planned {
+                continue;
+            }
+            if off != t.node.size {
+                t.fail(format!(
+                    "{}: content adds up to {off} bytes, the snapshot says {} (the snapshot is corrupt)",
+                    t.path.display(),
+                    t.node.size
+                ));
+                continue;
+            }
+            // The temporary file, sized so unwritten ranges stay holes.
+            match file_writer::create_sized(&t.tmp, t.node.size) {
+                Ok(f) => t.file = Some(f),
+                Err(e) => {
+                    t.fail(format!("{}: {e}", t.path.display()));
+                    continue;
+                }
+            }
+            for (id, place, off) in places {
                 needs
-                    .entry(*id)
+                    .entry(id)
                     .or_insert_with(|| Need {
-                        id: *id,
+                        id,
                         place,
                         targets: Vec::new(),
                     })
                     .targets
                     .push((i, off));
-                off += place.raw_length as u64;
-            }
-            if off != t.node.size && t.error.lock().map(|e| e.is_none()).unwrap_or(false) {
-                t.fail(format!(
-                    "{}: content adds up to {off} bytes, the snapshot says {}",
-                    t.path.display(),
-                    t.node.size
-                ));
             }
         }
         let mut by_pack: HashMap<PackId, Vec<Need>> = HashMap::new();
