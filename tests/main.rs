@@ -18,3 +18,5 @@ mod format_vectors;
 mod tamper;
 // Key management: list, add, remove, passwd, export; key files 0600 and refused when others can read them.
 mod keys;
+// Hostile snapshots crafted with the repository key: restore never writes outside the target.
+mod hostile;
