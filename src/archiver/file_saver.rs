@@ -101,42 +101,62 @@ pub fn save_file(
             return Ok(out);
         }
     };
-    let before = match file.metadata() {
-        Ok(m) if m.is_file() => m,
-        Ok(_) => {
-            out.skipped = Some(warning(path, "was replaced by a non-regular file".into()));
-            return Ok(out);
+    // A file that changes while it is read (a live log) is read once more;
+    // if it changes again, what was read is kept and the entry is flagged.
+    let mut total = 0;
+    for attempt in 0..2 {
+        if attempt == 1 {
+            match open_source(path) {
+                Ok(f) => file = f,
+                Err(_) => break, // keep the first attempt's result
+            }
         }
-        Err(e) => {
-            out.skipped = Some(warning(path, format!("cannot stat: {e}")));
-            return Ok(out);
+        let before = match file.metadata() {
+            Ok(m) if m.is_file() => m,
+            Ok(_) => {
+                out.skipped = Some(warning(path, "was replaced by a non-regular file".into()));
+                return Ok(out);
+            }
+            Err(e) => {
+                out.skipped = Some(warning(path, format!("cannot stat: {e}")));
+                return Ok(out);
+            }
+        };
+        out.stat = Some(before.clone());
+        if attempt == 0 {
+            progress.file_started(path, before.size());
         }
-    };
-    out.stat = Some(before.clone());
-    progress.file_started(path, before.size());
-
-    let streamed = chunk_stream(&mut file, before.size(), sink, chunker, progress, buf)?;
-    out.content = streamed.content;
-    out.added = streamed.added;
-    let total = streamed.read;
-    let read_error = streamed.error;
-    out.read = total;
-    if let Some(e) = read_error {
-        out.flags |= FLAG_INCOMPLETE;
-        out.warning = Some(warning(
-            path,
-            format!("read error after {total} bytes, stored what was read: {e}"),
-        ));
-    } else if let Ok(after) = file.metadata()
-        && (after.size() != before.size()
-            || after.mtime() != before.mtime()
-            || after.mtime_nsec() != before.mtime_nsec()
-            || total != before.size())
-    {
+        let streamed = chunk_stream(&mut file, before.size(), sink, chunker, progress, buf)?;
+        out.content = streamed.content;
+        out.added += streamed.added;
+        total = streamed.read;
+        out.read = total;
+        out.flags = 0;
+        out.warning = None;
+        if let Some(e) = streamed.error {
+            out.flags |= FLAG_INCOMPLETE;
+            out.warning = Some(warning(
+                path,
+                format!("read error after {total} bytes, stored what was read: {e}"),
+            ));
+            break;
+        }
+        let changed = match file.metadata() {
+            Ok(after) => {
+                after.size() != before.size()
+                    || after.mtime() != before.mtime()
+                    || after.mtime_nsec() != before.mtime_nsec()
+                    || total != before.size()
+            }
+            Err(_) => true,
+        };
+        if !changed {
+            break;
+        }
         out.flags |= FLAG_CHANGED_DURING_READ;
         out.warning = Some(warning(
             path,
-            "changed while it was read; stored what was read".into(),
+            "changed while it was read, twice; stored what was read the second time".into(),
         ));
     }
     progress.file_done(path, total, total);

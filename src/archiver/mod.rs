@@ -17,6 +17,7 @@
 //! (exit 3); any [`Error`] (a repository failure) aborts the run before a
 //! snapshot is written.
 
+pub mod exclude;
 pub mod file_saver;
 pub mod metadata;
 pub mod scan;
@@ -98,6 +99,8 @@ pub struct BackupOptions {
     pub force: bool,
     /// File saver threads.
     pub threads: usize,
+    /// What to leave out.
+    pub excludes: exclude::Excludes,
 }
 
 /// Counters of one backup; stored in the snapshot's summary.
@@ -182,6 +185,8 @@ pub fn backup(
             linked: Default::default(),
             pending: Vec::with_capacity(ITEM_BATCH),
             known: Default::default(),
+            excludes: &opts.excludes,
+            fs_dev: None,
         };
         let parent_root = parent.map(|p| p.1);
         let trie = &trie;

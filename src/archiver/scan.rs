@@ -59,6 +59,9 @@ pub struct Walker<'a> {
     pub pending: Vec<Item>,
     /// Blob ids confirmed stored, for the directory being walked.
     pub known: std::collections::HashSet<BlobId>,
+    pub excludes: &'a super::exclude::Excludes,
+    /// The device of the backup path being walked (`--one-file-system`).
+    pub fs_dev: Option<u64>,
     pub jobs: Sender<FileJob>,
     pub parent_source: Option<&'a dyn BlobSource>,
     /// Where content ids reused from the parent must still be stored.
@@ -91,6 +94,9 @@ impl Walker<'_> {
         // A hang-up means the assembler stopped on an error it reports itself.
         let walked = if trie.target {
             // Backing up `/` itself: its entries form the root tree.
+            self.fs_dev = std::fs::symlink_metadata("/")
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
             self.walk_dir(Path::new("/"), parent.as_ref()).map(|_| ())
         } else {
             self.emit_trie(trie, Path::new("/"), parent.as_ref())
@@ -158,6 +164,10 @@ impl Walker<'_> {
             };
             let pnode = parent.and_then(|t| t.find(name));
             if child.target {
+                if self.excluded(&path, &md) {
+                    continue;
+                }
+                self.fs_dev = Some(std::os::unix::fs::MetadataExt::dev(&md));
                 self.emit_entry(&path, name.clone(), &md, pnode)?;
             } else {
                 if !md.is_dir() {
@@ -191,11 +201,29 @@ impl Walker<'_> {
         match node.kind {
             NodeKind::Dir => {
                 let sub = self.parent_subtree(pnode);
+                let other_fs = self.excludes.one_file_system
+                    && self
+                        .fs_dev
+                        .is_some_and(|d| d != std::os::unix::fs::MetadataExt::dev(md));
+                let cache = !other_fs && self.excludes.is_cache_dir(path);
                 self.send(Item::Enter {
                     node,
                     parent_subtree: pnode.and_then(|p| p.subtree),
                 })?;
-                let flags = self.walk_dir(path, sub.as_ref())?;
+                let flags = if other_fs {
+                    // A mount point: recorded, not entered.
+                    0
+                } else if cache {
+                    // A cache directory: only its CACHEDIR.TAG is kept.
+                    let tag = path.join("CACHEDIR.TAG");
+                    if let Ok(tmd) = std::fs::symlink_metadata(&tag) {
+                        let tnode = sub.as_ref().and_then(|t| t.find(b"CACHEDIR.TAG"));
+                        self.emit_entry(&tag, b"CACHEDIR.TAG".to_vec(), &tmd, tnode)?;
+                    }
+                    0
+                } else {
+                    self.walk_dir(path, sub.as_ref())?
+                };
                 self.send(Item::Leave { flags })
             }
             NodeKind::File => {
@@ -253,6 +281,21 @@ impl Walker<'_> {
         }
     }
 
+    /// Left out by a pattern, a size limit or a marker file?
+    fn excluded(&self, path: &Path, md: &std::fs::Metadata) -> bool {
+        let ex = self.excludes;
+        if ex.matches(path) {
+            return true;
+        }
+        if md.is_file()
+            && let Some(max) = ex.larger_than
+            && md.len() > max
+        {
+            return true;
+        }
+        md.is_dir() && ex.dir_marker(path).is_some()
+    }
+
     /// Are all these blobs still stored? A repository error stops the walk.
     fn all_known(&mut self, ids: &[BlobId]) -> Result<bool, Hangup> {
         for id in ids {
@@ -296,6 +339,7 @@ impl Walker<'_> {
         for name in names {
             let child = path.join(OsStr::from_bytes(&name));
             match std::fs::symlink_metadata(&child) {
+                Ok(m) if self.excluded(&child, &m) => {}
                 Ok(m) => entries.push((child, name, m)),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     self.warn(&child, "vanished before it could be read".into());

@@ -333,6 +333,26 @@ pub fn upload_pack(repo: &Repository, pack: FinishedPack) -> Result<IndexedPack>
     })
 }
 
+/// Verification runs on its own threads. Sealing tasks on the global rayon
+/// pool block when they hand a full pack to the uploader; if the uploader
+/// then needed that same pool to verify the pack, every thread would wait
+/// on another: a deadlock (seen with two reader threads and one pack in
+/// flight). Threads of this pool never block on the channel.
+fn verify_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("coffer-verify-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
 /// Re-open every blob of a sealed pack before it leaves the process.
 fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
     let name = FileKind::Pack.path(&p.id.to_hex());
@@ -344,12 +364,17 @@ fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
             "trailer does not match the blobs written",
         ));
     }
-    entries.par_iter().try_for_each(|e| {
+    let one = |e: &crate::pack::PackEntry| -> Result<()> {
         let s = &p.bytes[e.offset as usize..(e.offset + e.length) as usize];
         open_blob(repo.keys(), repo.id(), e, s)
             .map(|_| ())
             .map_err(|err| Error::corrupt(format!("{name} (before upload)"), err))
-    })
+    };
+    match verify_pool() {
+        Some(pool) => pool.install(|| entries.par_iter().try_for_each(one)),
+        // No threads to spare: verify here, one blob after another.
+        None => entries.iter().try_for_each(one),
+    }
 }
 
 fn upload_loop(shared: &Shared, rx: Receiver<FinishedPack>) -> UploadResult {

@@ -40,6 +40,30 @@ pub struct BackupArgs {
     /// Re-read every file, even those unchanged since the parent snapshot
     #[arg(long)]
     pub force: bool,
+    /// Leave out paths matching a pattern (gitignore-style; repeatable; `!` re-includes)
+    #[arg(long = "exclude", short = 'e')]
+    pub exclude: Vec<String>,
+    /// Like --exclude, ignoring case
+    #[arg(long = "iexclude")]
+    pub iexclude: Vec<String>,
+    /// Read exclude patterns from a file (one per line, # comments)
+    #[arg(long = "exclude-file")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Like --exclude-file, ignoring case
+    #[arg(long = "iexclude-file")]
+    pub iexclude_file: Vec<PathBuf>,
+    /// Leave out the contents of directories with a valid CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out directories that contain a file of this name (repeatable)
+    #[arg(long)]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files larger than this (e.g. 2G)
+    #[arg(long)]
+    pub exclude_larger_than: Option<String>,
+    /// Do not cross into other filesystems (mount points are kept, empty)
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
     /// Reader threads (default: the number of CPUs)
     #[arg(long)]
     pub threads: Option<usize>,
@@ -111,6 +135,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                         .unwrap_or(2)
                 })
                 .max(1),
+            excludes: excludes(a)?,
         },
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
@@ -124,6 +149,32 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     // A skipped path makes the snapshot incomplete, like an unreadable file.
     outcome.summary.warnings += skipped;
     report(g, &id, &snap, &outcome)
+}
+
+fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
+    let mut ex = coffer::archiver::exclude::Excludes::default();
+    for p in &a.exclude {
+        ex.add(p, false)?;
+    }
+    for p in &a.iexclude {
+        ex.add(p, true)?;
+    }
+    for (files, ci) in [(&a.exclude_file, false), (&a.iexclude_file, true)] {
+        for f in files {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("cannot read exclude file {}: {e}", f.display()))?;
+            ex.add_file(&text, ci)?;
+        }
+    }
+    ex.exclude_caches = a.exclude_caches;
+    ex.if_present = a.exclude_if_present.clone();
+    ex.larger_than = a
+        .exclude_larger_than
+        .as_deref()
+        .map(super::parse_size)
+        .transpose()?;
+    ex.one_file_system = a.one_file_system;
+    Ok(ex)
 }
 
 /// The repository to back up into; the zero-configuration default one is
@@ -191,6 +242,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
             paths: Vec::new(),
             force: a.force,
             threads: 1,
+            excludes: Default::default(),
         },
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
