@@ -20,3 +20,5 @@ mod tamper;
 mod keys;
 // Hostile snapshots crafted with the repository key: restore never writes outside the target.
 mod hostile;
+// Streams from stdin and commands, and backup exclude rules (issue #8).
+mod sources;

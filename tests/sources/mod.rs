@@ -1,0 +1,229 @@
+//! Real sources (issue #8): streams from stdin and from a command, and the
+//! exclude rules of a backup.
+
+use crate::support::*;
+use std::io::Write;
+
+fn backup_stdin(env: &Env, data: &[u8], name: &str) -> serde_json::Value {
+    let mut child = env
+        .coffer()
+        .args(["--json", "backup", "--stdin", "--stdin-name", name])
+        .spawn();
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(data).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .expect("summary");
+    serde_json::from_str(last).expect("json")
+}
+
+#[test]
+fn stdin_dumps_round_trip_and_deduplicate() {
+    let env = Env::new();
+    env.init();
+    // A "dump" of 8 MB of text-like rows; the next day changes a few rows.
+    let mut day1 = Vec::new();
+    for i in 0..120_000u32 {
+        day1.extend_from_slice(
+            format!("INSERT INTO t VALUES ({i}, 'row {}', {});\n", i * 7, i % 97).as_bytes(),
+        );
+    }
+    let mut day2 = day1.clone();
+    let at = day2.len() / 2;
+    day2.splice(
+        at..at,
+        b"INSERT INTO t VALUES (-1, 'new row', 0);\n"
+            .iter()
+            .copied(),
+    );
+    let s1 = backup_stdin(&env, &day1, "dump_all.sql");
+    let size1 = env.repo_size();
+    let s2 = backup_stdin(&env, &day2, "dump_all.sql");
+    let grown = env.repo_size() - size1;
+    assert!(num(&s2, "data_added") < day2.len() as u64 / 4, "{s2}");
+    assert!(
+        grown < day2.len() as u64 / 4,
+        "the second dump grew the repository by {grown} bytes"
+    );
+    assert_eq!(
+        s2["parent"], s1["snapshot_id"],
+        "the second dump's parent is the first"
+    );
+    // Both restore exactly, as /dump_all.sql.
+    for (snap, data) in [(&s1, &day1), (&s2, &day2)] {
+        let id = snap["snapshot_id"].as_str().unwrap();
+        let r = env.coffer().args(["dump", id, "/dump_all.sql"]).run().ok();
+        assert!(r.stdout.as_bytes() == &data[..], "dump of {id} differs");
+    }
+}
+
+#[test]
+fn failing_command_leaves_no_snapshot() {
+    let env = Env::new();
+    env.init();
+    let r = env
+        .coffer()
+        .args([
+            "backup",
+            "--stdin-from-command",
+            "--",
+            "sh",
+            "-c",
+            "echo partial; echo boom >&2; exit 7",
+        ])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("boom"),
+        "the command's stderr is shown: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("no snapshot"), "{}", r.stderr);
+    assert!(env.objects("snapshots").is_empty());
+    // A good command works and its output restores.
+    let r = env
+        .coffer()
+        .args([
+            "--json",
+            "backup",
+            "--stdin-name",
+            "out.txt",
+            "--stdin-from-command",
+            "--",
+            "sh",
+            "-c",
+            "seq 1 50000",
+        ])
+        .run()
+        .ok();
+    assert_eq!(num(&r.summary(), "total_bytes_processed"), 288_894);
+    let d = env.coffer().args(["dump", "latest", "/out.txt"]).run().ok();
+    assert!(d.stdout.starts_with("1\n2\n3\n") && d.stdout.ends_with("50000\n"));
+}
+
+#[test]
+fn excludes_leave_out_what_they_say_and_nothing_else() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("home"));
+    t.file("a.tmp", b"x");
+    t.file("keep/a.tmpx", b"kept");
+    t.file(".cache/x/b", b"x");
+    t.file(".db/looker.lck", b"x");
+    t.file(".db/looker.db", b"kept");
+    t.file(".snapshots/s", b"x");
+    t.file(
+        "cachey/CACHEDIR.TAG",
+        b"Signature: 8a477f597d28d172789f06886806bc55\n# a cache\n",
+    );
+    t.file("cachey/data", b"x");
+    t.file("fakecache/CACHEDIR.TAG", b"not a signature");
+    t.file("fakecache/data", b"kept");
+    t.file("marked/.nobackup", b"");
+    t.file("marked/m", b"x");
+    t.random_file("big", 2_000_000, 1);
+    t.file("logs/app.log", b"x");
+    t.file("logs/keep.log", b"kept");
+    t.file("Photo.JPG", b"x");
+    let excl = env.path("excludes");
+    std::fs::write(
+        &excl,
+        "# caches\n.cache\n*.tmp\n\n.snapshots\n.db/*.lck\n*.log\n!keep.log\n",
+    )
+    .unwrap();
+    env.coffer()
+        .arg("backup")
+        .arg(&t.root)
+        .arg("--exclude-file")
+        .arg(&excl)
+        .args([
+            "--exclude-caches",
+            "--exclude-if-present",
+            ".nobackup",
+            "--exclude-larger-than",
+            "1M",
+            "--iexclude",
+            "*.jpg",
+        ])
+        .run()
+        .ok();
+    let ls = env.coffer().args(["ls", "latest"]).run().ok();
+    let root = t.root.to_string_lossy().to_string();
+    let listed: Vec<String> = ls
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(&root).map(|s| s.to_string()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    let want = [
+        "/.db",
+        "/.db/looker.db",
+        "/cachey",
+        "/cachey/CACHEDIR.TAG",
+        "/fakecache",
+        "/fakecache/CACHEDIR.TAG",
+        "/fakecache/data",
+        "/keep",
+        "/keep/a.tmpx",
+        "/logs",
+        "/logs/keep.log",
+    ];
+    assert_eq!(listed, want, "ls:\n{}", ls.stdout);
+}
+
+#[test]
+fn one_file_system_keeps_the_mount_point_empty() {
+    use std::os::unix::fs::MetadataExt;
+    // /dev/pts is its own filesystem (devpts) inside /dev on Linux.
+    let (Ok(dev), Ok(pts)) = (std::fs::metadata("/dev"), std::fs::metadata("/dev/pts")) else {
+        println!("NOTE: no /dev/pts here; --one-file-system not exercised");
+        return;
+    };
+    if dev.dev() == pts.dev()
+        || std::fs::read_dir("/dev/pts")
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    {
+        println!(
+            "NOTE: /dev/pts is not a separate, non-empty mount here; --one-file-system not exercised"
+        );
+        return;
+    }
+    let env = Env::new();
+    env.init();
+    let list = |extra: &[&str]| -> Vec<String> {
+        // /dev/pts is a mount point below /dev.
+        let r = env
+            .coffer()
+            .args(["backup", "/dev", "--exclude", "/dev/shm"])
+            .args(extra)
+            .run_any();
+        assert!(r.code == 0 || r.code == 3, "{}", r.stderr);
+        let ls = env.coffer().args(["ls", "latest", "/dev/pts"]).run().ok();
+        ls.stdout.lines().map(str::to_string).collect()
+    };
+    let crossing = list(&[]);
+    assert!(
+        crossing.len() > 1,
+        "without -x, /dev/pts is walked: {crossing:?}"
+    );
+    let staying = list(&["--one-file-system"]);
+    assert_eq!(
+        staying,
+        vec!["/dev/pts".to_string()],
+        "with -x the mount point is kept, empty"
+    );
+}
