@@ -442,4 +442,75 @@ mod tests {
             assert!(KeySlot::decode(&good[..n]).is_err());
         }
     }
+
+    /// Slots as a writer could make them: passphrase slots with in-bound
+    /// KDF parameters, key-file slots with zeros; any salt and bytes.
+    fn slot() -> impl proptest::strategy::Strategy<Value = KeySlot> {
+        use proptest::prelude::*;
+        let kdf = (1u32..=MAX_LANES, 1u32..=MAX_ITERATIONS).prop_flat_map(|(lanes, iterations)| {
+            (8 * lanes..=MAX_MEMORY_KIB).prop_map(move |memory_kib| KdfParams {
+                memory_kib,
+                iterations,
+                lanes,
+            })
+        });
+        (
+            proptest::option::of(kdf),
+            any::<[u8; SALT_LEN]>(),
+            proptest::collection::vec(any::<u8>(), 72),
+            proptest::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(kdf, salt, wrapped, meta_sealed)| KeySlot {
+                kind: if kdf.is_some() {
+                    SlotKind::Passphrase
+                } else {
+                    SlotKind::KeyFile
+                },
+                kdf: kdf.unwrap_or(KdfParams {
+                    memory_kib: 0,
+                    iterations: 0,
+                    lanes: 0,
+                }),
+                salt,
+                wrapped,
+                meta_sealed,
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn slot_encode_decode_round_trip(s in slot()) {
+            let b = s.encode();
+            let back = KeySlot::decode(&b).unwrap();
+            proptest::prop_assert_eq!(back.kind, s.kind);
+            proptest::prop_assert_eq!(back.kdf, s.kdf);
+            proptest::prop_assert_eq!(back.salt, s.salt);
+            proptest::prop_assert_eq!(&back.wrapped, &s.wrapped);
+            proptest::prop_assert_eq!(&back.meta_sealed, &s.meta_sealed);
+            proptest::prop_assert_eq!(back.encode(), b);
+        }
+
+        #[test]
+        fn key_file_slot_and_metadata_round_trip(
+            master in proptest::prelude::any::<[u8; 32]>(),
+            created_unix_ns in proptest::prelude::any::<i64>(),
+            hostname in "\\PC{0,64}",
+            username in "\\PC{0,32}",
+        ) {
+            let repo = RepoId([1; 32]);
+            let id = KeyId([2; 32]);
+            let master = MasterKey(master);
+            let keys = KeySet::derive(&master);
+            let kf = KeyFileSecret::generate(repo);
+            let meta = SlotMeta { created_unix_ns, hostname, username };
+            let slot = KeySlot::create(&repo, &id, &master, &keys, &Unlock::KeyFile(&kf.secret), weak(), &meta).unwrap();
+            let back = KeySlot::decode(&slot.encode()).unwrap();
+            proptest::prop_assert_eq!(back.meta(&repo, &id, &keys).unwrap(), meta);
+            let got = back.unlock(&repo, &id, &Unlock::KeyFile(&kf.secret)).unwrap();
+            proptest::prop_assert_eq!(got.0, master.0);
+            let text = KeyFileSecret::parse(&kf.to_text()).unwrap();
+            proptest::prop_assert_eq!(text.repo, repo);
+            proptest::prop_assert_eq!(&text.secret[..], &kf.secret[..]);
+        }
+    }
 }

@@ -127,4 +127,48 @@ mod tests {
         bad.packs[0].entries[1].offset = 99;
         assert!(Segment::decode(&bad.encode()).is_err());
     }
+
+    /// Segments whose packs' entries tile, as a writer makes them.
+    fn segment() -> impl proptest::strategy::Strategy<Value = Segment> {
+        use proptest::prelude::*;
+        let entry = (any::<bool>(), any::<[u8; 32]>(), 41u32..5000, any::<u32>());
+        let pack = (
+            any::<[u8; 32]>(),
+            proptest::collection::vec(entry, 0..8),
+            0u64..1000,
+        )
+            .prop_map(|(id, es, slack)| {
+                let mut off = 0u32;
+                let entries: Vec<PackEntry> = es
+                    .into_iter()
+                    .map(|(tree, id, length, raw_length)| {
+                        let e = PackEntry {
+                            kind: if tree { BlobKind::Tree } else { BlobKind::Data },
+                            id: BlobId(id),
+                            offset: off,
+                            length,
+                            raw_length,
+                        };
+                        off += length;
+                        e
+                    })
+                    .collect();
+                IndexedPack {
+                    id: PackId(id),
+                    size: off as u64 + 4 + slack,
+                    entries,
+                }
+            });
+        proptest::collection::vec(pack, 0..5).prop_map(|packs| Segment { packs })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn encode_decode_round_trip(s in segment()) {
+            let b = s.encode();
+            let back = Segment::decode(&b).unwrap();
+            proptest::prop_assert_eq!(&back, &s);
+            proptest::prop_assert_eq!(back.encode(), b);
+        }
+    }
 }

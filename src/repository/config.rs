@@ -126,3 +126,59 @@ pub fn decode_body(header: &ConfigHeader, keys: &KeySet) -> Result<Config, Strin
     c.validate()?;
     Ok(c)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::MasterKey;
+    use proptest::prelude::*;
+
+    /// Valid configs: even chunk sizes within FastCDC's bounds, ordered.
+    fn config() -> impl Strategy<Value = Config> {
+        (32u32..=524_288)
+            .prop_flat_map(|min2| {
+                let min = min2 * 2;
+                (Just(min), (min.max(256) / 2)..=2_097_152)
+            })
+            .prop_flat_map(|(min, avg2)| {
+                let avg = avg2 * 2;
+                (Just(min), Just(avg), (avg.max(1024) / 2)..=8_388_608)
+            })
+            .prop_flat_map(|(min, avg, max2)| {
+                (
+                    Just(ChunkerParams {
+                        min_size: min,
+                        avg_size: avg,
+                        max_size: max2 * 2,
+                    }),
+                    -7i32..=22,
+                    (1u32 << 20)..=(1 << 30),
+                    any::<i64>(),
+                )
+            })
+            .prop_map(|(chunker, zstd_level, pack_size, created_ns)| Config {
+                chunker,
+                zstd_level,
+                pack_size,
+                created_ns,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(c in config(), master in any::<[u8; 32]>(), repo in any::<[u8; 32]>()) {
+            prop_assert!(c.validate().is_ok());
+            let keys = KeySet::derive(&MasterKey(master));
+            let repo = RepoId(repo);
+            let bytes = c.encode(&repo, &keys);
+            prop_assert_eq!(bytes.len(), 112);
+            let h = decode_header(&bytes).unwrap();
+            prop_assert_eq!(h.version, FORMAT_VERSION);
+            prop_assert_eq!(h.repo, repo);
+            prop_assert_eq!(decode_body(&h, &keys).unwrap(), c);
+            // Another repository id or key never opens it.
+            let other = ConfigHeader { version: 1, repo: RepoId([!repo.0[0]; 32]), sealed_body: h.sealed_body };
+            prop_assert!(decode_body(&other, &keys).is_err());
+        }
+    }
+}

@@ -150,4 +150,38 @@ mod tests {
             assert!(Snapshot::decode(&b[..n]).is_err());
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn encode_decode_round_trip(
+            time_ns in proptest::prelude::any::<i64>(),
+            tree in proptest::prelude::any::<[u8; 32]>(),
+            parent in proptest::option::of(proptest::prelude::any::<[u8; 32]>()),
+            hostname in "\\PC{0,40}",
+            username in "\\PC{0,20}",
+            ids in proptest::prelude::any::<(u32, u32)>(),
+            paths in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..60), 0..6),
+            tags in proptest::collection::vec("\\PC{0,16}", 0..5),
+            program_version in "\\PC{0,30}",
+            summary in proptest::collection::btree_map("[a-z_]{0,24}", proptest::prelude::any::<u64>(), 0..14),
+        ) {
+            let s = Snapshot {
+                time_ns,
+                tree: BlobId(tree),
+                parent: parent.map(SnapshotId),
+                hostname,
+                username,
+                uid: ids.0,
+                gid: ids.1,
+                paths,
+                tags,
+                program_version,
+                summary,
+            };
+            let b = s.encode();
+            let back = Snapshot::decode(&b).unwrap();
+            proptest::prop_assert_eq!(&back, &s);
+            proptest::prop_assert_eq!(back.encode(), b);
+        }
+    }
 }
