@@ -122,6 +122,10 @@ pub struct SnapshotRepair {
     /// (old id, new id, paths left out).
     pub rewritten: Vec<(SnapshotId, SnapshotId, Vec<String>)>,
     pub intact: u64,
+    /// Packs the index listed that were missing (the index was then
+    /// rebuilt from the packs), and how that went.
+    pub missing_packs: Vec<PackId>,
+    pub index_rebuilt: Option<IndexRepair>,
 }
 
 /// Rewrite a tree without what cannot be restored. `None`: unchanged.
@@ -194,12 +198,39 @@ fn rewrite(
 
 /// Write repaired copies of damaged snapshots; with `forget`, remove the
 /// originals once their copies are stored. The caller holds an exclusive lock.
+///
+/// When the index lists packs that are gone, it is rebuilt from the packs
+/// first: otherwise their blobs would look present, nothing would be
+/// repaired, and the next backup would reuse the lost data.
 pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotRepair> {
+    let mut report = SnapshotRepair::default();
+    let present: std::collections::HashSet<String> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    report.missing_packs = repo
+        .index()?
+        .packs()?
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| !present.contains(&p.to_hex()))
+        .collect();
+    if !report.missing_packs.is_empty() {
+        report.index_rebuilt = Some(repair_index(&repo)?);
+    }
     let snaps = repo.list_snapshots()?;
+    // Repaired copies written by an earlier run, so a rerun (or a run with
+    // --forget after one without) reuses them instead of adding duplicates.
+    let earlier: HashMap<(SnapshotId, BlobId), SnapshotId> = snaps
+        .iter()
+        .filter(|(_, s)| s.tags.iter().any(|t| t == "repaired"))
+        .filter_map(|(id, s)| s.parent.map(|p| ((p, s.tree), *id)))
+        .collect();
     let store = BlobStore::new(repo.clone())?;
     let mut memo = HashMap::new();
     let mut plans: Vec<(SnapshotId, Snapshot, BlobId, Vec<String>)> = Vec::new();
-    let mut report = SnapshotRepair::default();
     for (sid, s) in snaps {
         let mut dropped = Vec::new();
         match rewrite(&repo, &store, &s.tree, "/", &mut dropped, &mut memo)? {
@@ -216,7 +247,10 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
         if !ns.tags.iter().any(|t| t == "repaired") {
             ns.tags.push("repaired".into());
         }
-        let nid = repo.save_snapshot(&ns)?;
+        let nid = match earlier.get(&(old, root)) {
+            Some(id) => *id,
+            None => repo.save_snapshot(&ns)?,
+        };
         if forget {
             repo.delete(FileKind::Snapshot, &old.to_hex())?;
         }

@@ -18,7 +18,15 @@ mod format_vectors;
 mod tamper;
 // Key management: list, add, remove, passwd, export; key files 0600 and refused when others can read them.
 mod keys;
+// Crash safety: backup, prune and forget killed at each object write or deletion lose nothing.
+mod crash;
 // Hostile snapshots crafted with the repository key: restore never writes outside the target.
 mod hostile;
+// Retention: forget policies and explanations, forget by id, prune (delete, repack, dry run, refusals).
+mod retention;
+// Locks: concurrent backups, prune against a running backup, stale and unreadable locks, SIGSTOP past the timeout.
+mod locks;
 // Streams from stdin and commands, and backup exclude rules (issue #8).
 mod sources;
+// Repair: index rebuilt from packs, lost packs named and repaired around, lost content stored again.
+mod repair;

@@ -261,21 +261,45 @@ impl BlobSink for BlobStore {
     }
 }
 
-/// Index the packs that exist but that no segment lists (left by a backup
-/// killed between its pack uploads and its index segment, RELIABILITY.md
-/// A3), so this backup reuses their blobs instead of uploading them again.
-/// Each is read whole and verified like a pack about to be uploaded; one
-/// that does not verify stays unindexed, for prune to remove. Returns the
-/// number of packs indexed. The caller holds a lock (the segment write
-/// checks it).
+/// Compare the repository's packs with the index before blobs are stored.
+///
+/// An indexed pack that is missing is refused: deduplicating against it
+/// would commit a snapshot whose data is gone (RELIABILITY.md §0.9,
+/// restic#2571); `repair snapshots` rebuilds the index first, after which
+/// a backup stores the lost content again.
+///
+/// Packs that exist but that no segment lists (left by a backup killed
+/// between its pack uploads and its index segment, RELIABILITY.md A3) are
+/// indexed, so this backup reuses their blobs instead of uploading them
+/// again. Each is read whole and verified like a pack about to be
+/// uploaded; one that does not verify stays unindexed, for prune to
+/// remove. Returns the number of packs indexed. The caller holds a lock
+/// (the segment write checks it).
 pub fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
     let idx = repo.index()?;
     let indexed: HashSet<PackId> = idx.packs()?.into_iter().map(|(p, _)| p).collect();
-    let orphans: Vec<(PackId, u64)> = repo
+    let listed: Vec<(PackId, u64)> = repo
         .backend()
         .list(FileKind::Pack)?
         .into_iter()
         .filter_map(|(n, size)| PackId::from_hex(&n).map(|p| (p, size)))
+        .collect();
+    let present: HashSet<PackId> = listed.iter().map(|(p, _)| *p).collect();
+    let mut missing: Vec<String> = indexed
+        .iter()
+        .filter(|p| !present.contains(p))
+        .map(|p| FileKind::Pack.path(&p.to_hex()))
+        .collect();
+    if !missing.is_empty() {
+        missing.sort();
+        return Err(Error::Usage(format!(
+            "the index lists {} packs that are missing from the repository ({}): their data is lost, and a backup now would reuse it. Run `coffer repair snapshots` (it rebuilds the index first), then back up again to store the lost content anew",
+            missing.len(),
+            missing.join(", ")
+        )));
+    }
+    let orphans: Vec<(PackId, u64)> = listed
+        .into_iter()
         .filter(|(p, _)| !indexed.contains(p))
         .collect();
     let adopted: Vec<IndexedPack> = orphans

@@ -54,6 +54,21 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
         }
         RepairWhat::Snapshots { forget } => {
             let r = coffer::repair::repair_snapshots(repo.clone(), *forget)?;
+            if let Some(ir) = &r.index_rebuilt {
+                for u in &ir.unreadable {
+                    output::warn(&format!("left unindexed (unreadable): {u}"));
+                }
+                if !g.json && !g.quiet {
+                    let names: Vec<String> = r.missing_packs.iter().map(|p| p.to_hex()).collect();
+                    output::line(&format!(
+                        "the index listed {} missing packs ({}): rebuilt it from the packs ({} blobs in {} packs)",
+                        names.len(),
+                        names.join(", "),
+                        ir.blobs_indexed,
+                        ir.packs_indexed
+                    ));
+                }
+            }
             for (old, new, dropped) in &r.rewritten {
                 if !g.json && !g.quiet {
                     output::line(&format!(
@@ -70,6 +85,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
             if g.json {
                 output::json(
                     &serde_json::json!({"message_type": "summary", "intact": r.intact,
+                    "missing_packs": r.missing_packs.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
                     "rewritten": r.rewritten.iter().map(|(o, n, d)| serde_json::json!({"old": o.to_hex(), "new": n.to_hex(), "left_out": d})).collect::<Vec<_>>()}),
                 );
             } else if !g.quiet {

@@ -18,6 +18,7 @@ pub fn run(g: &GlobalOpts, a: &UnlockArgs) -> Result<ExitCode> {
     let now = coffer::repository::now_ns();
     let host = coffer::repository::hostname();
     let (mut removed, mut kept) = (0, 0);
+    let mut listed = Vec::new();
     for (id, info) in repo.list_locks()? {
         let (remove, what) = match &info {
             Ok(l) => (
@@ -29,19 +30,20 @@ pub fn run(g: &GlobalOpts, a: &UnlockArgs) -> Result<ExitCode> {
         if remove {
             repo.remove_lock(&id)?;
             removed += 1;
-            if !g.quiet {
-                output::line(&format!("removed lock {}: {what}", id.short()));
-            }
         } else {
             kept += 1;
-            if !g.quiet {
-                output::line(&format!("kept lock {}: {what}", id.short()));
-            }
+        }
+        // With --json, stdout is one JSON document.
+        if g.json {
+            listed.push(serde_json::json!({"id": id.to_hex(), "removed": remove, "lock": what}));
+        } else if !g.quiet {
+            let verb = if remove { "removed" } else { "kept" };
+            output::line(&format!("{verb} lock {}: {what}", id.short()));
         }
     }
     if g.json {
         output::json(
-            &serde_json::json!({"message_type": "summary", "removed": removed, "kept": kept}),
+            &serde_json::json!({"message_type": "summary", "removed": removed, "kept": kept, "locks": listed}),
         );
     } else if !g.quiet {
         output::line(&format!("{removed} locks removed, {kept} kept"));

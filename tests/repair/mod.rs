@@ -1,0 +1,296 @@
+//! Repair (RELIABILITY.md 4.B B6, 4.F; issue 6 point 4): `repair index`
+//! rebuilds the index from the packs alone; after a pack is lost, `check`
+//! names it, backups refuse to build on it, `repair snapshots` writes
+//! copies that leave out exactly the lost files (tagged `repaired`, the
+//! originals kept unless `--forget`), reruns give the same result, and the
+//! next backup stores the lost content again.
+
+use crate::support::*;
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+const MIB: usize = 1024 * 1024;
+
+fn snap_id(summary: &serde_json::Value) -> String {
+    summary["snapshot_id"].as_str().unwrap().to_string()
+}
+
+/// Two snapshots in 1 MiB packs: `s1` of `a.bin` and `small.txt`, `s2`
+/// adding `b.bin`, whose data packs hold nothing but `b.bin` chunks.
+struct Fixture {
+    env: Env,
+    tree: TreeBuilder,
+    s1: String,
+    s2: String,
+    golden1: PathBuf,
+    golden2: PathBuf,
+    /// Data packs written by the second backup (only `b.bin`).
+    b_packs: Vec<PathBuf>,
+}
+
+fn fixture() -> Fixture {
+    let env = Env::new();
+    env.init_with(&["--pack-size", "1M"]);
+    let t = TreeBuilder::new(env.path("src"));
+    t.random_file("a.bin", 3 * MIB / 2, 1);
+    t.file("small.txt", b"small\n");
+    t.random_file("sub/c.bin", 100 * 1024, 3);
+    let s1 = snap_id(&env.backup_json(&[&t.root], &[]));
+    let old: BTreeSet<PathBuf> = env.objects("packs").into_iter().collect();
+    t.random_file("b.bin", 3 * MIB, 2);
+    let s2 = snap_id(&env.backup_json(&[&t.root], &[]));
+    let b_packs: Vec<PathBuf> = env
+        .objects("packs")
+        .into_iter()
+        .filter(|p| !old.contains(p))
+        .filter(|p| {
+            let v = env
+                .coffer()
+                .args(["cat", "pack", &file_name(p)])
+                .run()
+                .ok()
+                .json();
+            v["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|b| b["type"] == "data")
+        })
+        .collect();
+    assert!(!b_packs.is_empty(), "the second backup wrote no data pack");
+    let golden1 = env.restore_of(&s1, &t.root);
+    let golden2 = env.restore_of(&s2, &t.root);
+    compare_trees(&t.root, &golden2);
+    Fixture {
+        env,
+        tree: t,
+        s1,
+        s2,
+        golden1,
+        golden2,
+        b_packs,
+    }
+}
+
+/// A copy of `golden` without `rel`, the parent directory's times kept.
+fn without(golden: &Path, rel: &str, env: &Env) -> PathBuf {
+    let copy = env.path(format!("expected-{}", rel.replace('/', "_")));
+    let r = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(golden)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(r.success());
+    let victim = copy.join(rel);
+    let dir = victim.parent().unwrap().to_path_buf();
+    let md = fs::metadata(&dir).unwrap();
+    fs::remove_file(&victim).unwrap();
+    set_mtime(&dir, md.mtime(), md.mtime_nsec());
+    copy
+}
+
+fn snapshot_json(env: &Env) -> Vec<serde_json::Value> {
+    env.coffer()
+        .args(["--json", "snapshots"])
+        .run()
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn repair_index_rebuilds_deleted_segments_from_the_packs() {
+    let f = fixture();
+    let env = &f.env;
+    let packs = env.objects("packs").len() as u64;
+    for seg in env.objects("index") {
+        fs::remove_file(seg).unwrap();
+    }
+    // Without an index every snapshot references unknown blobs.
+    let r = env.coffer().arg("check").run().expect_code(1);
+    for s in [&f.s1, &f.s2] {
+        assert!(
+            r.stdout.contains(&format!("error: snapshot {}", &s[..8])),
+            "{}",
+            r.stdout
+        );
+    }
+
+    for round in 0..2 {
+        // Rerunning gives the same result (RELIABILITY.md B6).
+        let v = env
+            .coffer()
+            .args(["--json", "repair", "index"])
+            .run()
+            .ok()
+            .json();
+        assert_eq!(num(&v, "packs_indexed"), packs, "round {round}: {v}");
+        assert_eq!(v["unreadable"], serde_json::json!([]), "{v}");
+        assert!(num(&v, "segments_written") >= 1, "{v}");
+        env.check_clean();
+        compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+        compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+    }
+    // Also from a cold cache.
+    fs::remove_dir_all(&env.cache).unwrap();
+    env.check_clean();
+    // And the repository takes backups again, deduplicating against it.
+    let s = env.backup_json(&[&f.tree.root], &["--force"]);
+    assert!(num(&s, "data_added") < 64 * 1024, "{s}");
+}
+
+#[test]
+fn repair_index_killed_before_deleting_old_segments_loses_nothing() {
+    // RELIABILITY.md B6: a kill between the new segments and the deletion
+    // of the old ones; rerunning finishes the job.
+    let f = fixture();
+    let env = &f.env;
+    let r = env
+        .coffer()
+        .args(["repair", "index"])
+        .env("COFFER_FAILPOINT", "before-delete:index:1")
+        .run_any();
+    assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+    env.check_clean();
+    compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+    env.coffer().args(["repair", "index"]).run().ok();
+    env.check_clean();
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+}
+
+#[test]
+fn a_lost_pack_is_named_repaired_around_and_stored_again_by_the_next_backup() {
+    let f = fixture();
+    let env = &f.env;
+    let victim = &f.b_packs[0];
+    let hex = file_name(victim);
+    fs::remove_file(victim).unwrap();
+
+    // check names the pack, exit 1.
+    let r = env.coffer().arg("check").run().expect_code(1);
+    assert!(
+        r.stdout.contains(&hex) && r.stdout.contains("missing"),
+        "{}",
+        r.stdout
+    );
+    // A backup refuses to build on the lost pack, naming it.
+    let r = env
+        .coffer()
+        .arg("backup")
+        .arg(&f.tree.root)
+        .run()
+        .expect_code(1);
+    assert!(r.stderr.contains(&hex), "{}", r.stderr);
+    assert_eq!(
+        env.snapshot_ids().len(),
+        2,
+        "the refused backup wrote a snapshot"
+    );
+
+    // repair snapshots: a copy of s2 without b.bin; s1 is intact.
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "snapshots"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(num(&v, "intact"), 1, "{v}");
+    assert_eq!(v["missing_packs"], serde_json::json!([hex]), "{v}");
+    let rewritten = v["rewritten"].as_array().unwrap();
+    assert_eq!(rewritten.len(), 1, "{v}");
+    assert_eq!(rewritten[0]["old"], f.s2.as_str(), "{v}");
+    let b_path = f.tree.path("b.bin");
+    assert_eq!(
+        rewritten[0]["left_out"],
+        serde_json::json!([b_path.to_str().unwrap()]),
+        "{v}"
+    );
+    let repaired = rewritten[0]["new"].as_str().unwrap().to_string();
+    let snaps = snapshot_json(env);
+    let rs = snaps.iter().find(|s| s["id"] == repaired.as_str()).unwrap();
+    assert!(
+        rs["tags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "repaired"),
+        "{rs}"
+    );
+    assert_eq!(rs["parent"], f.s2.as_str(), "{rs}");
+
+    // The repaired copy restores everything but b.bin; s1 restores fully.
+    let expected = without(&f.golden2, "b.bin", env);
+    compare_trees(&expected, &env.restore_of(&repaired, &f.tree.root));
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+
+    // The original is kept, and check still fails on it alone.
+    assert!(env.snapshot_ids().contains(&f.s2));
+    let r = env.coffer().args(["--json", "check"]).run().expect_code(1);
+    let errors = r.json()["errors"].as_array().unwrap().clone();
+    assert!(!errors.is_empty());
+    for e in &errors {
+        let e = e.as_str().unwrap();
+        assert!(
+            e.contains(&f.s2[..8]) && !e.contains(&repaired[..8]),
+            "an error that is not about the damaged original: {e}"
+        );
+    }
+
+    // --forget removes the original and reuses the repaired copy.
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "snapshots", "--forget"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["rewritten"][0]["new"], repaired.as_str(), "{v}");
+    let mut ids = env.snapshot_ids();
+    ids.sort();
+    let mut want = vec![f.s1.clone(), repaired.clone()];
+    want.sort();
+    assert_eq!(ids, want, "a rerun should reuse the repaired copy");
+    env.check_clean();
+    // A third run finds nothing to do.
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "snapshots", "--forget"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["rewritten"], serde_json::json!([]), "{v}");
+
+    // The next backup stores the lost content again and restores fully.
+    let s = env.backup_json(&[&f.tree.root], &[]);
+    assert!(
+        num(&s, "data_added") > (MIB / 2) as u64,
+        "the lost content was not uploaded again: {s}"
+    );
+    compare_trees(&f.tree.root, &env.restore_of(&snap_id(&s), &f.tree.root));
+    env.check_clean();
+    compare_trees(&expected, &env.restore_of(&repaired, &f.tree.root));
+}
+
+#[test]
+fn repair_snapshots_on_a_healthy_repository_changes_nothing() {
+    let f = fixture();
+    let env = &f.env;
+    let before = env.repo_listing();
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "snapshots", "--forget"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(num(&v, "intact"), 2, "{v}");
+    assert_eq!(v["rewritten"], serde_json::json!([]), "{v}");
+    assert_eq!(
+        env.repo_listing(),
+        before,
+        "repair snapshots changed a healthy repository"
+    );
+}

@@ -1,0 +1,437 @@
+//! Retention end to end (RELIABILITY.md 4.L; issue 6 points 1 and 2):
+//! `forget` policies and their explanations, forgetting by id, refusing to
+//! empty a group, `prune` giving space back (whole packs and repacks) while
+//! every remaining snapshot restores exactly, `--dry-run` changing nothing,
+//! and prune refusing to delete anything when what it sees is damaged.
+//!
+//! Snapshots here are all taken within seconds, so only rules that do not
+//! depend on the calendar are asserted exactly (`--keep-last`,
+//! `--keep-tag`, `--keep-within`); a count rule always keeps the newest.
+
+use crate::support::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+const MIB: usize = 1024 * 1024;
+
+fn snap_id(summary: &serde_json::Value) -> String {
+    summary["snapshot_id"].as_str().unwrap().to_string()
+}
+
+/// Four snapshots of one tree (the oldest tagged `important`) and one of
+/// the same tree under another host name.
+struct Snaps {
+    env: Env,
+    tree: TreeBuilder,
+    /// host "here", oldest first.
+    here: Vec<String>,
+    /// host "there".
+    there: String,
+}
+
+fn snaps() -> Snaps {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    let mut here = Vec::new();
+    for i in 0..4u64 {
+        t.random_file(format!("f{i}.bin"), 32 * 1024, i);
+        let mut extra = vec!["--host", "here"];
+        if i == 0 {
+            extra.extend(["--tag", "important"]);
+        }
+        here.push(snap_id(&env.backup_json(&[&t.root], &extra)));
+    }
+    let there = snap_id(&env.backup_json(&[&t.root], &["--host", "there"]));
+    Snaps {
+        env,
+        tree: t,
+        here,
+        there,
+    }
+}
+
+/// The stdout line of `forget` about snapshot `id`.
+fn line_of<'a>(out: &'a str, id: &str) -> &'a str {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(&id[..8]))
+        .unwrap_or_else(|| panic!("no line for snapshot {} in:\n{out}", &id[..8]))
+}
+
+#[test]
+fn dry_run_names_the_rule_for_every_snapshot_and_changes_nothing() {
+    let s = snaps();
+    let env = &s.env;
+    let before = env.snapshot_ids();
+    let listing = env.repo_listing();
+    let r = env
+        .coffer()
+        .args([
+            "forget",
+            "--keep-last",
+            "2",
+            "--keep-tag",
+            "important",
+            "--dry-run",
+        ])
+        .run()
+        .ok();
+    let out = &r.stdout;
+    assert!(out.contains("group host here"), "{out}");
+    assert!(out.contains("group host there"), "{out}");
+    for id in &s.here[2..] {
+        assert!(
+            line_of(out, id).contains("keep (last snapshot)"),
+            "{}",
+            line_of(out, id)
+        );
+    }
+    assert!(
+        line_of(out, &s.here[0]).contains("keep (tag important)"),
+        "{out}"
+    );
+    assert!(line_of(out, &s.here[1]).ends_with("remove"), "{out}");
+    assert!(
+        line_of(out, &s.there).contains("keep (last snapshot)"),
+        "{out}"
+    );
+    assert!(out.contains("would remove 1 snapshots"), "{out}");
+    assert_eq!(env.snapshot_ids(), before, "a dry run removed snapshots");
+    assert_eq!(
+        env.repo_listing(),
+        listing,
+        "a dry run changed the repository"
+    );
+}
+
+#[test]
+fn json_decisions_match_what_is_removed_and_a_second_run_removes_nothing() {
+    let s = snaps();
+    let env = &s.env;
+    let v = env
+        .coffer()
+        .args([
+            "--json",
+            "forget",
+            "--keep-last",
+            "1",
+            "--keep-within",
+            "1h",
+        ])
+        .args(["--group-by", "paths"])
+        .run()
+        .ok()
+        .json();
+    // --keep-within 1h of the newest keeps everything taken in this test.
+    let decisions = v["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 5, "{v}");
+    for d in decisions {
+        assert_eq!(d["keep"], true, "{d}");
+        assert!(
+            d["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "within"),
+            "{d}"
+        );
+        assert!(d["group"].as_str().unwrap().starts_with("paths ["), "{d}");
+    }
+    assert_eq!(v["removed"].as_array().unwrap().len(), 0);
+
+    // One group (by paths): --keep-last 2 keeps the two newest, whatever the host.
+    let v = env
+        .coffer()
+        .args([
+            "--json",
+            "forget",
+            "--keep-last",
+            "2",
+            "--group-by",
+            "paths",
+        ])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["dry_run"], false);
+    let mut kept = Vec::new();
+    let mut removed = Vec::new();
+    for d in v["decisions"].as_array().unwrap() {
+        let id = d["id"].as_str().unwrap().to_string();
+        if d["keep"] == true {
+            assert_eq!(d["reasons"], serde_json::json!(["last snapshot"]), "{d}");
+            kept.push(id);
+        } else {
+            assert_eq!(d["reasons"], serde_json::json!([]), "{d}");
+            removed.push(id);
+        }
+    }
+    kept.sort();
+    removed.sort();
+    let mut want_kept = vec![s.here[3].clone(), s.there.clone()];
+    want_kept.sort();
+    assert_eq!(kept, want_kept);
+    let mut listed: Vec<String> = v["removed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, removed);
+    let mut left = env.snapshot_ids();
+    left.sort();
+    assert_eq!(left, want_kept);
+
+    // The same policy again removes nothing (RELIABILITY.md L5).
+    let v = env
+        .coffer()
+        .args([
+            "--json",
+            "forget",
+            "--keep-last",
+            "2",
+            "--group-by",
+            "paths",
+        ])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["removed"], serde_json::json!([]), "{v}");
+    env.check_clean();
+    compare_trees(&s.tree.root, &env.restore_of(&s.there, &s.tree.root));
+}
+
+#[test]
+fn forget_by_id_removes_exactly_those_snapshots() {
+    let s = snaps();
+    let env = &s.env;
+    env.coffer()
+        .args(["forget", &s.here[1][..10], &s.here[2]])
+        .run()
+        .ok();
+    let mut left = env.snapshot_ids();
+    left.sort();
+    let mut want = vec![s.here[0].clone(), s.here[3].clone(), s.there.clone()];
+    want.sort();
+    assert_eq!(left, want);
+    // An id that matches nothing is an error and removes nothing.
+    env.coffer()
+        .args(["forget", "0000000000"])
+        .run()
+        .expect_code(1);
+    assert_eq!(env.snapshot_ids().len(), 3);
+    env.check_clean();
+}
+
+#[test]
+fn a_policy_that_keeps_nothing_of_a_group_is_refused() {
+    // RELIABILITY.md L1 (restic#4568): a misspelled --keep-tag.
+    let s = snaps();
+    let env = &s.env;
+    let before = env.repo_listing();
+    let r = env
+        .coffer()
+        .args(["forget", "--keep-tag", "importnat"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("refusing") && r.stderr.contains("group"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(env.snapshot_ids().len(), 5, "snapshots were removed");
+    assert_eq!(env.repo_listing(), before, "the repository changed");
+    // One group kept by the tag, the other emptied: still refused, nothing removed.
+    env.coffer()
+        .args(["forget", "--keep-tag", "important", "--prune"])
+        .run()
+        .expect_code(1);
+    assert_eq!(env.repo_listing(), before, "the repository changed");
+    // And no policy at all is refused too.
+    env.coffer().arg("forget").run().expect_code(1);
+    assert_eq!(env.repo_listing(), before);
+}
+
+#[test]
+fn forget_with_prune_shrinks_the_repository_after_files_were_deleted() {
+    let env = Env::new();
+    env.init_with(&["--pack-size", "1M"]);
+    let t = TreeBuilder::new(env.path("src"));
+    for i in 0..4u64 {
+        t.random_file(format!("big{i}.bin"), 3 * MIB / 2, 40 + i);
+    }
+    t.file("keep.txt", b"small and kept\n");
+    env.backup_json(&[&t.root], &[]);
+    for i in 0..3 {
+        fs::remove_file(t.path(format!("big{i}.bin"))).unwrap();
+    }
+    let last = snap_id(&env.backup_json(&[&t.root], &[]));
+    let before = env.repo_size();
+    let r = env
+        .coffer()
+        .args(["forget", "--keep-last", "1", "--prune"])
+        .run()
+        .ok();
+    assert!(r.stdout.contains("removed 1 snapshots"), "{}", r.stdout);
+    let after = env.repo_size();
+    assert!(
+        after + (4 * MIB) as u64 <= before,
+        "the repository did not shrink by the ~4.5 MiB deleted: {before} -> {after} bytes"
+    );
+    assert_eq!(env.snapshot_ids(), vec![last.clone()]);
+    env.check_clean();
+    compare_trees(&t.root, &env.restore_of(&last, &t.root));
+}
+
+/// A repository where prune must repack: 64-256 KiB chunks in 1 MiB packs
+/// and one reader thread, so a pack holds the end of one file and the
+/// start of the next; deleting a file leaves such a pack partly used.
+/// Returns the env, the tree, and golden restores of the snapshots kept.
+fn repack_fixture() -> (Env, TreeBuilder, BTreeMap<String, PathBuf>) {
+    let env = Env::new();
+    env.init_with(&[
+        "--pack-size",
+        "1M",
+        "--chunk-min",
+        "64K",
+        "--chunk-avg",
+        "128K",
+        "--chunk-max",
+        "256K",
+    ]);
+    let t = TreeBuilder::new(env.path("src"));
+    for (i, name) in ["a.bin", "b.bin", "c.bin"].iter().enumerate() {
+        t.random_file(name, 3 * MIB / 2, 200 + i as u64);
+    }
+    let first = snap_id(&env.backup_json(&[&t.root], &["--threads", "1"]));
+    fs::remove_file(t.path("b.bin")).unwrap();
+    t.file("d.txt", b"added later\n");
+    let second = snap_id(&env.backup_json(&[&t.root], &["--threads", "1"]));
+    t.random_file("e.bin", 200 * 1024, 300);
+    let third = snap_id(&env.backup_json(&[&t.root], &["--threads", "1"]));
+    env.coffer().args(["forget", &first]).run().ok();
+    let mut golden = BTreeMap::new();
+    for s in [second, third] {
+        let g = env.restore_of(&s, &t.root);
+        golden.insert(s, g);
+    }
+    (env, t, golden)
+}
+
+#[test]
+fn prune_dry_run_changes_nothing() {
+    let (env, _t, _golden) = repack_fixture();
+    let before = env.repo_listing();
+    let v = env
+        .coffer()
+        .args(["--json", "prune", "--dry-run"])
+        .run()
+        .ok()
+        .json();
+    assert!(num(&v, "bytes_to_free") > 0, "{v}");
+    assert_eq!(
+        env.repo_listing(),
+        before,
+        "prune --dry-run changed the repository"
+    );
+    assert!(env.objects("locks").is_empty(), "a lock was left behind");
+    // Also through forget.
+    env.coffer()
+        .args(["forget", "--keep-last", "1", "--prune", "--dry-run"])
+        .run()
+        .ok();
+    assert_eq!(
+        env.repo_listing(),
+        before,
+        "forget --prune --dry-run changed the repository"
+    );
+}
+
+#[test]
+fn prune_repacks_partly_used_packs_and_every_snapshot_still_restores() {
+    let (env, t, golden) = repack_fixture();
+    let packs_before = env.objects("packs");
+    let size_before = env.repo_size();
+    let plan = env
+        .coffer()
+        .args(["--json", "prune", "--dry-run"])
+        .run()
+        .ok()
+        .json();
+    assert!(
+        num(&plan, "packs_to_repack") >= 1,
+        "nothing to repack: {plan}"
+    );
+    let v = env.coffer().args(["--json", "prune"]).run().ok().json();
+    assert!(num(&v, "packs_repacked") >= 1, "{v}");
+    assert!(num(&v, "blobs_repacked") >= 1, "{v}");
+    assert!(num(&v, "packs_written") >= 1, "{v}");
+    assert!(num(&v, "bytes_freed") > 0, "{v}");
+    assert!(env.repo_size() < size_before);
+    let packs_after = env.objects("packs");
+    assert!(
+        packs_after.iter().any(|p| !packs_before.contains(p)),
+        "no new pack was written by the repack"
+    );
+    env.check_clean();
+    for (s, g) in &golden {
+        compare_trees(g, &env.restore_of(s, &t.root));
+    }
+    // The latest snapshot is the current tree.
+    compare_trees(&t.root, &env.restore_of("latest", &t.root));
+    // Nothing left to do; a second prune is a no-op.
+    let plan = env
+        .coffer()
+        .args(["--json", "prune", "--dry-run"])
+        .run()
+        .ok()
+        .json();
+    for k in ["packs_to_delete", "packs_to_repack", "unindexed_packs"] {
+        assert_eq!(num(&plan, k), 0, "{plan}");
+    }
+}
+
+/// Prune must refuse and delete nothing; returns its stderr.
+fn prune_refuses(env: &Env) -> String {
+    let before = env.repo_listing();
+    let r = env.coffer().arg("prune").run().expect_code(1);
+    assert!(r.stderr.contains("refusing to prune"), "{}", r.stderr);
+    assert_eq!(env.repo_listing(), before, "prune deleted or wrote objects");
+    r.stderr
+}
+
+#[test]
+fn prune_refuses_when_a_snapshot_is_corrupt() {
+    let (env, _t, golden) = repack_fixture();
+    let victim = env
+        .repo
+        .join("snapshots")
+        .join(golden.keys().next().unwrap());
+    let len = fs::metadata(&victim).unwrap().len();
+    flip_byte(&victim, len / 2);
+    let err = prune_refuses(&env);
+    assert!(err.contains(&file_name(&victim)), "{err}");
+    // Through forget --prune too: the snapshots go, the data stays.
+    let r = env
+        .coffer()
+        .args(["forget", "--keep-last", "5", "--prune"])
+        .run()
+        .expect_code(1);
+    assert!(r.stderr.contains("refusing to prune"), "{}", r.stderr);
+}
+
+#[test]
+fn prune_refuses_when_an_indexed_pack_is_missing() {
+    let (env, t, golden) = repack_fixture();
+    let packs = env.objects("packs");
+    let victim: &Path = &packs[packs.len() / 2];
+    fs::remove_file(victim).unwrap();
+    let err = prune_refuses(&env);
+    assert!(err.contains(&file_name(victim)), "{err}");
+    // check names the missing pack too.
+    let r = env.coffer().arg("check").run().expect_code(1);
+    assert!(r.stdout.contains(&file_name(victim)), "{}", r.stdout);
+    drop((t, golden));
+}
