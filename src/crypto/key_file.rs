@@ -58,12 +58,14 @@ impl Default for KdfParams {
 
 impl KdfParams {
     pub fn check(&self) -> Result<(), String> {
-        if self.memory_kib < 8 * self.lanes.max(1)
+        // Lanes first: `8 * lanes` overflowed a u32 for a hostile slot with
+        // lanes >= 2^29 (found by the key_slot_decode fuzz target).
+        if self.lanes == 0
+            || self.lanes > MAX_LANES
+            || self.memory_kib < self.lanes.saturating_mul(8)
             || self.memory_kib > MAX_MEMORY_KIB
             || self.iterations == 0
             || self.iterations > MAX_ITERATIONS
-            || self.lanes == 0
-            || self.lanes > MAX_LANES
         {
             return Err(format!(
                 "Argon2id parameters out of bounds (memory {} KiB, {} passes, {} lanes)",
@@ -440,6 +442,27 @@ mod tests {
         let good = slot.encode();
         for n in 0..good.len() {
             assert!(KeySlot::decode(&good[..n]).is_err());
+        }
+    }
+
+    /// Fuzz regression (tools/fuzz key_slot_decode): a passphrase slot
+    /// declaring 2^30 Argon2 lanes made the bounds check itself overflow
+    /// (`8 * lanes`), a panic in debug builds, before the lane bound was
+    /// looked at. It must be refused as malformed.
+    #[test]
+    fn fuzz_regression_lanes_overflow_in_kdf_bounds() {
+        let crash = hex::decode(
+            "636f666665724b3101000001000300000000000040000000000000000001000000000102030405060708090a0b0c0d0e0f48000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000400000000000000000000000000000000000000000000000000000010000000000000000000000010000000000000000000000320000000000000000000000000000000000000000000000",
+        )
+        .unwrap();
+        assert!(KeySlot::decode(&crash).is_err());
+        for lanes in [1 << 29, 1 << 30, u32::MAX] {
+            let p = KdfParams {
+                memory_kib: 65536,
+                iterations: 3,
+                lanes,
+            };
+            assert!(p.check().is_err(), "lanes {lanes}");
         }
     }
 

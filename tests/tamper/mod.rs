@@ -318,7 +318,9 @@ fn damaged_key_slot_is_named_and_other_keys_still_open() {
     let orig = fs::read(&k.pw).unwrap();
     // Layout: magic 0..8, kind 8, KDF 9..21, salt 21..37, wrapped_len
     // 37..41, wrapped 41..113, meta_len 113..117, meta 117..
-    let structural = [0usize, 7, 8, 37, 38, 113, 114];
+    // Bytes 16 and 20 are the high bytes of the passes and lanes counts:
+    // flipped, they are out of bounds (and `8 * lanes` once overflowed).
+    let structural = [0usize, 7, 8, 16, 20, 37, 38, 113, 114];
     let opaque = [9usize, 13, 17, 21, 36, 41, 64, 112];
     let meta = [117usize, 140, orig.len() - 1];
     let flips: Vec<usize> = structural
