@@ -341,3 +341,79 @@ fn a_key_file_others_can_read_is_refused_by_every_command() {
     fs::set_permissions(&kf, fs::Permissions::from_mode(0o400)).unwrap();
     with_key_file(&env, &kf).arg("snapshots").run().ok();
 }
+
+/// RELIABILITY.md A8: `key passwd`, `key add` and `key remove` killed
+/// (abort, no unwinding) before or after each key write or deletion: the
+/// old key, or the new one, always opens the repository, and nothing is
+/// left that claims to work but does not.
+#[test]
+fn key_changes_killed_at_each_write_leave_a_working_key() {
+    const ABORTED: i32 = 128 + 6;
+    let opens = |env: &Env, pw: &str| {
+        env.coffer()
+            .env("COFFER_PASSWORD", pw)
+            .arg("snapshots")
+            .run()
+            .code
+            == 0
+    };
+    // passwd: (failpoint, old key opens, new key opens, slots left)
+    for (fp, old, new, slots) in [
+        ("before-put:key:1", true, false, 1),
+        ("after-put:key:1", true, true, 2),
+        ("before-delete:key:1", true, true, 2),
+    ] {
+        let env = Env::new();
+        env.init();
+        let pw = write_secret(&env, "new.pw", "after the crash\n");
+        let r = env
+            .coffer()
+            .env("COFFER_FAILPOINT", fp)
+            .args(["key", "passwd", "--new-password-file"])
+            .arg(&pw)
+            .run_any();
+        assert_eq!(r.code, ABORTED, "passwd did not die at {fp}: {}", r.stderr);
+        assert_eq!(opens(&env, PASSWORD), old, "{fp}: old password");
+        assert_eq!(opens(&env, "after the crash"), new, "{fp}: new password");
+        assert_eq!(env.objects("keys").len(), slots, "{fp}");
+        assert!(
+            !env.objects("keys")
+                .iter()
+                .any(|p| file_name(p).contains(".tmp-")),
+            "{fp}: temporary key object left"
+        );
+        // The interrupted change can simply be run again.
+        env.coffer()
+            .args(["key", "passwd", "--new-password-file"])
+            .arg(&pw)
+            .run()
+            .ok();
+        assert!(opens(&env, "after the crash"), "{fp}: rerun");
+    }
+
+    // key remove killed before its deletion: the key is still there.
+    let env = Env::new();
+    env.init();
+    let pw = write_secret(&env, "new.pw", "second\n");
+    env.coffer()
+        .args(["key", "add", "--new-password-file"])
+        .arg(&pw)
+        .run()
+        .ok();
+    let r = env
+        .coffer()
+        .env("COFFER_PASSWORD", "second")
+        .env("COFFER_FAILPOINT", "before-delete:key:1")
+        .args(["key", "remove"])
+        .arg(
+            &keys_json(&env)
+                .iter()
+                .find(|k| k["current"] == true)
+                .unwrap()["id"]
+                .as_str()
+                .unwrap()[..12],
+        )
+        .run_any();
+    assert_eq!(r.code, ABORTED, "{}", r.stderr);
+    assert!(opens(&env, PASSWORD) && opens(&env, "second"));
+}
