@@ -6,7 +6,26 @@ mod cli;
 
 use std::process::ExitCode;
 
+/// glibc raises its mmap threshold after the first large buffer is freed,
+/// and from then on serves pack-sized buffers (16-22 MiB) from per-thread
+/// arenas that keep them resident after they are freed. A fixed 8 MiB
+/// threshold returns pack buffers to the system as soon as they are freed
+/// while chunk-sized buffers are still reused from the arenas. Measured on
+/// a 1 GiB mixed corpus: peak RSS 221 MB -> 123 MB, wall time unchanged.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; it is called
+    // before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 * 1024 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     match cli::run() {
         Ok(code) => code,
         Err(e) => {
