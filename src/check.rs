@@ -37,17 +37,8 @@ pub enum ReadData {
 impl ReadData {
     /// Parse `10%` or `n/m`.
     pub fn parse_subset(s: &str) -> std::result::Result<ReadData, String> {
-        if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a percentage"))?;
-            if !(v > 0.0 && v <= 100.0) {
-                return Err(format!(
-                    "{s:?}: the percentage must be above 0 and at most 100"
-                ));
-            }
-            return Ok(ReadData::Fraction(v / 100.0));
+        if let Some(f) = crate::units::parse_percent(s) {
+            return f.map(ReadData::Fraction);
         }
         if let Some((n, m)) = s.split_once('/') {
             let n: u32 = n

@@ -27,17 +27,8 @@ pub enum Sample {
 
 impl Sample {
     pub fn parse(s: &str) -> std::result::Result<Sample, String> {
-        if let Some(p) = s.strip_suffix('%') {
-            let v: f64 = p
-                .trim()
-                .parse()
-                .map_err(|_| format!("{s:?} is not a percentage"))?;
-            if !(v > 0.0 && v <= 100.0) {
-                return Err(format!(
-                    "{s:?}: the percentage must be above 0 and at most 100"
-                ));
-            }
-            return Ok(Sample::Fraction(v / 100.0));
+        if let Some(f) = crate::units::parse_percent(s) {
+            return f.map(Sample::Fraction);
         }
         let n: usize = s
             .trim()

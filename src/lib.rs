@@ -32,5 +32,6 @@ pub mod repository;
 pub mod restorer;
 pub mod retention;
 pub mod snapshot;
+pub mod units;
 
 pub use error::{Error, Result};

@@ -26,6 +26,13 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// One row of `id, kind, offset, length, raw_length`.
+type EntryRow = (Vec<u8>, u8, u32, u32, u32);
+
+fn entry_row(r: &rusqlite::Row) -> rusqlite::Result<EntryRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
+
 /// Where a blob is stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BlobLocation {
@@ -240,15 +247,7 @@ impl Index {
             )
             .map_err(|e| self.err(e))?;
         let row = st
-            .query_row(params![&id.0[..]], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
-            })
+            .query_row(params![&id.0[..]], entry_row)
             .optional()
             .map_err(|e| self.err(e))?;
         let Some((pack, kind, offset, length, raw_length)) = row else {
@@ -494,15 +493,7 @@ impl Index {
             )
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map(params![&pack.0[..]], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, u8>(1)?,
-                    r.get::<_, u32>(2)?,
-                    r.get::<_, u32>(3)?,
-                    r.get::<_, u32>(4)?,
-                ))
-            })
+            .query_map(params![&pack.0[..]], entry_row)
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
