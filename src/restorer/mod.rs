@@ -169,6 +169,7 @@ pub fn restore(
     // Pass 1: how much will be written, to refuse early on a full disk.
     let mut picks: Vec<Pick> = vec![sel.root_pick()];
     let mut needed = 0u64;
+    let mut files_total = 0u64;
     let mut matched = false;
     walk(
         src,
@@ -193,6 +194,7 @@ pub fn restore(
                     // the estimate; it fails on its own in `run_batch`.
                     let most = node.content.len() as u64 * crate::pack::MAX_BLOB_RAW as u64;
                     needed = needed.saturating_add(node.size.min(most));
+                    files_total += 1;
                 }
             }
             picks.push(pick);
@@ -200,6 +202,7 @@ pub fn restore(
         },
         |_, _| Ok(()),
     )?;
+    progress.scan_total(files_total, needed);
     if !matched && !opts.includes.is_empty() {
         let pats: Vec<String> = opts
             .includes
