@@ -53,6 +53,7 @@ fn backup(c: &mut Criterion) {
         parent: None,
         tags: Vec::new(),
         hostname: "bench".into(),
+        time_ns: None,
     };
 
     let mut g = c.benchmark_group("backup");

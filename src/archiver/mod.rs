@@ -403,6 +403,8 @@ pub struct SnapshotOptions {
     pub parent: Option<(SnapshotId, Snapshot)>,
     pub tags: Vec<String>,
     pub hostname: String,
+    /// The snapshot's time (default: now), like restic's `backup --time`.
+    pub time_ns: Option<i64>,
 }
 
 /// Back up into `repo` and record a snapshot. Order: packs, index segment,
@@ -439,7 +441,7 @@ fn save_snapshot(
     opts: &SnapshotOptions,
 ) -> Result<(SnapshotId, Snapshot)> {
     let snap = Snapshot {
-        time_ns: crate::repository::now_ns(),
+        time_ns: opts.time_ns.unwrap_or_else(crate::repository::now_ns),
         tree: outcome.tree,
         parent: opts.parent.as_ref().map(|(id, _)| *id),
         hostname: opts.hostname.clone(),

@@ -34,6 +34,9 @@ pub struct BackupArgs {
     /// Hostname to record (default: this machine's)
     #[arg(long)]
     pub host: Option<String>,
+    /// Record this time for the snapshot instead of now ("YYYY-MM-DD HH:MM:SS", local time)
+    #[arg(long)]
+    pub time: Option<String>,
     /// Snapshot to compare with (default: the latest of this host and paths)
     #[arg(long)]
     pub parent: Option<String>,
@@ -140,6 +143,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
+        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet);
@@ -149,6 +153,39 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     // A skipped path makes the snapshot incomplete, like an unreadable file.
     outcome.summary.warnings += skipped;
     report(g, &id, &snap, &outcome)
+}
+
+/// "YYYY-MM-DD HH:MM:SS" (or "YYYY-MM-DD") in local time → ns since the epoch.
+fn parse_local_time(s: &str) -> Result<i64> {
+    let bad = || anyhow::anyhow!("--time {s:?}: use \"YYYY-MM-DD HH:MM:SS\"");
+    let (date, time) = s.trim().split_once(' ').unwrap_or((s.trim(), "00:00:00"));
+    let d: Vec<i32> = date
+        .split('-')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    let t: Vec<i32> = time
+        .split(':')
+        .map(|x| x.parse().map_err(|_| bad()))
+        .collect::<Result<_>>()?;
+    if d.len() != 3 || t.len() != 3 {
+        return Err(bad());
+    }
+    // SAFETY: `tm` is a plain C struct; mktime reads it and normalises it.
+    let secs = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        tm.tm_year = d[0] - 1900;
+        tm.tm_mon = d[1] - 1;
+        tm.tm_mday = d[2];
+        tm.tm_hour = t[0];
+        tm.tm_min = t[1];
+        tm.tm_sec = t[2];
+        tm.tm_isdst = -1;
+        libc::mktime(&mut tm)
+    };
+    if secs == -1 {
+        return Err(bad());
+    }
+    Ok(secs as i64 * 1_000_000_000)
 }
 
 fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
@@ -247,6 +284,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
+        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet);
