@@ -35,7 +35,8 @@ use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Debug)]
 pub struct PruneOptions {
-    /// Repack a pack when more than this share of its bytes is unused.
+    /// Unused bytes to tolerate in the whole repository, as a share of the
+    /// used bytes; the emptiest packs are repacked until the rest fits.
     pub max_unused: f64,
 }
 
@@ -154,6 +155,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         ..Default::default()
     };
     let mut indexed: HashSet<String> = HashSet::new();
+    let mut partial = Vec::new();
     for u in idx.pack_usage()? {
         let name = u.pack.to_hex();
         match listed.get(&name) {
@@ -177,11 +179,27 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         plan.used_blobs += u.used_blobs;
         if u.used_blobs == 0 {
             plan.delete.push((u.pack, u.size));
-        } else if u.used_blobs < u.blobs
-            && (u.bytes - u.used_bytes) as f64 > opts.max_unused * u.bytes as f64
-        {
-            plan.repack.push((u.pack, u.size));
+        } else if u.used_blobs < u.blobs {
+            partial.push(u);
         }
+    }
+    // Like restic, `max_unused` bounds the unused bytes of the whole
+    // repository (as a share of the used bytes): repack the emptiest packs
+    // first, and only until the rest is under the limit. Repacking every
+    // pack past a per-pack threshold rewrote most of a nightly repository.
+    let allowed = opts.max_unused * plan.bytes_used as f64;
+    let mut unused: u64 = partial.iter().map(|u| u.bytes - u.used_bytes).sum();
+    partial.sort_by(|a, b| {
+        let fa = (a.bytes - a.used_bytes) as f64 / a.bytes.max(1) as f64;
+        let fb = (b.bytes - b.used_bytes) as f64 / b.bytes.max(1) as f64;
+        fb.total_cmp(&fa).then(a.pack.cmp(&b.pack))
+    });
+    for u in partial {
+        if unused as f64 <= allowed {
+            break;
+        }
+        unused -= u.bytes - u.used_bytes;
+        plan.repack.push((u.pack, u.size));
     }
     for (name, size) in listed {
         if !indexed.contains(&name) {

@@ -54,7 +54,7 @@ pub struct ForgetArgs {
 
 #[derive(Args, Debug)]
 pub struct PruneFlags {
-    /// With --prune: repack packs with more than this share of unused bytes
+    /// With --prune: unused space to tolerate, as a share of the data in use
     #[arg(long, default_value = "5%")]
     pub max_unused: String,
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug, Clone)]
 pub struct PruneArgs {
-    /// Repack packs with more than this share of unused bytes
+    /// Unused space to tolerate, as a share of the data in use (repacks the emptiest packs until under it)
     #[arg(long, default_value = "5%")]
     pub max_unused: String,
     /// Show what would be removed, change nothing
