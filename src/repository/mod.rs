@@ -147,10 +147,9 @@ impl Repository {
         })
     }
 
-    /// Read the config's plaintext header and check its format version:
-    /// what a reader must do before it asks for a passphrase or tries a key
-    /// (repo-format/README.md, "Versioning"). Returns the repository id.
-    pub fn check_format(backend: &dyn Backend) -> Result<RepoId> {
+    /// The config object's bytes, once its header names a known format
+    /// version; a missing config means "not a repository".
+    fn config_bytes(backend: &dyn Backend) -> Result<Vec<u8>> {
         let raw = match backend.get(FileKind::Config, "config") {
             Ok(b) => b,
             Err(Error::NotFound { .. }) => {
@@ -167,27 +166,22 @@ impl Repository {
                 supported: FORMAT_VERSION,
             });
         }
+        Ok(raw)
+    }
+
+    /// Read the config's plaintext header and check its format version:
+    /// what a reader must do before it asks for a passphrase or tries a key
+    /// (repo-format/README.md, "Versioning"). Returns the repository id.
+    pub fn check_format(backend: &dyn Backend) -> Result<RepoId> {
+        let raw = Self::config_bytes(backend)?;
+        let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
         Ok(header.repo)
     }
 
     /// Open with a passphrase or key file.
     pub fn open(backend: Arc<dyn Backend>, secret: &Secret) -> Result<Repository> {
-        let raw = match backend.get(FileKind::Config, "config") {
-            Ok(b) => b,
-            Err(Error::NotFound { .. }) => {
-                return Err(Error::NotARepository {
-                    path: backend.location().into(),
-                });
-            }
-            Err(e) => return Err(e),
-        };
+        let raw = Self::config_bytes(backend.as_ref())?;
         let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
-        if header.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: header.version,
-                supported: FORMAT_VERSION,
-            });
-        }
         let repo_id = header.repo;
         if let Secret::KeyFile(kf) = secret
             && kf.repo != repo_id

@@ -126,6 +126,23 @@ fn statvfs_free(path: &Path) -> Option<u64> {
     }
 }
 
+/// The selection verdict for the entry at `rel`, given the verdicts of its
+/// ancestors on `picks` (one per depth, kept by the depth-first walk).
+fn pick_at(
+    picks: &mut Vec<Pick>,
+    sel: &Selection,
+    root_path: &[u8],
+    rel: &[u8],
+    is_dir: bool,
+) -> Pick {
+    let depth = rel.iter().filter(|&&b| b == b'/').count();
+    picks.truncate(depth + 1);
+    let parent = *picks.last().unwrap_or(&Pick::All);
+    let pick = sel.pick(&join_path(root_path, rel), is_dir, parent);
+    picks.push(pick);
+    pick
+}
+
 fn join_path(root: &[u8], rel: &[u8]) -> Vec<u8> {
     let mut p = root.to_vec();
     if p.last() != Some(&b'/') {
@@ -175,13 +192,12 @@ pub fn restore(
         src,
         root,
         |rel, node| {
-            let depth = rel.iter().filter(|&&b| b == b'/').count();
-            picks.truncate(depth + 1);
-            let parent = *picks.last().unwrap_or(&Pick::All);
-            let pick = sel.pick(
-                &join_path(&root_path, rel),
+            let pick = pick_at(
+                &mut picks,
+                &sel,
+                &root_path,
+                rel,
                 node.kind == NodeKind::Dir,
-                parent,
             );
             if pick == Pick::Skip {
                 return Ok(Visit::Skip);
@@ -197,7 +213,6 @@ pub fn restore(
                     files_total += 1;
                 }
             }
-            picks.push(pick);
             Ok(Visit::Descend)
         },
         |_, _| Ok(()),
@@ -250,9 +265,6 @@ pub fn restore(
         src,
         root,
         |rel, node| {
-            let depth = rel.iter().filter(|&&b| b == b'/').count();
-            picks.truncate(depth + 1);
-            let parent = *picks.last().unwrap_or(&Pick::All);
             if failed_dirs
                 .iter()
                 .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
@@ -260,11 +272,10 @@ pub fn restore(
                 return Ok(Visit::Skip);
             }
             let is_dir = node.kind == NodeKind::Dir;
-            let pick = sel.pick(&join_path(&root_path, rel), is_dir, parent);
+            let pick = pick_at(&mut picks, &sel, &root_path, rel, is_dir);
             if pick == Pick::Skip || (pick == Pick::Descend && !is_dir) {
                 return Ok(Visit::Skip);
             }
-            picks.push(pick);
             let path = target.join(OsStr::from_bytes(rel));
             if is_dir {
                 if r.opts.dry_run {

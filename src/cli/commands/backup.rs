@@ -101,31 +101,13 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     paths.sort();
     paths.dedup();
 
-    let (repo_path, is_default) = repo::location(g)?;
-    if is_default && !repo_path.join("config").exists() {
-        super::init::create_with_key_file(
-            &repo_path,
-            &repo::default_key_file()?,
-            Config::default(),
-            g.quiet,
-        )?;
-    }
-    let repo = repo::open(g)?;
+    let repo = open_or_create(g)?;
     let hostname = a.host.clone().unwrap_or_else(coffer::repository::hostname);
-
-    let parent = match &a.parent {
-        Some(r) => Some(repo.resolve_snapshot(r)?),
-        None => {
-            let want: Vec<Vec<u8>> = paths
-                .iter()
-                .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
-                .collect();
-            repo.list_snapshots()?
-                .into_iter()
-                .rev()
-                .find(|(_, s)| s.hostname == hostname && s.paths == want)
-        }
-    };
+    let want: Vec<Vec<u8>> = paths
+        .iter()
+        .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
+        .collect();
+    let parent = find_parent(&repo, a, &hostname, &want)?;
     let opts = SnapshotOptions {
         backup: BackupOptions {
             paths,

@@ -115,6 +115,20 @@ pub fn create_with_key_file(
     Ok(repo)
 }
 
+fn init_with_password(
+    path: &Path,
+    pw: zeroize::Zeroizing<Vec<u8>>,
+    config: Config,
+) -> Result<Repository> {
+    let b = LocalBackend::create(path)?;
+    Ok(Repository::init(
+        Arc::new(b),
+        InitSecret::Passphrase(pw),
+        config,
+        KdfParams::default(),
+    )?)
+}
+
 pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     let config = config_from(a)?;
     let (path, is_default) = repo::location(g)?;
@@ -124,13 +138,7 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     let repo = if let Some(kp) = &g.key_file {
         create_with_key_file(&path, kp, config, g.quiet)?
     } else if let Some(pw) = repo::configured_password(g)? {
-        let b = LocalBackend::create(&path)?;
-        Repository::init(
-            Arc::new(b),
-            InitSecret::Passphrase(pw),
-            config,
-            KdfParams::default(),
-        )?
+        init_with_password(&path, pw, config)?
     } else if is_default {
         create_with_key_file(&path, &repo::default_key_file()?, config, g.quiet)?
     } else if repo::interactive() {
@@ -139,13 +147,7 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
         if pw != again {
             bail!("the passwords do not match; nothing was created");
         }
-        let b = LocalBackend::create(&path)?;
-        Repository::init(
-            Arc::new(b),
-            InitSecret::Passphrase(pw),
-            config,
-            KdfParams::default(),
-        )?
+        init_with_password(&path, pw, config)?
     } else {
         bail!(
             "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"
