@@ -68,6 +68,10 @@ pub struct BlobPlace {
 pub trait PackedBlobSource: BlobSource {
     /// Where a blob is stored; `None` when the index does not know it.
     fn locate(&self, id: &BlobId) -> Result<Option<BlobPlace>>;
+    /// [`PackedBlobSource::locate`] for many blobs at once.
+    fn locate_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobPlace>>> {
+        ids.iter().map(|id| self.locate(id)).collect()
+    }
     /// Raw bytes of a pack.
     fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
     /// Authenticate, decompress and verify one sealed blob read at `place`.

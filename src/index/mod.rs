@@ -241,6 +241,23 @@ impl Index {
     /// Where a blob is stored (any one copy).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let c = self.conn();
+        self.lookup_in(&c, id)
+    }
+
+    /// [`Index::lookup`] for many ids in one read transaction: one lock
+    /// of the cache instead of one per blob.
+    pub fn lookup_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>> {
+        let c = self.conn();
+        let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
+        let out = ids
+            .iter()
+            .map(|id| self.lookup_in(&tx, id))
+            .collect::<Result<Vec<_>>>()?;
+        tx.finish().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
+    fn lookup_in(&self, c: &Connection, id: &BlobId) -> Result<Option<BlobLocation>> {
         let mut st = c
             .prepare_cached(
                 "SELECT p.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.pid = b.pid WHERE b.id = ?1 LIMIT 1",

@@ -556,13 +556,24 @@ impl BlobSource for Repository {
 
 impl PackedBlobSource for Repository {
     fn locate(&self, id: &BlobId) -> Result<Option<BlobPlace>> {
-        Ok(self.index()?.lookup(id)?.map(|l| BlobPlace {
-            kind: l.entry.kind,
-            pack: l.pack,
-            offset: l.entry.offset,
-            length: l.entry.length,
-            raw_length: l.entry.raw_length,
-        }))
+        Ok(self.locate_many(std::slice::from_ref(id))?.pop().flatten())
+    }
+
+    fn locate_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobPlace>>> {
+        Ok(self
+            .index()?
+            .lookup_many(ids)?
+            .into_iter()
+            .map(|l| {
+                l.map(|l| BlobPlace {
+                    kind: l.entry.kind,
+                    pack: l.pack,
+                    offset: l.entry.offset,
+                    length: l.entry.length,
+                    raw_length: l.entry.raw_length,
+                })
+            })
+            .collect())
     }
 
     fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {

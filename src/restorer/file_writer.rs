@@ -35,26 +35,46 @@ pub fn stable_temp_path(path: &Path) -> PathBuf {
     path.parent().unwrap_or(Path::new(".")).join(tmp)
 }
 
-/// Create (or truncate) a temporary file of `size` bytes, all holes.
-pub fn create_sized(tmp: &Path, size: u64) -> std::io::Result<File> {
+/// Create (or truncate) an empty temporary file. Its size is set by the
+/// writes, or at commit when it ends in a hole, so the common case costs no
+/// extra `ftruncate`.
+pub fn create_empty(tmp: &Path) -> std::io::Result<File> {
     // O_NOFOLLOW: a symlink planted under the temporary name is not followed.
-    let f = OpenOptions::new()
+    OpenOptions::new()
         .write(true)
         .read(true)
         .create(true)
         .truncate(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .mode(0o600)
-        .open(tmp)?;
-    f.set_len(size)?;
-    Ok(f)
+        .open(tmp)
 }
 
 /// Give a complete temporary file its metadata and move it to its name.
-pub fn commit(node: &Node, tmp: &Path, path: &Path, as_root: bool) -> Result<()> {
-    apply_metadata(node, tmp, as_root).map_err(|e| target_err(path, e))?;
-    clear_any(path)?;
-    std::fs::rename(tmp, path).map_err(|e| target_err(path, e))
+///
+/// Metadata goes through the open descriptor (no path lookups), times
+/// last; `rename` afterwards changes only the ctime. The rename replaces a
+/// file or symlink at `path` atomically and never follows it; only a
+/// directory in the way has to be removed first.
+pub fn commit(node: &Node, file: File, tmp: &Path, path: &Path, as_root: bool) -> Result<()> {
+    apply_metadata_fd(node, &file, as_root).map_err(|e| target_err(path, e))?;
+    drop(file);
+    match std::fs::rename(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if in_the_way(&e) => {
+            clear_any(path)?;
+            std::fs::rename(tmp, path).map_err(|e| target_err(path, e))
+        }
+        Err(e) => Err(target_err(path, e)),
+    }
+}
+
+/// Errors that mean "something else occupies the name".
+fn in_the_way(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EEXIST) | Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::ENOTDIR)
+    )
 }
 
 /// Remove whatever is at `path` unless it is a real directory: a symlink
@@ -68,12 +88,21 @@ pub fn clear_non_dir(path: &Path) -> Result<()> {
     }
 }
 
-/// Make `path` a real directory (not a symlink to one).
-pub fn ensure_dir(path: &Path) -> Result<()> {
+/// Make `path` a real directory (not a symlink to one). Returns whether
+/// this call created it: entries of a directory made here cannot exist yet,
+/// which spares a lookup per entry.
+pub fn ensure_dir(path: &Path) -> Result<bool> {
+    match std::fs::create_dir(path) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(target_err(path, e)),
+    }
+    // mkdir never follows a symlink, so the name is taken by something:
+    // keep it only if it is a real directory.
     clear_non_dir(path)?;
     match std::fs::create_dir(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(target_err(path, e)),
     }
 }
@@ -91,17 +120,33 @@ fn clear_any(path: &Path) -> Result<()> {
 
 /// Create a symlink, FIFO or device node at `path` (replacing what is there).
 pub fn restore_special(node: &Node, path: &Path, as_root: bool) -> Result<Option<String>> {
-    clear_any(path)?;
-    let c = cstr(path).map_err(|e| target_err(path, e))?;
+    let made = match make_special(node, path, as_root) {
+        Err(e) if in_the_way(&e) => {
+            clear_any(path)?;
+            make_special(node, path, as_root)
+        }
+        r => r,
+    };
+    if let Some(warning) = made.map_err(|e| target_err(path, e))? {
+        return Ok(Some(warning));
+    }
+    apply_metadata(node, path, as_root).map_err(|e| target_err(path, e))?;
+    Ok(None)
+}
+
+/// One attempt at creating a special entry; `Ok(Some(w))` when it is not
+/// restored at all, for the reason `w`.
+fn make_special(node: &Node, path: &Path, as_root: bool) -> std::io::Result<Option<String>> {
+    let c = cstr(path)?;
     match node.kind {
         NodeKind::Symlink => {
             let target = std::ffi::OsStr::from_bytes(&node.link_target);
-            std::os::unix::fs::symlink(target, path).map_err(|e| target_err(path, e))?;
+            std::os::unix::fs::symlink(target, path)?;
         }
         NodeKind::Fifo => {
             // SAFETY: `c` is a valid NUL-terminated path.
             if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
-                return Err(target_err(path, std::io::Error::last_os_error()));
+                return Err(std::io::Error::last_os_error());
             }
         }
         NodeKind::CharDevice | NodeKind::BlockDevice => {
@@ -115,7 +160,7 @@ pub fn restore_special(node: &Node, path: &Path, as_root: bool) -> Result<Option
             };
             // SAFETY: `c` is a valid NUL-terminated path.
             if unsafe { libc::mknod(c.as_ptr(), kind | 0o600, node.rdev as libc::dev_t) } != 0 {
-                return Err(target_err(path, std::io::Error::last_os_error()));
+                return Err(std::io::Error::last_os_error());
             }
         }
         NodeKind::Socket => {
@@ -123,9 +168,13 @@ pub fn restore_special(node: &Node, path: &Path, as_root: bool) -> Result<Option
                 "socket not restored (sockets are created by programs)".into(),
             ));
         }
-        NodeKind::File | NodeKind::Dir => return Ok(None),
+        NodeKind::File | NodeKind::Dir => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a special entry",
+            ));
+        }
     }
-    apply_metadata(node, path, as_root).map_err(|e| target_err(path, e))?;
     Ok(None)
 }
 
@@ -180,6 +229,46 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
         )
     } != 0
     {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`apply_metadata`] through an open descriptor of a regular file.
+pub fn apply_metadata_fd(node: &Node, file: &File, as_root: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY (all calls below): `fd` is an open descriptor owned by `file`,
+    // which outlives them; buffers are valid for the lengths passed.
+    if as_root && unsafe { libc::fchown(fd, node.uid, node.gid) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (k, v) in &node.xattrs {
+        if !as_root && !k.starts_with(b"user.") {
+            continue;
+        }
+        let Ok(ck) = CString::new(k.as_slice()) else {
+            continue;
+        };
+        // Failures (unsupported filesystem) are not fatal for a restore.
+        unsafe {
+            libc::fsetxattr(fd, ck.as_ptr(), v.as_ptr().cast(), v.len(), 0);
+        }
+    }
+    let mode = if as_root {
+        node.mode
+    } else {
+        node.mode & 0o1777
+    };
+    if unsafe { libc::fchmod(fd, mode as libc::mode_t) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let ts = libc::timespec {
+        tv_sec: node.mtime.sec as libc::time_t,
+        tv_nsec: node.mtime.nsec as _,
+    };
+    let times = [ts, ts];
+    if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

@@ -15,8 +15,8 @@
 //!    (coalesced when close), in parallel across packs. Each blob is
 //!    authenticated, decompressed and re-hashed before any byte of it is
 //!    written; a blob used by several files is read once. Writes are
-//!    positioned writes into temporary files pre-sized to the file's length,
-//!    so all-zero chunks are simply not written and stay holes.
+//!    positioned writes into temporary files (extended to their length at
+//!    commit when they end in zeros), so all-zero chunks are simply not written and stay holes.
 //! 4. A complete file gets its metadata and is renamed into place; a file
 //!    with any failed blob is removed, never left with wrong bytes
 //!    (RELIABILITY.md F1). Hardlinks are made once their first name exists;
@@ -97,6 +97,9 @@ struct FileTask {
     tmp: PathBuf,
     node: Node,
     file: Option<File>,
+    /// The end of the furthest range written: when a file ends in a hole
+    /// (zero chunks are not written), it is extended to its size at commit.
+    written_end: std::sync::atomic::AtomicU64,
     error: Mutex<Option<String>>,
 }
 
@@ -166,6 +169,10 @@ struct Restorer<'a> {
     checked_packs: std::collections::HashSet<PackId>,
     pending_links: Vec<(PathBuf, PathBuf)>,
     dirs: Vec<(PathBuf, Node)>,
+    /// Directories (relative to the target, `""` for the target itself)
+    /// this restore created: nothing can be in them yet, so their entries
+    /// need no check for an existing file.
+    fresh_dirs: std::collections::HashSet<Vec<u8>>,
 }
 
 /// Restore the tree `root` into `target`.
@@ -229,6 +236,7 @@ pub fn restore(
             pats.join(", ")
         )));
     }
+    let target_fresh = !opts.dry_run && std::fs::symlink_metadata(target).is_err();
     if !opts.dry_run {
         std::fs::create_dir_all(target).map_err(|e| Error::Target {
             path: target.to_path_buf(),
@@ -257,7 +265,11 @@ pub fn restore(
         checked_packs: Default::default(),
         pending_links: Vec::new(),
         dirs: Vec::new(),
+        fresh_dirs: Default::default(),
     };
+    if target_fresh {
+        r.fresh_dirs.insert(Vec::new());
+    }
     // Pass 2: create directories and specials, batch files.
     let mut picks: Vec<Pick> = vec![sel.root_pick()];
     let mut failed_dirs: Vec<Vec<u8>> = Vec::new();
@@ -280,16 +292,29 @@ pub fn restore(
             if is_dir {
                 if r.opts.dry_run {
                     r.summary.planned.push(format!("dir  {}", path.display()));
-                } else if let Err(e) = file_writer::ensure_dir(&path) {
-                    r.summary.errors.push(e.to_string());
-                    failed_dirs.push(rel.to_vec());
-                    return Ok(Visit::Skip);
+                } else {
+                    match file_writer::ensure_dir(&path) {
+                        Ok(true) => {
+                            r.fresh_dirs.insert(rel.to_vec());
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            r.summary.errors.push(e.to_string());
+                            failed_dirs.push(rel.to_vec());
+                            return Ok(Visit::Skip);
+                        }
+                    }
                 }
                 r.summary.dirs += 1;
                 r.dirs.push((path, node.clone()));
                 return Ok(Visit::Descend);
             }
-            r.entry(path, node)?;
+            let parent = rel
+                .iter()
+                .rposition(|&b| b == b'/')
+                .map_or(&rel[..0], |i| &rel[..i]);
+            let fresh = r.fresh_dirs.contains(parent);
+            r.entry(path, node, fresh)?;
             Ok(Visit::Descend)
         },
         |_, _| Ok(()),
@@ -310,7 +335,9 @@ pub fn restore(
 }
 
 impl Restorer<'_> {
-    fn entry(&mut self, path: PathBuf, node: &Node) -> Result<()> {
+    /// Restore or batch one non-directory entry; `fresh` when its directory
+    /// was created by this restore.
+    fn entry(&mut self, path: PathBuf, node: &Node, fresh: bool) -> Result<()> {
         if node.kind != NodeKind::File {
             if self.opts.dry_run {
                 self.summary
@@ -338,7 +365,7 @@ impl Restorer<'_> {
             }
             self.links.insert(key, path.clone());
         }
-        if std::fs::symlink_metadata(&path).is_ok() {
+        if !fresh && std::fs::symlink_metadata(&path).is_ok() {
             let keep = match self.opts.overwrite {
                 Overwrite::Never => true,
                 Overwrite::Always => false,
@@ -364,6 +391,7 @@ impl Restorer<'_> {
             path,
             node: node.clone(),
             file: None,
+            written_end: Default::default(),
             error: Mutex::new(None),
         });
         if self.batch.len() >= BATCH_FILES || self.batch_blobs >= BATCH_BLOBS {
@@ -409,6 +437,18 @@ impl Restorer<'_> {
         // size. A file that fails here gets no temporary file at all, so a
         // hostile size (2^62) is never preallocated (RELIABILITY.md I8).
         let mut needs: HashMap<BlobId, Need> = HashMap::new();
+        // Every location the batch needs, in one query round.
+        let mut ids: Vec<BlobId> = tasks
+            .iter()
+            .flat_map(|t| t.node.content.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let located: HashMap<BlobId, std::result::Result<Option<BlobPlace>, String>> =
+            match self.src.locate_many(&ids) {
+                Ok(places) => ids.into_iter().zip(places.into_iter().map(Ok)).collect(),
+                Err(e) => ids.into_iter().map(|id| (id, Err(e.to_string()))).collect(),
+            };
         let mut planned_places: Vec<Option<Vec<(BlobId, BlobPlace, u64)>>> =
             vec![None; tasks.len()];
         for (i, t) in tasks.iter_mut().enumerate() {
@@ -417,16 +457,14 @@ impl Restorer<'_> {
             let mut off = 0u64;
             let mut planned = true;
             for id in &t.node.content {
-                let place = match needs.get(id) {
-                    Some(n) => Some(n.place),
-                    None => match self.src.locate(id) {
-                        Ok(p) => p,
-                        Err(e) => {
-                            t.fail(format!("{}: {e}", t.path.display()));
-                            planned = false;
-                            break;
-                        }
-                    },
+                let place = match located.get(id) {
+                    Some(Ok(p)) => *p,
+                    Some(Err(e)) => {
+                        t.fail(format!("{}: {e}", t.path.display()));
+                        planned = false;
+                        break;
+                    }
+                    None => None,
                 };
                 let Some(place) = place else {
                     t.fail(format!("{}: blob {id} is not in the repository index (data lost: run `coffer check`)", t.path.display()));
@@ -457,14 +495,14 @@ impl Restorer<'_> {
             }
             planned_places[i] = Some(places);
         }
-        // The temporary files, sized so unwritten ranges stay holes. Made in
+        // The temporary files; unwritten (zero) ranges stay holes. Made in
         // parallel: creating inodes is most of the cost of small files.
         tasks
             .par_iter_mut()
             .zip(planned_places.par_iter())
             .for_each(|(t, places)| {
                 if places.is_some() {
-                    match file_writer::create_sized(&t.tmp, t.node.size) {
+                    match file_writer::create_empty(&t.tmp) {
                         Ok(f) => t.file = Some(f),
                         Err(e) => t.fail(format!("{}: {e}", t.path.display())),
                     }
@@ -538,10 +576,16 @@ impl Restorer<'_> {
                                 if zero {
                                     continue;
                                 }
-                                if let Some(f) = &t.file
-                                    && let Err(e) = f.write_all_at(&data, off)
-                                {
-                                    t.fail(format!("{}: {e}", t.path.display()));
+                                if let Some(f) = &t.file {
+                                    match f.write_all_at(&data, off) {
+                                        Ok(()) => {
+                                            t.written_end.fetch_max(
+                                                off + data.len() as u64,
+                                                std::sync::atomic::Ordering::Relaxed,
+                                            );
+                                        }
+                                        Err(e) => t.fail(format!("{}: {e}", t.path.display())),
+                                    }
                                 }
                             }
                             let b = data.len() as u64 * n.targets.len() as u64;
@@ -566,12 +610,23 @@ impl Restorer<'_> {
             .map(|t| {
                 let file = t.file.take();
                 let err = t.error.lock().map(|e| e.clone()).unwrap_or(None);
-                drop(file);
-                if let Some(e) = err {
+                let file = match (file, err) {
+                    (Some(f), None) => f,
+                    (f, e) => {
+                        drop(f);
+                        let _ = std::fs::remove_file(&t.tmp);
+                        return Err(e.unwrap_or_else(|| format!("{}: not created", t.path.display())));
+                    }
+                };
+                let end = t.written_end.load(std::sync::atomic::Ordering::Relaxed);
+                if end < t.node.size
+                    && let Err(e) = file.set_len(t.node.size)
+                {
+                    drop(file);
                     let _ = std::fs::remove_file(&t.tmp);
-                    return Err(e);
+                    return Err(format!("{}: {e}", t.path.display()));
                 }
-                match file_writer::commit(&t.node, &t.tmp, &t.path, self.as_root) {
+                match file_writer::commit(&t.node, file, &t.tmp, &t.path, self.as_root) {
                     Ok(()) => {
                         self.progress.file_done(&t.path, t.node.size, t.node.size);
                         if self.opts.verify && !self.matches(&t.node, &t.path) {
