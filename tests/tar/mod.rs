@@ -6,12 +6,13 @@
 use crate::support::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A tree with what archives carry: a few MB of data, an empty file, a
 /// symlink, a hardlink, nested and empty directories, a path longer than
-/// the 100 bytes of a tar header, odd modes. `nanos`: mtimes with
+/// the 100 bytes of a tar header, odd modes, a FIFO, a non-UTF-8 name. `nanos`: mtimes with
 /// nanoseconds (only PAX archives keep them) or whole seconds.
 fn fixture(root: &Path, nanos: bool) -> TreeBuilder {
     let t = TreeBuilder::new(root);
@@ -29,6 +30,12 @@ fn fixture(root: &Path, nanos: bool) -> TreeBuilder {
     t.file("bin/tool", b"#!/bin/sh\n");
     t.mode("bin/tool", 0o755);
     t.mode("srv/empty-dir", 0o750);
+    t.fifo("run/pipe");
+    // Names are bytes, not text.
+    t.file(
+        std::ffi::OsStr::from_bytes(b"caf\xe9-\xff.txt"),
+        b"latin-1 name\n",
+    );
     let mut all = t.paths();
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     all.push(PathBuf::new());
@@ -112,7 +119,7 @@ fn gnu_tar_archives_import_and_restore_exactly() {
         tar(&args, &env.root);
         let s = import(&env, &path, &["--name", "tree"]);
         assert_eq!(num(&s, "warnings"), 0, "{file}: {s}");
-        assert_eq!(num(&s, "total_files_processed"), 7, "{file}: {s}");
+        assert_eq!(num(&s, "total_files_processed"), 8, "{file}: {s}");
         let id = s["snapshot_id"].as_str().unwrap();
         let out = env.restore_of(id, Path::new("/tree"));
         compare_trees(&src, &out);
@@ -530,6 +537,9 @@ fn hostile_members_are_skipped_and_nothing_lands_outside() {
     h.set_gid(0);
     h.set_mtime(1_600_000_000);
     b.append_link(&mut h, "up", "../../etc/passwd").unwrap();
+    // The classic escape: write through that symlink. Its parent is not a
+    // directory, so the member is refused.
+    raw_member(&mut b, b"up/escape.txt", T::Regular, 0o644, b"escape\n");
     // A NUL in a PAX path.
     b.append_pax_extensions([("path", &b"nul\0name.txt"[..])])
         .unwrap();

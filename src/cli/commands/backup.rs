@@ -331,6 +331,24 @@ pub(super) fn report(
     snap: &Snapshot,
     outcome: &archiver::BackupOutcome,
 ) -> Result<ExitCode> {
+    report_as(
+        g,
+        id,
+        snap,
+        outcome,
+        "files or directories could not be read completely",
+    )
+}
+
+/// The summary; `problem` says what each warning was (files for a backup,
+/// members for an archive import).
+pub(super) fn report_as(
+    g: &GlobalOpts,
+    id: &SnapshotId,
+    snap: &Snapshot,
+    outcome: &archiver::BackupOutcome,
+    problem: &str,
+) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
         output::json(&serde_json::json!({
@@ -369,7 +387,7 @@ pub(super) fn report(
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));
         if outcome.summary.warnings > 0 {
             output::line(&format!(
-                "{} files or directories could not be read completely (see warnings above)",
+                "{} {problem} (see warnings above)",
                 outcome.warnings.len()
             ));
         }

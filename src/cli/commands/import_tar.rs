@@ -1,7 +1,7 @@
 //! `coffer import-tar FILE|-`: a tar, tar.gz or tar.zst archive as a
 //! snapshot of the one path `/NAME`.
 
-use super::backup::{find_parent, open_or_create, parse_local_time, report};
+use super::backup::{find_parent, open_or_create, parse_local_time, report_as};
 use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, repo};
 use anyhow::{Result, bail};
@@ -117,7 +117,13 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
     };
     progress.finish();
     let (id, snap, outcome) = result?;
-    report(g, &id, &snap, &outcome)
+    report_as(
+        g,
+        &id,
+        &snap,
+        &outcome,
+        "archive members were skipped or replaced",
+    )
 }
 
 #[cfg(test)]
