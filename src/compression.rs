@@ -72,6 +72,16 @@ fn looks_compressible(data: &[u8]) -> bool {
     }
 }
 
+/// A streaming zstd decoder over user input (a `.tar.zst` being imported),
+/// so zstd keeps one home. It decodes concatenated frames and fails on a
+/// truncated or corrupt one; memory is the decoder's window, never the
+/// stream's length.
+pub fn stream_decoder<'a, R: std::io::Read + Send + 'a>(
+    r: R,
+) -> std::io::Result<Box<dyn std::io::Read + Send + 'a>> {
+    Ok(Box::new(zstd::stream::read::Decoder::new(r)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

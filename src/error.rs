@@ -76,6 +76,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A tar archive being imported is truncated, corrupt or not a tar
+    /// archive. The whole import fails: a snapshot of half an archive would
+    /// look complete (the per-member problems are warnings instead).
+    #[error("cannot import archive {archive}: {reason}; no snapshot was written")]
+    Archive { archive: String, reason: String },
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,

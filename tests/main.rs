@@ -30,3 +30,5 @@ mod locks;
 mod sources;
 // Repair: index rebuilt from packs, lost packs named and repaired around, lost content stored again.
 mod repair;
+// Tar archives: import-tar (plain, gzip, zstd; hostile and truncated archives) and export-tar.
+mod tar;

@@ -22,6 +22,7 @@ pub mod file_saver;
 pub mod metadata;
 pub mod scan;
 pub mod stream;
+pub mod tar_import;
 
 use crate::blob::{BlobKind, BlobSink, BlobSource};
 use crate::chunking::Chunker;

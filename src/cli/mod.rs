@@ -86,6 +86,10 @@ pub enum Command {
     Drill(commands::drill::DrillArgs),
     /// Write a file from a snapshot to stdout (a directory as tar)
     Dump(commands::dump::DumpArgs),
+    /// Import a tar, tar.gz or tar.zst archive as a snapshot of /NAME
+    ImportTar(commands::import_tar::ImportTarArgs),
+    /// Write a snapshot's directory as a tar archive (the inverse of import-tar)
+    ExportTar(commands::export_tar::ExportTarArgs),
     /// Print repository objects as JSON (for debugging)
     Cat(commands::cat::CatArgs),
     /// Manage the keys (passphrases and key files) that open the repository
@@ -119,6 +123,8 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
         Command::Dump(a) => commands::dump::run(g, a),
+        Command::ImportTar(a) => commands::import_tar::run(g, a),
+        Command::ExportTar(a) => commands::export_tar::run(g, a),
         Command::Forget(a) => commands::forget::run(g, a),
         Command::Prune(a) => commands::prune::run(g, a),
         Command::Check(a) => commands::check::run(g, a),

@@ -107,7 +107,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         .iter()
         .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
         .collect();
-    let parent = find_parent(&repo, a, &hostname, &want)?;
+    let parent = find_parent(&repo, a.parent.as_deref(), &hostname, &want)?;
     let opts = SnapshotOptions {
         backup: BackupOptions {
             paths,
@@ -138,7 +138,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
 }
 
 /// "YYYY-MM-DD HH:MM:SS" (or "YYYY-MM-DD") in local time → ns since the epoch.
-fn parse_local_time(s: &str) -> Result<i64> {
+pub(super) fn parse_local_time(s: &str) -> Result<i64> {
     let bad = || anyhow::anyhow!("--time {s:?}: use \"YYYY-MM-DD HH:MM:SS\"");
     let (date, time) = s.trim().split_once(' ').unwrap_or((s.trim(), "00:00:00"));
     let d: Vec<i32> = date
@@ -198,7 +198,7 @@ fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
 
 /// The repository to back up into; the zero-configuration default one is
 /// created on first use.
-fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
+pub(super) fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (repo_path, is_default) = repo::location(g)?;
     if is_default && !repo_path.join("config").exists() {
         super::init::create_with_key_file(
@@ -212,13 +212,13 @@ fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
 }
 
 /// `--parent`, or the latest snapshot of the same host and paths.
-fn find_parent(
+pub(super) fn find_parent(
     repo: &Repository,
-    a: &BackupArgs,
+    parent: Option<&str>,
     hostname: &str,
     paths: &[Vec<u8>],
 ) -> Result<Option<(SnapshotId, Snapshot)>> {
-    Ok(match &a.parent {
+    Ok(match parent {
         Some(r) => Some(repo.resolve_snapshot(r)?),
         None => repo
             .list_snapshots()?
@@ -255,7 +255,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     let repo = open_or_create(g)?;
     let hostname = a.host.clone().unwrap_or_else(coffer::repository::hostname);
     let want = vec![format!("/{}", a.stdin_name).into_bytes()];
-    let parent = find_parent(&repo, a, &hostname, &want)?;
+    let parent = find_parent(&repo, a.parent.as_deref(), &hostname, &want)?;
     let opts = SnapshotOptions {
         backup: BackupOptions {
             paths: Vec::new(),
@@ -325,11 +325,29 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     report(g, &id, &snap, &outcome)
 }
 
-fn report(
+pub(super) fn report(
     g: &GlobalOpts,
     id: &SnapshotId,
     snap: &Snapshot,
     outcome: &archiver::BackupOutcome,
+) -> Result<ExitCode> {
+    report_as(
+        g,
+        id,
+        snap,
+        outcome,
+        "files or directories could not be read completely",
+    )
+}
+
+/// The summary; `problem` says what each warning was (files for a backup,
+/// members for an archive import).
+pub(super) fn report_as(
+    g: &GlobalOpts,
+    id: &SnapshotId,
+    snap: &Snapshot,
+    outcome: &archiver::BackupOutcome,
+    problem: &str,
 ) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
@@ -369,7 +387,7 @@ fn report(
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));
         if outcome.summary.warnings > 0 {
             output::line(&format!(
-                "{} files or directories could not be read completely (see warnings above)",
+                "{} {problem} (see warnings above)",
                 outcome.warnings.len()
             ));
         }
