@@ -30,3 +30,5 @@ mod locks;
 mod sources;
 // Repair: index rebuilt from packs, lost packs named and repaired around, lost content stored again.
 mod repair;
+// Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.
+mod realsources;
