@@ -53,7 +53,7 @@ fn warning(path: &Path, message: String) -> SourceWarning {
 }
 
 /// Store every chunk of `data[cuts]`, in parallel when there are several.
-fn store_chunks(
+pub(super) fn store_chunks(
     sink: &dyn BlobSink,
     data: &[u8],
     cuts: &[(usize, usize)],

@@ -7,11 +7,12 @@
 //! is a failed backup: the caller's `finished` check runs after the last
 //! byte and before the snapshot is written (RELIABILITY.md E9).
 
-use super::file_saver::chunk_stream;
+use super::file_saver::{READ_BUF, Streamed, store_chunks};
 use super::{BackupOutcome, SnapshotOptions, Summary, save_snapshot};
 use crate::blob::{BlobKind, BlobSink};
+use crate::chunking::Chunker;
 use crate::error::{Error, Result};
-use crate::id::SnapshotId;
+use crate::id::{BlobId, SnapshotId};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::repository::blob_store::BlobStore;
@@ -37,7 +38,7 @@ pub fn snapshot_stream(
     let start = std::time::Instant::now();
     let store = BlobStore::new(repo.clone())?;
     let chunker = repo.chunker();
-    let streamed = chunk_stream(src, 0, &store, &chunker, progress, &mut Vec::new())?;
+    let streamed = chunk_stream_overlapped(src, &store, &chunker, progress)?;
     if let Some(e) = streamed.error {
         return Err(Error::Usage(format!(
             "reading the stream failed after {} bytes: {e}; no snapshot was written",
@@ -81,4 +82,238 @@ pub fn snapshot_stream(
     let paths = vec![format!("/{name}").into_bytes()];
     let (sid, snap) = save_snapshot(&repo, &outcome, paths, opts)?;
     Ok((sid, snap, outcome))
+}
+
+/// Like [`super::file_saver::chunk_stream`], but the next buffer is read
+/// and cut on this thread while the previous one is stored on another.
+///
+/// A file saver can leave that overlap to its sibling threads reading other
+/// files; a stream has no siblings, and without it the pipe sits undrained
+/// (and the producer, e.g. pg_dump, blocked) while a buffer is compressed,
+/// and a core idles whenever the last chunks of a buffer are compressed.
+/// Two buffers, so memory stays bounded: one being stored, one being read.
+fn chunk_stream_overlapped(
+    src: &mut dyn Read,
+    sink: &dyn BlobSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+) -> Result<Streamed> {
+    let buf_len = READ_BUF + chunker.params().max_size as usize;
+    // Rendezvous: a full buffer is handed over only when the storer is free,
+    // so at most two buffers exist.
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, Vec<(usize, usize)>)>(0);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
+    std::thread::scope(|s| {
+        let storer = std::thread::Builder::new()
+            .name("coffer-stream-store".into())
+            .spawn_scoped(s, move || -> Result<(Vec<BlobId>, u64)> {
+                let mut ids = Vec::new();
+                let mut added = 0;
+                for (buf, cuts) in full_rx.iter() {
+                    added += store_chunks(sink, &buf, &cuts, &mut ids)?;
+                    // The reader may be gone after a read error: nothing to do.
+                    let _ = empty_tx.send(buf);
+                }
+                Ok((ids, added))
+            })
+            .map_err(|e| Error::Usage(format!("cannot start the stream storer thread: {e}")))?;
+        let mut buf = vec![0u8; buf_len];
+        let mut allocated = 1;
+        let mut filled = 0usize;
+        let mut total = 0u64;
+        let mut read_error = None;
+        let mut eof = false;
+        while !eof {
+            while filled < READ_BUF && !eof {
+                match src.read(&mut buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        filled += n;
+                        total += n as u64;
+                        progress.bytes_done(n as u64);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        read_error = Some(e);
+                        eof = true;
+                    }
+                }
+            }
+            let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
+            let mut next = if allocated < 2 {
+                allocated += 1;
+                vec![0u8; buf_len]
+            } else {
+                match empty_rx.recv() {
+                    Ok(b) => b,
+                    // The storer stopped on a repository error; join() says which.
+                    Err(_) => break,
+                }
+            };
+            next[..filled - used].copy_from_slice(&buf[used..filled]);
+            filled -= used;
+            let full = std::mem::replace(&mut buf, next);
+            if full_tx.send((full, cuts)).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+        let (content, added) = storer.join().map_err(|_| {
+            Error::Usage("internal error: the stream storer thread panicked".into())
+        })??;
+        Ok(Streamed {
+            content,
+            read: total,
+            added,
+            error: read_error,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archiver::file_saver::chunk_stream;
+    use crate::chunking::ChunkerParams;
+    use crate::progress::NoProgress;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// Blobs in memory; fails every store after `fail_after` blobs.
+    #[derive(Default)]
+    struct MemSink {
+        blobs: Mutex<HashMap<BlobId, Vec<u8>>>,
+        fail_after: Option<usize>,
+    }
+
+    impl BlobSink for MemSink {
+        fn blob_id(&self, data: &[u8]) -> BlobId {
+            BlobId(*blake3::hash(data).as_bytes())
+        }
+        fn has_blob(&self, id: &BlobId) -> Result<bool> {
+            Ok(self.blobs.lock().expect("lock").contains_key(id))
+        }
+        fn store_blob(&self, _: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
+            let mut b = self.blobs.lock().expect("lock");
+            if self.fail_after.is_some_and(|n| b.len() >= n) {
+                return Err(Error::Usage("disk on fire".into()));
+            }
+            Ok(if b.insert(id, data.to_vec()).is_none() {
+                data.len() as u64
+            } else {
+                0
+            })
+        }
+    }
+
+    /// Hands out `data` in awkward read sizes, like a pipe, then maybe fails.
+    struct Pipe<'a> {
+        data: &'a [u8],
+        pos: usize,
+        step: usize,
+        fail_at: Option<usize>,
+    }
+
+    impl Read for Pipe<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.fail_at.is_some_and(|f| self.pos >= f) {
+                return Err(std::io::Error::other("producer died"));
+            }
+            self.step = (self.step * 7 + 13) % 200_000 + 1;
+            let end = (self.pos + self.step.min(buf.len())).min(self.data.len());
+            let end = self.fail_at.map_or(end, |f| end.min(f));
+            let n = end - self.pos;
+            buf[..n].copy_from_slice(&self.data[self.pos..end]);
+            self.pos = end;
+            Ok(n)
+        }
+    }
+
+    fn pipe(data: &[u8], fail_at: Option<usize>) -> Pipe<'_> {
+        Pipe {
+            data,
+            pos: 0,
+            step: 1,
+            fail_at,
+        }
+    }
+
+    /// 40 MB of text-like bytes: several buffers, hence several hand-overs.
+    fn stream_data() -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..40_000_000)
+            .map(|i| {
+                if i % 64 == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                b"0123456789abcdef\t\n"[((x >> (i % 64)) % 18) as usize]
+            })
+            .collect()
+    }
+
+    fn chunker() -> Chunker {
+        Chunker::new(
+            ChunkerParams {
+                min_size: 64 * 1024,
+                avg_size: 256 * 1024,
+                max_size: 1024 * 1024,
+            },
+            7,
+        )
+    }
+
+    #[test]
+    fn overlapped_stream_cuts_and_stores_like_a_single_pass() {
+        let data = stream_data();
+        let c = chunker();
+        let sink = MemSink::default();
+        let got = chunk_stream_overlapped(&mut pipe(&data, None), &sink, &c, &NoProgress)
+            .expect("stream");
+        assert!(got.error.is_none());
+        assert_eq!(got.read, data.len() as u64);
+        let plain = MemSink::default();
+        let want = chunk_stream(&mut &data[..], 0, &plain, &c, &NoProgress, &mut Vec::new())
+            .expect("plain stream");
+        assert_eq!(got.content, want.content, "cuts differ from one pass");
+        assert!(got.content.len() > 40, "too few chunks to cross buffers");
+        let blobs = sink.blobs.lock().expect("lock");
+        let joined: Vec<u8> = got
+            .content
+            .iter()
+            .flat_map(|id| blobs[id].iter().copied())
+            .collect();
+        assert!(joined == data, "stored chunks do not rebuild the stream");
+        assert_eq!(
+            got.added,
+            blobs.values().map(|b| b.len() as u64).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn a_read_error_ends_the_stream_with_what_was_read() {
+        let data = stream_data();
+        let c = chunker();
+        let sink = MemSink::default();
+        let at = 23_456_789;
+        let got = chunk_stream_overlapped(&mut pipe(&data, Some(at)), &sink, &c, &NoProgress)
+            .expect("a source error is not a repository error");
+        assert!(got.error.is_some());
+        assert_eq!(got.read, at as u64);
+        let blobs = sink.blobs.lock().expect("lock");
+        let stored: usize = got.content.iter().map(|id| blobs[id].len()).sum();
+        assert_eq!(stored, at);
+    }
+
+    #[test]
+    fn a_repository_error_stops_the_stream_without_hanging() {
+        let data = stream_data();
+        let sink = MemSink {
+            fail_after: Some(30),
+            ..Default::default()
+        };
+        let r = chunk_stream_overlapped(&mut pipe(&data, None), &sink, &chunker(), &NoProgress);
+        assert!(matches!(r, Err(Error::Usage(m)) if m == "disk on fire"));
+    }
 }
