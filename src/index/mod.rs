@@ -100,6 +100,13 @@ impl Index {
     }
 
     fn init(conn: Connection, path: &Path, repo: &RepoId, format_version: u32) -> Result<Index> {
+        // SQLite's default 2 MiB page cache does not hold even the interior
+        // pages of a ten-million-blob table, so every lookup re-reads them
+        // from the file. 32 MiB per schema (main, and temp for prune's and
+        // check's sets) is a fixed bound. No mmap: mapped pages would count
+        // as our memory and grow with the repository.
+        conn.execute_batch("PRAGMA cache_size = -32768; PRAGMA temp.cache_size = -32768;")
+            .map_err(|e| cache_err(path, e))?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| cache_err(path, e))?;
@@ -183,14 +190,75 @@ impl Index {
             self.clear()?;
         }
         let have = if rebuild { HashSet::new() } else { have };
-        for id in listed {
-            if !have.contains(id)
-                && let Some(seg) = load(id)?
-            {
-                self.add_segment(id, &seg)?;
+        let new: Vec<&SegmentId> = listed.iter().filter(|id| !have.contains(id)).collect();
+        if have.is_empty() && new.len() > 1 {
+            self.bulk_load(&new, &load)?;
+        } else {
+            for id in new {
+                if let Some(seg) = load(id)? {
+                    self.add_segment(id, &seg)?;
+                }
             }
         }
         Ok(rebuild)
+    }
+
+    /// Add many segments in one transaction, through the staging table
+    /// ([`schema::STAGING`]); meant for an empty cache, correct for any (a
+    /// concurrent process may have filled it meanwhile: rows already there
+    /// are ignored). A kill rolls back to the previous state.
+    fn bulk_load(
+        &self,
+        ids: &[&SegmentId],
+        load: &impl Fn(&SegmentId) -> Result<Option<Segment>>,
+    ) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(schema::STAGING).map_err(|e| self.err(e))?;
+        {
+            let mut ins_pack = tx
+                .prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")
+                .map_err(|e| self.err(e))?;
+            let mut get_pid = tx
+                .prepare_cached("SELECT pid FROM packs WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            let mut stage = tx
+                .prepare_cached(
+                    "INSERT INTO staging (id, pid, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut ins_seg = tx
+                .prepare_cached("INSERT OR IGNORE INTO segments (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                let Some(seg) = load(id)? else { continue };
+                for p in &seg.packs {
+                    ins_pack
+                        .execute(params![&p.id.0[..], p.size as i64])
+                        .map_err(|e| self.err(e))?;
+                    let pid: i64 = get_pid
+                        .query_row(params![&p.id.0[..]], |r| r.get(0))
+                        .map_err(|e| self.err(e))?;
+                    for e in &p.entries {
+                        stage
+                            .execute(params![
+                                &e.id.0[..],
+                                pid,
+                                e.kind as u8,
+                                e.offset,
+                                e.length,
+                                e.raw_length
+                            ])
+                            .map_err(|e| self.err(e))?;
+                    }
+                }
+                ins_seg
+                    .execute(params![&id.0[..]])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.execute_batch(schema::UNSTAGE).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Add one segment's packs and blobs, atomically.
@@ -410,6 +478,66 @@ mod tests {
     }
 
     #[test]
+    fn bulk_rebuild_holds_exactly_the_listed_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.sqlite"), &RepoId([1; 32]), 1).unwrap();
+        // Pack 12 is in two segments, blob 3 in two packs, segment 4 damaged.
+        let load = |id: &SegmentId| {
+            Ok(match id.0[0] {
+                1 => Some(seg(10, &[1, 2])),
+                2 => Some(seg(11, &[3, 4])),
+                3 => Some(Segment {
+                    packs: [seg(12, &[3, 5]).packs, seg(12, &[3, 5]).packs].concat(),
+                }),
+                _ => None,
+            })
+        };
+        let all = [1, 2, 3, 4].map(|i| SegmentId([i; 32]));
+        // A fresh cache takes the bulk path (more than one new segment).
+        assert!(!idx.sync(&all, load).unwrap());
+        assert_eq!(idx.counts().unwrap(), (6, 3));
+        assert_eq!(idx.segments().unwrap().len(), 3);
+        assert_eq!(idx.packs_of(&BlobId([3; 32])).unwrap().len(), 2);
+        assert_eq!(idx.pack_entries(&PackId([12; 32])).unwrap().len(), 2);
+        let loc = idx.lookup(&BlobId([4; 32])).unwrap().unwrap();
+        assert_eq!((loc.pack, loc.entry.offset), (PackId([11; 32]), 100));
+        // Segment 1 replaced (a prune): rebuilt in bulk without its blobs.
+        assert!(idx.sync(&all[1..], load).unwrap());
+        assert_eq!(idx.counts().unwrap(), (4, 2));
+        assert!(!idx.contains(&BlobId([1; 32])).unwrap());
+        assert!(idx.contains(&BlobId([5; 32])).unwrap());
+        // The per-pack index is back, and a later segment is added alone.
+        let c = idx.conn();
+        let n: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'blobs_by_pack'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(c);
+        assert_eq!(n, 1);
+        assert!(!idx.sync(&[all[1], all[2], all[0]], load).unwrap());
+        assert_eq!(idx.counts().unwrap(), (6, 3));
+    }
+
+    #[test]
+    fn used_and_moved_sets() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        idx.used_reset().unwrap();
+        idx.used_insert_many(&[BlobId([1; 32]), BlobId([2; 32]), BlobId([1; 32])])
+            .unwrap();
+        assert!(idx.used_contains(&BlobId([2; 32])).unwrap());
+        assert!(!idx.used_insert(&BlobId([1; 32])).unwrap());
+        assert!(idx.moved_insert(&BlobId([1; 32])).unwrap());
+        assert!(!idx.moved_insert(&BlobId([1; 32])).unwrap());
+        // A new plan starts from empty sets.
+        idx.used_reset().unwrap();
+        assert!(!idx.used_contains(&BlobId([2; 32])).unwrap());
+        assert!(idx.moved_insert(&BlobId([1; 32])).unwrap());
+    }
+
+    #[test]
     fn corrupt_cache_file_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
@@ -436,6 +564,33 @@ impl Index {
         self.conn()
             .execute_batch(schema::USED)
             .map_err(|e| self.err(e))
+    }
+
+    /// Mark many blobs used, in one transaction: one autocommit statement
+    /// per blob costs a transaction each, and a repository has millions.
+    pub fn used_insert_many(&self, ids: &[BlobId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR IGNORE INTO used (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                st.execute(params![&id.0[..]]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Record that prune copied `id` into a new pack; `false` when it
+    /// already had (the blob is in two packs being repacked). A temporary
+    /// table, like `used`: a set in memory grows with the blobs repacked.
+    pub fn moved_insert(&self, id: &BlobId) -> Result<bool> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached("INSERT OR IGNORE INTO moved (id) VALUES (?1)")
+            .map_err(|e| self.err(e))?;
+        Ok(st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1)
     }
 
     /// Mark a blob used; `false` when it already was.

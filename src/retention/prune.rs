@@ -11,7 +11,8 @@
 //!
 //! Execute, in the order that keeps every crash safe (RELIABILITY.md 4.B):
 //! 1. copy the used blobs of packs to repack into new packs (their sealed
-//!    bytes are moved as they are, after being authenticated and re-hashed);
+//!    bytes are moved as they are, after being authenticated and re-hashed),
+//!    writing an index segment for them every `CHECKPOINT_BLOBS` blobs;
 //! 2. write new index segments listing every pack that stays;
 //! 3. delete the old index segments;
 //! 4. delete the packs no longer indexed.
@@ -115,10 +116,13 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
             })?;
             let tree =
                 Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {tid}"), e.0))?;
+            let content: Vec<BlobId> = tree
+                .nodes
+                .iter()
+                .flat_map(|n| n.content.iter().copied())
+                .collect();
+            idx.used_insert_many(&content)?;
             for n in &tree.nodes {
-                for c in &n.content {
-                    idx.used_insert(c)?;
-                }
                 if n.kind == NodeKind::Dir
                     && let Some(sub) = n.subtree
                 {
@@ -223,10 +227,20 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         .chain(&plan.repack)
         .map(|p| p.0)
         .collect();
-    // 1. Repack: move each used blob that no surviving pack holds.
-    let mut new_packs: Vec<IndexedPack> = Vec::new();
+    // 1. Repack: move each used blob that no surviving pack holds. The new
+    // packs are indexed as they accumulate, like a backup's checkpoints: a
+    // list of every repacked blob would grow with the repository. A crash
+    // leaves their blobs indexed twice, which readers tolerate.
+    let mut new_packs = Segment::default();
     let mut writer = PackWriter::new();
-    let mut copied: HashSet<BlobId> = HashSet::new();
+    let flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
+        if !seg.packs.is_empty() {
+            repo.save_segment(seg)?;
+            report.segments_written += 1;
+            *seg = Segment::default();
+        }
+        Ok(())
+    };
     for (pack, _) in &plan.repack {
         let name = pack.to_hex();
         let obj = FileKind::Pack.path(&name);
@@ -238,10 +252,14 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
             ));
         }
         for e in idx.pack_entries(pack)? {
-            if !idx.used_contains(&e.id)? || copied.contains(&e.id) {
+            if !idx.used_contains(&e.id)? {
                 continue;
             }
             if idx.packs_of(&e.id)?.iter().any(|p| !dead.contains(p)) {
+                continue;
+            }
+            // Last: it records the blob as copied.
+            if !idx.moved_insert(&e.id)? {
                 continue;
             }
             let (s, l) = (e.offset as usize, e.length as usize);
@@ -260,33 +278,29 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
                 bytes: sealed.to_vec(),
                 raw_length: e.raw_length,
             });
-            copied.insert(e.id);
             report.blobs_repacked += 1;
             if writer.len() >= repo.config().pack_size as usize {
                 repo.ensure_lock()?;
                 let p = std::mem::take(&mut writer).finish(repo.keys(), repo.id());
-                new_packs.push(upload_pack(repo, p)?);
+                new_packs.packs.push(upload_pack(repo, p)?);
                 report.packs_written += 1;
+                if new_packs.blob_count() >= CHECKPOINT_BLOBS {
+                    flush(&mut new_packs, &mut report)?;
+                }
             }
         }
         report.packs_repacked += 1;
     }
     if !writer.is_empty() {
         repo.ensure_lock()?;
-        new_packs.push(upload_pack(repo, writer.finish(repo.keys(), repo.id()))?);
+        new_packs
+            .packs
+            .push(upload_pack(repo, writer.finish(repo.keys(), repo.id()))?);
         report.packs_written += 1;
     }
-    // 2. The new index: every surviving pack, then the new ones.
+    // 2. The new index: every surviving pack, then the last new ones.
     let mut seg = Segment::default();
     let mut blobs = 0usize;
-    let flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
-        if !seg.packs.is_empty() {
-            repo.save_segment(seg)?;
-            report.segments_written += 1;
-            *seg = Segment::default();
-        }
-        Ok(())
-    };
     let live: Vec<(PackId, u64)> = idx
         .packs()?
         .into_iter()
@@ -305,7 +319,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
             blobs = 0;
         }
     }
-    seg.packs.extend(new_packs);
+    seg.packs.append(&mut new_packs.packs);
     flush(&mut seg, &mut report)?;
     // 3. Old segments, then 4. old packs.
     for s in &plan.old_segments {
