@@ -12,12 +12,21 @@ use std::process::ExitCode;
 /// threshold returns pack buffers to the system as soon as they are freed
 /// while chunk-sized buffers are still reused from the arenas. Measured on
 /// a 1 GiB mixed corpus: peak RSS 221 MB -> 123 MB, wall time unchanged.
+///
+/// Fixing the mmap threshold leaves the trim threshold at 128 KiB, so every
+/// freed chunk buffer at the top of an arena was handed back to the kernel
+/// and faulted in (zeroed) again for the next chunk: half the system time
+/// of a backup. A 64 MiB trim threshold keeps a working set of chunk
+/// buffers per arena, and four arenas bound how many such sets exist.
+/// Same corpus: system time 3.3 s -> 1.7 s, peak RSS +10 MB.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     // SAFETY: mallopt only changes allocator parameters; it is called
     // before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 * 1024 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 * 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
 
