@@ -1,8 +1,13 @@
 //! zstd with a hard cap on decompressed size (a zstd frame that claims or
 //! expands to more than the declared raw length is corrupt, never a reason
-//! to allocate: RELIABILITY.md 4.J), and a cheap probe that skips
-//! compression for data that will not shrink (issue #4: zstd is the slowest
-//! stage by far).
+//! to allocate: RELIABILITY.md 4.J).
+//!
+//! Every blob is offered to zstd whole. A sampling probe that skipped
+//! "incompressible" chunks used to sit in front of it; it was removed
+//! because zstd 1.5 already gives up on incompressible input at about
+//! 3 GB/s (`zstd -b1 -e3 -B1M` on random data), while one sample misjudged
+//! mixed chunks (database pages, disk images): dropping it made a 1 GiB
+//! mixed corpus's repository 3% smaller at the same backup time.
 
 use std::cell::RefCell;
 
@@ -26,7 +31,7 @@ fn compress_with(data: &[u8], level: i32) -> Option<Vec<u8>> {
 
 /// Compress `data` at `level`; `None` when the result would not be smaller.
 pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
-    if data.len() < 64 || !looks_compressible(data) {
+    if data.len() < 64 {
         return None;
     }
     let out = compress_with(data, level)?;
@@ -54,22 +59,6 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(out)
-}
-
-/// Compress a sample from the middle at level 1 and keep compressing only if
-/// it shrinks by more than 3%. Costs ~1/30 of a full compression and spares
-/// zstd on media, archives and encrypted files.
-fn looks_compressible(data: &[u8]) -> bool {
-    const SAMPLE: usize = 32 * 1024;
-    if data.len() <= 2 * SAMPLE {
-        return true;
-    }
-    let start = (data.len() / 2).saturating_sub(SAMPLE / 2);
-    let sample = &data[start..start + SAMPLE];
-    match compress_with(sample, 1) {
-        Some(c) => c.len() * 100 < sample.len() * 97,
-        None => true,
-    }
 }
 
 /// A streaming zstd decoder over user input (a `.tar.zst` being imported),
