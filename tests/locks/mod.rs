@@ -298,8 +298,15 @@ fn a_backup_stopped_past_the_stale_timeout_aborts_without_a_snapshot() {
     let data = Rng::new(21).bytes(19 * MIB);
     let packs_before = env.objects("packs").len();
     let b = StreamBackup::start(&env, &stale_env, &data[..17 * MIB]);
+    // Only a pack under its final name counts: one still being written
+    // (`.tmp-` name) is invisible to prune, and stopping the backup then
+    // left prune nothing to delete (seen under load).
     wait_until("the stream backup's first packs", || {
-        env.objects("packs").len() > packs_before
+        env.objects("packs")
+            .iter()
+            .filter(|p| !p.to_string_lossy().contains(".tmp-"))
+            .count()
+            > packs_before
     });
     signal(b.pid(), libc::SIGSTOP);
 

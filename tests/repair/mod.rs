@@ -169,6 +169,7 @@ fn a_lost_pack_is_named_repaired_around_and_stored_again_by_the_next_backup() {
     let env = &f.env;
     let victim = &f.b_packs[0];
     let hex = file_name(victim);
+    let victim_len = fs::metadata(victim).unwrap().len();
     fs::remove_file(victim).unwrap();
 
     // check names the pack, exit 1.
@@ -266,9 +267,12 @@ fn a_lost_pack_is_named_repaired_around_and_stored_again_by_the_next_backup() {
 
     // The next backup stores the lost content again and restores fully.
     let s = env.backup_json(&[&f.tree.root], &[]);
+    // Which chunks of b.bin share the lost pack depends on sealing order,
+    // so the bound is the pack's own size (its blobs are incompressible),
+    // not a fixed figure.
     assert!(
-        num(&s, "data_added") > (MIB / 2) as u64,
-        "the lost content was not uploaded again: {s}"
+        num(&s, "data_added") * 2 > victim_len,
+        "the lost content ({victim_len} bytes of pack) was not uploaded again: {s}"
     );
     compare_trees(&f.tree.root, &env.restore_of(&snap_id(&s), &f.tree.root));
     env.check_clean();
