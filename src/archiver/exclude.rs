@@ -96,6 +96,20 @@ impl Excludes {
         out
     }
 
+    /// Left out by a pattern, a size limit or a marker file?
+    pub fn excluded(&self, path: &Path, md: &std::fs::Metadata) -> bool {
+        if self.matches(path) {
+            return true;
+        }
+        if md.is_file()
+            && let Some(max) = self.larger_than
+            && md.len() > max
+        {
+            return true;
+        }
+        md.is_dir() && self.dir_marker(path).is_some()
+    }
+
     /// Should the directory at `path` be left out because of what it holds?
     /// Returns the reason.
     pub fn dir_marker(&self, path: &Path) -> Option<String> {

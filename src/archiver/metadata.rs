@@ -92,6 +92,24 @@ pub fn node_from_metadata(
     md: &Metadata,
     names: &mut NameCache,
 ) -> Node {
+    let link_target = if md.file_type().is_symlink() {
+        std::fs::read_link(path)
+            .map(|t| t.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    node_from_parts(name, md, names, link_target, read_xattrs(path))
+}
+
+/// [`node_from_metadata`] from a symlink target and xattrs already read.
+pub fn node_from_parts(
+    name: Vec<u8>,
+    md: &Metadata,
+    names: &mut NameCache,
+    link_target: Vec<u8>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Node {
     let kind = kind_of(md);
     let mut n = Node::new(name, kind);
     n.mode = md.mode() & 0o7777;
@@ -107,15 +125,13 @@ pub fn node_from_metadata(
     match kind {
         NodeKind::File => n.size = md.size(),
         NodeKind::Symlink => {
-            n.link_target = std::fs::read_link(path)
-                .map(|t| t.as_os_str().as_bytes().to_vec())
-                .unwrap_or_default();
-            n.size = n.link_target.len() as u64;
+            n.size = link_target.len() as u64;
+            n.link_target = link_target;
         }
         NodeKind::CharDevice | NodeKind::BlockDevice => n.rdev = md.rdev(),
         _ => {}
     }
-    n.xattrs = read_xattrs(path);
+    n.xattrs = xattrs;
     n
 }
 

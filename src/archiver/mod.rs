@@ -20,6 +20,7 @@
 pub mod exclude;
 pub mod file_saver;
 pub mod metadata;
+pub mod prefetch;
 pub mod scan;
 pub mod stream;
 pub mod tar_import;
@@ -41,6 +42,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Items per message from the walker to the assembler.
 pub const ITEM_BATCH: usize = 256;
+/// Threads preparing directory listings ahead of the walker.
+const PREFETCH_THREADS: usize = 4;
 /// Batches the walker may run ahead of the assembler (8192 items).
 const ITEM_QUEUE: usize = 32;
 /// Files waiting for a saver.
@@ -171,6 +174,7 @@ pub fn backup(
     let trie = scan::PathTrie::new(&opts.paths);
     let stop = AtomicBool::new(false);
     let (warn_tx, warn_rx) = unbounded::<SourceWarning>();
+    let prefetch = prefetch::Prefetch::new(&opts.excludes, parent.map(|p| p.0));
     let mut outcome = std::thread::scope(|s| -> Result<BackupOutcome> {
         let (item_tx, item_rx) = bounded::<Vec<Item>>(ITEM_QUEUE);
         let (job_tx, job_rx) = bounded::<FileJob>(JOB_QUEUE);
@@ -188,6 +192,7 @@ pub fn backup(
             known: Default::default(),
             excludes: &opts.excludes,
             fs_dev: None,
+            prefetch: &prefetch,
         };
         let parent_root = parent.map(|p| p.1);
         let trie = &trie;
@@ -214,6 +219,20 @@ pub fn backup(
                 .map_err(|e| Error::Usage(format!("cannot start a reader thread: {e}")))?;
         }
         drop(job_rx);
+        // Listing and stat'ing is mostly waiting on the kernel (or the disk,
+        // when cold): more listers than cores keep the walker fed. Spawned
+        // after every fallible step, so that nothing returns before the
+        // `shutdown` below that lets them end.
+        for i in 0..PREFETCH_THREADS {
+            let prefetch = &prefetch;
+            let spawned = std::thread::Builder::new()
+                .name(format!("coffer-list-{i}"))
+                .spawn_scoped(s, move || prefetch.work());
+            if spawned.is_err() {
+                // The walker lists by itself what no worker prepared.
+                break;
+            }
+        }
         if progress.wants_totals() {
             let (paths, stop) = (&opts.paths, &stop);
             s.spawn(move || scan::prescan(paths, stop, progress));
@@ -222,9 +241,10 @@ pub fn backup(
         // Stops the savers' remaining jobs after an error, and the pre-scan
         // in any case: the backup is done either way.
         stop.store(true, Ordering::Relaxed);
-        let walked = walk
-            .join()
-            .map_err(|_| Error::Usage("the walker thread panicked".into()))?;
+        let walked = walk.join();
+        // Whatever happened, the listers must stop for the scope to end.
+        prefetch.shutdown();
+        let walked = walked.map_err(|_| Error::Usage("the walker thread panicked".into()))?;
         // A repository error the walker met explains an early end of items.
         walked?;
         r

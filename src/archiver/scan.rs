@@ -6,15 +6,17 @@
 //! and is never opened.
 //!
 //! The walk recurses; real filesystems bound the depth (PATH_MAX), and the
-//! walker thread is given a large stack.
+//! walker thread is given a large stack. Listings, metadata and parent
+//! trees are prepared ahead of it by [`super::prefetch`].
 
-use super::metadata::{NameCache, node_from_metadata};
+use super::metadata::{NameCache, node_from_metadata, node_from_parts};
+use super::prefetch::{Listing, Prefetch};
 use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState};
 use crate::blob::{BlobSink, BlobSource};
 use crate::error::Result;
 use crate::id::BlobId;
 use crate::progress::SourceWarning;
-use crate::snapshot::tree::{FLAG_INCOMPLETE, Node, NodeKind, Tree};
+use crate::snapshot::tree::{Node, NodeKind, Tree};
 use crate::snapshot::walk::load_tree;
 use crossbeam_channel::{Sender, bounded};
 use std::collections::BTreeMap;
@@ -73,6 +75,7 @@ pub struct Walker<'a> {
     pub warnings: Sender<SourceWarning>,
     /// (device, inode) of multiply-linked files already sent for reading.
     pub linked: std::collections::HashSet<(u64, u64)>,
+    pub prefetch: &'a Prefetch<'a>,
 }
 
 /// The walker stops when the assembler hangs up (an error upstream).
@@ -97,7 +100,7 @@ impl Walker<'_> {
             self.fs_dev = std::fs::symlink_metadata("/")
                 .ok()
                 .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-            self.walk_dir(Path::new("/"), parent.as_ref()).map(|_| ())
+            self.walk_dir(Path::new("/"), parent_root).map(|_| ())
         } else {
             self.emit_trie(trie, Path::new("/"), parent.as_ref())
         };
@@ -164,11 +167,13 @@ impl Walker<'_> {
             };
             let pnode = parent.and_then(|t| t.find(name));
             if child.target {
-                if self.excluded(&path, &md) {
+                if self.excludes.excluded(&path, &md) {
                     continue;
                 }
                 self.fs_dev = Some(std::os::unix::fs::MetadataExt::dev(&md));
-                self.emit_entry(&path, name.clone(), &md, pnode)?;
+                let node = node_from_metadata(name.clone(), &path, &md, &mut self.names);
+                let cache = md.is_dir() && self.excludes.is_cache_dir(&path);
+                self.emit_entry(&path, node, &md, pnode, cache)?;
             } else {
                 if !md.is_dir() {
                     self.warn(
@@ -190,22 +195,31 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// Does `--one-file-system` keep the walk out of this directory?
+    fn other_fs(&self, md: &std::fs::Metadata) -> bool {
+        self.excludes.one_file_system
+            && self
+                .fs_dev
+                .is_some_and(|d| d != std::os::unix::fs::MetadataExt::dev(md))
+    }
+
+    /// Emit one entry; `cache_dir` when it is a directory with a valid
+    /// `CACHEDIR.TAG` under `--exclude-caches`.
     fn emit_entry(
         &mut self,
         path: &Path,
-        name: Vec<u8>,
+        node: Node,
         md: &std::fs::Metadata,
         pnode: Option<&Node>,
+        cache_dir: bool,
     ) -> Result<(), Hangup> {
-        let node = node_from_metadata(name, path, md, &mut self.names);
         match node.kind {
             NodeKind::Dir => {
-                let sub = self.parent_subtree(pnode);
-                let other_fs = self.excludes.one_file_system
-                    && self
-                        .fs_dev
-                        .is_some_and(|d| d != std::os::unix::fs::MetadataExt::dev(md));
-                let cache = !other_fs && self.excludes.is_cache_dir(path);
+                let other_fs = self.other_fs(md);
+                let cache = !other_fs && cache_dir;
+                let psub = pnode
+                    .filter(|p| p.kind == NodeKind::Dir)
+                    .and_then(|p| p.subtree);
                 self.send(Item::Enter {
                     node,
                     parent_subtree: pnode.and_then(|p| p.subtree),
@@ -217,12 +231,19 @@ impl Walker<'_> {
                     // A cache directory: only its CACHEDIR.TAG is kept.
                     let tag = path.join("CACHEDIR.TAG");
                     if let Ok(tmd) = std::fs::symlink_metadata(&tag) {
+                        let sub = self.parent_subtree(pnode);
                         let tnode = sub.as_ref().and_then(|t| t.find(b"CACHEDIR.TAG"));
-                        self.emit_entry(&tag, b"CACHEDIR.TAG".to_vec(), &tmd, tnode)?;
+                        let node = node_from_metadata(
+                            b"CACHEDIR.TAG".to_vec(),
+                            &tag,
+                            &tmd,
+                            &mut self.names,
+                        );
+                        self.emit_entry(&tag, node, &tmd, tnode, false)?;
                     }
                     0
                 } else {
-                    self.walk_dir(path, sub.as_ref())?
+                    self.walk_dir(path, psub)?
                 };
                 self.send(Item::Leave { flags })
             }
@@ -281,21 +302,6 @@ impl Walker<'_> {
         }
     }
 
-    /// Left out by a pattern, a size limit or a marker file?
-    fn excluded(&self, path: &Path, md: &std::fs::Metadata) -> bool {
-        let ex = self.excludes;
-        if ex.matches(path) {
-            return true;
-        }
-        if md.is_file()
-            && let Some(max) = ex.larger_than
-            && md.len() > max
-        {
-            return true;
-        }
-        md.is_dir() && ex.dir_marker(path).is_some()
-    }
-
     /// Are all these blobs still stored? A repository error stops the walk.
     fn all_known(&mut self, ids: &[BlobId]) -> Result<bool, Hangup> {
         for id in ids {
@@ -315,36 +321,27 @@ impl Walker<'_> {
     }
 
     /// Emit every entry of a directory; returns the directory's flags.
-    fn walk_dir(&mut self, path: &Path, parent: Option<&Tree>) -> Result<u32, Hangup> {
-        let rd = match std::fs::read_dir(path) {
-            Ok(rd) => rd,
-            Err(e) => {
-                self.warn(path, format!("cannot list directory: {e}"));
-                return Ok(FLAG_INCOMPLETE);
-            }
-        };
-        let mut flags = 0;
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        for e in rd {
-            match e {
-                Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
-                Err(e) => {
-                    self.warn(path, format!("error while listing directory: {e}"));
-                    flags |= FLAG_INCOMPLETE;
-                }
-            }
+    /// `parent_subtree` is the parent snapshot's tree of this directory.
+    fn walk_dir(&mut self, path: &Path, parent_subtree: Option<BlobId>) -> Result<u32, Hangup> {
+        let Listing {
+            flags,
+            entries,
+            warnings,
+            parent,
+        } = self.prefetch.take(path, parent_subtree);
+        for w in warnings {
+            let _ = self.warnings.send(w);
         }
-        names.sort_unstable();
-        let mut entries = Vec::with_capacity(names.len());
-        for name in names {
-            let child = path.join(OsStr::from_bytes(&name));
-            match std::fs::symlink_metadata(&child) {
-                Ok(m) if self.excluded(&child, &m) => {}
-                Ok(m) => entries.push((child, name, m)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    self.warn(&child, "vanished before it could be read".into());
-                }
-                Err(e) => self.warn(&child, format!("cannot read metadata: {e}")),
+        let parent = parent.as_ref();
+        // Subdirectories this walk will enter are prepared while the files
+        // before them are emitted.
+        for e in &entries {
+            if e.md.is_dir() && !e.cache_dir && !self.other_fs(&e.md) {
+                let sub = parent
+                    .and_then(|t| t.find(&e.name))
+                    .filter(|p| p.kind == NodeKind::Dir)
+                    .and_then(|p| p.subtree);
+                self.prefetch.schedule(e.path.clone(), sub);
             }
         }
         // One batched index query for the content the parent lets us reuse,
@@ -354,12 +351,12 @@ impl Walker<'_> {
             && let Some(parent) = parent
         {
             let mut ids = Vec::new();
-            for (_, name, md) in &entries {
-                if let Some(p) = parent.find(name)
-                    && md.is_file()
+            for e in &entries {
+                if let Some(p) = parent.find(&e.name)
+                    && e.md.is_file()
                     && p.kind == NodeKind::File
-                    && p.size == md.len()
-                    && p.inode == std::os::unix::fs::MetadataExt::ino(md)
+                    && p.size == e.md.len()
+                    && p.inode == std::os::unix::fs::MetadataExt::ino(&e.md)
                 {
                     ids.extend_from_slice(&p.content);
                 }
@@ -374,9 +371,10 @@ impl Walker<'_> {
                 }
             }
         }
-        for (child, name, md) in entries {
-            let pnode = parent.and_then(|t| t.find(&name));
-            self.emit_entry(&child, name, &md, pnode)?;
+        for e in entries {
+            let pnode = parent.and_then(|t| t.find(&e.name));
+            let node = node_from_parts(e.name, &e.md, &mut self.names, e.link_target, e.xattrs);
+            self.emit_entry(&e.path, node, &e.md, pnode, e.cache_dir)?;
         }
         Ok(flags)
     }

@@ -1,0 +1,304 @@
+//! The parallel half of the directory walk: directory listings, entry
+//! metadata (lstat, extended attributes, link targets), exclusion checks and
+//! the parent snapshot's tree for each directory are prepared by a small
+//! pool of threads ahead of the walker, which stays one ordered, depth-first
+//! pass (trees must be built in order, and order keeps output repeatable).
+//!
+//! Which directory to prepare next: the walker emits directories in
+//! depth-first order of sorted names, which is the byte order of their paths
+//! with `/` mapped to 0 (names hold neither `/` nor NUL). Queued directories
+//! are kept in that order and a free worker always takes the first, i.e.
+//! the one the walker will need soonest. At most [`READY_MAX`] prepared
+//! listings wait for the walker, which bounds memory; a directory the
+//! walker needs before any worker started on it is listed by the walker
+//! itself, so a full window of far-ahead listings can never stall it.
+
+use super::exclude::Excludes;
+use super::metadata::read_xattrs;
+use crate::blob::BlobSource;
+use crate::id::BlobId;
+use crate::progress::SourceWarning;
+use crate::snapshot::tree::{FLAG_INCOMPLETE, Tree};
+use crate::snapshot::walk::load_tree;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ffi::OsStr;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// Prepared listings that may wait for the walker.
+const READY_MAX: usize = 32;
+
+/// One directory entry, read and checked.
+pub struct Scanned {
+    pub path: PathBuf,
+    pub name: Vec<u8>,
+    pub md: Metadata,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A symlink's target (empty for other kinds).
+    pub link_target: Vec<u8>,
+    /// A directory holding a valid `CACHEDIR.TAG` under `--exclude-caches`.
+    pub cache_dir: bool,
+}
+
+/// A directory's entries in name order, minus the excluded ones.
+pub struct Listing {
+    pub flags: u32,
+    pub entries: Vec<Scanned>,
+    pub warnings: Vec<SourceWarning>,
+    /// The parent snapshot's tree for this directory, when it has one.
+    pub parent: Option<Tree>,
+}
+
+struct Job {
+    path: PathBuf,
+    parent_subtree: Option<BlobId>,
+}
+
+#[derive(Default)]
+struct State {
+    queued: BTreeMap<Vec<u8>, Job>,
+    running: HashSet<Vec<u8>>,
+    ready: HashMap<Vec<u8>, Listing>,
+    shutdown: bool,
+}
+
+/// What the workers and the walker share.
+pub struct Prefetch<'a> {
+    state: Mutex<State>,
+    /// Workers wait here for work (or room).
+    work: Condvar,
+    /// The walker waits here for a running listing.
+    done: Condvar,
+    excludes: &'a Excludes,
+    parent_source: Option<&'a dyn BlobSource>,
+}
+
+/// The queue key: depth-first order of sorted names.
+fn key(path: &Path) -> Vec<u8> {
+    path.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| if b == b'/' { 0 } else { b })
+        .collect()
+}
+
+impl<'a> Prefetch<'a> {
+    pub fn new(excludes: &'a Excludes, parent_source: Option<&'a dyn BlobSource>) -> Self {
+        Prefetch {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            excludes,
+            parent_source,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent across a panic of a holder (every
+        // update is a single insert or remove).
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ask for `path` to be prepared; the walker will `take` it later.
+    pub fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>) {
+        let k = key(&path);
+        let mut st = self.lock();
+        if st.shutdown || st.ready.contains_key(&k) || st.running.contains(&k) {
+            return;
+        }
+        st.queued.insert(
+            k,
+            Job {
+                path,
+                parent_subtree,
+            },
+        );
+        drop(st);
+        self.work.notify_one();
+    }
+
+    /// The listing of `path`: prepared by a worker, or made here.
+    pub fn take(&self, path: &Path, parent_subtree: Option<BlobId>) -> Listing {
+        let k = key(path);
+        let mut st = self.lock();
+        loop {
+            if let Some(l) = st.ready.remove(&k) {
+                drop(st);
+                self.work.notify_one();
+                return l;
+            }
+            if st.running.contains(&k) {
+                st = self.done.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            let job = st.queued.remove(&k);
+            drop(st);
+            let sub = job.map_or(parent_subtree, |j| j.parent_subtree);
+            return self.list(path, sub);
+        }
+    }
+
+    /// A worker: prepare queued directories, nearest first, until shutdown.
+    pub fn work(&self) {
+        loop {
+            let mut st = self.lock();
+            let (k, job) = loop {
+                if st.shutdown {
+                    return;
+                }
+                if st.ready.len() < READY_MAX
+                    && let Some((k, job)) = st.queued.pop_first()
+                {
+                    break (k, job);
+                }
+                st = self.work.wait(st).unwrap_or_else(|p| p.into_inner());
+            };
+            st.running.insert(k.clone());
+            drop(st);
+            let listing = self.list(&job.path, job.parent_subtree);
+            let mut st = self.lock();
+            st.running.remove(&k);
+            if !st.shutdown {
+                st.ready.insert(k, listing);
+            }
+            drop(st);
+            self.done.notify_all();
+        }
+    }
+
+    /// Stop the workers (queued and ready listings are dropped).
+    pub fn shutdown(&self) {
+        let mut st = self.lock();
+        st.shutdown = true;
+        st.queued.clear();
+        st.ready.clear();
+        drop(st);
+        self.work.notify_all();
+        self.done.notify_all();
+    }
+
+    /// List one directory: names in byte order, each entry's metadata,
+    /// exclusions applied.
+    fn list(&self, path: &Path, parent_subtree: Option<BlobId>) -> Listing {
+        let mut out = Listing {
+            flags: 0,
+            entries: Vec::new(),
+            warnings: Vec::new(),
+            // An unreadable parent only costs a re-read of what is below
+            // it; it must not stop the backup.
+            parent: match (self.parent_source, parent_subtree) {
+                (Some(src), Some(id)) => load_tree(src, &id).ok(),
+                _ => None,
+            },
+        };
+        let warn = |out: &mut Listing, path: &Path, message: String| {
+            out.warnings.push(SourceWarning {
+                path: path.to_path_buf(),
+                message,
+            });
+        };
+        let rd = match std::fs::read_dir(path) {
+            Ok(rd) => rd,
+            Err(e) => {
+                warn(&mut out, path, format!("cannot list directory: {e}"));
+                out.flags |= FLAG_INCOMPLETE;
+                return out;
+            }
+        };
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        for e in rd {
+            match e {
+                Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                Err(e) => {
+                    warn(
+                        &mut out,
+                        path,
+                        format!("error while listing directory: {e}"),
+                    );
+                    out.flags |= FLAG_INCOMPLETE;
+                }
+            }
+        }
+        names.sort_unstable();
+        out.entries.reserve(names.len());
+        for name in names {
+            let child = path.join(OsStr::from_bytes(&name));
+            let md = match std::fs::symlink_metadata(&child) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    warn(&mut out, &child, "vanished before it could be read".into());
+                    continue;
+                }
+                Err(e) => {
+                    warn(&mut out, &child, format!("cannot read metadata: {e}"));
+                    continue;
+                }
+            };
+            if self.excludes.excluded(&child, &md) {
+                continue;
+            }
+            let link_target = if md.file_type().is_symlink() {
+                std::fs::read_link(&child)
+                    .map(|t| t.as_os_str().as_bytes().to_vec())
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let cache_dir = md.is_dir() && self.excludes.is_cache_dir(&child);
+            out.entries.push(Scanned {
+                xattrs: read_xattrs(&child),
+                path: child,
+                name,
+                md,
+                link_target,
+                cache_dir,
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_depth_first_name_order() {
+        // In a directory `a` sorts before `a-c`, so all of `a/...` comes
+        // before `a-c`, although `/` sorts after `-` as a byte.
+        let mut paths = ["/x/a-c", "/x/a/b", "/x/a", "/x", "/x/a/b/c", "/x/b"];
+        paths.sort_by_key(|p| key(Path::new(p)));
+        assert_eq!(
+            paths,
+            ["/x", "/x/a", "/x/a/b", "/x/a/b/c", "/x/a-c", "/x/b"]
+        );
+    }
+
+    #[test]
+    fn listings_come_back_in_name_order_with_metadata_and_excludes() {
+        let d = tempfile::tempdir().unwrap();
+        for n in ["b", "a", "c.tmp"] {
+            std::fs::write(d.path().join(n), n).unwrap();
+        }
+        std::fs::create_dir(d.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("link")).unwrap();
+        let mut ex = Excludes::default();
+        ex.add("*.tmp", false).unwrap();
+        let pf = Prefetch::new(&ex, None);
+        std::thread::scope(|s| {
+            s.spawn(|| pf.work());
+            pf.schedule(d.path().to_path_buf(), None);
+            let l = pf.take(d.path(), None);
+            let names: Vec<&[u8]> = l.entries.iter().map(|e| e.name.as_slice()).collect();
+            assert_eq!(names, [&b"a"[..], b"b", b"link", b"sub"]);
+            assert_eq!(l.entries[2].link_target, b"a");
+            assert!(l.entries[3].md.is_dir());
+            // Not scheduled: listed by the caller itself.
+            let l = pf.take(&d.path().join("sub"), None);
+            assert!(l.entries.is_empty() && l.flags == 0);
+            pf.shutdown();
+        });
+    }
+}
