@@ -13,7 +13,7 @@
 use super::{FileJob, FileOutcome};
 use crate::blob::{BlobKind, BlobSink};
 use crate::chunking::Chunker;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::progress::{Progress, SourceWarning};
 use crate::snapshot::tree::{FLAG_CHANGED_DURING_READ, FLAG_INCOMPLETE};
@@ -126,7 +126,11 @@ pub fn save_file(
         if attempt == 0 {
             progress.file_started(path, before.size());
         }
-        let streamed = chunk_stream(&mut file, before.size(), sink, chunker, progress, buf)?;
+        let streamed = if before.size() > 2 * READ_BUF as u64 {
+            chunk_stream_overlapped(&mut file, sink, chunker, progress, buf)?
+        } else {
+            chunk_stream(&mut file, before.size(), sink, chunker, progress, buf)?
+        };
         out.content = streamed.content;
         out.added += streamed.added;
         total = streamed.read;
@@ -237,4 +241,96 @@ pub fn chunk_stream(
     out.read = total;
     out.error = read_error;
     Ok(out)
+}
+
+/// Like [`chunk_stream`], but the next buffer is read and cut on this
+/// thread while the previous one is stored on another.
+///
+/// For a stream, and for a file much larger than a buffer: without it the
+/// source sits unread (a pipe undrained and its producer, e.g. pg_dump,
+/// blocked; a disk idle under a 20 GB file) while a buffer is compressed,
+/// and a core idles whenever the last chunks of a buffer are compressed.
+/// Sibling reader threads hide this for many small files, not for one big
+/// one. Two buffers, so memory stays bounded: one being stored, one being
+/// read; `spare` (the calling thread's buffer) is used as one of them and
+/// handed back.
+pub(super) fn chunk_stream_overlapped(
+    src: &mut dyn Read,
+    sink: &dyn BlobSink,
+    chunker: &Chunker,
+    progress: &dyn Progress,
+    spare: &mut Vec<u8>,
+) -> Result<Streamed> {
+    let buf_len = READ_BUF + chunker.params().max_size as usize;
+    // Rendezvous: a full buffer is handed over only when the storer is free,
+    // so at most two buffers exist.
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, Vec<(usize, usize)>)>(0);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
+    std::thread::scope(|s| {
+        let storer = std::thread::Builder::new()
+            .name("coffer-stream-store".into())
+            .spawn_scoped(s, move || -> Result<(Vec<BlobId>, u64)> {
+                let mut ids = Vec::new();
+                let mut added = 0;
+                for (buf, cuts) in full_rx.iter() {
+                    added += store_chunks(sink, &buf, &cuts, &mut ids)?;
+                    // The reader may be gone after a read error: nothing to do.
+                    let _ = empty_tx.send(buf);
+                }
+                Ok((ids, added))
+            })
+            .map_err(|e| Error::Usage(format!("cannot start the stream storer thread: {e}")))?;
+        let mut buf = std::mem::take(spare);
+        buf.resize(buf_len, 0);
+        let mut allocated = 1;
+        let mut filled = 0usize;
+        let mut total = 0u64;
+        let mut read_error = None;
+        let mut eof = false;
+        while !eof {
+            while filled < READ_BUF && !eof {
+                match src.read(&mut buf[filled..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => {
+                        filled += n;
+                        total += n as u64;
+                        progress.bytes_done(n as u64);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        read_error = Some(e);
+                        eof = true;
+                    }
+                }
+            }
+            let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
+            let mut next = if allocated < 2 {
+                allocated += 1;
+                vec![0u8; buf_len]
+            } else {
+                match empty_rx.recv() {
+                    Ok(b) => b,
+                    // The storer stopped on a repository error; join() says which.
+                    Err(_) => break,
+                }
+            };
+            next[..filled - used].copy_from_slice(&buf[used..filled]);
+            filled -= used;
+            let full = std::mem::replace(&mut buf, next);
+            if full_tx.send((full, cuts)).is_err() {
+                break;
+            }
+        }
+        drop(full_tx);
+        *spare = buf;
+        let (content, added) = storer.join().map_err(|_| {
+            Error::Usage("internal error: the stream storer thread panicked".into())
+        })??;
+        Ok(Streamed {
+            content,
+            read: total,
+            added,
+            error: read_error,
+        })
+    })
 }

@@ -7,12 +7,11 @@
 //! is a failed backup: the caller's `finished` check runs after the last
 //! byte and before the snapshot is written (RELIABILITY.md E9).
 
-use super::file_saver::{READ_BUF, Streamed, store_chunks};
+use super::file_saver::chunk_stream_overlapped;
 use super::{BackupOutcome, SnapshotOptions, Summary, save_snapshot};
 use crate::blob::{BlobKind, BlobSink};
-use crate::chunking::Chunker;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, SnapshotId};
+use crate::id::SnapshotId;
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::repository::blob_store::BlobStore;
@@ -38,7 +37,7 @@ pub fn snapshot_stream(
     let start = std::time::Instant::now();
     let store = BlobStore::new(repo.clone())?;
     let chunker = repo.chunker();
-    let streamed = chunk_stream_overlapped(src, &store, &chunker, progress)?;
+    let streamed = chunk_stream_overlapped(src, &store, &chunker, progress, &mut Vec::new())?;
     if let Some(e) = streamed.error {
         return Err(Error::Usage(format!(
             "reading the stream failed after {} bytes: {e}; no snapshot was written",
@@ -84,97 +83,12 @@ pub fn snapshot_stream(
     Ok((sid, snap, outcome))
 }
 
-/// Like [`super::file_saver::chunk_stream`], but the next buffer is read
-/// and cut on this thread while the previous one is stored on another.
-///
-/// A file saver can leave that overlap to its sibling threads reading other
-/// files; a stream has no siblings, and without it the pipe sits undrained
-/// (and the producer, e.g. pg_dump, blocked) while a buffer is compressed,
-/// and a core idles whenever the last chunks of a buffer are compressed.
-/// Two buffers, so memory stays bounded: one being stored, one being read.
-fn chunk_stream_overlapped(
-    src: &mut dyn Read,
-    sink: &dyn BlobSink,
-    chunker: &Chunker,
-    progress: &dyn Progress,
-) -> Result<Streamed> {
-    let buf_len = READ_BUF + chunker.params().max_size as usize;
-    // Rendezvous: a full buffer is handed over only when the storer is free,
-    // so at most two buffers exist.
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, Vec<(usize, usize)>)>(0);
-    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
-    std::thread::scope(|s| {
-        let storer = std::thread::Builder::new()
-            .name("coffer-stream-store".into())
-            .spawn_scoped(s, move || -> Result<(Vec<BlobId>, u64)> {
-                let mut ids = Vec::new();
-                let mut added = 0;
-                for (buf, cuts) in full_rx.iter() {
-                    added += store_chunks(sink, &buf, &cuts, &mut ids)?;
-                    // The reader may be gone after a read error: nothing to do.
-                    let _ = empty_tx.send(buf);
-                }
-                Ok((ids, added))
-            })
-            .map_err(|e| Error::Usage(format!("cannot start the stream storer thread: {e}")))?;
-        let mut buf = vec![0u8; buf_len];
-        let mut allocated = 1;
-        let mut filled = 0usize;
-        let mut total = 0u64;
-        let mut read_error = None;
-        let mut eof = false;
-        while !eof {
-            while filled < READ_BUF && !eof {
-                match src.read(&mut buf[filled..]) {
-                    Ok(0) => eof = true,
-                    Ok(n) => {
-                        filled += n;
-                        total += n as u64;
-                        progress.bytes_done(n as u64);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        read_error = Some(e);
-                        eof = true;
-                    }
-                }
-            }
-            let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
-            let mut next = if allocated < 2 {
-                allocated += 1;
-                vec![0u8; buf_len]
-            } else {
-                match empty_rx.recv() {
-                    Ok(b) => b,
-                    // The storer stopped on a repository error; join() says which.
-                    Err(_) => break,
-                }
-            };
-            next[..filled - used].copy_from_slice(&buf[used..filled]);
-            filled -= used;
-            let full = std::mem::replace(&mut buf, next);
-            if full_tx.send((full, cuts)).is_err() {
-                break;
-            }
-        }
-        drop(full_tx);
-        let (content, added) = storer.join().map_err(|_| {
-            Error::Usage("internal error: the stream storer thread panicked".into())
-        })??;
-        Ok(Streamed {
-            content,
-            read: total,
-            added,
-            error: read_error,
-        })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::archiver::file_saver::chunk_stream;
-    use crate::chunking::ChunkerParams;
+    use crate::chunking::{Chunker, ChunkerParams};
+    use crate::id::BlobId;
     use crate::progress::NoProgress;
     use std::collections::HashMap;
     use std::sync::Mutex;
@@ -269,8 +183,14 @@ mod tests {
         let data = stream_data();
         let c = chunker();
         let sink = MemSink::default();
-        let got = chunk_stream_overlapped(&mut pipe(&data, None), &sink, &c, &NoProgress)
-            .expect("stream");
+        let got = chunk_stream_overlapped(
+            &mut pipe(&data, None),
+            &sink,
+            &c,
+            &NoProgress,
+            &mut Vec::new(),
+        )
+        .expect("stream");
         assert!(got.error.is_none());
         assert_eq!(got.read, data.len() as u64);
         let plain = MemSink::default();
@@ -297,8 +217,14 @@ mod tests {
         let c = chunker();
         let sink = MemSink::default();
         let at = 23_456_789;
-        let got = chunk_stream_overlapped(&mut pipe(&data, Some(at)), &sink, &c, &NoProgress)
-            .expect("a source error is not a repository error");
+        let got = chunk_stream_overlapped(
+            &mut pipe(&data, Some(at)),
+            &sink,
+            &c,
+            &NoProgress,
+            &mut Vec::new(),
+        )
+        .expect("a source error is not a repository error");
         assert!(got.error.is_some());
         assert_eq!(got.read, at as u64);
         let blobs = sink.blobs.lock().expect("lock");
@@ -313,7 +239,13 @@ mod tests {
             fail_after: Some(30),
             ..Default::default()
         };
-        let r = chunk_stream_overlapped(&mut pipe(&data, None), &sink, &chunker(), &NoProgress);
+        let r = chunk_stream_overlapped(
+            &mut pipe(&data, None),
+            &sink,
+            &chunker(),
+            &NoProgress,
+            &mut Vec::new(),
+        );
         assert!(matches!(r, Err(Error::Usage(m)) if m == "disk on fire"));
     }
 }
