@@ -8,8 +8,8 @@
 //! memory or compressor faults are caught before anything is uploaded:
 //! restic#4529) and put it; an index thread collects the uploaded packs and
 //! every [`CHECKPOINT_BLOBS`] blobs writes an index segment and adds it to
-//! the SQLite cache. Memory is bounded by the channel: one pack waits while
-//! each upload thread holds one.
+//! the SQLite cache. Memory is bounded by the channel: a full pack waits
+//! for a free upload thread, each of which holds one.
 //!
 //! Ordering (DESIGN.md invariant 5): a blob is in a segment only after its
 //! pack is durable, and [`BlobStore::finish`] returns only after the last
@@ -91,9 +91,10 @@ impl BlobStore {
             raw_added: AtomicU64::new(0),
             stored_added: AtomicU64::new(0),
         });
-        // One pack waiting while the others upload: enough to overlap
-        // upload with sealing, and memory stays at a few pack sizes.
-        let (tx, rx) = bounded::<FinishedPack>(1);
+        // A full pack is handed over when an upload thread is free: the
+        // other one is still uploading, so sealing overlaps with upload, and
+        // at most UPLOADERS + 1 packs (the open one) are in memory.
+        let (tx, rx) = bounded::<FinishedPack>(0);
         let (done_tx, done_rx) = bounded::<Result<IndexedPack>>(UPLOADERS);
         for i in 0..UPLOADERS {
             let (s, rx, done_tx) = (shared.clone(), rx.clone(), done_tx.clone());

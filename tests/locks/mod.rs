@@ -293,7 +293,7 @@ fn a_backup_stopped_past_the_stale_timeout_aborts_without_a_snapshot() {
     let stale_env = [("COFFER_LOCK_STALE_SECS", "6")];
     let env = Env::new();
     let (t, s0) = repo_with_snapshot(&env);
-    // Streams are read 16 MiB at a time before chunking: feed more than
+    // Streams are read 8 MiB at a time before chunking: feed more than
     // that so packs are uploaded before the stop.
     let data = Rng::new(21).bytes(19 * MIB);
     let packs_before = env.objects("packs").len();
