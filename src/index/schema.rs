@@ -2,9 +2,23 @@
 //! Migrations are keyed on `PRAGMA user_version`; the cache can always be
 //! rebuilt from segments, so an unknown version simply means "rebuild".
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: `blobs_by_pack` covers `pack_entries` (version 1's index on `pid`
+/// alone sent every row back to the table, one random lookup per blob).
+pub const SCHEMA_VERSION: i64 = 2;
 
-pub const CREATE: &str = "
+/// One definition for [`CREATE`] and [`UNSTAGE`]. It covers the queries
+/// that walk a pack's blobs (`pack_entries`, prune's rewritten index, the
+/// trailer comparison of `check`): a WITHOUT ROWID table's index also holds
+/// the key (`id`), so with these columns the table itself is never read and
+/// a pack's rows come out in offset order, one sequential range.
+macro_rules! by_pack_index {
+    () => {
+        "CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid, offset, kind, length, raw_length);"
+    };
+}
+
+pub const CREATE: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS segments (id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS packs (
@@ -21,8 +35,9 @@ CREATE TABLE IF NOT EXISTS blobs (
     raw_length INTEGER NOT NULL,
     PRIMARY KEY (id, pid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid);
-";
+",
+    by_pack_index!()
+);
 
 /// A full rebuild appends every segment's blobs here, then copies them
 /// into `blobs` sorted by key: ten million inserts at random keys touch
@@ -43,12 +58,14 @@ DROP INDEX IF EXISTS blobs_by_pack;
 
 /// Move the staged blobs into the (empty) `blobs` table in key order, then
 /// build the per-pack index in one sorted pass.
-pub const UNSTAGE: &str = "
+pub const UNSTAGE: &str = concat!(
+    "
 INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length)
     SELECT id, pid, kind, offset, length, raw_length FROM staging ORDER BY id, pid;
 DELETE FROM staging;
-CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid);
-";
+",
+    by_pack_index!()
+);
 
 pub const DROP: &str = "
 DROP TABLE IF EXISTS meta;
@@ -67,16 +84,20 @@ DELETE FROM used;
 DELETE FROM moved;
 ";
 
-/// Per pack: recorded size, blobs and bytes in total and in use.
-pub const PACK_USAGE: &str = "
-SELECT p.id, p.size, COUNT(*), SUM(b.length),
-       SUM(CASE WHEN u.id IS NULL THEN 0 ELSE 1 END),
-       SUM(CASE WHEN u.id IS NULL THEN 0 ELSE b.length END)
-FROM blobs b JOIN packs p ON p.pid = b.pid LEFT JOIN used u ON u.id = b.id
-GROUP BY b.pid ORDER BY p.id
+/// The blob ids the trees reference (`check`, prune's used set), appended as they come
+/// (a rowid table: appends touch only its last page, where inserting ten
+/// million random keys into a B-tree rewrites pages all over a file larger
+/// than any cache), and the referenced ids the index lacks.
+pub const REFS: &str = "
+CREATE TEMP TABLE IF NOT EXISTS refs (id BLOB NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS missing (id BLOB PRIMARY KEY) WITHOUT ROWID;
+DELETE FROM refs;
+DELETE FROM missing;
 ";
 
-/// Used blobs the index does not know.
-pub const MISSING_USED: &str = "
-SELECT u.id FROM used u WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = u.id)
+/// Fill the used set from the `refs` list in one sorted pass: inserting
+/// each reference as it came was a random B-tree insert per blob.
+pub const USED_FROM_REFS: &str = "
+INSERT OR IGNORE INTO used (id) SELECT id FROM refs ORDER BY id;
+DELETE FROM refs;
 ";

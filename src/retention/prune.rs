@@ -102,6 +102,7 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
         )));
     }
     idx.used_reset()?;
+    idx.refs_reset()?;
     for (sid, s) in &snaps {
         let mut stack = vec![s.tree];
         while let Some(tid) = stack.pop() {
@@ -121,7 +122,8 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
                 .iter()
                 .flat_map(|n| n.content.iter().copied())
                 .collect();
-            idx.used_insert_many(&content)?;
+            // Appended, and sorted into the used set once at the end.
+            idx.refs_add(&content)?;
             for n in &tree.nodes {
                 if n.kind == NodeKind::Dir
                     && let Some(sub) = n.subtree
@@ -131,6 +133,7 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
             }
         }
     }
+    idx.used_from_refs()?;
     Ok(snaps.len())
 }
 
@@ -144,7 +147,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         .collect();
     let snapshots = mark_used(repo)?;
     let idx = repo.index()?;
-    let missing = idx.missing_used(5)?;
+    let (usage, missing) = idx.usage(5)?;
     if !missing.is_empty() {
         let ids: Vec<String> = missing.iter().map(|b| b.to_hex()).collect();
         return Err(Error::Usage(format!(
@@ -160,7 +163,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     };
     let mut indexed: HashSet<String> = HashSet::new();
     let mut partial = Vec::new();
-    for u in idx.pack_usage()? {
+    for u in usage {
         let name = u.pack.to_hex();
         match listed.get(&name) {
             None => {
