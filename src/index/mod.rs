@@ -306,6 +306,49 @@ impl Index {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Record that the cache holds segment `id` without adding its rows:
+    /// for prune's new segments, which list packs copied from the cache
+    /// itself, so their rows are already here (re-inserting millions of
+    /// existing rows was a random lookup each).
+    pub fn hold_segment(&self, id: &SegmentId) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR IGNORE INTO segments (id) VALUES (?1)",
+                params![&id.0[..]],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Forget `packs` and `segments` in one transaction: what prune does
+    /// before deleting them, so the cache holds exactly the segments that
+    /// stay, without a rebuild from all of them. Safe at any point: until
+    /// the old segments are gone from the repository, the next sync adds
+    /// them (and these packs' rows) back; a cache another process rebuilt
+    /// meanwhile loses the same rows, found by pack id.
+    pub fn retire(&self, packs: &[PackId], segments: &[SegmentId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(schema::RETIRING)
+            .map_err(|e| self.err(e))?;
+        {
+            let mut mark = tx
+                .prepare("INSERT OR IGNORE INTO retired (pid) SELECT pid FROM packs WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for p in packs {
+                mark.execute(params![&p.0[..]]).map_err(|e| self.err(e))?;
+            }
+            let mut seg = tx
+                .prepare("DELETE FROM segments WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for s in segments {
+                seg.execute(params![&s.0[..]]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.execute_batch(schema::RETIRE).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Where a blob is stored (any one copy).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let c = self.conn();

@@ -67,6 +67,27 @@ DELETE FROM staging;
     by_pack_index!()
 );
 
+/// Prune's retired packs, whose rows [`RETIRE`] removes.
+pub const RETIRING: &str = "
+CREATE TEMP TABLE IF NOT EXISTS retired (pid INTEGER PRIMARY KEY);
+DELETE FROM retired;
+";
+
+/// Remove the rows of the retired packs. Without `blobs_by_pack` the
+/// delete can only scan `blobs` in key order, which dirties each page once;
+/// through the index it went pack by pack, at random keys, and rewrote the
+/// pages of a table larger than the page cache over and over. The index is
+/// then rebuilt in one sorted pass, as after a bulk load.
+pub const RETIRE: &str = concat!(
+    "
+DROP INDEX IF EXISTS blobs_by_pack;
+DELETE FROM blobs WHERE pid IN (SELECT pid FROM retired);
+DELETE FROM packs WHERE pid IN (SELECT pid FROM retired);
+DELETE FROM retired;
+",
+    by_pack_index!()
+);
+
 pub const DROP: &str = "
 DROP TABLE IF EXISTS meta;
 DROP TABLE IF EXISTS segments;
