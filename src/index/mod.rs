@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, RepoId, SegmentId};
 use crate::pack::PackEntry;
 use rusqlite::{Connection, OptionalExtension, params};
-use segment::Segment;
+use segment::{IndexedPack, Segment};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -306,46 +306,82 @@ impl Index {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Record that the cache holds segment `id` without adding its rows:
-    /// for prune's new segments, which list packs copied from the cache
-    /// itself, so their rows are already here (re-inserting millions of
-    /// existing rows was a random lookup each).
-    pub fn hold_segment(&self, id: &SegmentId) -> Result<()> {
+    /// Start staging a prune's changes (see [`Index::retire`]).
+    pub fn prune_begin(&self) -> Result<()> {
         self.conn()
-            .execute(
-                "INSERT OR IGNORE INTO segments (id) VALUES (?1)",
-                params![&id.0[..]],
-            )
-            .map(|_| ())
+            .execute_batch(schema::PRUNE_BEGIN)
             .map_err(|e| self.err(e))
     }
 
-    /// Forget `packs` and `segments` in one transaction: what prune does
-    /// before deleting them, so the cache holds exactly the segments that
-    /// stay, without a rebuild from all of them. Safe at any point: until
-    /// the old segments are gone from the repository, the next sync adds
-    /// them (and these packs' rows) back; a cache another process rebuilt
-    /// meanwhile loses the same rows, found by pack id.
-    pub fn retire(&self, packs: &[PackId], segments: &[SegmentId]) -> Result<()> {
+    /// Stage a pack prune wrote; the cache lists it from [`Index::retire`].
+    pub fn stage_pack(&self, pack: &IndexedPack) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
-        tx.execute_batch(schema::RETIRING)
-            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO new_packs (id, size) VALUES (?1, ?2)",
+            params![&pack.id.0[..], pack.size as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO new_blobs (pack, id, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| self.err(e))?;
+            for e in &pack.entries {
+                st.execute(params![
+                    &pack.id.0[..],
+                    &e.id.0[..],
+                    e.kind as u8,
+                    e.offset,
+                    e.length,
+                    e.raw_length
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Bring the cache from the old segments to prune's new ones in one
+    /// transaction, instead of a rebuild from every new segment: forget
+    /// `retired` packs and `old` segments, add the staged packs, and
+    /// record `new` segments. Those list the staged packs and packs whose
+    /// rows prune copied from this cache, so the result is what a rebuild
+    /// gives. Prune calls it before deleting anything: a crash then leaves
+    /// old segments the next sync adds back (with these packs' rows); a
+    /// cache another process rebuilt meanwhile loses the same rows, found
+    /// by pack id.
+    pub fn retire(&self, retired: &[PackId], old: &[SegmentId], new: &[SegmentId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
         {
             let mut mark = tx
                 .prepare("INSERT OR IGNORE INTO retired (pid) SELECT pid FROM packs WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
-            for p in packs {
+            for p in retired {
                 mark.execute(params![&p.0[..]]).map_err(|e| self.err(e))?;
             }
-            let mut seg = tx
+            let mut drop_seg = tx
                 .prepare("DELETE FROM segments WHERE id = ?1")
                 .map_err(|e| self.err(e))?;
-            for s in segments {
-                seg.execute(params![&s.0[..]]).map_err(|e| self.err(e))?;
+            for s in old {
+                drop_seg
+                    .execute(params![&s.0[..]])
+                    .map_err(|e| self.err(e))?;
             }
         }
         tx.execute_batch(schema::RETIRE).map_err(|e| self.err(e))?;
+        {
+            let mut add_seg = tx
+                .prepare("INSERT OR IGNORE INTO segments (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for s in new {
+                add_seg
+                    .execute(params![&s.0[..]])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
         tx.commit().map_err(|e| self.err(e))
     }
 
@@ -451,7 +487,6 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use segment::IndexedPack;
 
     fn seg(pack: u8, blobs: &[u8]) -> Segment {
         let mut off = 0;

@@ -67,23 +67,44 @@ DELETE FROM staging;
     by_pack_index!()
 );
 
-/// Prune's retired packs, whose rows [`RETIRE`] removes.
-pub const RETIRING: &str = "
+/// Prune's retired packs, and the packs it wrote, staged until [`RETIRE`]
+/// brings the cache to the new segments in one transaction. Adding each
+/// new segment as it was written inserted its blobs at random keys, and at
+/// ten million blobs every insert rewrote a page of a table larger than
+/// the page cache.
+pub const PRUNE_BEGIN: &str = "
 CREATE TEMP TABLE IF NOT EXISTS retired (pid INTEGER PRIMARY KEY);
+CREATE TEMP TABLE IF NOT EXISTS new_packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS new_blobs (
+    pack BLOB NOT NULL,
+    id BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    raw_length INTEGER NOT NULL
+);
 DELETE FROM retired;
+DELETE FROM new_packs;
+DELETE FROM new_blobs;
 ";
 
-/// Remove the rows of the retired packs. Without `blobs_by_pack` the
-/// delete can only scan `blobs` in key order, which dirties each page once;
-/// through the index it went pack by pack, at random keys, and rewrote the
-/// pages of a table larger than the page cache over and over. The index is
-/// then rebuilt in one sorted pass, as after a bulk load.
+/// Drop the retired packs' rows and add the new ones. Without
+/// `blobs_by_pack` the delete can only scan `blobs` in key order, and the
+/// inserts come sorted by key, so each page is rewritten once; deleting
+/// through the index went pack by pack, at random keys. The index is then
+/// rebuilt in one sorted pass, as after a bulk load.
 pub const RETIRE: &str = concat!(
     "
 DROP INDEX IF EXISTS blobs_by_pack;
 DELETE FROM blobs WHERE pid IN (SELECT pid FROM retired);
 DELETE FROM packs WHERE pid IN (SELECT pid FROM retired);
+INSERT OR IGNORE INTO packs (id, size) SELECT id, size FROM new_packs;
+INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length)
+    SELECT n.id, p.pid, n.kind, n.offset, n.length, n.raw_length
+    FROM new_blobs n JOIN packs p ON p.id = n.pack ORDER BY n.id, p.pid;
 DELETE FROM retired;
+DELETE FROM new_packs;
+DELETE FROM new_blobs;
 ",
     by_pack_index!()
 );

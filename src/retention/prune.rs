@@ -230,7 +230,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         .chain(&plan.repack)
         .map(|p| p.0)
         .collect();
-    // The packs that stay, listed before new ones join the cache.
+    // The packs that stay.
     let live: Vec<(PackId, u64)> = idx
         .packs()?
         .into_iter()
@@ -242,20 +242,21 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     // leaves their blobs indexed twice, which readers tolerate.
     let mut new_packs = Segment::default();
     let mut writer = PackWriter::new();
-    // `rows_held`: every pack of `seg` came from the cache, which only has
-    // to note the segment; new packs' rows are added.
-    let flush = |seg: &mut Segment, rows_held: bool, report: &mut PruneReport| -> Result<()> {
+    // The cache learns the new segments only at the end (`retire`).
+    let mut new_segments: Vec<SegmentId> = Vec::new();
+    idx.prune_begin()?;
+    let mut flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
         if !seg.packs.is_empty() {
-            let id = repo.save_segment(seg)?;
-            if rows_held {
-                idx.hold_segment(&id)?;
-            } else {
-                idx.add_segment(&id, seg)?;
-            }
+            new_segments.push(repo.save_segment(seg)?);
             report.segments_written += 1;
             *seg = Segment::default();
         }
         Ok(())
+    };
+    let upload = |p| -> Result<IndexedPack> {
+        let p = upload_pack(repo, p)?;
+        idx.stage_pack(&p)?;
+        Ok(p)
     };
     for (pack, _) in &plan.repack {
         let name = pack.to_hex();
@@ -298,10 +299,10 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
             if writer.len() >= repo.config().pack_size as usize {
                 repo.ensure_lock()?;
                 let p = std::mem::take(&mut writer).finish(repo.keys(), repo.id());
-                new_packs.packs.push(upload_pack(repo, p)?);
+                new_packs.packs.push(upload(p)?);
                 report.packs_written += 1;
                 if new_packs.blob_count() >= CHECKPOINT_BLOBS {
-                    flush(&mut new_packs, false, &mut report)?;
+                    flush(&mut new_packs, &mut report)?;
                 }
             }
         }
@@ -311,7 +312,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         repo.ensure_lock()?;
         new_packs
             .packs
-            .push(upload_pack(repo, writer.finish(repo.keys(), repo.id()))?);
+            .push(upload(writer.finish(repo.keys(), repo.id()))?);
         report.packs_written += 1;
     }
     // 2. The new index: every surviving pack, then the last new ones.
@@ -326,17 +327,16 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
             entries,
         });
         if blobs >= CHECKPOINT_BLOBS {
-            flush(&mut seg, true, &mut report)?;
+            flush(&mut seg, &mut report)?;
             blobs = 0;
         }
     }
-    let rows_held = new_packs.packs.is_empty();
     seg.packs.append(&mut new_packs.packs);
-    flush(&mut seg, rows_held, &mut report)?;
-    // The cache now holds the new segments; drop what goes next from it,
-    // rather than rebuild it from every segment once the old ones are gone.
+    flush(&mut seg, &mut report)?;
+    // The cache moves to the new segments before anything is deleted,
+    // rather than being rebuilt from all of them afterwards.
     let retired: Vec<PackId> = dead.iter().copied().collect();
-    idx.retire(&retired, &plan.old_segments)?;
+    idx.retire(&retired, &plan.old_segments, &new_segments)?;
     // 3. Old segments, then 4. old packs.
     for s in &plan.old_segments {
         repo.delete(FileKind::Index, &s.to_hex())?;
