@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, RepoId, SegmentId};
 use crate::pack::PackEntry;
 use rusqlite::{Connection, OptionalExtension, params};
-use segment::Segment;
+use segment::{IndexedPack, Segment};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -306,6 +306,85 @@ impl Index {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Start staging a prune's changes (see [`Index::retire`]).
+    pub fn prune_begin(&self) -> Result<()> {
+        self.conn()
+            .execute_batch(schema::PRUNE_BEGIN)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Stage a pack prune wrote; the cache lists it from [`Index::retire`].
+    pub fn stage_pack(&self, pack: &IndexedPack) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT OR IGNORE INTO new_packs (id, size) VALUES (?1, ?2)",
+            params![&pack.id.0[..], pack.size as i64],
+        )
+        .map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT INTO new_blobs (pack, id, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .map_err(|e| self.err(e))?;
+            for e in &pack.entries {
+                st.execute(params![
+                    &pack.id.0[..],
+                    &e.id.0[..],
+                    e.kind as u8,
+                    e.offset,
+                    e.length,
+                    e.raw_length
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Bring the cache from the old segments to prune's new ones in one
+    /// transaction, instead of a rebuild from every new segment: forget
+    /// `retired` packs and `old` segments, add the staged packs, and
+    /// record `new` segments. Those list the staged packs and packs whose
+    /// rows prune copied from this cache, so the result is what a rebuild
+    /// gives. Prune calls it before deleting anything: a crash then leaves
+    /// old segments the next sync adds back (with these packs' rows); a
+    /// cache another process rebuilt meanwhile loses the same rows, found
+    /// by pack id.
+    pub fn retire(&self, retired: &[PackId], old: &[SegmentId], new: &[SegmentId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut mark = tx
+                .prepare("INSERT OR IGNORE INTO retired (pid) SELECT pid FROM packs WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for p in retired {
+                mark.execute(params![&p.0[..]]).map_err(|e| self.err(e))?;
+            }
+            let mut drop_seg = tx
+                .prepare("DELETE FROM segments WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for s in old {
+                drop_seg
+                    .execute(params![&s.0[..]])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.execute_batch(schema::RETIRE).map_err(|e| self.err(e))?;
+        {
+            let mut add_seg = tx
+                .prepare("INSERT OR IGNORE INTO segments (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for s in new {
+                add_seg
+                    .execute(params![&s.0[..]])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Where a blob is stored (any one copy).
     pub fn lookup(&self, id: &BlobId) -> Result<Option<BlobLocation>> {
         let c = self.conn();
@@ -408,7 +487,6 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use segment::IndexedPack;
 
     fn seg(pack: u8, blobs: &[u8]) -> Segment {
         let mut off = 0;
@@ -538,6 +616,140 @@ mod tests {
     }
 
     #[test]
+    fn refs_resolve_finds_exactly_the_unindexed_references() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        idx.add_segment(&SegmentId([1; 32]), &seg(10, &[2, 4, 6, 8]))
+            .unwrap();
+        idx.add_segment(&SegmentId([2; 32]), &seg(11, &[4, 9]))
+            .unwrap();
+        idx.refs_reset().unwrap();
+        // Unsorted, repeated, before the first, between and after the last.
+        let ids = [9, 1, 4, 5, 4, 1, 2, 200, 8, 7, 255, 6].map(|b| BlobId([b; 32]));
+        idx.refs_add(&ids[..5]).unwrap();
+        idx.refs_add(&ids[5..]).unwrap();
+        assert_eq!(idx.refs_resolve().unwrap(), 5);
+        let missing = idx.missing_among(&ids).unwrap();
+        let mut got: Vec<u8> = missing.iter().map(|b| b.0[0]).collect();
+        got.sort();
+        assert_eq!(got, vec![1, 5, 7, 200, 255]);
+        // A new list starts empty; nothing referenced, nothing missing.
+        idx.refs_reset().unwrap();
+        assert_eq!(idx.refs_resolve().unwrap(), 0);
+        assert!(idx.missing_among(&ids).unwrap().is_empty());
+        idx.refs_add(&[BlobId([3; 32])]).unwrap();
+        assert_eq!(idx.refs_resolve().unwrap(), 1);
+        // An empty index: every reference is missing.
+        let empty = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        empty.refs_reset().unwrap();
+        empty.refs_add(&ids).unwrap();
+        assert_eq!(empty.refs_resolve().unwrap(), 10);
+    }
+
+    /// The queries that walk a pack's blobs, or all blobs in order, read
+    /// no table rows at random: that is what makes `check` and `prune`
+    /// affordable at ten million blobs.
+    #[test]
+    fn pack_and_ordered_scans_use_no_random_lookups() {
+        let dir = tempfile::tempdir().unwrap();
+        let idx = Index::open(&dir.path().join("index.sqlite"), &RepoId([1; 32]), 1).unwrap();
+        let load = |id: &SegmentId| Ok(Some(seg(id.0[0], &[id.0[0], 7])));
+        idx.sync(&[1, 2, 3].map(|i| SegmentId([i; 32])), load)
+            .unwrap();
+        idx.refs_reset().unwrap();
+        let c = idx.conn();
+        let plan = |sql: &str| -> String {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("; ")
+        };
+        let entries = plan(
+            "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM packs p JOIN blobs b ON b.pid = p.pid WHERE p.id = x'00' ORDER BY b.offset",
+        );
+        assert!(
+            entries.contains("COVERING INDEX blobs_by_pack") && !entries.contains("TEMP B-TREE"),
+            "{entries}"
+        );
+        let all = plan("SELECT id FROM blobs ORDER BY id");
+        assert!(!all.contains("TEMP B-TREE"), "{all}");
+        drop(c);
+        let pe = idx.pack_entries(&PackId([2; 32])).unwrap();
+        assert_eq!(pe.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 100]);
+        assert_eq!(pe[1].id, BlobId([7; 32]));
+    }
+
+    #[test]
+    fn a_cache_of_an_older_schema_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let repo = RepoId([1; 32]);
+        let idx = Index::open(&path, &repo, 1).unwrap();
+        idx.sync(&[SegmentId([1; 32])], |_| Ok(Some(seg(10, &[1]))))
+            .unwrap();
+        let c = idx.conn();
+        // What version 1 had: an index on `pid` alone.
+        c.execute_batch(
+            "DROP INDEX blobs_by_pack; CREATE INDEX blobs_by_pack ON blobs(pid); PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(c);
+        drop(idx);
+        let idx = Index::open(&path, &repo, 1).unwrap();
+        assert!(idx.segments().unwrap().is_empty());
+        assert_eq!(idx.counts().unwrap(), (0, 0));
+        let sql: String = idx
+            .conn()
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'blobs_by_pack'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(sql.contains("raw_length"), "{sql}");
+    }
+
+    #[test]
+    fn usage_counts_every_copy_and_names_missing_used_blobs() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        // Blob 4 is in packs 10 and 11; pack 12 holds nothing used.
+        idx.add_segment(&SegmentId([1; 32]), &seg(10, &[2, 4, 6]))
+            .unwrap();
+        idx.add_segment(&SegmentId([2; 32]), &seg(11, &[4, 9]))
+            .unwrap();
+        idx.add_segment(&SegmentId([3; 32]), &seg(12, &[3, 5]))
+            .unwrap();
+        idx.used_reset().unwrap();
+        idx.refs_reset().unwrap();
+        idx.used_insert(&BlobId([9; 32])).unwrap();
+        idx.refs_add(&[1, 4, 2, 4, 7, 255].map(|b| BlobId([b; 32])))
+            .unwrap();
+        idx.used_from_refs().unwrap();
+        assert!(idx.used_contains(&BlobId([4; 32])).unwrap());
+        let (usage, missing) = idx.usage(10).unwrap();
+        let got: Vec<(u8, u64, u64, u64, u64, u64)> = usage
+            .iter()
+            .map(|u| {
+                let (p, s) = (u.pack.0[0], u.size);
+                (p, s, u.blobs, u.bytes, u.used_blobs, u.used_bytes)
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (10, 500, 3, 300, 2, 200),
+                (11, 400, 2, 200, 2, 200),
+                (12, 400, 2, 200, 0, 0)
+            ]
+        );
+        assert_eq!(missing, [1, 7, 255].map(|b| BlobId([b; 32])));
+        assert_eq!(idx.usage(2).unwrap().1.len(), 2);
+        // Nothing used: every pack is unused, nothing is missing.
+        idx.used_reset().unwrap();
+        let (usage, missing) = idx.usage(10).unwrap();
+        assert!(usage.iter().all(|u| u.used_blobs == 0) && usage.len() == 3);
+        assert!(missing.is_empty());
+    }
+
+    #[test]
     fn corrupt_cache_file_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
@@ -547,7 +759,7 @@ mod tests {
     }
 }
 
-/// How much of a pack is in use (from [`Index::pack_usage`]).
+/// How much of a pack is in use (from [`Index::usage`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackUsage {
     pub pack: PackId,
@@ -610,50 +822,126 @@ impl Index {
         st.exists(params![&id.0[..]]).map_err(|e| self.err(e))
     }
 
-    /// Used blobs that no indexed pack holds (at most `limit` of them).
-    pub fn missing_used(&self, limit: usize) -> Result<Vec<BlobId>> {
-        let c = self.conn();
-        let mut st = c.prepare(schema::MISSING_USED).map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| r.get::<_, Vec<u8>>(0))
+    /// Fill the used set from what [`Index::refs_add`] appended.
+    pub fn used_from_refs(&self) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(schema::USED_FROM_REFS)
             .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in rows.take(limit) {
-            let b = r.map_err(|e| self.err(e))?;
-            out.push(BlobId::from_slice(&b).ok_or_else(|| self.err("bad blob id"))?);
-        }
-        Ok(out)
+        tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Usage of every indexed pack, against the used set.
-    pub fn pack_usage(&self) -> Result<Vec<PackUsage>> {
-        let c = self.conn();
-        let mut st = c.prepare(schema::PACK_USAGE).map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, i64>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, i64>(5)?,
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let (id, size, blobs, bytes, ub, ubytes) = r.map_err(|e| self.err(e))?;
-            out.push(PackUsage {
-                pack: PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?,
-                size: size as u64,
-                blobs: blobs as u64,
-                bytes: bytes as u64,
-                used_blobs: ub as u64,
-                used_bytes: ubytes as u64,
-            });
+    /// Usage of every indexed pack against the used set, and (at most
+    /// `limit` of) the used blobs that no indexed pack holds. One merge of
+    /// `blobs` and `used`, both read in key order: a join looked up each of
+    /// ten million blobs at random. Memory grows with the packs, not the
+    /// blobs.
+    pub fn usage(&self, limit: usize) -> Result<(Vec<PackUsage>, Vec<BlobId>)> {
+        #[derive(Default)]
+        struct Sums {
+            blobs: u64,
+            bytes: u64,
+            used_blobs: u64,
+            used_bytes: u64,
         }
-        Ok(out)
+        let c = self.conn();
+        let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut sums: std::collections::HashMap<i64, Sums> = std::collections::HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let mut blobs = tx
+                .prepare("SELECT id, pid, length FROM blobs ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let mut used = tx
+                .prepare("SELECT id FROM used ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let mut blobs = blobs.query([]).map_err(|e| self.err(e))?;
+            let mut used = used.query([]).map_err(|e| self.err(e))?;
+            let next_blob = |rows: &mut rusqlite::Rows| -> Result<Option<(Vec<u8>, i64, i64)>> {
+                match rows.next().map_err(|e| self.err(e))? {
+                    Some(r) => Ok(Some((
+                        r.get(0).map_err(|e| self.err(e))?,
+                        r.get(1).map_err(|e| self.err(e))?,
+                        r.get(2).map_err(|e| self.err(e))?,
+                    ))),
+                    None => Ok(None),
+                }
+            };
+            let next_used = |rows: &mut rusqlite::Rows| -> Result<Option<Vec<u8>>> {
+                match rows.next().map_err(|e| self.err(e))? {
+                    Some(r) => Ok(Some(r.get(0).map_err(|e| self.err(e))?)),
+                    None => Ok(None),
+                }
+            };
+            let mut b = next_blob(&mut blobs)?;
+            let mut u = next_used(&mut used)?;
+            // Whether some pack holds the current used id; a blob stored in
+            // two packs is two rows with the same id, so `u` moves on only
+            // when the blobs have passed it.
+            let mut held = false;
+            loop {
+                let ord = match (&b, &u) {
+                    (None, None) => break,
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (Some((bid, _, _)), Some(uid)) => bid.cmp(uid),
+                };
+                if ord == std::cmp::Ordering::Greater {
+                    if let Some(id) = u.as_deref()
+                        && !held
+                        && missing.len() < limit
+                    {
+                        missing
+                            .push(BlobId::from_slice(id).ok_or_else(|| self.err("bad blob id"))?);
+                    }
+                    held = false;
+                    u = next_used(&mut used)?;
+                    continue;
+                }
+                let Some((_, pid, length)) = b.take() else {
+                    break;
+                };
+                let s = sums.entry(pid).or_default();
+                s.blobs += 1;
+                s.bytes += length as u64;
+                if ord == std::cmp::Ordering::Equal {
+                    s.used_blobs += 1;
+                    s.used_bytes += length as u64;
+                    held = true;
+                }
+                b = next_blob(&mut blobs)?;
+            }
+        }
+        let mut out = Vec::with_capacity(sums.len());
+        {
+            let mut st = tx
+                .prepare("SELECT pid, id, size FROM packs ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                let (pid, id, size) = r.map_err(|e| self.err(e))?;
+                // A pack no blob row names is not indexed, as before.
+                let Some(s) = sums.remove(&pid) else { continue };
+                out.push(PackUsage {
+                    pack: PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?,
+                    size: size as u64,
+                    blobs: s.blobs,
+                    bytes: s.bytes,
+                    used_blobs: s.used_blobs,
+                    used_bytes: s.used_bytes,
+                });
+            }
+        }
+        tx.finish().map_err(|e| self.err(e))?;
+        Ok((out, missing))
     }
 
     /// The blobs of one pack, in offset order.
@@ -661,7 +949,7 @@ impl Index {
         let c = self.conn();
         let mut st = c
             .prepare_cached(
-                "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM blobs b JOIN packs p ON p.pid = b.pid WHERE p.id = ?1 ORDER BY b.offset",
+                "SELECT b.id, b.kind, b.offset, b.length, b.raw_length FROM packs p JOIN blobs b ON b.pid = p.pid WHERE p.id = ?1 ORDER BY b.offset",
             )
             .map_err(|e| self.err(e))?;
         let rows = st
@@ -696,6 +984,94 @@ impl Index {
         for r in rows {
             let b = r.map_err(|e| self.err(e))?;
             out.push(PackId::from_slice(&b).ok_or_else(|| self.err("bad pack id"))?);
+        }
+        Ok(out)
+    }
+}
+
+/// Referenced blobs the index does not hold, found by a merge of two
+/// sorted lists rather than a lookup per reference: SQLite's sorter spills
+/// to temporary files in sequential runs, and `blobs` is read in key order,
+/// so each page of either is read once (RAM stays at the page caches).
+impl Index {
+    /// Start an empty list of referenced blobs.
+    pub fn refs_reset(&self) -> Result<()> {
+        self.conn()
+            .execute_batch(schema::REFS)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Append referenced blob ids (duplicates welcome), in one transaction.
+    pub fn refs_add(&self, ids: &[BlobId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached("INSERT INTO refs (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                st.execute(params![&id.0[..]]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Record every referenced id that no indexed pack holds (see
+    /// [`Index::missing_among`]); returns how many distinct ids that is.
+    pub fn refs_resolve(&self) -> Result<u64> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut found = 0u64;
+        {
+            let mut refs = tx
+                .prepare("SELECT id FROM refs ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let mut blobs = tx
+                .prepare("SELECT id FROM blobs ORDER BY id")
+                .map_err(|e| self.err(e))?;
+            let mut ins = tx
+                .prepare("INSERT OR IGNORE INTO missing (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            let mut refs = refs.query([]).map_err(|e| self.err(e))?;
+            let mut blobs = blobs.query([]).map_err(|e| self.err(e))?;
+            let next = |rows: &mut rusqlite::Rows| -> Result<Option<Vec<u8>>> {
+                match rows.next().map_err(|e| self.err(e))? {
+                    Some(r) => Ok(Some(r.get(0).map_err(|e| self.err(e))?)),
+                    None => Ok(None),
+                }
+            };
+            let mut have = next(&mut blobs)?;
+            let mut last: Option<Vec<u8>> = None;
+            while let Some(r) = next(&mut refs)? {
+                if last.as_ref() == Some(&r) {
+                    continue;
+                }
+                // Both are in memcmp order, SQLite's order for BLOBs.
+                while have.as_ref().is_some_and(|h| *h < r) {
+                    have = next(&mut blobs)?;
+                }
+                if have.as_ref() != Some(&r) {
+                    ins.execute(params![&r[..]]).map_err(|e| self.err(e))?;
+                    found += 1;
+                }
+                last = Some(r);
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(found)
+    }
+
+    /// Which of `ids` [`Index::refs_resolve`] found missing.
+    pub fn missing_among(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
+        let c = self.conn();
+        let mut st = c
+            .prepare_cached("SELECT 1 FROM missing WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut out = HashSet::new();
+        for id in ids {
+            if st.exists(params![&id.0[..]]).map_err(|e| self.err(e))? {
+                out.insert(*id);
+            }
         }
         Ok(out)
     }

@@ -2,9 +2,23 @@
 //! Migrations are keyed on `PRAGMA user_version`; the cache can always be
 //! rebuilt from segments, so an unknown version simply means "rebuild".
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: `blobs_by_pack` covers `pack_entries` (version 1's index on `pid`
+/// alone sent every row back to the table, one random lookup per blob).
+pub const SCHEMA_VERSION: i64 = 2;
 
-pub const CREATE: &str = "
+/// One definition for [`CREATE`] and [`UNSTAGE`]. It covers the queries
+/// that walk a pack's blobs (`pack_entries`, prune's rewritten index, the
+/// trailer comparison of `check`): a WITHOUT ROWID table's index also holds
+/// the key (`id`), so with these columns the table itself is never read and
+/// a pack's rows come out in offset order, one sequential range.
+macro_rules! by_pack_index {
+    () => {
+        "CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid, offset, kind, length, raw_length);"
+    };
+}
+
+pub const CREATE: &str = concat!(
+    "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS segments (id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS packs (
@@ -21,8 +35,9 @@ CREATE TABLE IF NOT EXISTS blobs (
     raw_length INTEGER NOT NULL,
     PRIMARY KEY (id, pid)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid);
-";
+",
+    by_pack_index!()
+);
 
 /// A full rebuild appends every segment's blobs here, then copies them
 /// into `blobs` sorted by key: ten million inserts at random keys touch
@@ -43,12 +58,56 @@ DROP INDEX IF EXISTS blobs_by_pack;
 
 /// Move the staged blobs into the (empty) `blobs` table in key order, then
 /// build the per-pack index in one sorted pass.
-pub const UNSTAGE: &str = "
+pub const UNSTAGE: &str = concat!(
+    "
 INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length)
     SELECT id, pid, kind, offset, length, raw_length FROM staging ORDER BY id, pid;
 DELETE FROM staging;
-CREATE INDEX IF NOT EXISTS blobs_by_pack ON blobs(pid);
+",
+    by_pack_index!()
+);
+
+/// Prune's retired packs, and the packs it wrote, staged until [`RETIRE`]
+/// brings the cache to the new segments in one transaction. Adding each
+/// new segment as it was written inserted its blobs at random keys, and at
+/// ten million blobs every insert rewrote a page of a table larger than
+/// the page cache.
+pub const PRUNE_BEGIN: &str = "
+CREATE TEMP TABLE IF NOT EXISTS retired (pid INTEGER PRIMARY KEY);
+CREATE TEMP TABLE IF NOT EXISTS new_packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TEMP TABLE IF NOT EXISTS new_blobs (
+    pack BLOB NOT NULL,
+    id BLOB NOT NULL,
+    kind INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    length INTEGER NOT NULL,
+    raw_length INTEGER NOT NULL
+);
+DELETE FROM retired;
+DELETE FROM new_packs;
+DELETE FROM new_blobs;
 ";
+
+/// Drop the retired packs' rows and add the new ones. Without
+/// `blobs_by_pack` the delete can only scan `blobs` in key order, and the
+/// inserts come sorted by key, so each page is rewritten once; deleting
+/// through the index went pack by pack, at random keys. The index is then
+/// rebuilt in one sorted pass, as after a bulk load.
+pub const RETIRE: &str = concat!(
+    "
+DROP INDEX IF EXISTS blobs_by_pack;
+DELETE FROM blobs WHERE pid IN (SELECT pid FROM retired);
+DELETE FROM packs WHERE pid IN (SELECT pid FROM retired);
+INSERT OR IGNORE INTO packs (id, size) SELECT id, size FROM new_packs;
+INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length)
+    SELECT n.id, p.pid, n.kind, n.offset, n.length, n.raw_length
+    FROM new_blobs n JOIN packs p ON p.id = n.pack ORDER BY n.id, p.pid;
+DELETE FROM retired;
+DELETE FROM new_packs;
+DELETE FROM new_blobs;
+",
+    by_pack_index!()
+);
 
 pub const DROP: &str = "
 DROP TABLE IF EXISTS meta;
@@ -67,16 +126,20 @@ DELETE FROM used;
 DELETE FROM moved;
 ";
 
-/// Per pack: recorded size, blobs and bytes in total and in use.
-pub const PACK_USAGE: &str = "
-SELECT p.id, p.size, COUNT(*), SUM(b.length),
-       SUM(CASE WHEN u.id IS NULL THEN 0 ELSE 1 END),
-       SUM(CASE WHEN u.id IS NULL THEN 0 ELSE b.length END)
-FROM blobs b JOIN packs p ON p.pid = b.pid LEFT JOIN used u ON u.id = b.id
-GROUP BY b.pid ORDER BY p.id
+/// The blob ids the trees reference (`check`, prune's used set), appended as they come
+/// (a rowid table: appends touch only its last page, where inserting ten
+/// million random keys into a B-tree rewrites pages all over a file larger
+/// than any cache), and the referenced ids the index lacks.
+pub const REFS: &str = "
+CREATE TEMP TABLE IF NOT EXISTS refs (id BLOB NOT NULL);
+CREATE TEMP TABLE IF NOT EXISTS missing (id BLOB PRIMARY KEY) WITHOUT ROWID;
+DELETE FROM refs;
+DELETE FROM missing;
 ";
 
-/// Used blobs the index does not know.
-pub const MISSING_USED: &str = "
-SELECT u.id FROM used u WHERE NOT EXISTS (SELECT 1 FROM blobs b WHERE b.id = u.id)
+/// Fill the used set from the `refs` list in one sorted pass: inserting
+/// each reference as it came was a random B-tree insert per blob.
+pub const USED_FROM_REFS: &str = "
+INSERT OR IGNORE INTO used (id) SELECT id FROM refs ORDER BY id;
+DELETE FROM refs;
 ";

@@ -102,6 +102,7 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
         )));
     }
     idx.used_reset()?;
+    idx.refs_reset()?;
     for (sid, s) in &snaps {
         let mut stack = vec![s.tree];
         while let Some(tid) = stack.pop() {
@@ -121,7 +122,8 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
                 .iter()
                 .flat_map(|n| n.content.iter().copied())
                 .collect();
-            idx.used_insert_many(&content)?;
+            // Appended, and sorted into the used set once at the end.
+            idx.refs_add(&content)?;
             for n in &tree.nodes {
                 if n.kind == NodeKind::Dir
                     && let Some(sub) = n.subtree
@@ -131,6 +133,7 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
             }
         }
     }
+    idx.used_from_refs()?;
     Ok(snaps.len())
 }
 
@@ -144,7 +147,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         .collect();
     let snapshots = mark_used(repo)?;
     let idx = repo.index()?;
-    let missing = idx.missing_used(5)?;
+    let (usage, missing) = idx.usage(5)?;
     if !missing.is_empty() {
         let ids: Vec<String> = missing.iter().map(|b| b.to_hex()).collect();
         return Err(Error::Usage(format!(
@@ -160,7 +163,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     };
     let mut indexed: HashSet<String> = HashSet::new();
     let mut partial = Vec::new();
-    for u in idx.pack_usage()? {
+    for u in usage {
         let name = u.pack.to_hex();
         match listed.get(&name) {
             None => {
@@ -227,19 +230,33 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         .chain(&plan.repack)
         .map(|p| p.0)
         .collect();
+    // The packs that stay.
+    let live: Vec<(PackId, u64)> = idx
+        .packs()?
+        .into_iter()
+        .filter(|(p, _)| !dead.contains(p))
+        .collect();
     // 1. Repack: move each used blob that no surviving pack holds. The new
     // packs are indexed as they accumulate, like a backup's checkpoints: a
     // list of every repacked blob would grow with the repository. A crash
     // leaves their blobs indexed twice, which readers tolerate.
     let mut new_packs = Segment::default();
     let mut writer = PackWriter::new();
-    let flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
+    // The cache learns the new segments only at the end (`retire`).
+    let mut new_segments: Vec<SegmentId> = Vec::new();
+    idx.prune_begin()?;
+    let mut flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
         if !seg.packs.is_empty() {
-            repo.save_segment(seg)?;
+            new_segments.push(repo.save_segment(seg)?);
             report.segments_written += 1;
             *seg = Segment::default();
         }
         Ok(())
+    };
+    let upload = |p| -> Result<IndexedPack> {
+        let p = upload_pack(repo, p)?;
+        idx.stage_pack(&p)?;
+        Ok(p)
     };
     for (pack, _) in &plan.repack {
         let name = pack.to_hex();
@@ -282,7 +299,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
             if writer.len() >= repo.config().pack_size as usize {
                 repo.ensure_lock()?;
                 let p = std::mem::take(&mut writer).finish(repo.keys(), repo.id());
-                new_packs.packs.push(upload_pack(repo, p)?);
+                new_packs.packs.push(upload(p)?);
                 report.packs_written += 1;
                 if new_packs.blob_count() >= CHECKPOINT_BLOBS {
                     flush(&mut new_packs, &mut report)?;
@@ -295,17 +312,12 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         repo.ensure_lock()?;
         new_packs
             .packs
-            .push(upload_pack(repo, writer.finish(repo.keys(), repo.id()))?);
+            .push(upload(writer.finish(repo.keys(), repo.id()))?);
         report.packs_written += 1;
     }
     // 2. The new index: every surviving pack, then the last new ones.
     let mut seg = Segment::default();
     let mut blobs = 0usize;
-    let live: Vec<(PackId, u64)> = idx
-        .packs()?
-        .into_iter()
-        .filter(|(p, _)| !dead.contains(p))
-        .collect();
     for (pack, size) in live {
         let entries = idx.pack_entries(&pack)?;
         blobs += entries.len();
@@ -321,6 +333,10 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     }
     seg.packs.append(&mut new_packs.packs);
     flush(&mut seg, &mut report)?;
+    // The cache moves to the new segments before anything is deleted,
+    // rather than being rebuilt from all of them afterwards.
+    let retired: Vec<PackId> = dead.iter().copied().collect();
+    idx.retire(&retired, &plan.old_segments, &new_segments)?;
     // 3. Old segments, then 4. old packs.
     for s in &plan.old_segments {
         repo.delete(FileKind::Index, &s.to_hex())?;
@@ -337,4 +353,152 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     }
     repo.refresh_index()?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::backend::memory::MemoryBackend;
+    use crate::crypto::key_file::KdfParams;
+    use crate::id::SnapshotId;
+    use crate::index::Index;
+    use crate::pack::seal_blob;
+    use crate::repository::config::Config;
+    use crate::repository::{InitSecret, Secret};
+    use crate::snapshot::Snapshot;
+    use crate::snapshot::tree::Node;
+    use std::sync::Arc;
+    use zeroize::Zeroizing;
+
+    /// One pack of `blobs`, listed by its own segment.
+    fn store(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
+        let mut w = PackWriter::new();
+        let mut ids = Vec::new();
+        for (kind, bytes) in blobs {
+            let id = repo.keys().blob_id(bytes);
+            w.add(seal_blob(repo.keys(), repo.id(), *kind, id, bytes, 3));
+            ids.push(id);
+        }
+        let p = upload_pack(repo, w.finish(repo.keys(), repo.id())).unwrap();
+        repo.save_segment(&Segment { packs: vec![p] }).unwrap();
+        ids
+    }
+
+    fn snapshot(repo: &Repository, content: &[BlobId]) -> SnapshotId {
+        let mut n = Node::new(b"f".to_vec(), NodeKind::File);
+        n.content = content.to_vec();
+        let tree = Tree { nodes: vec![n] }.encode();
+        let root = store(repo, &[(BlobKind::Tree, tree)])[0];
+        repo.save_snapshot(&Snapshot {
+            time_ns: 0,
+            tree: root,
+            parent: None,
+            hostname: "h".into(),
+            username: "u".into(),
+            uid: 0,
+            gid: 0,
+            paths: vec![b"/".to_vec()],
+            tags: Vec::new(),
+            program_version: "test".into(),
+            summary: Default::default(),
+        })
+        .unwrap()
+    }
+
+    /// Everything an index says, in a comparable form.
+    fn dump(repo: &Repository) -> Vec<(PackId, u64, Vec<crate::pack::PackEntry>)> {
+        let idx = repo.index().unwrap();
+        idx.packs()
+            .unwrap()
+            .into_iter()
+            .map(|(p, s)| (p, s, idx.pack_entries(&p).unwrap()))
+            .collect()
+    }
+
+    /// Prune updates the cache in place (drops the retired packs, notes the
+    /// new segments) instead of rebuilding it: what it leaves must be what
+    /// a rebuild from the remaining segments gives, and the next process
+    /// must find nothing to add or drop.
+    #[test]
+    fn the_cache_prune_leaves_equals_a_rebuild() {
+        let cache = tempfile::tempdir().unwrap();
+        let backend = Arc::new(MemoryBackend::new());
+        let kdf = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            lanes: 1,
+        };
+        let repo = Repository::init(
+            backend.clone(),
+            InitSecret::Passphrase(Zeroizing::new(b"pw".to_vec())),
+            Config::default(),
+            kdf,
+        )
+        .unwrap()
+        .with_cache_dir(Some(cache.path().to_path_buf()));
+        let data = |s: &str| (BlobKind::Data, s.as_bytes().to_vec());
+        // Pack a: all kept; b: half used (repacked at 0% unused);
+        // c: unused (deleted); d: the forgotten snapshot's tree and data.
+        let a = store(&repo, &[data("a1"), data("a2")]);
+        let b = store(&repo, &[data("b1"), data("b2 unused")]);
+        store(&repo, &[data("c1 unused")]);
+        snapshot(&repo, &[a[0], a[1], b[0], a[0]]);
+        let gone = snapshot(&repo, &[b[1]]);
+        repo.index().unwrap();
+        repo.delete(FileKind::Snapshot, &gone.to_hex()).unwrap();
+        let p = plan(&repo, &PruneOptions { max_unused: 0.0 }).unwrap();
+        assert_eq!(p.repack.len(), 1);
+        assert_eq!(p.delete.len(), 2);
+        let r = execute(&repo, &p).unwrap();
+        assert_eq!((r.packs_repacked, r.blobs_repacked), (1, 1));
+        let after = dump(&repo);
+        assert_eq!(after.len(), 3, "a, keep's tree pack and the new pack");
+        assert_eq!(
+            repo.index().unwrap().segments().unwrap(),
+            backend
+                .list(FileKind::Index)
+                .unwrap()
+                .into_iter()
+                .filter_map(|(n, _)| SegmentId::from_hex(&n))
+                .collect()
+        );
+        // Another process on the same cache: nothing to do.
+        let secret = Secret::Passphrase(Zeroizing::new(b"pw".to_vec()));
+        let again = Repository::open(backend.clone(), &secret)
+            .unwrap()
+            .with_cache_dir(Some(cache.path().to_path_buf()));
+        let idx = Index::open(
+            &again.cache_path().unwrap(),
+            again.id(),
+            crate::repository::config::FORMAT_VERSION,
+        )
+        .unwrap();
+        let listed: Vec<SegmentId> = backend
+            .list(FileKind::Index)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(n, _)| SegmentId::from_hex(&n))
+            .collect();
+        let loads = std::cell::Cell::new(0);
+        let rebuilt = idx
+            .sync(&listed, |id| {
+                loads.set(loads.get() + 1);
+                again.load_segment(id).map(Some)
+            })
+            .unwrap();
+        assert!(!rebuilt && loads.get() == 0, "the cache was not current");
+        drop(idx);
+        // A rebuild from the segments alone says the same.
+        let fresh = Repository::open(backend.clone(), &secret).unwrap();
+        assert_eq!(dump(&fresh), after);
+        let used: Vec<BlobId> = after
+            .iter()
+            .flat_map(|(_, _, e)| e.iter().map(|e| e.id))
+            .collect();
+        for id in [a[0], a[1], b[0]] {
+            assert!(used.contains(&id));
+        }
+        assert!(!used.contains(&b[1]));
+    }
 }
