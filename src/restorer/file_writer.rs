@@ -178,6 +178,37 @@ fn make_special(node: &Node, path: &Path, as_root: bool) -> std::io::Result<Opti
     Ok(None)
 }
 
+/// The extended attributes this process may set: all as root, else only
+/// the `user.` namespace.
+fn settable_xattrs(node: &Node, as_root: bool) -> impl Iterator<Item = (CString, &[u8])> {
+    node.xattrs.iter().filter_map(move |(k, v)| {
+        if !as_root && !k.starts_with(b"user.") {
+            return None;
+        }
+        CString::new(k.as_slice()).ok().map(|ck| (ck, v.as_slice()))
+    })
+}
+
+/// The mode to set: without root, setuid/setgid bits are dropped
+/// (RELIABILITY.md I7).
+fn settable_mode(node: &Node, as_root: bool) -> libc::mode_t {
+    let mode = if as_root {
+        node.mode
+    } else {
+        node.mode & 0o1777
+    };
+    mode as libc::mode_t
+}
+
+/// Access and modification time, both the node's mtime.
+fn node_times(node: &Node) -> [libc::timespec; 2] {
+    let ts = libc::timespec {
+        tv_sec: node.mtime.sec as libc::time_t,
+        tv_nsec: node.mtime.nsec as _,
+    };
+    [ts, ts]
+}
+
 /// Owner (root only), mode, xattrs, then times last (setting anything else
 /// would bump them). Never follows a symlink.
 pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Result<()> {
@@ -188,36 +219,20 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
             return Err(std::io::Error::last_os_error());
         }
     }
-    for (k, v) in &node.xattrs {
-        if !as_root && !k.starts_with(b"user.") {
-            continue;
-        }
-        let Ok(ck) = CString::new(k.as_slice()) else {
-            continue;
-        };
+    for (k, v) in settable_xattrs(node, as_root) {
         // SAFETY: valid C strings and a value buffer of the length passed.
         // Failures (unsupported filesystem) are not fatal for a restore.
         unsafe {
-            libc::lsetxattr(c.as_ptr(), ck.as_ptr(), v.as_ptr().cast(), v.len(), 0);
+            libc::lsetxattr(c.as_ptr(), k.as_ptr(), v.as_ptr().cast(), v.len(), 0);
         }
     }
-    if node.kind != NodeKind::Symlink {
-        // Without root, setuid/setgid bits are dropped (RELIABILITY.md I7).
-        let mode = if as_root {
-            node.mode
-        } else {
-            node.mode & 0o1777
-        };
-        // SAFETY: `c` is a valid path; chmod on a non-symlink.
-        if unsafe { libc::chmod(c.as_ptr(), mode as libc::mode_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    // SAFETY: `c` is a valid path; chmod on a non-symlink.
+    if node.kind != NodeKind::Symlink
+        && unsafe { libc::chmod(c.as_ptr(), settable_mode(node, as_root)) } != 0
+    {
+        return Err(std::io::Error::last_os_error());
     }
-    let ts = libc::timespec {
-        tv_sec: node.mtime.sec as libc::time_t,
-        tv_nsec: node.mtime.nsec as _,
-    };
-    let times = [ts, ts];
+    let times = node_times(node);
     // SAFETY: `times` is two valid timespecs; AT_SYMLINK_NOFOLLOW sets the
     // link's own times.
     if unsafe {
@@ -243,31 +258,16 @@ pub fn apply_metadata_fd(node: &Node, file: &File, as_root: bool) -> std::io::Re
     if as_root && unsafe { libc::fchown(fd, node.uid, node.gid) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    for (k, v) in &node.xattrs {
-        if !as_root && !k.starts_with(b"user.") {
-            continue;
-        }
-        let Ok(ck) = CString::new(k.as_slice()) else {
-            continue;
-        };
+    for (k, v) in settable_xattrs(node, as_root) {
         // Failures (unsupported filesystem) are not fatal for a restore.
         unsafe {
-            libc::fsetxattr(fd, ck.as_ptr(), v.as_ptr().cast(), v.len(), 0);
+            libc::fsetxattr(fd, k.as_ptr(), v.as_ptr().cast(), v.len(), 0);
         }
     }
-    let mode = if as_root {
-        node.mode
-    } else {
-        node.mode & 0o1777
-    };
-    if unsafe { libc::fchmod(fd, mode as libc::mode_t) } != 0 {
+    if unsafe { libc::fchmod(fd, settable_mode(node, as_root)) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let ts = libc::timespec {
-        tv_sec: node.mtime.sec as libc::time_t,
-        tv_nsec: node.mtime.nsec as _,
-    };
-    let times = [ts, ts];
+    let times = node_times(node);
     if unsafe { libc::futimens(fd, times.as_ptr()) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
