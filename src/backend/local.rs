@@ -356,6 +356,29 @@ impl Backend for LocalBackend {
         }
         Ok(())
     }
+
+    /// One directory fsync per directory, not per file: pruning hundreds of
+    /// packs spent most of its time waiting on those syncs.
+    fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
+        let mut dirs = std::collections::BTreeMap::new();
+        for name in names {
+            let path = self.full(kind, name)?;
+            failpoint::hit_delete(kind.dir());
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::backend_io("delete", kind.path(name), e)),
+            }
+            if let Some(d) = path.parent() {
+                dirs.entry(d.to_path_buf())
+                    .or_insert_with(|| kind.path(name));
+            }
+        }
+        for (d, obj) in dirs {
+            sync_dir(&d).map_err(|e| Error::backend_io("fsync", obj, e))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,13 @@ pub trait Backend: Send + Sync {
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
     /// Delete an object; deleting a missing object is not an error.
     fn delete(&self, kind: FileKind, name: &str) -> Result<()>;
+    /// Delete many objects of one kind, all durably gone when it returns
+    /// (but not necessarily one by one in between: a crash may bring back
+    /// some of them, which callers must tolerate as for a crash before the
+    /// call).
+    fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
+        names.iter().try_for_each(|n| self.delete(kind, n))
+    }
 }
 
 /// Run the same contract checks against any backend (ARCHITECTURE.md habit 3).
@@ -94,4 +101,14 @@ pub fn conformance(b: &dyn Backend) {
     b.delete(FileKind::Pack, "abcd").unwrap();
     b.delete(FileKind::Pack, "abcd").unwrap();
     assert!(b.list(FileKind::Pack).unwrap().is_empty());
+    // A batch: objects in several directories, one already gone.
+    for n in ["aa01", "aa02", "bb01"] {
+        b.put(FileKind::Pack, n, n.as_bytes()).unwrap();
+    }
+    let batch: Vec<String> = ["aa01", "bb01", "cc01"].map(String::from).to_vec();
+    b.delete_many(FileKind::Pack, &batch).unwrap();
+    assert_eq!(
+        b.list(FileKind::Pack).unwrap(),
+        vec![("aa02".to_string(), 4)]
+    );
 }

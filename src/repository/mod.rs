@@ -378,6 +378,13 @@ impl Repository {
         self.backend.delete(kind, name)
     }
 
+    /// Delete many objects of one kind (see [`Backend::delete_many`]), only
+    /// while this process's lock (if any) is intact.
+    pub fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
+        self.ensure_lock()?;
+        self.backend.delete_many(kind, names)
+    }
+
     fn note_problem(&self, msg: String) {
         self.problems
             .lock()

@@ -337,17 +337,24 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     // rather than being rebuilt from all of them afterwards.
     let retired: Vec<PackId> = dead.iter().copied().collect();
     idx.retire(&retired, &plan.old_segments, &new_segments)?;
-    // 3. Old segments, then 4. old packs.
-    for s in &plan.old_segments {
-        repo.delete(FileKind::Index, &s.to_hex())?;
-    }
-    for (pack, size) in plan.delete.iter().chain(&plan.repack) {
-        repo.delete(FileKind::Pack, &pack.to_hex())?;
+    // 3. Old segments, then 4. old packs, each a batch that is durable
+    // before the next step. A crash inside the pack batch can only bring
+    // back packs no segment lists any more: prune removes them again.
+    let segments: Vec<String> = plan.old_segments.iter().map(|s| s.to_hex()).collect();
+    repo.delete_many(FileKind::Index, &segments)?;
+    let packs: Vec<String> = plan
+        .delete
+        .iter()
+        .chain(&plan.repack)
+        .map(|(p, _)| p.to_hex())
+        .chain(plan.unindexed.iter().map(|(n, _)| n.clone()))
+        .collect();
+    repo.delete_many(FileKind::Pack, &packs)?;
+    for (_, size) in plan.delete.iter().chain(&plan.repack) {
         report.packs_deleted += 1;
         report.bytes_freed += size;
     }
-    for (name, size) in &plan.unindexed {
-        repo.delete(FileKind::Pack, name)?;
+    for (_, size) in &plan.unindexed {
         report.packs_deleted += 1;
         report.bytes_freed += size;
     }
