@@ -216,42 +216,16 @@ impl Index {
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute_batch(schema::STAGING).map_err(|e| self.err(e))?;
         {
-            let mut ins_pack = tx
-                .prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")
-                .map_err(|e| self.err(e))?;
-            let mut get_pid = tx
-                .prepare_cached("SELECT pid FROM packs WHERE id = ?1")
-                .map_err(|e| self.err(e))?;
-            let mut stage = tx
-                .prepare_cached(
-                    "INSERT INTO staging (id, pid, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(|e| self.err(e))?;
             let mut ins_seg = tx
                 .prepare_cached("INSERT OR IGNORE INTO segments (id) VALUES (?1)")
                 .map_err(|e| self.err(e))?;
             for id in ids {
                 let Some(seg) = load(id)? else { continue };
-                for p in &seg.packs {
-                    ins_pack
-                        .execute(params![&p.id.0[..], p.size as i64])
-                        .map_err(|e| self.err(e))?;
-                    let pid: i64 = get_pid
-                        .query_row(params![&p.id.0[..]], |r| r.get(0))
-                        .map_err(|e| self.err(e))?;
-                    for e in &p.entries {
-                        stage
-                            .execute(params![
-                                &e.id.0[..],
-                                pid,
-                                e.kind as u8,
-                                e.offset,
-                                e.length,
-                                e.raw_length
-                            ])
-                            .map_err(|e| self.err(e))?;
-                    }
-                }
+                self.insert_packs(
+                    &tx,
+                    &seg.packs,
+                    "INSERT INTO staging (id, pid, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?;
                 ins_seg
                     .execute(params![&id.0[..]])
                     .map_err(|e| self.err(e))?;
@@ -265,45 +239,51 @@ impl Index {
     pub fn add_segment(&self, id: &SegmentId, seg: &Segment) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
-        {
-            let mut ins_pack = tx
-                .prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")
-                .map_err(|e| self.err(e))?;
-            let mut get_pid = tx
-                .prepare_cached("SELECT pid FROM packs WHERE id = ?1")
-                .map_err(|e| self.err(e))?;
-            let mut ins_blob = tx
-                .prepare_cached(
-                    "INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )
-                .map_err(|e| self.err(e))?;
-            for p in &seg.packs {
-                ins_pack
-                    .execute(params![&p.id.0[..], p.size as i64])
-                    .map_err(|e| self.err(e))?;
-                let pid: i64 = get_pid
-                    .query_row(params![&p.id.0[..]], |r| r.get(0))
-                    .map_err(|e| self.err(e))?;
-                for e in &p.entries {
-                    ins_blob
-                        .execute(params![
-                            &e.id.0[..],
-                            pid,
-                            e.kind as u8,
-                            e.offset,
-                            e.length,
-                            e.raw_length
-                        ])
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            tx.execute(
-                "INSERT OR IGNORE INTO segments (id) VALUES (?1)",
-                params![&id.0[..]],
-            )
-            .map_err(|e| self.err(e))?;
-        }
+        self.insert_packs(
+            &tx,
+            &seg.packs,
+            "INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        tx.execute(
+            "INSERT OR IGNORE INTO segments (id) VALUES (?1)",
+            params![&id.0[..]],
+        )
+        .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Insert `packs` (known ones are kept) and their blob rows through
+    /// `blob_sql`, which takes (id, pid, kind, offset, length, raw_length):
+    /// into `blobs` directly, or into the staging table of a bulk load.
+    fn insert_packs(&self, tx: &Connection, packs: &[IndexedPack], blob_sql: &str) -> Result<()> {
+        let mut ins_pack = tx
+            .prepare_cached("INSERT OR IGNORE INTO packs (id, size) VALUES (?1, ?2)")
+            .map_err(|e| self.err(e))?;
+        let mut get_pid = tx
+            .prepare_cached("SELECT pid FROM packs WHERE id = ?1")
+            .map_err(|e| self.err(e))?;
+        let mut ins_blob = tx.prepare_cached(blob_sql).map_err(|e| self.err(e))?;
+        for p in packs {
+            ins_pack
+                .execute(params![&p.id.0[..], p.size as i64])
+                .map_err(|e| self.err(e))?;
+            let pid: i64 = get_pid
+                .query_row(params![&p.id.0[..]], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            for e in &p.entries {
+                ins_blob
+                    .execute(params![
+                        &e.id.0[..],
+                        pid,
+                        e.kind as u8,
+                        e.offset,
+                        e.length,
+                        e.raw_length
+                    ])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Start staging a prune's changes (see [`Index::retire`]).
