@@ -314,11 +314,8 @@ mod tests {
     use super::*;
     use crate::backend::memory::MemoryBackend;
     use crate::crypto::key_file::KdfParams;
-    use crate::index::segment::Segment;
-    use crate::pack::seal_blob;
-    use crate::pack::writer::PackWriter;
     use crate::repository::InitSecret;
-    use crate::repository::blob_store::upload_pack;
+    use crate::repository::blob_store::store_in_own_pack;
     use crate::repository::config::Config;
     use crate::snapshot::tree::Node;
     use std::sync::Arc;
@@ -328,20 +325,6 @@ mod tests {
         let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::File);
         n.content = content.to_vec();
         n
-    }
-
-    /// Stores `blobs` in one new pack, listed by a new segment.
-    fn store(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
-        let mut w = PackWriter::new();
-        let mut ids = Vec::new();
-        for (kind, bytes) in blobs {
-            let id = repo.keys().blob_id(bytes);
-            w.add(seal_blob(repo.keys(), repo.id(), *kind, id, bytes, 3));
-            ids.push(id);
-        }
-        let p = upload_pack(repo, w.finish(repo.keys(), repo.id())).unwrap();
-        repo.save_segment(&Segment { packs: vec![p] }).unwrap();
-        ids
     }
 
     /// References the index lacks are found by the sorted comparison and
@@ -360,7 +343,7 @@ mod tests {
             },
         )
         .unwrap();
-        let a = store(&repo, &[(BlobKind::Data, b"aaaa".to_vec())])[0];
+        let a = store_in_own_pack(&repo, &[(BlobKind::Data, b"aaaa".to_vec())])[0];
         let lost = |s: &str| repo.keys().blob_id(s.as_bytes());
         let mut sub = Tree::default();
         sub.nodes.push(file("a", &[a, a]));
@@ -375,7 +358,7 @@ mod tests {
         root.nodes.push(file("c", &[lost("c"), lost("b")]));
         root.sort();
         let root_bytes = root.encode();
-        let ids = store(
+        let ids = store_in_own_pack(
             &repo,
             &[(BlobKind::Tree, sub_bytes), (BlobKind::Tree, root_bytes)],
         );
@@ -415,7 +398,7 @@ mod tests {
             "{errors:?}"
         );
         // With everything indexed, a second check of the same cache is clean.
-        store(
+        store_in_own_pack(
             &repo,
             &[
                 (BlobKind::Data, b"b".to_vec()),

@@ -510,3 +510,18 @@ fn index_loop(shared: &Shared, rx: Receiver<Result<IndexedPack>>) -> UploadResul
     }
     Ok((packs, segments))
 }
+
+/// For tests: seal `blobs` into one new pack, listed by its own segment.
+#[cfg(test)]
+pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
+    let mut w = PackWriter::new();
+    let mut ids = Vec::new();
+    for (kind, bytes) in blobs {
+        let id = repo.keys().blob_id(bytes);
+        w.add(seal_blob(repo.keys(), repo.id(), *kind, id, bytes, 3));
+        ids.push(id);
+    }
+    let p = upload_pack(repo, w.finish(repo.keys(), repo.id())).unwrap();
+    repo.save_segment(&Segment { packs: vec![p] }).unwrap();
+    ids
+}

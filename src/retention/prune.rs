@@ -370,7 +370,7 @@ mod tests {
     use crate::crypto::key_file::KdfParams;
     use crate::id::SnapshotId;
     use crate::index::Index;
-    use crate::pack::seal_blob;
+    use crate::repository::blob_store::store_in_own_pack;
     use crate::repository::config::Config;
     use crate::repository::{InitSecret, Secret};
     use crate::snapshot::Snapshot;
@@ -378,25 +378,11 @@ mod tests {
     use std::sync::Arc;
     use zeroize::Zeroizing;
 
-    /// One pack of `blobs`, listed by its own segment.
-    fn store(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
-        let mut w = PackWriter::new();
-        let mut ids = Vec::new();
-        for (kind, bytes) in blobs {
-            let id = repo.keys().blob_id(bytes);
-            w.add(seal_blob(repo.keys(), repo.id(), *kind, id, bytes, 3));
-            ids.push(id);
-        }
-        let p = upload_pack(repo, w.finish(repo.keys(), repo.id())).unwrap();
-        repo.save_segment(&Segment { packs: vec![p] }).unwrap();
-        ids
-    }
-
     fn snapshot(repo: &Repository, content: &[BlobId]) -> SnapshotId {
         let mut n = Node::new(b"f".to_vec(), NodeKind::File);
         n.content = content.to_vec();
         let tree = Tree { nodes: vec![n] }.encode();
-        let root = store(repo, &[(BlobKind::Tree, tree)])[0];
+        let root = store_in_own_pack(repo, &[(BlobKind::Tree, tree)])[0];
         repo.save_snapshot(&Snapshot {
             time_ns: 0,
             tree: root,
@@ -447,9 +433,9 @@ mod tests {
         let data = |s: &str| (BlobKind::Data, s.as_bytes().to_vec());
         // Pack a: all kept; b: half used (repacked at 0% unused);
         // c: unused (deleted); d: the forgotten snapshot's tree and data.
-        let a = store(&repo, &[data("a1"), data("a2")]);
-        let b = store(&repo, &[data("b1"), data("b2 unused")]);
-        store(&repo, &[data("c1 unused")]);
+        let a = store_in_own_pack(&repo, &[data("a1"), data("a2")]);
+        let b = store_in_own_pack(&repo, &[data("b1"), data("b2 unused")]);
+        store_in_own_pack(&repo, &[data("c1 unused")]);
         snapshot(&repo, &[a[0], a[1], b[0], a[0]]);
         let gone = snapshot(&repo, &[b[1]]);
         repo.index().unwrap();
