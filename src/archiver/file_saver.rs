@@ -177,6 +177,38 @@ pub struct Streamed {
     pub error: Option<std::io::Error>,
 }
 
+/// How far reading a source into a buffer has come; both chunking loops
+/// fill their buffers through it.
+#[derive(Default)]
+struct Fill {
+    /// Bytes of the buffer holding data not yet cut.
+    filled: usize,
+    /// Bytes read from the source so far.
+    total: u64,
+    eof: bool,
+    /// The read error that ended the source early.
+    error: Option<std::io::Error>,
+}
+
+impl Fill {
+    /// One read into `dst`, the free part of the buffer after `filled`.
+    fn read(&mut self, src: &mut dyn Read, dst: &mut [u8], progress: &dyn Progress) {
+        match src.read(dst) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                self.filled += n;
+                self.total += n as u64;
+                progress.bytes_done(n as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                self.error = Some(e);
+                self.eof = true;
+            }
+        }
+    }
+}
+
 /// Read `src` to its end, cut it into chunks and store them. `size_hint`
 /// (the expected length, 0 if unknown) sizes the reads; `buf` is the
 /// calling thread's reusable buffer. Only repository errors are `Err`.
@@ -195,20 +227,18 @@ pub fn chunk_stream(
         error: None,
     };
     let max = chunker.params().max_size as usize;
-    let mut filled = 0usize;
-    let mut total = 0u64;
-    let mut eof = false;
-    let mut read_error = None;
-    while !eof {
+    let mut f = Fill::default();
+    while !f.eof {
         // Fill up to READ_BUF, asking for what the file should still hold
         // (+1 to see EOF without another call): a 1 KiB file costs a 1 KiB
         // read, not a 16 MiB one.
-        while filled < READ_BUF && !eof {
+        while f.filled < READ_BUF && !f.eof {
             let expected = if size_hint == 0 {
                 READ_BUF as u64
             } else {
-                size_hint.saturating_sub(total).saturating_add(1)
+                size_hint.saturating_sub(f.total).saturating_add(1)
             };
+            let filled = f.filled;
             let want = (READ_BUF + max - filled).min(
                 usize::try_from(expected)
                     .unwrap_or(usize::MAX)
@@ -219,27 +249,15 @@ pub fn chunk_stream(
                 // grows, so bytes are zeroed once per thread, not per file.
                 buf.resize(filled + want, 0);
             }
-            match src.read(&mut buf[filled..filled + want]) {
-                Ok(0) => eof = true,
-                Ok(n) => {
-                    filled += n;
-                    total += n as u64;
-                    progress.bytes_done(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    read_error = Some(e);
-                    eof = true;
-                }
-            }
+            f.read(src, &mut buf[filled..filled + want], progress);
         }
-        let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
-        out.added += store_chunks(sink, &buf[..filled], &cuts, &mut out.content)?;
-        buf.copy_within(used..filled, 0);
-        filled -= used;
+        let (cuts, used) = chunker.cut_buffer(&buf[..f.filled], f.eof);
+        out.added += store_chunks(sink, &buf[..f.filled], &cuts, &mut out.content)?;
+        buf.copy_within(used..f.filled, 0);
+        f.filled -= used;
     }
-    out.read = total;
-    out.error = read_error;
+    out.read = f.total;
+    out.error = f.error;
     Ok(out)
 }
 
@@ -283,27 +301,13 @@ pub(super) fn chunk_stream_overlapped(
         let mut buf = std::mem::take(spare);
         buf.resize(buf_len, 0);
         let mut allocated = 1;
-        let mut filled = 0usize;
-        let mut total = 0u64;
-        let mut read_error = None;
-        let mut eof = false;
-        while !eof {
-            while filled < READ_BUF && !eof {
-                match src.read(&mut buf[filled..]) {
-                    Ok(0) => eof = true,
-                    Ok(n) => {
-                        filled += n;
-                        total += n as u64;
-                        progress.bytes_done(n as u64);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        read_error = Some(e);
-                        eof = true;
-                    }
-                }
+        let mut f = Fill::default();
+        while !f.eof {
+            while f.filled < READ_BUF && !f.eof {
+                let filled = f.filled;
+                f.read(src, &mut buf[filled..], progress);
             }
-            let (cuts, used) = chunker.cut_buffer(&buf[..filled], eof);
+            let (cuts, used) = chunker.cut_buffer(&buf[..f.filled], f.eof);
             let mut next = if allocated < 2 {
                 allocated += 1;
                 vec![0u8; buf_len]
@@ -314,8 +318,8 @@ pub(super) fn chunk_stream_overlapped(
                     Err(_) => break,
                 }
             };
-            next[..filled - used].copy_from_slice(&buf[used..filled]);
-            filled -= used;
+            next[..f.filled - used].copy_from_slice(&buf[used..f.filled]);
+            f.filled -= used;
             let full = std::mem::replace(&mut buf, next);
             if full_tx.send((full, cuts)).is_err() {
                 break;
@@ -328,9 +332,9 @@ pub(super) fn chunk_stream_overlapped(
         })??;
         Ok(Streamed {
             content,
-            read: total,
+            read: f.total,
             added,
-            error: read_error,
+            error: f.error,
         })
     })
 }
