@@ -435,21 +435,39 @@ pub fn snapshot(
     opts: &SnapshotOptions,
     progress: &dyn Progress,
 ) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
-    let store = BlobStore::new(repo.clone())?;
-    let chunker = repo.chunker();
-    let parent = opts
-        .parent
-        .as_ref()
-        .map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
-    let mut outcome = backup(&store, parent, &chunker, &opts.backup, progress)?;
-    let stats = store.finish()?;
-    outcome.summary.bytes_added = stats.stored_bytes_added;
     let paths = opts
         .backup
         .paths
         .iter()
         .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
         .collect();
+    record_snapshot(repo, opts, paths, |store, parent, chunker| {
+        backup(store, parent, chunker, &opts.backup, progress)
+    })
+}
+
+/// Run `fill` against a new blob store (with the parent snapshot's tree to
+/// compare with), then make everything it stored durable and indexed, and
+/// only then write the snapshot of `paths`.
+pub(crate) fn record_snapshot(
+    repo: Arc<Repository>,
+    opts: &SnapshotOptions,
+    paths: Vec<Vec<u8>>,
+    fill: impl FnOnce(
+        &BlobStore,
+        Option<(&dyn BlobSource, BlobId)>,
+        &crate::chunking::Chunker,
+    ) -> Result<BackupOutcome>,
+) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
+    let store = BlobStore::new(repo.clone())?;
+    let chunker = repo.chunker();
+    let parent = opts
+        .parent
+        .as_ref()
+        .map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
+    let mut outcome = fill(&store, parent, &chunker)?;
+    let stats = store.finish()?;
+    outcome.summary.bytes_added = stats.stored_bytes_added;
     let (id, snap) = save_snapshot(&repo, &outcome, paths, opts)?;
     Ok((id, snap, outcome))
 }

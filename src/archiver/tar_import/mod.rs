@@ -30,14 +30,13 @@ pub mod member;
 pub mod staging;
 
 use super::file_saver::chunk_stream;
-use super::{BackupOutcome, SnapshotOptions, Summary, save_snapshot};
+use super::{BackupOutcome, SnapshotOptions, Summary, record_snapshot};
 use crate::blob::{BlobSink, BlobSource};
 use crate::chunking::Chunker;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
 use crate::progress::{Progress, SourceWarning};
 use crate::repository::Repository;
-use crate::repository::blob_store::BlobStore;
 use crate::snapshot::Snapshot;
 use crate::snapshot::tree::{MAX_LINK_TARGET, Node, NodeKind, Time, valid_name};
 use crate::snapshot::walk::load_tree;
@@ -132,18 +131,10 @@ pub fn snapshot_tar(
     opts: &SnapshotOptions,
     progress: &dyn Progress,
 ) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
-    let store = BlobStore::new(repo.clone())?;
-    let chunker = repo.chunker();
-    let parent = opts
-        .parent
-        .as_ref()
-        .map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
-    let mut outcome = import_tar(&store, parent, &chunker, input, name, archive, progress)?;
-    let stats = store.finish()?;
-    outcome.summary.bytes_added = stats.stored_bytes_added;
     let paths = vec![format!("/{name}").into_bytes()];
-    let (id, snap) = save_snapshot(&repo, &outcome, paths, opts)?;
-    Ok((id, snap, outcome))
+    record_snapshot(repo, opts, paths, |store, parent, chunker| {
+        import_tar(store, parent, chunker, input, name, archive, progress)
+    })
 }
 
 fn read_ahead(src: &mut dyn Read, tx: crossbeam_channel::Sender<std::io::Result<Vec<u8>>>) {
