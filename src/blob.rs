@@ -48,6 +48,12 @@ pub trait BlobSink: Sync {
         }
         Ok(out)
     }
+    /// Are the content ids a backup reuses from its parent snapshot known
+    /// to be stored, without looking each one up? (True when the index
+    /// vouched for the whole parent and has lost no blob since.)
+    fn parent_blobs_known(&self) -> bool {
+        false
+    }
     /// Store `data` unless a blob with `id` is already stored or queued.
     /// Returns the number of bytes added to the repository (0 when deduplicated).
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;

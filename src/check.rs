@@ -88,6 +88,12 @@ pub struct Findings {
 
 pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<Findings> {
     let mut f = Findings::default();
+    if !repo.verify_index_cache()? {
+        f.infos.push(
+            "the local index cache was damaged; it was removed and rebuilt from the repository"
+                .into(),
+        );
+    }
     let idx = repo.index()?;
     // Packs: listing vs index.
     let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();

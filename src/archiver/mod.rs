@@ -461,6 +461,10 @@ pub(crate) fn record_snapshot(
 ) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
     let store = BlobStore::new(repo.clone())?;
     let chunker = repo.chunker();
+    if let Some((pid, _)) = &opts.parent {
+        // A cache that cannot answer only costs the lookups.
+        store.trust_parent(repo.index()?.is_complete(pid).unwrap_or(false));
+    }
     let parent = opts
         .parent
         .as_ref()
@@ -469,6 +473,9 @@ pub(crate) fn record_snapshot(
     let stats = store.finish()?;
     outcome.summary.bytes_added = stats.stored_bytes_added;
     let (id, snap) = save_snapshot(&repo, &outcome, paths, opts)?;
+    // Every blob the snapshot names was found in the index or stored and
+    // indexed by `finish`. Only a hint for the next backup: ignore failure.
+    let _ = repo.index().and_then(|i| i.mark_complete(&id));
     Ok((id, snap, outcome))
 }
 

@@ -14,11 +14,11 @@
 //! itself, so a full window of far-ahead listings can never stall it.
 
 use super::exclude::Excludes;
-use super::metadata::read_xattrs;
+use super::metadata::{kind_of, read_xattrs};
 use crate::blob::BlobSource;
 use crate::id::BlobId;
 use crate::progress::SourceWarning;
-use crate::snapshot::tree::{FLAG_INCOMPLETE, Tree};
+use crate::snapshot::tree::{FLAG_INCOMPLETE, Node, Time, Tree};
 use crate::snapshot::walk::load_tree;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
@@ -207,10 +207,13 @@ impl<'a> Prefetch<'a> {
                 return out;
             }
         };
-        let mut names: Vec<Vec<u8>> = Vec::new();
+        // Entries are kept, not just names: `DirEntry::metadata` stats
+        // relative to the open directory, so the kernel does not resolve the
+        // whole path again for every file.
+        let mut names: Vec<(Vec<u8>, std::fs::DirEntry)> = Vec::new();
         for e in rd {
             match e {
-                Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                Ok(e) => names.push((e.file_name().as_bytes().to_vec(), e)),
                 Err(e) => {
                     warn(
                         &mut out,
@@ -221,11 +224,11 @@ impl<'a> Prefetch<'a> {
                 }
             }
         }
-        names.sort_unstable();
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out.entries.reserve(names.len());
-        for name in names {
+        for (name, entry) in names {
             let child = path.join(OsStr::from_bytes(&name));
-            let md = match std::fs::symlink_metadata(&child) {
+            let md = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     warn(&mut out, &child, "vanished before it could be read".into());
@@ -247,8 +250,15 @@ impl<'a> Prefetch<'a> {
                 Vec::new()
             };
             let cache_dir = md.is_dir() && self.excludes.is_cache_dir(&child);
+            // Setting or removing an xattr changes the ctime, so an inode
+            // whose ctime the parent snapshot recorded still has the
+            // xattrs recorded with it: two syscalls per file saved.
+            let xattrs = match out.parent.as_ref().and_then(|t| t.find(&name)) {
+                Some(p) if same_inode_state(p, &md) => p.xattrs.clone(),
+                _ => read_xattrs(&child),
+            };
             out.entries.push(Scanned {
-                xattrs: read_xattrs(&child),
+                xattrs,
                 path: child,
                 name,
                 md,
@@ -258,6 +268,16 @@ impl<'a> Prefetch<'a> {
         }
         out
     }
+}
+
+/// Is `md` the same inode, untouched since the parent recorded `p`?
+fn same_inode_state(p: &Node, md: &Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    p.flags == 0
+        && p.kind == kind_of(md)
+        && p.ctime == Time::new(md.ctime(), md.ctime_nsec())
+        && p.inode == md.ino()
+        && p.device == md.dev()
 }
 
 #[cfg(test)]

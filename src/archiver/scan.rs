@@ -304,6 +304,9 @@ impl Walker<'_> {
 
     /// Are all these blobs still stored? A repository error stops the walk.
     fn all_known(&mut self, ids: &[BlobId]) -> Result<bool, Hangup> {
+        if self.sink.parent_blobs_known() {
+            return Ok(true);
+        }
         for id in ids {
             if self.known.contains(id) {
                 continue;
@@ -348,6 +351,7 @@ impl Walker<'_> {
         // instead of one per file.
         self.known.clear();
         if !self.force
+            && !self.sink.parent_blobs_known()
             && let Some(parent) = parent
         {
             let mut ids = Vec::new();

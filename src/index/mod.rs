@@ -18,7 +18,7 @@ pub mod segment;
 
 use crate::blob::BlobKind;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, RepoId, SegmentId};
+use crate::id::{BlobId, PackId, RepoId, SegmentId, SnapshotId};
 use crate::pack::PackEntry;
 use rusqlite::{Connection, OptionalExtension, params};
 use segment::{IndexedPack, Segment};
@@ -45,6 +45,15 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// Remove the cache database and its WAL and shared-memory files.
+fn discard_cache_files(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
 fn cache_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Cache {
         path: path.to_path_buf(),
@@ -61,11 +70,7 @@ impl Index {
             Ok(i) => Ok(i),
             Err(_) => {
                 // The cache is disposable: start over from an empty file.
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut p = path.as_os_str().to_owned();
-                    p.push(suffix);
-                    let _ = std::fs::remove_file(PathBuf::from(p));
-                }
+                discard_cache_files(path);
                 Self::try_open(path, repo, format_version)
             }
         }
@@ -90,13 +95,33 @@ impl Index {
             .map_err(|e| cache_err(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| cache_err(path, e))?;
-        let ok: String = conn
-            .query_row("PRAGMA quick_check", [], |r| r.get(0))
-            .map_err(|e| cache_err(path, e))?;
-        if ok != "ok" {
-            return Err(cache_err(path, format!("integrity check: {ok}")));
-        }
+        // No integrity check here: `PRAGMA quick_check` reads every page,
+        // which cost 0.11 s of a 1 s no-change backup at 70k files and grows
+        // with the repository. A file that is not a database fails on the
+        // first read below; damage deeper in it surfaces as SQLITE_CORRUPT
+        // in use, which discards the file (see `err`), and `coffer check`
+        // runs the full check (`verify_file`).
         Self::init(conn, path, repo, format_version)
+    }
+
+    /// Read every page of the cache at `path` and discard it if SQLite
+    /// finds it damaged. Returns false when it was discarded (the next open
+    /// rebuilds it from the repository).
+    pub fn verify_file(path: &Path) -> Result<bool> {
+        if !path.exists() {
+            return Ok(true);
+        }
+        let verdict = Connection::open(path).and_then(|c| {
+            c.busy_timeout(std::time::Duration::from_secs(60))?;
+            c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+        });
+        match verdict {
+            Ok(ok) if ok == "ok" => Ok(true),
+            _ => {
+                discard_cache_files(path);
+                Ok(false)
+            }
+        }
     }
 
     fn init(conn: Connection, path: &Path, repo: &RepoId, format_version: u32) -> Result<Index> {
@@ -146,14 +171,66 @@ impl Index {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> Error {
+    fn err<E: std::fmt::Display + 'static>(&self, e: E) -> Error {
+        // Damage found in use: remove the file so that the next run rebuilds
+        // it from the repository, instead of failing the same way forever.
+        let damaged = (&e as &dyn std::any::Any)
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(|e| e.sqlite_error_code())
+            .is_some_and(|c| {
+                matches!(
+                    c,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                )
+            });
+        if damaged && self.path != Path::new(":memory:") {
+            discard_cache_files(&self.path);
+            return cache_err(
+                &self.path,
+                format!(
+                    "{e}; the damaged cache was removed: run the command again to rebuild it from the repository"
+                ),
+            );
+        }
         cache_err(&self.path, e)
     }
 
     /// Forget everything (the stamp stays).
     pub fn clear(&self) -> Result<()> {
         self.conn()
-            .execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM segments;")
+            .execute_batch(concat!(
+                "DELETE FROM blobs; DELETE FROM packs; DELETE FROM segments;",
+                "DELETE FROM meta WHERE key LIKE 'complete:%';"
+            ))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Record that every blob snapshot `snap` references is in this index:
+    /// its backup has just finished, having checked or stored each one. A
+    /// backup whose parent carries this mark need not look up the content
+    /// ids it reuses (70k lookups were an eighth of a no-change backup).
+    /// Removing blobs ([`Index::clear`], [`Index::retire`]) drops every
+    /// mark, so a mark never outlives the blobs it vouches for.
+    pub fn mark_complete(&self, snap: &SnapshotId) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, x'')",
+                params![format!("complete:{}", snap.to_hex())],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Does `snap` carry the mark of [`Index::mark_complete`]?
+    pub fn is_complete(&self, snap: &SnapshotId) -> Result<bool> {
+        self.conn()
+            .query_row(
+                "SELECT 1 FROM meta WHERE key = ?1",
+                params![format!("complete:{}", snap.to_hex())],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
             .map_err(|e| self.err(e))
     }
 
@@ -351,6 +428,8 @@ impl Index {
                     .map_err(|e| self.err(e))?;
             }
         }
+        tx.execute_batch("DELETE FROM meta WHERE key LIKE 'complete:%'")
+            .map_err(|e| self.err(e))?;
         tx.execute_batch(schema::RETIRE).map_err(|e| self.err(e))?;
         {
             let mut add_seg = tx
@@ -730,11 +809,86 @@ mod tests {
     }
 
     #[test]
+    fn complete_marks_are_dropped_when_blobs_go() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        idx.add_segment(&SegmentId([1; 32]), &seg(10, &[1, 2]))
+            .unwrap();
+        idx.prune_begin().unwrap();
+        let (a, b) = (SnapshotId([1; 32]), SnapshotId([2; 32]));
+        idx.mark_complete(&a).unwrap();
+        assert!(idx.is_complete(&a).unwrap() && !idx.is_complete(&b).unwrap());
+        // Adding blobs keeps the mark; retiring any pack drops it.
+        idx.add_segment(&SegmentId([2; 32]), &seg(11, &[3]))
+            .unwrap();
+        assert!(idx.is_complete(&a).unwrap());
+        idx.retire(&[PackId([11; 32])], &[SegmentId([2; 32])], &[])
+            .unwrap();
+        assert!(!idx.is_complete(&a).unwrap());
+        idx.mark_complete(&b).unwrap();
+        idx.clear().unwrap();
+        assert!(!idx.is_complete(&b).unwrap());
+    }
+
+    #[test]
     fn corrupt_cache_file_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("index.sqlite");
         std::fs::write(&path, b"this is not a database at all, just junk bytes").unwrap();
         let idx = Index::open(&path, &RepoId([1; 32]), 1).unwrap();
+        assert_eq!(idx.counts().unwrap(), (0, 0));
+    }
+
+    /// Damage past the header: opening stays cheap (no full check), the
+    /// first query that meets it removes the file, `verify_file` finds it,
+    /// and the next open starts from an empty cache.
+    #[test]
+    fn damage_inside_the_cache_is_found_and_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let repo = RepoId([1; 32]);
+        let damage = |path: &Path| {
+            let idx = Index::open(path, &repo, 1).unwrap();
+            for p in 0..40u8 {
+                let blobs: Vec<u8> = (0..=255u8).collect();
+                let mut s = seg(p, &blobs);
+                for (i, e) in s.packs[0].entries.iter_mut().enumerate() {
+                    e.id.0[1] = p;
+                    e.id.0[2] = i as u8;
+                }
+                idx.add_segment(&SegmentId([p; 32]), &s).unwrap();
+            }
+            idx.conn()
+                .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+                .unwrap();
+            drop(idx);
+            let mut bytes = std::fs::read(path).unwrap();
+            assert!(bytes.len() > 64 * 4096);
+            for b in &mut bytes[8 * 4096..] {
+                *b = 0xa5;
+            }
+            std::fs::write(path, bytes).unwrap();
+        };
+
+        damage(&path);
+        assert!(!Index::verify_file(&path).unwrap());
+        assert!(!path.exists());
+        assert!(Index::verify_file(&path).unwrap());
+
+        damage(&path);
+        let idx = Index::open(&path, &repo, 1).unwrap();
+        let ids: Vec<BlobId> = (0..40u8)
+            .map(|p| {
+                let mut id = BlobId([7; 32]);
+                id.0[1] = p;
+                id.0[2] = 7;
+                id
+            })
+            .collect();
+        let err = idx.lookup_many(&ids).unwrap_err().to_string();
+        assert!(err.contains("run the command again"), "{err}");
+        assert!(!path.exists());
+        drop(idx);
+        let idx = Index::open(&path, &repo, 1).unwrap();
         assert_eq!(idx.counts().unwrap(), (0, 0));
     }
 }

@@ -26,7 +26,7 @@ use crate::pack::{open_blob, reader::parse_pack, seal_blob};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -71,6 +71,8 @@ pub struct BlobStore {
     writers: Mutex<[PackWriter; 2]>,
     tx: Option<Sender<FinishedPack>>,
     uploader: Option<JoinHandle<UploadResult>>,
+    /// See [`BlobSink::parent_blobs_known`]; set by [`BlobStore::trust_parent`].
+    parent_known: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,7 +119,14 @@ impl BlobStore {
             ]),
             tx: Some(tx),
             uploader: Some(uploader),
+            parent_known: AtomicBool::new(false),
         })
+    }
+
+    /// Let the walk skip looking up the content ids it reuses from the
+    /// parent snapshot (see [`crate::index::Index::mark_complete`]).
+    pub fn trust_parent(&self, known: bool) {
+        self.parent_known.store(known, Ordering::Relaxed);
     }
 
     pub fn repository(&self) -> &Arc<Repository> {
@@ -209,6 +218,10 @@ impl Drop for BlobStore {
 }
 
 impl BlobSink for BlobStore {
+    fn parent_blobs_known(&self) -> bool {
+        self.parent_known.load(Ordering::Relaxed)
+    }
+
     fn blob_id(&self, data: &[u8]) -> BlobId {
         self.shared.repo.keys().blob_id(data)
     }

@@ -244,6 +244,17 @@ impl Repository {
             .map(|r| r.join(self.repo_id.to_hex()).join("index.sqlite"))
     }
 
+    /// Full integrity check of the on-disk index cache (every page), which
+    /// ordinary opens skip for speed. A damaged cache is removed and the next
+    /// `index()` rebuilds it. Returns false when that happened. No-op once
+    /// the index is open in this process.
+    pub fn verify_index_cache(&self) -> Result<bool> {
+        match (self.index.get(), self.cache_path()) {
+            (None, Some(p)) => Index::verify_file(&p),
+            _ => Ok(true),
+        }
+    }
+
     /// The index, synced with the repository's segments on first use.
     pub fn index(&self) -> Result<&Index> {
         if let Some(i) = self.index.get() {
