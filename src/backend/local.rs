@@ -230,6 +230,9 @@ impl LocalBackend {
         }
         let tmp = dir.join(format!("{name}{TEMP_INFIX}{}", unique_suffix()));
         let write = || -> std::io::Result<()> {
+            if data.len() >= DIRECT_MIN && write_direct(&tmp, data)? {
+                return Ok(());
+            }
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             // write_all loops over short writes; each call is capped by the
             // kernel well below 2 GiB (borg#6140).
@@ -259,6 +262,78 @@ impl LocalBackend {
             Err(e) => return Err(Error::backend_io("link", obj, e)),
         }
         sync_dir(&dir).map_err(|e| Error::backend_io("fsync", obj, e))
+    }
+}
+
+/// Objects at least this large (packs) bypass the page cache.
+const DIRECT_MIN: usize = 1 << 20;
+/// O_DIRECT needs buffer address, file offset and length aligned to the
+/// device's logical block size; 4096 covers 512-byte and 4K-sector disks.
+const DIRECT_ALIGN: usize = 4096;
+const DIRECT_BUF: usize = 4 << 20;
+
+thread_local! {
+    /// One bounce buffer per upload thread, reused: touching fresh pages
+    /// is what makes page-cache writes slow in the first place.
+    static BOUNCE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Write `data` to the new file `tmp` with O_DIRECT and make it durable.
+/// Returns false, leaving no file, when the filesystem refuses O_DIRECT
+/// (the caller then writes through the page cache).
+///
+/// Why: a pack is written once and not read back by the backup (it was
+/// verified in memory before upload), so the page cache only costs. On a
+/// 2-core VM, buffered writes of 1.6 GB cost 2.9 s of kernel CPU in
+/// `copy_folio_from_iter_atomic` (`dd bs=16M`); with O_DIRECT, 0.33 s. A
+/// backup spent 18% of its CPU there. It also leaves the user's page cache
+/// to the user's data.
+fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(tmp)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let _ = fs::remove_file(tmp);
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    };
+    let written = BOUNCE.with(|b| -> std::io::Result<()> {
+        let mut b = b.borrow_mut();
+        if b.len() < DIRECT_BUF + DIRECT_ALIGN {
+            b.resize(DIRECT_BUF + DIRECT_ALIGN, 0);
+        }
+        let start = b.as_ptr().align_offset(DIRECT_ALIGN);
+        let buf = &mut b[start..start + DIRECT_BUF];
+        let mut pos = 0usize;
+        for piece in data.chunks(DIRECT_BUF) {
+            buf[..piece.len()].copy_from_slice(piece);
+            // The last piece is padded to the alignment, then cut back.
+            let padded = piece.len().next_multiple_of(DIRECT_ALIGN);
+            buf[piece.len()..padded].fill(0);
+            f.write_all_at(&buf[..padded], pos as u64)?;
+            pos += piece.len();
+        }
+        Ok(())
+    });
+    let done = written
+        .and_then(|()| f.set_len(data.len() as u64))
+        .and_then(|()| f.sync_all());
+    match done {
+        Ok(()) => Ok(true),
+        // Accepted at open but not for these writes (some FUSE and network
+        // filesystems): start over through the page cache.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            drop(f);
+            let _ = fs::remove_file(tmp);
+            Ok(false)
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -392,6 +467,33 @@ mod tests {
         super::super::conformance(&b);
         assert!(b.get(FileKind::Snapshot, "../config").is_err());
         assert!(b.put(FileKind::Key, "ABC", b"").is_err());
+    }
+
+    /// Large objects take the O_DIRECT path (or its fallback): every size
+    /// around the alignment and the bounce buffer comes back exactly.
+    #[test]
+    fn large_objects_round_trip_at_awkward_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::create(dir.path()).unwrap();
+        let sizes = [
+            DIRECT_MIN,
+            DIRECT_MIN + 1,
+            DIRECT_MIN + DIRECT_ALIGN - 1,
+            DIRECT_BUF,
+            DIRECT_BUF + 1,
+            2 * DIRECT_BUF + 12345,
+        ];
+        for (i, &n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..n).map(|j| (j * 31 + i * 7 + j / 4099) as u8).collect();
+            let name = hex::encode([i as u8; 32]);
+            b.put(FileKind::Pack, &name, &data).unwrap();
+            assert_eq!(b.get(FileKind::Pack, &name).unwrap(), data, "size {n}");
+            assert_eq!(b.size(FileKind::Pack, &name).unwrap(), n as u64);
+        }
+        // A direct write into a file that exists is refused, not merged.
+        let tmp = dir.path().join("direct-test");
+        fs::write(&tmp, b"x").unwrap();
+        assert!(write_direct(&tmp, &[1u8; DIRECT_MIN]).is_err());
     }
 
     #[test]
