@@ -80,6 +80,18 @@ pub trait PackedBlobSource: BlobSource {
     }
     /// Raw bytes of a pack.
     fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// [`PackedBlobSource::read_pack_range`] into a reused buffer (resized
+    /// to `len`).
+    fn read_pack_range_into(
+        &self,
+        pack: &PackId,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.read_pack_range(pack, offset, len)?;
+        Ok(())
+    }
     /// Authenticate, decompress and verify one sealed blob read at `place`.
     fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>>;
     /// The id `data` has in this repository (to compare existing files).

@@ -372,12 +372,27 @@ impl Backend for LocalBackend {
     }
 
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let path = self.full(kind, name)?;
         let obj = kind.path(name);
         let f = File::open(&path).map_err(|e| Error::backend_io("read", obj.clone(), e))?;
-        let mut buf = vec![0u8; len];
-        match f.read_exact_at(&mut buf, offset) {
-            Ok(()) => Ok(buf),
+        // Only bytes beyond the buffer's old length are zeroed; the read
+        // overwrites all of it.
+        buf.resize(len, 0);
+        match f.read_exact_at(buf, offset) {
+            Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Error::corrupt(
                 obj,
                 format!(

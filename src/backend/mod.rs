@@ -61,6 +61,20 @@ pub trait Backend: Send + Sync {
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// Read `len` bytes at `offset`; a short object is an error.
     fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// [`Backend::get_range`] into `buf` (resized to `len`), so a caller
+    /// that reads many ranges can reuse one buffer instead of faulting in
+    /// fresh pages for each.
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        *buf = self.get_range(kind, name, offset, len)?;
+        Ok(())
+    }
     /// Every object of a kind, with its size.
     fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
     /// The size of one object.

@@ -599,6 +599,17 @@ impl PackedBlobSource for Repository {
             .get_range(FileKind::Pack, &pack.to_hex(), offset, len)
     }
 
+    fn read_pack_range_into(
+        &self,
+        pack: &PackId,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        self.backend
+            .get_range_into(FileKind::Pack, &pack.to_hex(), offset, len, buf)
+    }
+
     fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>> {
         let entry = crate::pack::PackEntry {
             kind: place.kind,
