@@ -785,6 +785,60 @@ impl Index {
         Ok(st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1)
     }
 
+    /// Note the packs prune retires, for [`Index::to_move`].
+    pub fn dead_set(&self, dead: &[PackId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(schema::DEAD).map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare("INSERT OR IGNORE INTO dead (pid) SELECT pid FROM packs WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for p in dead {
+                st.execute(params![&p.0[..]]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The blobs of `pack` that prune must copy into a new pack, in offset
+    /// order: used, held by no pack outside [`Index::dead_set`], and not
+    /// copied already (from another retired pack holding the same blob).
+    /// They are recorded as copied in the same transaction: one per pack,
+    /// where autocommitted point queries cost a temporary-journal write
+    /// and truncation per blob.
+    pub fn to_move(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        {
+            let mut st = tx
+                .prepare_cached(schema::TO_MOVE)
+                .map_err(|e| self.err(e))?;
+            let mut moved = tx
+                .prepare_cached("INSERT OR IGNORE INTO moved (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map(params![&pack.0[..]], entry_row)
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                let (id, kind, offset, length, raw_length) = r.map_err(|e| self.err(e))?;
+                if moved.execute(params![&id[..]]).map_err(|e| self.err(e))? == 0 {
+                    continue;
+                }
+                out.push(PackEntry {
+                    kind: BlobKind::from_u8(kind).ok_or_else(|| self.err("bad blob kind"))?,
+                    id: BlobId::from_slice(&id).ok_or_else(|| self.err("bad blob id"))?,
+                    offset,
+                    length,
+                    raw_length,
+                });
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
     /// Mark a blob used; `false` when it already was.
     pub fn used_insert(&self, id: &BlobId) -> Result<bool> {
         let c = self.conn();
