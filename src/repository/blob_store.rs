@@ -38,7 +38,7 @@ pub const CHECKPOINT_BLOBS: usize = 100_000;
 /// directory (~50-100 ms for 16 MiB on a VM disk); with one upload thread
 /// the sealers waited on that latency and a 2-core initial backup used
 /// about 70% of its CPUs.
-const UPLOADERS: usize = 2;
+pub(crate) const UPLOADERS: usize = 2;
 
 /// What a backup added to the repository.
 #[derive(Clone, Debug, Default)]

@@ -30,7 +30,7 @@ use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, SealedBlob, open_blob};
 use crate::repository::Repository;
-use crate::repository::blob_store::{CHECKPOINT_BLOBS, verify_sealed};
+use crate::repository::blob_store::{CHECKPOINT_BLOBS, UPLOADERS, verify_sealed};
 use crate::snapshot::tree::{NodeKind, Tree};
 use std::collections::{HashMap, HashSet};
 
@@ -323,12 +323,13 @@ struct NewPack {
 /// Copy the used blobs of `plan.repack` into new packs; `uploaded` gets each
 /// new pack once it is durable (and staged in the cache), in order.
 ///
-/// Three stages overlap, each on its own thread: reading a pack and
+/// Three stages overlap, on their own threads: reading a pack and
 /// checking its hash; choosing and copying its blobs; verifying and
-/// uploading a finished pack (its fsyncs wait on the disk). One after the
-/// other, the CPU idled through every read and fsync. Channels of capacity
-/// zero bound the memory to about four packs: one read ahead, one being
-/// filled, one being uploaded, and the buffer a read goes into.
+/// uploading finished packs, on [`UPLOADERS`] threads as in a backup (a
+/// put waits for its fsyncs, often longer than the verify takes). One
+/// after the other, the CPU idled through every read and fsync. Channels
+/// of capacity zero bound the memory to about five packs: one read ahead,
+/// one being filled, two being uploaded, and the buffer a read goes into.
 ///
 /// The sealed bytes move as they are. Each blob is checked once, when the
 /// new pack is verified before upload (decrypt, decompress, hash against
@@ -357,18 +358,24 @@ fn repack(
                 }
             }
         });
-        scope.spawn(move || {
-            for p in new_rx.iter() {
-                let r = upload_repacked(repo, p).and_then(|p| {
-                    idx.stage_pack(&p)?;
-                    Ok(p)
-                });
-                let failed = r.is_err();
-                if done_tx.send(r).is_err() || failed {
-                    return;
+        for _ in 0..UPLOADERS {
+            let (new_rx, done_tx) = (new_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                for p in new_rx.iter() {
+                    let r = upload_repacked(repo, p).and_then(|p| {
+                        idx.stage_pack(&p)?;
+                        Ok(p)
+                    });
+                    let failed = r.is_err();
+                    if done_tx.send(r).is_err() || failed {
+                        return;
+                    }
                 }
-            }
-        });
+            });
+        }
+        // Only the threads hold these now: when they all stop, `send` and
+        // `take` see the channels closed.
+        drop((new_rx, done_tx));
         // Hand new packs over, and take the uploaded ones back as they
         // come; an upload error surfaces here or when the channel closes.
         let mut take = |report: &mut PruneReport, wait: bool| -> Result<()> {
