@@ -587,6 +587,8 @@ mod tests {
             .unwrap();
         assert!(idx.used_contains(&BlobId([2; 32])).unwrap());
         assert!(!idx.used_insert(&BlobId([1; 32])).unwrap());
+        let (a, b) = (BlobId([1; 32]), BlobId([3; 32]));
+        assert_eq!(idx.used_insert_new(&[a, b, b]).unwrap(), [b]);
         assert!(idx.moved_insert(&BlobId([1; 32])).unwrap());
         assert!(!idx.moved_insert(&BlobId([1; 32])).unwrap());
         // A new plan starts from empty sets.
@@ -772,6 +774,26 @@ impl Index {
             }
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Mark many blobs used, in one transaction; returns those that were
+    /// not yet (each once, in the order given).
+    pub fn used_insert_new(&self, ids: &[BlobId]) -> Result<Vec<BlobId>> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR IGNORE INTO used (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                if st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1 {
+                    out.push(*id);
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// Record that prune copied `id` into a new pack; `false` when it
