@@ -90,6 +90,12 @@ impl Index {
             .map_err(|e| cache_err(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| cache_err(path, e))?;
+        // A WAL is reused from its start after a checkpoint but never
+        // shrinks by itself: one prune or bulk load at ten million blobs
+        // left a ~1 GB file behind for good. With a limit SQLite truncates
+        // it back whenever it resets it.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(|e| cache_err(path, e))?;
         let ok: String = conn
             .query_row("PRAGMA quick_check", [], |r| r.get(0))
             .map_err(|e| cache_err(path, e))?;
