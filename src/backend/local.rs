@@ -447,28 +447,92 @@ impl Backend for LocalBackend {
         Ok(())
     }
 
-    /// One directory fsync per directory, not per file: pruning hundreds of
-    /// packs spent most of its time waiting on those syncs.
+    /// Unlinks on several threads, then one fsync per directory, also on
+    /// several threads. Unlinking a large pack waits on the filesystem
+    /// (freeing its extents, ~5-10 ms each here), and so does each
+    /// directory fsync: one after the other, deleting a prune's packs was a
+    /// quarter of its time, while concurrent fsyncs share journal commits.
+    /// The batch is durable when this returns, as the trait requires.
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
-        let mut dirs = std::collections::BTreeMap::new();
-        for name in names {
-            let path = self.full(kind, name)?;
+        let paths: Vec<(PathBuf, &String)> = names
+            .iter()
+            .map(|n| Ok((self.full(kind, n)?, n)))
+            .collect::<Result<_>>()?;
+        let removed = for_each_parallel(&paths, |(path, name)| {
             failpoint::hit_delete(kind.dir());
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::backend_io("delete", kind.path(name), e)),
+            match fs::remove_file(path) {
+                Ok(()) => Ok(path.parent().map(|d| (d.to_path_buf(), kind.path(name)))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::backend_io("delete", kind.path(name), e)),
             }
-            if let Some(d) = path.parent() {
-                dirs.entry(d.to_path_buf())
-                    .or_insert_with(|| kind.path(name));
-            }
+        })?;
+        let mut dirs = std::collections::BTreeMap::new();
+        for (d, obj) in removed.into_iter().flatten() {
+            dirs.entry(d).or_insert(obj);
         }
-        for (d, obj) in dirs {
-            sync_dir(&d).map_err(|e| Error::backend_io("fsync", obj, e))?;
-        }
+        let dirs: Vec<(PathBuf, String)> = dirs.into_iter().collect();
+        for_each_parallel(&dirs, |(d, obj)| {
+            sync_dir(d).map_err(|e| Error::backend_io("fsync", obj.clone(), e))
+        })?;
         Ok(())
     }
+}
+
+/// Threads for [`LocalBackend::delete_many`]: the work is waiting on the
+/// filesystem, not CPU, so more threads than cores still help.
+const DELETE_THREADS: usize = 8;
+
+/// Run `f` over `items` on up to [`DELETE_THREADS`] threads; the results in
+/// order, or the first error (the other threads then stop early).
+fn for_each_parallel<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let threads = DELETE_THREADS.min(items.len());
+    if threads <= 1 {
+        return items.iter().map(f).collect();
+    }
+    let mut out: Vec<(usize, R)> = Vec::with_capacity(items.len());
+    let mut first_err: Option<(usize, Error)> = None;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    while !failed.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        match f(item) {
+                            Ok(r) => done.push((i, r)),
+                            Err(e) => {
+                                failed.store(true, Ordering::Relaxed);
+                                return (done, Some((i, e)));
+                            }
+                        }
+                    }
+                    (done, None)
+                })
+            })
+            .collect();
+        for h in handles {
+            // A panicking worker re-raises here, as it would unthreaded.
+            let (done, err) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            out.extend(done);
+            if let Some((i, e)) = err
+                && first_err.as_ref().is_none_or(|(j, _)| i < *j)
+            {
+                first_err = Some((i, e));
+            }
+        }
+    });
+    if let Some((_, e)) = first_err {
+        return Err(e);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out.into_iter().map(|(_, r)| r).collect())
 }
 
 #[cfg(test)]
@@ -527,6 +591,27 @@ mod tests {
         b.put(FileKind::Config, "config", b"first").unwrap();
         assert!(b.put(FileKind::Config, "config", b"other").is_err());
         assert_eq!(b.get(FileKind::Config, "config").unwrap(), b"first");
+    }
+
+    /// The threaded batch delete reports a failure, naming the object,
+    /// rather than losing it among the threads.
+    #[test]
+    fn a_failed_delete_in_a_batch_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::create(dir.path()).unwrap();
+        let names: Vec<String> = (0..20u8).map(|i| format!("{i:02x}01")).collect();
+        for n in &names {
+            b.put(FileKind::Pack, n, b"x").unwrap();
+        }
+        // A directory where a pack should be: remove_file fails on it.
+        fs::create_dir_all(dir.path().join("packs/ee/ee01/sub")).unwrap();
+        let mut batch = names.clone();
+        batch.insert(7, "ee01".into());
+        let err = b.delete_many(FileKind::Pack, &batch).unwrap_err();
+        assert!(err.to_string().contains("ee01"), "{err}");
+        batch.remove(7);
+        b.delete_many(FileKind::Pack, &batch).unwrap();
+        assert!(b.list(FileKind::Pack).unwrap().is_empty());
     }
 
     #[test]

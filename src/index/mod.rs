@@ -95,6 +95,12 @@ impl Index {
             .map_err(|e| cache_err(path, e))?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| cache_err(path, e))?;
+        // A WAL is reused from its start after a checkpoint but never
+        // shrinks by itself: one prune or bulk load at ten million blobs
+        // left a ~1 GB file behind for good. With a limit SQLite truncates
+        // it back whenever it resets it.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(|e| cache_err(path, e))?;
         // No integrity check here: `PRAGMA quick_check` reads every page,
         // which cost 0.11 s of a 1 s no-change backup at 70k files and grows
         // with the repository. A file that is not a database fails on the
@@ -666,6 +672,8 @@ mod tests {
             .unwrap();
         assert!(idx.used_contains(&BlobId([2; 32])).unwrap());
         assert!(!idx.used_insert(&BlobId([1; 32])).unwrap());
+        let (a, b) = (BlobId([1; 32]), BlobId([3; 32]));
+        assert_eq!(idx.used_insert_new(&[a, b, b]).unwrap(), [b]);
         assert!(idx.moved_insert(&BlobId([1; 32])).unwrap());
         assert!(!idx.moved_insert(&BlobId([1; 32])).unwrap());
         // A new plan starts from empty sets.
@@ -928,6 +936,26 @@ impl Index {
         tx.commit().map_err(|e| self.err(e))
     }
 
+    /// Mark many blobs used, in one transaction; returns those that were
+    /// not yet (each once, in the order given).
+    pub fn used_insert_new(&self, ids: &[BlobId]) -> Result<Vec<BlobId>> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        {
+            let mut st = tx
+                .prepare_cached("INSERT OR IGNORE INTO used (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            for id in ids {
+                if st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1 {
+                    out.push(*id);
+                }
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
+    }
+
     /// Record that prune copied `id` into a new pack; `false` when it
     /// already had (the blob is in two packs being repacked). A temporary
     /// table, like `used`: a set in memory grows with the blobs repacked.
@@ -937,6 +965,60 @@ impl Index {
             .prepare_cached("INSERT OR IGNORE INTO moved (id) VALUES (?1)")
             .map_err(|e| self.err(e))?;
         Ok(st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1)
+    }
+
+    /// Note the packs prune retires, for [`Index::to_move`].
+    pub fn dead_set(&self, dead: &[PackId]) -> Result<()> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        tx.execute_batch(schema::DEAD).map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare("INSERT OR IGNORE INTO dead (pid) SELECT pid FROM packs WHERE id = ?1")
+                .map_err(|e| self.err(e))?;
+            for p in dead {
+                st.execute(params![&p.0[..]]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The blobs of `pack` that prune must copy into a new pack, in offset
+    /// order: used, held by no pack outside [`Index::dead_set`], and not
+    /// copied already (from another retired pack holding the same blob).
+    /// They are recorded as copied in the same transaction: one per pack,
+    /// where autocommitted point queries cost a temporary-journal write
+    /// and truncation per blob.
+    pub fn to_move(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+        let mut c = self.conn();
+        let tx = c.transaction().map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        {
+            let mut st = tx
+                .prepare_cached(schema::TO_MOVE)
+                .map_err(|e| self.err(e))?;
+            let mut moved = tx
+                .prepare_cached("INSERT OR IGNORE INTO moved (id) VALUES (?1)")
+                .map_err(|e| self.err(e))?;
+            let rows = st
+                .query_map(params![&pack.0[..]], entry_row)
+                .map_err(|e| self.err(e))?;
+            for r in rows {
+                let (id, kind, offset, length, raw_length) = r.map_err(|e| self.err(e))?;
+                if moved.execute(params![&id[..]]).map_err(|e| self.err(e))? == 0 {
+                    continue;
+                }
+                out.push(PackEntry {
+                    kind: BlobKind::from_u8(kind).ok_or_else(|| self.err("bad blob kind"))?,
+                    id: BlobId::from_slice(&id).ok_or_else(|| self.err("bad blob id"))?,
+                    offset,
+                    length,
+                    raw_length,
+                });
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(out)
     }
 
     /// Mark a blob used; `false` when it already was.

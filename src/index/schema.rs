@@ -109,6 +109,26 @@ DELETE FROM new_blobs;
     by_pack_index!()
 );
 
+/// The packs a prune retires, so that choosing what to copy out of a pack
+/// is one query per pack (a blob moves when it is used and no surviving
+/// pack holds it) instead of three point queries per blob.
+pub const DEAD: &str = "
+CREATE TEMP TABLE IF NOT EXISTS dead (pid INTEGER PRIMARY KEY);
+DELETE FROM dead;
+";
+
+/// The blobs of one pack (`?1`) that prune must copy, in offset order:
+/// used, and held by no pack outside `dead`. Both lookups go by the key
+/// of `used` and `blobs`.
+pub const TO_MOVE: &str = "
+SELECT b.id, b.kind, b.offset, b.length, b.raw_length
+FROM packs p JOIN blobs b ON b.pid = p.pid
+WHERE p.id = ?1
+  AND EXISTS (SELECT 1 FROM used u WHERE u.id = b.id)
+  AND NOT EXISTS (SELECT 1 FROM blobs o WHERE o.id = b.id AND o.pid NOT IN (SELECT pid FROM dead))
+ORDER BY b.offset
+";
+
 pub const DROP: &str = "
 DROP TABLE IF EXISTS meta;
 DROP TABLE IF EXISTS segments;

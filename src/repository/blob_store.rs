@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SegmentId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::{FinishedPack, PackWriter};
-use crate::pack::{open_blob, reader::parse_pack, seal_blob};
+use crate::pack::{PackEntry, open_blob, reader::parse_pack, seal_blob};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -38,7 +38,7 @@ pub const CHECKPOINT_BLOBS: usize = 100_000;
 /// directory (~50-100 ms for 16 MiB on a VM disk); with one upload thread
 /// the sealers waited on that latency and a 2-core initial backup used
 /// about 70% of its CPUs.
-const UPLOADERS: usize = 2;
+pub(crate) const UPLOADERS: usize = 2;
 
 /// What a backup added to the repository.
 #[derive(Clone, Debug, Default)]
@@ -409,20 +409,29 @@ fn verify_pool() -> Option<&'static rayon::ThreadPool> {
 
 /// Re-open every blob of a sealed pack before it leaves the process.
 fn verify_pack(repo: &Repository, p: &FinishedPack) -> Result<()> {
-    let name = FileKind::Pack.path(&p.id.to_hex());
-    let entries = parse_pack(repo.keys(), repo.id(), &p.bytes)
-        .map_err(|e| Error::corrupt(format!("{name} (before upload)"), e))?;
+    verify_sealed(repo, p).map_err(|(_, why)| {
+        Error::corrupt(
+            format!("{} (before upload)", FileKind::Pack.path(&p.id.to_hex())),
+            why,
+        )
+    })
+}
+
+/// [`verify_pack`]'s check, telling which blob failed (none when the
+/// trailer is at fault), so prune can name the pack a bad blob came from.
+pub(crate) fn verify_sealed(
+    repo: &Repository,
+    p: &FinishedPack,
+) -> std::result::Result<(), (Option<PackEntry>, String)> {
+    let entries = parse_pack(repo.keys(), repo.id(), &p.bytes).map_err(|e| (None, e))?;
     if entries != p.entries {
-        return Err(Error::corrupt(
-            format!("{name} (before upload)"),
-            "trailer does not match the blobs written",
-        ));
+        return Err((None, "trailer does not match the blobs written".into()));
     }
-    let one = |e: &crate::pack::PackEntry| -> Result<()> {
+    let one = |e: &PackEntry| -> std::result::Result<(), (Option<PackEntry>, String)> {
         let s = &p.bytes[e.offset as usize..(e.offset + e.length) as usize];
         open_blob(repo.keys(), repo.id(), e, s)
             .map(|_| ())
-            .map_err(|err| Error::corrupt(format!("{name} (before upload)"), err))
+            .map_err(|err| (Some(*e), err))
     };
     match verify_pool() {
         Some(pool) => pool.install(|| entries.par_iter().try_for_each(one)),

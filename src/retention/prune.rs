@@ -23,15 +23,17 @@
 //! Every write and delete first checks the exclusive lock is still held.
 
 use crate::backend::FileKind;
-use crate::blob::{BlobKind, BlobSource};
+use crate::blob::BlobKind;
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SegmentId};
+use crate::index::BlobLocation;
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
-use crate::pack::{SealedBlob, open_blob};
+use crate::pack::{PackEntry, SealedBlob, open_blob};
 use crate::repository::Repository;
-use crate::repository::blob_store::{CHECKPOINT_BLOBS, upload_pack};
+use crate::repository::blob_store::{CHECKPOINT_BLOBS, UPLOADERS, verify_sealed};
 use crate::snapshot::tree::{NodeKind, Tree};
+use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Debug)]
@@ -104,37 +106,72 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
     idx.used_reset()?;
     idx.refs_reset()?;
     for (sid, s) in &snaps {
+        let unreadable = |e: Error| {
+            Error::Usage(format!(
+                "refusing to prune: snapshot {} cannot be read completely: {e}",
+                sid.short()
+            ))
+        };
         let mut stack = vec![s.tree];
-        while let Some(tid) = stack.pop() {
-            if !idx.used_insert(&tid)? {
-                continue; // this tree, and so everything below it, is done
-            }
-            let bytes = repo.read_blob(BlobKind::Tree, &tid).map_err(|e| {
-                Error::Usage(format!(
-                    "refusing to prune: snapshot {} cannot be read completely: {e}",
-                    sid.short()
-                ))
-            })?;
-            let tree =
-                Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {tid}"), e.0))?;
-            let content: Vec<BlobId> = tree
-                .nodes
-                .iter()
-                .flat_map(|n| n.content.iter().copied())
-                .collect();
-            // Appended, and sorted into the used set once at the end.
-            idx.refs_add(&content)?;
-            for n in &tree.nodes {
-                if n.kind == NodeKind::Dir
-                    && let Some(sub) = n.subtree
-                {
-                    stack.push(sub);
+        while !stack.is_empty() {
+            // Trees a batch at a time: one transaction marks them, one
+            // looks them up, and they are read and decoded in parallel.
+            // One by one, each cost two autocommitted statements and the
+            // CPU work of a tree on one core.
+            let batch = stack.split_off(stack.len().saturating_sub(TREE_BATCH));
+            // Already marked: that tree, and so everything below it, is done.
+            let fresh = idx.used_insert_new(&batch)?;
+            let locs = idx.lookup_many(&fresh)?;
+            let trees: Vec<Tree> = fresh
+                .par_iter()
+                .zip(locs)
+                .map(|(tid, loc)| read_tree(repo, tid, loc))
+                .collect::<Result<_>>()
+                .map_err(unreadable)?;
+            let mut content = Vec::new();
+            for tree in &trees {
+                content.extend(tree.nodes.iter().flat_map(|n| n.content.iter().copied()));
+                for n in &tree.nodes {
+                    if n.kind == NodeKind::Dir
+                        && let Some(sub) = n.subtree
+                    {
+                        stack.push(sub);
+                    }
                 }
             }
+            // Appended, and sorted into the used set once at the end.
+            idx.refs_add(&content)?;
         }
     }
     idx.used_from_refs()?;
     Ok(snaps.len())
+}
+
+/// Trees read at once while marking: bounds the decoded trees in memory.
+const TREE_BATCH: usize = 256;
+
+/// Read and decode one tree at `loc` (from the index).
+fn read_tree(repo: &Repository, id: &BlobId, loc: Option<BlobLocation>) -> Result<Tree> {
+    let loc = loc.ok_or_else(|| Error::BlobMissing { id: id.to_hex() })?;
+    let name = loc.pack.to_hex();
+    if loc.entry.kind != BlobKind::Tree {
+        return Err(Error::corrupt(
+            FileKind::Pack.path(&name),
+            format!(
+                "blob {id} is indexed as {:?}, expected a tree",
+                loc.entry.kind
+            ),
+        ));
+    }
+    let sealed = repo.backend().get_range(
+        FileKind::Pack,
+        &name,
+        loc.entry.offset as u64,
+        loc.entry.length as usize,
+    )?;
+    let bytes = open_blob(repo.keys(), repo.id(), &loc.entry, &sealed)
+        .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))?;
+    Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e.0))
 }
 
 /// Work out what prune would do. Writes nothing.
@@ -241,10 +278,10 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     // list of every repacked blob would grow with the repository. A crash
     // leaves their blobs indexed twice, which readers tolerate.
     let mut new_packs = Segment::default();
-    let mut writer = PackWriter::new();
     // The cache learns the new segments only at the end (`retire`).
     let mut new_segments: Vec<SegmentId> = Vec::new();
     idx.prune_begin()?;
+    idx.dead_set(&dead.iter().copied().collect::<Vec<_>>())?;
     let mut flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
         if !seg.packs.is_empty() {
             new_segments.push(repo.save_segment(seg)?);
@@ -253,68 +290,13 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         }
         Ok(())
     };
-    let upload = |p| -> Result<IndexedPack> {
-        let p = upload_pack(repo, p)?;
-        idx.stage_pack(&p)?;
-        Ok(p)
-    };
-    for (pack, _) in &plan.repack {
-        let name = pack.to_hex();
-        let obj = FileKind::Pack.path(&name);
-        let bytes = repo.backend().get(FileKind::Pack, &name)?;
-        if crate::id::content_hash(&bytes) != pack.0 {
-            return Err(Error::corrupt(
-                obj,
-                "content does not match its name; not repacked (run `coffer check --read-data`)",
-            ));
+    repack(repo, plan, &mut report, |p, report| {
+        new_packs.packs.push(p);
+        if new_packs.blob_count() >= CHECKPOINT_BLOBS {
+            flush(&mut new_packs, report)?;
         }
-        for e in idx.pack_entries(pack)? {
-            if !idx.used_contains(&e.id)? {
-                continue;
-            }
-            if idx.packs_of(&e.id)?.iter().any(|p| !dead.contains(p)) {
-                continue;
-            }
-            // Last: it records the blob as copied.
-            if !idx.moved_insert(&e.id)? {
-                continue;
-            }
-            let (s, l) = (e.offset as usize, e.length as usize);
-            let Some(sealed) = bytes.get(s..s + l) else {
-                return Err(Error::corrupt(
-                    obj,
-                    format!("blob {} lies outside the pack", e.id),
-                ));
-            };
-            // Never carry a damaged blob into a new pack.
-            open_blob(repo.keys(), repo.id(), &e, sealed)
-                .map_err(|err| Error::corrupt(obj.clone(), err))?;
-            writer.add(SealedBlob {
-                kind: e.kind,
-                id: e.id,
-                bytes: sealed.to_vec(),
-                raw_length: e.raw_length,
-            });
-            report.blobs_repacked += 1;
-            if writer.len() >= repo.config().pack_size as usize {
-                repo.ensure_lock()?;
-                let p = std::mem::take(&mut writer).finish(repo.keys(), repo.id());
-                new_packs.packs.push(upload(p)?);
-                report.packs_written += 1;
-                if new_packs.blob_count() >= CHECKPOINT_BLOBS {
-                    flush(&mut new_packs, &mut report)?;
-                }
-            }
-        }
-        report.packs_repacked += 1;
-    }
-    if !writer.is_empty() {
-        repo.ensure_lock()?;
-        new_packs
-            .packs
-            .push(upload(writer.finish(repo.keys(), repo.id()))?);
-        report.packs_written += 1;
-    }
+        Ok(())
+    })?;
     // 2. The new index: every surviving pack, then the last new ones.
     let mut seg = Segment::default();
     let mut blobs = 0usize;
@@ -362,6 +344,197 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     Ok(report)
 }
 
+/// A pack to repack, read and checked against its name.
+struct SourcePack {
+    id: PackId,
+    bytes: Vec<u8>,
+}
+
+/// A new pack and, for each of its blobs, the pack and entry it was copied
+/// from, to name the source should the copy fail its check.
+struct NewPack {
+    pack: crate::pack::writer::FinishedPack,
+    origin: Vec<(PackId, PackEntry)>,
+}
+
+/// Copy the used blobs of `plan.repack` into new packs; `uploaded` gets each
+/// new pack once it is durable (and staged in the cache), in order.
+///
+/// Three stages overlap, on their own threads: reading a pack and
+/// checking its hash; choosing and copying its blobs; verifying and
+/// uploading finished packs, on [`UPLOADERS`] threads as in a backup (a
+/// put waits for its fsyncs, often longer than the verify takes). One
+/// after the other, the CPU idled through every read and fsync. Channels
+/// of capacity zero bound the memory to about five packs: one read ahead,
+/// one being filled, two being uploaded, and the buffer a read goes into.
+///
+/// The sealed bytes move as they are. Each blob is checked once, when the
+/// new pack is verified before upload (decrypt, decompress, hash against
+/// its id) rather than also when copied: a damaged blob can still never
+/// reach an uploaded pack, and the error names the pack it came from.
+fn repack(
+    repo: &Repository,
+    plan: &PrunePlan,
+    report: &mut PruneReport,
+    mut uploaded: impl FnMut(IndexedPack, &mut PruneReport) -> Result<()>,
+) -> Result<()> {
+    let idx = repo.index()?;
+    let pack_size = repo.config().pack_size as usize;
+    let (src_tx, src_rx) = crossbeam_channel::bounded::<Result<SourcePack>>(0);
+    let (new_tx, new_rx) = crossbeam_channel::bounded::<NewPack>(0);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Result<IndexedPack>>();
+    // `move`: on an early return the channels close, so the threads end
+    // and the scope can join them.
+    std::thread::scope(move |scope| -> Result<()> {
+        scope.spawn(move || {
+            for (pack, _) in &plan.repack {
+                let r = read_source(repo, pack);
+                let failed = r.is_err();
+                if src_tx.send(r).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        for _ in 0..UPLOADERS {
+            let (new_rx, done_tx) = (new_rx.clone(), done_tx.clone());
+            scope.spawn(move || {
+                for p in new_rx.iter() {
+                    let r = upload_repacked(repo, p).and_then(|p| {
+                        idx.stage_pack(&p)?;
+                        Ok(p)
+                    });
+                    let failed = r.is_err();
+                    if done_tx.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        }
+        // Only the threads hold these now: when they all stop, `send` and
+        // `take` see the channels closed.
+        drop((new_rx, done_tx));
+        // Hand new packs over, and take the uploaded ones back as they
+        // come; an upload error surfaces here or when the channel closes.
+        let mut take = |report: &mut PruneReport, wait: bool| -> Result<()> {
+            loop {
+                let r = if wait {
+                    match done_rx.recv() {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    }
+                } else {
+                    match done_rx.try_recv() {
+                        Ok(r) => r,
+                        Err(_) => return Ok(()),
+                    }
+                };
+                uploaded(r?, report)?;
+            }
+        };
+        let mut writer = PackWriter::with_capacity(pack_size + pack_size / 8);
+        let mut origin = Vec::new();
+        let mut send = |writer: &mut PackWriter,
+                        origin: &mut Vec<(PackId, PackEntry)>,
+                        report: &mut PruneReport|
+         -> Result<()> {
+            repo.ensure_lock()?;
+            let w = std::mem::replace(writer, PackWriter::with_capacity(pack_size + pack_size / 8));
+            let p = NewPack {
+                pack: w.finish(repo.keys(), repo.id()),
+                origin: std::mem::take(origin),
+            };
+            report.packs_written += 1;
+            if new_tx.send(p).is_err() {
+                // The upload thread stopped on an error: wait for it.
+                take(report, true)?;
+                return Err(Error::Usage("prune: the upload thread stopped".into()));
+            }
+            take(report, false)
+        };
+        for r in src_rx.iter() {
+            let src = r?;
+            let obj = FileKind::Pack.path(&src.id.to_hex());
+            for e in idx.to_move(&src.id)? {
+                let (s, l) = (e.offset as usize, e.length as usize);
+                let Some(sealed) = src.bytes.get(s..s + l) else {
+                    return Err(Error::corrupt(
+                        obj,
+                        format!("blob {} lies outside the pack", e.id),
+                    ));
+                };
+                writer.add(SealedBlob {
+                    kind: e.kind,
+                    id: e.id,
+                    bytes: sealed.to_vec(),
+                    raw_length: e.raw_length,
+                });
+                origin.push((src.id, e));
+                report.blobs_repacked += 1;
+                if writer.len() >= pack_size {
+                    send(&mut writer, &mut origin, report)?;
+                }
+            }
+            report.packs_repacked += 1;
+        }
+        if report.packs_repacked != plan.repack.len() as u64 {
+            return Err(Error::Usage("prune: the pack reader stopped".into()));
+        }
+        if !writer.is_empty() {
+            send(&mut writer, &mut origin, report)?;
+        }
+        drop(new_tx);
+        take(report, true)
+    })
+}
+
+/// Read a pack to repack and check it against its name.
+fn read_source(repo: &Repository, pack: &PackId) -> Result<SourcePack> {
+    let name = pack.to_hex();
+    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    if crate::id::content_hash(&bytes) != pack.0 {
+        return Err(Error::corrupt(
+            FileKind::Pack.path(&name),
+            "content does not match its name; not repacked (run `coffer check --read-data`)",
+        ));
+    }
+    Ok(SourcePack { id: *pack, bytes })
+}
+
+/// Verify a new pack and upload it. A blob that fails the check is looked
+/// at again in the pack it came from: damaged there, the error names that
+/// pack; intact there, the copy in memory went bad and the new pack is
+/// named. Either way nothing is uploaded.
+fn upload_repacked(repo: &Repository, p: NewPack) -> Result<IndexedPack> {
+    let new_name = FileKind::Pack.path(&p.pack.id.to_hex());
+    if let Err((blob, why)) = verify_sealed(repo, &p.pack) {
+        let src = blob.and_then(|b| p.origin.iter().find(|(_, e)| e.id == b.id));
+        if let Some((src, e)) = src {
+            let name = src.to_hex();
+            let sealed = repo.backend().get_range(
+                FileKind::Pack,
+                &name,
+                e.offset as u64,
+                e.length as usize,
+            )?;
+            if let Err(err) = open_blob(repo.keys(), repo.id(), e, &sealed) {
+                return Err(Error::corrupt(
+                    FileKind::Pack.path(&name),
+                    format!("{err}; not repacked (run `coffer check --read-data`)"),
+                ));
+            }
+        }
+        return Err(Error::corrupt(format!("{new_name} (before upload)"), why));
+    }
+    repo.ensure_lock()?;
+    repo.backend()
+        .put(FileKind::Pack, &p.pack.id.to_hex(), &p.pack.bytes)?;
+    Ok(IndexedPack {
+        id: p.pack.id,
+        size: p.pack.bytes.len() as u64,
+        entries: p.pack.entries,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,6 +580,72 @@ mod tests {
             .into_iter()
             .map(|(p, s)| (p, s, idx.pack_entries(&p).unwrap()))
             .collect()
+    }
+
+    fn test_repo() -> (Arc<MemoryBackend>, Repository) {
+        let backend = Arc::new(MemoryBackend::new());
+        let kdf = KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            lanes: 1,
+        };
+        let repo = Repository::init(
+            backend.clone(),
+            InitSecret::Passphrase(Zeroizing::new(b"pw".to_vec())),
+            Config::default(),
+            kdf,
+        )
+        .unwrap();
+        (backend, repo)
+    }
+
+    /// Blobs are checked once, in the new pack before upload. A blob that
+    /// was stored damaged (under a valid pack name, so only its own check
+    /// can tell) must stop the repack, be blamed on the pack it came from,
+    /// and leave nothing uploaded and nothing deleted.
+    #[test]
+    fn a_damaged_blob_is_not_repacked_and_its_pack_is_named() {
+        let (backend, repo) = test_repo();
+        let good = repo.keys().blob_id(b"good");
+        let bad = repo.keys().blob_id(b"bad");
+        let unused = repo.keys().blob_id(b"unused");
+        let mut w = PackWriter::new();
+        for (id, plain) in [(good, &b"good"[..]), (unused, &b"unused"[..])] {
+            w.add(crate::pack::seal_blob(
+                repo.keys(),
+                repo.id(),
+                BlobKind::Data,
+                id,
+                plain,
+                3,
+            ));
+        }
+        // Sealed under another id: it decrypts under none but its own.
+        let mut wrong =
+            crate::pack::seal_blob(repo.keys(), repo.id(), BlobKind::Data, good, b"bad", 3);
+        wrong.id = bad;
+        w.add(wrong);
+        let p = w.finish(repo.keys(), repo.id());
+        let damaged = p.id;
+        backend
+            .put(FileKind::Pack, &p.id.to_hex(), &p.bytes)
+            .unwrap();
+        repo.save_segment(&Segment {
+            packs: vec![IndexedPack {
+                id: p.id,
+                size: p.bytes.len() as u64,
+                entries: p.entries,
+            }],
+        })
+        .unwrap();
+        snapshot(&repo, &[good, bad]);
+        let packs_before = backend.list(FileKind::Pack).unwrap();
+        let p = plan(&repo, &PruneOptions { max_unused: 0.0 }).unwrap();
+        assert_eq!(p.repack.len(), 1);
+        let err = execute(&repo, &p).unwrap_err().to_string();
+        assert!(err.contains(&damaged.to_hex()), "{err}");
+        assert!(err.contains("not repacked"), "{err}");
+        assert_eq!(backend.list(FileKind::Pack).unwrap(), packs_before);
     }
 
     /// Prune updates the cache in place (drops the retired packs, notes the
