@@ -122,33 +122,55 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
             // Already marked: that tree, and so everything below it, is done.
             let fresh = idx.used_insert_new(&batch)?;
             let locs = idx.lookup_many(&fresh)?;
-            let trees: Vec<Tree> = fresh
-                .par_iter()
-                .zip(locs)
-                .map(|(tid, loc)| read_tree(repo, tid, loc))
-                .collect::<Result<_>>()
-                .map_err(unreadable)?;
-            let mut content = Vec::new();
-            for tree in &trees {
-                content.extend(tree.nodes.iter().flat_map(|n| n.content.iter().copied()));
-                for n in &tree.nodes {
-                    if n.kind == NodeKind::Dir
-                        && let Some(sub) = n.subtree
-                    {
-                        stack.push(sub);
+            let mut todo: Vec<(BlobId, Option<BlobLocation>)> =
+                fresh.into_iter().zip(locs).collect();
+            // Decoded a few MiB at a time: one tree of a huge file lists
+            // millions of content ids, and 256 of them at 10 million blobs
+            // held 130 MiB at once.
+            while !todo.is_empty() {
+                let mut bytes = 0u64;
+                let take = todo
+                    .iter()
+                    .take_while(|(_, loc)| {
+                        let first = bytes == 0;
+                        bytes += loc.as_ref().map_or(0, |l| u64::from(l.entry.raw_length));
+                        first || bytes <= TREE_BYTES
+                    })
+                    .count()
+                    .max(1);
+                let part: Vec<_> = todo.drain(..take).collect();
+                let trees: Vec<Tree> = part
+                    .into_par_iter()
+                    .map(|(tid, loc)| read_tree(repo, &tid, loc))
+                    .collect::<Result<_>>()
+                    .map_err(unreadable)?;
+                let mut content = Vec::new();
+                for tree in &trees {
+                    content.extend(tree.nodes.iter().flat_map(|n| n.content.iter().copied()));
+                    for n in &tree.nodes {
+                        if n.kind == NodeKind::Dir
+                            && let Some(sub) = n.subtree
+                        {
+                            stack.push(sub);
+                        }
                     }
                 }
+                drop(trees);
+                // Appended, and sorted into the used set once at the end.
+                idx.refs_add(&content)?;
             }
-            // Appended, and sorted into the used set once at the end.
-            idx.refs_add(&content)?;
         }
     }
     idx.used_from_refs()?;
     Ok(snaps.len())
 }
 
-/// Trees read at once while marking: bounds the decoded trees in memory.
+/// Trees marked and looked up at once while marking.
 const TREE_BATCH: usize = 256;
+/// Uncompressed tree bytes decoded at once: bounds the decoded trees and
+/// their content ids in memory, however large one tree is.
+/// (Tiny in unit tests, so that they go through the splitting.)
+const TREE_BYTES: u64 = if cfg!(test) { 64 } else { 8 << 20 };
 
 /// Read and decode one tree at `loc` (from the index).
 fn read_tree(repo: &Repository, id: &BlobId, loc: Option<BlobLocation>) -> Result<Tree> {
@@ -570,6 +592,68 @@ mod tests {
             summary: Default::default(),
         })
         .unwrap()
+    }
+
+    /// Marking decodes trees a few bytes at a time here (TREE_BYTES is
+    /// tiny in tests): every tree and content id of a nested snapshot must
+    /// still be marked, and nothing else.
+    #[test]
+    fn marking_in_small_pieces_reaches_every_tree_and_blob() {
+        let (_, repo) = test_repo();
+        let data = |s: String| (BlobKind::Data, s.into_bytes());
+        let mut subtrees = Vec::new();
+        let mut want = Vec::new();
+        for d in 0..5 {
+            let ids = store_in_own_pack(
+                &repo,
+                &(0..4).map(|f| data(format!("{d}/{f}"))).collect::<Vec<_>>(),
+            );
+            want.extend_from_slice(&ids);
+            let nodes = ids
+                .iter()
+                .enumerate()
+                .map(|(f, id)| {
+                    let mut n = Node::new(format!("f{f}").into_bytes(), NodeKind::File);
+                    n.content = vec![*id];
+                    n
+                })
+                .collect();
+            let t = store_in_own_pack(&repo, &[(BlobKind::Tree, Tree { nodes }.encode())])[0];
+            want.push(t);
+            subtrees.push(t);
+        }
+        let nodes = subtrees
+            .iter()
+            .enumerate()
+            .map(|(d, t)| {
+                let mut n = Node::new(format!("d{d}").into_bytes(), NodeKind::Dir);
+                n.subtree = Some(*t);
+                n
+            })
+            .collect();
+        let root = store_in_own_pack(&repo, &[(BlobKind::Tree, Tree { nodes }.encode())])[0];
+        want.push(root);
+        let stray = store_in_own_pack(&repo, &[data("not referenced".into())])[0];
+        repo.save_snapshot(&Snapshot {
+            time_ns: 0,
+            tree: root,
+            parent: None,
+            hostname: "h".into(),
+            username: "u".into(),
+            uid: 0,
+            gid: 0,
+            paths: vec![b"/".to_vec()],
+            tags: Vec::new(),
+            program_version: "test".into(),
+            summary: Default::default(),
+        })
+        .unwrap();
+        assert_eq!(mark_used(&repo).unwrap(), 1);
+        let idx = repo.index().unwrap();
+        for id in &want {
+            assert!(idx.used_contains(id).unwrap(), "{id} not marked");
+        }
+        assert!(!idx.used_contains(&stray).unwrap());
     }
 
     /// Everything an index says, in a comparable form.
