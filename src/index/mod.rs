@@ -45,6 +45,12 @@ pub struct Index {
     path: PathBuf,
 }
 
+/// The `meta` key of [`Index::mark_complete`]'s mark for `snap`; every such
+/// key matches `complete:%` ([`schema::DROP_COMPLETE_MARKS`]).
+fn complete_key(snap: &SnapshotId) -> String {
+    format!("complete:{}", snap.to_hex())
+}
+
 /// Remove the cache database and its WAL and shared-memory files.
 fn discard_cache_files(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
@@ -203,11 +209,9 @@ impl Index {
 
     /// Forget everything (the stamp stays).
     pub fn clear(&self) -> Result<()> {
-        self.conn()
-            .execute_batch(concat!(
-                "DELETE FROM blobs; DELETE FROM packs; DELETE FROM segments;",
-                "DELETE FROM meta WHERE key LIKE 'complete:%';"
-            ))
+        let c = self.conn();
+        c.execute_batch("DELETE FROM blobs; DELETE FROM packs; DELETE FROM segments;")
+            .and_then(|()| c.execute_batch(schema::DROP_COMPLETE_MARKS))
             .map_err(|e| self.err(e))
     }
 
@@ -221,7 +225,7 @@ impl Index {
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, x'')",
-                params![format!("complete:{}", snap.to_hex())],
+                params![complete_key(snap)],
             )
             .map(|_| ())
             .map_err(|e| self.err(e))
@@ -232,7 +236,7 @@ impl Index {
         self.conn()
             .query_row(
                 "SELECT 1 FROM meta WHERE key = ?1",
-                params![format!("complete:{}", snap.to_hex())],
+                params![complete_key(snap)],
                 |_| Ok(()),
             )
             .optional()
@@ -434,7 +438,7 @@ impl Index {
                     .map_err(|e| self.err(e))?;
             }
         }
-        tx.execute_batch("DELETE FROM meta WHERE key LIKE 'complete:%'")
+        tx.execute_batch(schema::DROP_COMPLETE_MARKS)
             .map_err(|e| self.err(e))?;
         tx.execute_batch(schema::RETIRE).map_err(|e| self.err(e))?;
         {

@@ -129,6 +129,10 @@ WHERE p.id = ?1
 ORDER BY b.offset
 ";
 
+/// Forget every snapshot's "complete" mark: run whenever blobs leave the
+/// cache, so that no mark outlives the blobs it vouches for.
+pub const DROP_COMPLETE_MARKS: &str = "DELETE FROM meta WHERE key LIKE 'complete:%';";
+
 pub const DROP: &str = "
 DROP TABLE IF EXISTS meta;
 DROP TABLE IF EXISTS segments;

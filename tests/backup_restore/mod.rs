@@ -646,13 +646,7 @@ fn xattr_changes_between_backups_are_seen() {
     let s = env.backup_json(&[&t.root], &[]);
     assert_eq!(num(&s, "files_changed"), 2, "{s}");
 
-    let target = env.path("restore");
-    env.coffer()
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .run()
-        .ok();
-    let out = restored(&target, &t.root);
+    let out = env.restore_of("latest", &t.root);
     let x = |p: &str| user_xattrs(&out.join(p));
     assert_eq!(
         x("f").get(&b"user.a"[..]).map(Vec::as_slice),
