@@ -482,57 +482,26 @@ impl Backend for LocalBackend {
 /// filesystem, not CPU, so more threads than cores still help.
 const DELETE_THREADS: usize = 8;
 
-/// Run `f` over `items` on up to [`DELETE_THREADS`] threads; the results in
-/// order, or the first error (the other threads then stop early).
+/// Run `f` over `items` on a rayon pool of [`DELETE_THREADS`] threads (not
+/// the global one, sized for CPU work); the results in order, or an error
+/// (the other items are then mostly skipped). Without a pool, in turn.
 fn for_each_parallel<T: Sync, R: Send>(
     items: &[T],
     f: impl Fn(&T) -> Result<R> + Sync,
 ) -> Result<Vec<R>> {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let threads = DELETE_THREADS.min(items.len());
-    if threads <= 1 {
-        return items.iter().map(f).collect();
-    }
-    let mut out: Vec<(usize, R)> = Vec::with_capacity(items.len());
-    let mut first_err: Option<(usize, Error)> = None;
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut done = Vec::new();
-                    while !failed.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(item) = items.get(i) else { break };
-                        match f(item) {
-                            Ok(r) => done.push((i, r)),
-                            Err(e) => {
-                                failed.store(true, Ordering::Relaxed);
-                                return (done, Some((i, e)));
-                            }
-                        }
-                    }
-                    (done, None)
-                })
-            })
-            .collect();
-        for h in handles {
-            // A panicking worker re-raises here, as it would unthreaded.
-            let (done, err) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-            out.extend(done);
-            if let Some((i, e)) = err
-                && first_err.as_ref().is_none_or(|(j, _)| i < *j)
-            {
-                first_err = Some((i, e));
-            }
-        }
+    use rayon::prelude::*;
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(DELETE_THREADS)
+            .thread_name(|i| format!("coffer-delete-{i}"))
+            .build()
+            .ok()
     });
-    if let Some((_, e)) = first_err {
-        return Err(e);
+    match pool {
+        Some(pool) if items.len() > 1 => pool.install(|| items.par_iter().map(&f).collect()),
+        _ => items.iter().map(f).collect(),
     }
-    out.sort_by_key(|(i, _)| *i);
-    Ok(out.into_iter().map(|(_, r)| r).collect())
 }
 
 #[cfg(test)]
