@@ -375,9 +375,14 @@ fn data_pack_capacity(repo: &Repository) -> usize {
 }
 
 /// Verify a finished pack and upload it; returns what a segment lists.
-/// Used by prune to write repacked packs.
+/// The upload threads' step, and the synthetic-repository tool's.
 pub fn upload_pack(repo: &Repository, pack: FinishedPack) -> Result<IndexedPack> {
     verify_pack(repo, &pack)?;
+    put_verified(repo, pack)
+}
+
+/// Store a pack its caller has verified; what the index records of it.
+pub(crate) fn put_verified(repo: &Repository, pack: FinishedPack) -> Result<IndexedPack> {
     repo.backend()
         .put(FileKind::Pack, &pack.id.to_hex(), &pack.bytes)?;
     Ok(IndexedPack {
@@ -454,22 +459,10 @@ fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<Ind
         if lock(&shared.failed).is_some() {
             continue;
         }
-        let step = || -> Result<()> {
-            verify_pack(repo, &pack)?;
-            repo.backend()
-                .put(FileKind::Pack, &pack.id.to_hex(), &pack.bytes)
-        };
-        let r = match step() {
-            Ok(()) => Ok(IndexedPack {
-                id: pack.id,
-                size: pack.bytes.len() as u64,
-                entries: pack.entries,
-            }),
-            Err(e) => {
-                record_failure(shared, &e);
-                Err(e)
-            }
-        };
+        let r = upload_pack(repo, pack);
+        if let Err(e) = &r {
+            record_failure(shared, e);
+        }
         if done.send(r).is_err() {
             return;
         }

@@ -31,7 +31,7 @@ use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, SealedBlob, open_blob};
 use crate::repository::Repository;
-use crate::repository::blob_store::{CHECKPOINT_BLOBS, UPLOADERS, verify_sealed};
+use crate::repository::blob_store::{CHECKPOINT_BLOBS, UPLOADERS, put_verified, verify_sealed};
 use crate::snapshot::tree::{NodeKind, Tree};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -548,13 +548,7 @@ fn upload_repacked(repo: &Repository, p: NewPack) -> Result<IndexedPack> {
         return Err(Error::corrupt(format!("{new_name} (before upload)"), why));
     }
     repo.ensure_lock()?;
-    repo.backend()
-        .put(FileKind::Pack, &p.pack.id.to_hex(), &p.pack.bytes)?;
-    Ok(IndexedPack {
-        id: p.pack.id,
-        size: p.pack.bytes.len() as u64,
-        entries: p.pack.entries,
-    })
+    put_verified(repo, p.pack)
 }
 
 #[cfg(test)]
@@ -578,6 +572,11 @@ mod tests {
         n.content = content.to_vec();
         let tree = Tree { nodes: vec![n] }.encode();
         let root = store_in_own_pack(repo, &[(BlobKind::Tree, tree)])[0];
+        save_root(repo, root)
+    }
+
+    /// Save a snapshot of the tree `root`.
+    fn save_root(repo: &Repository, root: BlobId) -> SnapshotId {
         repo.save_snapshot(&Snapshot {
             time_ns: 0,
             tree: root,
@@ -634,20 +633,7 @@ mod tests {
         let root = store_in_own_pack(&repo, &[(BlobKind::Tree, Tree { nodes }.encode())])[0];
         want.push(root);
         let stray = store_in_own_pack(&repo, &[data("not referenced".into())])[0];
-        repo.save_snapshot(&Snapshot {
-            time_ns: 0,
-            tree: root,
-            parent: None,
-            hostname: "h".into(),
-            username: "u".into(),
-            uid: 0,
-            gid: 0,
-            paths: vec![b"/".to_vec()],
-            tags: Vec::new(),
-            program_version: "test".into(),
-            summary: Default::default(),
-        })
-        .unwrap();
+        save_root(&repo, root);
         assert_eq!(mark_used(&repo).unwrap(), 1);
         let idx = repo.index().unwrap();
         for id in &want {
