@@ -21,6 +21,7 @@ pub mod chunking;
 pub mod codec;
 pub mod compression;
 pub mod crypto;
+pub mod direct_io;
 pub mod drill;
 pub mod error;
 pub mod id;

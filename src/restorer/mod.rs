@@ -22,6 +22,7 @@
 //!    (RELIABILITY.md F1). Hardlinks are made once their first name exists;
 //!    directory metadata is applied last, deepest first.
 
+pub mod direct;
 pub mod dump;
 pub mod file_writer;
 pub mod select;
@@ -41,6 +42,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 /// Files per batch: bounds open descriptors and planning memory.
 const BATCH_FILES: usize = 512;
@@ -106,6 +108,8 @@ struct FileTask {
     tmp: PathBuf,
     node: Node,
     file: Option<File>,
+    /// Big files: the O_DIRECT descriptor and staged segments.
+    direct: Option<direct::DirectFile>,
     /// The end of the furthest range written: when a file ends in a hole
     /// (zero chunks are not written), it is extended to its size at commit.
     written_end: std::sync::atomic::AtomicU64,
@@ -182,6 +186,8 @@ struct Restorer<'a> {
     /// this restore created: nothing can be in them yet, so their entries
     /// need no check for an existing file.
     fresh_dirs: std::collections::HashSet<Vec<u8>>,
+    /// Segment buffers for files written with O_DIRECT.
+    stager: direct::Stager,
 }
 
 /// Restore the tree `root` into `target`.
@@ -275,6 +281,7 @@ pub fn restore(
         pending_links: Vec::new(),
         dirs: Vec::new(),
         fresh_dirs: Default::default(),
+        stager: Default::default(),
     };
     if target_fresh {
         r.fresh_dirs.insert(Vec::new());
@@ -400,6 +407,7 @@ impl Restorer<'_> {
             path,
             node: node.clone(),
             file: None,
+            direct: None,
             written_end: Default::default(),
             error: Mutex::new(None),
         });
@@ -512,7 +520,12 @@ impl Restorer<'_> {
             .for_each(|(t, places)| {
                 if places.is_some() {
                     match file_writer::create_empty(&t.tmp) {
-                        Ok(f) => t.file = Some(f),
+                        Ok(f) => {
+                            if t.node.size >= direct::MIN_FILE {
+                                t.direct = direct::DirectFile::open(&t.tmp, &f, t.node.size);
+                            }
+                            t.file = Some(f);
+                        }
                         Err(e) => t.fail(format!("{}: {e}", t.path.display())),
                     }
                 }
@@ -567,75 +580,97 @@ impl Restorer<'_> {
             .collect();
         self.checked_packs.extend(unchecked);
         self.summary.errors.extend(damaged);
-        let written = std::sync::atomic::AtomicU64::new(0);
-        packs.par_iter_mut().for_each(|(pack, blobs)| {
-            PACK_BUF.with_borrow_mut(|buf| {
-                blobs.sort_by_key(|n| n.place.offset);
-                let mut i = 0;
-                while i < blobs.len() {
-                    // Extend the range while the next blob is close.
-                    let start = blobs[i].place.offset as u64;
-                    let mut end = start + blobs[i].place.length as u64;
-                    let mut j = i + 1;
-                    while j < blobs.len() && (blobs[j].place.offset as u64) <= end + COALESCE_GAP {
-                        end = end.max(blobs[j].place.offset as u64 + blobs[j].place.length as u64);
-                        j += 1;
+        let stager = &self.stager;
+        let tasks_ref = &tasks;
+        std::thread::scope(|scope| {
+            // Complete segments of big files go to one writer thread, so
+            // the workers decode on while a direct write waits on the disk.
+            let (tx, rx) = crossbeam_channel::bounded::<(usize, direct::Ready)>(direct::QUEUE);
+            scope.spawn(move || {
+                for (ti, ready) in rx {
+                    let t = &tasks_ref[ti];
+                    let (Some(df), Some(f)) = (&t.direct, &t.file) else {
+                        stager.give(ready.buf);
+                        continue;
+                    };
+                    match df.write(stager, f, ready) {
+                        Ok(end) => {
+                            t.written_end.fetch_max(end, Ordering::Relaxed);
+                        }
+                        Err(e) => t.fail(format!("{}: {e}", t.path.display())),
                     }
-                    let range =
-                        self.src
-                            .read_pack_range_into(pack, start, (end - start) as usize, buf);
-                    for n in &blobs[i..j] {
-                        let data = range.as_ref().map_err(|e| e.to_string()).and_then(|()| {
-                            let o = (n.place.offset as u64 - start) as usize;
+                }
+            });
+            packs.par_iter_mut().for_each(|(pack, blobs)| {
+                PACK_BUF.with_borrow_mut(|buf| {
+                    blobs.sort_by_key(|n| n.place.offset);
+                    let mut i = 0;
+                    while i < blobs.len() {
+                        // Extend the range while the next blob is close.
+                        let start = blobs[i].place.offset as u64;
+                        let mut end = start + blobs[i].place.length as u64;
+                        let mut j = i + 1;
+                        while j < blobs.len()
+                            && (blobs[j].place.offset as u64) <= end + COALESCE_GAP
+                        {
+                            end = end
+                                .max(blobs[j].place.offset as u64 + blobs[j].place.length as u64);
+                            j += 1;
+                        }
+                        let range =
                             self.src
-                                .open_sealed(&n.id, &n.place, &buf[o..o + n.place.length as usize])
-                                .map_err(|e| e.to_string())
-                        });
-                        match data {
-                            Ok(data) => {
-                                let zero = data.iter().all(|&b| b == 0);
-                                for &(ti, off) in &n.targets {
-                                    let t = &tasks[ti];
-                                    if zero {
-                                        continue;
+                                .read_pack_range_into(pack, start, (end - start) as usize, buf);
+                        for n in &blobs[i..j] {
+                            let data = range.as_ref().map_err(|e| e.to_string()).and_then(|()| {
+                                let o = (n.place.offset as u64 - start) as usize;
+                                self.src
+                                    .open_sealed(
+                                        &n.id,
+                                        &n.place,
+                                        &buf[o..o + n.place.length as usize],
+                                    )
+                                    .map_err(|e| e.to_string())
+                            });
+                            match data {
+                                Ok(data) => {
+                                    let zero = data.iter().all(|&b| b == 0);
+                                    for &(ti, off) in &n.targets {
+                                        self.put(&tasks[ti], &data, off, zero, &tx, ti);
                                     }
-                                    if let Some(f) = &t.file {
-                                        match f.write_all_at(&data, off) {
-                                            Ok(()) => {
-                                                t.written_end.fetch_max(
-                                                    off + data.len() as u64,
-                                                    std::sync::atomic::Ordering::Relaxed,
-                                                );
-                                            }
-                                            Err(e) => t.fail(format!("{}: {e}", t.path.display())),
-                                        }
-                                    }
+                                    let b = data.len() as u64 * n.targets.len() as u64;
+                                    self.progress.bytes_done(b);
                                 }
-                                let b = data.len() as u64 * n.targets.len() as u64;
-                                written.fetch_add(b, std::sync::atomic::Ordering::Relaxed);
-                                self.progress.bytes_done(b);
-                            }
-                            Err(e) => {
-                                for &(ti, _) in &n.targets {
-                                    let t = &tasks[ti];
-                                    t.fail(format!("{}: {e}", t.path.display()));
+                                Err(e) => {
+                                    for &(ti, _) in &n.targets {
+                                        let t = &tasks[ti];
+                                        t.fail(format!("{}: {e}", t.path.display()));
+                                    }
                                 }
                             }
                         }
+                        i = j;
                     }
-                    i = j;
-                }
-                // Keep the buffer for the next pack, but not an outsized one.
-                if buf.capacity() > KEEP_PACK_BUF {
-                    *buf = Vec::new();
-                }
-            })
+                    // Keep the buffer for the next pack, but not an outsized one.
+                    if buf.capacity() > KEEP_PACK_BUF {
+                        *buf = Vec::new();
+                    }
+                })
+            });
+            drop(tx);
         });
         // Finish each file, in parallel: metadata, then the rename that
         // makes it visible (and, with --verify, a re-read).
         let results: Vec<std::result::Result<bool, String>> = tasks
             .par_iter_mut()
             .map(|t| {
+                if let Some(df) = t.direct.take()
+                    && !df.finish(&self.stager)
+                {
+                    t.fail(format!(
+                        "{}: restore incomplete: some content never arrived",
+                        t.path.display()
+                    ));
+                }
                 let file = t.file.take();
                 let err = t.error.lock().map(|e| e.clone()).unwrap_or(None);
                 let file = match (file, err) {
@@ -646,8 +681,10 @@ impl Restorer<'_> {
                         return Err(e.unwrap_or_else(|| format!("{}: not created", t.path.display())));
                     }
                 };
-                let end = t.written_end.load(std::sync::atomic::Ordering::Relaxed);
-                if end < t.node.size
+                // Short when the file ends in a hole; long when its last
+                // direct write was padded to the block size.
+                let end = t.written_end.load(Ordering::Relaxed);
+                if end != t.node.size
                     && let Err(e) = file.set_len(t.node.size)
                 {
                     drop(file);
@@ -680,6 +717,49 @@ impl Restorer<'_> {
                     self.summary.files_verified += u64::from(verified);
                 }
                 Err(e) => self.summary.errors.push(e),
+            }
+        }
+    }
+
+    /// Write one decoded blob at `off` of file `ti`: through its staged
+    /// segments when it is written with O_DIRECT, else straight into the
+    /// page cache. Zeros are not written (holes).
+    fn put(
+        &self,
+        t: &FileTask,
+        data: &[u8],
+        off: u64,
+        zero: bool,
+        tx: &crossbeam_channel::Sender<(usize, direct::Ready)>,
+        ti: usize,
+    ) {
+        let Some(f) = &t.file else { return };
+        let cached = |piece: &[u8], at: u64| match f.write_all_at(piece, at) {
+            Ok(()) => {
+                t.written_end
+                    .fetch_max(at + piece.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => t.fail(format!("{}: {e}", t.path.display())),
+        };
+        let Some(df) = &t.direct else {
+            if !zero {
+                cached(data, off);
+            }
+            return;
+        };
+        for (at, start, n) in direct::pieces(off, data.len()) {
+            let piece = &data[start..start + n];
+            let zero = zero || piece.iter().all(|&b| b == 0);
+            match df.place(&self.stager, at, piece, zero) {
+                direct::Placed::Staged => {}
+                direct::Placed::Complete(ready) => {
+                    if let Err(e) = tx.send((ti, ready)) {
+                        self.stager.give(e.into_inner().1.buf);
+                        t.fail(format!("{}: the writer thread stopped", t.path.display()));
+                    }
+                }
+                direct::Placed::Cached if !zero => cached(piece, at),
+                direct::Placed::Cached => {}
             }
         }
     }
