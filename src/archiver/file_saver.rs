@@ -25,7 +25,7 @@ use std::path::Path;
 
 /// Bytes read per step for big files: several maximal chunks, so one
 /// buffer yields enough chunks to keep every core busy.
-pub const READ_BUF: usize = 8 * 1024 * 1024;
+pub const READ_BUF: usize = 4 * 1024 * 1024;
 
 fn open_source(path: &Path) -> std::io::Result<File> {
     // O_NOFOLLOW: the entry was a regular file when listed; if it has been

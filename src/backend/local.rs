@@ -303,8 +303,14 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
     let written = BOUNCE.with(|b| -> std::io::Result<()> {
         let mut b = b.borrow_mut();
         let buf = b.get_or_insert_with(|| AlignedBuf::zeroed(DIRECT_BUF));
+        // An aligned caller's buffer (a pack from `PackWriter`) is written
+        // straight from memory; only its unaligned tail is copied.
         let mut pos = 0usize;
-        for piece in data.chunks(DIRECT_BUF) {
+        if data.as_ptr().align_offset(direct_io::ALIGN) == 0 {
+            pos = data.len() - data.len() % direct_io::ALIGN;
+            f.write_all_at(&data[..pos], 0)?;
+        }
+        for piece in data[pos..].chunks(DIRECT_BUF) {
             buf.as_mut_slice()[..piece.len()].copy_from_slice(piece);
             direct_io::write_padded_at(&f, buf, piece.len(), pos as u64)?;
             pos += piece.len();
@@ -524,6 +530,13 @@ mod tests {
             let name = hex::encode([i as u8; 32]);
             b.put(FileKind::Pack, &name, &data).unwrap();
             assert_eq!(b.get(FileKind::Pack, &name).unwrap(), data, "size {n}");
+            assert_eq!(b.size(FileKind::Pack, &name).unwrap(), n as u64);
+            // The same from an aligned buffer, written without the bounce.
+            let mut aligned = AlignedBuf::zeroed(n);
+            aligned.as_mut_slice().copy_from_slice(&data);
+            let name = hex::encode([0x80 | i as u8; 32]);
+            b.put(FileKind::Pack, &name, aligned.as_slice()).unwrap();
+            assert_eq!(b.get(FileKind::Pack, &name).unwrap(), data, "aligned {n}");
             assert_eq!(b.size(FileKind::Pack, &name).unwrap(), n as u64);
         }
         // A direct write into a file that exists is refused, not merged.

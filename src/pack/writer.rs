@@ -4,20 +4,44 @@
 use super::{ENTRY_LEN, PackEntry, SealedBlob, TRAILER_MAGIC};
 use crate::codec::Writer;
 use crate::crypto::{AadKind, KeySet, aad, envelope};
+use crate::direct_io::ALIGN;
 use crate::id::{PackId, RepoId, content_hash};
 
-/// A pack being filled.
+/// A pack being filled. The pack's bytes are `buf[start..]`.
 #[derive(Default)]
 pub struct PackWriter {
     buf: Vec<u8>,
+    start: usize,
     entries: Vec<PackEntry>,
 }
 
 /// A finished pack: its name, bytes and the blobs it holds.
 pub struct FinishedPack {
     pub id: PackId,
-    pub bytes: Vec<u8>,
+    buf: Vec<u8>,
+    start: usize,
     pub entries: Vec<PackEntry>,
+}
+
+impl FinishedPack {
+    /// A pack read back whole (its bytes are all of `bytes`).
+    pub fn new(id: PackId, bytes: Vec<u8>, entries: Vec<PackEntry>) -> Self {
+        FinishedPack {
+            id,
+            buf: bytes,
+            start: 0,
+            entries,
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// The buffer, for the next [`PackWriter::with_buffer`].
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
 }
 
 impl PackWriter {
@@ -28,14 +52,31 @@ impl PackWriter {
     /// A writer whose buffer will not need to grow for a pack of `bytes`
     /// (growing by doubling would reserve twice the pack size).
     pub fn with_capacity(bytes: usize) -> Self {
+        Self::with_buffer(Vec::with_capacity(bytes + ALIGN))
+    }
+
+    /// A writer reusing `buf` (its contents are dropped): a recycled buffer
+    /// spares faulting in fresh pages for every pack. The pack starts at
+    /// the buffer's first [`ALIGN`]-aligned byte, so a backend can write it
+    /// with O_DIRECT straight from memory, as long as it never has to grow.
+    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        let start = if buf.capacity() >= 2 * ALIGN {
+            buf.as_ptr().align_offset(ALIGN)
+        } else {
+            0
+        };
+        let start = if start < ALIGN { start } else { 0 };
+        buf.resize(start, 0);
         PackWriter {
-            buf: Vec::with_capacity(bytes),
+            buf,
+            start,
             entries: Vec::new(),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     pub fn is_empty(&self) -> bool {
@@ -47,7 +88,7 @@ impl PackWriter {
     }
 
     pub fn add(&mut self, blob: SealedBlob) {
-        let offset = u32::try_from(self.buf.len()).unwrap_or(u32::MAX);
+        let offset = u32::try_from(self.len()).unwrap_or(u32::MAX);
         self.entries.push(PackEntry {
             kind: blob.kind,
             id: blob.id,
@@ -73,8 +114,9 @@ impl PackWriter {
                 .to_le_bytes(),
         );
         FinishedPack {
-            id: PackId(content_hash(&self.buf)),
-            bytes: self.buf,
+            id: PackId(content_hash(&self.buf[self.start..])),
+            buf: self.buf,
+            start: self.start,
             entries: self.entries,
         }
     }

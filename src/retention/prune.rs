@@ -526,7 +526,7 @@ fn read_source(repo: &Repository, pack: &PackId) -> Result<SourcePack> {
 /// at again in the pack it came from: damaged there, the error names that
 /// pack; intact there, the copy in memory went bad and the new pack is
 /// named. Either way nothing is uploaded.
-fn upload_repacked(repo: &Repository, p: NewPack) -> Result<IndexedPack> {
+fn upload_repacked(repo: &Repository, mut p: NewPack) -> Result<IndexedPack> {
     let new_name = FileKind::Pack.path(&p.pack.id.to_hex());
     if let Err((blob, why)) = verify_sealed(repo, &p.pack) {
         let src = blob.and_then(|b| p.origin.iter().find(|(_, e)| e.id == b.id));
@@ -548,7 +548,7 @@ fn upload_repacked(repo: &Repository, p: NewPack) -> Result<IndexedPack> {
         return Err(Error::corrupt(format!("{new_name} (before upload)"), why));
     }
     repo.ensure_lock()?;
-    put_verified(repo, p.pack)
+    put_verified(repo, &mut p.pack)
 }
 
 #[cfg(test)]
@@ -698,12 +698,12 @@ mod tests {
         let p = w.finish(repo.keys(), repo.id());
         let damaged = p.id;
         backend
-            .put(FileKind::Pack, &p.id.to_hex(), &p.bytes)
+            .put(FileKind::Pack, &p.id.to_hex(), p.bytes())
             .unwrap();
         repo.save_segment(&Segment {
             packs: vec![IndexedPack {
                 id: p.id,
-                size: p.bytes.len() as u64,
+                size: p.bytes().len() as u64,
                 entries: p.entries,
             }],
         })
