@@ -725,20 +725,8 @@ mod tests {
     #[test]
     fn the_cache_prune_leaves_equals_a_rebuild() {
         let cache = tempfile::tempdir().unwrap();
-        let backend = Arc::new(MemoryBackend::new());
-        let kdf = KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            lanes: 1,
-        };
-        let repo = Repository::init(
-            backend.clone(),
-            InitSecret::Passphrase(Zeroizing::new(b"pw".to_vec())),
-            Config::default(),
-            kdf,
-        )
-        .unwrap()
-        .with_cache_dir(Some(cache.path().to_path_buf()));
+        let (backend, repo) = test_repo();
+        let repo = repo.with_cache_dir(Some(cache.path().to_path_buf()));
         let data = |s: &str| (BlobKind::Data, s.as_bytes().to_vec());
         // Pack a: all kept; b: half used (repacked at 0% unused);
         // c: unused (deleted); d: the forgotten snapshot's tree and data.
