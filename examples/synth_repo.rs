@@ -91,8 +91,8 @@ impl Uploader {
         let handle = std::thread::spawn(move || -> Result<(u64, u64)> {
             let (mut packs, mut segments) = (0u64, 0u64);
             let mut seg = Segment::default();
-            for p in rx.iter() {
-                seg.packs.push(upload_pack(&repo, p)?);
+            for mut p in rx.iter() {
+                seg.packs.push(upload_pack(&repo, &mut p)?);
                 packs += 1;
                 if seg.blob_count() >= CHECKPOINT_BLOBS {
                     repo.save_segment(&std::mem::take(&mut seg))?;

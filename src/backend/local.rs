@@ -269,8 +269,6 @@ impl LocalBackend {
 /// Objects at least this large (packs) bypass the page cache.
 const DIRECT_MIN: usize = 1 << 20;
 const DIRECT_BUF: usize = 4 << 20;
-#[cfg(test)]
-const DIRECT_ALIGN: usize = direct_io::ALIGN;
 
 thread_local! {
     /// One bounce buffer per upload thread, reused: touching fresh pages
@@ -520,7 +518,7 @@ mod tests {
         let sizes = [
             DIRECT_MIN,
             DIRECT_MIN + 1,
-            DIRECT_MIN + DIRECT_ALIGN - 1,
+            DIRECT_MIN + direct_io::ALIGN - 1,
             DIRECT_BUF,
             DIRECT_BUF + 1,
             2 * DIRECT_BUF + 12345,

@@ -61,12 +61,11 @@ impl PackWriter {
     /// with O_DIRECT straight from memory, as long as it never has to grow.
     pub fn with_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
-        let start = if buf.capacity() >= 2 * ALIGN {
-            buf.as_ptr().align_offset(ALIGN)
-        } else {
-            0
+        // A small buffer is not worth aligning (tree packs grow from empty).
+        let start = match buf.as_ptr().align_offset(ALIGN) {
+            s if s < ALIGN && buf.capacity() >= 2 * ALIGN => s,
+            _ => 0,
         };
-        let start = if start < ALIGN { start } else { 0 };
         buf.resize(start, 0);
         PackWriter {
             buf,

@@ -404,11 +404,12 @@ fn data_pack_capacity(repo: &Repository) -> usize {
     repo.config().pack_size as usize + repo.config().chunker.max_size as usize + (2 << 20)
 }
 
-/// Verify a finished pack and upload it; returns what a segment lists.
-/// The upload threads' step, and the synthetic-repository tool's.
-pub fn upload_pack(repo: &Repository, mut pack: FinishedPack) -> Result<IndexedPack> {
-    verify_pack(repo, &pack)?;
-    put_verified(repo, &mut pack)
+/// Verify a finished pack and upload it; returns what a segment lists
+/// (its entries move there; the buffer stays, to be reused). The upload
+/// threads' step, and the synthetic-repository tool's.
+pub fn upload_pack(repo: &Repository, pack: &mut FinishedPack) -> Result<IndexedPack> {
+    verify_pack(repo, pack)?;
+    put_verified(repo, pack)
 }
 
 /// Store a pack its caller has verified; what the index records of it.
@@ -491,7 +492,7 @@ fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<Ind
         if lock(&shared.failed).is_some() {
             continue;
         }
-        let r = verify_pack(repo, &pack).and_then(|()| put_verified(repo, &mut pack));
+        let r = upload_pack(repo, &mut pack);
         shared.recycle(pack.into_buffer());
         if let Err(e) = &r {
             record_failure(shared, e);
@@ -569,7 +570,7 @@ pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Ve
         w.add(seal_blob(repo.keys(), repo.id(), *kind, id, bytes, 3));
         ids.push(id);
     }
-    let p = upload_pack(repo, w.finish(repo.keys(), repo.id())).unwrap();
+    let p = upload_pack(repo, &mut w.finish(repo.keys(), repo.id())).unwrap();
     repo.save_segment(&Segment { packs: vec![p] }).unwrap();
     ids
 }

@@ -197,22 +197,25 @@ impl DirectFile {
     /// what was written, which may pass the file's size by the padding of
     /// its last block. The buffer goes back to the pool either way.
     pub fn write(&self, stager: &Stager, cached: &File, mut r: Ready) -> std::io::Result<u64> {
-        let result = if self.refused.load(Ordering::Relaxed) {
+        let direct = if self.refused.load(Ordering::Relaxed) {
+            None
+        } else {
+            match direct_io::write_padded_at(&self.fd, &mut r.buf, r.len, r.offset) {
+                Ok(()) => Some(Ok(
+                    r.offset + r.len.next_multiple_of(direct_io::ALIGN) as u64
+                )),
+                Err(e) if direct_io::refused(&e) => {
+                    self.refused.store(true, Ordering::Relaxed);
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            }
+        };
+        let result = direct.unwrap_or_else(|| {
             cached
                 .write_all_at(&r.buf.as_slice()[..r.len], r.offset)
                 .map(|()| r.offset + r.len as u64)
-        } else {
-            match direct_io::write_padded_at(&self.fd, &mut r.buf, r.len, r.offset) {
-                Ok(()) => Ok(r.offset + r.len.next_multiple_of(direct_io::ALIGN) as u64),
-                Err(e) if direct_io::refused(&e) => {
-                    self.refused.store(true, Ordering::Relaxed);
-                    cached
-                        .write_all_at(&r.buf.as_slice()[..r.len], r.offset)
-                        .map(|()| r.offset + r.len as u64)
-                }
-                Err(e) => Err(e),
-            }
-        };
+        });
         stager.give(r.buf);
         result
     }

@@ -580,76 +580,15 @@ impl Restorer<'_> {
             .collect();
         self.checked_packs.extend(unchecked);
         self.summary.errors.extend(damaged);
-        let stager = &self.stager;
-        let tasks_ref = &tasks;
         std::thread::scope(|scope| {
             // Complete segments of big files go to one writer thread, so
             // the workers decode on while a direct write waits on the disk.
             let (tx, rx) = crossbeam_channel::bounded::<(usize, direct::Ready)>(direct::QUEUE);
-            scope.spawn(move || {
-                for (ti, ready) in rx {
-                    let t = &tasks_ref[ti];
-                    let (Some(df), Some(f)) = (&t.direct, &t.file) else {
-                        stager.give(ready.buf);
-                        continue;
-                    };
-                    match df.write(stager, f, ready) {
-                        Ok(end) => {
-                            t.written_end.fetch_max(end, Ordering::Relaxed);
-                        }
-                        Err(e) => t.fail(format!("{}: {e}", t.path.display())),
-                    }
-                }
-            });
+            let (stager, tasks) = (&self.stager, &tasks);
+            scope.spawn(move || write_segments(stager, tasks, rx));
             packs.par_iter_mut().for_each(|(pack, blobs)| {
                 PACK_BUF.with_borrow_mut(|buf| {
-                    blobs.sort_by_key(|n| n.place.offset);
-                    let mut i = 0;
-                    while i < blobs.len() {
-                        // Extend the range while the next blob is close.
-                        let start = blobs[i].place.offset as u64;
-                        let mut end = start + blobs[i].place.length as u64;
-                        let mut j = i + 1;
-                        while j < blobs.len()
-                            && (blobs[j].place.offset as u64) <= end + COALESCE_GAP
-                        {
-                            end = end
-                                .max(blobs[j].place.offset as u64 + blobs[j].place.length as u64);
-                            j += 1;
-                        }
-                        let range =
-                            self.src
-                                .read_pack_range_into(pack, start, (end - start) as usize, buf);
-                        for n in &blobs[i..j] {
-                            let data = range.as_ref().map_err(|e| e.to_string()).and_then(|()| {
-                                let o = (n.place.offset as u64 - start) as usize;
-                                self.src
-                                    .open_sealed(
-                                        &n.id,
-                                        &n.place,
-                                        &buf[o..o + n.place.length as usize],
-                                    )
-                                    .map_err(|e| e.to_string())
-                            });
-                            match data {
-                                Ok(data) => {
-                                    let zero = data.iter().all(|&b| b == 0);
-                                    for &(ti, off) in &n.targets {
-                                        self.put(&tasks[ti], &data, off, zero, &tx, ti);
-                                    }
-                                    let b = data.len() as u64 * n.targets.len() as u64;
-                                    self.progress.bytes_done(b);
-                                }
-                                Err(e) => {
-                                    for &(ti, _) in &n.targets {
-                                        let t = &tasks[ti];
-                                        t.fail(format!("{}: {e}", t.path.display()));
-                                    }
-                                }
-                            }
-                        }
-                        i = j;
-                    }
+                    self.restore_pack(tasks, pack, blobs, &tx, buf);
                     // Keep the buffer for the next pack, but not an outsized one.
                     if buf.capacity() > KEEP_PACK_BUF {
                         *buf = Vec::new();
@@ -721,6 +660,59 @@ impl Restorer<'_> {
         }
     }
 
+    /// Read the ranges of `pack` that the batch needs (close ones as one
+    /// read), authenticate and decode each blob, and write it to every
+    /// place it serves.
+    fn restore_pack(
+        &self,
+        tasks: &[FileTask],
+        pack: &PackId,
+        blobs: &mut [Need],
+        tx: &crossbeam_channel::Sender<(usize, direct::Ready)>,
+        buf: &mut Vec<u8>,
+    ) {
+        blobs.sort_by_key(|n| n.place.offset);
+        let mut i = 0;
+        while i < blobs.len() {
+            // Extend the range while the next blob is close.
+            let start = blobs[i].place.offset as u64;
+            let mut end = start + blobs[i].place.length as u64;
+            let mut j = i + 1;
+            while j < blobs.len() && (blobs[j].place.offset as u64) <= end + COALESCE_GAP {
+                end = end.max(blobs[j].place.offset as u64 + blobs[j].place.length as u64);
+                j += 1;
+            }
+            let range = self
+                .src
+                .read_pack_range_into(pack, start, (end - start) as usize, buf);
+            for n in &blobs[i..j] {
+                let data = range.as_ref().map_err(|e| e.to_string()).and_then(|()| {
+                    let o = (n.place.offset as u64 - start) as usize;
+                    self.src
+                        .open_sealed(&n.id, &n.place, &buf[o..o + n.place.length as usize])
+                        .map_err(|e| e.to_string())
+                });
+                match data {
+                    Ok(data) => {
+                        let zero = data.iter().all(|&b| b == 0);
+                        for &(ti, off) in &n.targets {
+                            self.put(&tasks[ti], &data, off, zero, tx, ti);
+                        }
+                        self.progress
+                            .bytes_done(data.len() as u64 * n.targets.len() as u64);
+                    }
+                    Err(e) => {
+                        for &(ti, _) in &n.targets {
+                            let t = &tasks[ti];
+                            t.fail(format!("{}: {e}", t.path.display()));
+                        }
+                    }
+                }
+            }
+            i = j;
+        }
+    }
+
     /// Write one decoded blob at `off` of file `ti`: through its staged
     /// segments when it is written with O_DIRECT, else straight into the
     /// page cache. Zeros are not written (holes).
@@ -784,6 +776,28 @@ impl Restorer<'_> {
                 Ok(()) => self.summary.files += 1,
                 Err(e) => self.summary.errors.push(e.to_string()),
             }
+        }
+    }
+}
+
+/// The writer thread: each complete segment written with O_DIRECT into
+/// its file; a failure fails that file.
+fn write_segments(
+    stager: &direct::Stager,
+    tasks: &[FileTask],
+    rx: crossbeam_channel::Receiver<(usize, direct::Ready)>,
+) {
+    for (ti, ready) in rx {
+        let t = &tasks[ti];
+        let (Some(df), Some(f)) = (&t.direct, &t.file) else {
+            stager.give(ready.buf);
+            continue;
+        };
+        match df.write(stager, f, ready) {
+            Ok(end) => {
+                t.written_end.fetch_max(end, Ordering::Relaxed);
+            }
+            Err(e) => t.fail(format!("{}: {e}", t.path.display())),
         }
     }
 }
