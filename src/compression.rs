@@ -18,14 +18,17 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-fn compress_with(data: &[u8], level: i32) -> Option<Vec<u8>> {
+fn with_compressor<R>(
+    level: i32,
+    f: impl FnOnce(&mut zstd::bulk::Compressor<'static>) -> std::io::Result<R>,
+) -> Option<R> {
     COMPRESSORS.with(|c| {
         let mut c = c.borrow_mut();
         if !c.iter().any(|(l, _)| *l == level) {
             c.push((level, zstd::bulk::Compressor::new(level).ok()?));
         }
         let (_, comp) = c.iter_mut().find(|(l, _)| *l == level)?;
-        comp.compress(data).ok()
+        f(comp).ok()
     })
 }
 
@@ -34,24 +37,43 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
     if data.len() < 64 {
         return None;
     }
-    let out = compress_with(data, level)?;
+    let out = with_compressor(level, |c| c.compress(data))?;
     (out.len() < data.len()).then_some(out)
 }
 
-/// Decompress into exactly `raw_len` bytes, or fail.
-pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
-    let out = DECOMPRESSOR
+/// Compress `data` at `level` into `out`, returning the compressed length;
+/// `None` when it would not be smaller than `data` or does not fit in
+/// `out`. An `out` of `data.len() - 1` bytes is enough: zstd stops with an
+/// error when the output would not be smaller, so sealing needs no
+/// separate compress-bound buffer.
+pub fn compress_into(data: &[u8], level: i32, out: &mut [u8]) -> Option<usize> {
+    if data.len() < 64 {
+        return None;
+    }
+    let n = with_compressor(level, |c| c.compress_to_buffer(data, out))?;
+    (n < data.len()).then_some(n)
+}
+
+fn with_decompressor<R>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<R>,
+) -> Result<R, String> {
+    DECOMPRESSOR
         .with(|d| {
             let mut d = d.borrow_mut();
             if d.is_none() {
                 *d = Some(zstd::bulk::Decompressor::new()?);
             }
             match d.as_mut() {
-                Some(dec) => dec.decompress(data, raw_len),
+                Some(dec) => f(dec),
                 None => Err(std::io::Error::other("no zstd decompressor")),
             }
         })
-        .map_err(|e| format!("zstd: {e}"))?;
+        .map_err(|e| format!("zstd: {e}"))
+}
+
+/// Decompress into exactly `raw_len` bytes, or fail.
+pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
+    let out = with_decompressor(|d| d.decompress(data, raw_len))?;
     if out.len() != raw_len {
         return Err(format!(
             "decompressed to {} bytes, expected {raw_len}",
@@ -59,6 +81,17 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
         ));
     }
     Ok(out)
+}
+
+/// Decompress into exactly all of `out`, or fail (a frame that expands
+/// past `out` is refused by zstd without writing beyond it).
+pub fn decompress_into(data: &[u8], out: &mut [u8]) -> Result<(), String> {
+    let want = out.len();
+    let n = with_decompressor(|d| d.decompress_to_buffer(data, out))?;
+    if n != want {
+        return Err(format!("decompressed to {n} bytes, expected {want}"));
+    }
+    Ok(())
 }
 
 /// A streaming zstd decoder over user input (a `.tar.zst` being imported),
@@ -92,6 +125,15 @@ mod tests {
             })
             .collect();
         assert!(compress(&noise, 3).is_none());
+        // The buffered forms agree, with an output one byte short of the input.
+        let mut out = vec![0u8; text.len() - 1];
+        let n = compress_into(&text, 3, &mut out).unwrap();
+        assert_eq!(&out[..n], &c[..]);
+        let mut back = vec![0u8; text.len()];
+        decompress_into(&out[..n], &mut back).unwrap();
+        assert_eq!(back, text);
+        let mut out = vec![0u8; noise.len() - 1];
+        assert!(compress_into(&noise, 3, &mut out).is_none());
     }
 
     #[test]
@@ -101,5 +143,9 @@ mod tests {
         assert!(decompress(&c, 1000).is_err());
         assert!(decompress(&c, (1 << 20) + 1).is_err());
         assert!(decompress(b"not zstd", 10).is_err());
+        let mut small = vec![0u8; 1000];
+        assert!(decompress_into(&c, &mut small).is_err());
+        let mut big = vec![0u8; (1 << 20) + 1];
+        assert!(decompress_into(&c, &mut big).is_err());
     }
 }

@@ -27,17 +27,29 @@ pub fn random_bytes(buf: &mut [u8]) {
 
 /// Encrypt `plaintext` under `key`, binding `aad`.
 pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
-    let mut nonce = [0u8; NONCE_LEN];
-    random_bytes(&mut nonce);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plaintext);
+    let mut out = vec![0u8; plaintext.len() + OVERHEAD];
+    out[NONCE_LEN..NONCE_LEN + plaintext.len()].copy_from_slice(plaintext);
+    seal_in_place(key, aad, &mut out);
+    out
+}
+
+/// Seal the envelope `env` in place: `env` is `nonce[24] || plaintext ||
+/// tag[16]` with the plaintext already there; the nonce and tag are
+/// written and the plaintext is encrypted where it lies, so a caller that
+/// builds the plaintext in a reused buffer needs no further copy.
+pub fn seal_in_place(key: &[u8; 32], aad: &[u8], env: &mut [u8]) {
+    if env.len() < OVERHEAD {
+        // Every caller sizes `env` as plaintext + OVERHEAD.
+        panic!("envelope buffer shorter than its overhead");
+    }
+    let (nonce, rest) = env.split_at_mut(NONCE_LEN);
+    let (body, tag_out) = rest.split_at_mut(rest.len() - TAG_LEN);
+    random_bytes(nonce);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[NONCE_LEN..])
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
         .unwrap_or_else(|_| unreachable_len());
-    out.extend_from_slice(&tag);
-    out
+    tag_out.copy_from_slice(&tag);
 }
 
 /// XChaCha20-Poly1305 only refuses messages over 256 GiB; every caller is
@@ -71,22 +83,33 @@ impl std::fmt::Display for OpenError {
 
 /// Decrypt and authenticate; no plaintext is released unless the tag checks.
 pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let mut buf = Vec::new();
+    open_into(key, aad, sealed, &mut buf)?;
+    Ok(buf)
+}
+
+/// [`open`] into a reused buffer (cleared first). On failure `out` holds
+/// no plaintext: it is cleared.
+pub fn open_into(
+    key: &[u8; 32],
+    aad: &[u8],
+    sealed: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), OpenError> {
+    out.clear();
     if sealed.len() < OVERHEAD {
         return Err(OpenError::Truncated(sealed.len()));
     }
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-    let mut buf = ct.to_vec();
+    out.extend_from_slice(ct);
     let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
     cipher
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            aad,
-            &mut buf,
-            Tag::from_slice(tag),
-        )
-        .map_err(|_| OpenError::Authentication)?;
-    Ok(buf)
+        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, out, Tag::from_slice(tag))
+        .map_err(|_| {
+            out.clear();
+            OpenError::Authentication
+        })
 }
 
 #[cfg(test)]

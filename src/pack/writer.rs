@@ -2,10 +2,11 @@
 //! Layout in [`super`].
 
 use super::{ENTRY_LEN, PackEntry, SealedBlob, TRAILER_MAGIC};
+use crate::blob::BlobKind;
 use crate::codec::Writer;
 use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::direct_io::ALIGN;
-use crate::id::{PackId, RepoId, content_hash};
+use crate::id::{BlobId, PackId, RepoId, content_hash};
 
 /// A pack being filled. The pack's bytes are `buf[start..]`.
 #[derive(Default)]
@@ -87,15 +88,21 @@ impl PackWriter {
     }
 
     pub fn add(&mut self, blob: SealedBlob) {
+        self.add_sealed(blob.kind, blob.id, blob.raw_length, &blob.bytes);
+    }
+
+    /// Append one sealed blob given by its parts (copied once, from a
+    /// sealing buffer or another pack).
+    pub fn add_sealed(&mut self, kind: BlobKind, id: BlobId, raw_length: u32, sealed: &[u8]) {
         let offset = u32::try_from(self.len()).unwrap_or(u32::MAX);
         self.entries.push(PackEntry {
-            kind: blob.kind,
-            id: blob.id,
+            kind,
+            id,
             offset,
-            length: u32::try_from(blob.bytes.len()).unwrap_or(u32::MAX),
-            raw_length: blob.raw_length,
+            length: u32::try_from(sealed.len()).unwrap_or(u32::MAX),
+            raw_length,
         });
-        self.buf.extend_from_slice(&blob.bytes);
+        self.buf.extend_from_slice(sealed);
     }
 
     /// Seal the trailer and name the pack.

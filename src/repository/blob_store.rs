@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SegmentId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::{FinishedPack, PackWriter};
-use crate::pack::{PackEntry, open_blob, reader::parse_pack, seal_blob};
+use crate::pack::{PackEntry, reader::parse_pack, seal_blob_with, verify_blob};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -280,15 +280,39 @@ impl BlobSink for BlobStore {
             return Ok(0);
         }
         let repo = &self.shared.repo;
-        let sealed = seal_blob(
+        let raw_length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        // Sealed in this thread's scratch buffer and copied into the pack
+        // under the lock: only that copy is serialised.
+        let (stored, full) = seal_blob_with(
             repo.keys(),
             repo.id(),
             kind,
             id,
             data,
             repo.config().zstd_level,
+            |sealed| {
+                let mut w = lock(&self.writers);
+                let slot = &mut w[(kind == BlobKind::Tree) as usize];
+                // A pack is closed before a blob would take it past the
+                // target size, not after: a recycled buffer then never
+                // holds (keeps resident) more than the target plus its
+                // trailer.
+                let full = if !slot.is_empty()
+                    && slot.len() + sealed.len() > repo.config().pack_size as usize
+                {
+                    let next = if kind == BlobKind::Tree {
+                        PackWriter::new()
+                    } else {
+                        self.shared.data_pack()
+                    };
+                    Some(std::mem::replace(slot, next))
+                } else {
+                    None
+                };
+                slot.add_sealed(kind, id, raw_length, sealed);
+                (sealed.len() as u64, full)
+            },
         );
-        let stored = sealed.bytes.len() as u64;
         self.shared.blobs_added.fetch_add(1, Ordering::Relaxed);
         self.shared
             .raw_added
@@ -296,27 +320,6 @@ impl BlobSink for BlobStore {
         self.shared
             .stored_added
             .fetch_add(stored, Ordering::Relaxed);
-        let full = {
-            let mut w = lock(&self.writers);
-            let slot = &mut w[(kind == BlobKind::Tree) as usize];
-            // A pack is closed before a blob would take it past the target
-            // size, not after: a recycled buffer then never holds (keeps
-            // resident) more than the target plus its trailer.
-            let full = if !slot.is_empty()
-                && slot.len() + sealed.bytes.len() > repo.config().pack_size as usize
-            {
-                let next = if kind == BlobKind::Tree {
-                    PackWriter::new()
-                } else {
-                    self.shared.data_pack()
-                };
-                Some(std::mem::replace(slot, next))
-            } else {
-                None
-            };
-            slot.add(sealed);
-            full
-        };
         if let Some(p) = full {
             self.send(p)?;
         }
@@ -467,9 +470,7 @@ pub(crate) fn verify_sealed(
     }
     let one = |e: &PackEntry| -> std::result::Result<(), (Option<PackEntry>, String)> {
         let s = &p.bytes()[e.offset as usize..(e.offset + e.length) as usize];
-        open_blob(repo.keys(), repo.id(), e, s)
-            .map(|_| ())
-            .map_err(|err| (Some(*e), err))
+        verify_blob(repo.keys(), repo.id(), e, s).map_err(|err| (Some(*e), err))
     };
     match verify_pool() {
         Some(pool) => pool.install(|| entries.par_iter().try_for_each(one)),
@@ -567,7 +568,14 @@ pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Ve
     let mut ids = Vec::new();
     for (kind, bytes) in blobs {
         let id = repo.keys().blob_id(bytes);
-        w.add(seal_blob(repo.keys(), repo.id(), *kind, id, bytes, 3));
+        w.add(crate::pack::seal_blob(
+            repo.keys(),
+            repo.id(),
+            *kind,
+            id,
+            bytes,
+            3,
+        ));
         ids.push(id);
     }
     let p = upload_pack(repo, &mut w.finish(repo.keys(), repo.id())).unwrap();

@@ -29,7 +29,7 @@ use crate::id::{BlobId, PackId, SegmentId};
 use crate::index::BlobLocation;
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
-use crate::pack::{PackEntry, SealedBlob, open_blob};
+use crate::pack::{PackEntry, open_blob};
 use crate::repository::Repository;
 use crate::repository::blob_store::{CHECKPOINT_BLOBS, UPLOADERS, put_verified, verify_sealed};
 use crate::snapshot::tree::{NodeKind, Tree};
@@ -484,12 +484,7 @@ fn repack(
                         format!("blob {} lies outside the pack", e.id),
                     ));
                 };
-                writer.add(SealedBlob {
-                    kind: e.kind,
-                    id: e.id,
-                    bytes: sealed.to_vec(),
-                    raw_length: e.raw_length,
-                });
+                writer.add_sealed(e.kind, e.id, e.raw_length, sealed);
                 origin.push((src.id, e));
                 report.blobs_repacked += 1;
                 if writer.len() >= pack_size {
