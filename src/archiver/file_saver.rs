@@ -17,11 +17,14 @@ use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::progress::{Progress, SourceWarning};
 use crate::snapshot::tree::{FLAG_CHANGED_DURING_READ, FLAG_INCOMPLETE};
+use crossbeam_channel::{Receiver, Sender};
 use rayon::prelude::*;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Bytes read per step for big files: several maximal chunks, so one
 /// buffer yields enough chunks to keep every core busy.
@@ -261,17 +264,22 @@ pub fn chunk_stream(
     Ok(out)
 }
 
+/// Buffers of one big file whose chunks may be in the pool at once.
+const IN_FLIGHT: usize = 2;
+
 /// Like [`chunk_stream`], but the next buffer is read and cut on this
-/// thread while the previous one is stored on another.
+/// thread while earlier ones are stored on the pool.
 ///
 /// For a stream, and for a file much larger than a buffer: without it the
 /// source sits unread (a pipe undrained and its producer, e.g. pg_dump,
-/// blocked; a disk idle under a 20 GB file) while a buffer is compressed,
-/// and a core idles whenever the last chunks of a buffer are compressed.
-/// Sibling reader threads hide this for many small files, not for one big
-/// one. Two buffers, so memory stays bounded: one being stored, one being
-/// read; `spare` (the calling thread's buffer) is used as one of them and
-/// handed back.
+/// blocked; a disk idle under a 20 GB file) while a buffer is compressed.
+/// The chunks of [`IN_FLIGHT`] buffers are queued at once, so a core that
+/// is done with one buffer starts on the next while the other finishes
+/// that buffer's last (largest) chunk: storing one buffer at a time left a
+/// core idle for about a fifth of a big file's backup. Sibling reader
+/// threads hide this for many small files, not for one big one. Memory is
+/// bounded: `IN_FLIGHT` buffers being stored and one being read; `spare`
+/// (the calling thread's buffer) is one of them and is handed back.
 pub(super) fn chunk_stream_overlapped(
     src: &mut dyn Read,
     sink: &dyn BlobSink,
@@ -280,23 +288,14 @@ pub(super) fn chunk_stream_overlapped(
     spare: &mut Vec<u8>,
 ) -> Result<Streamed> {
     let buf_len = READ_BUF + chunker.params().max_size as usize;
-    // Rendezvous: a full buffer is handed over only when the storer is free,
-    // so at most two buffers exist.
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<(Vec<u8>, Vec<(usize, usize)>)>(0);
-    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(2);
+    // Rendezvous: a full buffer is handed over only when the storer has
+    // room for it, so at most IN_FLIGHT + 1 buffers exist.
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<FullBuffer>(0);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(IN_FLIGHT + 1);
     std::thread::scope(|s| {
         let storer = std::thread::Builder::new()
             .name("coffer-stream-store".into())
-            .spawn_scoped(s, move || -> Result<(Vec<BlobId>, u64)> {
-                let mut ids = Vec::new();
-                let mut added = 0;
-                for (buf, cuts) in full_rx.iter() {
-                    added += store_chunks(sink, &buf, &cuts, &mut ids)?;
-                    // The reader may be gone after a read error: nothing to do.
-                    let _ = empty_tx.send(buf);
-                }
-                Ok((ids, added))
-            })
+            .spawn_scoped(s, move || store_buffers(sink, full_rx, empty_tx))
             .map_err(|e| Error::Usage(format!("cannot start the stream storer thread: {e}")))?;
         let mut buf = std::mem::take(spare);
         buf.resize(buf_len, 0);
@@ -308,7 +307,7 @@ pub(super) fn chunk_stream_overlapped(
                 f.read(src, &mut buf[filled..], progress);
             }
             let (cuts, used) = chunker.cut_buffer(&buf[..f.filled], f.eof);
-            let mut next = if allocated < 2 {
+            let mut next = if allocated <= IN_FLIGHT {
                 allocated += 1;
                 vec![0u8; buf_len]
             } else {
@@ -337,4 +336,107 @@ pub(super) fn chunk_stream_overlapped(
             error: f.error,
         })
     })
+}
+
+/// A buffer read and cut, with its chunks' (offset, length).
+type FullBuffer = (Vec<u8>, Vec<(usize, usize)>);
+
+/// A buffer whose chunks are being stored.
+struct InFlight {
+    buf: Arc<Vec<u8>>,
+    results: Vec<Option<(BlobId, u64)>>,
+    remaining: usize,
+}
+
+/// The stream storer: queue every chunk of up to [`IN_FLIGHT`] buffers on
+/// the pool, collect their ids in stream order, and hand each buffer back
+/// once all its chunks are stored. After a repository error no more
+/// buffers are taken; chunks already queued finish before it is returned.
+fn store_buffers(
+    sink: &dyn BlobSink,
+    full_rx: Receiver<FullBuffer>,
+    empty_tx: Sender<Vec<u8>>,
+) -> Result<(Vec<BlobId>, u64)> {
+    type Done = (u64, usize, Result<(BlobId, u64)>);
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
+    let mut flights: VecDeque<InFlight> = VecDeque::new();
+    // Sequence number of `flights[0]`.
+    let mut front = 0u64;
+    let mut ids = Vec::new();
+    let mut added = 0u64;
+    let mut failed: Option<Error> = None;
+    let mut input_open = true;
+    rayon::in_place_scope(|scope| {
+        loop {
+            let accept = input_open && failed.is_none() && flights.len() < IN_FLIGHT;
+            if !accept && flights.is_empty() {
+                break;
+            }
+            let mut arrived = None;
+            let mut done = None;
+            if accept && flights.is_empty() {
+                match full_rx.recv() {
+                    Ok(b) => arrived = Some(b),
+                    Err(_) => input_open = false,
+                }
+            } else if accept {
+                crossbeam_channel::select! {
+                    recv(full_rx) -> b => match b {
+                        Ok(b) => arrived = Some(b),
+                        Err(_) => input_open = false,
+                    },
+                    recv(done_rx) -> d => done = d.ok(),
+                }
+            } else {
+                done = done_rx.recv().ok();
+            }
+            if let Some((buf, cuts)) = arrived {
+                let seq = front + flights.len() as u64;
+                let buf = Arc::new(buf);
+                for (idx, &(o, n)) in cuts.iter().enumerate() {
+                    let (buf, done_tx) = (Arc::clone(&buf), done_tx.clone());
+                    scope.spawn(move |_| {
+                        let chunk = &buf[o..o + n];
+                        let id = sink.blob_id(chunk);
+                        let r = sink.store_blob(BlobKind::Data, id, chunk).map(|a| (id, a));
+                        // Let go of the buffer before saying so: once every
+                        // chunk has reported, the storer owns it alone.
+                        drop(buf);
+                        let _ = done_tx.send((seq, idx, r));
+                    });
+                }
+                flights.push_back(InFlight {
+                    buf,
+                    results: vec![None; cuts.len()],
+                    remaining: cuts.len(),
+                });
+            }
+            if let Some((seq, idx, r)) = done {
+                let f = &mut flights[(seq - front) as usize];
+                f.remaining -= 1;
+                match r {
+                    Ok(v) => f.results[idx] = Some(v),
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+            }
+            // Retire finished buffers in stream order.
+            while flights.front().is_some_and(|f| f.remaining == 0) {
+                let Some(f) = flights.pop_front() else { break };
+                front += 1;
+                for (id, a) in f.results.into_iter().flatten() {
+                    ids.push(id);
+                    added += a;
+                }
+                let buf = Arc::try_unwrap(f.buf).unwrap_or_else(|b| vec![0u8; b.len()]);
+                // The reader may be gone after a read error: nothing to do.
+                let _ = empty_tx.send(buf);
+            }
+        }
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((ids, added)),
+    }
 }
