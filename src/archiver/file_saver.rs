@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -396,9 +397,18 @@ fn store_buffers(
                 for (idx, &(o, n)) in cuts.iter().enumerate() {
                     let (buf, done_tx) = (Arc::clone(&buf), done_tx.clone());
                     scope.spawn(move |_| {
-                        let chunk = &buf[o..o + n];
-                        let id = sink.blob_id(chunk);
-                        let r = sink.store_blob(BlobKind::Data, id, chunk).map(|a| (id, a));
+                        // A panic must still report, or the storer would
+                        // wait for this chunk forever.
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            let chunk = &buf[o..o + n];
+                            let id = sink.blob_id(chunk);
+                            sink.store_blob(BlobKind::Data, id, chunk).map(|a| (id, a))
+                        }))
+                        .unwrap_or_else(|_| {
+                            Err(Error::Usage(
+                                "internal error: storing a chunk panicked".into(),
+                            ))
+                        });
                         // Let go of the buffer before saying so: once every
                         // chunk has reported, the storer owns it alone.
                         drop(buf);
