@@ -1,4 +1,5 @@
-//! Pack sealing: `seal_blob` (compress when it helps, then encrypt) on
+//! Pack sealing: `seal_blob_with` (compress when it helps, then encrypt,
+//! as a backup does it) and `verify_blob` (the check before upload) on
 //! 1 MiB chunks, and a `PackWriter` filling and finishing a 16 MiB pack.
 
 mod common;
@@ -7,7 +8,7 @@ use coffer::blob::BlobKind;
 use coffer::crypto::{KeySet, MasterKey};
 use coffer::id::RepoId;
 use coffer::pack::writer::PackWriter;
-use coffer::pack::{SealedBlob, seal_blob};
+use coffer::pack::{PackEntry, SealedBlob, seal_blob, seal_blob_with, verify_blob};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -24,7 +25,22 @@ fn pack(c: &mut Criterion) {
     for (name, data) in &inputs {
         let id = keys.blob_id(data);
         g.bench_function(format!("seal_blob/{name}-1MiB"), |b| {
-            b.iter(|| seal_blob(&keys, &repo, BlobKind::Data, id, black_box(data), 3))
+            b.iter(|| {
+                seal_blob_with(&keys, &repo, BlobKind::Data, id, black_box(data), 3, |s| {
+                    s.len()
+                })
+            })
+        });
+        let sealed = seal_blob(&keys, &repo, BlobKind::Data, id, data, 3);
+        let entry = PackEntry {
+            kind: BlobKind::Data,
+            id,
+            offset: 0,
+            length: sealed.bytes.len() as u32,
+            raw_length: sealed.raw_length,
+        };
+        g.bench_function(format!("verify_blob/{name}-1MiB"), |b| {
+            b.iter(|| verify_blob(&keys, &repo, &entry, black_box(&sealed.bytes)))
         });
     }
 
