@@ -24,6 +24,8 @@ pub struct LocalBackend {
 /// write; `before-put:KIND:N` counts only one kind (`pack`, `index`,
 /// `snapshot`, `key`, `lock`, `config`; plurals work too).
 /// `before-delete[:KIND]:N` does the same just before the N-th deletion.
+/// `enospc-put[:KIND]:N` does not kill: the N-th write stops half way with
+/// ENOSPC, as on a full disk (RELIABILITY.md E1).
 /// Unset, it costs one atomic load.
 mod failpoint {
     use std::sync::OnceLock;
@@ -32,6 +34,8 @@ mod failpoint {
     struct Point {
         delete: bool,
         after: bool,
+        /// Fail the write with ENOSPC instead of aborting.
+        enospc: bool,
         kind: Option<String>,
         n: u64,
     }
@@ -43,10 +47,11 @@ mod failpoint {
         POINT.get_or_init(|| {
             let v = std::env::var("COFFER_FAILPOINT").ok()?;
             let parts: Vec<&str> = v.split(':').collect();
-            let (delete, after) = match *parts.first()? {
-                "before-put" => (false, false),
-                "after-put" => (false, true),
-                "before-delete" => (true, false),
+            let (delete, after, enospc) = match *parts.first()? {
+                "before-put" => (false, false, false),
+                "after-put" => (false, true, false),
+                "before-delete" => (true, false, false),
+                "enospc-put" => (false, false, true),
                 _ => return None,
             };
             let (kind, n) = match parts.as_slice() {
@@ -57,6 +62,7 @@ mod failpoint {
             Some(Point {
                 delete,
                 after,
+                enospc,
                 kind,
                 n,
             })
@@ -71,6 +77,7 @@ mod failpoint {
     pub fn hit(after: bool, dir: &str) {
         if let Some(p) = point()
             && !p.delete
+            && !p.enospc
             && p.after == after
             && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
         {
@@ -89,11 +96,22 @@ mod failpoint {
     pub fn count_after(dir: &str) {
         if let Some(p) = point()
             && !p.delete
+            && !p.enospc
             && p.after
             && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
         {
             COUNT.fetch_add(1, Ordering::SeqCst);
             hit(true, dir);
+        }
+    }
+
+    /// Should this write run out of space (the N-th of an `enospc-put`)?
+    pub fn enospc(dir: &str) -> bool {
+        match point() {
+            Some(p) if p.enospc && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir)) => {
+                COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
+            }
+            _ => false,
         }
     }
 
@@ -231,6 +249,12 @@ impl LocalBackend {
         }
         let tmp = dir.join(format!("{name}{TEMP_INFIX}{}", unique_suffix()));
         let write = || -> std::io::Result<()> {
+            if failpoint::enospc(kind.dir()) {
+                // What a full disk leaves: part of the object, then ENOSPC.
+                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                f.write_all(&data[..data.len() / 2])?;
+                return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+            }
             if data.len() >= DIRECT_MIN && write_direct(&tmp, data)? {
                 return Ok(());
             }

@@ -1,10 +1,11 @@
-//! Crash safety (RELIABILITY.md 4.A, 4.B; issue 6 point 6): backup, prune
+//! Crash safety (RELIABILITY.md 4.A, 4.B, E1; issue 6 point 6): backup, prune
 //! and forget are killed with `abort()` at exact object writes and
 //! deletions (`COFFER_FAILPOINT`), and after every kill the repository
 //! must be whole: `check --read-data` passes (unindexed packs are only
 //! information), every snapshot that existed restores byte for byte, and
 //! the next run completes. Every kill point runs on its own copy of a
-//! template repository, so the points do not depend on each other.
+//! template repository, so the points do not depend on each other. A full
+//! repository disk (`enospc-put`) fails the write instead of killing.
 
 use crate::support::*;
 use std::collections::BTreeSet;
@@ -406,4 +407,79 @@ fn forget_killed_between_deletions_removes_fewer_snapshots_and_nothing_else() {
         .ok();
     assert_eq!(env.snapshot_ids(), vec![snaps[2].clone()]);
     env.check_clean();
+}
+
+// ---------------------------------------------------------------------------
+// full disk
+
+/// Names of every object under the repository that a put left at a
+/// temporary name (`.tmp-` infix).
+fn temp_objects(env: &Env) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if e.file_name().to_string_lossy().contains(".tmp-") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&env.repo, &mut out);
+    out
+}
+
+/// RELIABILITY.md E1: the repository's disk fills while a backup writes a
+/// pack (in the middle of a 24 MiB file, on the overlapped big-file path),
+/// its index segment or its snapshot. Each time: exit 1 with "repository
+/// disk full", no snapshot, nothing half-written under a final name or
+/// left at a temporary one, the repository checks clean; once there is
+/// room again, the next backup completes and restores byte for byte.
+#[test]
+fn a_full_repository_disk_fails_cleanly_and_the_next_backup_works() {
+    for point in [
+        "enospc-put:pack:3",
+        "enospc-put:index:1",
+        "enospc-put:snapshot:1",
+    ] {
+        let env = Env::new();
+        env.init_with(&["--pack-size", "1M"]);
+        let t = TreeBuilder::new(env.path("src"));
+        t.random_file("big.bin", 24 * MIB, 7);
+        for i in 0..20 {
+            t.file(format!("small/{i}.txt"), format!("file {i}\n").as_bytes());
+        }
+        let r = env
+            .coffer()
+            .env("COFFER_FAILPOINT", point)
+            .args(["backup"])
+            .arg(&t.root)
+            .run()
+            .expect_code(1)
+            .stderr_has("repository disk full");
+        let first_line = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("disk full"))
+            .unwrap_or("");
+        assert!(
+            first_line.contains("free some space"),
+            "{point}: the error does not say what to do: {}",
+            r.stderr
+        );
+        assert!(
+            env.snapshot_ids().is_empty(),
+            "{point}: a snapshot was committed"
+        );
+        let left = temp_objects(&env);
+        assert!(left.is_empty(), "{point}: temporary objects left: {left:?}");
+        // Every object at a final name is whole (check reads every pack).
+        env.check_clean();
+
+        let summary = env.backup_json(&[&t.root], &[]);
+        let snap = summary["snapshot_id"].as_str().unwrap().to_string();
+        compare_trees(&t.root, &env.restore_of(&snap, &t.root));
+        assert!(unindexed_infos(&env.check_clean()).is_empty(), "{point}");
+    }
 }
