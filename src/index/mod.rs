@@ -195,6 +195,18 @@ impl Index {
                     rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
                 )
             });
+        let full = (&e as &dyn std::any::Any)
+            .downcast_ref::<rusqlite::Error>()
+            .and_then(|e| e.sqlite_error_code())
+            .is_some_and(|c| c == rusqlite::ErrorCode::DiskFull);
+        if full {
+            // The cache is only a copy of the repository's index: nothing is
+            // lost, but the user has to make room or move it (RELIABILITY.md E1).
+            return cache_err(
+                &self.path,
+                "the disk holding the cache is full: free some space, or put the cache on another disk with --cache-dir, and run the command again",
+            );
+        }
         if damaged && self.path != Path::new(":memory:") {
             discard_cache_files(&self.path);
             return cache_err(
@@ -580,6 +592,30 @@ mod tests {
                 entries,
             }],
         }
+    }
+
+    /// SQLITE_FULL (here from `max_page_count`, as a full disk gives it)
+    /// becomes an error that says what to do, and the cache is kept.
+    #[test]
+    fn a_full_cache_disk_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.sqlite");
+        let idx = Index::open(&path, &RepoId([1; 32]), 1).unwrap();
+        let pages: i64 = idx
+            .conn()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        idx.conn()
+            .pragma_update(None, "max_page_count", pages + 1)
+            .unwrap();
+        let big: Vec<u8> = (0..=255).collect();
+        let e = idx
+            .add_segment(&SegmentId([9; 32]), &seg(12, &big))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("disk holding the cache is full"), "{e}");
+        assert!(e.contains("--cache-dir"), "{e}");
+        assert!(path.exists(), "a full cache was discarded");
     }
 
     #[test]
