@@ -318,14 +318,8 @@ fn read_pack(repo: &Repository, p: &PackId) -> Result<(u64, u64, Vec<String>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::memory::MemoryBackend;
-    use crate::crypto::key_file::KdfParams;
-    use crate::repository::InitSecret;
     use crate::repository::blob_store::store_in_own_pack;
-    use crate::repository::config::Config;
     use crate::snapshot::tree::Node;
-    use std::sync::Arc;
-    use zeroize::Zeroizing;
 
     fn file(name: &str, content: &[BlobId]) -> Node {
         let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::File);
@@ -338,17 +332,7 @@ mod tests {
     /// share it; indexed ones are not reported.
     #[test]
     fn unindexed_data_blobs_are_named_by_path() {
-        let repo = Repository::init(
-            Arc::new(MemoryBackend::new()),
-            InitSecret::Passphrase(Zeroizing::new(b"pw".to_vec())),
-            Config::default(),
-            KdfParams {
-                memory_kib: 64,
-                iterations: 1,
-                lanes: 1,
-            },
-        )
-        .unwrap();
+        let (_, repo) = crate::repository::memory_repo();
         let a = store_in_own_pack(&repo, &[(BlobKind::Data, b"aaaa".to_vec())])[0];
         let lost = |s: &str| repo.keys().blob_id(s.as_bytes());
         let mut sub = Tree::default();

@@ -582,3 +582,55 @@ pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Ve
     repo.save_segment(&Segment { packs: vec![p] }).unwrap();
     ids
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+
+    /// RELIABILITY.md E10: a bit flipped in a pack's buffer after sealing
+    /// (inside a blob, in the trailer, in its length) is caught by the
+    /// check before upload, which names the pack; nothing is uploaded.
+    #[test]
+    fn a_pack_corrupted_after_sealing_is_not_uploaded() {
+        let (backend, repo) = crate::repository::memory_repo();
+        let blobs: Vec<Vec<u8>> = vec![
+            b"compressible text ".repeat(5000),
+            (0..70_000u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
+            b"small".to_vec(),
+        ];
+        let mut w = PackWriter::new();
+        for b in &blobs {
+            let id = repo.keys().blob_id(b);
+            w.add(crate::pack::seal_blob(
+                repo.keys(),
+                repo.id(),
+                BlobKind::Data,
+                id,
+                b,
+                3,
+            ));
+        }
+        let good = w.finish(repo.keys(), repo.id());
+        let len = good.bytes().len();
+        let second = good.entries[1].offset as usize + 100;
+        for at in [30, second, len - 20, len - 2] {
+            let mut bytes = good.bytes().to_vec();
+            bytes[at] ^= 0x04;
+            let mut bad = FinishedPack::new(good.id, bytes, good.entries.clone());
+            let e = upload_pack(&repo, &mut bad).unwrap_err().to_string();
+            assert!(e.contains(&good.id.to_hex()), "flip at {at}: {e}");
+            assert!(e.contains("before upload"), "flip at {at}: {e}");
+            assert!(
+                backend.list(FileKind::Pack).unwrap().is_empty(),
+                "flip at {at}: a corrupt pack was uploaded"
+            );
+        }
+        // The intact pack goes up.
+        let mut good = good;
+        upload_pack(&repo, &mut good).unwrap();
+        assert_eq!(backend.list(FileKind::Pack).unwrap().len(), 1);
+    }
+}

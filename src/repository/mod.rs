@@ -744,3 +744,21 @@ pub fn default_cache_root() -> Option<PathBuf> {
     }
     std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache").join("coffer"))
 }
+
+/// A repository in memory with a cheap KDF, for unit tests.
+#[cfg(test)]
+pub(crate) fn memory_repo() -> (Arc<crate::backend::memory::MemoryBackend>, Repository) {
+    let backend = Arc::new(crate::backend::memory::MemoryBackend::new());
+    let repo = Repository::init(
+        backend.clone(),
+        InitSecret::Passphrase(zeroize::Zeroizing::new(b"pw".to_vec())),
+        config::Config::default(),
+        crate::crypto::key_file::KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            lanes: 1,
+        },
+    )
+    .expect("init a memory repository");
+    (backend, repo)
+}

@@ -551,12 +551,10 @@ mod tests {
     use super::*;
     use crate::backend::Backend;
     use crate::backend::memory::MemoryBackend;
-    use crate::crypto::key_file::KdfParams;
     use crate::id::SnapshotId;
     use crate::index::Index;
+    use crate::repository::Secret;
     use crate::repository::blob_store::store_in_own_pack;
-    use crate::repository::config::Config;
-    use crate::repository::{InitSecret, Secret};
     use crate::snapshot::Snapshot;
     use crate::snapshot::tree::Node;
     use std::sync::Arc;
@@ -648,20 +646,7 @@ mod tests {
     }
 
     fn test_repo() -> (Arc<MemoryBackend>, Repository) {
-        let backend = Arc::new(MemoryBackend::new());
-        let kdf = KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            lanes: 1,
-        };
-        let repo = Repository::init(
-            backend.clone(),
-            InitSecret::Passphrase(Zeroizing::new(b"pw".to_vec())),
-            Config::default(),
-            kdf,
-        )
-        .unwrap();
-        (backend, repo)
+        crate::repository::memory_repo()
     }
 
     /// Blobs are checked once, in the new pack before upload. A blob that
