@@ -481,5 +481,23 @@ fn a_full_repository_disk_fails_cleanly_and_the_next_backup_works() {
         let snap = summary["snapshot_id"].as_str().unwrap().to_string();
         compare_trees(&t.root, &env.restore_of(&snap, &t.root));
         assert!(unindexed_infos(&env.check_clean()).is_empty(), "{point}");
+        // What the failed run wrote is reused, not uploaded again: when
+        // only the index or the snapshot failed, every pack was written;
+        // when the third pack failed, at least two were, so storing them
+        // again would take the packs past the 24 MiB of (incompressible)
+        // content by at least two chunks (256 KiB or more each).
+        if point.contains(":pack:") {
+            let packs = dir_size(&env.repo.join("packs"));
+            assert!(
+                packs < (24 * MIB + 256 * 1024) as u64,
+                "{point}: {packs} bytes of packs for 24 MiB of content: stored twice?"
+            );
+        } else {
+            let added = num(&summary, "data_added");
+            assert!(
+                added < 64 * 1024,
+                "{point}: the rerun stored again what was written: {summary}"
+            );
+        }
     }
 }
