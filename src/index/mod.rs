@@ -184,22 +184,11 @@ impl Index {
     }
 
     fn err<E: std::fmt::Display + 'static>(&self, e: E) -> Error {
-        // Damage found in use: remove the file so that the next run rebuilds
-        // it from the repository, instead of failing the same way forever.
-        let damaged = (&e as &dyn std::any::Any)
+        use rusqlite::ErrorCode;
+        let code = (&e as &dyn std::any::Any)
             .downcast_ref::<rusqlite::Error>()
-            .and_then(|e| e.sqlite_error_code())
-            .is_some_and(|c| {
-                matches!(
-                    c,
-                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-                )
-            });
-        let full = (&e as &dyn std::any::Any)
-            .downcast_ref::<rusqlite::Error>()
-            .and_then(|e| e.sqlite_error_code())
-            .is_some_and(|c| c == rusqlite::ErrorCode::DiskFull);
-        if full {
+            .and_then(|e| e.sqlite_error_code());
+        if code == Some(ErrorCode::DiskFull) {
             // The cache is only a copy of the repository's index: nothing is
             // lost, but the user has to make room or move it (RELIABILITY.md E1).
             return cache_err(
@@ -207,6 +196,12 @@ impl Index {
                 "the disk holding the cache is full: free some space, or put the cache on another disk with --cache-dir, and run the command again",
             );
         }
+        // Damage found in use: remove the file so that the next run rebuilds
+        // it from the repository, instead of failing the same way forever.
+        let damaged = matches!(
+            code,
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+        );
         if damaged && self.path != Path::new(":memory:") {
             discard_cache_files(&self.path);
             return cache_err(

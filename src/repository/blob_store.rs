@@ -561,9 +561,10 @@ fn index_loop(shared: &Shared, rx: Receiver<Result<IndexedPack>>) -> UploadResul
     Ok((packs, segments))
 }
 
-/// For tests: seal `blobs` into one new pack, listed by its own segment.
+/// For tests: seal `blobs` (zstd level 3) into one finished pack, not yet
+/// uploaded; their ids in order.
 #[cfg(test)]
-pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
+fn seal_into_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> (FinishedPack, Vec<BlobId>) {
     let mut w = PackWriter::new();
     let mut ids = Vec::new();
     for (kind, bytes) in blobs {
@@ -578,7 +579,14 @@ pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Ve
         ));
         ids.push(id);
     }
-    let p = upload_pack(repo, &mut w.finish(repo.keys(), repo.id())).unwrap();
+    (w.finish(repo.keys(), repo.id()), ids)
+}
+
+/// For tests: seal `blobs` into one new pack, listed by its own segment.
+#[cfg(test)]
+pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
+    let (mut pack, ids) = seal_into_pack(repo, blobs);
+    let p = upload_pack(repo, &mut pack).unwrap();
     repo.save_segment(&Segment { packs: vec![p] }).unwrap();
     ids
 }
@@ -594,26 +602,15 @@ mod tests {
     #[test]
     fn a_pack_corrupted_after_sealing_is_not_uploaded() {
         let (backend, repo) = crate::repository::memory_repo();
-        let blobs: Vec<Vec<u8>> = vec![
+        let blobs = [
             b"compressible text ".repeat(5000),
             (0..70_000u32)
                 .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
                 .collect(),
             b"small".to_vec(),
-        ];
-        let mut w = PackWriter::new();
-        for b in &blobs {
-            let id = repo.keys().blob_id(b);
-            w.add(crate::pack::seal_blob(
-                repo.keys(),
-                repo.id(),
-                BlobKind::Data,
-                id,
-                b,
-                3,
-            ));
-        }
-        let good = w.finish(repo.keys(), repo.id());
+        ]
+        .map(|b| (BlobKind::Data, b));
+        let (good, _) = seal_into_pack(&repo, &blobs);
         let len = good.bytes().len();
         let second = good.entries[1].offset as usize + 100;
         for at in [30, second, len - 20, len - 2] {
