@@ -250,8 +250,8 @@ fn stdin_backup_killed_mid_stream_leaves_no_snapshot_and_rerun_reuses_its_packs(
 
 /// A repository where `prune` has whole packs to delete and partly used
 /// packs to repack: 64-256 KiB chunks in 1 MiB packs, one reader thread so
-/// packs hold consecutive chunks; `s1` (files a1, a2, k1, k2) was
-/// forgotten, `s2` (k1, k2: a1 and a2 deleted) is kept.
+/// packs hold consecutive chunks; `s1` (files a1, a1k, a2, k1, k2) was
+/// forgotten, `s2` (a1k, k1, k2: a1 and a2 deleted) is kept.
 struct PruneTemplate {
     env: Env,
     tree: TreeBuilder,
@@ -275,10 +275,12 @@ fn prune_template() -> PruneTemplate {
         t.random_file(name, 3 * MIB / 2, 100 + i as u64);
     }
     t.file("small.txt", b"kept\n");
-    // One reader and one pool thread: chunks reach packs in file order, so
-    // where packs end does not depend on which core finished first (with
-    // two, a pack boundary fell on the a2/k1 boundary now and then, and no
-    // pack was left to repack).
+    // A small kept file stored between a1 and a2 always shares a pack with
+    // some of their chunks, so there is a pack to repack whatever the
+    // chunk boundaries (they follow the repository's random chunker key:
+    // with a pack boundary on the a2/k1 file boundary, no pack was mixed).
+    // One reader and one pool thread store blobs in file order.
+    t.file("a1k.txt", b"kept between a1 and a2\n");
     let backup = || {
         env.coffer()
             .env("RAYON_NUM_THREADS", "1")
