@@ -26,6 +26,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes read per step for big files: several maximal chunks, so one
 /// buffer yields enough chunks to keep every core busy.
@@ -268,6 +269,36 @@ pub fn chunk_stream(
 /// Buffers of one big file whose chunks may be in the pool at once.
 const IN_FLIGHT: usize = 2;
 
+/// Big files (and streams) being read with [`chunk_stream_overlapped`] at
+/// this moment, by every reader thread.
+static ACTIVE_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts a stream in [`ACTIVE_STREAMS`] while it lives.
+struct ActiveStream;
+
+impl ActiveStream {
+    fn enter() -> Self {
+        ACTIVE_STREAMS.fetch_add(1, Ordering::Relaxed);
+        ActiveStream
+    }
+
+    /// May this stream hold a third buffer? Only while it is the only one:
+    /// the third buffer keeps a core busy on the next buffer's chunks while
+    /// the other finishes the last chunk of the previous one, and a second
+    /// big file read at the same time does that just as well. Two reader
+    /// threads inside big files held six 8 MiB buffers, a third of a
+    /// backup's peak memory.
+    fn may_overlap(&self) -> bool {
+        ACTIVE_STREAMS.load(Ordering::Relaxed) <= 1
+    }
+}
+
+impl Drop for ActiveStream {
+    fn drop(&mut self) {
+        ACTIVE_STREAMS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Like [`chunk_stream`], but the next buffer is read and cut on this
 /// thread while earlier ones are stored on the pool.
 ///
@@ -279,8 +310,9 @@ const IN_FLIGHT: usize = 2;
 /// that buffer's last (largest) chunk: storing one buffer at a time left a
 /// core idle for about a fifth of a big file's backup. Sibling reader
 /// threads hide this for many small files, not for one big one. Memory is
-/// bounded: `IN_FLIGHT` buffers being stored and one being read; `spare`
-/// (the calling thread's buffer) is one of them and is handed back.
+/// bounded: `IN_FLIGHT` buffers being stored and one being read, or one
+/// and one while other big files are read too; `spare` (the calling
+/// thread's buffer) is one of them and is handed back.
 pub(super) fn chunk_stream_overlapped(
     src: &mut dyn Read,
     sink: &dyn BlobSink,
@@ -293,6 +325,7 @@ pub(super) fn chunk_stream_overlapped(
     // room for it, so at most IN_FLIGHT + 1 buffers exist.
     let (full_tx, full_rx) = crossbeam_channel::bounded::<FullBuffer>(0);
     let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(IN_FLIGHT + 1);
+    let active = ActiveStream::enter();
     std::thread::scope(|s| {
         let storer = std::thread::Builder::new()
             .name("coffer-stream-store".into())
@@ -308,14 +341,31 @@ pub(super) fn chunk_stream_overlapped(
                 f.read(src, &mut buf[filled..], progress);
             }
             let (cuts, used) = chunker.cut_buffer(&buf[..f.filled], f.eof);
-            let mut next = if allocated <= IN_FLIGHT {
+            // Two buffers always (one read, one stored), a third only
+            // while no other big file is read; one beyond that is let go
+            // when it comes back.
+            let room = if active.may_overlap() {
+                IN_FLIGHT + 1
+            } else {
+                2
+            };
+            let mut next = if allocated < room {
                 allocated += 1;
                 vec![0u8; buf_len]
             } else {
-                match empty_rx.recv() {
-                    Ok(b) => b,
+                let mut got = None;
+                while let Ok(b) = empty_rx.recv() {
+                    if allocated > 2 && !active.may_overlap() {
+                        allocated -= 1;
+                        continue;
+                    }
+                    got = Some(b);
+                    break;
+                }
+                match got {
+                    Some(b) => b,
                     // The storer stopped on a repository error; join() says which.
-                    Err(_) => break,
+                    None => break,
                 }
             };
             next[..f.filled - used].copy_from_slice(&buf[used..f.filled]);

@@ -211,6 +211,50 @@ mod tests {
         );
     }
 
+    /// Streams read at the same time share their buffers (a third buffer
+    /// only while one is alone, shed when another starts): each must
+    /// still come out as one pass over its own bytes.
+    #[test]
+    fn concurrent_streams_each_store_their_own_bytes() {
+        let data = stream_data();
+        let c = chunker();
+        let sink = MemSink::default();
+        let starts = [0usize, 5_000_000, 11_000_000];
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = starts
+                .iter()
+                .map(|&at| {
+                    let (src, sink, c) = (&data[at..], &sink, &c);
+                    s.spawn(move || {
+                        chunk_stream_overlapped(
+                            &mut pipe(src, None),
+                            sink,
+                            c,
+                            &NoProgress,
+                            &mut Vec::new(),
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("stream thread"))
+                .collect()
+        });
+        let blobs = sink.blobs.lock().expect("lock");
+        for (r, &at) in results.into_iter().zip(&starts) {
+            let got = r.expect("stream");
+            assert!(got.error.is_none());
+            assert_eq!(got.read, (data.len() - at) as u64);
+            let joined: Vec<u8> = got
+                .content
+                .iter()
+                .flat_map(|id| blobs[id].iter().copied())
+                .collect();
+            assert!(joined == data[at..], "stream from {at} does not rebuild");
+        }
+    }
+
     #[test]
     fn a_read_error_ends_the_stream_with_what_was_read() {
         let data = stream_data();
