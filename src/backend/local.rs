@@ -6,7 +6,7 @@
 //! rustic#1731). Temporary files carry a `.tmp-` infix, are never listed,
 //! and are removed by [`LocalBackend::remove_stale_temp_files`].
 
-use super::{Backend, FileKind};
+use super::{Backend, FileKind, PendingPut};
 use crate::direct_io::{self, AlignedBuf};
 use crate::error::{Error, Result};
 use std::fs::{self, File, OpenOptions};
@@ -224,7 +224,10 @@ impl LocalBackend {
 }
 
 impl LocalBackend {
-    fn put_inner(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+    /// The first step of a put: the bytes in a durable-to-be temporary
+    /// file beside the target. `None` when the object already exists (a
+    /// retried put of a content-named object).
+    fn write_temp(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Option<LocalPending>> {
         let path = self.full(kind, name)?;
         let obj = kind.path(name);
         // Content-addressed kinds: the name is the hash of the bytes, so an
@@ -233,7 +236,7 @@ impl LocalBackend {
         let content_named = matches!(kind, FileKind::Pack | FileKind::Index | FileKind::Snapshot);
         if let Ok(m) = fs::metadata(&path) {
             if content_named && m.len() == data.len() as u64 {
-                return Ok(());
+                return Ok(None);
             }
             return Err(Error::AlreadyExists { path: obj.into() });
         }
@@ -248,37 +251,85 @@ impl LocalBackend {
             }
         }
         let tmp = dir.join(format!("{name}{TEMP_INFIX}{}", unique_suffix()));
-        let write = || -> std::io::Result<()> {
+        let write = || -> std::io::Result<File> {
             if failpoint::enospc(kind.dir()) {
                 // What a full disk leaves: part of the object, then ENOSPC.
                 let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
                 f.write_all(&data[..data.len() / 2])?;
                 return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
             }
-            if data.len() >= DIRECT_MIN && write_direct(&tmp, data)? {
-                return Ok(());
+            if data.len() >= DIRECT_MIN
+                && let Some(f) = write_direct(&tmp, data)?
+            {
+                return Ok(f);
             }
             let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
             // write_all loops over short writes; each call is capped by the
             // kernel well below 2 GiB (borg#6140).
             f.write_all(data)?;
-            f.sync_all()?;
-            Ok(())
+            Ok(f)
         };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
+        match write() {
+            Ok(file) => Ok(Some(LocalPending {
+                kind,
+                file,
+                tmp,
+                path,
+                dir,
+                obj,
+                len: data.len() as u64,
+                content_named,
+                done: false,
+            })),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(Error::backend_io("write", obj, e))
+            }
+        }
+    }
+}
+
+/// A put of an object that was already there.
+struct Stored(FileKind);
+
+impl PendingPut for Stored {
+    fn commit(self: Box<Self>) -> Result<()> {
+        failpoint::count_after(self.0.dir());
+        Ok(())
+    }
+}
+
+/// An object written to its temporary file, not yet durable or visible.
+struct LocalPending {
+    kind: FileKind,
+    file: File,
+    tmp: PathBuf,
+    path: PathBuf,
+    dir: PathBuf,
+    obj: String,
+    len: u64,
+    content_named: bool,
+    done: bool,
+}
+
+impl LocalPending {
+    /// fsync the data, give it its name, fsync the directory.
+    fn finish(&mut self) -> Result<()> {
+        let obj = self.obj.clone();
+        if let Err(e) = self.file.sync_all() {
             return Err(Error::backend_io("write", obj, e));
         }
         // link() fails if the name exists, unlike rename(): two writers
         // racing to create `config` or a lock cannot both succeed.
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
+        let linked = fs::hard_link(&self.tmp, &self.path);
+        let _ = fs::remove_file(&self.tmp);
+        self.done = true;
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let same = content_named
-                    && fs::metadata(&path)
-                        .map(|m| m.len() == data.len() as u64)
+                let same = self.content_named
+                    && fs::metadata(&self.path)
+                        .map(|m| m.len() == self.len)
                         .unwrap_or(false);
                 if !same {
                     return Err(Error::AlreadyExists { path: obj.into() });
@@ -286,7 +337,24 @@ impl LocalBackend {
             }
             Err(e) => return Err(Error::backend_io("link", obj, e)),
         }
-        sync_dir(&dir).map_err(|e| Error::backend_io("fsync", obj, e))
+        sync_dir(&self.dir).map_err(|e| Error::backend_io("fsync", obj, e))
+    }
+}
+
+impl Drop for LocalPending {
+    /// Never committed (the caller failed in between): leave no temporary.
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl PendingPut for LocalPending {
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        self.finish()?;
+        failpoint::count_after(self.kind.dir());
+        Ok(())
     }
 }
 
@@ -300,14 +368,14 @@ thread_local! {
     static BOUNCE: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Write `data` to the new file `tmp` with O_DIRECT and make it durable.
-/// Returns false, leaving no file, when the filesystem refuses O_DIRECT
-/// (the caller then writes through the page cache).
+/// Write `data` to the new file `tmp` with O_DIRECT; the caller fsyncs
+/// it. Returns `None`, leaving no file, when the filesystem refuses
+/// O_DIRECT (the caller then writes through the page cache).
 ///
 /// Why: a pack is written once and not read back by the backup (it was
 /// verified in memory before upload), so the page cache only costs (see
 /// [`direct_io`]); a backup spent 18% of its CPU copying packs into it.
-fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
+fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let f = match OpenOptions::new()
         .write(true)
@@ -318,7 +386,7 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
         Ok(f) => f,
         Err(e) if direct_io::refused(&e) => {
             let _ = fs::remove_file(tmp);
-            return Ok(false);
+            return Ok(None);
         }
         Err(e) => return Err(e),
     };
@@ -339,15 +407,12 @@ fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<bool> {
         }
         Ok(())
     });
-    let done = written
-        .and_then(|()| f.set_len(data.len() as u64))
-        .and_then(|()| f.sync_all());
-    match done {
-        Ok(()) => Ok(true),
+    match written.and_then(|()| f.set_len(data.len() as u64)) {
+        Ok(()) => Ok(Some(f)),
         Err(e) if direct_io::refused(&e) => {
             drop(f);
             let _ = fs::remove_file(tmp);
-            Ok(false)
+            Ok(None)
         }
         Err(e) => Err(e),
     }
@@ -369,12 +434,16 @@ impl Backend for LocalBackend {
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
+        self.put_pending(kind, name, data)?.commit()
+    }
+
+    fn put_pending(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Box<dyn PendingPut>> {
         failpoint::hit(false, kind.dir());
-        let r = self.put_inner(kind, name, data);
-        if r.is_ok() {
-            failpoint::count_after(kind.dir());
+        match self.write_temp(kind, name, data)? {
+            Some(p) => Ok(Box::new(p)),
+            // Already there: nothing to make durable, but still a put.
+            None => Ok(Box::new(Stored(kind))),
         }
-        r
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
@@ -565,6 +634,48 @@ mod tests {
         let tmp = dir.path().join("direct-test");
         fs::write(&tmp, b"x").unwrap();
         assert!(write_direct(&tmp, &[1u8; DIRECT_MIN]).is_err());
+    }
+
+    #[test]
+    fn a_pending_put_exists_only_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::create(dir.path()).unwrap();
+        let entries = |d: &Path| fs::read_dir(d).map(|r| r.count()).unwrap_or(0);
+        let listed = |name: &str| {
+            b.list(FileKind::Pack)
+                .unwrap()
+                .iter()
+                .any(|(n, _)| n == name)
+        };
+        // Large enough for the O_DIRECT path, and a small one.
+        let cases = [("aa01", DIRECT_MIN + 5), ("aa02", 11)];
+        for (i, (name, len)) in cases.into_iter().enumerate() {
+            let data = vec![7u8; len];
+            let p = b.put_pending(FileKind::Pack, name, &data).unwrap();
+            assert!(!listed(name));
+            drop(p);
+            assert!(!listed(name));
+            assert_eq!(
+                entries(&dir.path().join("packs/aa")),
+                i,
+                "a temporary is left"
+            );
+            let p = b.put_pending(FileKind::Pack, name, &data).unwrap();
+            p.commit().unwrap();
+            assert_eq!(b.get(FileKind::Pack, name).unwrap(), data);
+            // Retried: the existing object is taken as this one.
+            b.put_pending(FileKind::Pack, name, &data)
+                .unwrap()
+                .commit()
+                .unwrap();
+        }
+        assert_eq!(entries(&dir.path().join("packs/aa")), 2);
+        // A create-once kind refuses a second object at either step.
+        b.put_pending(FileKind::Key, "ab", b"k")
+            .unwrap()
+            .commit()
+            .unwrap();
+        assert!(b.put_pending(FileKind::Key, "ab", b"k").is_err());
     }
 
     #[test]

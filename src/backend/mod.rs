@@ -57,6 +57,17 @@ pub trait Backend: Send + Sync {
     /// snapshots) an existing object of the same size is taken as this one,
     /// which makes retried puts idempotent.
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()>;
+    /// [`Backend::put`] in two steps: when this returns the bytes are
+    /// written (the caller may reuse `data`); the object is durable under
+    /// its name only after [`PendingPut::commit`] returns `Ok`. Lets a
+    /// caller wait for durability (fsyncs) without holding the bytes.
+    /// Dropping a pending put never leaves a partial object: a two-step
+    /// backend leaves none, one that puts at once (the default) leaves the
+    /// whole object.
+    fn put_pending(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Box<dyn PendingPut>> {
+        self.put(kind, name, data)?;
+        Ok(Box::new(Committed))
+    }
     /// Read a whole object.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// Read `len` bytes at `offset`; a short object is an error.
@@ -87,6 +98,21 @@ pub trait Backend: Send + Sync {
     /// call).
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
         names.iter().try_for_each(|n| self.delete(kind, n))
+    }
+}
+
+/// The second step of [`Backend::put_pending`].
+pub trait PendingPut: Send {
+    /// Make the object durable under its name (same contract as `put`).
+    fn commit(self: Box<Self>) -> Result<()>;
+}
+
+/// A pending put of a backend whose `put` is already complete.
+struct Committed;
+
+impl PendingPut for Committed {
+    fn commit(self: Box<Self>) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -16,7 +16,7 @@
 //! segment is durable, so the caller may then write the snapshot.
 
 use super::Repository;
-use crate::backend::FileKind;
+use crate::backend::{FileKind, PendingPut};
 use crate::blob::{BlobKind, BlobSink};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SegmentId, content_hash};
@@ -34,11 +34,16 @@ use std::thread::JoinHandle;
 /// not-yet-indexed ids and the work lost to a crash.
 pub const CHECKPOINT_BLOBS: usize = 100_000;
 
-/// Packs uploaded at once. A put ends in an fsync of the pack and of its
-/// directory (~50-100 ms for 16 MiB on a VM disk); with one upload thread
-/// the sealers waited on that latency and a 2-core initial backup used
-/// about 70% of its CPUs.
-pub(crate) const UPLOADERS: usize = 2;
+/// Packs verified and written at once. One keeps up with two cores'
+/// sealers (verifying and writing a 16 MiB pack takes ~30 ms, filling it
+/// ~100 ms) and its verify spreads over [`verify_pool`]; each more would
+/// hold another pack buffer at the peak of memory. The fsyncs that make
+/// a pack durable run on the index thread, so a slow one does not stop it.
+pub(crate) const UPLOADERS: usize = 1;
+
+/// Written packs waiting for their fsyncs: each holds an open file, not
+/// its bytes, so a stalled fsync does not stop the backup for this many.
+const PENDING_COMMITS: usize = 16;
 
 /// What a backup added to the repository.
 #[derive(Clone, Debug, Default)]
@@ -92,6 +97,9 @@ impl Shared {
 /// Packs written and segments saved by the upload thread.
 type UploadResult = Result<(u64, Vec<SegmentId>)>;
 
+/// A pack written but not yet durable, and what the index will record.
+type Uploaded = (Box<dyn PendingPut>, IndexedPack);
+
 pub struct BlobStore {
     shared: Arc<Shared>,
     writers: Mutex<[PackWriter; 2]>,
@@ -120,11 +128,13 @@ impl BlobStore {
             stored_added: AtomicU64::new(0),
             spare: Mutex::new(Vec::new()),
         });
-        // A full pack is handed over when an upload thread is free: the
-        // other one is still uploading, so sealing overlaps with upload, and
-        // at most UPLOADERS + 1 packs (the open one) are in memory.
+        // A full pack is handed over when an upload thread is free, so
+        // sealing overlaps with upload. In memory: the open pack, the ones
+        // uploading, and any a sealer is waiting to hand over (rare: a
+        // pack takes ~100 ms to fill and ~30 ms to verify and write).
         let (tx, rx) = bounded::<FinishedPack>(0);
-        let (done_tx, done_rx) = bounded::<Result<IndexedPack>>(UPLOADERS);
+        // Written packs wait here for their fsyncs holding only a file.
+        let (done_tx, done_rx) = bounded::<Result<Uploaded>>(PENDING_COMMITS);
         for i in 0..UPLOADERS {
             let (s, rx, done_tx) = (shared.clone(), rx.clone(), done_tx.clone());
             std::thread::Builder::new()
@@ -433,12 +443,16 @@ pub(crate) fn put_verified(repo: &Repository, pack: &mut FinishedPack) -> Result
 /// then needed that same pool to verify the pack, every thread would wait
 /// on another: a deadlock (seen with two reader threads and one pack in
 /// flight). Threads of this pool never block on the channel.
+///
+/// Half as many threads as cores: verifying is about a sixth of a
+/// backup's CPU, so this keeps up with the sealers, and each thread keeps
+/// two scratch buffers of up to a maximal chunk (4 MiB) resident.
 fn verify_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
         let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+            .map(|n| n.get().div_ceil(2))
+            .unwrap_or(1);
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .thread_name(|i| format!("coffer-verify-{i}"))
@@ -487,13 +501,24 @@ fn record_failure(shared: &Shared, e: &Error) {
 /// An upload thread: verify and put each pack, hand it to the index thread.
 /// After a failure (its own or another thread's) packs are dropped unread,
 /// so senders are never blocked.
-fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<IndexedPack>>) {
+fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<Uploaded>>) {
     let repo = &shared.repo;
     for mut pack in rx.iter() {
         if lock(&shared.failed).is_some() {
             continue;
         }
-        let r = upload_pack(repo, &mut pack);
+        let r = verify_pack(repo, &pack).and_then(|()| {
+            let pending =
+                repo.backend()
+                    .put_pending(FileKind::Pack, &pack.id.to_hex(), pack.bytes())?;
+            let indexed = IndexedPack {
+                id: pack.id,
+                size: pack.bytes().len() as u64,
+                entries: std::mem::take(&mut pack.entries),
+            };
+            Ok((pending, indexed))
+        });
+        // The bytes are written: the buffer is free while the fsyncs run.
         shared.recycle(pack.into_buffer());
         if let Err(e) = &r {
             record_failure(shared, e);
@@ -504,10 +529,13 @@ fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<Ind
     }
 }
 
-/// The index thread: collect uploaded packs and write a segment every
-/// [`CHECKPOINT_BLOBS`] blobs and at the end. After an error nothing more
-/// is indexed; packs already uploaded are adopted by the next backup.
-fn index_loop(shared: &Shared, rx: Receiver<Result<IndexedPack>>) -> UploadResult {
+/// The index thread: make each uploaded pack durable, in order, and write
+/// a segment every [`CHECKPOINT_BLOBS`] blobs and at the end. The fsyncs
+/// run here rather than on the upload thread: one that stalls (0.2-0.7 s
+/// at times on a VM disk) then holds no pack buffer and the uploader goes
+/// on writing. After an error nothing more is indexed; packs already
+/// durable are adopted by the next backup.
+fn index_loop(shared: &Shared, rx: Receiver<Result<Uploaded>>) -> UploadResult {
     let repo = &shared.repo;
     let mut unindexed = Segment::default();
     let mut unindexed_blobs = 0usize;
@@ -532,9 +560,10 @@ fn index_loop(shared: &Shared, rx: Receiver<Result<IndexedPack>>) -> UploadResul
         if first_err.is_some() {
             continue;
         }
-        let pack = match r {
+        let pack = match r.and_then(|(pending, pack)| pending.commit().map(|()| pack)) {
             Ok(p) => p,
             Err(e) => {
+                record_failure(shared, &e);
                 first_err = Some(e);
                 continue;
             }

@@ -31,7 +31,7 @@ use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, open_blob};
 use crate::repository::Repository;
-use crate::repository::blob_store::{CHECKPOINT_BLOBS, UPLOADERS, put_verified, verify_sealed};
+use crate::repository::blob_store::{CHECKPOINT_BLOBS, put_verified, verify_sealed};
 use crate::snapshot::tree::{NodeKind, Tree};
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -384,8 +384,7 @@ struct NewPack {
 ///
 /// Three stages overlap, on their own threads: reading a pack and
 /// checking its hash; choosing and copying its blobs; verifying and
-/// uploading finished packs, on [`UPLOADERS`] threads as in a backup (a
-/// put waits for its fsyncs, often longer than the verify takes). One
+/// uploading finished packs, on [`REPACK_UPLOADERS`] threads. One
 /// after the other, the CPU idled through every read and fsync. Channels
 /// of capacity zero bound the memory to about five packs: one read ahead,
 /// one being filled, two being uploaded, and the buffer a read goes into.
@@ -394,6 +393,11 @@ struct NewPack {
 /// new pack is verified before upload (decrypt, decompress, hash against
 /// its id) rather than also when copied: a damaged blob can still never
 /// reach an uploaded pack, and the error names the pack it came from.
+/// Repacked packs verified and uploaded at once. Unlike a backup's, a
+/// repack's CPU work is almost all in that verify, so a second thread
+/// verifies the next pack while the first waits on its write and fsyncs.
+const REPACK_UPLOADERS: usize = 2;
+
 fn repack(
     repo: &Repository,
     plan: &PrunePlan,
@@ -417,7 +421,7 @@ fn repack(
                 }
             }
         });
-        for _ in 0..UPLOADERS {
+        for _ in 0..REPACK_UPLOADERS {
             let (new_rx, done_tx) = (new_rx.clone(), done_tx.clone());
             scope.spawn(move || {
                 for p in new_rx.iter() {
