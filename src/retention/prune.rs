@@ -379,6 +379,11 @@ struct NewPack {
     origin: Vec<(PackId, PackEntry)>,
 }
 
+/// Repacked packs verified and uploaded at once. Unlike a backup's, a
+/// repack's CPU work is almost all in the verify, so a second thread
+/// verifies the next pack while the first waits on its write and fsyncs.
+const REPACK_UPLOADERS: usize = 2;
+
 /// Copy the used blobs of `plan.repack` into new packs; `uploaded` gets each
 /// new pack once it is durable (and staged in the cache), in order.
 ///
@@ -393,11 +398,6 @@ struct NewPack {
 /// new pack is verified before upload (decrypt, decompress, hash against
 /// its id) rather than also when copied: a damaged blob can still never
 /// reach an uploaded pack, and the error names the pack it came from.
-/// Repacked packs verified and uploaded at once. Unlike a backup's, a
-/// repack's CPU work is almost all in that verify, so a second thread
-/// verifies the next pack while the first waits on its write and fsyncs.
-const REPACK_UPLOADERS: usize = 2;
-
 fn repack(
     repo: &Repository,
     plan: &PrunePlan,
