@@ -233,9 +233,8 @@ impl LocalBackend {
         // Content-addressed kinds: the name is the hash of the bytes, so an
         // object of the same size under the same name is this object (a
         // retried put). Other kinds are create-once: never replaced.
-        let content_named = matches!(kind, FileKind::Pack | FileKind::Index | FileKind::Snapshot);
         if let Ok(m) = fs::metadata(&path) {
-            if content_named && m.len() == data.len() as u64 {
+            if kind.is_content_named() && m.len() == data.len() as u64 {
                 return Ok(None);
             }
             return Err(Error::AlreadyExists { path: obj.into() });
@@ -278,7 +277,6 @@ impl LocalBackend {
                 dir,
                 obj,
                 len: data.len() as u64,
-                content_named,
                 done: false,
             })),
             Err(e) => {
@@ -308,7 +306,6 @@ struct LocalPending {
     dir: PathBuf,
     obj: String,
     len: u64,
-    content_named: bool,
     done: bool,
 }
 
@@ -327,7 +324,7 @@ impl LocalPending {
         match linked {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let same = self.content_named
+                let same = self.kind.is_content_named()
                     && fs::metadata(&self.path)
                         .map(|m| m.len() == self.len)
                         .unwrap_or(false);

@@ -29,9 +29,8 @@ impl Backend for MemoryBackend {
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         let path = kind.path(name);
         let mut m = self.lock();
-        let content_named = matches!(kind, FileKind::Pack | FileKind::Index | FileKind::Snapshot);
         match m.get(&path) {
-            Some(old) if content_named && old.len() == data.len() => Ok(()),
+            Some(old) if kind.is_content_named() && old.len() == data.len() => Ok(()),
             Some(_) => Err(Error::AlreadyExists { path: path.into() }),
             None => {
                 m.insert(path, data.to_vec());

@@ -37,6 +37,12 @@ impl FileKind {
         }
     }
 
+    /// Is an object of this kind named by the hash of its bytes? Then an
+    /// object of the same size under the same name is the same object.
+    pub fn is_content_named(&self) -> bool {
+        matches!(self, FileKind::Pack | FileKind::Index | FileKind::Snapshot)
+    }
+
     /// The object's path inside the repository. Packs are spread over 256
     /// subdirectories by their first byte so no directory grows huge.
     pub fn path(&self, name: &str) -> String {

@@ -429,13 +429,23 @@ pub fn upload_pack(repo: &Repository, pack: &mut FinishedPack) -> Result<Indexed
 /// The entries move into the result; the buffer stays with the caller, to
 /// be reused.
 pub(crate) fn put_verified(repo: &Repository, pack: &mut FinishedPack) -> Result<IndexedPack> {
-    repo.backend()
-        .put(FileKind::Pack, &pack.id.to_hex(), pack.bytes())?;
-    Ok(IndexedPack {
+    let (pending, indexed) = write_verified(repo, pack)?;
+    pending.commit()?;
+    Ok(indexed)
+}
+
+/// [`put_verified`] up to the commit: the pack's bytes are written (its
+/// buffer may be reused) but it is durable only once committed.
+fn write_verified(repo: &Repository, pack: &mut FinishedPack) -> Result<Uploaded> {
+    let pending = repo
+        .backend()
+        .put_pending(FileKind::Pack, &pack.id.to_hex(), pack.bytes())?;
+    let indexed = IndexedPack {
         id: pack.id,
         size: pack.bytes().len() as u64,
         entries: std::mem::take(&mut pack.entries),
-    })
+    };
+    Ok((pending, indexed))
 }
 
 /// Verification runs on its own threads. Sealing tasks on the global rayon
@@ -507,17 +517,7 @@ fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<Upl
         if lock(&shared.failed).is_some() {
             continue;
         }
-        let r = verify_pack(repo, &pack).and_then(|()| {
-            let pending =
-                repo.backend()
-                    .put_pending(FileKind::Pack, &pack.id.to_hex(), pack.bytes())?;
-            let indexed = IndexedPack {
-                id: pack.id,
-                size: pack.bytes().len() as u64,
-                entries: std::mem::take(&mut pack.entries),
-            };
-            Ok((pending, indexed))
-        });
+        let r = verify_pack(repo, &pack).and_then(|()| write_verified(repo, &mut pack));
         // The bytes are written: the buffer is free while the fsyncs run.
         shared.recycle(pack.into_buffer());
         if let Err(e) = &r {
