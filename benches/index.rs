@@ -14,8 +14,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use std::hint::black_box;
 
 const BLOBS: usize = 100_000;
-/// 1 MiB chunks in 16 MiB packs.
-const PER_PACK: usize = 16;
+/// 1 MiB chunks in packs of the default 8 MiB.
+const PER_PACK: usize = 8;
 const LOOKUPS: usize = 10_000;
 
 fn id32(rng: &mut XorShift) -> [u8; 32] {

@@ -1,6 +1,6 @@
 //! Pack sealing: `seal_blob_with` (compress when it helps, then encrypt,
 //! as a backup does it) and `verify_blob` (the check before upload) on
-//! 1 MiB chunks, and a `PackWriter` filling and finishing a 16 MiB pack.
+//! 1 MiB chunks, and a `PackWriter` filling and finishing a pack of the default size.
 
 mod common;
 
@@ -9,6 +9,7 @@ use coffer::crypto::{KeySet, MasterKey};
 use coffer::id::RepoId;
 use coffer::pack::writer::PackWriter;
 use coffer::pack::{PackEntry, SealedBlob, seal_blob, seal_blob_with, verify_blob};
+use coffer::repository::config::DEFAULT_PACK_SIZE;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 
@@ -44,8 +45,9 @@ fn pack(c: &mut Criterion) {
         });
     }
 
-    // A 16 MiB pack (the default pack size) of 16 sealed 1 MiB blobs.
-    let blobs: Vec<SealedBlob> = (0..16u64)
+    // A pack of the default size, of sealed 1 MiB blobs.
+    let per_pack = DEFAULT_PACK_SIZE as u64 / common::MIB as u64;
+    let blobs: Vec<SealedBlob> = (0..per_pack)
         .map(|i| {
             let data = common::mixed(100 + i, common::MIB);
             seal_blob(&keys, &repo, BlobKind::Data, keys.blob_id(&data), &data, 3)
@@ -53,7 +55,7 @@ fn pack(c: &mut Criterion) {
         .collect();
     let pack_bytes: u64 = blobs.iter().map(|b| b.bytes.len() as u64).sum();
     g.throughput(Throughput::Bytes(pack_bytes));
-    g.bench_function("writer/16-blobs", |b| {
+    g.bench_function(format!("writer/{per_pack}-blobs"), |b| {
         b.iter_batched(
             || {
                 blobs

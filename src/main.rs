@@ -7,7 +7,7 @@ mod cli;
 use std::process::ExitCode;
 
 /// glibc raises its mmap threshold after the first large buffer is freed,
-/// and from then on serves pack-sized buffers (16-22 MiB) from per-thread
+/// and from then on serves pack-sized buffers (8-22 MiB) from per-thread
 /// arenas that keep them resident after they are freed. A fixed 8 MiB
 /// threshold returns pack buffers to the system as soon as they are freed
 /// while chunk-sized buffers are still reused from the arenas. Measured on

@@ -35,8 +35,8 @@ use std::thread::JoinHandle;
 pub const CHECKPOINT_BLOBS: usize = 100_000;
 
 /// Packs verified and written at once. One keeps up with two cores'
-/// sealers (verifying and writing a 16 MiB pack takes ~30 ms, filling it
-/// ~100 ms) and its verify spreads over [`verify_pool`]; each more would
+/// sealers (verifying and writing a pack takes under a third of the time
+/// filling it does) and its verify spreads over [`verify_pool`]; each more would
 /// hold another pack buffer at the peak of memory. The fsyncs that make
 /// a pack durable run on the index thread, so a slow one does not stop it.
 pub(crate) const UPLOADERS: usize = 1;
@@ -131,7 +131,7 @@ impl BlobStore {
         // A full pack is handed over when an upload thread is free, so
         // sealing overlaps with upload. In memory: the open pack, the ones
         // uploading, and any a sealer is waiting to hand over (rare: a
-        // pack takes ~100 ms to fill and ~30 ms to verify and write).
+        // pack takes about three times longer to fill than to verify and write).
         let (tx, rx) = bounded::<FinishedPack>(0);
         // Written packs wait here for their fsyncs holding only a file.
         let (done_tx, done_rx) = bounded::<Result<Uploaded>>(PENDING_COMMITS);

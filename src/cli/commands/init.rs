@@ -18,8 +18,9 @@ pub struct InitArgs {
     /// zstd compression level (1-22; 0 picks the default, 3)
     #[arg(long, default_value_t = 3)]
     pub compression: i32,
-    /// Target pack size (e.g. 16M)
-    #[arg(long, default_value = "16M")]
+    /// Target pack size (e.g. 16M; larger packs mean fewer objects on a
+    /// remote store, smaller ones less memory during a backup)
+    #[arg(long, default_value = "8M")]
     pub pack_size: String,
     /// Smallest chunk (e.g. 256K)
     #[arg(long, default_value = "256K")]
@@ -167,4 +168,26 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        init: InitArgs,
+    }
+
+    /// `init` without options and the default repository `backup` creates
+    /// must get the same configuration.
+    #[test]
+    fn init_defaults_are_the_library_defaults() {
+        let cli = Cli::try_parse_from(["init"]).unwrap();
+        assert_eq!(config_from(&cli.init).unwrap(), Config::default());
+        let cli = Cli::try_parse_from(["init", "--pack-size", "16M"]).unwrap();
+        assert_eq!(config_from(&cli.init).unwrap().pack_size, 16 << 20);
+    }
 }
