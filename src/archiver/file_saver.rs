@@ -214,6 +214,15 @@ impl Fill {
     }
 }
 
+/// How much a buffer holds before it is cut: [`READ_BUF`], and never less
+/// than one maximal chunk. The chunker cuts nothing short of a maximal
+/// chunk until EOF, so a buffer filled by short reads (a pipe) to less
+/// than that would be cut into nothing, again and again: a repository made
+/// with `--chunk-max` above `READ_BUF` hung on a piped dump.
+fn fill_target(chunker: &Chunker) -> usize {
+    READ_BUF.max(chunker.params().max_size as usize)
+}
+
 /// Read `src` to its end, cut it into chunks and store them. `size_hint`
 /// (the expected length, 0 if unknown) sizes the reads; `buf` is the
 /// calling thread's reusable buffer. Only repository errors are `Err`.
@@ -232,12 +241,13 @@ pub fn chunk_stream(
         error: None,
     };
     let max = chunker.params().max_size as usize;
+    let fill_to = fill_target(chunker);
     let mut f = Fill::default();
     while !f.eof {
-        // Fill up to READ_BUF, asking for what the file should still hold
+        // Fill up to `fill_to`, asking for what the file should still hold
         // (+1 to see EOF without another call): a 1 KiB file costs a 1 KiB
         // read, not a 16 MiB one.
-        while f.filled < READ_BUF && !f.eof {
+        while f.filled < fill_to && !f.eof {
             let expected = if size_hint == 0 {
                 READ_BUF as u64
             } else {
@@ -321,6 +331,7 @@ pub(super) fn chunk_stream_overlapped(
     spare: &mut Vec<u8>,
 ) -> Result<Streamed> {
     let buf_len = READ_BUF + chunker.params().max_size as usize;
+    let fill_to = fill_target(chunker);
     // Rendezvous: a full buffer is handed over only when the storer has
     // room for it, so at most IN_FLIGHT + 1 buffers exist.
     let (full_tx, full_rx) = crossbeam_channel::bounded::<FullBuffer>(0);
@@ -336,7 +347,7 @@ pub(super) fn chunk_stream_overlapped(
         let mut allocated = 1;
         let mut f = Fill::default();
         while !f.eof {
-            while f.filled < READ_BUF && !f.eof {
+            while f.filled < fill_to && !f.eof {
                 let filled = f.filled;
                 f.read(src, &mut buf[filled..], progress);
             }

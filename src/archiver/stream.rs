@@ -255,6 +255,62 @@ mod tests {
         }
     }
 
+    /// A repository's maximal chunk may exceed a read buffer (chunk_max
+    /// goes up to 16 MiB): a pipe's short reads must still fill a buffer
+    /// to a whole maximal chunk, or nothing is ever cut. Zeros never cut
+    /// early, so every chunk is maximal. Both paths run on a thread so a
+    /// regression fails here instead of hanging the suite.
+    #[test]
+    fn chunks_larger_than_a_read_buffer_are_cut_from_a_pipe() {
+        use crate::archiver::file_saver::READ_BUF;
+        let max = 3 * READ_BUF;
+        let data = vec![0u8; 2 * max + 12_345];
+        let c = Chunker::new(
+            ChunkerParams {
+                min_size: 256 * 1024,
+                avg_size: 1024 * 1024,
+                max_size: max as u32,
+            },
+            7,
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (data2, c2) = (data.clone(), c.clone());
+        std::thread::spawn(move || {
+            let (a, b) = (MemSink::default(), MemSink::default());
+            let over = chunk_stream_overlapped(
+                &mut pipe(&data2, None),
+                &a,
+                &c2,
+                &NoProgress,
+                &mut Vec::new(),
+            )
+            .map(|s| s.content);
+            let plain = chunk_stream(
+                &mut pipe(&data2, None),
+                0,
+                &b,
+                &c2,
+                &NoProgress,
+                &mut Vec::new(),
+            )
+            .map(|s| s.content);
+            let _ = tx.send((over, plain, a, b));
+        });
+        let (over, plain, a, b) = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("a stream with chunks larger than a read buffer never finished");
+        for (what, ids, sink) in [("overlapped", over, a), ("plain", plain, b)] {
+            let ids = ids.expect(what);
+            assert_eq!(ids.len(), 3, "{what}: two maximal chunks and the rest");
+            let blobs = sink.blobs.lock().expect("lock");
+            let joined: Vec<u8> = ids
+                .iter()
+                .flat_map(|id| blobs[id].iter().copied())
+                .collect();
+            assert!(joined == data, "{what}: chunks do not rebuild the stream");
+        }
+    }
+
     #[test]
     fn a_read_error_ends_the_stream_with_what_was_read() {
         let data = stream_data();
