@@ -547,6 +547,51 @@ impl Index {
         Ok(out)
     }
 
+    /// Distinct blobs by kind, each counted once however many packs hold
+    /// it: every indexed blob, or (`used_only`) those in the used set.
+    pub fn blob_totals(&self, used_only: bool) -> Result<Vec<BlobTotals>> {
+        let sql = if used_only {
+            "SELECT kind, COUNT(*), SUM(length), SUM(raw_length) FROM \
+             (SELECT b.kind AS kind, b.length AS length, b.raw_length AS raw_length \
+              FROM used u JOIN blobs b ON b.id = u.id GROUP BY u.id) GROUP BY kind ORDER BY kind"
+        } else {
+            "SELECT kind, COUNT(*), SUM(length), SUM(raw_length) FROM \
+             (SELECT kind, length, raw_length FROM blobs GROUP BY id) GROUP BY kind ORDER BY kind"
+        };
+        let c = self.conn();
+        let mut st = c.prepare(sql).map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, u8>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (kind, count, stored, raw) = r.map_err(|e| self.err(e))?;
+            out.push(BlobTotals {
+                kind: BlobKind::from_u8(kind).ok_or_else(|| self.err("bad blob kind"))?,
+                count: count as u64,
+                stored_bytes: stored as u64,
+                raw_bytes: raw as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Sum of the recorded sizes of every indexed pack.
+    pub fn packs_bytes(&self) -> Result<u64> {
+        let c = self.conn();
+        let n: i64 = c
+            .query_row("SELECT COALESCE(SUM(size), 0) FROM packs", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
     /// (blob count, pack count).
     pub fn counts(&self) -> Result<(u64, u64)> {
         let c = self.conn();
@@ -937,6 +982,17 @@ mod tests {
 }
 
 /// How much of a pack is in use (from [`Index::usage`]).
+/// Distinct blobs of one kind and their sizes, from [`Index::blob_totals`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlobTotals {
+    pub kind: BlobKind,
+    pub count: u64,
+    /// As stored: compressed and encrypted.
+    pub stored_bytes: u64,
+    /// Before compression.
+    pub raw_bytes: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackUsage {
     pub pack: PackId,

@@ -10,6 +10,7 @@ pub mod blob_store;
 pub mod config;
 mod keys;
 pub mod lock;
+pub mod used;
 
 use crate::backend::{Backend, FileKind};
 use crate::blob::{BlobKind, BlobPlace, BlobSource, PackedBlobSource};

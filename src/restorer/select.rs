@@ -4,72 +4,8 @@
 //! (`*.log`); with `/` it matches the whole path (`/home/*/models`).
 //! A matching directory brings (or drops) everything below it.
 
-use crate::error::{Error, Result};
-use globset::{GlobBuilder, GlobMatcher};
-
-struct Pattern {
-    /// The path form, `/`-rooted, without trailing `/`.
-    literal: Vec<u8>,
-    glob: Option<GlobMatcher>,
-    name_only: bool,
-}
-
-impl Pattern {
-    fn new(p: &[u8]) -> Result<Pattern> {
-        let text = String::from_utf8_lossy(p).into_owned();
-        let name_only = !text.contains('/');
-        let is_glob = text.contains(['*', '?', '[', '{']);
-        let mut literal = p.to_vec();
-        while literal.len() > 1 && literal.last() == Some(&b'/') {
-            literal.pop();
-        }
-        if !name_only && literal.first() != Some(&b'/') {
-            literal.insert(0, b'/');
-        }
-        let glob = if is_glob {
-            let g = if name_only {
-                text.clone()
-            } else {
-                String::from_utf8_lossy(&literal).into_owned()
-            };
-            Some(
-                GlobBuilder::new(&g)
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|e| Error::Usage(format!("pattern {text:?}: {e}")))?
-                    .compile_matcher(),
-            )
-        } else {
-            None
-        };
-        Ok(Pattern {
-            literal,
-            glob,
-            name_only,
-        })
-    }
-
-    /// Does the pattern match `path` (`/`-rooted) itself?
-    fn matches(&self, path: &[u8]) -> bool {
-        let name = path.rsplit(|&b| b == b'/').next().unwrap_or(path);
-        match (&self.glob, self.name_only) {
-            (Some(g), true) => g.is_match(String::from_utf8_lossy(name).as_ref()),
-            (Some(g), false) => g.is_match(String::from_utf8_lossy(path).as_ref()),
-            (None, true) => name == self.literal.as_slice(),
-            (None, false) => path == self.literal.as_slice() || self.literal == b"/",
-        }
-    }
-
-    /// Could something below `dir` match? (Decides whether to descend.)
-    fn may_match_below(&self, dir: &[u8]) -> bool {
-        if self.name_only || self.glob.is_some() {
-            return true;
-        }
-        self.literal.len() > dir.len()
-            && self.literal.starts_with(dir)
-            && (dir == b"/" || self.literal[dir.len()] == b'/')
-    }
-}
+use crate::error::Result;
+use crate::pattern::Pattern;
 
 /// Include and exclude patterns together.
 #[derive(Default)]
@@ -95,11 +31,11 @@ impl Selection {
         Ok(Selection {
             includes: includes
                 .iter()
-                .map(|p| Pattern::new(p))
+                .map(|p| Pattern::new(p, false))
                 .collect::<Result<_>>()?,
             excludes: excludes
                 .iter()
-                .map(|p| Pattern::new(p))
+                .map(|p| Pattern::new(p, false))
                 .collect::<Result<_>>()?,
         })
     }

@@ -23,17 +23,13 @@
 //! Every write and delete first checks the exclusive lock is still held.
 
 use crate::backend::FileKind;
-use crate::blob::BlobKind;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SegmentId};
-use crate::index::BlobLocation;
+use crate::id::{PackId, SegmentId};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, open_blob};
 use crate::repository::Repository;
 use crate::repository::blob_store::{CHECKPOINT_BLOBS, put_verified, verify_sealed};
-use crate::snapshot::tree::{NodeKind, Tree};
-use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
 
 #[derive(Clone, Debug)]
@@ -95,7 +91,6 @@ pub struct PruneReport {
 /// Returns the number of snapshots walked.
 pub fn mark_used(repo: &Repository) -> Result<usize> {
     let snaps = repo.list_snapshots()?;
-    let idx = repo.index()?;
     let problems = repo.take_problems();
     if !problems.is_empty() {
         return Err(Error::Usage(format!(
@@ -103,97 +98,17 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
             problems.join("; ")
         )));
     }
-    idx.used_reset()?;
-    idx.refs_reset()?;
+    let mut used = repo.used_set()?;
     for (sid, s) in &snaps {
-        let unreadable = |e: Error| {
+        used.add_tree(&s.tree).map_err(|e| {
             Error::Usage(format!(
                 "refusing to prune: snapshot {} cannot be read completely: {e}",
                 sid.short()
             ))
-        };
-        let mut stack = vec![s.tree];
-        while !stack.is_empty() {
-            // Trees a batch at a time: one transaction marks them, one
-            // looks them up, and they are read and decoded in parallel.
-            // One by one, each cost two autocommitted statements and the
-            // CPU work of a tree on one core.
-            let batch = stack.split_off(stack.len().saturating_sub(TREE_BATCH));
-            // Already marked: that tree, and so everything below it, is done.
-            let fresh = idx.used_insert_new(&batch)?;
-            let locs = idx.lookup_many(&fresh)?;
-            let mut todo: Vec<(BlobId, Option<BlobLocation>)> =
-                fresh.into_iter().zip(locs).collect();
-            // Decoded a few MiB at a time: one tree of a huge file lists
-            // millions of content ids, and 256 of them at 10 million blobs
-            // held 130 MiB at once.
-            while !todo.is_empty() {
-                let mut bytes = 0u64;
-                let take = todo
-                    .iter()
-                    .take_while(|(_, loc)| {
-                        let first = bytes == 0;
-                        bytes += loc.as_ref().map_or(0, |l| u64::from(l.entry.raw_length));
-                        first || bytes <= TREE_BYTES
-                    })
-                    .count()
-                    .max(1);
-                let part: Vec<_> = todo.drain(..take).collect();
-                let trees: Vec<Tree> = part
-                    .into_par_iter()
-                    .map(|(tid, loc)| read_tree(repo, &tid, loc))
-                    .collect::<Result<_>>()
-                    .map_err(unreadable)?;
-                let mut content = Vec::new();
-                for tree in &trees {
-                    content.extend(tree.nodes.iter().flat_map(|n| n.content.iter().copied()));
-                    for n in &tree.nodes {
-                        if n.kind == NodeKind::Dir
-                            && let Some(sub) = n.subtree
-                        {
-                            stack.push(sub);
-                        }
-                    }
-                }
-                drop(trees);
-                // Appended, and sorted into the used set once at the end.
-                idx.refs_add(&content)?;
-            }
-        }
+        })?;
     }
-    idx.used_from_refs()?;
+    used.finish()?;
     Ok(snaps.len())
-}
-
-/// Trees marked and looked up at once while marking.
-const TREE_BATCH: usize = 256;
-/// Uncompressed tree bytes decoded at once: bounds the decoded trees and
-/// their content ids in memory, however large one tree is.
-/// (Tiny in unit tests, so that they go through the splitting.)
-const TREE_BYTES: u64 = if cfg!(test) { 64 } else { 8 << 20 };
-
-/// Read and decode one tree at `loc` (from the index).
-fn read_tree(repo: &Repository, id: &BlobId, loc: Option<BlobLocation>) -> Result<Tree> {
-    let loc = loc.ok_or_else(|| Error::BlobMissing { id: id.to_hex() })?;
-    let name = loc.pack.to_hex();
-    if loc.entry.kind != BlobKind::Tree {
-        return Err(Error::corrupt(
-            FileKind::Pack.path(&name),
-            format!(
-                "blob {id} is indexed as {:?}, expected a tree",
-                loc.entry.kind
-            ),
-        ));
-    }
-    let sealed = repo.backend().get_range(
-        FileKind::Pack,
-        &name,
-        loc.entry.offset as u64,
-        loc.entry.length as usize,
-    )?;
-    let bytes = open_blob(repo.keys(), repo.id(), &loc.entry, &sealed)
-        .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))?;
-    Tree::decode(&bytes).map_err(|e| Error::corrupt(format!("tree {id}"), e.0))
 }
 
 /// Work out what prune would do. Writes nothing.
@@ -555,12 +470,13 @@ mod tests {
     use super::*;
     use crate::backend::Backend;
     use crate::backend::memory::MemoryBackend;
-    use crate::id::SnapshotId;
+    use crate::blob::BlobKind;
+    use crate::id::{BlobId, SnapshotId};
     use crate::index::Index;
     use crate::repository::Secret;
     use crate::repository::blob_store::store_in_own_pack;
     use crate::snapshot::Snapshot;
-    use crate::snapshot::tree::Node;
+    use crate::snapshot::tree::{Node, NodeKind, Tree};
     use std::sync::Arc;
     use zeroize::Zeroizing;
 

@@ -1,0 +1,293 @@
+//! Finding entries across snapshots: by name or path pattern, by
+//! modification time, or by the content blob or subtree they hold.
+//!
+//! Nightly snapshots share nearly all their trees, so a search remembers
+//! the subtrees in which it found nothing ([`Seen`]) and never opens one
+//! of them again: searching thirty snapshots of the same data costs about
+//! one walk plus the trees that changed. Subtrees with a match are walked
+//! again in each snapshot, because each snapshot reports its own matches.
+//! The walk is iterative and holds one tree per level.
+
+use crate::blob::BlobSource;
+use crate::error::Result;
+use crate::id::BlobId;
+use crate::pattern::Pattern;
+use crate::snapshot::tree::{Node, NodeKind, Tree};
+use crate::snapshot::walk::load_tree;
+use std::collections::HashSet;
+
+/// What an entry must satisfy; every given condition must hold.
+#[derive(Default)]
+pub struct Query {
+    /// Any of these name or path patterns (none: any entry).
+    pub patterns: Vec<Pattern>,
+    /// Modified at or after this time (seconds since the epoch).
+    pub newer_than: Option<i64>,
+    /// Modified at or before this time.
+    pub older_than: Option<i64>,
+    /// Files holding a content blob whose hex id starts with one of these.
+    pub blobs: Vec<String>,
+    /// Directories whose subtree's hex id starts with one of these.
+    pub trees: Vec<String>,
+}
+
+impl Query {
+    fn matches(&self, path: &[u8], n: &Node) -> Option<Option<BlobId>> {
+        if !self.patterns.is_empty() && !self.patterns.iter().any(|p| p.matches(path)) {
+            return None;
+        }
+        if self.newer_than.is_some_and(|t| n.mtime.sec < t)
+            || self.older_than.is_some_and(|t| n.mtime.sec > t)
+        {
+            return None;
+        }
+        let mut which = None;
+        if !self.blobs.is_empty() {
+            which = Some(
+                *n.content
+                    .iter()
+                    .find(|id| self.blobs.iter().any(|p| id.to_hex().starts_with(p)))?,
+            );
+        }
+        if !self.trees.is_empty() {
+            let sub = n.subtree.filter(|_| n.kind == NodeKind::Dir)?;
+            let hex = sub.to_hex();
+            if !self.trees.iter().any(|p| hex.starts_with(p)) {
+                return None;
+            }
+            which = Some(sub);
+        }
+        Some(which)
+    }
+}
+
+/// One entry found.
+pub struct Found<'a> {
+    /// `/`-rooted path in the snapshot.
+    pub path: &'a [u8],
+    pub node: &'a Node,
+    /// The blob or subtree that matched `--blob` or `--tree`.
+    pub id: Option<BlobId>,
+}
+
+/// Subtrees known to hold no match, shared by the searches of one query.
+/// Bounded: past [`Seen::LIMIT`] ids it starts over, which costs only
+/// speed (a subtree is searched again), never a missed match.
+#[derive(Default)]
+pub struct Seen {
+    empty: HashSet<BlobId>,
+}
+
+impl Seen {
+    /// About 100 MiB of ids at most.
+    const LIMIT: usize = 2_000_000;
+
+    fn insert(&mut self, id: BlobId) {
+        if self.empty.len() >= Self::LIMIT {
+            self.empty.clear();
+        }
+        self.empty.insert(id);
+    }
+}
+
+/// Totals of one search.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FindStats {
+    pub matches: u64,
+    pub trees_loaded: u64,
+    /// Subtrees not opened because an earlier search found nothing in them.
+    pub trees_skipped: u64,
+}
+
+/// Search the tree `root` (the root of a snapshot) for entries matching
+/// `query`, calling `emit` for each in depth-first name order.
+pub fn find(
+    source: &dyn BlobSource,
+    root: &BlobId,
+    query: &Query,
+    seen: &mut Seen,
+    mut emit: impl FnMut(Found<'_>) -> Result<()>,
+) -> Result<FindStats> {
+    struct Frame {
+        id: BlobId,
+        tree: Tree,
+        next: usize,
+        /// The directory's `/`-rooted path plus `/`.
+        prefix: Vec<u8>,
+        found: bool,
+    }
+    let mut stats = FindStats::default();
+    if seen.empty.contains(root) {
+        stats.trees_skipped += 1;
+        return Ok(stats);
+    }
+    stats.trees_loaded += 1;
+    let mut stack = vec![Frame {
+        id: *root,
+        tree: load_tree(source, root)?,
+        next: 0,
+        prefix: b"/".to_vec(),
+        found: false,
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some(node) = top.tree.nodes.get(top.next) else {
+            let done = stack.pop().unwrap_or_else(|| unreachable!());
+            if done.found {
+                if let Some(parent) = stack.last_mut() {
+                    parent.found = true;
+                }
+            } else {
+                seen.insert(done.id);
+            }
+            continue;
+        };
+        top.next += 1;
+        let mut path = top.prefix.clone();
+        path.extend_from_slice(&node.name);
+        if let Some(id) = query.matches(&path, node) {
+            top.found = true;
+            stats.matches += 1;
+            emit(Found {
+                path: &path,
+                node,
+                id,
+            })?;
+        }
+        let sub = match (node.kind, node.subtree) {
+            (NodeKind::Dir, Some(sub)) => sub,
+            _ => continue,
+        };
+        if seen.empty.contains(&sub) {
+            stats.trees_skipped += 1;
+            continue;
+        }
+        stats.trees_loaded += 1;
+        let tree = load_tree(source, &sub)?;
+        path.push(b'/');
+        stack.push(Frame {
+            id: sub,
+            tree,
+            next: 0,
+            prefix: path,
+            found: false,
+        });
+    }
+    Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::BlobKind;
+    use crate::error::Error;
+    use crate::snapshot::tree::Time;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Trees(Mutex<HashMap<BlobId, Vec<u8>>>);
+
+    impl BlobSource for Trees {
+        fn read_blob(&self, _kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+            self.0
+                .lock()
+                .unwrap()
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::corrupt(format!("tree {id}"), "missing"))
+        }
+    }
+
+    impl Trees {
+        fn put(&self, nodes: Vec<Node>) -> BlobId {
+            let mut t = Tree { nodes };
+            t.sort();
+            let bytes = t.encode();
+            let id = BlobId(*blake3::hash(&bytes).as_bytes());
+            self.0.lock().unwrap().insert(id, bytes);
+            id
+        }
+    }
+
+    fn file(name: &str, mtime: i64) -> Node {
+        let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::File);
+        n.content = vec![BlobId(*blake3::hash(name.as_bytes()).as_bytes())];
+        n.mtime = Time::new(mtime, 0);
+        n
+    }
+
+    fn dir(name: &str, sub: BlobId) -> Node {
+        let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::Dir);
+        n.subtree = Some(sub);
+        n
+    }
+
+    fn paths(t: &Trees, root: BlobId, q: &Query, seen: &mut Seen) -> (Vec<String>, FindStats) {
+        let mut out = Vec::new();
+        let st = find(t, &root, q, seen, |f| {
+            out.push(String::from_utf8_lossy(f.path).into_owned());
+            Ok(())
+        })
+        .unwrap();
+        (out, st)
+    }
+
+    fn pattern(p: &str) -> Query {
+        Query {
+            patterns: vec![Pattern::new(p.as_bytes(), false).unwrap()],
+            ..Query::default()
+        }
+    }
+
+    #[test]
+    fn finds_by_name_path_time_and_blob() {
+        let t = Trees::default();
+        let models = t.put(vec![file("a.bin", 10), file("dump.sql", 20)]);
+        let root = t.put(vec![dir("models", models), file("top.sql", 30)]);
+        let mut seen = Seen::default();
+        let (p, _) = paths(&t, root, &pattern("*.sql"), &mut seen);
+        assert_eq!(p, ["/models/dump.sql", "/top.sql"]);
+        let (p, _) = paths(&t, root, &pattern("/models/*"), &mut Seen::default());
+        assert_eq!(p, ["/models/a.bin", "/models/dump.sql"]);
+        let q = Query {
+            newer_than: Some(15),
+            older_than: Some(25),
+            ..Query::default()
+        };
+        let (p, _) = paths(&t, root, &q, &mut Seen::default());
+        assert_eq!(p, ["/models/dump.sql"]);
+        let blob = file("a.bin", 0).content[0].to_hex();
+        let q = Query {
+            blobs: vec![blob[..8].to_string()],
+            ..Query::default()
+        };
+        let (p, _) = paths(&t, root, &q, &mut Seen::default());
+        assert_eq!(p, ["/models/a.bin"]);
+        let q = Query {
+            trees: vec![models.to_hex()[..10].to_string()],
+            ..Query::default()
+        };
+        let (p, _) = paths(&t, root, &q, &mut Seen::default());
+        assert_eq!(p, ["/models"]);
+    }
+
+    #[test]
+    fn subtrees_without_a_match_are_not_opened_again() {
+        let t = Trees::default();
+        let big = t.put(vec![file("x", 0), file("y", 0)]);
+        let hit = t.put(vec![file("wanted", 0)]);
+        let day1 = t.put(vec![dir("big", big), dir("hit", hit)]);
+        let day2 = t.put(vec![dir("big", big), dir("hit", hit), file("new", 0)]);
+        let mut seen = Seen::default();
+        let q = pattern("wanted");
+        let (p1, s1) = paths(&t, day1, &q, &mut seen);
+        let (p2, s2) = paths(&t, day2, &q, &mut seen);
+        assert_eq!(p1, ["/hit/wanted"]);
+        assert_eq!(p2, ["/hit/wanted"], "a match is reported in every snapshot");
+        assert_eq!(s1.trees_loaded, 3);
+        assert_eq!((s2.trees_loaded, s2.trees_skipped), (2, 1));
+        // A snapshot whose whole tree held nothing is skipped at once.
+        let (_, s3) = paths(&t, big, &q, &mut seen);
+        assert_eq!((s3.trees_loaded, s3.trees_skipped), (0, 1));
+    }
+}
