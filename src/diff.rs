@@ -76,7 +76,8 @@ impl Side {
     }
 }
 
-/// Totals of a comparison.
+/// Totals of a comparison. An entry that changed type counts as removed
+/// (the old one) and added (the new one).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DiffStats {
     pub added: Side,
@@ -199,7 +200,10 @@ pub fn diff(
                 top.j += 1;
                 path.extend_from_slice(&b.name);
                 let modifier = if a.kind != b.kind {
+                    // Both a removal and an addition, reported once.
                     stats.type_changed += 1;
+                    stats.removed.count(a);
+                    stats.added.count(b);
                     Some(Modifier::TypeChanged)
                 } else if (a.kind == NodeKind::File && a.content != b.content)
                     || (a.kind == NodeKind::Symlink && a.link_target != b.link_target)
@@ -416,7 +420,7 @@ mod tests {
             stats.added,
             Side {
                 files: 3,
-                dirs: 0,
+                dirs: 1,
                 others: 0,
                 bytes: 5 + 30 + 7
             }
@@ -424,10 +428,10 @@ mod tests {
         assert_eq!(
             stats.removed,
             Side {
-                files: 2,
+                files: 3,
                 dirs: 1,
                 others: 0,
-                bytes: 5 + 20
+                bytes: 5 + 20 + 3
             }
         );
         // The unchanged directory was never opened: the two roots, both

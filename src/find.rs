@@ -25,10 +25,43 @@ pub struct Query {
     pub newer_than: Option<i64>,
     /// Modified at or before this time.
     pub older_than: Option<i64>,
-    /// Files holding a content blob whose hex id starts with one of these.
-    pub blobs: Vec<String>,
-    /// Directories whose subtree's hex id starts with one of these.
-    pub trees: Vec<String>,
+    /// Files holding one of these content blobs.
+    pub blobs: Ids,
+    /// Directories whose subtree is one of these.
+    pub trees: Ids,
+}
+
+/// Blob ids to look for: whole ids (a set, so the thousands of blobs of
+/// one pack cost a lookup per content id) and hex prefixes.
+#[derive(Default)]
+pub struct Ids {
+    pub exact: HashSet<BlobId>,
+    pub prefixes: Vec<String>,
+}
+
+impl Ids {
+    /// A 64-digit id is exact; fewer digits are a prefix.
+    pub fn add(&mut self, hex: &str) {
+        match BlobId::from_hex(hex) {
+            Some(id) => {
+                self.exact.insert(id);
+            }
+            None => self.prefixes.push(hex.to_ascii_lowercase()),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefixes.is_empty()
+    }
+
+    fn contains(&self, id: &BlobId) -> bool {
+        self.exact.contains(id) || {
+            !self.prefixes.is_empty() && {
+                let hex = id.to_hex();
+                self.prefixes.iter().any(|p| hex.starts_with(p.as_str()))
+            }
+        }
+    }
 }
 
 impl Query {
@@ -43,16 +76,11 @@ impl Query {
         }
         let mut which = None;
         if !self.blobs.is_empty() {
-            which = Some(
-                *n.content
-                    .iter()
-                    .find(|id| self.blobs.iter().any(|p| id.to_hex().starts_with(p)))?,
-            );
+            which = Some(*n.content.iter().find(|id| self.blobs.contains(id))?);
         }
         if !self.trees.is_empty() {
             let sub = n.subtree.filter(|_| n.kind == NodeKind::Dir)?;
-            let hex = sub.to_hex();
-            if !self.trees.iter().any(|p| hex.starts_with(p)) {
+            if !self.trees.contains(&sub) {
                 return None;
             }
             which = Some(sub);
@@ -257,16 +285,14 @@ mod tests {
         let (p, _) = paths(&t, root, &q, &mut Seen::default());
         assert_eq!(p, ["/models/dump.sql"]);
         let blob = file("a.bin", 0).content[0].to_hex();
-        let q = Query {
-            blobs: vec![blob[..8].to_string()],
-            ..Query::default()
-        };
-        let (p, _) = paths(&t, root, &q, &mut Seen::default());
-        assert_eq!(p, ["/models/a.bin"]);
-        let q = Query {
-            trees: vec![models.to_hex()[..10].to_string()],
-            ..Query::default()
-        };
+        for given in [&blob[..8], &blob[..]] {
+            let mut q = Query::default();
+            q.blobs.add(&given.to_ascii_uppercase());
+            let (p, _) = paths(&t, root, &q, &mut Seen::default());
+            assert_eq!(p, ["/models/a.bin"], "--blob {given}");
+        }
+        let mut q = Query::default();
+        q.trees.add(&models.to_hex()[..10]);
         let (p, _) = paths(&t, root, &q, &mut Seen::default());
         assert_eq!(p, ["/models"]);
     }

@@ -29,7 +29,7 @@ pub struct RestoreSize {
 }
 
 impl RestoreSize {
-    fn add(&mut self, o: &RestoreSize) {
+    pub fn add(&mut self, o: &RestoreSize) {
         self.files += o.files;
         self.dirs += o.dirs;
         self.others += o.others;

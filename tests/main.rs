@@ -32,5 +32,7 @@ mod sources;
 mod repair;
 // Tar archives: import-tar (plain, gzip, zstd; hostile and truncated archives) and export-tar.
 mod tar;
+// Reading snapshots without restoring them: diff, find and stats.
+mod inspect;
 // Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.
 mod realsources;

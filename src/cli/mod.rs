@@ -86,6 +86,12 @@ pub enum Command {
     Drill(commands::drill::DrillArgs),
     /// Write a file from a snapshot to stdout (a directory as tar)
     Dump(commands::dump::DumpArgs),
+    /// Show what changed between two snapshots
+    Diff(commands::diff::DiffArgs),
+    /// Find files and directories in snapshots by name, time, blob or pack
+    Find(commands::find::FindArgs),
+    /// Count what snapshots hold: restored size, or distinct stored data
+    Stats(commands::stats::StatsArgs),
     /// Import a tar, tar.gz or tar.zst archive as a snapshot of /NAME
     ImportTar(commands::import_tar::ImportTarArgs),
     /// Write a snapshot's directory as a tar archive (the inverse of import-tar)
@@ -123,6 +129,9 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
         Command::Dump(a) => commands::dump::run(g, a),
+        Command::Diff(a) => commands::diff::run(g, a),
+        Command::Find(a) => commands::find::run(g, a),
+        Command::Stats(a) => commands::stats::run(g, a),
         Command::ImportTar(a) => commands::import_tar::run(g, a),
         Command::ExportTar(a) => commands::export_tar::run(g, a),
         Command::Forget(a) => commands::forget::run(g, a),

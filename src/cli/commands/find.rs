@@ -1,0 +1,212 @@
+//! `coffer find [PATTERN...] [--snapshot ID] [--blob ID] [--tree ID] [--pack ID]`
+
+use crate::cli::commands::SnapshotFilter;
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::{Result, anyhow, bail};
+use clap::Args;
+use coffer::blob::BlobKind;
+use coffer::find::{self, Query, Seen};
+use coffer::id::PackId;
+use coffer::pattern::Pattern;
+use coffer::snapshot::tree::{Node, NodeKind};
+use coffer::units::parse_time;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct FindArgs {
+    /// Name patterns (`*.sql`, `config`) or path patterns (`/home/*/models`);
+    /// an entry matching any of them is listed
+    pub patterns: Vec<String>,
+    /// Search only this snapshot (id prefix or `latest`; repeatable)
+    #[arg(short, long = "snapshot", value_name = "ID")]
+    pub snapshots: Vec<String>,
+    /// Match patterns regardless of case
+    #[arg(short = 'i', long)]
+    pub ignore_case: bool,
+    /// Only entries modified at or after this time (YYYY-MM-DD[ HH:MM[:SS]], UTC)
+    #[arg(long, value_name = "TIME")]
+    pub oldest: Option<String>,
+    /// Only entries modified at or before this time
+    #[arg(long, value_name = "TIME")]
+    pub newest: Option<String>,
+    /// Files holding this content blob (id or prefix; repeatable)
+    #[arg(long = "blob", value_name = "ID")]
+    pub blobs: Vec<String>,
+    /// Directories stored as this tree (id or prefix; repeatable)
+    #[arg(long = "tree", value_name = "ID")]
+    pub trees: Vec<String>,
+    /// Entries whose data or tree is in this pack (id or prefix; repeatable)
+    #[arg(long = "pack", value_name = "ID")]
+    pub packs: Vec<String>,
+    /// Show mode, owner, size and modification time
+    #[arg(short, long)]
+    pub long: bool,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn long_line(path: &str, n: &Node) -> String {
+    let owner = |name: &str, id: u32| {
+        if name.is_empty() {
+            id.to_string()
+        } else {
+            name.to_string()
+        }
+    };
+    let mut line = format!(
+        "{} {:>8} {:>8} {:>12} {} {path}",
+        output::mode_string(n.kind.as_str(), n.mode),
+        owner(&n.user, n.uid),
+        owner(&n.group, n.gid),
+        n.size,
+        output::short_time_sec(n.mtime.sec),
+    );
+    if n.kind == NodeKind::Symlink {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(&n.link_target));
+    }
+    line
+}
+
+pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
+    let mut q = Query::default();
+    for p in &a.patterns {
+        q.patterns.push(Pattern::new(p.as_bytes(), a.ignore_case)?);
+    }
+    let time = |s: &Option<String>, flag: &str| -> Result<Option<i64>> {
+        s.as_deref()
+            .map(|t| parse_time(t).map_err(|e| anyhow!("--{flag}: {e}")))
+            .transpose()
+    };
+    q.newer_than = time(&a.oldest, "oldest")?;
+    q.older_than = time(&a.newest, "newest")?;
+    for (ids, flag, list) in [
+        (&a.blobs, "blob", &mut q.blobs),
+        (&a.trees, "tree", &mut q.trees),
+    ] {
+        for id in ids {
+            if !is_hex(id) {
+                bail!("--{flag} {id:?} is not a hex id or id prefix");
+            }
+            list.add(id);
+        }
+    }
+    if q.patterns.is_empty()
+        && q.blobs.is_empty()
+        && q.trees.is_empty()
+        && a.packs.is_empty()
+        && q.newer_than.is_none()
+        && q.older_than.is_none()
+    {
+        bail!("find needs a pattern, --oldest/--newest, --blob, --tree or --pack");
+    }
+    let repo = repo::open(g)?;
+    if !a.packs.is_empty() {
+        let idx = repo.index()?;
+        let packs = idx.packs()?;
+        for p in &a.packs {
+            let want = p.to_ascii_lowercase();
+            if !is_hex(&want) {
+                bail!("--pack {p:?} is not a hex id or id prefix");
+            }
+            let found: Vec<PackId> = packs
+                .iter()
+                .map(|(id, _)| *id)
+                .filter(|id| id.to_hex().starts_with(&want))
+                .collect();
+            let pack = match found.as_slice() {
+                [one] => *one,
+                [] => bail!(
+                    "no pack matches {p:?}: the index knows {} packs",
+                    packs.len()
+                ),
+                _ => bail!("{p:?} matches {} packs: give more digits", found.len()),
+            };
+            for e in idx.pack_entries(&pack)? {
+                match e.kind {
+                    BlobKind::Data => q.blobs.exact.insert(e.id),
+                    BlobKind::Tree => q.trees.exact.insert(e.id),
+                };
+            }
+        }
+    }
+    // Newest first: the copies a user most likely wants come first.
+    let mut snaps = a.filter.select(&repo, &a.snapshots)?;
+    snaps.reverse();
+    let mut seen = Seen::default();
+    let mut total = 0u64;
+    let mut in_snapshots = 0u64;
+    for (sid, snap) in &snaps {
+        let mut first = true;
+        let st = find::find(repo.as_ref(), &snap.tree, &q, &mut seen, |f| {
+            let path = String::from_utf8_lossy(f.path);
+            if g.json {
+                output::json(&serde_json::json!({
+                    "message_type": "match",
+                    "snapshot": sid.to_hex(),
+                    "path": path,
+                    "type": f.node.kind.as_str(),
+                    "size": f.node.size,
+                    "mode": f.node.mode,
+                    "mtime": output::rfc3339_time(f.node.mtime.sec, f.node.mtime.nsec),
+                    "id": f.id.map(|i| i.to_hex()),
+                }));
+                return Ok(());
+            }
+            if g.quiet {
+                return Ok(());
+            }
+            if first {
+                output::line(&format!(
+                    "Found matching entries in snapshot {} from {}",
+                    sid.short(),
+                    output::short_time(snap.time_ns)
+                ));
+                first = false;
+            }
+            let mut line = if a.long {
+                long_line(&path, f.node)
+            } else {
+                path.into_owned()
+            };
+            if let Some(id) = f.id {
+                line.push_str(&format!(
+                    "  ({} {})",
+                    if f.node.kind == NodeKind::Dir {
+                        "tree"
+                    } else {
+                        "blob"
+                    },
+                    id.short()
+                ));
+            }
+            output::line(&line);
+            Ok(())
+        })?;
+        if st.matches > 0 {
+            in_snapshots += 1;
+            if !g.json && !g.quiet {
+                output::line("");
+            }
+        }
+        total += st.matches;
+    }
+    if g.json {
+        output::json(&serde_json::json!({
+            "message_type": "summary",
+            "matches": total,
+            "snapshots_with_matches": in_snapshots,
+            "snapshots_searched": snaps.len(),
+        }));
+    } else if !g.quiet {
+        output::notice(&format!(
+            "{total} matches in {in_snapshots} of {} snapshots",
+            snaps.len()
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
