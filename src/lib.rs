@@ -8,6 +8,7 @@
 //! L5  archiver  restorer                         user files in and out
 //!     retention  check  repair  drill            forget/prune, verification
 //!     diff  find  stats                          reading snapshots
+//!     replicate                                  copy to another repository
 //! L4  repository                                 config, keys, blob store, snapshots
 //! L3  backend  index                             object store; SQLite index cache
 //! L2  pack  snapshot                             byte encodings of stored records
@@ -34,6 +35,7 @@ pub mod pack;
 pub mod pattern;
 pub mod progress;
 pub mod repair;
+pub mod replicate;
 pub mod repository;
 pub mod restorer;
 pub mod retention;

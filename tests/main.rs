@@ -32,6 +32,8 @@ mod sources;
 mod repair;
 // Tar archives: import-tar (plain, gzip, zstd; hostile and truncated archives) and export-tar.
 mod tar;
+// Offsite copies: init --from-repo, copy (incremental, killed, damaged source, refusals).
+mod replicate;
 // Reading snapshots without restoring them: diff, find and stats.
 mod inspect;
 // Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.

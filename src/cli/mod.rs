@@ -92,6 +92,8 @@ pub enum Command {
     Find(commands::find::FindArgs),
     /// Count what snapshots hold: restored size, or distinct stored data
     Stats(commands::stats::StatsArgs),
+    /// Copy snapshots from another repository (--from-repo) into this one
+    Copy(commands::copy::CopyArgs),
     /// Import a tar, tar.gz or tar.zst archive as a snapshot of /NAME
     ImportTar(commands::import_tar::ImportTarArgs),
     /// Write a snapshot's directory as a tar archive (the inverse of import-tar)
@@ -132,6 +134,7 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Diff(a) => commands::diff::run(g, a),
         Command::Find(a) => commands::find::run(g, a),
         Command::Stats(a) => commands::stats::run(g, a),
+        Command::Copy(a) => commands::copy::run(g, a),
         Command::ImportTar(a) => commands::import_tar::run(g, a),
         Command::ExportTar(a) => commands::export_tar::run(g, a),
         Command::Forget(a) => commands::forget::run(g, a),

@@ -85,13 +85,37 @@ fn strip_newline(mut s: Vec<u8>) -> Vec<u8> {
     s
 }
 
+/// Where the secret of one repository comes from: the global options, or
+/// `copy`'s and `init`'s `--from-*` options for a second repository.
+pub struct SecretOpts<'a> {
+    pub password_env: &'static str,
+    pub password_file: Option<&'a Path>,
+    pub password_command: Option<&'a str>,
+    pub key_file: Option<&'a Path>,
+}
+
+impl GlobalOpts {
+    pub fn secret_opts(&self) -> SecretOpts<'_> {
+        SecretOpts {
+            password_env: "COFFER_PASSWORD",
+            password_file: self.password_file.as_deref(),
+            password_command: self.password_command.as_deref(),
+            key_file: self.key_file.as_deref(),
+        }
+    }
+}
+
 /// A password from the environment, a file or a command, if one is configured.
 pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>> {
-    if let Some(p) = std::env::var_os("COFFER_PASSWORD") {
+    configured_password_from(&g.secret_opts())
+}
+
+fn configured_password_from(o: &SecretOpts) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    if let Some(p) = std::env::var_os(o.password_env) {
         use std::os::unix::ffi::OsStrExt;
         return Ok(Some(Zeroizing::new(p.as_bytes().to_vec())));
     }
-    if let Some(f) = &g.password_file {
+    if let Some(f) = o.password_file {
         let data = std::fs::read(f)
             .with_context(|| format!("cannot read password file {}", f.display()))?;
         let first = data.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
@@ -101,7 +125,7 @@ pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>>
         }
         return Ok(Some(Zeroizing::new(first)));
     }
-    if let Some(cmd) = &g.password_command {
+    if let Some(cmd) = o.password_command {
         let out = std::process::Command::new("sh")
             .arg("-c")
             .arg(cmd)
@@ -133,11 +157,11 @@ pub fn interactive() -> bool {
 }
 
 /// The secret for an existing repository.
-pub fn secret(g: &GlobalOpts, is_default: bool, repo_path: &Path) -> Result<Secret> {
-    if let Some(k) = &g.key_file {
+pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secret> {
+    if let Some(k) = o.key_file {
         return Ok(Secret::KeyFile(read_key_file(k)?));
     }
-    if let Some(p) = configured_password(g)? {
+    if let Some(p) = configured_password_from(o)? {
         return Ok(Secret::Passphrase(p));
     }
     if is_default {
@@ -152,8 +176,14 @@ pub fn secret(g: &GlobalOpts, is_default: bool, repo_path: &Path) -> Result<Secr
             repo_path.display()
         ))?));
     }
+    let env = o.password_env;
+    let flags = if env == "COFFER_PASSWORD" {
+        "--password-file, --password-command or --key-file"
+    } else {
+        "--from-password-file, --from-password-command or --from-key-file"
+    };
     bail!(
-        "no password for repository {}: set COFFER_PASSWORD, --password-file, --password-command or --key-file",
+        "no password for repository {}: set {env}, {flags}",
         repo_path.display()
     )
 }
@@ -161,6 +191,18 @@ pub fn secret(g: &GlobalOpts, is_default: bool, repo_path: &Path) -> Result<Secr
 /// Open the repository the options name.
 pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (path, is_default) = location(g)?;
+    let repo = open_at(&path, is_default, &g.secret_opts(), cache_root(g))?;
+    let _ = OPENED.set(repo.clone());
+    Ok(repo)
+}
+
+/// Open the repository at `path` with the secret `o` describes.
+pub fn open_at(
+    path: &Path,
+    is_default: bool,
+    o: &SecretOpts,
+    cache: Option<PathBuf>,
+) -> Result<Arc<Repository>> {
     if !path.join("config").exists() {
         if is_default {
             bail!(
@@ -179,13 +221,13 @@ pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
             path.display()
         );
     }
-    let backend = Arc::new(LocalBackend::open(&path));
+    let backend = Arc::new(LocalBackend::open(path));
     // The format version is checked before a password is asked for.
     Repository::check_format(backend.as_ref())?;
-    let secret = secret(g, is_default, &path)?;
-    let repo = Arc::new(Repository::open(backend, &secret)?.with_cache_dir(cache_root(g)));
-    let _ = OPENED.set(repo.clone());
-    Ok(repo)
+    let secret = secret(o, is_default, path)?;
+    Ok(Arc::new(
+        Repository::open(backend, &secret)?.with_cache_dir(cache),
+    ))
 }
 
 /// Lock timeouts: the defaults, or `COFFER_LOCK_STALE_SECS` (for tests and

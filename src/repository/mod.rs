@@ -100,8 +100,24 @@ impl Repository {
     pub fn init(
         backend: Arc<dyn Backend>,
         secret: InitSecret,
+        config: Config,
+        kdf: KdfParams,
+    ) -> Result<Repository> {
+        Self::init_related(backend, secret, config, kdf, None)
+    }
+
+    /// [`Repository::init`], sharing `related`'s master key when given: the
+    /// new repository then names blobs and cuts chunks exactly as `related`
+    /// does, so `copy` between the two moves only the blobs the destination
+    /// lacks and backups into either deduplicate alike. Objects still cannot
+    /// move between them unnoticed: the repository id, which differs, is in
+    /// every object's associated data (repo-format/SECURITY.md).
+    pub fn init_related(
+        backend: Arc<dyn Backend>,
+        secret: InitSecret,
         mut config: Config,
         kdf: KdfParams,
+        related: Option<&Repository>,
     ) -> Result<Repository> {
         config.validate().map_err(Error::Usage)?;
         match backend.get(FileKind::Config, "config") {
@@ -126,7 +142,10 @@ impl Repository {
             InitSecret::KeyFile(kf) => kf.repo,
             InitSecret::Passphrase(_) => new_repo_id(),
         };
-        let master = MasterKey::generate();
+        let master = match related {
+            Some(r) => r.master.clone(),
+            None => MasterKey::generate(),
+        };
         let keys = KeySet::derive(&master);
         let unlock = match &secret {
             InitSecret::Passphrase(p) => Unlock::Passphrase(p),
@@ -225,6 +244,14 @@ impl Repository {
     pub fn config(&self) -> &Config {
         &self.config
     }
+    /// Does `other` name blobs as this repository does (same master key,
+    /// from `init --from-repo`)? Then a blob id means the same in both.
+    pub fn shares_ids_with(&self, other: &Repository) -> bool {
+        let probe = b"coffer: do these repositories name blobs alike?";
+        self.keys.blob_id(probe) == other.keys.blob_id(probe)
+            && self.keys.chunker_seed() == other.keys.chunker_seed()
+    }
+
     pub fn keys(&self) -> &KeySet {
         &self.keys
     }

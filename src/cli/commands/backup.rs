@@ -205,6 +205,7 @@ pub(super) fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
             &repo_path,
             &repo::default_key_file()?,
             Config::default(),
+            None,
             g.quiet,
         )?;
     }

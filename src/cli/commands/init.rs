@@ -31,6 +31,11 @@ pub struct InitArgs {
     /// Largest chunk (e.g. 4M)
     #[arg(long, default_value = "4M")]
     pub chunk_max: String,
+    /// Share this repository's key (`--from-repo DIR`), so that `copy` from
+    /// it moves only missing blobs and backups into both deduplicate alike;
+    /// the chunk sizes are taken from it too
+    #[command(flatten)]
+    pub from: super::FromRepo,
 }
 
 fn config_from(a: &InitArgs) -> Result<Config> {
@@ -79,6 +84,7 @@ pub fn create_with_key_file(
     repo_path: &Path,
     key_path: &Path,
     config: Config,
+    related: Option<&Repository>,
     quiet: bool,
 ) -> Result<Repository> {
     if key_path.exists() {
@@ -91,11 +97,12 @@ pub fn create_with_key_file(
     let kf = KeyFileSecret::generate(new_repo_id());
     write_key_file(key_path, &kf)?;
     let created = LocalBackend::create(repo_path).and_then(|b| {
-        Repository::init(
+        Repository::init_related(
             Arc::new(b),
             InitSecret::KeyFile(kf),
             config,
             KdfParams::default(),
+            related,
         )
     });
     let repo = match created {
@@ -120,35 +127,44 @@ fn init_with_password(
     path: &Path,
     pw: zeroize::Zeroizing<Vec<u8>>,
     config: Config,
+    related: Option<&Repository>,
 ) -> Result<Repository> {
     let b = LocalBackend::create(path)?;
-    Ok(Repository::init(
+    Ok(Repository::init_related(
         Arc::new(b),
         InitSecret::Passphrase(pw),
         config,
         KdfParams::default(),
+        related,
     )?)
 }
 
 pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
-    let config = config_from(a)?;
+    let mut config = config_from(a)?;
     let (path, is_default) = repo::location(g)?;
     if path.join("config").exists() {
         bail!("{} already holds a repository", path.display());
     }
+    let related = a.from.open(g)?;
+    if let Some(r) = &related {
+        // The same cuts as the source, or its data and new backups would
+        // not deduplicate against each other.
+        config.chunker = r.config().chunker;
+    }
+    let related = related.as_deref();
     let repo = if let Some(kp) = &g.key_file {
-        create_with_key_file(&path, kp, config, g.quiet)?
+        create_with_key_file(&path, kp, config, related, g.quiet)?
     } else if let Some(pw) = repo::configured_password(g)? {
-        init_with_password(&path, pw, config)?
+        init_with_password(&path, pw, config, related)?
     } else if is_default {
-        create_with_key_file(&path, &repo::default_key_file()?, config, g.quiet)?
+        create_with_key_file(&path, &repo::default_key_file()?, config, related, g.quiet)?
     } else if repo::interactive() {
         let pw = repo::prompt("enter a password for the new repository: ")?;
         let again = repo::prompt("enter the password again: ")?;
         if pw != again {
             bail!("the passwords do not match; nothing was created");
         }
-        init_with_password(&path, pw, config)?
+        init_with_password(&path, pw, config, related)?
     } else {
         bail!(
             "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"
@@ -166,6 +182,13 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
             repo.id().short(),
             path.display()
         ));
+        if let Some(r) = related {
+            output::line(&format!(
+                "it shares the key of repository {} ({}): `coffer copy --from-repo` moves only what it lacks",
+                r.id().short(),
+                r.backend().location()
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -263,7 +263,7 @@ fn open_owned(g: &GlobalOpts) -> Result<Repository> {
     }
     let backend = Arc::new(LocalBackend::open(&path));
     Repository::check_format(backend.as_ref())?;
-    let secret = repo::secret(g, is_default, &path)?;
+    let secret = repo::secret(&g.secret_opts(), is_default, &path)?;
     Ok(Repository::open(backend, &secret)?)
 }
 

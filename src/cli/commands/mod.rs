@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod cat;
 pub mod check;
+pub mod copy;
 pub mod diff;
 pub mod drill;
 pub mod dump;
@@ -20,11 +21,54 @@ pub mod snapshots;
 pub mod stats;
 pub mod unlock;
 
+use crate::cli::{GlobalOpts, repo};
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::id::SnapshotId;
 use coffer::repository::Repository;
 use coffer::snapshot::Snapshot;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A second repository to read from (`copy`, `init --from-repo`), with its
+/// own secret: `COFFER_FROM_PASSWORD` or one of these options.
+#[derive(Args, Debug, Default, Clone)]
+pub struct FromRepo {
+    /// The repository to read from
+    #[arg(long, env = "COFFER_FROM_REPOSITORY", value_name = "DIR")]
+    pub from_repo: Option<PathBuf>,
+    /// Read its password from a file (first line)
+    #[arg(long, env = "COFFER_FROM_PASSWORD_FILE", value_name = "FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Run a shell command and use its output as its password
+    #[arg(long, env = "COFFER_FROM_PASSWORD_COMMAND", value_name = "CMD")]
+    pub from_password_command: Option<String>,
+    /// Open it with a key file
+    #[arg(long, env = "COFFER_FROM_KEY_FILE", value_name = "FILE")]
+    pub from_key_file: Option<PathBuf>,
+}
+
+impl FromRepo {
+    /// Open the source repository, if one is named. Its index cache goes
+    /// beside the destination's (each under its own repository id).
+    pub fn open(&self, g: &GlobalOpts) -> Result<Option<Arc<Repository>>> {
+        let Some(path) = self
+            .from_repo
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        else {
+            return Ok(None);
+        };
+        let is_default = repo::default_repo_path().is_ok_and(|d| &d == path);
+        let opts = repo::SecretOpts {
+            password_env: "COFFER_FROM_PASSWORD",
+            password_file: self.from_password_file.as_deref(),
+            password_command: self.from_password_command.as_deref(),
+            key_file: self.from_key_file.as_deref(),
+        };
+        repo::open_at(path, is_default, &opts, repo::cache_root(g)).map(Some)
+    }
+}
 
 /// Which snapshots a command reads, as restic selects them.
 #[derive(Args, Debug, Default, Clone)]

@@ -1,0 +1,86 @@
+//! `coffer copy --from-repo SRC [SNAPSHOT...]`: copy snapshots from SRC
+//! into the repository of `--repo` (restic's direction).
+
+use crate::cli::commands::{FromRepo, SnapshotFilter};
+use crate::cli::{GlobalOpts, output, repo};
+use anyhow::{Result, bail};
+use clap::Args;
+use coffer::replicate::{self, CopyOutcome};
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Snapshots to copy (id prefixes or `latest`); without them, every
+    /// snapshot of the source the filters admit
+    pub snapshots: Vec<String>,
+    #[command(flatten)]
+    pub from: FromRepo,
+    #[command(flatten)]
+    pub filter: SnapshotFilter,
+}
+
+pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
+    let Some(src) = a.from.open(g)? else {
+        bail!(
+            "copy needs the repository to copy from: give --from-repo DIR (or COFFER_FROM_REPOSITORY)"
+        );
+    };
+    let dst = repo::open(g)?;
+    // Shared locks: a prune of either side must not delete what is being
+    // copied; the source gets nothing else written.
+    let _src_lock = src.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _dst_lock = dst.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let snaps = a.filter.select(&src, &a.snapshots)?;
+    let report = |o: &CopyOutcome| {
+        if g.json {
+            output::json(&serde_json::json!({
+                "message_type": "snapshot",
+                "source": o.source.to_hex(),
+                "destination": o.destination.to_hex(),
+                "copied": o.copied,
+                "trees_read": o.stats.trees_read,
+                "trees_skipped": o.stats.trees_skipped,
+                "trees_copied": o.stats.trees_copied,
+                "blobs_copied": o.stats.blobs_copied,
+                "bytes_copied": o.stats.bytes_copied,
+                "bytes_added": o.stats.bytes_added,
+            }));
+            return;
+        }
+        if g.quiet {
+            return;
+        }
+        if o.copied {
+            output::line(&format!(
+                "snapshot {} copied as {}: {} blobs, {} ({} stored)",
+                o.source.short(),
+                o.destination.short(),
+                o.stats.blobs_copied + o.stats.trees_copied,
+                output::bytes(o.stats.bytes_copied),
+                output::bytes(o.stats.bytes_added),
+            ));
+        } else {
+            output::line(&format!(
+                "snapshot {} is already in the destination as {}",
+                o.source.short(),
+                o.destination.short()
+            ));
+        }
+    };
+    let done = replicate::copy_snapshots(&src, &dst, &snaps, report)?;
+    let copied = done.iter().filter(|o| o.copied).count();
+    if g.json {
+        output::json(&serde_json::json!({
+            "message_type": "summary",
+            "snapshots_copied": copied,
+            "snapshots_present": done.len() - copied,
+            "bytes_added": done.iter().map(|o| o.stats.bytes_added).sum::<u64>(),
+        }));
+    } else if !g.quiet {
+        output::notice(&format!(
+            "{copied} snapshots copied, {} already present",
+            done.len() - copied
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}

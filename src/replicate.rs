@@ -1,0 +1,317 @@
+//! Copying snapshots into another repository: the offsite replica.
+//!
+//! Both repositories must name blobs alike, which they do when the
+//! destination was made with `init --from-repo` (it shares the source's
+//! master key, so the same ids and chunk cuts; objects are still sealed
+//! with each repository's own id in their associated data, so every blob
+//! is opened, verified and sealed again on the way). Between repositories
+//! with unrelated keys the same data has other ids in each; copy refuses
+//! those with a message rather than re-chunk or mix the two.
+//!
+//! Per snapshot, in time order: walk its trees in the source, depth first;
+//! copy the content blobs the destination lacks; store each tree after
+//! everything below it; make it all durable ([`BlobStore::finish`]); write
+//! the snapshot last (DESIGN.md invariant 5). A copy that dies leaves only
+//! packs nothing references, which the next run adopts instead of copying
+//! again. A snapshot already in the destination (same time, host, user,
+//! paths, tags and tree) is skipped, so a rerun copies only what is new.
+//!
+//! The walk skips a subtree the destination is known to hold completely:
+//! one already copied in this run, or one that the newest snapshot of the
+//! same host and paths in the destination has at the same path, when that
+//! snapshot carries the index's "complete" mark. A nightly copy therefore
+//! reads only the trees along the paths that changed. A tree that merely
+//! exists in the destination is not trusted that way: an interrupted copy
+//! can leave a tree indexed whose content packs never were.
+//!
+//! The source is only read (a shared lock aside, which the caller takes).
+
+use crate::blob::{BlobKind, BlobSink, BlobSource};
+use crate::error::{Error, Result};
+use crate::id::{BlobId, SnapshotId};
+use crate::repository::Repository;
+use crate::repository::blob_store::BlobStore;
+use crate::snapshot::Snapshot;
+use crate::snapshot::tree::{NodeKind, Tree};
+use crate::snapshot::walk::load_tree;
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Content blobs read and stored at once: bounds the plaintexts in memory
+/// (each at most one maximal chunk) while every core seals.
+const BLOB_BATCH: usize = 16;
+/// Content ids looked up in the destination's index at once.
+const LOOKUP_BATCH: usize = 4096;
+
+/// What happened to one source snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyOutcome {
+    pub source: SnapshotId,
+    /// Its id in the destination: the new copy, or the copy found there.
+    pub destination: SnapshotId,
+    /// False when the destination already held it.
+    pub copied: bool,
+    pub stats: CopyStats,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    pub trees_read: u64,
+    /// Subtrees not walked: the destination holds them completely.
+    pub trees_skipped: u64,
+    pub trees_copied: u64,
+    pub blobs_copied: u64,
+    /// Plaintext bytes of the content blobs copied.
+    pub bytes_copied: u64,
+    /// Bytes the destination grew by (compressed and encrypted).
+    pub bytes_added: u64,
+}
+
+/// The same backup in both repositories? Everything but the parent,
+/// which names a snapshot of the repository it is in.
+pub fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
+    a.time_ns == b.time_ns
+        && a.tree == b.tree
+        && a.hostname == b.hostname
+        && a.username == b.username
+        && a.uid == b.uid
+        && a.gid == b.gid
+        && a.paths == b.paths
+        && a.tags == b.tags
+}
+
+/// Trees this run has copied or found complete. Bounded: past
+/// [`Done::LIMIT`] it starts over, which costs only speed.
+#[derive(Default)]
+struct Done(HashSet<BlobId>);
+
+impl Done {
+    const LIMIT: usize = 2_000_000;
+
+    fn insert(&mut self, id: BlobId) {
+        if self.0.len() >= Self::LIMIT {
+            self.0.clear();
+        }
+        self.0.insert(id);
+    }
+}
+
+/// Copy `snaps` (of `src`) into `dst`, oldest first, calling `done` after
+/// each. Stops at the first error; the snapshots copied before it stay.
+pub fn copy_snapshots(
+    src: &Repository,
+    dst: &Arc<Repository>,
+    snaps: &[(SnapshotId, Snapshot)],
+    mut done: impl FnMut(&CopyOutcome),
+) -> Result<Vec<CopyOutcome>> {
+    if src.id() == dst.id() {
+        return Err(Error::Usage(
+            "the source and the destination are the same repository".into(),
+        ));
+    }
+    if !src.shares_ids_with(dst) {
+        return Err(Error::Usage(format!(
+            "repositories {} and {} do not share keys, so the same data has other blob ids in each: copy moves blobs by id. Make the destination with `coffer init --from-repo` (it takes the source's key) and copy into that",
+            src.backend().location(),
+            dst.backend().location()
+        )));
+    }
+    src.index()?;
+    let mut order: Vec<&(SnapshotId, Snapshot)> = snaps.iter().collect();
+    order.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
+    let mut existing = dst.list_snapshots()?;
+    let mut trees_done = Done::default();
+    let mut out = Vec::new();
+    for (sid, snap) in order {
+        if let Some((did, _)) = existing.iter().find(|(_, d)| same_snapshot(snap, d)) {
+            let o = CopyOutcome {
+                source: *sid,
+                destination: *did,
+                copied: false,
+                stats: CopyStats::default(),
+            };
+            done(&o);
+            out.push(o);
+            continue;
+        }
+        let reference = complete_reference(dst, &existing, snap);
+        let store = BlobStore::new(dst.clone())?;
+        let mut stats = CopyStats::default();
+        copy_tree(
+            src,
+            dst,
+            &store,
+            snap.tree,
+            reference,
+            &mut trees_done,
+            &mut stats,
+        )?;
+        store.finish()?;
+        // The parent, where the destination holds a copy of it.
+        let parent = snap.parent.and_then(|p| {
+            let orig = match snaps.iter().find(|(id, _)| *id == p) {
+                Some((_, s)) => s.clone(),
+                None => src.load_snapshot(&p).ok()?,
+            };
+            existing
+                .iter()
+                .find(|(_, d)| same_snapshot(&orig, d))
+                .map(|(id, _)| *id)
+        });
+        let copy = Snapshot {
+            parent,
+            ..snap.clone()
+        };
+        let did = dst.save_snapshot(&copy)?;
+        // Every blob it names is indexed now; only a hint for later runs.
+        let _ = dst.index().and_then(|i| i.mark_complete(&did));
+        existing.push((did, copy));
+        let o = CopyOutcome {
+            source: *sid,
+            destination: did,
+            copied: true,
+            stats,
+        };
+        done(&o);
+        out.push(o);
+    }
+    Ok(out)
+}
+
+/// The root of the newest destination snapshot of the same host and paths
+/// whose blobs the index vouches for, if any.
+fn complete_reference(
+    dst: &Repository,
+    existing: &[(SnapshotId, Snapshot)],
+    snap: &Snapshot,
+) -> Option<BlobId> {
+    let idx = dst.index().ok()?;
+    existing
+        .iter()
+        .filter(|(_, d)| d.hostname == snap.hostname && d.paths == snap.paths)
+        .filter(|(id, _)| idx.is_complete(id).unwrap_or(false))
+        .max_by_key(|(_, d)| d.time_ns)
+        .map(|(_, d)| d.tree)
+}
+
+struct Frame {
+    id: BlobId,
+    tree: Tree,
+    /// The destination's tree at the same path, known complete.
+    reference: Option<Tree>,
+    next: usize,
+}
+
+/// Copy the tree `root` and everything below it that the destination lacks.
+fn copy_tree(
+    src: &Repository,
+    dst: &Repository,
+    store: &BlobStore,
+    root: BlobId,
+    reference: Option<BlobId>,
+    trees_done: &mut Done,
+    stats: &mut CopyStats,
+) -> Result<()> {
+    if reference == Some(root) || trees_done.0.contains(&root) {
+        stats.trees_skipped += 1;
+        return Ok(());
+    }
+    let mut stack = vec![open_frame(src, dst, store, root, reference, stats)?];
+    while let Some(top) = stack.last_mut() {
+        if let Some(n) = top.tree.nodes.get(top.next) {
+            top.next += 1;
+            let Some(sub) = n.subtree.filter(|_| n.kind == NodeKind::Dir) else {
+                continue;
+            };
+            let ref_sub = top
+                .reference
+                .as_ref()
+                .and_then(|r| r.find(&n.name))
+                .filter(|r| r.kind == NodeKind::Dir)
+                .and_then(|r| r.subtree);
+            if ref_sub == Some(sub) || trees_done.0.contains(&sub) {
+                stats.trees_skipped += 1;
+                continue;
+            }
+            let frame = open_frame(src, dst, store, sub, ref_sub, stats)?;
+            stack.push(frame);
+            continue;
+        }
+        let f = stack.pop().unwrap_or_else(|| unreachable!());
+        // Everything below is stored or queued: now the tree itself.
+        if !store.has_blob(&f.id)? {
+            let bytes = f.tree.encode();
+            if store.blob_id(&bytes) != f.id {
+                return Err(Error::corrupt(
+                    format!("tree {}", f.id),
+                    "it does not encode back to the bytes its id names",
+                ));
+            }
+            stats.bytes_added += store.store_blob(BlobKind::Tree, f.id, &bytes)?;
+            stats.trees_copied += 1;
+        }
+        trees_done.insert(f.id);
+    }
+    Ok(())
+}
+
+/// Read one source tree and copy the content blobs of its files that the
+/// destination lacks (files unchanged against the reference are skipped).
+fn open_frame(
+    src: &Repository,
+    dst: &Repository,
+    store: &BlobStore,
+    id: BlobId,
+    reference: Option<BlobId>,
+    stats: &mut CopyStats,
+) -> Result<Frame> {
+    let tree = load_tree(src, &id)?;
+    stats.trees_read += 1;
+    // Unreadable in the destination: no reference, so nothing is skipped.
+    let reference = reference.and_then(|r| load_tree(dst, &r).ok());
+    let mut ids: Vec<BlobId> = tree
+        .nodes
+        .iter()
+        .filter(|n| !n.content.is_empty())
+        .filter(|n| {
+            let same = reference
+                .as_ref()
+                .and_then(|r| r.find(&n.name))
+                .is_some_and(|r| r.content == n.content);
+            !same
+        })
+        .flat_map(|n| n.content.iter().copied())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    for part in ids.chunks(LOOKUP_BATCH) {
+        let known = store.known_blobs(part)?;
+        let missing: Vec<BlobId> = part
+            .iter()
+            .filter(|i| !known.contains(i))
+            .copied()
+            .collect();
+        for batch in missing.chunks(BLOB_BATCH) {
+            let copied: Vec<(u64, u64)> = batch
+                .par_iter()
+                .map(|id| {
+                    let data = src.read_blob(BlobKind::Data, id)?;
+                    let added = store.store_blob(BlobKind::Data, *id, &data)?;
+                    Ok((data.len() as u64, added))
+                })
+                .collect::<Result<_>>()?;
+            for (raw, added) in copied {
+                stats.blobs_copied += 1;
+                stats.bytes_copied += raw;
+                stats.bytes_added += added;
+            }
+        }
+    }
+    Ok(Frame {
+        id,
+        tree,
+        reference,
+        next: 0,
+    })
+}
