@@ -1,12 +1,18 @@
 //! Copying snapshots into another repository: the offsite replica.
 //!
-//! Both repositories must name blobs alike, which they do when the
-//! destination was made with `init --from-repo` (it shares the source's
-//! master key, so the same ids and chunk cuts; objects are still sealed
-//! with each repository's own id in their associated data, so every blob
-//! is opened, verified and sealed again on the way). Between repositories
-//! with unrelated keys the same data has other ids in each; copy refuses
-//! those with a message rather than re-chunk or mix the two.
+//! Two cases, told apart by [`Repository::shares_ids_with`]:
+//! - **Related** (the destination was made with `init --from-repo`, which
+//!   shares the source's master key): the same data has the same ids and
+//!   chunk cuts in both, so blobs and trees move unchanged, by id, and only
+//!   those the destination lacks. Each is still opened and verified in the
+//!   source and sealed anew: the repository id is in every object's
+//!   associated data.
+//! - **Unrelated** keys: the same plaintext has another id in the
+//!   destination. Every content blob of a copied snapshot is read to learn
+//!   its destination id (stored only when missing there), and every tree is
+//!   rewritten with the new ids. The chunk cuts stay the source's, so later
+//!   backups into the destination do not deduplicate against the copies
+//!   (restic has the same limit without `--copy-chunker-params`).
 //!
 //! Per snapshot, in time order: walk its trees in the source, depth first;
 //! copy the content blobs the destination lacks; store each tree after
@@ -16,7 +22,8 @@
 //! again. A snapshot already in the destination (same time, host, user,
 //! paths, tags and tree) is skipped, so a rerun copies only what is new.
 //!
-//! The walk skips a subtree the destination is known to hold completely:
+//! Between related repositories the walk skips a subtree the destination
+//! is known to hold completely:
 //! one already copied in this run, or one that the newest snapshot of the
 //! same host and paths in the destination has at the same path, when that
 //! snapshot carries the index's "complete" mark. A nightly copy therefore
@@ -35,7 +42,7 @@ use crate::snapshot::Snapshot;
 use crate::snapshot::tree::{NodeKind, Tree};
 use crate::snapshot::walk::load_tree;
 use rayon::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Content blobs read and stored at once: bounds the plaintexts in memory
@@ -69,10 +76,11 @@ pub struct CopyStats {
 }
 
 /// The same backup in both repositories? Everything but the parent,
-/// which names a snapshot of the repository it is in.
-pub fn same_snapshot(a: &Snapshot, b: &Snapshot) -> bool {
+/// which names a snapshot of the repository it is in, and, between
+/// unrelated repositories (`same_ids` false), the tree, whose id differs.
+pub fn same_snapshot(a: &Snapshot, b: &Snapshot, same_ids: bool) -> bool {
     a.time_ns == b.time_ns
-        && a.tree == b.tree
+        && (a.tree == b.tree || !same_ids)
         && a.hostname == b.hostname
         && a.username == b.username
         && a.uid == b.uid
@@ -110,21 +118,19 @@ pub fn copy_snapshots(
             "the source and the destination are the same repository".into(),
         ));
     }
-    if !src.shares_ids_with(dst) {
-        return Err(Error::Usage(format!(
-            "repositories {} and {} do not share keys, so the same data has other blob ids in each: copy moves blobs by id. Make the destination with `coffer init --from-repo` (it takes the source's key) and copy into that",
-            src.backend().location(),
-            dst.backend().location()
-        )));
-    }
+    let same_ids = src.shares_ids_with(dst);
     src.index()?;
     let mut order: Vec<&(SnapshotId, Snapshot)> = snaps.iter().collect();
     order.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
     let mut existing = dst.list_snapshots()?;
     let mut trees_done = Done::default();
+    let mut rekey = Rekey::default();
     let mut out = Vec::new();
     for (sid, snap) in order {
-        if let Some((did, _)) = existing.iter().find(|(_, d)| same_snapshot(snap, d)) {
+        if let Some((did, _)) = existing
+            .iter()
+            .find(|(_, d)| same_snapshot(snap, d, same_ids))
+        {
             let o = CopyOutcome {
                 source: *sid,
                 destination: *did,
@@ -135,18 +141,23 @@ pub fn copy_snapshots(
             out.push(o);
             continue;
         }
-        let reference = complete_reference(dst, &existing, snap);
         let store = BlobStore::new(dst.clone())?;
         let mut stats = CopyStats::default();
-        copy_tree(
-            src,
-            dst,
-            &store,
-            snap.tree,
-            reference,
-            &mut trees_done,
-            &mut stats,
-        )?;
+        let tree = if same_ids {
+            let reference = complete_reference(dst, &existing, snap);
+            copy_tree(
+                src,
+                dst,
+                &store,
+                snap.tree,
+                reference,
+                &mut trees_done,
+                &mut stats,
+            )?;
+            snap.tree
+        } else {
+            copy_tree_rekeyed(src, &store, snap.tree, &mut rekey, &mut stats)?
+        };
         store.finish()?;
         // The parent, where the destination holds a copy of it.
         let parent = snap.parent.and_then(|p| {
@@ -156,11 +167,12 @@ pub fn copy_snapshots(
             };
             existing
                 .iter()
-                .find(|(_, d)| same_snapshot(&orig, d))
+                .find(|(_, d)| same_snapshot(&orig, d, same_ids))
                 .map(|(id, _)| *id)
         });
         let copy = Snapshot {
             parent,
+            tree,
             ..snap.clone()
         };
         let did = dst.save_snapshot(&copy)?;
@@ -314,4 +326,137 @@ fn open_frame(
         reference,
         next: 0,
     })
+}
+
+/// Source ids and the ids the same plaintext has in an unrelated
+/// destination, learnt during one run. Bounded like [`Done`]: forgetting
+/// costs a re-read, never a wrong id (each is a pure function of content).
+#[derive(Default)]
+struct Rekey {
+    blobs: HashMap<BlobId, BlobId>,
+    trees: HashMap<BlobId, BlobId>,
+}
+
+impl Rekey {
+    const LIMIT: usize = 2_000_000;
+
+    fn remember(map: &mut HashMap<BlobId, BlobId>, from: BlobId, to: BlobId) {
+        if map.len() >= Self::LIMIT {
+            map.clear();
+        }
+        map.insert(from, to);
+    }
+}
+
+/// Copy the tree `root` into a destination with unrelated keys, rewriting
+/// every id; returns the root's id there. Depth first, one tree per level.
+fn copy_tree_rekeyed(
+    src: &Repository,
+    store: &BlobStore,
+    root: BlobId,
+    rekey: &mut Rekey,
+    stats: &mut CopyStats,
+) -> Result<BlobId> {
+    struct Frame {
+        id: BlobId,
+        /// The source tree, its ids rewritten as they become known.
+        tree: Tree,
+        next: usize,
+    }
+    if let Some(t) = rekey.trees.get(&root) {
+        stats.trees_skipped += 1;
+        return Ok(*t);
+    }
+    let open = |id: BlobId, rekey: &mut Rekey, stats: &mut CopyStats| -> Result<Frame> {
+        let mut tree = load_tree(src, &id)?;
+        stats.trees_read += 1;
+        rekey_content(src, store, &mut tree, rekey, stats)?;
+        Ok(Frame { id, tree, next: 0 })
+    };
+    let mut stack = vec![open(root, rekey, stats)?];
+    loop {
+        let Some(top) = stack.last_mut() else {
+            unreachable!("the root frame returns below")
+        };
+        if let Some(n) = top.tree.nodes.get_mut(top.next) {
+            top.next += 1;
+            let Some(sub) = n.subtree.filter(|_| n.kind == NodeKind::Dir) else {
+                continue;
+            };
+            if let Some(t) = rekey.trees.get(&sub) {
+                n.subtree = Some(*t);
+                stats.trees_skipped += 1;
+                continue;
+            }
+            let frame = open(sub, rekey, stats)?;
+            stack.push(frame);
+            continue;
+        }
+        let f = stack.pop().unwrap_or_else(|| unreachable!());
+        let bytes = f.tree.encode();
+        let new_id = store.blob_id(&bytes);
+        let added = store.store_blob(BlobKind::Tree, new_id, &bytes)?;
+        if added > 0 {
+            stats.trees_copied += 1;
+            stats.bytes_added += added;
+        }
+        Rekey::remember(&mut rekey.trees, f.id, new_id);
+        match stack.last_mut() {
+            Some(parent) => parent.tree.nodes[parent.next - 1].subtree = Some(new_id),
+            None => return Ok(new_id),
+        }
+    }
+}
+
+/// Give every file of `tree` its content ids in the destination, storing
+/// the blobs it lacks.
+fn rekey_content(
+    src: &Repository,
+    store: &BlobStore,
+    tree: &mut Tree,
+    rekey: &mut Rekey,
+    stats: &mut CopyStats,
+) -> Result<()> {
+    let mut todo: Vec<BlobId> = tree
+        .nodes
+        .iter()
+        .flat_map(|n| n.content.iter().copied())
+        .filter(|id| !rekey.blobs.contains_key(id))
+        .collect();
+    todo.sort_unstable();
+    todo.dedup();
+    let mut learnt: HashMap<BlobId, BlobId> = HashMap::new();
+    for batch in todo.chunks(BLOB_BATCH) {
+        let done: Vec<(BlobId, BlobId, u64, u64)> = batch
+            .par_iter()
+            .map(|id| {
+                let data = src.read_blob(BlobKind::Data, id)?;
+                let new_id = store.blob_id(&data);
+                let added = store.store_blob(BlobKind::Data, new_id, &data)?;
+                Ok((*id, new_id, data.len() as u64, added))
+            })
+            .collect::<Result<_>>()?;
+        for (old, new, raw, added) in done {
+            if added > 0 {
+                stats.blobs_copied += 1;
+                stats.bytes_copied += raw;
+                stats.bytes_added += added;
+            }
+            learnt.insert(old, new);
+        }
+    }
+    for n in &mut tree.nodes {
+        for id in &mut n.content {
+            let new = learnt
+                .get(id)
+                .or_else(|| rekey.blobs.get(id))
+                .copied()
+                .ok_or_else(|| Error::BlobMissing { id: id.to_hex() })?;
+            *id = new;
+        }
+    }
+    for (old, new) in learnt {
+        Rekey::remember(&mut rekey.blobs, old, new);
+    }
+    Ok(())
 }

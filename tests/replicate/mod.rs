@@ -4,7 +4,9 @@
 
 use crate::support::*;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 const MIB: usize = 1024 * 1024;
@@ -185,20 +187,54 @@ fn a_nightly_copy_moves_only_what_changed() {
     assert!(num(&s, "data_added") < 64 * 1024, "{s}");
 }
 
+/// RELIABILITY.md M2, M4: into a repository with its own key, every id
+/// is rewritten, and what restores is the same tree, names that are not
+/// UTF-8 and metadata included; a rerun finds the copies.
 #[test]
-fn unrelated_or_identical_repositories_are_refused_and_nothing_is_written() {
+fn copy_into_an_unrelated_repository_rewrites_every_id() {
     let env = Env::new();
-    source_with_two_snapshots(&env);
+    let t = source_with_two_snapshots(&env);
+    t.file(
+        OsStr::from_bytes(b"latin1-\xe9t\xe9.txt"),
+        b"not UTF-8 in its name\n",
+    );
+    t.symlink("odd-link", OsStr::from_bytes(b"target-\xff"));
+    env.backup_json(&[&t.root], &[]);
     dst(&env).arg("init").run().ok();
-    let before = fingerprint(&offsite(&env));
-    dst(&env)
+    let before = fingerprint(&env.repo);
+    let r = dst(&env)
         .args(["copy", "--from-repo"])
         .arg(&env.repo)
         .run()
-        .expect_code(1)
-        .stderr_has("do not share keys")
-        .stderr_has("init --from-repo");
-    assert_eq!(fingerprint(&offsite(&env)), before);
+        .ok()
+        .stderr_has("do not share keys");
+    assert!(r.stdout.contains("copied as"), "{}", r.stdout);
+    assert_eq!(fingerprint(&env.repo), before, "the source was written to");
+    let target = env.path("restored");
+    dst(&env)
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .run()
+        .ok();
+    compare_trees(&t.root, &restored(&target, &t.root));
+    let v = dst(&env)
+        .args(["--json", "check", "--read-data"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    // No source id made it into the destination: its trees name other ids.
+    let src_tree = env.coffer().args(["--json", "snapshots"]).run().ok().json()[2]["tree"].clone();
+    let dst_tree = dst(&env).args(["--json", "snapshots"]).run().ok().json()[2]["tree"].clone();
+    assert_ne!(src_tree, dst_tree);
+    let again = copy(&env, &[]);
+    assert_eq!(summary(&again)["snapshots_copied"], 0, "{again:?}");
+}
+
+#[test]
+fn the_same_repository_a_wrong_password_or_no_source_are_clear_errors() {
+    let env = Env::new();
+    source_with_two_snapshots(&env);
     env.coffer()
         .env("COFFER_FROM_PASSWORD", PASSWORD)
         .args(["copy", "--from-repo"])
@@ -206,6 +242,8 @@ fn unrelated_or_identical_repositories_are_refused_and_nothing_is_written() {
         .run()
         .expect_code(1)
         .stderr_has("same repository");
+    init_offsite(&env);
+    let before = fingerprint(&offsite(&env));
     // A wrong source password names the source.
     dst(&env)
         .env("COFFER_FROM_PASSWORD", "wrong")
@@ -219,6 +257,7 @@ fn unrelated_or_identical_repositories_are_refused_and_nothing_is_written() {
         .run()
         .expect_code(1)
         .stderr_has("--from-repo");
+    assert_eq!(fingerprint(&offsite(&env)), before);
 }
 
 /// RELIABILITY.md C1: killed after some packs were copied, the

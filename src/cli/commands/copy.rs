@@ -31,6 +31,11 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
     let _src_lock = src.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let _dst_lock = dst.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let snaps = a.filter.select(&src, &a.snapshots)?;
+    if !src.shares_ids_with(&dst) && !g.quiet {
+        output::notice(
+            "coffer: the two repositories do not share keys: every blob of the copied snapshots is read to learn its id in the destination, and backups into the destination will not deduplicate against the copies (a destination made with `coffer init --from-repo` avoids both)",
+        );
+    }
     let report = |o: &CopyOutcome| {
         if g.json {
             output::json(&serde_json::json!({
