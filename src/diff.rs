@@ -225,21 +225,12 @@ pub fn diff(
                         node: b,
                     })?;
                 }
+                // A kind change has a directory on one side at most: the
+                // walk below reports its entries as removed or added.
                 let sub = |n: &Node| (n.kind == NodeKind::Dir).then_some(n.subtree).flatten();
                 let (sa, sb) = (sub(a), sub(b));
                 if sa != sb {
-                    if a.kind != b.kind {
-                        // What was below the old entry is gone, what is
-                        // below the new one is new.
-                        if a.kind == NodeKind::Dir {
-                            count_below(source, sa, &mut stats, true, &path, &mut emit)?;
-                        }
-                        if b.kind == NodeKind::Dir {
-                            count_below(source, sb, &mut stats, false, &path, &mut emit)?;
-                        }
-                    } else {
-                        descend = Some((sa, sb));
-                    }
+                    descend = Some((sa, sb));
                 }
             }
             _ => unreachable!("the order matches the entries present"),
@@ -260,87 +251,11 @@ pub fn diff(
     Ok(stats)
 }
 
-/// Report everything below a directory that changed type as removed (or
-/// added): the same walk as [`diff`] against an empty tree.
-fn count_below(
-    source: &dyn BlobSource,
-    tree: Option<BlobId>,
-    stats: &mut DiffStats,
-    removed: bool,
-    path: &[u8],
-    emit: &mut impl FnMut(Change<'_>) -> Result<()>,
-) -> Result<()> {
-    let Some(tree) = tree else { return Ok(()) };
-    let mut stack = vec![(load(source, Some(tree), stats)?, 0usize, {
-        let mut p = path.to_vec();
-        p.push(b'/');
-        p
-    })];
-    while let Some((t, i, prefix)) = stack.last_mut() {
-        let Some(n) = t.nodes.get(*i) else {
-            stack.pop();
-            continue;
-        };
-        *i += 1;
-        let n = n.clone();
-        let mut p = prefix.clone();
-        p.extend_from_slice(&n.name);
-        let (side, modifier) = if removed {
-            (&mut stats.removed, Modifier::Removed)
-        } else {
-            (&mut stats.added, Modifier::Added)
-        };
-        side.count(&n);
-        emit(Change {
-            path: &p,
-            modifier,
-            node: &n,
-        })?;
-        if n.kind == NodeKind::Dir && n.subtree.is_some() {
-            let sub = load(source, n.subtree, stats)?;
-            p.push(b'/');
-            stack.push((sub, 0, p));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::BlobKind;
-    use crate::error::Error;
     use crate::snapshot::tree::Time;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    /// Trees by id, in memory.
-    #[derive(Default)]
-    struct Trees(Mutex<HashMap<BlobId, Vec<u8>>>);
-
-    impl BlobSource for Trees {
-        fn read_blob(&self, _kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
-            self.0
-                .lock()
-                .unwrap()
-                .get(id)
-                .cloned()
-                .ok_or_else(|| Error::corrupt(format!("tree {id}"), "missing"))
-        }
-    }
-
-    impl Trees {
-        fn put(&self, mut nodes: Vec<Node>) -> BlobId {
-            let mut t = Tree {
-                nodes: std::mem::take(&mut nodes),
-            };
-            t.sort();
-            let bytes = t.encode();
-            let id = BlobId(*blake3::hash(&bytes).as_bytes());
-            self.0.lock().unwrap().insert(id, bytes);
-            id
-        }
-    }
+    use crate::snapshot::walk::MemTrees as Trees;
 
     fn file(name: &str, content: &[u8], size: u64) -> Node {
         let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::File);

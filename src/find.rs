@@ -206,36 +206,8 @@ pub fn find(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::BlobKind;
-    use crate::error::Error;
     use crate::snapshot::tree::Time;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    #[derive(Default)]
-    struct Trees(Mutex<HashMap<BlobId, Vec<u8>>>);
-
-    impl BlobSource for Trees {
-        fn read_blob(&self, _kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
-            self.0
-                .lock()
-                .unwrap()
-                .get(id)
-                .cloned()
-                .ok_or_else(|| Error::corrupt(format!("tree {id}"), "missing"))
-        }
-    }
-
-    impl Trees {
-        fn put(&self, nodes: Vec<Node>) -> BlobId {
-            let mut t = Tree { nodes };
-            t.sort();
-            let bytes = t.encode();
-            let id = BlobId(*blake3::hash(&bytes).as_bytes());
-            self.0.lock().unwrap().insert(id, bytes);
-            id
-        }
-    }
+    use crate::snapshot::walk::MemTrees as Trees;
 
     fn file(name: &str, mtime: i64) -> Node {
         let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::File);

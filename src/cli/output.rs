@@ -100,6 +100,31 @@ pub fn short_time(ns: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
 }
 
+/// One entry as `ls -l` shows it: mode, owner, group, size, mtime, path,
+/// and a symlink's target (`ls --long`, `find --long`).
+pub fn long_listing(path: &str, n: &coffer::snapshot::tree::Node) -> String {
+    let owner = |name: &str, id: u32| {
+        if name.is_empty() {
+            id.to_string()
+        } else {
+            name.to_string()
+        }
+    };
+    let mut line = format!(
+        "{} {:>8} {:>8} {:>12} {} {path}",
+        mode_string(n.kind.as_str(), n.mode),
+        owner(&n.user, n.uid),
+        owner(&n.group, n.gid),
+        n.size,
+        short_time_sec(n.mtime.sec),
+    );
+    if n.kind == coffer::snapshot::tree::NodeKind::Symlink {
+        line.push_str(" -> ");
+        line.push_str(&String::from_utf8_lossy(&n.link_target));
+    }
+    line
+}
+
 /// `rwxr-xr-x` with the type letter in front.
 pub fn mode_string(kind: &str, mode: u32) -> String {
     let t = match kind {

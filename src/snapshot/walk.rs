@@ -103,3 +103,35 @@ pub fn find_path(
     }
     Ok(None)
 }
+
+/// Trees by id, in memory: the [`BlobSource`] the unit tests of walks over
+/// trees (diff, find) run against, with no repository (ARCHITECTURE.md
+/// habit 4).
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct MemTrees(std::sync::Mutex<std::collections::HashMap<BlobId, Vec<u8>>>);
+
+#[cfg(test)]
+impl BlobSource for MemTrees {
+    fn read_blob(&self, _kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        self.0
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::corrupt(format!("tree {id}"), "missing"))
+    }
+}
+
+#[cfg(test)]
+impl MemTrees {
+    /// Store a directory of `nodes` (sorted here); returns its id.
+    pub(crate) fn put(&self, nodes: Vec<super::tree::Node>) -> BlobId {
+        let mut t = Tree { nodes };
+        t.sort();
+        let bytes = t.encode();
+        let id = BlobId(*blake3::hash(&bytes).as_bytes());
+        self.0.lock().unwrap().insert(id, bytes);
+        id
+    }
+}

@@ -8,7 +8,7 @@ use coffer::blob::BlobKind;
 use coffer::find::{self, Query, Seen};
 use coffer::id::PackId;
 use coffer::pattern::Pattern;
-use coffer::snapshot::tree::{Node, NodeKind};
+use coffer::snapshot::tree::NodeKind;
 use coffer::units::parse_time;
 use std::process::ExitCode;
 
@@ -47,29 +47,6 @@ pub struct FindArgs {
 
 fn is_hex(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-fn long_line(path: &str, n: &Node) -> String {
-    let owner = |name: &str, id: u32| {
-        if name.is_empty() {
-            id.to_string()
-        } else {
-            name.to_string()
-        }
-    };
-    let mut line = format!(
-        "{} {:>8} {:>8} {:>12} {} {path}",
-        output::mode_string(n.kind.as_str(), n.mode),
-        owner(&n.user, n.uid),
-        owner(&n.group, n.gid),
-        n.size,
-        output::short_time_sec(n.mtime.sec),
-    );
-    if n.kind == NodeKind::Symlink {
-        line.push_str(" -> ");
-        line.push_str(&String::from_utf8_lossy(&n.link_target));
-    }
-    line
 }
 
 pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
@@ -169,7 +146,7 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
                 first = false;
             }
             let mut line = if a.long {
-                long_line(&path, f.node)
+                output::long_listing(&path, f.node)
             } else {
                 path.into_owned()
             };

@@ -35,27 +35,7 @@ fn print(path: &[u8], n: &Node, long: bool, json: bool) {
             "message_type": "node",
         }));
     } else if long {
-        let mut line = format!(
-            "{} {:>8} {:>8} {:>12} {} {p}",
-            output::mode_string(n.kind.as_str(), n.mode),
-            if n.user.is_empty() {
-                n.uid.to_string()
-            } else {
-                n.user.clone()
-            },
-            if n.group.is_empty() {
-                n.gid.to_string()
-            } else {
-                n.group.clone()
-            },
-            n.size,
-            output::short_time_sec(n.mtime.sec),
-        );
-        if n.kind == NodeKind::Symlink {
-            line.push_str(" -> ");
-            line.push_str(&String::from_utf8_lossy(&n.link_target));
-        }
-        output::line(&line);
+        output::line(&output::long_listing(&p, n));
     } else {
         output::line(&p);
     }
