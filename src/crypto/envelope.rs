@@ -8,8 +8,7 @@
 //! nonces make reuse negligible without any counter state, which matters
 //! because packs are written by many threads and many processes.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{AeadInOut, Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
 pub const NONCE_LEN: usize = 24;
 pub const TAG_LEN: usize = 16;
@@ -45,9 +44,10 @@ pub fn seal_in_place(key: &[u8; 32], aad: &[u8], env: &mut [u8]) {
     let (nonce, rest) = env.split_at_mut(NONCE_LEN);
     let (body, tag_out) = rest.split_at_mut(rest.len() - TAG_LEN);
     random_bytes(nonce);
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    let cipher = XChaCha20Poly1305::new(<&Key>::from(key));
+    let nonce = XNonce::try_from(&*nonce).unwrap_or_else(|_| unreachable!("split at NONCE_LEN"));
     let tag = cipher
-        .encrypt_in_place_detached(XNonce::from_slice(nonce), aad, body)
+        .encrypt_inout_detached(&nonce, aad, body.into())
         .unwrap_or_else(|_| unreachable_len());
     tag_out.copy_from_slice(&tag);
 }
@@ -103,9 +103,11 @@ pub fn open_into(
     let (nonce, rest) = sealed.split_at(NONCE_LEN);
     let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
     out.extend_from_slice(ct);
-    let cipher = XChaCha20Poly1305::new(Key::from_slice(key));
+    let cipher = XChaCha20Poly1305::new(<&Key>::from(key));
+    let nonce = XNonce::try_from(nonce).unwrap_or_else(|_| unreachable!("split at NONCE_LEN"));
+    let tag = Tag::try_from(tag).unwrap_or_else(|_| unreachable!("split at TAG_LEN"));
     cipher
-        .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, out, Tag::from_slice(tag))
+        .decrypt_inout_detached(&nonce, aad, out.as_mut_slice().into(), &tag)
         .map_err(|_| {
             out.clear();
             OpenError::Authentication
@@ -140,6 +142,31 @@ mod tests {
             Err(OpenError::Truncated(10))
         );
         assert!(open(&key, b"aad", &sealed[..sealed.len() - 1]).is_err());
+    }
+
+    /// draft-irtf-cfrg-xchacha-03, appendix A.3.1: this envelope layout
+    /// around the published key, nonce, ciphertext and tag opens to the
+    /// published plaintext (whichever SIMD backend the CPU selects).
+    #[test]
+    fn the_published_xchacha20_poly1305_vector_opens() {
+        let h = |s: &str| hex::decode(s).unwrap();
+        let key: [u8; 32] = h("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f")
+            .try_into()
+            .unwrap();
+        let aad = h("50515253c0c1c2c3c4c5c6c7");
+        let mut sealed = h("404142434445464748494a4b4c4d4e4f5051525354555657");
+        sealed.extend(h(concat!(
+            "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb",
+            "731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452",
+            "2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff9",
+            "21f9664c97637da9768812f615c68b13b52e"
+        )));
+        sealed.extend(h("c0875924c1c7987947deafd8780acf49"));
+        let plain = open(&key, &aad, &sealed).unwrap();
+        assert_eq!(
+            plain,
+            b"Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it."
+        );
     }
 
     #[test]
