@@ -20,6 +20,26 @@ use crate::snapshot::tree::{Node, NodeKind, Tree, valid_name};
 use std::io::Read;
 use std::sync::Arc;
 
+/// Give the pipe at `fd` a 1 MiB buffer (Linux's default ceiling for
+/// unprivileged processes) when it is one. With the default 64 KiB the
+/// producer and this process woke each other for every 64 KiB: 8 000
+/// round trips per 512 MiB dump. Anything but a pipe is left alone, and a
+/// refusal only costs speed.
+#[cfg(target_os = "linux")]
+pub fn widen_pipe(fd: &impl std::os::fd::AsFd) {
+    use std::os::fd::AsRawFd;
+    let fd = fd.as_fd().as_raw_fd();
+    // SAFETY: fcntl(F_SETPIPE_SZ) on a file descriptor we hold changes at
+    // most the capacity of the pipe behind it; it touches no memory of
+    // ours, and on anything that is not a pipe it fails with EBADF/EINVAL.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, 1 << 20);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn widen_pipe(_fd: &impl std::os::fd::AsFd) {}
+
 /// Store `src` as the file `/NAME` and record a snapshot of it.
 pub fn snapshot_stream(
     repo: Arc<Repository>,

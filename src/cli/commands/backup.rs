@@ -282,6 +282,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                 .stdout
                 .take()
                 .ok_or_else(|| anyhow::anyhow!("no output pipe from {cmd_name}"))?;
+            archiver::stream::widen_pipe(&out);
             let mut finished = || -> coffer::Result<()> {
                 let status = c
                     .wait()
@@ -304,6 +305,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
             )
         }
         None => {
+            archiver::stream::widen_pipe(&std::io::stdin());
             let mut input = std::io::stdin().lock();
             archiver::stream::snapshot_stream(
                 repo.clone(),
