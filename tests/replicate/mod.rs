@@ -71,6 +71,29 @@ fn fingerprint(repo: &Path) -> BTreeMap<PathBuf, blake3::Hash> {
     out
 }
 
+/// The destination's latest snapshot restores to exactly `root`,
+/// metadata included.
+fn offsite_restores(env: &Env, root: &Path) {
+    let target = env.path("restored");
+    let _ = fs::remove_dir_all(&target);
+    dst(env)
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .run()
+        .ok();
+    compare_trees(root, &restored(&target, root));
+}
+
+/// `check --read-data` of the destination finds nothing wrong (M5).
+fn offsite_checks_clean(env: &Env) {
+    let v = dst(env)
+        .args(["--json", "check", "--read-data"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+}
+
 /// An application home with awkward entries, backed up twice.
 fn source_with_two_snapshots(env: &Env) -> TreeBuilder {
     env.init();
@@ -106,19 +129,8 @@ fn copy_restores_byte_for_byte_and_a_rerun_copies_nothing() {
 
     // Both copies restore exactly, metadata included, and the
     // destination checks clean down to the data (M5).
-    let target = env.path("restored");
-    dst(&env)
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .run()
-        .ok();
-    compare_trees(&t.root, &restored(&target, &t.root));
-    let v = dst(&env)
-        .args(["--json", "check", "--read-data"])
-        .run()
-        .ok()
-        .json();
-    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    offsite_restores(&env, &t.root);
+    offsite_checks_clean(&env);
     let snaps = dst(&env).args(["--json", "snapshots"]).run().ok().json();
     let snaps = snaps.as_array().unwrap();
     assert_eq!(snaps.len(), 2);
@@ -173,13 +185,7 @@ fn a_nightly_copy_moves_only_what_changed() {
         grown < 300_000,
         "the destination grew by {grown} bytes for a 200 kB file"
     );
-    let target = env.path("restored");
-    dst(&env)
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .run()
-        .ok();
-    compare_trees(&t.root, &restored(&target, &t.root));
+    offsite_restores(&env, &t.root);
     // Backups straight into the offsite repository deduplicate against
     // the copied data: the same key and the same chunk cuts.
     let r = dst(&env).args(["--json", "backup"]).arg(&t.root).run().ok();
@@ -210,19 +216,8 @@ fn copy_into_an_unrelated_repository_rewrites_every_id() {
         .stderr_has("do not share keys");
     assert!(r.stdout.contains("copied as"), "{}", r.stdout);
     assert_eq!(fingerprint(&env.repo), before, "the source was written to");
-    let target = env.path("restored");
-    dst(&env)
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .run()
-        .ok();
-    compare_trees(&t.root, &restored(&target, &t.root));
-    let v = dst(&env)
-        .args(["--json", "check", "--read-data"])
-        .run()
-        .ok()
-        .json();
-    assert_eq!(v["errors"].as_array().map(Vec::len), Some(0), "{v}");
+    offsite_restores(&env, &t.root);
+    offsite_checks_clean(&env);
     // No source id made it into the destination: its trees name other ids.
     let src_tree = env.coffer().args(["--json", "snapshots"]).run().ok().json()[2]["tree"].clone();
     let dst_tree = dst(&env).args(["--json", "snapshots"]).run().ok().json()[2]["tree"].clone();
@@ -294,13 +289,7 @@ fn a_copy_killed_midway_leaves_no_snapshot_and_the_rerun_reuses_its_packs() {
         copied < 12 * MIB as u64,
         "the rerun copied {copied} bytes: what the killed run stored was copied again\n{s}"
     );
-    let target = env.path("restored");
-    dst(&env)
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .run()
-        .ok();
-    compare_trees(&t.root, &restored(&target, &t.root));
+    offsite_restores(&env, &t.root);
 }
 
 /// RELIABILITY.md C2: a damaged source blob stops the copy naming its
