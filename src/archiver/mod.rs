@@ -446,6 +446,58 @@ pub fn snapshot(
     })
 }
 
+/// What [`snapshot`] would do, writing nothing: every file that differs
+/// from the parent is read, chunked and hashed as in a backup, and each
+/// chunk the repository lacks is counted instead of stored. The outcome's
+/// `bytes_added` is those chunks' size before compression.
+pub fn dry_run(
+    repo: Arc<Repository>,
+    opts: &SnapshotOptions,
+    progress: &dyn Progress,
+) -> Result<BackupOutcome> {
+    repo.index()?;
+    let sink = DrySink {
+        repo: &repo,
+        counted: Default::default(),
+    };
+    let chunker = repo.chunker();
+    let parent = opts
+        .parent
+        .as_ref()
+        .map(|(_, s)| (repo.as_ref() as &dyn BlobSource, s.tree));
+    backup(&sink, parent, &chunker, &opts.backup, progress)
+}
+
+/// A [`BlobSink`] that stores nothing: it answers from the index and
+/// counts the new blobs it is handed (each once).
+struct DrySink<'a> {
+    repo: &'a Repository,
+    counted: std::sync::Mutex<std::collections::HashSet<BlobId>>,
+}
+
+impl BlobSink for DrySink<'_> {
+    fn blob_id(&self, data: &[u8]) -> BlobId {
+        self.repo.keys().blob_id(data)
+    }
+
+    fn has_blob(&self, id: &BlobId) -> Result<bool> {
+        let counted = self.counted.lock().is_ok_and(|c| c.contains(id));
+        Ok(counted || self.repo.index()?.contains(id)?)
+    }
+
+    fn store_blob(&self, _kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
+        if self.repo.index()?.contains(&id)? {
+            return Ok(0);
+        }
+        let fresh = self
+            .counted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        Ok(if fresh { data.len() as u64 } else { 0 })
+    }
+}
+
 /// Run `fill` against a new blob store (with the parent snapshot's tree to
 /// compare with), then make everything it stored durable and indexed, and
 /// only then write the snapshot of `paths`.

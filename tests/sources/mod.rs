@@ -227,3 +227,130 @@ fn one_file_system_keeps_the_mount_point_empty() {
         "with -x the mount point is kept, empty"
     );
 }
+
+/// `--files-from` (comments and blanks skipped), `--files-from-verbatim`
+/// (every line a path) and `--files-from-raw` (NUL-separated) add paths
+/// to the backup; a listed path that is missing is a warning (exit 3).
+#[test]
+fn files_from_lists_add_the_paths_they_name() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("a/one.txt", b"one\n");
+    t.file("b/two.txt", b"two\n");
+    t.file("#hash/three.txt", b"three\n");
+    t.file("c d/four.txt", b"four\n");
+    t.file("not-listed/five.txt", b"five\n");
+    let list = env.path("list.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# what goes to the nightly backup\n\n  {}  \r\n{}\n",
+            t.path("a").display(),
+            t.path("b/two.txt").display()
+        ),
+    )
+    .unwrap();
+    let verbatim = env.path("verbatim.txt");
+    std::fs::write(&verbatim, format!("{}\n", t.path("#hash").display())).unwrap();
+    let raw = env.path("raw.bin");
+    let mut bytes = t.path("c d").as_os_str().as_bytes().to_vec();
+    bytes.push(0);
+    std::fs::write(&raw, bytes).unwrap();
+    let s = env.backup_json(
+        &[],
+        &[
+            "--files-from",
+            list.to_str().unwrap(),
+            "--files-from-verbatim",
+            verbatim.to_str().unwrap(),
+            "--files-from-raw",
+            raw.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(num(&s, "total_files_processed"), 4, "{s}");
+    let snaps = env.coffer().args(["--json", "snapshots"]).run().ok().json();
+    let paths: Vec<String> = snaps[0]["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = ["#hash", "a", "b/two.txt", "c d"]
+        .iter()
+        .map(|p| t.path(p).display().to_string())
+        .collect();
+    assert_eq!(paths, want);
+    // A listed path that does not exist: the rest is backed up, exit 3.
+    std::fs::write(&list, format!("{}\n/no/such/path\n", t.path("a").display())).unwrap();
+    env.coffer()
+        .args(["backup", "--files-from"])
+        .arg(&list)
+        .run()
+        .expect_code(3)
+        .stderr_has("/no/such/path");
+    env.coffer()
+        .args(["backup", "--files-from"])
+        .arg(env.path("missing-list"))
+        .run()
+        .expect_code(1)
+        .stderr_has("cannot read the list of paths");
+}
+
+/// `backup --dry-run` reads and compares as a backup does, reports what
+/// would be added, and writes nothing: no snapshot, no pack, no index.
+#[test]
+fn a_dry_run_reports_what_a_backup_would_add_and_writes_nothing() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.random_file("model.bin", 600_000, 3);
+    t.file("notes.txt", &b"notes\n".repeat(1000));
+    env.backup_json(&[&t.root], &[]);
+    t.random_file("new.bin", 300_000, 4);
+    t.file("notes.txt", &b"changed notes\n".repeat(1000));
+    let before = env.repo_listing();
+    let r = env
+        .coffer()
+        .args(["--json", "backup", "--dry-run"])
+        .arg(&t.root)
+        .run()
+        .ok();
+    let s = r.summary();
+    assert_eq!(s["dry_run"], true, "{s}");
+    assert_eq!(num(&s, "files_new"), 1, "{s}");
+    assert_eq!(num(&s, "files_changed"), 1, "{s}");
+    assert_eq!(num(&s, "files_unmodified"), 1, "{s}");
+    // The new file and the changed notes, raw, plus a few small trees.
+    let added = num(&s, "data_added_uncompressed");
+    assert!(
+        (300_000 + 14_000..300_000 + 14_000 + 16_384).contains(&added),
+        "{s}"
+    );
+    assert_eq!(
+        env.repo_listing(),
+        before,
+        "a dry run wrote to the repository"
+    );
+    assert_eq!(env.snapshot_ids().len(), 1);
+    let out = env
+        .coffer()
+        .args(["backup", "-n"])
+        .arg(&t.root)
+        .run()
+        .ok()
+        .stdout;
+    assert!(
+        out.contains("would add") && out.contains("nothing was written"),
+        "{out}"
+    );
+    // The zero-configuration repository is not created by a dry run.
+    env.bare()
+        .args(["backup", "--dry-run"])
+        .arg(&t.root)
+        .run()
+        .expect_code(1)
+        .stderr_has("no repository yet");
+    assert!(!env.xdg_data.join("coffer/default").exists());
+}

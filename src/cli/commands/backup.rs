@@ -70,20 +70,94 @@ pub struct BackupArgs {
     /// Reader threads (default: the number of CPUs)
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Also back up the paths listed in FILE, one per line (`#` comments
+    /// and blank lines skipped; `-` reads standard input; repeatable)
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Vec<PathBuf>,
+    /// Like --files-from, but every line is a path, `#` and blanks included
+    #[arg(long, value_name = "FILE")]
+    pub files_from_verbatim: Vec<PathBuf>,
+    /// Like --files-from, with paths separated by NUL bytes (`find -print0`)
+    #[arg(long, value_name = "FILE")]
+    pub files_from_raw: Vec<PathBuf>,
+    /// Read and compare everything as a backup would, but write nothing:
+    /// report what would be added (before compression)
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+}
+
+/// How a `--files-from*` file separates and filters its paths.
+#[derive(Clone, Copy)]
+enum ListForm {
+    Lines,
+    Verbatim,
+    Raw,
+}
+
+/// The paths a `--files-from*` option names.
+fn listed_paths(file: &std::path::Path, form: ListForm) -> Result<Vec<PathBuf>> {
+    use std::io::Read;
+    use std::os::unix::ffi::OsStrExt;
+    let mut data = Vec::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_end(&mut data)
+    } else {
+        std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut data))
+    };
+    read.map_err(|e| anyhow::anyhow!("cannot read the list of paths {}: {e}", file.display()))?;
+    let sep = if matches!(form, ListForm::Raw) {
+        0
+    } else {
+        b'\n'
+    };
+    let mut out = Vec::new();
+    for item in data.split(|&b| b == sep) {
+        let item = match form {
+            ListForm::Raw => item,
+            _ => item.strip_suffix(b"\r").unwrap_or(item),
+        };
+        let skip = match form {
+            ListForm::Lines => {
+                let t = item.trim_ascii();
+                t.is_empty() || t.starts_with(b"#")
+            }
+            ListForm::Verbatim | ListForm::Raw => item.is_empty(),
+        };
+        if skip {
+            continue;
+        }
+        let item = if matches!(form, ListForm::Lines) {
+            item.trim_ascii()
+        } else {
+            item
+        };
+        out.push(PathBuf::from(std::ffi::OsStr::from_bytes(item)));
+    }
+    Ok(out)
 }
 
 pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     if a.stdin || a.stdin_from_command {
         return run_stream(g, a);
     }
-    if a.paths.is_empty() {
+    let mut given = a.paths.clone();
+    for (files, form) in [
+        (&a.files_from, ListForm::Lines),
+        (&a.files_from_verbatim, ListForm::Verbatim),
+        (&a.files_from_raw, ListForm::Raw),
+    ] {
+        for f in files {
+            given.extend(listed_paths(f, form)?);
+        }
+    }
+    if given.is_empty() {
         bail!(
-            "nothing to back up: give one or more paths, --stdin, or --stdin-from-command -- CMD"
+            "nothing to back up: give one or more paths, --files-from FILE, --stdin, or --stdin-from-command -- CMD"
         );
     }
     let mut paths = Vec::new();
     let mut skipped = 0u64;
-    for p in &a.paths {
+    for p in &given {
         match archiver::absolute_path(p) {
             Ok(abs) if std::fs::symlink_metadata(&abs).is_ok() => paths.push(abs),
             _ => {
@@ -101,7 +175,12 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     paths.sort();
     paths.dedup();
 
-    let repo = open_or_create(g)?;
+    // A dry run creates nothing, not even the default repository.
+    let repo = if a.dry_run {
+        repo::open(g)?
+    } else {
+        open_or_create(g)?
+    };
     let hostname = a.host.clone().unwrap_or_else(coffer::repository::hostname);
     let want: Vec<Vec<u8>> = paths
         .iter()
@@ -129,6 +208,13 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet);
+    if a.dry_run {
+        let result = archiver::dry_run(repo.clone(), &opts, &progress);
+        progress.finish();
+        let mut outcome = result?;
+        outcome.summary.warnings += skipped;
+        return report_dry_run(g, &outcome);
+    }
     let result = archiver::snapshot(repo.clone(), &opts, &progress);
     progress.finish();
     let (id, snap, mut outcome) = result?;
@@ -231,6 +317,11 @@ pub(super) fn find_parent(
 
 /// `--stdin` and `--stdin-from-command`.
 fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
+    if a.dry_run {
+        bail!(
+            "--dry-run compares files and directories with the repository; a stream has nothing to compare before it is read"
+        );
+    }
     if a.stdin && a.stdin_from_command {
         bail!("give either --stdin or --stdin-from-command, not both");
     }
@@ -326,6 +417,51 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     }
     let (id, snap, outcome) = result?;
     report(g, &id, &snap, &outcome)
+}
+
+/// The summary of `backup --dry-run`: what a backup would have done.
+fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<ExitCode> {
+    let s = &outcome.summary;
+    if g.json {
+        output::json(&serde_json::json!({
+            "message_type": "summary",
+            "dry_run": true,
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unmodified,
+            "dirs_new": s.dirs_new,
+            "dirs_changed": s.dirs_changed,
+            "dirs_unmodified": s.dirs_unmodified,
+            "total_files_processed": s.total_files,
+            "total_bytes_processed": s.total_bytes,
+            "bytes_read": s.bytes_read,
+            "data_added_uncompressed": s.bytes_added,
+            "total_duration": s.duration_ms as f64 / 1000.0,
+            "warnings": s.warnings,
+        }));
+    } else if !g.quiet {
+        output::line(&format!(
+            "Files: {} new, {} changed, {} unmodified",
+            s.files_new, s.files_changed, s.files_unmodified
+        ));
+        output::line(&format!(
+            "Dirs:  {} new, {} changed, {} unmodified",
+            s.dirs_new, s.dirs_changed, s.dirs_unmodified
+        ));
+        output::line(&format!(
+            "Read {} of {} in {} files; would add {} of new data (before compression)",
+            output::bytes(s.bytes_read),
+            output::bytes(s.total_bytes),
+            s.total_files,
+            output::bytes(s.bytes_added)
+        ));
+        output::line("dry run: nothing was written");
+    }
+    Ok(if s.warnings == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }
 
 pub(super) fn report(
