@@ -4,9 +4,10 @@
 //! - **Related** (the destination was made with `init --from-repo`, which
 //!   shares the source's master key): the same data has the same ids and
 //!   chunk cuts in both, so blobs and trees move unchanged, by id, and only
-//!   those the destination lacks. Each is still opened and verified in the
-//!   source and sealed anew: the repository id is in every object's
-//!   associated data.
+//!   those the destination lacks. Each is decrypted in the source and its
+//!   body (still compressed) sealed anew, since the repository id is in
+//!   every object's associated data; the destination's check before upload
+//!   decodes and re-hashes it like any blob. Nothing is recompressed.
 //! - **Unrelated** keys: the same plaintext has another id in the
 //!   destination. Every content blob of a copied snapshot is read to learn
 //!   its destination id (stored only when missing there), and every tree is
@@ -308,9 +309,9 @@ fn open_frame(
             let copied: Vec<(u64, u64)> = batch
                 .par_iter()
                 .map(|id| {
-                    let data = src.read_blob(BlobKind::Data, id)?;
-                    let added = store.store_blob(BlobKind::Data, *id, &data)?;
-                    Ok((data.len() as u64, added))
+                    let (body, raw) = src.read_blob_body(BlobKind::Data, id)?;
+                    let added = store.store_body(BlobKind::Data, *id, raw, &body)?;
+                    Ok((u64::from(raw), added))
                 })
                 .collect::<Result<_>>()?;
             for (raw, added) in copied {

@@ -120,8 +120,6 @@ pub fn seal_blob_with<R>(
     zstd_level: i32,
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
-    const FLAG: usize = envelope::NONCE_LEN;
-    const PAYLOAD: usize = FLAG + 1;
     with_scratch(0, |buf| {
         let buf = at_least(buf, PAYLOAD + plaintext.len() + envelope::TAG_LEN);
         // zstd writes straight after the flag byte; its output must be
@@ -142,10 +140,75 @@ pub fn seal_blob_with<R>(
                 plaintext.len()
             }
         };
-        let env = &mut buf[..PAYLOAD + n + envelope::TAG_LEN];
-        envelope::seal_in_place(&keys.data, &blob_aad(repo, kind, &id), env);
-        f(env)
+        seal_scratch(
+            keys,
+            repo,
+            kind,
+            &id,
+            &mut buf[..PAYLOAD + n + envelope::TAG_LEN],
+            f,
+        )
     })
+}
+
+/// Where the body (`flag || payload`) starts in a sealed blob.
+const FLAG: usize = envelope::NONCE_LEN;
+const PAYLOAD: usize = FLAG + 1;
+
+/// Seal the envelope `env` (its body in place) and hand it to `f`.
+fn seal_scratch<R>(
+    keys: &KeySet,
+    repo: &RepoId,
+    kind: BlobKind,
+    id: &BlobId,
+    env: &mut [u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    envelope::seal_in_place(&keys.data, &blob_aad(repo, kind, id), env);
+    f(env)
+}
+
+/// Seal a body as [`open_blob_body`] returns it (`flag || payload`, already
+/// encoded) for another repository, handing the sealed bytes to `f`.
+pub fn seal_body_with<R>(
+    keys: &KeySet,
+    repo: &RepoId,
+    kind: BlobKind,
+    id: BlobId,
+    body: &[u8],
+    f: impl FnOnce(&[u8]) -> R,
+) -> R {
+    with_scratch(0, |buf| {
+        let env = at_least(buf, FLAG + body.len() + envelope::TAG_LEN);
+        env[FLAG..FLAG + body.len()].copy_from_slice(body);
+        seal_scratch(keys, repo, kind, &id, env, f)
+    })
+}
+
+/// Decrypt one blob to its body (`flag || payload`) without decoding it:
+/// what `copy` moves between repositories that name blobs alike, sparing
+/// a decompression here and a compression there. The destination's check
+/// before upload decodes and re-hashes it, as it does every blob.
+pub fn open_blob_body(
+    keys: &KeySet,
+    repo: &RepoId,
+    entry: &PackEntry,
+    sealed: &[u8],
+) -> Result<Vec<u8>, String> {
+    check_raw_length(entry)?;
+    let body = envelope::open(&keys.data, &blob_aad(repo, entry.kind, &entry.id), sealed)
+        .map_err(|e| format!("blob {}: {e}", entry.id))?;
+    match body.split_first() {
+        Some((0, p)) if p.len() != entry.raw_length as usize => Err(format!(
+            "blob {}: {} bytes, index says {}",
+            entry.id,
+            p.len(),
+            entry.raw_length
+        )),
+        Some((0 | 1, _)) => Ok(body),
+        Some((f, _)) => Err(format!("blob {}: unknown encoding flag {f}", entry.id)),
+        None => Err(format!("blob {}: empty body", entry.id)),
+    }
 }
 
 /// Check one sealed blob the way [`open_blob`] does (authenticate,
@@ -312,6 +375,46 @@ mod tests {
 
     /// A blob sealed over content that does not hash to its id (memory
     /// corrupted after hashing) is refused by the check before upload.
+    /// A body taken out of one repository and sealed for another opens
+    /// there to the same plaintext, and nowhere else.
+    #[test]
+    fn a_body_moves_to_a_related_repository_unchanged() {
+        let keys = KeySet::derive(&MasterKey([5; 32]));
+        let (a, b) = (RepoId([6; 32]), RepoId([7; 32]));
+        for plain in [b"compressible ".repeat(5000), noise(70_000, 3)] {
+            let id = keys.blob_id(&plain);
+            let sealed = seal_blob_with(&keys, &a, BlobKind::Data, id, &plain, 3, |s| s.to_vec());
+            let entry = PackEntry {
+                kind: BlobKind::Data,
+                id,
+                offset: 0,
+                length: sealed.len() as u32,
+                raw_length: plain.len() as u32,
+            };
+            let body = open_blob_body(&keys, &a, &entry, &sealed).unwrap();
+            let moved = seal_body_with(&keys, &b, BlobKind::Data, id, &body, |s| s.to_vec());
+            let entry = PackEntry {
+                length: moved.len() as u32,
+                ..entry
+            };
+            assert_eq!(open_blob(&keys, &b, &entry, &moved).unwrap(), plain);
+            verify_blob(&keys, &b, &entry, &moved).unwrap();
+            assert!(open_blob(&keys, &a, &entry, &moved).is_err());
+            let mut bad = sealed.clone();
+            bad[envelope::NONCE_LEN + 3] ^= 1;
+            assert!(open_blob_body(&keys, &a, &entry, &bad).is_err());
+            // A plain body shorter than the recorded length is refused.
+            let longer = PackEntry {
+                raw_length: entry.raw_length + 1,
+                length: sealed.len() as u32,
+                ..entry
+            };
+            if body[0] == 0 {
+                assert!(open_blob_body(&keys, &a, &longer, &sealed).is_err());
+            }
+        }
+    }
+
     #[test]
     fn verify_refuses_content_that_does_not_match_its_id() {
         let keys = KeySet::derive(&MasterKey([5; 32]));

@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId, SegmentId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::{FinishedPack, PackWriter};
-use crate::pack::{PackEntry, reader::parse_pack, seal_blob_with, verify_blob};
+use crate::pack::{PackEntry, reader::parse_pack, seal_blob_with, seal_body_with, verify_blob};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -281,11 +281,55 @@ impl BlobSink for BlobStore {
     }
 
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64> {
+        let repo = &self.shared.repo;
+        self.store_with(kind, id, data.len(), |append| {
+            seal_blob_with(
+                repo.keys(),
+                repo.id(),
+                kind,
+                id,
+                data,
+                repo.config().zstd_level,
+                append,
+            )
+        })
+    }
+}
+
+impl BlobStore {
+    /// Store a blob body read from a repository that names blobs as this
+    /// one does ([`Repository::read_blob_body`]): sealed anew, not
+    /// recompressed. `raw_length` is what it decodes to; the check before
+    /// upload decodes it and compares its hash with `id`, as for every blob.
+    pub fn store_body(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        raw_length: u32,
+        body: &[u8],
+    ) -> Result<u64> {
+        let repo = &self.shared.repo;
+        self.store_with(kind, id, raw_length as usize, |append| {
+            seal_body_with(repo.keys(), repo.id(), kind, id, body, append)
+        })
+    }
+
+    /// Claim `id` and add what `seal` produces (it calls its argument with
+    /// the sealed bytes) to the open pack of `kind`. Returns the bytes
+    /// added: 0 when the blob was stored or queued already.
+    fn store_with(
+        &self,
+        kind: BlobKind,
+        id: BlobId,
+        raw_len: usize,
+        seal: impl FnOnce(
+            &mut dyn FnMut(&[u8]) -> (u64, Option<PackWriter>),
+        ) -> (u64, Option<PackWriter>),
+    ) -> Result<u64> {
         self.check_failed()?;
-        if data.len() > crate::pack::MAX_BLOB_RAW as usize {
+        if raw_len > crate::pack::MAX_BLOB_RAW as usize {
             return Err(Error::Usage(format!(
-                "a {kind:?} blob of {} bytes exceeds the {} byte limit (a directory with too many entries?)",
-                data.len(),
+                "a {kind:?} blob of {raw_len} bytes exceeds the {} byte limit (a directory with too many entries?)",
                 crate::pack::MAX_BLOB_RAW
             )));
         }
@@ -293,43 +337,35 @@ impl BlobSink for BlobStore {
             return Ok(0);
         }
         let repo = &self.shared.repo;
-        let raw_length = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        let raw_length = u32::try_from(raw_len).unwrap_or(u32::MAX);
         // Sealed in this thread's scratch buffer and copied into the pack
         // under the lock: only that copy is serialised.
-        let (stored, full) = seal_blob_with(
-            repo.keys(),
-            repo.id(),
-            kind,
-            id,
-            data,
-            repo.config().zstd_level,
-            |sealed| {
-                let mut w = lock(&self.writers);
-                let slot = &mut w[(kind == BlobKind::Tree) as usize];
-                // A pack is closed before a blob would take it past the
-                // target size, not after: a recycled buffer then never
-                // holds (keeps resident) more than the target plus its
-                // trailer.
-                let full = if !slot.is_empty()
-                    && slot.len() + sealed.len() > repo.config().pack_size as usize
-                {
-                    let next = if kind == BlobKind::Tree {
-                        PackWriter::new()
-                    } else {
-                        self.shared.data_pack()
-                    };
-                    Some(std::mem::replace(slot, next))
+        let (stored, full) = seal(&mut |sealed: &[u8]| {
+            let mut w = lock(&self.writers);
+            let slot = &mut w[(kind == BlobKind::Tree) as usize];
+            // A pack is closed before a blob would take it past the
+            // target size, not after: a recycled buffer then never
+            // holds (keeps resident) more than the target plus its
+            // trailer.
+            let full = if !slot.is_empty()
+                && slot.len() + sealed.len() > repo.config().pack_size as usize
+            {
+                let next = if kind == BlobKind::Tree {
+                    PackWriter::new()
                 } else {
-                    None
+                    self.shared.data_pack()
                 };
-                slot.add_sealed(kind, id, raw_length, sealed);
-                (sealed.len() as u64, full)
-            },
-        );
+                Some(std::mem::replace(slot, next))
+            } else {
+                None
+            };
+            slot.add_sealed(kind, id, raw_length, sealed);
+            (sealed.len() as u64, full)
+        });
         self.shared.blobs_added.fetch_add(1, Ordering::Relaxed);
         self.shared
             .raw_added
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
+            .fetch_add(raw_len as u64, Ordering::Relaxed);
         self.shared
             .stored_added
             .fetch_add(stored, Ordering::Relaxed);

@@ -498,6 +498,26 @@ impl Repository {
 
     /// Read one blob, locating it through the index.
     pub fn read_blob_checked(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+        let (entry, pack, sealed) = self.read_sealed(kind, id)?;
+        crate::pack::open_blob(&self.keys, &self.repo_id, &entry, &sealed)
+            .map_err(|e| Error::corrupt(FileKind::Pack.path(&pack.to_hex()), e))
+    }
+
+    /// Read one blob's body (`flag || payload`, still encoded) and the
+    /// length it decodes to: what `copy` hands to a related repository.
+    pub fn read_blob_body(&self, kind: BlobKind, id: &BlobId) -> Result<(Vec<u8>, u32)> {
+        let (entry, pack, sealed) = self.read_sealed(kind, id)?;
+        let body = crate::pack::open_blob_body(&self.keys, &self.repo_id, &entry, &sealed)
+            .map_err(|e| Error::corrupt(FileKind::Pack.path(&pack.to_hex()), e))?;
+        Ok((body, entry.raw_length))
+    }
+
+    /// A blob's index entry, its pack and its sealed bytes.
+    fn read_sealed(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+    ) -> Result<(crate::pack::PackEntry, PackId, Vec<u8>)> {
         let loc = self
             .index()?
             .lookup(id)?
@@ -511,15 +531,13 @@ impl Repository {
                 ),
             ));
         }
-        let name = loc.pack.to_hex();
         let sealed = self.backend.get_range(
             FileKind::Pack,
-            &name,
+            &loc.pack.to_hex(),
             loc.entry.offset as u64,
             loc.entry.length as usize,
         )?;
-        crate::pack::open_blob(&self.keys, &self.repo_id, &loc.entry, &sealed)
-            .map_err(|e| Error::corrupt(FileKind::Pack.path(&name), e))
+        Ok((loc.entry, loc.pack, sealed))
     }
 
     /// Check a pack's structure without reading its blobs: its size
