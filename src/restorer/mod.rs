@@ -95,6 +95,9 @@ pub struct RestoreSummary {
     pub bytes: u64,
     /// Files left alone because they already matched.
     pub files_unchanged: u64,
+    /// Entries left as they were because something already had their name
+    /// and `--overwrite never` was given (whatever its type or content).
+    pub kept: u64,
     pub files_verified: u64,
     /// Entries that could not be restored, each naming the path and why.
     pub errors: Vec<String>,
@@ -306,6 +309,16 @@ pub fn restore(
             }
             let path = target.join(OsStr::from_bytes(rel));
             if is_dir {
+                if r.opts.overwrite == Overwrite::Never
+                    && !r.fresh_dirs.contains(parent_of(rel))
+                    && std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir())
+                {
+                    // A file, symlink or FIFO the user has where the
+                    // snapshot has a directory: `never` keeps it, and with
+                    // it everything the snapshot has below that name.
+                    r.summary.kept += 1;
+                    return Ok(Visit::Skip);
+                }
                 if r.opts.dry_run {
                     r.summary.planned.push(format!("dir  {}", path.display()));
                 } else {
@@ -325,11 +338,7 @@ pub fn restore(
                 r.dirs.push((path, node.clone()));
                 return Ok(Visit::Descend);
             }
-            let parent = rel
-                .iter()
-                .rposition(|&b| b == b'/')
-                .map_or(&rel[..0], |i| &rel[..i]);
-            let fresh = r.fresh_dirs.contains(parent);
+            let fresh = r.fresh_dirs.contains(parent_of(rel));
             r.entry(path, node, fresh)?;
             Ok(Visit::Descend)
         },
@@ -354,6 +363,16 @@ impl Restorer<'_> {
     /// Restore or batch one non-directory entry; `fresh` when its directory
     /// was created by this restore.
     fn entry(&mut self, path: PathBuf, node: &Node, fresh: bool) -> Result<()> {
+        if self.opts.overwrite == Overwrite::Never
+            && !fresh
+            && std::fs::symlink_metadata(&path).is_ok()
+        {
+            self.summary.kept += 1;
+            if node.kind == NodeKind::File {
+                self.progress.file_done(&path, node.size, 0);
+            }
+            return Ok(());
+        }
         if node.kind != NodeKind::File {
             if self.opts.dry_run {
                 self.summary
@@ -766,6 +785,13 @@ impl Restorer<'_> {
                 ));
                 continue;
             }
+            // A link whose name was free when its entry was walked can be
+            // taken since only by this restore's own files; anything else
+            // there under `never` is the user's.
+            if self.opts.overwrite == Overwrite::Never && std::fs::symlink_metadata(&path).is_ok() {
+                self.summary.kept += 1;
+                continue;
+            }
             let r = file_writer::clear_non_dir(&path).and_then(|_| {
                 std::fs::hard_link(&first, &path).map_err(|e| Error::Target {
                     path: path.clone(),
@@ -778,6 +804,13 @@ impl Restorer<'_> {
             }
         }
     }
+}
+
+/// The directory part of a snapshot-relative path (empty at the top).
+fn parent_of(rel: &[u8]) -> &[u8] {
+    rel.iter()
+        .rposition(|&b| b == b'/')
+        .map_or(&rel[..0], |i| &rel[..i])
 }
 
 /// The writer thread: each complete segment written with O_DIRECT into

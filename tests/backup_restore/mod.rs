@@ -658,3 +658,65 @@ fn xattr_changes_between_backups_are_seen() {
         Some(&b"on the dir"[..])
     );
 }
+
+/// `--overwrite never` keeps every name that already exists in the target,
+/// whatever its type: a file where the snapshot has a symlink, a FIFO or a
+/// directory stays that file, and so does a directory where the snapshot
+/// has a file. Only free names are restored.
+#[test]
+fn overwrite_never_keeps_existing_entries_of_any_type() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("a/real.txt", b"snapshot bytes\n");
+    t.symlink("a/link", "real.txt");
+    t.fifo("a/fifo");
+    t.file("b/inner.txt", b"inside b\n");
+    t.file("c", b"snapshot c\n");
+    t.hardlink("a/hard", t.path("a/real.txt"));
+    t.file("fresh/new.txt", b"restored\n");
+    env.backup_json(&[&t.root], &[]);
+
+    let target = env.path("restore");
+    let out = restored(&target, &t.root);
+    fs::create_dir_all(out.join("a")).unwrap();
+    fs::create_dir_all(out.join("c")).unwrap();
+    fs::write(out.join("a/link"), b"mine: link\n").unwrap();
+    fs::write(out.join("a/fifo"), b"mine: fifo\n").unwrap();
+    fs::write(out.join("a/real.txt"), b"mine: real\n").unwrap();
+    fs::write(out.join("b"), b"mine: b\n").unwrap();
+    fs::write(out.join("c/keep.txt"), b"mine: c\n").unwrap();
+
+    let r = env
+        .coffer()
+        .args([
+            "--json",
+            "restore",
+            "latest",
+            "--overwrite",
+            "never",
+            "--target",
+        ])
+        .arg(&target)
+        .run()
+        .ok();
+    for (rel, mine) in [
+        ("a/link", "mine: link\n"),
+        ("a/fifo", "mine: fifo\n"),
+        ("a/real.txt", "mine: real\n"),
+        ("b", "mine: b\n"),
+        ("c/keep.txt", "mine: c\n"),
+    ] {
+        let md = fs::symlink_metadata(out.join(rel)).unwrap();
+        assert!(md.is_file(), "{rel} is no longer the user's file");
+        assert_eq!(fs::read_to_string(out.join(rel)).unwrap(), mine, "{rel}");
+    }
+    assert!(fs::symlink_metadata(out.join("c")).unwrap().is_dir());
+    // Free names are restored, a hardlink whose first name was kept gets
+    // the snapshot's bytes, not the user's.
+    assert_eq!(fs::read(out.join("fresh/new.txt")).unwrap(), b"restored\n");
+    assert_eq!(fs::read(out.join("a/hard")).unwrap(), b"snapshot bytes\n");
+    let s = r.summary();
+    assert_eq!(num(&s, "entries_kept"), 5, "{s}");
+    assert_no_temp_files(&target);
+}

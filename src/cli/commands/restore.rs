@@ -165,6 +165,7 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
             "dry_run": a.dry_run,
             "files_restored": s.files,
             "files_unchanged": s.files_unchanged,
+            "entries_kept": s.kept,
             "files_verified": s.files_verified,
             "dirs_restored": s.dirs,
             "other_restored": s.others,
@@ -190,6 +191,12 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         );
         if s.files_unchanged > 0 {
             line.push_str(&format!("; {} files already up to date", s.files_unchanged));
+        }
+        if s.kept > 0 {
+            line.push_str(&format!(
+                "; {} existing entries kept as they were (--overwrite never)",
+                s.kept
+            ));
         }
         if a.verify {
             line.push_str(&format!("; {} files verified", s.files_verified));
