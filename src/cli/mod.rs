@@ -107,7 +107,20 @@ pub enum Command {
 /// Parse arguments and run. Exit codes: 0 ok, 1 failure (as `Err`),
 /// 3 completed with unreadable or changed files.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A usage error is a failure like any other (exit 1, as restic's
+        // are), not clap's own 2, which scripts would not expect; help and
+        // --version are successes.
+        Err(e) => {
+            let _ = e.print();
+            return Ok(if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+    };
     let g = &cli.global;
     let code = dispatch(&cli, g);
     // Damaged objects that were skipped: name each, and never exit 0.

@@ -2,8 +2,10 @@
 //!
 //! Repository: `--repo`, `COFFER_REPOSITORY`, else the default repository
 //! `$XDG_DATA_HOME/coffer/default`. Secret, first found wins: `--key-file`,
-//! `COFFER_PASSWORD`, `--password-file`, `--password-command`, the default
-//! key file (only for the default repository), an interactive prompt.
+//! `--password-file`, `--password-command` (never both), `COFFER_PASSWORD`,
+//! the default key file (only for the default repository), an interactive
+//! prompt. As in restic, what names a source explicitly beats the bare
+//! password variable a shell profile may have left set.
 
 use super::GlobalOpts;
 use anyhow::{Context, Result, anyhow, bail};
@@ -111,15 +113,24 @@ pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>>
 }
 
 fn configured_password_from(o: &SecretOpts) -> Result<Option<Zeroizing<Vec<u8>>>> {
-    if let Some(p) = std::env::var_os(o.password_env) {
-        use std::os::unix::ffi::OsStrExt;
-        return Ok(Some(Zeroizing::new(p.as_bytes().to_vec())));
+    if o.password_file.is_some() && o.password_command.is_some() {
+        let (file, cmd) = if o.password_env == "COFFER_PASSWORD" {
+            ("--password-file", "--password-command")
+        } else {
+            ("--from-password-file", "--from-password-command")
+        };
+        bail!(
+            "{file} and {cmd} both name the password (also through their environment variables): give one"
+        );
     }
     if let Some(f) = o.password_file {
         let data = std::fs::read(f)
             .with_context(|| format!("cannot read password file {}", f.display()))?;
-        let first = data.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
-        let first = strip_newline(first);
+        let mut first = data.split(|&b| b == b'\n').next().unwrap_or(&[]).to_vec();
+        // A file saved on Windows ends its line with CR LF.
+        if first.last() == Some(&b'\r') {
+            first.pop();
+        }
         if first.is_empty() {
             bail!("password file {} is empty", f.display());
         }
@@ -141,6 +152,10 @@ fn configured_password_from(o: &SecretOpts) -> Result<Option<Zeroizing<Vec<u8>>>
             bail!("password command {cmd:?} printed nothing");
         }
         return Ok(Some(Zeroizing::new(pw)));
+    }
+    if let Some(p) = std::env::var_os(o.password_env) {
+        use std::os::unix::ffi::OsStrExt;
+        return Ok(Some(Zeroizing::new(p.as_bytes().to_vec())));
     }
     Ok(None)
 }

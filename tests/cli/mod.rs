@@ -221,10 +221,26 @@ fn password_command_environment() {
         .ok();
 }
 
+/// As in restic: a password file or command named on the command line (or
+/// by its own variable) beats a bare COFFER_PASSWORD left in the
+/// environment, and naming both a file and a command is refused.
 #[test]
-fn password_environment_wins_over_password_file() {
+fn password_file_or_command_wins_over_the_password_variable() {
     let env = secret_repo();
     let pf = env.path("pw");
+    fs::write(&pf, "secret\r\n").unwrap();
+    env.coffer()
+        .env("COFFER_PASSWORD", "wrong")
+        .arg("--password-file")
+        .arg(&pf)
+        .arg("snapshots")
+        .run()
+        .ok();
+    env.coffer()
+        .env("COFFER_PASSWORD", "wrong")
+        .args(["--password-command", "echo secret", "snapshots"])
+        .run()
+        .ok();
     fs::write(&pf, "wrong\n").unwrap();
     env.coffer()
         .env("COFFER_PASSWORD", "secret")
@@ -232,7 +248,15 @@ fn password_environment_wins_over_password_file() {
         .arg(&pf)
         .arg("snapshots")
         .run()
-        .ok();
+        .expect_code(1)
+        .stderr_has("does not open");
+    env.coffer()
+        .arg("--password-file")
+        .arg(&pf)
+        .args(["--password-command", "echo secret", "snapshots"])
+        .run()
+        .expect_code(1)
+        .stderr_has("give one");
 }
 
 #[test]
@@ -569,4 +593,22 @@ fn backup_with_unreadable_file_exits_3_and_keeps_the_rest() {
         );
     }
     assert!(!out.join("locked/inside.txt").exists());
+}
+
+/// A usage error exits 1 like any failure (clap's own code would be 2);
+/// `--help` and `--version` exit 0.
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let env = Env::new();
+    env.init();
+    for args in [
+        vec!["stats", "--mode", "bogus"],
+        vec!["no-such-command"],
+        vec!["backup", "--no-such-flag"],
+    ] {
+        env.coffer().args(&args).run().expect_code(1);
+    }
+    let r = env.coffer().arg("--help").run().ok();
+    assert!(r.stdout.contains("backup"), "{}", r.stdout);
+    env.coffer().arg("--version").run().ok();
 }

@@ -296,6 +296,13 @@ fn files_from_lists_add_the_paths_they_name() {
         .run()
         .expect_code(1)
         .stderr_has("cannot read the list of paths");
+    // A stream backup takes no list: refused, not silently ignored.
+    env.coffer()
+        .args(["backup", "--stdin", "--files-from"])
+        .arg(&list)
+        .run()
+        .expect_code(1)
+        .stderr_has("--files-from");
 }
 
 /// `backup --dry-run` reads and compares as a backup does, reports what

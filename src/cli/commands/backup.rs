@@ -328,6 +328,12 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     if a.stdin && !a.paths.is_empty() {
         bail!("--stdin backs up standard input only: remove the paths");
     }
+    if !(a.files_from.is_empty() && a.files_from_verbatim.is_empty() && a.files_from_raw.is_empty())
+    {
+        bail!(
+            "--files-from names files to back up, a stream backup reads only its input: run them as two backups"
+        );
+    }
     let mut child = None;
     if a.stdin_from_command {
         let Some((cmd, args)) = a.paths.split_first() else {
@@ -525,10 +531,7 @@ pub(super) fn report_as(
         ));
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));
         if outcome.summary.warnings > 0 {
-            output::line(&format!(
-                "{} {problem} (see warnings above)",
-                outcome.warnings.len()
-            ));
+            output::line(&format!("{} {problem} (see warnings above)", s.warnings));
         }
         output::line(&format!("snapshot {} saved", id.short()));
     }
