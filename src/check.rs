@@ -14,7 +14,7 @@
 use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSource};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SnapshotId, content_hash};
+use crate::id::{BlobId, PackId, SegmentId, SnapshotId, content_hash};
 use crate::pack::open_blob;
 use crate::pack::reader::{open_trailer, parse_pack, trailer_len};
 use crate::progress::Progress;
@@ -95,6 +95,27 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
         );
     }
     let idx = repo.index()?;
+    // Every index segment is read from the repository, not the cache: the
+    // cache was filled from the segments while they were sound and would
+    // hide damage done since, which another machine (or `--no-cache`)
+    // meets as blobs missing from the index.
+    let segments: Vec<SegmentId> = repo
+        .backend()
+        .list(FileKind::Index)?
+        .into_iter()
+        .filter_map(|(n, _)| SegmentId::from_hex(&n))
+        .collect();
+    let segment_errors: Vec<String> = segments
+        .par_iter()
+        .filter_map(|id| match repo.load_segment(id) {
+            Ok(_) => None,
+            Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => Some(Ok(format!(
+                "{e}; its blobs are ignored (run `coffer repair index`)"
+            ))),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_>>()?;
+    f.errors.extend(segment_errors);
     // Packs: listing vs index.
     let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
     let indexed = idx.packs()?;
@@ -168,8 +189,12 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
             Ok(())
         })?;
     }
+    // Problems met on the way (a segment skipped when the index was
+    // built, a damaged snapshot), each once.
     for p in repo.take_problems() {
-        f.errors.push(p);
+        if !f.errors.contains(&p) {
+            f.errors.push(p);
+        }
     }
     // Read data.
     if read != ReadData::None {

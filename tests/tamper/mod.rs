@@ -567,6 +567,18 @@ fn damaged_or_swapped_index_segments_are_named() {
             assert_fails_naming(&r, &name, &format!("restore, index segment {what}"));
         }
         fs::write(seg, &orig).unwrap();
+        // With a warm cache filled while the segment was sound, `check`
+        // still reads the segment itself and names it.
+        f.drop_cache();
+        f.env.coffer().arg("check").run().ok();
+        fs::write(seg, &orig[..n / 2]).unwrap();
+        let r = f.env.coffer().arg("check").run().expect_code(1);
+        assert!(
+            r.stdout.contains(&name) && r.stdout.contains("repair index"),
+            "check with a warm cache does not name the truncated segment:\n{}",
+            r.stdout
+        );
+        fs::write(seg, &orig).unwrap();
     }
     swap_contents(&segs[0], &segs[1]);
     f.drop_cache();
