@@ -126,6 +126,11 @@ pub struct SnapshotRepair {
     /// rebuilt from the packs), and how that went.
     pub missing_packs: Vec<PackId>,
     pub index_rebuilt: Option<IndexRepair>,
+    /// Snapshot files that do not read at all (each with the reason):
+    /// nothing of them can be recovered, their trees are unknown.
+    pub unreadable: Vec<(SnapshotId, String)>,
+    /// Whether those were removed (`--forget`).
+    pub unreadable_removed: bool,
 }
 
 /// Rewrite a tree without what cannot be restored. `None`: unchanged.
@@ -220,7 +225,18 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
     if !report.missing_packs.is_empty() {
         report.index_rebuilt = Some(repair_index(&repo)?);
     }
-    let snaps = repo.list_snapshots()?;
+    let (snaps, damaged) = repo.list_snapshots_and_damaged()?;
+    // A snapshot file that does not decrypt or decode holds nothing to
+    // rewrite. Kept unless asked, since it blocks `prune` (which cannot
+    // tell what it referenced) and a user may still restore the file from
+    // elsewhere; with --forget it goes, as `forget` could not read it.
+    for (id, e) in damaged {
+        if forget {
+            repo.delete(FileKind::Snapshot, &id.to_hex())?;
+        }
+        report.unreadable.push((id, e.to_string()));
+    }
+    report.unreadable_removed = forget;
     // Repaired copies written by an earlier run, so a rerun (or a run with
     // --forget after one without) reuses them instead of adding duplicates.
     let earlier: HashMap<(SnapshotId, BlobId), SnapshotId> = snaps

@@ -439,6 +439,19 @@ impl Repository {
     /// Every readable snapshot, oldest first. A damaged snapshot is skipped
     /// and recorded as a problem: one bad object must not hide the others.
     pub fn list_snapshots(&self) -> Result<Vec<(SnapshotId, Snapshot)>> {
+        let (out, damaged) = self.list_snapshots_and_damaged()?;
+        for (_, e) in damaged {
+            self.note_problem(format!("{e}; snapshot skipped"));
+        }
+        Ok(out)
+    }
+
+    /// Every readable snapshot, oldest first, and each snapshot file that
+    /// does not read (damaged or vanished) with the reason.
+    #[allow(clippy::type_complexity)]
+    pub fn list_snapshots_and_damaged(
+        &self,
+    ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>)> {
         let ids: Vec<SnapshotId> = self
             .backend
             .list(FileKind::Snapshot)?
@@ -450,17 +463,16 @@ impl Repository {
             .map(|id| (*id, self.load_snapshot(id)))
             .collect();
         let mut out = Vec::with_capacity(loaded.len());
+        let mut damaged = Vec::new();
         for (id, r) in loaded {
             match r {
                 Ok(s) => out.push((id, s)),
-                Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => {
-                    self.note_problem(format!("{e}; snapshot skipped"))
-                }
+                Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => damaged.push((id, e)),
                 Err(e) => return Err(e),
             }
         }
         out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
-        Ok(out)
+        Ok((out, damaged))
     }
 
     /// Resolve `latest` or a unique id prefix.

@@ -94,7 +94,7 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
     let problems = repo.take_problems();
     if !problems.is_empty() {
         return Err(Error::Usage(format!(
-            "refusing to prune: {} (a damaged snapshot or index segment may reference data that would be deleted; run `coffer check` and `coffer repair`)",
+            "refusing to prune: {} (a damaged snapshot or index segment may reference data that would be deleted; run `coffer check`, then `coffer repair index` for a segment or `coffer repair snapshots --forget` for a snapshot)",
             problems.join("; ")
         )));
     }

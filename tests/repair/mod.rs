@@ -298,3 +298,51 @@ fn repair_snapshots_on_a_healthy_repository_changes_nothing() {
         "repair snapshots changed a healthy repository"
     );
 }
+
+/// A snapshot file that no longer reads blocks `prune` and cannot be
+/// forgotten by id (it cannot be read); `repair snapshots` names it (exit
+/// 3) and with `--forget` removes it, after which prune runs again and the
+/// other snapshot restores.
+#[test]
+fn an_unreadable_snapshot_file_is_removed_by_repair_snapshots_forget() {
+    let f = fixture();
+    let env = &f.env;
+    let path = env.repo.join("snapshots").join(&f.s2);
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..50]).unwrap();
+    env.coffer()
+        .arg("prune")
+        .run()
+        .expect_code(1)
+        .stderr_has("repair snapshots --forget");
+    env.coffer()
+        .args(["forget", &f.s2])
+        .run()
+        .expect_code(1)
+        .stderr_has("repair snapshots --forget");
+    let r = env
+        .coffer()
+        .args(["repair", "snapshots"])
+        .run()
+        .expect_code(3);
+    assert!(r.stderr.contains(&f.s2), "{}", r.stderr);
+    assert!(
+        path.exists(),
+        "repair without --forget removed the snapshot file"
+    );
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "snapshots", "--forget"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["unreadable"], serde_json::json!([f.s2]), "{v}");
+    assert_eq!(v["unreadable_removed"], true, "{v}");
+    assert!(
+        !path.exists(),
+        "the unreadable snapshot file is still there"
+    );
+    env.coffer().arg("prune").run().ok();
+    env.check_clean();
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+}

@@ -83,7 +83,12 @@ pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
     let mut report = Vec::new();
     if !a.ids.is_empty() {
         for r in &a.ids {
-            let (id, _) = repo.resolve_snapshot(r)?;
+            let (id, _) = repo.resolve_snapshot(r).map_err(|e| match e {
+                coffer::error::Error::Corrupt { .. } => anyhow::anyhow!(
+                    "{e}: it cannot be read to be forgotten; `coffer repair snapshots --forget` removes unreadable snapshots"
+                ),
+                e => e.into(),
+            })?;
             remove.push(id);
         }
     } else {

@@ -69,6 +69,18 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                     ));
                 }
             }
+            for (id, e) in &r.unreadable {
+                if r.unreadable_removed {
+                    if !g.json && !g.quiet {
+                        output::line(&format!("removed unreadable snapshot {}: {e}", id.short()));
+                    }
+                } else {
+                    output::warn(&format!(
+                        "{e}: nothing of snapshot {} can be recovered; `coffer repair snapshots --forget` removes it",
+                        id.short()
+                    ));
+                }
+            }
             for (old, new, dropped) in &r.rewritten {
                 if !g.json && !g.quiet {
                     output::line(&format!(
@@ -85,6 +97,8 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
             if g.json {
                 output::json(
                     &serde_json::json!({"message_type": "summary", "intact": r.intact,
+                    "unreadable": r.unreadable.iter().map(|(id, _)| id.to_hex()).collect::<Vec<_>>(),
+                    "unreadable_removed": r.unreadable_removed,
                     "missing_packs": r.missing_packs.iter().map(|p| p.to_hex()).collect::<Vec<_>>(),
                     "rewritten": r.rewritten.iter().map(|(o, n, d)| serde_json::json!({"old": o.to_hex(), "new": n.to_hex(), "left_out": d})).collect::<Vec<_>>()}),
                 );
@@ -95,7 +109,12 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                     r.rewritten.len()
                 ));
             }
-            Ok(ExitCode::SUCCESS)
+            // Damage left in place is a partial success.
+            Ok(if r.unreadable.is_empty() || r.unreadable_removed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
         }
     }
 }
