@@ -337,6 +337,11 @@ fn read_pack(repo: &Repository, p: &PackId) -> Result<(u64, u64, Vec<String>)> {
             errs.push(format!("{obj}: {err}"));
         }
     }
+    if !errs.is_empty() {
+        errs.push(format!(
+            "{obj} is damaged: `coffer repair packs {name}` keeps what still verifies and lets the next backup store the rest again"
+        ));
+    }
     Ok((entries.len() as u64, bytes.len() as u64, errs))
 }
 

@@ -5,6 +5,13 @@
 //! - `repair index` rebuilds the index from the packs' own trailers: new
 //!   segments first, then the old ones are deleted. A pack whose trailer
 //!   cannot be read is reported and left in place, unindexed.
+//! - `repair packs` reads packs whole (those named, or all) and, for each
+//!   that does not verify, moves every blob that still authenticates,
+//!   decompresses and hashes to its id into new packs, then moves the
+//!   damaged pack to `damaged/` and rebuilds the index: the lost blobs are no longer
+//!   indexed, so the next backup stores their content again instead of
+//!   deduplicating against damage, and `repair snapshots` can leave out
+//!   the files that needed them.
 //! - `repair snapshots` writes, for each snapshot that references lost
 //!   data, a new snapshot whose trees leave out the files and directories
 //!   that cannot be restored. The damaged originals stay unless asked to go.
@@ -12,11 +19,14 @@
 use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSink, BlobSource};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SegmentId, SnapshotId};
+use crate::id::{BlobId, PackId, SegmentId, SnapshotId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::reader::{open_trailer, parse_pack, trailer_len};
+use crate::pack::writer::PackWriter;
+use crate::pack::{PackEntry, open_blob};
+use crate::progress::Progress;
 use crate::repository::Repository;
-use crate::repository::blob_store::{BlobStore, CHECKPOINT_BLOBS};
+use crate::repository::blob_store::{BlobStore, CHECKPOINT_BLOBS, put_verified, verify_sealed};
 use crate::snapshot::Snapshot;
 use crate::snapshot::tree::{NodeKind, Tree};
 use rayon::prelude::*;
@@ -114,6 +124,186 @@ pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
         report.segments_removed += 1;
     }
     repo.refresh_index()?;
+    Ok(report)
+}
+
+#[derive(Debug, Default)]
+pub struct PackRepair {
+    pub packs_read: u64,
+    /// Damaged packs, each with what was wrong, all moved to `damaged/`
+    /// once their readable blobs were stored again.
+    pub damaged: Vec<(PackId, Vec<String>)>,
+    pub blobs_salvaged: u64,
+    /// Blobs that did not verify: (blob, the pack it was in).
+    pub blobs_lost: Vec<(BlobId, PackId)>,
+    pub packs_written: u64,
+    pub index: Option<IndexRepair>,
+}
+
+/// What reading one pack whole found: the blobs that verify, the ones
+/// that do not, and a line per fault. No bytes are kept: with many damaged
+/// packs that would be their whole size in memory.
+struct PackVerdict {
+    good: Vec<PackEntry>,
+    bad: Vec<BlobId>,
+    faults: Vec<String>,
+}
+
+/// Read `pack` whole and verify each blob the index (or, failing that, the
+/// pack's own trailer) lists. `None` when the pack is sound.
+fn examine_pack(repo: &Repository, pack: &PackId) -> Result<Option<PackVerdict>> {
+    let name = pack.to_hex();
+    let obj = FileKind::Pack.path(&name);
+    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let mut faults = Vec::new();
+    if content_hash(&bytes) != pack.0 {
+        faults.push(format!("{obj}: content does not match its name"));
+    }
+    // The index's entries need no trailer: a pack whose trailer is the
+    // damaged part still gives up its blobs.
+    let mut entries = repo.index()?.pack_entries(pack)?;
+    if entries.is_empty() {
+        match parse_pack(repo.keys(), repo.id(), &bytes) {
+            Ok(e) => entries = e,
+            Err(e) => faults.push(format!("{obj}: {e}")),
+        }
+    }
+    let mut good = Vec::with_capacity(entries.len());
+    let mut bad = Vec::new();
+    for e in entries {
+        let sealed =
+            bytes.get(e.offset as usize..(e.offset as usize).saturating_add(e.length as usize));
+        match sealed.map(|b| (open_blob(repo.keys(), repo.id(), &e, b), b)) {
+            Some((Ok(_), _)) => good.push(e),
+            Some((Err(err), _)) => {
+                faults.push(format!("{obj}: {err}"));
+                bad.push(e.id);
+            }
+            None => {
+                faults.push(format!("{obj}: blob {} lies outside the pack", e.id));
+                bad.push(e.id);
+            }
+        }
+    }
+    Ok((!faults.is_empty()).then_some(PackVerdict { good, bad, faults }))
+}
+
+/// Salvage damaged packs (`only`, or every pack in the repository when
+/// empty). The caller holds an exclusive lock.
+///
+/// Order, so that a crash loses nothing a rerun could save: the salvaged
+/// blobs go into new packs that an index segment lists (durable), then the
+/// damaged packs move to `damaged/`, then the index is rebuilt from the
+/// packs. A
+/// crash before the rebuild leaves an index naming deleted packs, which
+/// `check` reports and `repair index` fixes.
+pub fn repair_packs(
+    repo: &Repository,
+    only: &[PackId],
+    progress: &dyn Progress,
+) -> Result<PackRepair> {
+    let mut report = PackRepair::default();
+    let listed: HashMap<PackId, u64> = repo
+        .backend()
+        .list(FileKind::Pack)?
+        .into_iter()
+        .filter_map(|(n, size)| PackId::from_hex(&n).map(|p| (p, size)))
+        .collect();
+    let candidates: Vec<(PackId, u64)> = if only.is_empty() {
+        listed.into_iter().collect()
+    } else {
+        let mut c = Vec::with_capacity(only.len());
+        for p in only {
+            let size = listed.get(p).ok_or_else(|| {
+                Error::Usage(format!(
+                    "pack {p} is not in the repository: give pack ids as `coffer check --read-data` names them"
+                ))
+            })?;
+            c.push((*p, *size));
+        }
+        c
+    };
+    report.packs_read = candidates.len() as u64;
+    // One pack per thread at a time bounds memory to a few packs.
+    let verdicts: Vec<(PackId, Option<PackVerdict>)> = candidates
+        .par_iter()
+        .map(|(p, size)| {
+            let v = examine_pack(repo, p)?;
+            progress.bytes_done(*size);
+            Ok((*p, v))
+        })
+        .collect::<Result<_>>()?;
+    let damaged: Vec<(PackId, PackVerdict)> = verdicts
+        .into_iter()
+        .filter_map(|(p, v)| v.map(|v| (p, v)))
+        .collect();
+    if damaged.is_empty() {
+        return Ok(report);
+    }
+    let pack_size = repo.config().pack_size as usize;
+    let mut seg = Segment::default();
+    let mut writer = PackWriter::with_capacity(pack_size + pack_size / 8);
+    let upload =
+        |writer: &mut PackWriter, seg: &mut Segment, report: &mut PackRepair| -> Result<()> {
+            if writer.is_empty() {
+                return Ok(());
+            }
+            repo.ensure_lock()?;
+            let w = std::mem::replace(writer, PackWriter::with_capacity(pack_size + pack_size / 8));
+            let mut fin = w.finish(repo.keys(), repo.id());
+            if let Err((_, why)) = verify_sealed(repo, &fin) {
+                return Err(Error::corrupt(
+                    format!("{} (before upload)", FileKind::Pack.path(&fin.id.to_hex())),
+                    why,
+                ));
+            }
+            seg.packs.push(put_verified(repo, &mut fin)?);
+            report.packs_written += 1;
+            Ok(())
+        };
+    for (pack, v) in &damaged {
+        let bytes = if v.good.is_empty() {
+            Vec::new()
+        } else {
+            repo.backend().get(FileKind::Pack, &pack.to_hex())?
+        };
+        for e in &v.good {
+            // Read again, so a blob that changed since is caught by the
+            // new pack's verify before upload.
+            let Some(sealed) =
+                bytes.get(e.offset as usize..(e.offset as usize + e.length as usize))
+            else {
+                report.blobs_lost.push((e.id, *pack));
+                continue;
+            };
+            writer.add_sealed(e.kind, e.id, e.raw_length, sealed);
+            report.blobs_salvaged += 1;
+            if writer.len() >= pack_size {
+                upload(&mut writer, &mut seg, &mut report)?;
+            }
+        }
+        report.blobs_lost.extend(v.bad.iter().map(|b| (*b, *pack)));
+    }
+    upload(&mut writer, &mut seg, &mut report)?;
+    if !seg.packs.is_empty() {
+        repo.save_segment(&seg)?;
+    }
+    // The damaged bytes are the only copy of the blobs that did not
+    // verify: they move to `damaged/` (ignored by every reader) rather
+    // than being deleted, for a later attempt or a forensic look.
+    let names: Vec<String> = damaged.iter().map(|(p, _)| p.to_hex()).collect();
+    for name in &names {
+        repo.ensure_lock()?;
+        let bytes = repo.backend().get(FileKind::Pack, name)?;
+        match repo.backend().put(FileKind::Damaged, name, &bytes) {
+            // A rerun after a crash between the copy and the delete.
+            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    repo.delete_many(FileKind::Pack, &names)?;
+    report.damaged = damaged.into_iter().map(|(p, v)| (p, v.faults)).collect();
+    report.index = Some(repair_index(repo)?);
     Ok(report)
 }
 

@@ -22,6 +22,10 @@ pub enum FileKind {
     Index,
     Snapshot,
     Lock,
+    /// A pack `repair packs` took out of service, kept byte for byte under
+    /// its old name: never read, listed or indexed by coffer; the only copy
+    /// of what could not be read is not deleted (RELIABILITY.md B6).
+    Damaged,
 }
 
 impl FileKind {
@@ -34,6 +38,7 @@ impl FileKind {
             FileKind::Index => "index",
             FileKind::Snapshot => "snapshots",
             FileKind::Lock => "locks",
+            FileKind::Damaged => "damaged",
         }
     }
 

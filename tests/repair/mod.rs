@@ -346,3 +346,68 @@ fn an_unreadable_snapshot_file_is_removed_by_repair_snapshots_forget() {
     env.check_clean();
     compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
 }
+
+/// A flipped byte inside a pack (RELIABILITY.md §0.3, bit rot): `check
+/// --read-data` names the pack and `repair packs`; `repair packs` moves
+/// the blobs that still verify into a new pack, deletes the damaged one
+/// and drops the lost blob from the index, so the next plain backup reads
+/// the file again and stores the lost chunk, instead of deduplicating
+/// against damage. Every snapshot then restores whole.
+#[test]
+fn repair_packs_salvages_a_damaged_pack_and_the_next_backup_heals_it() {
+    let f = fixture();
+    let env = &f.env;
+    let victim = &f.b_packs[0];
+    let name = file_name(victim);
+    let len = fs::metadata(victim).unwrap().len();
+    flip_byte(victim, len / 3);
+    let damaged_bytes = fs::read(victim).unwrap();
+    let r = env
+        .coffer()
+        .args(["check", "--read-data"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stdout.contains(&format!("coffer repair packs {name}")),
+        "{}",
+        r.stdout
+    );
+    env.coffer()
+        .args(["repair", "packs", "not-a-pack-id"])
+        .run()
+        .expect_code(1)
+        .stderr_has("not a pack id");
+    let r = env
+        .coffer()
+        .args(["--json", "repair", "packs"])
+        .run()
+        .expect_code(3);
+    let v = r.json();
+    assert_eq!(v["damaged"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["damaged"][0]["pack"], name.as_str(), "{v}");
+    assert_eq!(v["blobs_lost"].as_array().map(Vec::len), Some(1), "{v}");
+    assert!(!victim.exists(), "the damaged pack is still among the packs");
+    // ...but not deleted: the only copy of the lost blob is kept aside.
+    assert_eq!(
+        fs::read(env.repo.join("damaged").join(&name)).unwrap(),
+        damaged_bytes
+    );
+    // The lost chunk is no longer indexed: check says so, and a backup
+    // of the unchanged tree (no --force) stores it again.
+    env.coffer().arg("check").run().expect_code(1);
+    let s = env.backup_json(&[&f.tree.root], &[]);
+    assert!(num(&s, "data_added") > 0, "nothing stored again: {s}");
+    env.coffer().args(["check", "--read-data"]).run().ok();
+    compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+    // A sound repository: nothing to do.
+    let before = env.repo_listing();
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "packs"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["damaged"], serde_json::json!([]), "{v}");
+    assert_eq!(env.repo_listing(), before);
+}

@@ -1,5 +1,6 @@
-//! `coffer repair index` / `coffer repair snapshots [--forget]`
+//! `coffer repair index` / `coffer repair packs [ID...]` / `coffer repair snapshots [--forget]`
 
+use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -15,6 +16,12 @@ pub struct RepairArgs {
 pub enum RepairWhat {
     /// Rebuild the index from the packs' own trailers
     Index,
+    /// Read packs whole (those given, or all) and move what still verifies
+    /// out of damaged ones, so lost blobs are stored again by the next backup
+    Packs {
+        /// Pack ids, as `coffer check --read-data` names them (default: every pack)
+        ids: Vec<String>,
+    },
     /// Write new snapshots that leave out data that was lost
     Snapshots {
         /// Remove the damaged originals once their repaired copies are stored
@@ -51,6 +58,63 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
             } else {
                 ExitCode::from(3)
             })
+        }
+        RepairWhat::Packs { ids } => {
+            let mut only = Vec::with_capacity(ids.len());
+            for i in ids {
+                let i = i.strip_prefix("packs/").unwrap_or(i);
+                let i = i.rsplit('/').next().unwrap_or(i);
+                only.push(coffer::id::PackId::from_hex(i).ok_or_else(|| {
+                    anyhow::anyhow!("{i:?} is not a pack id: give the 64 hex digits `coffer check --read-data` prints")
+                })?);
+            }
+            let progress = CliProgress::new(g.json, g.quiet);
+            let r = coffer::repair::repair_packs(&repo, &only, &progress);
+            progress.finish();
+            let r = r?;
+            let lost: Vec<serde_json::Value> = r
+                .blobs_lost
+                .iter()
+                .map(|(b, p)| serde_json::json!({"blob": b.to_hex(), "pack": p.to_hex()}))
+                .collect();
+            if g.json {
+                output::json(&serde_json::json!({
+                    "message_type": "summary",
+                    "packs_read": r.packs_read,
+                    "damaged": r.damaged.iter().map(|(p, f)| serde_json::json!({"pack": p.to_hex(), "faults": f})).collect::<Vec<_>>(),
+                    "blobs_salvaged": r.blobs_salvaged,
+                    "blobs_lost": lost,
+                    "packs_written": r.packs_written,
+                }));
+            } else if !g.quiet {
+                for (p, faults) in &r.damaged {
+                    output::line(&format!("damaged pack {}:", p.to_hex()));
+                    for f in faults {
+                        output::line(&format!("  {f}"));
+                    }
+                }
+                output::line(&format!(
+                    "read {} packs: {} damaged, removed after moving {} intact blobs into {} new packs; {} blobs lost",
+                    r.packs_read,
+                    r.damaged.len(),
+                    r.blobs_salvaged,
+                    r.packs_written,
+                    r.blobs_lost.len()
+                ));
+            }
+            if let Some(ir) = &r.index {
+                for u in &ir.unreadable {
+                    output::warn(&format!("left unindexed (unreadable): {u}"));
+                }
+            }
+            if r.blobs_lost.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            output::warn(&format!(
+                "{} blobs were lost: run `coffer backup` to store again what still exists on disk, then `coffer repair snapshots` for the snapshots that needed them",
+                r.blobs_lost.len()
+            ));
+            Ok(ExitCode::from(3))
         }
         RepairWhat::Snapshots { forget } => {
             let r = coffer::repair::repair_snapshots(repo.clone(), *forget)?;
