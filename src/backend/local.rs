@@ -182,6 +182,11 @@ impl LocalBackend {
 
     /// Remove temporary files a killed writer left behind.
     pub fn remove_stale_temp_files(&self) -> Result<usize> {
+        self.remove_temps_older_than(std::time::Duration::ZERO)
+    }
+
+    fn remove_temps_older_than(&self, min_age: std::time::Duration) -> Result<usize> {
+        let now = std::time::SystemTime::now();
         let mut n = 0;
         for dir in self.kind_dirs(FileKind::Pack)?.into_iter().chain(
             [
@@ -189,13 +194,20 @@ impl LocalBackend {
                 FileKind::Index,
                 FileKind::Snapshot,
                 FileKind::Lock,
+                FileKind::Damaged,
             ]
             .iter()
             .map(|k| self.root.join(k.dir())),
         ) {
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
+                let old_enough = || {
+                    e.metadata()
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age)
+                };
                 if e.file_name().to_string_lossy().contains(TEMP_INFIX)
+                    && old_enough()
                     && fs::remove_file(e.path()).is_ok()
                 {
                     n += 1;
@@ -428,6 +440,10 @@ fn unique_suffix() -> String {
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn remove_stale_temps(&self, min_age: std::time::Duration) -> Result<usize> {
+        self.remove_temps_older_than(min_age)
     }
 
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {

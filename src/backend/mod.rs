@@ -110,6 +110,13 @@ pub trait Backend: Send + Sync {
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
         names.iter().try_for_each(|n| self.delete(kind, n))
     }
+    /// Remove what writers killed mid-put left behind (a backend whose puts
+    /// leave nothing has nothing to do), if older than `min_age`. Only
+    /// under an exclusive lock: a younger temporary may be a live put.
+    /// Returns how many were removed.
+    fn remove_stale_temps(&self, _min_age: std::time::Duration) -> Result<usize> {
+        Ok(0)
+    }
 }
 
 /// The second step of [`Backend::put_pending`].

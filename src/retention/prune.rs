@@ -85,7 +85,13 @@ pub struct PruneReport {
     pub blobs_repacked: u64,
     pub bytes_freed: u64,
     pub segments_written: u64,
+    /// Temporary files of puts killed mid-write, removed.
+    pub temps_removed: u64,
 }
+
+/// A temporary file this old cannot be a put still in progress: writers
+/// refresh their locks far more often, and puts take seconds.
+const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// Mark every blob reachable from every snapshot in the index's used set.
 /// Returns the number of snapshots walked.
@@ -194,6 +200,10 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
 /// Carry out a plan made by [`plan`] under the same exclusive lock.
 pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     let mut report = PruneReport::default();
+    // Under the exclusive lock no put of this repository is live, so what
+    // a killed backup left half-written is only taking space.
+    repo.ensure_lock()?;
+    report.temps_removed = repo.backend().remove_stale_temps(STALE_TEMP_AGE)? as u64;
     if plan.is_noop() {
         return Ok(report);
     }

@@ -386,7 +386,10 @@ fn repair_packs_salvages_a_damaged_pack_and_the_next_backup_heals_it() {
     assert_eq!(v["damaged"].as_array().map(Vec::len), Some(1), "{v}");
     assert_eq!(v["damaged"][0]["pack"], name.as_str(), "{v}");
     assert_eq!(v["blobs_lost"].as_array().map(Vec::len), Some(1), "{v}");
-    assert!(!victim.exists(), "the damaged pack is still among the packs");
+    assert!(
+        !victim.exists(),
+        "the damaged pack is still among the packs"
+    );
     // ...but not deleted: the only copy of the lost blob is kept aside.
     assert_eq!(
         fs::read(env.repo.join("damaged").join(&name)).unwrap(),

@@ -435,3 +435,35 @@ fn prune_refuses_when_an_indexed_pack_is_missing() {
     assert!(r.stdout.contains(&file_name(victim)), "{}", r.stdout);
     drop((t, golden));
 }
+
+/// A backup killed mid-put leaves `<name>.tmp-<hex>` files that no listing
+/// shows; prune (under its exclusive lock) removes those older than an
+/// hour, and leaves a young one, which could be a put still under way.
+#[test]
+fn prune_removes_stale_temporary_files_and_keeps_young_ones() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.random_file("a.bin", 100_000, 1);
+    env.backup_json(&[&t.root], &[]);
+    let dir = env.repo.join("packs").join("ab");
+    fs::create_dir_all(&dir).unwrap();
+    let name = "ab".repeat(32);
+    let stale = dir.join(format!("{name}.tmp-0123456789abcdef"));
+    let young = dir.join(format!("{name}.tmp-fedcba9876543210"));
+    let stale_index = env
+        .repo
+        .join("index")
+        .join(format!("{name}.tmp-00000000000000aa"));
+    for p in [&stale, &young, &stale_index] {
+        fs::write(p, b"half a pack").unwrap();
+    }
+    for p in [&stale, &stale_index] {
+        set_mtime(p, now_secs() - 7200, 0);
+    }
+    let v = env.coffer().args(["--json", "prune"]).run().ok().summary();
+    assert_eq!(num(&v, "temporary_files_removed"), 2, "{v}");
+    assert!(!stale.exists() && !stale_index.exists());
+    assert!(young.exists(), "a young temporary file was removed");
+    env.check_clean();
+}

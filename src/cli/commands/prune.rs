@@ -73,7 +73,7 @@ pub fn prune_locked(g: &GlobalOpts, repo: &Repository, a: &PruneArgs) -> Result<
             "message_type": "summary", "dry_run": false,
             "packs_deleted": r.packs_deleted, "packs_repacked": r.packs_repacked,
             "packs_written": r.packs_written, "blobs_repacked": r.blobs_repacked,
-            "bytes_freed": r.bytes_freed,
+            "bytes_freed": r.bytes_freed, "temporary_files_removed": r.temps_removed,
         }));
     } else if !g.quiet {
         output::line(&format!(
@@ -84,6 +84,12 @@ pub fn prune_locked(g: &GlobalOpts, repo: &Repository, a: &PruneArgs) -> Result<
             r.packs_written,
             output::bytes(r.bytes_freed)
         ));
+        if r.temps_removed > 0 {
+            output::line(&format!(
+                "removed {} temporary files left by interrupted writes",
+                r.temps_removed
+            ));
+        }
     }
     Ok(())
 }
