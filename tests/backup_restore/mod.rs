@@ -720,3 +720,33 @@ fn overwrite_never_keeps_existing_entries_of_any_type() {
     assert_eq!(num(&s, "entries_kept"), 5, "{s}");
     assert_no_temp_files(&target);
 }
+
+/// `ls`, `dump` and `find` take non-UTF-8 paths and patterns as bytes, so
+/// every name a snapshot can hold can be named on the command line.
+#[test]
+fn ls_dump_and_find_take_non_utf8_paths() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    let name = OsStr::from_bytes(b"caf\xe9-\xff.txt");
+    let file = t.file(Path::new("d").join(name), b"latin-1 name\n");
+    env.backup_json(&[&t.root], &[]);
+    let r = env.coffer().args(["ls", "latest"]).arg(&file).run().ok();
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
+    let r = env.coffer().args(["dump", "latest"]).arg(&file).run().ok();
+    assert_eq!(r.stdout, "latin-1 name\n");
+    let r = env
+        .coffer()
+        .arg("find")
+        .arg(OsStr::from_bytes(b"caf\xe9-*"))
+        .run()
+        .ok();
+    assert!(
+        r.stdout.contains("/d/caf"),
+        "find matched nothing:\n{}",
+        r.stdout
+    );
+    // The same pattern in UTF-8 (é as two bytes) is another name.
+    let r = env.coffer().args(["find", "café-*"]).run();
+    assert!(!r.stdout.contains("/d/caf"), "{}", r.stdout);
+}

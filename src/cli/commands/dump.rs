@@ -7,6 +7,7 @@ use coffer::restorer::dump::{dump_file, dump_tar};
 use coffer::snapshot::tree::NodeKind;
 use coffer::snapshot::walk::find_path;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -19,7 +20,7 @@ pub struct DumpArgs {
     /// Snapshot id prefix or `latest`
     pub snapshot: String,
     /// Path inside the snapshot (a file, or a directory written as tar)
-    pub path: String,
+    pub path: std::ffi::OsString,
     /// Archive format for directories
     #[arg(long, value_enum, default_value = "tar")]
     pub archive: Archive,
@@ -28,25 +29,25 @@ pub struct DumpArgs {
 pub fn run(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let (id, snap) = repo.resolve_snapshot(&a.snapshot)?;
-    let rel = a.path.trim_matches('/');
+    let rel = super::trim_slashes(a.path.as_bytes());
+    let shown = a.path.to_string_lossy();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
     if rel.is_empty() {
         dump_tar(repo.as_ref(), &snap.tree, b"", &mut out)?;
     } else {
-        let Some(node) = find_path(repo.as_ref(), &snap.tree, rel.as_bytes())? else {
-            bail!("{} is not in snapshot {}", a.path, id.short());
+        let Some(node) = find_path(repo.as_ref(), &snap.tree, rel)? else {
+            bail!("{shown} is not in snapshot {}", id.short());
         };
         match (node.kind, node.subtree) {
             (NodeKind::File, _) => {
                 dump_file(repo.as_ref(), &node, &mut out)?;
             }
             (NodeKind::Dir, Some(sub)) => match a.archive {
-                Archive::Tar => dump_tar(repo.as_ref(), &sub, rel.as_bytes(), &mut out)?,
+                Archive::Tar => dump_tar(repo.as_ref(), &sub, rel, &mut out)?,
             },
             _ => bail!(
-                "{} is a {}, which has no content to dump",
-                a.path,
+                "{shown} is a {}, which has no content to dump",
                 node.kind.as_str()
             ),
         }

@@ -10,13 +10,14 @@ use coffer::id::PackId;
 use coffer::pattern::Pattern;
 use coffer::snapshot::tree::NodeKind;
 use coffer::units::parse_time;
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct FindArgs {
     /// Name patterns (`*.sql`, `config`) or path patterns (`/home/*/models`);
     /// an entry matching any of them is listed
-    pub patterns: Vec<String>,
+    pub patterns: Vec<std::ffi::OsString>,
     /// Search only this snapshot (id prefix or `latest`; repeatable)
     #[arg(short, long = "snapshot", value_name = "ID")]
     pub snapshots: Vec<String>,

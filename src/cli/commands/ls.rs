@@ -1,10 +1,12 @@
 //! `coffer ls SNAPSHOT [PATH]`
 
+use super::trim_slashes;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::snapshot::tree::{Node, NodeKind};
 use coffer::snapshot::walk::{Visit, find_path, walk};
+use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -12,7 +14,7 @@ pub struct LsArgs {
     /// Snapshot id prefix or `latest`
     pub snapshot: String,
     /// Only list this path and what is below it
-    pub path: Option<String>,
+    pub path: Option<std::ffi::OsString>,
     /// Show mode, owner, size and modification time
     #[arg(short, long)]
     pub long: bool,
@@ -44,16 +46,17 @@ fn print(path: &[u8], n: &Node, long: bool, json: bool) {
 pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let (_, snap) = repo.resolve_snapshot(&a.snapshot)?;
-    let want = a.path.as_deref().unwrap_or("/").trim_end_matches('/');
-    let (root, prefix) = if want.is_empty() {
+    // Bytes, not UTF-8: a snapshot's names are whatever the filesystem held.
+    let want = a.path.as_deref().map_or(&b"/"[..], |p| p.as_bytes());
+    let rel = trim_slashes(want);
+    let (root, prefix) = if rel.is_empty() {
         (snap.tree, Vec::new())
     } else {
-        let rel = want.trim_start_matches('/');
-        let Some(node) = find_path(repo.as_ref(), &snap.tree, rel.as_bytes())? else {
-            bail!("{want} is not in the snapshot");
+        let Some(node) = find_path(repo.as_ref(), &snap.tree, rel)? else {
+            bail!("{} is not in the snapshot", String::from_utf8_lossy(want));
         };
         let mut full = b"/".to_vec();
-        full.extend_from_slice(rel.as_bytes());
+        full.extend_from_slice(rel);
         print(&full, &node, a.long, g.json);
         match (node.kind, node.subtree) {
             (NodeKind::Dir, Some(sub)) => (sub, full),

@@ -152,8 +152,24 @@ pub fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is too large"))
 }
 
+/// A snapshot path without its leading and trailing slashes, as bytes
+/// (names in a snapshot need not be UTF-8).
+pub(crate) fn trim_slashes(p: &[u8]) -> &[u8] {
+    let start = p.iter().position(|&b| b != b'/').unwrap_or(p.len());
+    let end = p.iter().rposition(|&b| b != b'/').map_or(start, |i| i + 1);
+    &p[start..end]
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trim_slashes_keeps_inner_bytes() {
+        assert_eq!(super::trim_slashes(b"//a/b\xff//"), b"a/b\xff");
+        assert_eq!(super::trim_slashes(b"///"), b"");
+        assert_eq!(super::trim_slashes(b""), b"");
+        assert_eq!(super::trim_slashes(b"x"), b"x");
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::parse_size("512").unwrap(), 512);
