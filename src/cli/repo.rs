@@ -179,17 +179,25 @@ pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secr
     if let Some(p) = configured_password_from(o)? {
         return Ok(Secret::Passphrase(p));
     }
+    let mut missing_key_file = None;
     if is_default {
         let kf = default_key_file()?;
         if kf.exists() {
             return Ok(Secret::KeyFile(read_key_file(&kf)?));
         }
+        missing_key_file = Some(kf);
     }
     if interactive() {
         return Ok(Secret::Passphrase(prompt(&format!(
             "enter password for repository {}: ",
             repo_path.display()
         ))?));
+    }
+    if let Some(kf) = missing_key_file {
+        bail!(
+            "the default repository's key file {} is missing: put back your copy of it (or give --key-file, or a password if you added one)",
+            kf.display()
+        );
     }
     let env = o.password_env;
     let flags = if env == "COFFER_PASSWORD" {
@@ -228,6 +236,12 @@ pub fn open_at(
         if !path.exists() {
             bail!(
                 "repository {} does not exist: check --repo or run `coffer init`",
+                path.display()
+            );
+        }
+        if !path.is_dir() {
+            bail!(
+                "{} is a file, not a repository directory: check --repo",
                 path.display()
             );
         }

@@ -254,6 +254,12 @@ pub fn restore(
             pats.join(", ")
         )));
     }
+    if std::fs::metadata(target).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Usage(format!(
+            "restore target {} is not a directory: give a directory (it is created when missing)",
+            target.display()
+        )));
+    }
     let target_fresh = !opts.dry_run && std::fs::symlink_metadata(target).is_err();
     if !opts.dry_run {
         std::fs::create_dir_all(target).map_err(|e| Error::Target {

@@ -71,6 +71,25 @@ fn zero_config_backup_creates_default_repository_and_key_file() {
         .run()
         .ok();
     compare_trees(&t.root, &restored(&target, &t.root));
+    // A file as the restore target is named as such.
+    let afile = env.path("afile");
+    fs::write(&afile, b"mine").unwrap();
+    env.bare()
+        .args(["restore", "latest", "--target"])
+        .arg(&afile)
+        .run()
+        .expect_code(1)
+        .stderr_has("is not a directory");
+    assert_eq!(fs::read(&afile).unwrap(), b"mine");
+    // Without its key file the default repository says which file is gone.
+    let kept = env.path("default.key.kept");
+    fs::rename(&key, &kept).unwrap();
+    env.bare()
+        .arg("snapshots")
+        .run()
+        .expect_code(1)
+        .stderr_has(key.to_str().unwrap());
+    fs::rename(&kept, &key).unwrap();
     assert!(
         env.xdg_cache.join("coffer").is_dir(),
         "the index cache is not under XDG_CACHE_HOME"
@@ -348,6 +367,15 @@ fn directory_that_is_not_a_repository() {
         .run()
         .expect_code(1)
         .stderr_has("not a coffer repository");
+    // --repo naming a file.
+    env.coffer()
+        .no_repo()
+        .arg("--repo")
+        .arg(env.repo.join("some-file"))
+        .arg("snapshots")
+        .run()
+        .expect_code(1)
+        .stderr_has("is a file, not a repository directory");
 }
 
 #[test]
