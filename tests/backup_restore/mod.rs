@@ -735,6 +735,16 @@ fn ls_dump_and_find_take_non_utf8_paths() {
     assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
     let r = env.coffer().args(["dump", "latest"]).arg(&file).run().ok();
     assert_eq!(r.stdout, "latin-1 name\n");
+    // ls also takes SNAPSHOT:PATH, as restore and diff do.
+    let mut inline = b"latest:".to_vec();
+    inline.extend_from_slice(file.as_os_str().as_bytes());
+    let r = env
+        .coffer()
+        .arg("ls")
+        .arg(OsStr::from_bytes(&inline))
+        .run()
+        .ok();
+    assert_eq!(r.stdout.lines().count(), 1, "{}", r.stdout);
     let r = env
         .coffer()
         .arg("find")

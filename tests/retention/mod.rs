@@ -467,3 +467,58 @@ fn prune_removes_stale_temporary_files_and_keeps_young_ones() {
     assert!(young.exists(), "a young temporary file was removed");
     env.check_clean();
 }
+
+/// `snapshots` and `forget` take the same filters as `find` and `stats`:
+/// `--host`, `--tag`, `--path`, each repeatable.
+#[test]
+fn snapshots_and_forget_filter_by_host_tag_and_path() {
+    let s = snaps();
+    let env = &s.env;
+    let other = TreeBuilder::new(env.path("other"));
+    other.file("x.txt", b"x\n");
+    let elsewhere = snap_id(&env.backup_json(&[&other.root], &["--host", "here"]));
+    let ids = |args: &[&str]| -> Vec<String> {
+        let v = env
+            .coffer()
+            .args(["--json", "snapshots"])
+            .args(args)
+            .run()
+            .ok()
+            .json();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let root = s.tree.root.to_str().unwrap();
+    assert_eq!(ids(&["--host", "there"]), vec![s.there.clone()]);
+    assert_eq!(ids(&["--tag", "important"]), vec![s.here[0].clone()]);
+    assert_eq!(
+        ids(&["--path", other.root.to_str().unwrap()]),
+        vec![elsewhere.clone()]
+    );
+    assert_eq!(ids(&["--host", "here", "--path", root]).len(), 4);
+    assert_eq!(
+        ids(&["--host", "here", "--host", "there", "--path", root]).len(),
+        5
+    );
+    // forget --keep-last 1 limited to one path leaves the other alone.
+    env.coffer()
+        .args([
+            "forget",
+            "--keep-last",
+            "1",
+            "--host",
+            "here",
+            "--path",
+            root,
+        ])
+        .run()
+        .ok();
+    let left = ids(&[]);
+    assert_eq!(left.len(), 3, "{left:?}");
+    for id in [&s.here[3], &s.there, &elsewhere] {
+        assert!(left.contains(id), "{id} was forgotten: {left:?}");
+    }
+}

@@ -39,9 +39,9 @@ pub struct ForgetArgs {
     /// Group by these fields: host, paths, tags (comma-separated)
     #[arg(long, default_value = "host,paths")]
     pub group_by: String,
-    /// Only consider snapshots of this host
-    #[arg(long)]
-    pub host: Option<String>,
+    /// Only consider snapshots that match (--host, --tag, --path)
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
     /// Show what would be removed, change nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -115,7 +115,7 @@ pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
         let snaps: Vec<_> = repo
             .list_snapshots()?
             .into_iter()
-            .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.hostname == h))
+            .filter(|(_, s)| a.filter.admits(s))
             .collect();
         for (key, group) in policy::group(snaps, group_by(&a.group_by)?) {
             let decisions = policy::apply(&group, &policy);

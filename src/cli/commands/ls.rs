@@ -11,8 +11,8 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct LsArgs {
-    /// Snapshot id prefix or `latest`
-    pub snapshot: String,
+    /// Snapshot id prefix or `latest`, optionally `SNAPSHOT:PATH`
+    pub snapshot: std::ffi::OsString,
     /// Only list this path and what is below it
     pub path: Option<std::ffi::OsString>,
     /// Show mode, owner, size and modification time
@@ -45,9 +45,23 @@ fn print(path: &[u8], n: &Node, long: bool, json: bool) {
 
 pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let (_, snap) = repo.resolve_snapshot(&a.snapshot)?;
     // Bytes, not UTF-8: a snapshot's names are whatever the filesystem held.
-    let want = a.path.as_deref().map_or(&b"/"[..], |p| p.as_bytes());
+    let whole = a.snapshot.as_bytes();
+    let (snap_ref, inline) = match whole.iter().position(|&b| b == b':') {
+        Some(i) => (&whole[..i], Some(&whole[i + 1..])),
+        None => (whole, None),
+    };
+    let want = match (inline, a.path.as_deref()) {
+        (Some(_), Some(_)) => {
+            bail!("give the path once: as SNAPSHOT:PATH or as the second argument")
+        }
+        (Some(p), None) => p,
+        (None, Some(p)) => p.as_bytes(),
+        (None, None) => b"/",
+    };
+    let snap_ref = std::str::from_utf8(snap_ref)
+        .map_err(|_| anyhow::anyhow!("the snapshot must be an id prefix or `latest`"))?;
+    let (_, snap) = repo.resolve_snapshot(snap_ref)?;
     let rel = trim_slashes(want);
     let (root, prefix) = if rel.is_empty() {
         (snap.tree, Vec::new())

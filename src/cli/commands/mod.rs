@@ -85,7 +85,7 @@ pub struct SnapshotFilter {
 }
 
 impl SnapshotFilter {
-    fn admits(&self, s: &Snapshot) -> bool {
+    pub fn admits(&self, s: &Snapshot) -> bool {
         let path_ok = self.paths.is_empty()
             || self.paths.iter().any(|p| {
                 let p = p.trim_end_matches('/');

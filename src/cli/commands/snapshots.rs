@@ -9,12 +9,8 @@ use std::process::ExitCode;
 
 #[derive(Args, Debug)]
 pub struct SnapshotsArgs {
-    /// Only snapshots of this host
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Only snapshots with this tag
-    #[arg(long)]
-    pub tag: Option<String>,
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
 }
 
 pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
@@ -40,8 +36,7 @@ pub fn run(g: &GlobalOpts, a: &SnapshotsArgs) -> Result<ExitCode> {
     let snaps: Vec<_> = repo
         .list_snapshots()?
         .into_iter()
-        .filter(|(_, s)| a.host.as_ref().is_none_or(|h| &s.hostname == h))
-        .filter(|(_, s)| a.tag.as_ref().is_none_or(|t| s.tags.contains(t)))
+        .filter(|(_, s)| a.filter.admits(s))
         .collect();
     if g.json {
         output::json(&serde_json::Value::Array(
