@@ -101,6 +101,9 @@ pub struct RestoreSummary {
     pub files_verified: u64,
     /// Entries that could not be restored, each naming the path and why.
     pub errors: Vec<String>,
+    /// Damaged or missing packs met on the way, each named once (the
+    /// files that needed them are in `errors` if they failed).
+    pub damaged_packs: Vec<String>,
     pub warnings: Vec<SourceWarning>,
     /// With `dry_run`: one line per entry that would be written.
     pub planned: Vec<String>,
@@ -604,7 +607,7 @@ impl Restorer<'_> {
             .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
             .collect();
         self.checked_packs.extend(unchecked);
-        self.summary.errors.extend(damaged);
+        self.summary.damaged_packs.extend(damaged);
         std::thread::scope(|scope| {
             // Complete segments of big files go to one writer thread, so
             // the workers decode on while a direct write waits on the disk.

@@ -520,8 +520,17 @@ fn damaged_or_swapped_packs_are_named_and_never_restored_wrong() {
     let flips = [0, 100, n / 2, n - 60, n - 4, n - 1];
     for (what, bytes) in damages(&orig, &flips) {
         fs::write(&victim, &bytes).unwrap();
+        // A blob hit fails its file (exit 1); damage only in the trailer
+        // leaves every blob authentic, so all files restore and the run
+        // ends with exit 3. Either way the pack is named and (checked by
+        // `restore`) no file holds wrong bytes.
         let r = f.restore(&f.s2);
-        assert_fails_naming(&r, &name, &format!("restore, pack {what}"));
+        assert!(
+            matches!(r.code, 1 | 3) && r.stderr.contains(&name),
+            "restore, pack {what}: expected exit 1 or 3 naming {name}\nstdout:\n{}\nstderr:\n{}",
+            r.stdout,
+            r.stderr
+        );
         let r = f.env.coffer().args(["cat", "pack", &name]).run();
         assert_fails_naming(&r, &name, &format!("cat pack, pack {what}"));
         // The first snapshot does not use the pack: still fully restorable.
