@@ -301,6 +301,11 @@ pub fn restore(
     // Pass 2: create directories and specials, batch files.
     let mut picks: Vec<Pick> = vec![sel.root_pick()];
     let mut failed_dirs: Vec<Vec<u8>> = Vec::new();
+    // Directories only looked into (a pattern may match below them) are
+    // made when something below is restored, so `--include '*.sql'` does
+    // not leave every other directory behind, empty. The ancestors of the
+    // entry being visited, outermost first.
+    let mut pending: Vec<(Vec<u8>, PathBuf, Node)> = Vec::new();
     walk(
         src,
         root,
@@ -311,40 +316,44 @@ pub fn restore(
             {
                 return Ok(Visit::Skip);
             }
+            while pending
+                .last()
+                .is_some_and(|(d, _, _)| !(rel.starts_with(d) && rel.get(d.len()) == Some(&b'/')))
+            {
+                pending.pop();
+            }
             let is_dir = node.kind == NodeKind::Dir;
             let pick = pick_at(&mut picks, &sel, &root_path, rel, is_dir);
             if pick == Pick::Skip || (pick == Pick::Descend && !is_dir) {
                 return Ok(Visit::Skip);
             }
             let path = target.join(OsStr::from_bytes(rel));
-            if is_dir {
-                if r.opts.overwrite == Overwrite::Never
-                    && !r.fresh_dirs.contains(parent_of(rel))
-                    && std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir())
-                {
-                    // A file, symlink or FIFO the user has where the
-                    // snapshot has a directory: `never` keeps it, and with
-                    // it everything the snapshot has below that name.
-                    r.summary.kept += 1;
+            if is_dir
+                && r.opts.overwrite == Overwrite::Never
+                && !r.fresh_dirs.contains(parent_of(rel))
+                && std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_dir())
+            {
+                // A file, symlink or FIFO the user has where the snapshot
+                // has a directory: `never` keeps it, and with it everything
+                // the snapshot has below that name.
+                r.summary.kept += 1;
+                return Ok(Visit::Skip);
+            }
+            if is_dir && pick == Pick::Descend {
+                pending.push((rel.to_vec(), path, node.clone()));
+                return Ok(Visit::Descend);
+            }
+            for (d, p, n) in std::mem::take(&mut pending) {
+                if !r.make_dir(&d, p, &n) {
+                    failed_dirs.push(d);
                     return Ok(Visit::Skip);
                 }
-                if r.opts.dry_run {
-                    r.summary.planned.push(format!("dir  {}", path.display()));
-                } else {
-                    match file_writer::ensure_dir(&path) {
-                        Ok(true) => {
-                            r.fresh_dirs.insert(rel.to_vec());
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            r.summary.errors.push(e.to_string());
-                            failed_dirs.push(rel.to_vec());
-                            return Ok(Visit::Skip);
-                        }
-                    }
+            }
+            if is_dir {
+                if !r.make_dir(rel, path, node) {
+                    failed_dirs.push(rel.to_vec());
+                    return Ok(Visit::Skip);
                 }
-                r.summary.dirs += 1;
-                r.dirs.push((path, node.clone()));
                 return Ok(Visit::Descend);
             }
             let fresh = r.fresh_dirs.contains(parent_of(rel));
@@ -369,6 +378,30 @@ pub fn restore(
 }
 
 impl Restorer<'_> {
+    /// Create (or keep) the directory at `rel`, its metadata set at the
+    /// end; false, with the error recorded, when it cannot be made.
+    fn make_dir(&mut self, rel: &[u8], path: PathBuf, node: &Node) -> bool {
+        if self.opts.dry_run {
+            self.summary
+                .planned
+                .push(format!("dir  {}", path.display()));
+        } else {
+            match file_writer::ensure_dir(&path) {
+                Ok(true) => {
+                    self.fresh_dirs.insert(rel.to_vec());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    self.summary.errors.push(e.to_string());
+                    return false;
+                }
+            }
+        }
+        self.summary.dirs += 1;
+        self.dirs.push((path, node.clone()));
+        true
+    }
+
     /// Restore or batch one non-directory entry; `fresh` when its directory
     /// was created by this restore.
     fn entry(&mut self, path: PathBuf, node: &Node, fresh: bool) -> Result<()> {

@@ -760,3 +760,38 @@ fn ls_dump_and_find_take_non_utf8_paths() {
     let r = env.coffer().args(["find", "café-*"]).run();
     assert!(!r.stdout.contains("/d/caf"), "{}", r.stdout);
 }
+
+/// A name pattern looks into every directory but creates only those on
+/// the way to what it restores: `--include '*.sql'` brings back the dumps
+/// and their parents, not every other directory of the snapshot, empty.
+#[test]
+fn include_pattern_creates_only_the_directories_it_needs() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("db/dumps/monday.sql", b"select 1;\n");
+    t.file("db/notes.txt", b"notes\n");
+    t.file("models/user-a/weights.bin", b"weights");
+    t.dir("empty");
+    env.backup_json(&[&t.root], &[]);
+    let target = env.path("restore");
+    env.coffer()
+        .args(["restore", "latest", "--include", "*.sql", "--target"])
+        .arg(&target)
+        .run()
+        .ok();
+    let out = restored(&target, &t.root);
+    assert_eq!(
+        fs::read(out.join("db/dumps/monday.sql")).unwrap(),
+        b"select 1;\n"
+    );
+    for absent in ["db/notes.txt", "models", "empty"] {
+        assert!(
+            fs::symlink_metadata(out.join(absent)).is_err(),
+            "{absent} was restored by --include '*.sql'"
+        );
+    }
+    // The directories on the way keep the snapshot's metadata.
+    let mtime = |p: &Path| fs::symlink_metadata(p).unwrap().mtime();
+    assert_eq!(mtime(&out.join("db/dumps")), mtime(&t.path("db/dumps")));
+}
