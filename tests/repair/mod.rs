@@ -349,8 +349,8 @@ fn an_unreadable_snapshot_file_is_removed_by_repair_snapshots_forget() {
 
 /// A flipped byte inside a pack (RELIABILITY.md §0.3, bit rot): `check
 /// --read-data` names the pack and `repair packs`; `repair packs` moves
-/// the blobs that still verify into a new pack, deletes the damaged one
-/// and drops the lost blob from the index, so the next plain backup reads
+/// the blobs that still verify into a new pack, moves the damaged one to
+/// `damaged/` and drops the lost blob from the index, so the next plain backup reads
 /// the file again and stores the lost chunk, instead of deduplicating
 /// against damage. Every snapshot then restores whole.
 #[test]
