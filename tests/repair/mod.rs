@@ -414,3 +414,37 @@ fn repair_packs_salvages_a_damaged_pack_and_the_next_backup_heals_it() {
     assert_eq!(v["damaged"], serde_json::json!([]), "{v}");
     assert_eq!(env.repo_listing(), before);
 }
+
+/// RELIABILITY.md B6: `repair packs` killed just before it deletes the
+/// damaged pack (its salvage already durable, the damaged bytes already
+/// under `damaged/`) loses nothing, and a rerun finishes the job.
+#[test]
+fn repair_packs_killed_before_deleting_the_damaged_pack_loses_nothing() {
+    let f = fixture();
+    let env = &f.env;
+    let victim = &f.b_packs[0];
+    let name = file_name(victim);
+    let len = fs::metadata(victim).unwrap().len();
+    flip_byte(victim, len / 3);
+    let r = env
+        .coffer()
+        .args(["repair", "packs"])
+        .env("COFFER_FAILPOINT", "before-delete:packs:1")
+        .run_any();
+    assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+    assert!(victim.exists() && env.repo.join("damaged").join(&name).exists());
+    // Everything that restored before still does.
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "packs"])
+        .run()
+        .expect_code(3)
+        .json();
+    assert_eq!(v["damaged"][0]["pack"], name.as_str(), "{v}");
+    assert!(!victim.exists());
+    let s = env.backup_json(&[&f.tree.root], &[]);
+    assert!(num(&s, "data_added") > 0, "{s}");
+    env.coffer().args(["check", "--read-data"]).run().ok();
+    compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+}
