@@ -58,7 +58,7 @@ pub enum Error {
     )]
     UnsupportedVersion { found: u32, supported: u32 },
     /// The local SQLite index cache failed.
-    #[error("local index cache {path}: {reason}")]
+    #[error("local index cache {path}: {reason} (give another --cache-dir, or --no-cache)")]
     Cache { path: PathBuf, reason: String },
     /// A snapshot reference matched nothing or more than one snapshot.
     #[error("{0}")]
