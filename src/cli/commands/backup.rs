@@ -425,35 +425,60 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     report(g, &id, &snap, &outcome)
 }
 
+/// The counts every backup summary reports, real or dry run, in restic's
+/// field names (the caller adds what differs).
+fn summary_json(s: &archiver::Summary) -> serde_json::Map<String, serde_json::Value> {
+    let v = serde_json::json!({
+        "message_type": "summary",
+        "files_new": s.files_new,
+        "files_changed": s.files_changed,
+        "files_unmodified": s.files_unmodified,
+        "dirs_new": s.dirs_new,
+        "dirs_changed": s.dirs_changed,
+        "dirs_unmodified": s.dirs_unmodified,
+        "total_files_processed": s.total_files,
+        "total_bytes_processed": s.total_bytes,
+        "bytes_read": s.bytes_read,
+        "total_duration": s.duration_ms as f64 / 1000.0,
+        "warnings": s.warnings,
+    });
+    match v {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// The summary's first lines, the same for a real and a dry run.
+fn print_counts(s: &archiver::Summary) {
+    output::line(&format!(
+        "Files: {} new, {} changed, {} unmodified",
+        s.files_new, s.files_changed, s.files_unmodified
+    ));
+    output::line(&format!(
+        "Dirs:  {} new, {} changed, {} unmodified",
+        s.dirs_new, s.dirs_changed, s.dirs_unmodified
+    ));
+}
+
+/// Exit 3 when something was not read completely.
+fn exit_code(s: &archiver::Summary) -> ExitCode {
+    if s.warnings == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
 /// The summary of `backup --dry-run`: what a backup would have done.
 fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
-        output::json(&serde_json::json!({
-            "message_type": "summary",
-            "dry_run": true,
-            "files_new": s.files_new,
-            "files_changed": s.files_changed,
-            "files_unmodified": s.files_unmodified,
-            "dirs_new": s.dirs_new,
-            "dirs_changed": s.dirs_changed,
-            "dirs_unmodified": s.dirs_unmodified,
-            "total_files_processed": s.total_files,
-            "total_bytes_processed": s.total_bytes,
-            "bytes_read": s.bytes_read,
-            "data_added_uncompressed": s.bytes_added,
-            "total_duration": s.duration_ms as f64 / 1000.0,
-            "warnings": s.warnings,
-        }));
+        let mut m = summary_json(s);
+        m.insert("dry_run".into(), true.into());
+        m.insert("data_added_uncompressed".into(), s.bytes_added.into());
+        output::json(&serde_json::Value::Object(m));
     } else if !g.quiet {
-        output::line(&format!(
-            "Files: {} new, {} changed, {} unmodified",
-            s.files_new, s.files_changed, s.files_unmodified
-        ));
-        output::line(&format!(
-            "Dirs:  {} new, {} changed, {} unmodified",
-            s.dirs_new, s.dirs_changed, s.dirs_unmodified
-        ));
+        print_counts(s);
         output::line(&format!(
             "Read {} of {} in {} files; would add {} of new data (before compression)",
             output::bytes(s.bytes_read),
@@ -463,11 +488,7 @@ fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<E
         ));
         output::line("dry run: nothing was written");
     }
-    Ok(if s.warnings == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(exit_code(s))
 }
 
 pub(super) fn report(
@@ -496,32 +517,13 @@ pub(super) fn report_as(
 ) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
-        output::json(&serde_json::json!({
-            "message_type": "summary",
-            "files_new": s.files_new,
-            "files_changed": s.files_changed,
-            "files_unmodified": s.files_unmodified,
-            "dirs_new": s.dirs_new,
-            "dirs_changed": s.dirs_changed,
-            "dirs_unmodified": s.dirs_unmodified,
-            "total_files_processed": s.total_files,
-            "total_bytes_processed": s.total_bytes,
-            "bytes_read": s.bytes_read,
-            "data_added": s.bytes_added,
-            "total_duration": s.duration_ms as f64 / 1000.0,
-            "warnings": s.warnings,
-            "snapshot_id": id.to_hex(),
-            "parent": snap.parent.map(|p| p.to_hex()),
-        }));
+        let mut m = summary_json(s);
+        m.insert("data_added".into(), s.bytes_added.into());
+        m.insert("snapshot_id".into(), id.to_hex().into());
+        m.insert("parent".into(), snap.parent.map(|p| p.to_hex()).into());
+        output::json(&serde_json::Value::Object(m));
     } else if !g.quiet {
-        output::line(&format!(
-            "Files: {} new, {} changed, {} unmodified",
-            s.files_new, s.files_changed, s.files_unmodified
-        ));
-        output::line(&format!(
-            "Dirs:  {} new, {} changed, {} unmodified",
-            s.dirs_new, s.dirs_changed, s.dirs_unmodified
-        ));
+        print_counts(s);
         output::line(&format!(
             "Read {} of {} in {} files; added {} to the repository (after dedup and compression)",
             output::bytes(s.bytes_read),
@@ -530,14 +532,10 @@ pub(super) fn report_as(
             output::bytes(s.bytes_added)
         ));
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));
-        if outcome.summary.warnings > 0 {
+        if s.warnings > 0 {
             output::line(&format!("{} {problem} (see warnings above)", s.warnings));
         }
         output::line(&format!("snapshot {} saved", id.short()));
     }
-    Ok(if outcome.summary.warnings == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(exit_code(s))
 }
