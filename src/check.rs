@@ -14,9 +14,9 @@
 use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSource};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SegmentId, SnapshotId, content_hash};
-use crate::pack::open_blob;
+use crate::id::{BlobId, PackId, SnapshotId, content_hash};
 use crate::pack::reader::{open_trailer, parse_pack, trailer_len};
+use crate::pack::{PackEntry, open_blob};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::snapshot::Snapshot;
@@ -99,13 +99,8 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     // cache was filled from the segments while they were sound and would
     // hide damage done since, which another machine (or `--no-cache`)
     // meets as blobs missing from the index.
-    let segments: Vec<SegmentId> = repo
-        .backend()
-        .list(FileKind::Index)?
-        .into_iter()
-        .filter_map(|(n, _)| SegmentId::from_hex(&n))
-        .collect();
-    let segment_errors: Vec<String> = segments
+    let segment_errors: Vec<String> = repo
+        .segment_ids()?
         .par_iter()
         .filter_map(|id| match repo.load_segment(id) {
             Ok(_) => None,
@@ -331,18 +326,43 @@ fn read_pack(repo: &Repository, p: &PackId) -> Result<(u64, u64, Vec<String>)> {
             return Ok((0, bytes.len() as u64, errs));
         }
     };
-    for e in &entries {
-        let s = &bytes[e.offset as usize..(e.offset + e.length) as usize];
-        if let Err(err) = open_blob(repo.keys(), repo.id(), e, s) {
-            errs.push(format!("{obj}: {err}"));
-        }
-    }
+    let blobs = entries.len() as u64;
+    errs.extend(verify_blobs(repo, &obj, &bytes, entries).2);
     if !errs.is_empty() {
         errs.push(format!(
             "{obj} is damaged: `coffer repair packs {name}` keeps what still verifies and lets the next backup store the rest again"
         ));
     }
-    Ok((entries.len() as u64, bytes.len() as u64, errs))
+    Ok((blobs, bytes.len() as u64, errs))
+}
+
+/// Authenticate, decompress and re-hash each blob of a pack read whole
+/// (`obj` names it in the faults): the entries that verify, the ids of
+/// those that do not, and a line per fault.
+pub(crate) fn verify_blobs(
+    repo: &Repository,
+    obj: &str,
+    bytes: &[u8],
+    entries: Vec<PackEntry>,
+) -> (Vec<PackEntry>, Vec<BlobId>, Vec<String>) {
+    let (mut good, mut bad, mut faults) =
+        (Vec::with_capacity(entries.len()), Vec::new(), Vec::new());
+    for e in entries {
+        let start = e.offset as usize;
+        let Some(sealed) = bytes.get(start..start.saturating_add(e.length as usize)) else {
+            faults.push(format!("{obj}: blob {} lies outside the pack", e.id));
+            bad.push(e.id);
+            continue;
+        };
+        match open_blob(repo.keys(), repo.id(), &e, sealed) {
+            Ok(_) => good.push(e),
+            Err(err) => {
+                faults.push(format!("{obj}: {err}"));
+                bad.push(e.id);
+            }
+        }
+    }
+    (good, bad, faults)
 }
 
 #[cfg(test)]

@@ -18,12 +18,13 @@
 
 use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSink, BlobSource};
+use crate::check::verify_blobs;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SegmentId, SnapshotId, content_hash};
+use crate::id::{BlobId, PackId, SnapshotId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
+use crate::pack::PackEntry;
 use crate::pack::reader::{open_trailer, parse_pack, trailer_len};
 use crate::pack::writer::PackWriter;
-use crate::pack::{PackEntry, open_blob};
 use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::repository::blob_store::{BlobStore, CHECKPOINT_BLOBS, put_verified, verify_sealed};
@@ -81,12 +82,7 @@ fn read_entries(
 /// Rebuild every index segment from the packs. The caller holds an
 /// exclusive lock.
 pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
-    let old: Vec<SegmentId> = repo
-        .backend()
-        .list(FileKind::Index)?
-        .into_iter()
-        .filter_map(|(n, _)| SegmentId::from_hex(&n))
-        .collect();
+    let old = repo.segment_ids()?;
     let packs = repo.backend().list(FileKind::Pack)?;
     let results: Vec<(String, std::result::Result<IndexedPack, String>)> = packs
         .par_iter()
@@ -168,23 +164,8 @@ fn examine_pack(repo: &Repository, pack: &PackId) -> Result<Option<PackVerdict>>
             Err(e) => faults.push(format!("{obj}: {e}")),
         }
     }
-    let mut good = Vec::with_capacity(entries.len());
-    let mut bad = Vec::new();
-    for e in entries {
-        let sealed =
-            bytes.get(e.offset as usize..(e.offset as usize).saturating_add(e.length as usize));
-        match sealed.map(|b| (open_blob(repo.keys(), repo.id(), &e, b), b)) {
-            Some((Ok(_), _)) => good.push(e),
-            Some((Err(err), _)) => {
-                faults.push(format!("{obj}: {err}"));
-                bad.push(e.id);
-            }
-            None => {
-                faults.push(format!("{obj}: blob {} lies outside the pack", e.id));
-                bad.push(e.id);
-            }
-        }
-    }
+    let (good, bad, blob_faults) = verify_blobs(repo, &obj, &bytes, entries);
+    faults.extend(blob_faults);
     Ok((!faults.is_empty()).then_some(PackVerdict { good, bad, faults }))
 }
 
@@ -194,9 +175,8 @@ fn examine_pack(repo: &Repository, pack: &PackId) -> Result<Option<PackVerdict>>
 /// Order, so that a crash loses nothing a rerun could save: the salvaged
 /// blobs go into new packs that an index segment lists (durable), then the
 /// damaged packs move to `damaged/`, then the index is rebuilt from the
-/// packs. A
-/// crash before the rebuild leaves an index naming deleted packs, which
-/// `check` reports and `repair index` fixes.
+/// packs. A crash before the rebuild leaves an index naming deleted packs,
+/// which `check` reports and `repair index` fixes.
 pub fn repair_packs(
     repo: &Repository,
     only: &[PackId],

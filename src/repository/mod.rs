@@ -296,13 +296,18 @@ impl Repository {
         Ok(self.index.get_or_init(|| idx))
     }
 
-    fn sync_index(&self, idx: &Index) -> Result<()> {
-        let listed: Vec<SegmentId> = self
+    /// The index segments the repository lists now.
+    pub fn segment_ids(&self) -> Result<Vec<SegmentId>> {
+        Ok(self
             .backend
             .list(FileKind::Index)?
             .into_iter()
             .filter_map(|(n, _)| SegmentId::from_hex(&n))
-            .collect();
+            .collect())
+    }
+
+    fn sync_index(&self, idx: &Index) -> Result<()> {
+        let listed = self.segment_ids()?;
         idx.sync(&listed, |id| match self.load_segment(id) {
             Ok(s) => Ok(Some(s)),
             // A damaged segment only hides its blobs: a backup stores them

@@ -119,12 +119,7 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
 
 /// Work out what prune would do. Writes nothing.
 pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
-    let old_segments: Vec<SegmentId> = repo
-        .backend()
-        .list(FileKind::Index)?
-        .into_iter()
-        .filter_map(|(n, _)| SegmentId::from_hex(&n))
-        .collect();
+    let old_segments = repo.segment_ids()?;
     let snapshots = mark_used(repo)?;
     let idx = repo.index()?;
     let (usage, missing) = idx.usage(5)?;
