@@ -310,16 +310,10 @@ pub fn restore(
         src,
         root,
         |rel, node| {
-            if failed_dirs
-                .iter()
-                .any(|d| rel.starts_with(d) && rel.get(d.len()) == Some(&b'/'))
-            {
+            if failed_dirs.iter().any(|d| is_below(rel, d)) {
                 return Ok(Visit::Skip);
             }
-            while pending
-                .last()
-                .is_some_and(|(d, _, _)| !(rel.starts_with(d) && rel.get(d.len()) == Some(&b'/')))
-            {
+            while pending.last().is_some_and(|(d, _, _)| !is_below(rel, d)) {
                 pending.pop();
             }
             let is_dir = node.kind == NodeKind::Dir;
@@ -442,17 +436,12 @@ impl Restorer<'_> {
             }
             self.links.insert(key, path.clone());
         }
-        if !fresh && std::fs::symlink_metadata(&path).is_ok() {
-            let keep = match self.opts.overwrite {
-                Overwrite::Never => true,
-                Overwrite::Always => false,
-                Overwrite::IfChanged => self.matches(node, &path),
-            };
-            if keep {
-                self.summary.files_unchanged += 1;
-                self.progress.file_done(&path, node.size, 0);
-                return Ok(());
-            }
+        // `never` kept every existing name above; `matches` is false for a
+        // name that is free or not a regular file.
+        if !fresh && self.opts.overwrite == Overwrite::IfChanged && self.matches(node, &path) {
+            self.summary.files_unchanged += 1;
+            self.progress.file_done(&path, node.size, 0);
+            return Ok(());
         }
         if self.opts.dry_run {
             self.summary
@@ -827,9 +816,8 @@ impl Restorer<'_> {
                 ));
                 continue;
             }
-            // A link whose name was free when its entry was walked can be
-            // taken since only by this restore's own files; anything else
-            // there under `never` is the user's.
+            // The name was free when its entry was walked; if something
+            // took it since (the user, while this ran), `never` keeps it.
             if self.opts.overwrite == Overwrite::Never && std::fs::symlink_metadata(&path).is_ok() {
                 self.summary.kept += 1;
                 continue;
@@ -846,6 +834,11 @@ impl Restorer<'_> {
             }
         }
     }
+}
+
+/// Is `rel` inside the directory `dir` (both snapshot-relative)?
+fn is_below(rel: &[u8], dir: &[u8]) -> bool {
+    rel.starts_with(dir) && rel.get(dir.len()) == Some(&b'/')
 }
 
 /// The directory part of a snapshot-relative path (empty at the top).
