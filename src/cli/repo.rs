@@ -96,6 +96,18 @@ pub struct SecretOpts<'a> {
     pub key_file: Option<&'a Path>,
 }
 
+impl SecretOpts<'_> {
+    /// The option `base` as this repository's user spells it: `--base`,
+    /// or `--from-base` for `copy`'s and `init`'s source.
+    fn flag(&self, base: &str) -> String {
+        if self.password_env == "COFFER_PASSWORD" {
+            format!("--{base}")
+        } else {
+            format!("--from-{base}")
+        }
+    }
+}
+
 impl GlobalOpts {
     pub fn secret_opts(&self) -> SecretOpts<'_> {
         SecretOpts {
@@ -114,13 +126,10 @@ pub fn configured_password(g: &GlobalOpts) -> Result<Option<Zeroizing<Vec<u8>>>>
 
 fn configured_password_from(o: &SecretOpts) -> Result<Option<Zeroizing<Vec<u8>>>> {
     if o.password_file.is_some() && o.password_command.is_some() {
-        let (file, cmd) = if o.password_env == "COFFER_PASSWORD" {
-            ("--password-file", "--password-command")
-        } else {
-            ("--from-password-file", "--from-password-command")
-        };
         bail!(
-            "{file} and {cmd} both name the password (also through their environment variables): give one"
+            "{} and {} both name the password (also through their environment variables): give one",
+            o.flag("password-file"),
+            o.flag("password-command")
         );
     }
     if let Some(f) = o.password_file {
@@ -199,15 +208,13 @@ pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secr
             kf.display()
         );
     }
-    let env = o.password_env;
-    let flags = if env == "COFFER_PASSWORD" {
-        "--password-file, --password-command or --key-file"
-    } else {
-        "--from-password-file, --from-password-command or --from-key-file"
-    };
     bail!(
-        "no password for repository {}: set {env}, {flags}",
-        repo_path.display()
+        "no password for repository {}: set {}, {}, {} or {}",
+        repo_path.display(),
+        o.password_env,
+        o.flag("password-file"),
+        o.flag("password-command"),
+        o.flag("key-file")
     )
 }
 

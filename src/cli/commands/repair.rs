@@ -62,7 +62,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
         RepairWhat::Packs { ids } => {
             let mut only = Vec::with_capacity(ids.len());
             for i in ids {
-                let i = i.strip_prefix("packs/").unwrap_or(i);
+                // `packs/ab/<id>` as check prints it, or the bare id.
                 let i = i.rsplit('/').next().unwrap_or(i);
                 only.push(coffer::id::PackId::from_hex(i).ok_or_else(|| {
                     anyhow::anyhow!("{i:?} is not a pack id: give the 64 hex digits `coffer check --read-data` prints")
