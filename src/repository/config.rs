@@ -15,6 +15,13 @@ use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::id::RepoId;
 
 pub const CONFIG_MAGIC: &[u8; 8] = b"cofferC1";
+/// The object name of the config.
+pub const CONFIG: &str = "config";
+/// The name of the config's copy: the same bytes, written by `init` right
+/// after `config` (repo-format/README.md, "Config copy"). A reader falls
+/// back to it when `config` is missing or damaged. Repositories made
+/// before 2026-12 lack it; `repair config` adds it.
+pub const CONFIG_COPY: &str = "config.copy";
 /// The repository format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 

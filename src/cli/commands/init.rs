@@ -56,6 +56,45 @@ fn config_from(a: &InitArgs) -> Result<Config> {
     Ok(c)
 }
 
+/// A repository is created only where nothing is: in a new or an empty
+/// directory. Anything else is named: a repository (coffer's, or another
+/// program's), a file, or a directory with other things in it.
+fn refuse_occupied(path: &Path) -> Result<()> {
+    if path.is_file() {
+        bail!(
+            "{} is a file: give a new or empty directory for the repository",
+            path.display()
+        );
+    }
+    let mut names: Vec<String> = match std::fs::read_dir(path) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    if repo::has_config(path) {
+        if let Err(e @ coffer::Error::ForeignRepository { .. }) =
+            Repository::check_format(&LocalBackend::open(path))
+        {
+            bail!("{e}; `coffer init` needs a new or empty directory");
+        }
+        bail!("{} already holds a repository", path.display());
+    }
+    names.sort();
+    let shown = names.len().min(3);
+    bail!(
+        "{} is not empty ({}{}) and holds no coffer repository: `coffer init` needs a new or empty directory",
+        path.display(),
+        names[..shown].join(", "),
+        if names.len() > shown { ", …" } else { "" }
+    )
+}
+
 /// Write a new key file with mode 0600, refusing to overwrite anything.
 pub fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -87,6 +126,7 @@ pub fn create_with_key_file(
     related: Option<&Repository>,
     quiet: bool,
 ) -> Result<Repository> {
+    refuse_occupied(repo_path)?;
     if key_path.exists() {
         bail!(
             "key file {} already exists but {} holds no repository: move the key file away, or give --repo",
@@ -142,14 +182,12 @@ fn init_with_password(
 pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     let mut config = config_from(a)?;
     let (path, is_default) = repo::location(g)?;
-    if path.join("config").exists() {
-        bail!("{} already holds a repository", path.display());
-    }
+    refuse_occupied(&path)?;
     let related = a.from.open(g)?;
     if let Some(r) = &related {
         // The same cuts as the source, or its data and new backups would
         // not deduplicate against each other.
-        config.chunker = r.config().chunker;
+        config.chunker = r.config()?.chunker;
     }
     let related = related.as_deref();
     let repo = if let Some(kp) = &g.key_file {
