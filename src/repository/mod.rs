@@ -820,16 +820,17 @@ impl ConfigObjects {
                     "repository object {name} is damaged ({why}); the other copy is intact and was used: run `coffer repair config`"
                 ),
                 None => format!(
-                    "repository object {name} is damaged ({why}); snapshots can still be read, but nothing can be written"
+                    "repository object {name} is damaged ({why}) and has no intact copy: snapshots can still be read (and copied into a new repository), but nothing can be written here"
                 ),
             })
             .collect();
-        let config = config.ok_or_else(|| {
-            damaged
+        let config = config.ok_or_else(|| match damaged.as_slice() {
+            [(_, why)] => why.clone(),
+            both => both
                 .iter()
                 .map(|(name, why)| format!("{name}: {why}"))
                 .collect::<Vec<_>>()
-                .join("; ")
+                .join("; "),
         });
         (config, problems)
     }

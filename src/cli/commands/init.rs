@@ -95,6 +95,12 @@ fn refuse_occupied(path: &Path) -> Result<()> {
     )
 }
 
+/// A new repository has one key slot, the only copy of its wrapped master
+/// key: one damaged byte there and no secret opens it (repo-format/README.md,
+/// "What survives one damaged byte", says why there is no second copy). A
+/// second key is the remedy, and only the user can put it somewhere else.
+const SECOND_KEY: &str = "  It has one key slot, and one damaged byte in it would lock you out: make a second key now and keep it away from this machine:\n    coffer key export --file FILE";
+
 /// Write a new key file with mode 0600, refusing to overwrite anything.
 pub fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -154,7 +160,7 @@ pub fn create_with_key_file(
     };
     if !quiet {
         output::notice(&format!(
-            "coffer: created repository {} at {}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.",
+            "coffer: created repository {} at {}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.\n{SECOND_KEY}",
             repo.id().short(),
             repo_path.display(),
             key_path.display()
@@ -168,15 +174,20 @@ fn init_with_password(
     pw: zeroize::Zeroizing<Vec<u8>>,
     config: Config,
     related: Option<&Repository>,
+    quiet: bool,
 ) -> Result<Repository> {
     let b = LocalBackend::create(path)?;
-    Ok(Repository::init_related(
+    let repo = Repository::init_related(
         Arc::new(b),
         InitSecret::Passphrase(pw),
         config,
         KdfParams::default(),
         related,
-    )?)
+    )?;
+    if !quiet {
+        output::notice(SECOND_KEY);
+    }
+    Ok(repo)
 }
 
 pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
@@ -193,7 +204,7 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     let repo = if let Some(kp) = &g.key_file {
         create_with_key_file(&path, kp, config, related, g.quiet)?
     } else if let Some(pw) = repo::configured_password(g)? {
-        init_with_password(&path, pw, config, related)?
+        init_with_password(&path, pw, config, related, g.quiet)?
     } else if is_default {
         create_with_key_file(&path, &repo::default_key_file()?, config, related, g.quiet)?
     } else if repo::interactive() {
@@ -202,7 +213,7 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
         if pw != again {
             bail!("the passwords do not match; nothing was created");
         }
-        init_with_password(&path, pw, config, related)?
+        init_with_password(&path, pw, config, related, g.quiet)?
     } else {
         bail!(
             "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"

@@ -126,7 +126,14 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
             } else if !g.quiet {
                 output::line(&match rewritten.as_slice() {
                     [] => "config and config.copy are intact: nothing to do".to_string(),
-                    names => format!("rewrote {} from the intact config", names.join(" and ")),
+                    names => names
+                        .iter()
+                        .map(|n| {
+                            let from = if *n == "config" { "config.copy" } else { "config" };
+                            format!("rewrote {n} from {from}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
                 });
             }
             Ok(ExitCode::SUCCESS)
