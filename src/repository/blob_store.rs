@@ -159,10 +159,7 @@ impl BlobStore {
             .map_err(|e| Error::Usage(format!("cannot start the index thread: {e}")))?;
         Ok(BlobStore {
             shared,
-            writers: Mutex::new([
-                PackWriter::with_capacity(capacity),
-                PackWriter::new(),
-            ]),
+            writers: Mutex::new([PackWriter::with_capacity(capacity), PackWriter::new()]),
             tx: Some(tx),
             uploader: Some(uploader),
             parent_known: AtomicBool::new(false),

@@ -198,7 +198,10 @@ impl Repository {
             _ => None,
         };
         ids.extend(foreign_key_file);
-        let unlocked = match (unlock_master(backend.as_ref(), &ids, secret), foreign_key_file) {
+        let unlocked = match (
+            unlock_master(backend.as_ref(), &ids, secret),
+            foreign_key_file,
+        ) {
             (Err(Error::WrongPassword { .. }), Some(theirs)) => {
                 return Err(Error::Usage(format!(
                     "the key file belongs to repository {}, but the config of {} names repository {} (a key file of another repository, or an altered config)",
@@ -300,7 +303,10 @@ impl Repository {
         &self.backend
     }
     pub fn chunker(&self) -> Result<Chunker> {
-        Ok(Chunker::new(self.config()?.chunker, self.keys.chunker_seed()))
+        Ok(Chunker::new(
+            self.config()?.chunker,
+            self.keys.chunker_seed(),
+        ))
     }
 
     /// Path of the SQLite index cache, if it is on disk.
@@ -735,7 +741,11 @@ impl PackedBlobSource for Repository {
 /// `config` and `config.copy` as read, in that order: `None` when the
 /// object does not exist, else its header's repository id and its bytes,
 /// or why it cannot be used (bad magic, unknown version, unreadable).
-struct ConfigObjects([(&'static str, Option<Result<(RepoId, Vec<u8>)>>); 2]);
+struct ConfigObjects([(&'static str, Option<Result<ConfigHeaderRead>>); 2]);
+
+/// A config object whose header is usable: the repository id it names, and
+/// all its bytes.
+type ConfigHeaderRead = (RepoId, Vec<u8>);
 
 impl ConfigObjects {
     /// Read both. An error only when neither is usable: then the one that
@@ -838,7 +848,7 @@ impl ConfigObjects {
 
 /// The repository id of a config object whose magic and format version
 /// are right, and its bytes.
-fn header_of(name: &str, raw: Vec<u8>) -> Result<(RepoId, Vec<u8>)> {
+fn header_of(name: &str, raw: Vec<u8>) -> Result<ConfigHeaderRead> {
     let header = config::decode_header(&raw).map_err(|e| Error::corrupt(name, e.0))?;
     if header.version != FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {

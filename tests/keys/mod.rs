@@ -440,7 +440,11 @@ fn restic_like(dir: &Path) {
 fn a_restic_repository_is_named_not_called_corrupt() {
     let env = Env::new();
     restic_like(&env.repo);
-    for cmd in [&["snapshots"][..], &["restore", "latest", "--target", "t"], &["key", "list"]] {
+    for cmd in [
+        &["snapshots"][..],
+        &["restore", "latest", "--target", "t"],
+        &["key", "list"],
+    ] {
         let r = env.coffer().args(cmd).run().expect_code(1);
         assert!(
             r.stderr.contains("is not a coffer repository")
@@ -451,7 +455,11 @@ fn a_restic_repository_is_named_not_called_corrupt() {
         assert!(!r.stderr.contains("corrupt"), "{cmd:?}:\n{}", r.stderr);
     }
     let r = env.coffer().arg("init").run().expect_code(1);
-    assert!(r.stderr.contains("looks like a restic repository"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("looks like a restic repository"),
+        "{}",
+        r.stderr
+    );
     assert!(!env.repo.join("packs").exists(), "init wrote into it");
 }
 

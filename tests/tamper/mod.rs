@@ -251,7 +251,10 @@ fn one_damaged_byte_in_config_or_its_copy_is_a_warning_and_repair_config_mends_i
             })
             .collect();
         damaged.push((format!("{name} truncated to 60 bytes"), orig[..60].to_vec()));
-        damaged.push((format!("{name} with 4 bytes appended"), [&orig[..], &[7; 4]].concat()));
+        damaged.push((
+            format!("{name} with 4 bytes appended"),
+            [&orig[..], &[7; 4]].concat(),
+        ));
         for (what, bytes) in damaged {
             fs::write(obj, &bytes).unwrap();
             let warning = format!("repository object {name} is damaged");
@@ -287,7 +290,12 @@ fn one_damaged_byte_in_config_or_its_copy_is_a_warning_and_repair_config_mends_i
         fs::copy(other.repo.join(n), env.repo.join(n)).unwrap();
     }
     let r = env.coffer().arg("snapshots").run();
-    assert_says(&r, 1, "does not open", "config and copy of another repository");
+    assert_says(
+        &r,
+        1,
+        "does not open",
+        "config and copy of another repository",
+    );
 }
 
 #[test]
@@ -299,12 +307,7 @@ fn a_damaged_config_without_a_copy_is_read_only_and_writers_name_it() {
         .arg(&key_file)
         .run()
         .ok();
-    let with_key_file = || {
-        env.coffer()
-            .no_password()
-            .arg("--key-file")
-            .arg(&key_file)
-    };
+    let with_key_file = || env.coffer().no_password().arg("--key-file").arg(&key_file);
     // A repository made before config.copy existed.
     fs::remove_file(env.repo.join("config.copy")).unwrap();
     let cfg = env.repo.join("config");
@@ -414,7 +417,12 @@ fn a_damaged_config_without_a_copy_is_read_only_and_writers_name_it() {
         .run()
         .ok();
     assert!(r.stderr.contains("config is damaged"), "{}", r.stderr);
-    assert_restores_latest(&dst, &t, 0, "copied from a repository with a damaged config");
+    assert_restores_latest(
+        &dst,
+        &t,
+        0,
+        "copied from a repository with a damaged config",
+    );
 
     // An intact old repository gets its copy from `repair config`.
     fs::write(&cfg, &orig).unwrap();
@@ -465,7 +473,11 @@ fn unknown_or_downgraded_format_version_is_refused_before_any_key_is_tried() {
         // Only one of them: the other is version 1, so that one is damaged.
         fs::write(&copy, &orig).unwrap();
         let r = env.coffer().arg("snapshots").run().expect_code(3);
-        assert!(r.stderr.contains(&format!("format version {v} ")), "{}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("format version {v} ")),
+            "{}",
+            r.stderr
+        );
     }
     fs::write(&cfg, &orig).unwrap();
     env.coffer().arg("snapshots").run().ok();
@@ -649,9 +661,17 @@ fn the_only_key_slot_with_damaged_metadata_still_opens_and_is_named() {
         flip_byte(&slot, at as u64);
         let r = env.coffer().arg("snapshots").run();
         assert_says(&r, 3, &format!("keys/{name}"), &what);
-        assert!(r.stderr.contains("key passwd"), "{what}: no repair named\n{}", r.stderr);
+        assert!(
+            r.stderr.contains("key passwd"),
+            "{what}: no repair named\n{}",
+            r.stderr
+        );
         assert_restores_latest(&env, &t, 3, &what);
-        let r = env.coffer().args(["--json", "key", "list"]).run().expect_code(3);
+        let r = env
+            .coffer()
+            .args(["--json", "key", "list"])
+            .run()
+            .expect_code(3);
         assert!(
             r.json()[0]["error"].is_string(),
             "{what}: key list does not show the damage: {}",

@@ -122,14 +122,20 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
         RepairWhat::Config => {
             let rewritten = repo.repair_config()?;
             if g.json {
-                output::json(&serde_json::json!({"message_type": "summary", "rewritten": rewritten}));
+                output::json(
+                    &serde_json::json!({"message_type": "summary", "rewritten": rewritten}),
+                );
             } else if !g.quiet {
                 output::line(&match rewritten.as_slice() {
                     [] => "config and config.copy are intact: nothing to do".to_string(),
                     names => names
                         .iter()
                         .map(|n| {
-                            let from = if *n == "config" { "config.copy" } else { "config" };
+                            let from = if *n == "config" {
+                                "config.copy"
+                            } else {
+                                "config"
+                            };
                             format!("rewrote {n} from {from}")
                         })
                         .collect::<Vec<_>>()
