@@ -1,6 +1,7 @@
 //! The `config` object (repo-format/README.md, "Config"): the only object
 //! with plaintext fields, and those are only what a reader needs before it
-//! has a key: the format version and the repository id.
+//! has a key: the format version and the repository id. `init` writes the
+//! same bytes again as `config.copy` ([`CONFIG_COPY`]).
 //!
 //! ```text
 //! config := "cofferC1"[8] || format_version u32 || repo_id[32] || envelope(body)

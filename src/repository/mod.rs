@@ -3,8 +3,10 @@
 //! through the role traits it implements.
 //!
 //! Opening reads the plaintext config header (format version and repository
-//! id), unwraps the master key from a key slot, then decrypts the config
-//! body. The index is loaded lazily: listing snapshots does not pay for it.
+//! id) of `config` and of its copy `config.copy`, unwraps the master key
+//! from a key slot, then decrypts the config body. Either of the two config
+//! objects, and a slot's metadata, may be damaged without locking anyone
+//! out (repo-format/README.md, "What survives one damaged byte"). The index is loaded lazily: listing snapshots does not pay for it.
 
 pub mod blob_store;
 pub mod config;
@@ -748,9 +750,10 @@ struct ConfigObjects([(&'static str, Option<Result<ConfigHeaderRead>>); 2]);
 type ConfigHeaderRead = (RepoId, Vec<u8>);
 
 impl ConfigObjects {
-    /// Read both. An error only when neither is usable: then the one that
-    /// `config` (else its copy) gives, and "not a repository" when neither
-    /// exists.
+    /// Read both. `Ok` only when at least one header is usable (so
+    /// [`ConfigObjects::ids`] is never empty); else the error that `config`
+    /// (or, when it is missing, its copy) gives, and "not a repository"
+    /// when neither exists.
     fn read(backend: &dyn Backend) -> Result<ConfigObjects> {
         let read = |name: &'static str| match backend.get(FileKind::Config, name) {
             Err(Error::NotFound { .. }) => None,

@@ -7,6 +7,11 @@
 //! the snapshot. Plus: unknown and downgraded format versions, truncated key
 //! slots and wrong key files give clear errors.
 //!
+//! The objects that say how to open the repository are kept so that one
+//! damaged byte locks no one out (repo-format/README.md, "What survives one
+//! damaged byte"): a damaged `config` or `config.copy`, or a slot's damaged
+//! metadata, is a warning naming it (exit 3) and the restore is byte-exact.
+//!
 //! Key slots are the one kind where "named" has a limit: a flip inside the
 //! salt, the KDF parameters or the wrapped key is, by design, the same
 //! to the reader as a wrong password (the AEAD cannot tell which input was
