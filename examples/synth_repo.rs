@@ -136,7 +136,7 @@ struct Packer<'a> {
 impl Packer<'_> {
     fn add(&mut self, b: SealedBlob) -> Result<()> {
         self.writer.add(b);
-        if self.writer.len() >= self.repo.config().pack_size as usize {
+        if self.writer.len() >= self.repo.config()?.pack_size as usize {
             self.flush()?;
         }
         Ok(())
@@ -172,7 +172,7 @@ fn put_tree(repo: &Repository, trees: &mut Packer, mut t: Tree) -> Result<BlobId
     t.sort();
     let bytes = t.encode();
     let id = repo.keys().blob_id(&bytes);
-    let level = repo.config().zstd_level;
+    let level = repo.config()?.zstd_level;
     trees.add(seal_blob(
         repo.keys(),
         repo.id(),
@@ -229,7 +229,7 @@ fn main() -> Result<()> {
         writer: PackWriter::new(),
     };
     let group_size = total / groups;
-    let level = repo.config().zstd_level;
+    let level = repo.config()?.zstd_level;
     let (mut mains, mut scratches) = (Vec::new(), Vec::new());
     for g in 0..groups {
         let (start, end) = (

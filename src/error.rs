@@ -40,6 +40,17 @@ pub enum Error {
         "{path} is not a coffer repository (no config object): check --repo or run `coffer init`"
     )]
     NotARepository { path: PathBuf },
+    /// The location holds another program's repository: say so, rather
+    /// than call it a damaged coffer repository.
+    #[error("{path} is not a coffer repository: it looks like a {what} repository (check --repo)")]
+    ForeignRepository { path: String, what: &'static str },
+    /// The config body (chunker, compression and pack parameters) does not
+    /// authenticate and no intact copy of it remains. Reading needs none of
+    /// it; a writer would cut chunks the repository does not use.
+    #[error(
+        "repository object config is damaged ({reason}) and has no intact copy: {repo} can still be read (restore, copy from it) but not written, because the chunker parameters a writer needs are lost; to go on backing up, create a new repository (`coffer init --repo NEW`) and `coffer copy --repo NEW --from-repo {repo}`"
+    )]
+    ConfigDamaged { repo: String, reason: String },
     /// `init` on a location that already has a repository.
     #[error("{path} already holds a repository")]
     AlreadyExists { path: PathBuf },

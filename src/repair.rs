@@ -220,7 +220,7 @@ pub fn repair_packs(
     if damaged.is_empty() {
         return Ok(report);
     }
-    let pack_size = repo.config().pack_size as usize;
+    let pack_size = repo.config()?.pack_size as usize;
     let mut seg = Segment::default();
     let mut writer = PackWriter::with_capacity(pack_size + pack_size / 8);
     let upload =

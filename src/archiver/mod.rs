@@ -455,12 +455,12 @@ pub fn dry_run(
     opts: &SnapshotOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
+    let chunker = repo.chunker()?;
     repo.index()?;
     let sink = DrySink {
         repo: &repo,
         counted: Default::default(),
     };
-    let chunker = repo.chunker();
     let parent = opts
         .parent
         .as_ref()
@@ -512,7 +512,7 @@ pub(crate) fn record_snapshot(
     ) -> Result<BackupOutcome>,
 ) -> Result<(SnapshotId, Snapshot, BackupOutcome)> {
     let store = BlobStore::new(repo.clone())?;
-    let chunker = repo.chunker();
+    let chunker = repo.chunker()?;
     if let Some((pid, _)) = &opts.parent {
         // A cache that cannot answer only costs the lookups.
         store.trust_parent(repo.index()?.is_complete(pid).unwrap_or(false));

@@ -56,7 +56,7 @@ pub fn snapshot_stream(
     }
     let start = std::time::Instant::now();
     let store = BlobStore::new(repo.clone())?;
-    let chunker = repo.chunker();
+    let chunker = repo.chunker()?;
     let streamed = chunk_stream_overlapped(src, &store, &chunker, progress, &mut Vec::new())?;
     if let Some(e) = streamed.error {
         return Err(Error::Usage(format!(

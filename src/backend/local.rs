@@ -129,11 +129,11 @@ mod failpoint {
 
 const TEMP_INFIX: &str = ".tmp-";
 
-/// Object names are lowercase hex (or `config`): nothing can escape the
+/// Object names are lowercase hex (or `config`, `config.copy`): nothing can escape the
 /// repository directory through a name.
 fn check_name(kind: FileKind, name: &str) -> Result<()> {
     let ok = match kind {
-        FileKind::Config => name == "config",
+        FileKind::Config => name == "config" || name == "config.copy",
         _ => {
             !name.is_empty()
                 && name.len() <= 128

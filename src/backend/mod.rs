@@ -52,7 +52,8 @@ impl FileKind {
     /// subdirectories by their first byte so no directory grows huge.
     pub fn path(&self, name: &str) -> String {
         match self {
-            FileKind::Config => "config".to_string(),
+            // `config` or its copy `config.copy`, in the root.
+            FileKind::Config => name.to_string(),
             FileKind::Pack if name.len() >= 2 => format!("packs/{}/{name}", &name[..2]),
             _ => format!("{}/{name}", self.dir()),
         }

@@ -11,6 +11,7 @@ use super::GlobalOpts;
 use anyhow::{Context, Result, anyhow, bail};
 use coffer::backend::local::LocalBackend;
 use coffer::crypto::key_file::KeyFileSecret;
+use coffer::repository::config::{CONFIG, CONFIG_COPY};
 use coffer::repository::{Repository, Secret, default_cache_root};
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
@@ -218,6 +219,12 @@ pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secr
     )
 }
 
+/// Does `path` hold a config object, or its copy (which opening falls back
+/// to when the config is missing)?
+pub fn has_config(path: &Path) -> bool {
+    [CONFIG, CONFIG_COPY].iter().any(|n| path.join(n).exists())
+}
+
 /// Open the repository the options name.
 pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (path, is_default) = location(g)?;
@@ -233,7 +240,7 @@ pub fn open_at(
     o: &SecretOpts,
     cache: Option<PathBuf>,
 ) -> Result<Arc<Repository>> {
-    if !path.join("config").exists() {
+    if !has_config(path) {
         if is_default {
             bail!(
                 "no repository yet at the default location {}: run `coffer backup DIR` to create it, or give --repo",

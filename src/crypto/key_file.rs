@@ -227,17 +227,25 @@ impl KeySlot {
 
     /// Try to unwrap the master key. `None`: this secret does not open this slot.
     pub fn unlock(&self, repo: &RepoId, id: &KeyId, secret: &Unlock) -> Option<MasterKey> {
+        self.unlock_any(std::slice::from_ref(repo), id, secret)
+            .map(|(m, _)| m)
+    }
+
+    /// Try to unwrap the master key as a slot of any of `repos`; returns
+    /// the key and the repository id it opened under. When `config` and
+    /// its copy disagree about the id (one was damaged), the id the slot
+    /// was written for is the one that opens it. The KEK, an Argon2id run
+    /// for a passphrase, is derived once for all of them.
+    pub fn unlock_any(
+        &self,
+        repos: &[RepoId],
+        id: &KeyId,
+        secret: &Unlock,
+    ) -> Option<(MasterKey, RepoId)> {
         let kek = kek(self.kind, &self.kdf, &self.salt, secret)?;
-        let mut plain =
-            envelope::open(&kek, &aad(repo, AadKind::KeyWrap, &id.0), &self.wrapped).ok()?;
-        let mut k = [0u8; 32];
-        if plain.len() != 32 {
-            plain.zeroize();
-            return None;
-        }
-        k.copy_from_slice(&plain);
-        plain.zeroize();
-        Some(MasterKey(k))
+        repos
+            .iter()
+            .find_map(|r| open_wrapped(&kek, r, id, &self.wrapped).map(|m| (m, *r)))
     }
 
     /// Read the slot's metadata with the repository's keys.
@@ -263,6 +271,19 @@ impl KeySlot {
         r.finish().map_err(|e| e.0)?;
         Ok(m)
     }
+}
+
+/// Open a slot's `wrapped` envelope with `kek` as a slot of `repo`.
+fn open_wrapped(kek: &[u8; 32], repo: &RepoId, id: &KeyId, wrapped: &[u8]) -> Option<MasterKey> {
+    let mut plain = envelope::open(kek, &aad(repo, AadKind::KeyWrap, &id.0), wrapped).ok()?;
+    let mut k = [0u8; 32];
+    if plain.len() != 32 {
+        plain.zeroize();
+        return None;
+    }
+    k.copy_from_slice(&plain);
+    plain.zeroize();
+    Some(MasterKey(k))
 }
 
 /// The text of a key file a user keeps:

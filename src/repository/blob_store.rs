@@ -16,6 +16,7 @@
 //! segment is durable, so the caller may then write the snapshot.
 
 use super::Repository;
+use super::config::Config;
 use crate::backend::{FileKind, PendingPut};
 use crate::blob::{BlobKind, BlobSink};
 use crate::error::{Error, Result};
@@ -62,6 +63,9 @@ pub struct StoreStats {
 
 struct Shared {
     repo: Arc<Repository>,
+    /// The repository's writing parameters, read once: a store is only
+    /// made for a repository whose config reads.
+    config: Config,
     /// Ids queued or uploaded but not yet in the SQLite index.
     pending: Mutex<HashSet<BlobId>>,
     /// The first repository error; once set every call fails with it.
@@ -80,7 +84,7 @@ impl Shared {
     /// than the most there can be (open, waiting, uploading), so no more
     /// buffers are alive than without recycling.
     fn recycle(&self, buf: Vec<u8>) {
-        if buf.capacity() < data_pack_capacity(&self.repo) {
+        if buf.capacity() < data_pack_capacity(&self.config) {
             return;
         }
         let mut spare = lock(&self.spare);
@@ -92,7 +96,7 @@ impl Shared {
     fn data_pack(&self) -> PackWriter {
         match lock(&self.spare).pop() {
             Some(buf) => PackWriter::with_buffer(buf),
-            None => PackWriter::with_capacity(data_pack_capacity(&self.repo)),
+            None => PackWriter::with_capacity(data_pack_capacity(&self.config)),
         }
     }
 }
@@ -118,12 +122,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl BlobStore {
     pub fn new(repo: Arc<Repository>) -> Result<BlobStore> {
+        let config = repo.config()?.clone();
         // Load the index before workers start: every dedup check needs it.
         repo.index()?;
         adopt_unindexed_packs(&repo)?;
-        let repo2 = repo.clone();
+        let capacity = data_pack_capacity(&config);
         let shared = Arc::new(Shared {
             repo,
+            config,
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(None),
             blobs_added: AtomicU64::new(0),
@@ -153,10 +159,7 @@ impl BlobStore {
             .map_err(|e| Error::Usage(format!("cannot start the index thread: {e}")))?;
         Ok(BlobStore {
             shared,
-            writers: Mutex::new([
-                PackWriter::with_capacity(data_pack_capacity(&repo2)),
-                PackWriter::new(),
-            ]),
+            writers: Mutex::new([PackWriter::with_capacity(capacity), PackWriter::new()]),
             tx: Some(tx),
             uploader: Some(uploader),
             parent_known: AtomicBool::new(false),
@@ -289,7 +292,7 @@ impl BlobSink for BlobStore {
                 kind,
                 id,
                 data,
-                repo.config().zstd_level,
+                self.shared.config.zstd_level,
                 append,
             )
         })
@@ -336,7 +339,6 @@ impl BlobStore {
         if !self.claim(&id)? {
             return Ok(0);
         }
-        let repo = &self.shared.repo;
         let raw_length = u32::try_from(raw_len).unwrap_or(u32::MAX);
         // Sealed in this thread's scratch buffer and copied into the pack
         // under the lock: only that copy is serialised.
@@ -348,7 +350,7 @@ impl BlobStore {
             // holds (keeps resident) more than the target plus its
             // trailer.
             let full = if !slot.is_empty()
-                && slot.len() + sealed.len() > repo.config().pack_size as usize
+                && slot.len() + sealed.len() > self.shared.config.pack_size as usize
             {
                 let next = if kind == BlobKind::Tree {
                     PackWriter::new()
@@ -452,8 +454,8 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
 
 /// Room for a data pack: the target size, one maximal chunk past it, and
 /// the trailer.
-fn data_pack_capacity(repo: &Repository) -> usize {
-    repo.config().pack_size as usize + repo.config().chunker.max_size as usize + (2 << 20)
+fn data_pack_capacity(config: &Config) -> usize {
+    config.pack_size as usize + config.chunker.max_size as usize + (2 << 20)
 }
 
 /// Verify a finished pack and upload it; returns what a segment lists

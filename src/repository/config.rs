@@ -1,6 +1,7 @@
 //! The `config` object (repo-format/README.md, "Config"): the only object
 //! with plaintext fields, and those are only what a reader needs before it
-//! has a key: the format version and the repository id.
+//! has a key: the format version and the repository id. `init` writes the
+//! same bytes again as `config.copy` ([`CONFIG_COPY`]).
 //!
 //! ```text
 //! config := "cofferC1"[8] || format_version u32 || repo_id[32] || envelope(body)
@@ -15,6 +16,13 @@ use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::id::RepoId;
 
 pub const CONFIG_MAGIC: &[u8; 8] = b"cofferC1";
+/// The object name of the config.
+pub const CONFIG: &str = "config";
+/// The name of the config's copy: the same bytes, written by `init` right
+/// after `config` (repo-format/README.md, "Config copy"). A reader falls
+/// back to it when `config` is missing or damaged. Repositories made
+/// before 2026-12 lack it; `repair config` adds it.
+pub const CONFIG_COPY: &str = "config.copy";
 /// The repository format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 

@@ -3,8 +3,10 @@
 //! through the role traits it implements.
 //!
 //! Opening reads the plaintext config header (format version and repository
-//! id), unwraps the master key from a key slot, then decrypts the config
-//! body. The index is loaded lazily: listing snapshots does not pay for it.
+//! id) of `config` and of its copy `config.copy`, unwraps the master key
+//! from a key slot, then decrypts the config body. Either of the two config
+//! objects, and a slot's metadata, may be damaged without locking anyone
+//! out (repo-format/README.md, "What survives one damaged byte"). The index is loaded lazily: listing snapshots does not pay for it.
 
 pub mod blob_store;
 pub mod config;
@@ -22,7 +24,7 @@ use crate::id::{BlobId, KeyId, PackId, RepoId, SegmentId, SnapshotId, content_ha
 use crate::index::Index;
 use crate::index::segment::Segment;
 use crate::snapshot::Snapshot;
-use config::{Config, FORMAT_VERSION};
+use config::{CONFIG, CONFIG_COPY, Config, FORMAT_VERSION};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -54,7 +56,9 @@ pub struct Repository {
     backend: Arc<dyn Backend>,
     repo_id: RepoId,
     keys: KeySet,
-    config: Config,
+    /// The parameters a writer needs, or why neither `config` nor its copy
+    /// gave them: reading needs none of them.
+    config: std::result::Result<Config, String>,
     key_id: KeyId,
     /// Kept (zeroized on drop) so new key slots can wrap it: `key add`,
     /// `key passwd`, `key export`.
@@ -120,14 +124,16 @@ impl Repository {
         related: Option<&Repository>,
     ) -> Result<Repository> {
         config.validate().map_err(Error::Usage)?;
-        match backend.get(FileKind::Config, "config") {
-            Ok(_) => {
-                return Err(Error::AlreadyExists {
-                    path: backend.location().into(),
-                });
+        for name in [CONFIG, CONFIG_COPY] {
+            match backend.get(FileKind::Config, name) {
+                Ok(_) => {
+                    return Err(Error::AlreadyExists {
+                        path: backend.location().into(),
+                    });
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
-            Err(Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
         }
         if !backend.list(FileKind::Key)?.is_empty() || !backend.list(FileKind::Pack)?.is_empty() {
             return Err(Error::Usage(format!(
@@ -152,12 +158,15 @@ impl Repository {
             InitSecret::KeyFile(kf) => Unlock::KeyFile(&kf.secret),
         };
         let key_id = add_slot(backend.as_ref(), &repo_id, &master, &keys, &unlock, kdf)?;
-        backend.put(FileKind::Config, "config", &config.encode(&repo_id, &keys))?;
+        let bytes = config.encode(&repo_id, &keys);
+        backend.put(FileKind::Config, CONFIG, &bytes)?;
+        // After `config`: a copy exists only once the repository does.
+        backend.put(FileKind::Config, CONFIG_COPY, &bytes)?;
         Ok(Repository {
             backend,
             repo_id,
             keys,
-            config,
+            config: Ok(config),
             key_id,
             master,
             cache_root: None,
@@ -167,68 +176,97 @@ impl Repository {
         })
     }
 
-    /// The config object's bytes, once its header names a known format
-    /// version; a missing config means "not a repository".
-    fn config_bytes(backend: &dyn Backend) -> Result<Vec<u8>> {
-        let raw = match backend.get(FileKind::Config, "config") {
-            Ok(b) => b,
-            Err(Error::NotFound { .. }) => {
-                return Err(Error::NotARepository {
-                    path: backend.location().into(),
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
-        if header.version != FORMAT_VERSION {
-            return Err(Error::UnsupportedVersion {
-                found: header.version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        Ok(raw)
-    }
-
-    /// Read the config's plaintext header and check its format version:
-    /// what a reader must do before it asks for a passphrase or tries a key
-    /// (repo-format/README.md, "Versioning"). Returns the repository id.
+    /// Read the config's plaintext headers (of `config` and of its copy)
+    /// and check the format version: what a reader must do before it asks
+    /// for a passphrase or tries a key (repo-format/README.md,
+    /// "Versioning"). Returns the repository id the first readable one
+    /// names.
     pub fn check_format(backend: &dyn Backend) -> Result<RepoId> {
-        let raw = Self::config_bytes(backend)?;
-        let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
-        Ok(header.repo)
+        Ok(ConfigObjects::read(backend)?.ids()[0])
     }
 
-    /// Open with a passphrase or key file.
+    /// Open with a passphrase or key file. One damaged object of the two
+    /// that say how to open (`config` and its copy, or a slot's metadata)
+    /// is a warning, not a lock-out (repo-format/README.md, "What survives
+    /// one damaged byte").
     pub fn open(backend: Arc<dyn Backend>, secret: &Secret) -> Result<Repository> {
-        let raw = Self::config_bytes(backend.as_ref())?;
-        let header = config::decode_header(&raw).map_err(|e| Error::corrupt("config", e.0))?;
-        let repo_id = header.repo;
-        if let Secret::KeyFile(kf) = secret
-            && kf.repo != repo_id
-        {
-            return Err(Error::Usage(format!(
-                "the key file belongs to repository {}, but the config of {} names repository {} (a key file of another repository, or an altered config)",
-                kf.repo.short(),
-                backend.location(),
-                repo_id.short()
-            )));
-        }
-        let (master, key_id) = unlock_master(backend.as_ref(), &repo_id, secret)?;
-        let keys = KeySet::derive(&master);
-        let config =
-            config::decode_body(&header, &keys).map_err(|e| Error::corrupt("config", e))?;
-        Ok(Repository {
+        let configs = ConfigObjects::read(backend.as_ref())?;
+        let named = configs.ids();
+        let mut ids = named.clone();
+        // A key file names its repository: that opens a repository whose
+        // config lost its id, and a slot proves it (the id is in its AAD).
+        let foreign_key_file = match secret {
+            Secret::KeyFile(kf) if !named.contains(&kf.repo) => Some(kf.repo),
+            _ => None,
+        };
+        ids.extend(foreign_key_file);
+        let unlocked = match (
+            unlock_master(backend.as_ref(), &ids, secret),
+            foreign_key_file,
+        ) {
+            (Err(Error::WrongPassword { .. }), Some(theirs)) => {
+                return Err(Error::Usage(format!(
+                    "the key file belongs to repository {}, but the config of {} names repository {} (a key file of another repository, or an altered config)",
+                    theirs.short(),
+                    backend.location(),
+                    named[0].short()
+                )));
+            }
+            (r, _) => r?,
+        };
+        let keys = KeySet::derive(&unlocked.master);
+        let (config, config_problems) = configs.open_body(&unlocked.repo, &keys);
+        let repo = Repository {
             backend,
-            repo_id,
+            repo_id: unlocked.repo,
             keys,
             config,
-            key_id,
-            master,
+            key_id: unlocked.key_id,
+            master: unlocked.master,
             cache_root: None,
             index: OnceLock::new(),
             problems: Default::default(),
             lock_state: Default::default(),
-        })
+        };
+        for p in unlocked.problem.into_iter().chain(config_problems) {
+            repo.note_problem(p);
+        }
+        Ok(repo)
+    }
+
+    /// Make `config` and `config.copy` hold the intact config's bytes
+    /// again: each one that is missing, damaged or different is replaced.
+    /// Returns the names rewritten. A crash between a delete and its put
+    /// leaves the other object, which opening falls back to.
+    pub fn repair_config(&self) -> Result<Vec<&'static str>> {
+        self.config()?;
+        let configs = ConfigObjects::read(self.backend.as_ref())?;
+        let good = configs
+            .intact(&self.repo_id, &self.keys)
+            .ok_or_else(|| Error::ConfigDamaged {
+                repo: self.backend.location(),
+                reason: "it changed since this command opened the repository".into(),
+            })?
+            .to_vec();
+        let mut rewritten = Vec::new();
+        for name in [CONFIG, CONFIG_COPY] {
+            match self.backend.get(FileKind::Config, name) {
+                Ok(b) if b == good => continue,
+                Ok(_) => self.delete(FileKind::Config, name)?,
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.ensure_lock()?;
+            self.backend.put(FileKind::Config, name, &good)?;
+            rewritten.push(name);
+        }
+        // What opening said about the two objects is no longer true.
+        let (_, repaired) = configs.open_body(&self.repo_id, &self.keys);
+        self.problems
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|p| !repaired.contains(p));
+        Ok(rewritten)
     }
 
     /// Keep the index cache under `root/<repository id>/`; without this the
@@ -241,8 +279,13 @@ impl Repository {
     pub fn id(&self) -> &RepoId {
         &self.repo_id
     }
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The chunker, compression and pack parameters: every writer needs
+    /// them, and fails here, naming `config`, when they were lost.
+    pub fn config(&self) -> Result<&Config> {
+        self.config.as_ref().map_err(|reason| Error::ConfigDamaged {
+            repo: self.backend.location(),
+            reason: reason.clone(),
+        })
     }
     /// Does `other` name blobs as this repository does (same master key,
     /// from `init --from-repo`)? Then a blob id means the same in both.
@@ -261,8 +304,11 @@ impl Repository {
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
-    pub fn chunker(&self) -> Chunker {
-        Chunker::new(self.config.chunker, self.keys.chunker_seed())
+    pub fn chunker(&self) -> Result<Chunker> {
+        Ok(Chunker::new(
+            self.config()?.chunker,
+            self.keys.chunker_seed(),
+        ))
     }
 
     /// Path of the SQLite index cache, if it is on disk.
@@ -694,6 +740,157 @@ impl PackedBlobSource for Repository {
     }
 }
 
+/// `config` and `config.copy` as read, in that order: `None` when the
+/// object does not exist, else its header's repository id and its bytes,
+/// or why it cannot be used (bad magic, unknown version, unreadable).
+struct ConfigObjects([(&'static str, Option<Result<ConfigHeaderRead>>); 2]);
+
+/// A config object whose header is usable: the repository id it names, and
+/// all its bytes.
+type ConfigHeaderRead = (RepoId, Vec<u8>);
+
+impl ConfigObjects {
+    /// Read both. `Ok` only when at least one header is usable (so
+    /// [`ConfigObjects::ids`] is never empty); else the error that `config`
+    /// (or, when it is missing, its copy) gives, and "not a repository"
+    /// when neither exists.
+    fn read(backend: &dyn Backend) -> Result<ConfigObjects> {
+        let read = |name: &'static str| match backend.get(FileKind::Config, name) {
+            Err(Error::NotFound { .. }) => None,
+            got => Some(got.and_then(|raw| header_of(name, raw))),
+        };
+        let main = read(CONFIG);
+        if let Some(Err(Error::Corrupt { .. })) = &main
+            && let Some(what) = foreign_format(backend)
+        {
+            return Err(Error::ForeignRepository {
+                path: backend.location(),
+                what,
+            });
+        }
+        let mut objs = ConfigObjects([(CONFIG, main), (CONFIG_COPY, read(CONFIG_COPY))]);
+        if !objs.ids().is_empty() {
+            return Ok(objs);
+        }
+        let [(_, main), (_, copy)] = &mut objs.0;
+        match main.take().or(copy.take()) {
+            Some(Err(e)) => Err(e),
+            _ => Err(Error::NotARepository {
+                path: backend.location().into(),
+            }),
+        }
+    }
+
+    /// The distinct repository ids the usable headers name.
+    fn ids(&self) -> Vec<RepoId> {
+        let mut ids = Vec::new();
+        for (_, o) in &self.0 {
+            if let Some(Ok((id, _))) = o
+                && !ids.contains(id)
+            {
+                ids.push(*id);
+            }
+        }
+        ids
+    }
+
+    /// The bytes of the first object that is intact for `repo`.
+    fn intact(&self, repo: &RepoId, keys: &KeySet) -> Option<&[u8]> {
+        self.0.iter().find_map(|(name, o)| match o {
+            Some(Ok((_, raw))) if body_of(name, raw, repo, keys).is_ok() => Some(&raw[..]),
+            _ => None,
+        })
+    }
+
+    /// The config the first intact object holds (or why none does), and a
+    /// warning for each object that is damaged, naming it and the repair.
+    fn open_body(
+        &self,
+        repo: &RepoId,
+        keys: &KeySet,
+    ) -> (std::result::Result<Config, String>, Vec<String>) {
+        let mut config = None;
+        let mut damaged = Vec::new();
+        for (name, o) in &self.0 {
+            let why = match o {
+                None if *name == CONFIG_COPY => continue,
+                None => "it is missing".to_string(),
+                Some(Err(e)) => e.to_string(),
+                Some(Ok((_, raw))) => match body_of(name, raw, repo, keys) {
+                    Ok(c) => {
+                        config.get_or_insert(c);
+                        continue;
+                    }
+                    Err(why) => why,
+                },
+            };
+            damaged.push((*name, why));
+        }
+        let problems = damaged
+            .iter()
+            .map(|(name, why)| match &config {
+                Some(_) => format!(
+                    "repository object {name} is damaged ({why}); the other copy is intact and was used: run `coffer repair config`"
+                ),
+                None => format!(
+                    "repository object {name} is damaged ({why}) and has no intact copy: snapshots can still be read (and copied into a new repository), but nothing can be written here"
+                ),
+            })
+            .collect();
+        let config = config.ok_or_else(|| match damaged.as_slice() {
+            [(_, why)] => why.clone(),
+            both => both
+                .iter()
+                .map(|(name, why)| format!("{name}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+        (config, problems)
+    }
+}
+
+/// The repository id of a config object whose magic and format version
+/// are right, and its bytes.
+fn header_of(name: &str, raw: Vec<u8>) -> Result<ConfigHeaderRead> {
+    let header = config::decode_header(&raw).map_err(|e| Error::corrupt(name, e.0))?;
+    if header.version != FORMAT_VERSION {
+        return Err(Error::UnsupportedVersion {
+            found: header.version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok((header.repo, raw))
+}
+
+/// The body of a config object whose header reads, if it belongs to
+/// `repo` and authenticates under its keys.
+fn body_of(
+    name: &str,
+    raw: &[u8],
+    repo: &RepoId,
+    keys: &KeySet,
+) -> std::result::Result<Config, String> {
+    let header = config::decode_header(raw).map_err(|e| e.0)?;
+    if header.repo != *repo {
+        return Err(format!(
+            "{name} names repository {}, but the key opens repository {}: its id was altered",
+            header.repo.short(),
+            repo.short()
+        ));
+    }
+    config::decode_body(&header, keys)
+}
+
+/// What another backup program's repository at this location looks like,
+/// from its bytes: restic's key objects are JSON naming their KDF (and its
+/// `config` is ciphertext without a magic).
+fn foreign_format(backend: &dyn Backend) -> Option<&'static str> {
+    let (name, _) = backend.list(FileKind::Key).ok()?.into_iter().next()?;
+    let key = backend.get(FileKind::Key, &name).ok()?;
+    let json_kdf = key.first() == Some(&b'{') && key.windows(5).any(|w| w == b"\"kdf\"");
+    json_kdf.then_some("restic")
+}
+
 /// A fresh random repository id.
 pub fn new_repo_id() -> RepoId {
     let mut rid = [0u8; 32];
@@ -724,11 +921,18 @@ fn add_slot(
     Ok(key_id)
 }
 
-fn unlock_master(
-    backend: &dyn Backend,
-    repo: &RepoId,
-    secret: &Secret,
-) -> Result<(MasterKey, KeyId)> {
+/// What opening a key slot gave: the master key, the slot, the repository
+/// id the slot belongs to, and a warning when the slot's metadata is damaged.
+struct Unlocked {
+    master: MasterKey,
+    key_id: KeyId,
+    repo: RepoId,
+    problem: Option<String>,
+}
+
+/// Unwrap the master key from the first slot `secret` opens as a slot of
+/// one of `repos`.
+fn unlock_master(backend: &dyn Backend, repos: &[RepoId], secret: &Secret) -> Result<Unlocked> {
     let want = match secret {
         Secret::Passphrase(_) => SlotKind::Passphrase,
         Secret::KeyFile(_) => SlotKind::KeyFile,
@@ -740,9 +944,6 @@ fn unlock_master(
     let mut tried = 0;
     // Slots that could not be read or parsed, named in the final error.
     let mut damaged: Vec<String> = Vec::new();
-    // A slot that opened but whose metadata does not authenticate: it was
-    // altered (or damaged) after it was written.
-    let mut altered: Option<Error> = None;
     for (name, _) in backend.list(FileKind::Key)? {
         let Some(id) = KeyId::from_hex(&name) else {
             continue;
@@ -772,22 +973,24 @@ fn unlock_master(
                 break;
             }
         }
-        if let Some(m) = slot.unlock(repo, &id, &unlock) {
-            // The slot's metadata is sealed under a key derived from the
-            // master key: checking it proves the slot is as it was written.
-            match slot.meta(repo, &id, &KeySet::derive(&m)) {
-                Ok(_) => return Ok((m, id)),
-                Err(e) => {
-                    altered.get_or_insert(Error::corrupt(
-                        obj,
-                        format!("the key opens it but its metadata does not authenticate ({e}): the slot was altered; open the repository with another key and replace this one (`coffer key add`, then `coffer key remove`)"),
-                    ));
-                }
-            }
+        if let Some((master, repo)) = slot.unlock_any(repos, &id, &unlock) {
+            // A wrapped key that authenticates under the secret's KEK is
+            // the master key, whatever became of the metadata beside it:
+            // no one without the secret can make one. Metadata that does
+            // not authenticate was damaged after the slot was written.
+            let problem = slot.meta(&repo, &id, &KeySet::derive(&master)).err().map(|e| {
+                format!(
+                    "key slot {obj} opens, but its metadata does not authenticate ({e}): the slot is damaged; replace it while it still opens (`coffer key passwd`, or `coffer key add`, then `coffer key remove {}` with the new key)",
+                    id.short()
+                )
+            });
+            return Ok(Unlocked {
+                master,
+                key_id: id,
+                repo,
+                problem,
+            });
         }
-    }
-    if let Some(e) = altered {
-        return Err(e);
     }
     Err(Error::WrongPassword {
         repo: backend.location(),

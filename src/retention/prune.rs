@@ -325,7 +325,7 @@ fn repack(
     mut uploaded: impl FnMut(IndexedPack, &mut PruneReport) -> Result<()>,
 ) -> Result<()> {
     let idx = repo.index()?;
-    let pack_size = repo.config().pack_size as usize;
+    let pack_size = repo.config()?.pack_size as usize;
     let (src_tx, src_rx) = crossbeam_channel::bounded::<Result<SourcePack>>(0);
     let (new_tx, new_rx) = crossbeam_channel::bounded::<NewPack>(0);
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Result<IndexedPack>>();

@@ -15,6 +15,12 @@ fn vectors() -> PathBuf {
 }
 
 fn coffer(cache: &Path, args: &[&str]) -> (i32, String, String) {
+    coffer_at(&vectors().join("repo-v1"), cache, args)
+}
+
+/// `coffer` on `repo` (the frozen repository or a copy of it), opened with
+/// the frozen repository's password.
+fn coffer_at(repo: &Path, cache: &Path, args: &[&str]) -> (i32, String, String) {
     let v = vectors();
     let out = Command::new(env!("CARGO_BIN_EXE_coffer"))
         .env_remove("COFFER_PASSWORD")
@@ -23,7 +29,7 @@ fn coffer(cache: &Path, args: &[&str]) -> (i32, String, String) {
         .env_remove("COFFER_PASSWORD_COMMAND")
         .env_remove("COFFER_PASSWORD_FILE")
         .arg("--repo")
-        .arg(v.join("repo-v1"))
+        .arg(repo)
         .arg("--password-file")
         .arg(v.join("repo-v1.password"))
         .arg("--cache-dir")
@@ -98,6 +104,12 @@ fn frozen_v1_repository_restores_byte_for_byte() {
         &["restore", "latest", "--target", target.to_str().unwrap()],
     );
     assert_eq!(code, 0, "{err}");
+    assert_matches_manifest(&target);
+}
+
+/// `target` holds the latest snapshot's files exactly as the manifest
+/// lists them: bytes, kinds, modes, times and the hardlink.
+fn assert_matches_manifest(target: &Path) {
     let (source, rows) = manifest();
     let root = target.join(source.trim_start_matches('/'));
     let mut seen = 0;
@@ -169,4 +181,51 @@ fn frozen_v1_first_snapshot_and_wrong_password() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not open"));
+}
+
+/// The frozen repository predates `config.copy`: with a damaged config
+/// body it still restores byte for byte (a reader needs none of the body),
+/// and `repair config` gives an intact copy of it its `config.copy`.
+#[test]
+fn frozen_v1_repository_without_config_copy_reads_with_a_damaged_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo-v1");
+    copy_tree(&vectors().join("repo-v1"), &repo);
+    assert!(!repo.join("config.copy").exists());
+    // Git keeps no empty directory; `repair` takes a lock there.
+    std::fs::create_dir_all(repo.join("locks")).unwrap();
+    let cache = tmp.path().join("cache");
+    let target = tmp.path().join("target");
+    let config = repo.join("config");
+    let orig = std::fs::read(&config).unwrap();
+    let mut damaged = orig.clone();
+    damaged[80] ^= 0xff;
+    std::fs::write(&config, &damaged).unwrap();
+    let (code, _, err) = coffer_at(
+        &repo,
+        &cache,
+        &["restore", "latest", "--target", target.to_str().unwrap()],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("repository object config is damaged"), "{err}");
+    assert_matches_manifest(&target);
+
+    std::fs::write(&config, &orig).unwrap();
+    let (code, _, err) = coffer_at(&repo, &cache, &["repair", "config"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(repo.join("config.copy")).unwrap(), orig);
+    let (code, _, err) = coffer_at(&repo, &cache, &["snapshots"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
 }

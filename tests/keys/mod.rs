@@ -417,3 +417,78 @@ fn key_changes_killed_at_each_write_leave_a_working_key() {
     assert_eq!(r.code, ABORTED, "{}", r.stderr);
     assert!(opens(&env, PASSWORD) && opens(&env, "second"));
 }
+
+// ---------------------------------------------------------------------------
+// Where `init` creates a repository, and what is not one (issue 18.17)
+
+/// A directory laid out as restic lays out a repository: a `config` of
+/// ciphertext, JSON key files under `keys/`, and `data/`.
+fn restic_like(dir: &Path) {
+    for d in ["data/00", "index", "keys", "locks", "snapshots"] {
+        fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let mut rng = Rng::new(18);
+    fs::write(dir.join("config"), rng.bytes(155)).unwrap();
+    fs::write(
+        dir.join("keys").join("3a".repeat(32)),
+        r#"{"created":"2026-11-01T10:00:00.123Z","username":"me","hostname":"box","kdf":"scrypt","N":32768,"r":8,"p":7,"salt":"c2FsdA==","data":"ZGF0YQ=="}"#,
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_restic_repository_is_named_not_called_corrupt() {
+    let env = Env::new();
+    restic_like(&env.repo);
+    for cmd in [
+        &["snapshots"][..],
+        &["restore", "latest", "--target", "t"],
+        &["key", "list"],
+    ] {
+        let r = env.coffer().args(cmd).run().expect_code(1);
+        assert!(
+            r.stderr.contains("is not a coffer repository")
+                && r.stderr.contains("looks like a restic repository"),
+            "{cmd:?}:\n{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("corrupt"), "{cmd:?}:\n{}", r.stderr);
+    }
+    let r = env.coffer().arg("init").run().expect_code(1);
+    assert!(
+        r.stderr.contains("looks like a restic repository"),
+        "{}",
+        r.stderr
+    );
+    assert!(!env.repo.join("packs").exists(), "init wrote into it");
+}
+
+#[test]
+fn init_refuses_a_non_empty_directory_and_takes_an_empty_one() {
+    let env = Env::new();
+    fs::create_dir_all(env.repo.join("photos")).unwrap();
+    fs::write(env.repo.join("notes.txt"), b"mine\n").unwrap();
+    let r = env.coffer().arg("init").run().expect_code(1);
+    assert!(
+        r.stderr.contains(&env.repo.display().to_string())
+            && r.stderr.contains("is not empty")
+            && r.stderr.contains("notes.txt"),
+        "{}",
+        r.stderr
+    );
+    let mut left: Vec<_> = fs::read_dir(&env.repo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt", "photos"], "init wrote into it");
+
+    // An existing empty directory is where a repository may go.
+    fs::remove_dir_all(&env.repo).unwrap();
+    fs::create_dir(&env.repo).unwrap();
+    let r = env.coffer().arg("init").run().ok();
+    // With one key slot, one damaged byte would lock everyone out: init
+    // says so, and how to make the second key.
+    assert!(r.stderr.contains("coffer key export"), "{}", r.stderr);
+    env.coffer().arg("snapshots").run().ok();
+}

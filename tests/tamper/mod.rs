@@ -7,6 +7,11 @@
 //! the snapshot. Plus: unknown and downgraded format versions, truncated key
 //! slots and wrong key files give clear errors.
 //!
+//! The objects that say how to open the repository are kept so that one
+//! damaged byte locks no one out (repo-format/README.md, "What survives one
+//! damaged byte"): a damaged `config` or `config.copy`, or a slot's damaged
+//! metadata, is a warning naming it (exit 3) and the restore is byte-exact.
+//!
 //! Key slots are the one kind where "named" has a limit: a flip inside the
 //! salt, the KDF parameters or the wrapped key is, by design, the same
 //! to the reader as a wrong password (the AEAD cannot tell which input was
@@ -180,31 +185,257 @@ fn swap_contents(a: &Path, b: &Path) {
 // ---------------------------------------------------------------------------
 // config
 
+// What survives one damaged byte (repo-format/README.md, "What survives
+// one damaged byte"): each row of that table is flipped here and what it
+// promises is checked.
+
+/// A repository with one snapshot of a few small files, opened by
+/// PASSWORD through its only key slot.
+fn small_repo() -> (Env, TreeBuilder) {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("a.txt", b"alpha\n");
+    t.random_file("dir/b.bin", 300_000, 5);
+    env.backup_json(&[&t.root], &[]);
+    (env, t)
+}
+
+/// `restore latest` exits `code` and restores every file byte for byte.
+fn assert_restores_latest(env: &Env, t: &TreeBuilder, code: i32, what: &str) {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let target = env.path(format!("survive-{n}"));
+    let r = env
+        .coffer()
+        .args(["restore", "latest", "--target"])
+        .arg(&target)
+        .run();
+    assert_eq!(r.code, code, "{what}: restore exit code\n{}", r.stderr);
+    compare_trees(&t.root, &restored(&target, &t.root));
+}
+
+/// Exit `code`, and a warning or error on stderr that contains `needle`.
+fn assert_says(r: &Run, code: i32, needle: &str, what: &str) {
+    assert_eq!(
+        r.code, code,
+        "{what}: expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        r.stderr.contains(needle),
+        "{what}: stderr does not say {needle:?}:\n{}",
+        r.stderr
+    );
+}
+
+/// Magic, version, repository id, nonce, ciphertext (the chunker
+/// parameters) and tag of a 112-byte config.
+const CONFIG_FLIPS: [usize; 14] = [0, 7, 8, 11, 12, 30, 43, 44, 67, 68, 80, 95, 96, 111];
+
 #[test]
-fn damaged_config_is_named_and_nothing_is_restored() {
-    let f = fixture();
-    let env = &f.env;
+fn one_damaged_byte_in_config_or_its_copy_is_a_warning_and_repair_config_mends_it() {
+    let (env, t) = small_repo();
     let cfg = env.repo.join("config");
+    let copy = env.repo.join("config.copy");
     let orig = fs::read(&cfg).unwrap();
     assert_eq!(orig.len(), 112, "a version-1 config is 112 bytes");
-    // Magic, repository id, nonce, ciphertext and tag (the version field,
-    // bytes 8..12, has its own test below).
-    let flips = [0, 7, 12, 30, 43, 44, 67, 68, 80, 95, 96, 111];
-    for (what, bytes) in damages(&orig, &flips) {
-        fs::write(&cfg, &bytes).unwrap();
-        let r = env.coffer().arg("snapshots").run();
-        assert_fails_naming(&r, "config", &format!("snapshots, config {what}"));
-        let r = f.restore(&f.s2);
-        assert_fails_naming(&r, "config", &format!("restore, config {what}"));
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        orig,
+        "init writes config.copy with the config's bytes"
+    );
+    for obj in [&cfg, &copy] {
+        let name = file_name(obj);
+        let mut damaged: Vec<(String, Vec<u8>)> = CONFIG_FLIPS
+            .iter()
+            .map(|&at| {
+                let mut b = orig.clone();
+                b[at] ^= 0xff;
+                (format!("{name} byte {at} flipped"), b)
+            })
+            .collect();
+        damaged.push((format!("{name} truncated to 60 bytes"), orig[..60].to_vec()));
+        damaged.push((
+            format!("{name} with 4 bytes appended"),
+            [&orig[..], &[7; 4]].concat(),
+        ));
+        for (what, bytes) in damaged {
+            fs::write(obj, &bytes).unwrap();
+            let warning = format!("repository object {name} is damaged");
+            let r = env.coffer().args(["--json", "snapshots"]).run();
+            assert_says(&r, 3, &warning, &what);
+            assert!(!r.json().as_array().unwrap().is_empty(), "{what}");
+            assert_restores_latest(&env, &t, 3, &what);
+            // Writers take the parameters from the intact copy.
+            if obj == &cfg {
+                let r = env.coffer().arg("backup").arg(&t.root).run();
+                assert_says(&r, 3, &warning, &format!("{what}: backup"));
+            }
+            env.coffer().args(["repair", "config"]).run().ok();
+            assert_eq!(fs::read(obj).unwrap(), orig, "{what}: repair config");
+            env.coffer().arg("snapshots").run().ok();
+        }
     }
-    // "Swap": another repository's config (the only other object of its kind).
+    // A deleted config: the copy opens the repository and puts it back.
+    fs::remove_file(&cfg).unwrap();
+    assert_says(
+        &env.coffer().arg("snapshots").run(),
+        3,
+        "config is damaged (it is missing)",
+        "config deleted",
+    );
+    env.coffer().args(["repair", "config"]).run().ok();
+    assert_eq!(fs::read(&cfg).unwrap(), orig);
+    env.coffer().arg("snapshots").run().ok();
+
+    // Both replaced by another repository's: its id is in no slot's
+    // associated data here, so nothing opens.
     let other = Env::new();
     other.init();
-    fs::copy(other.repo.join("config"), &cfg).unwrap();
+    for n in ["config", "config.copy"] {
+        fs::copy(other.repo.join(n), env.repo.join(n)).unwrap();
+    }
     let r = env.coffer().arg("snapshots").run();
-    assert_fails_naming(&r, "config", "config of another repository");
+    assert_says(
+        &r,
+        1,
+        "does not open",
+        "config and copy of another repository",
+    );
+}
+
+#[test]
+fn a_damaged_config_without_a_copy_is_read_only_and_writers_name_it() {
+    let (env, t) = small_repo();
+    let key_file = env.path("recovery.key");
+    env.coffer()
+        .args(["key", "export", "--file"])
+        .arg(&key_file)
+        .run()
+        .ok();
+    let with_key_file = || env.coffer().no_password().arg("--key-file").arg(&key_file);
+    // A repository made before config.copy existed.
+    fs::remove_file(env.repo.join("config.copy")).unwrap();
+    let cfg = env.repo.join("config");
+    let orig = fs::read(&cfg).unwrap();
+    let tar = env.path("in.tar");
+    fs::write(&tar, [0u8; 1024]).unwrap();
+    for &at in &CONFIG_FLIPS {
+        let what = format!("config byte {at} flipped, no copy");
+        let mut b = orig.clone();
+        b[at] ^= 0xff;
+        fs::write(&cfg, &b).unwrap();
+        match at {
+            // Magic and version: nothing is known to be coffer's format
+            // version 1, so nothing is read.
+            0..=7 => assert_says(
+                &env.coffer().arg("snapshots").run(),
+                1,
+                "repository object config is corrupt",
+                &what,
+            ),
+            8..=11 => assert_says(
+                &env.coffer().arg("snapshots").run(),
+                1,
+                "format version",
+                &what,
+            ),
+            // The repository id: in every slot's associated data, so a
+            // passphrase cannot find it; a key file names it.
+            12..=43 => {
+                assert_says(
+                    &env.coffer().arg("snapshots").run(),
+                    1,
+                    "does not open",
+                    &what,
+                );
+                assert_says(
+                    &with_key_file().arg("snapshots").run(),
+                    3,
+                    "its id was altered",
+                    &what,
+                );
+                assert_says(
+                    &with_key_file().arg("backup").arg(&t.root).run(),
+                    1,
+                    "repository object config is damaged",
+                    &what,
+                );
+            }
+            // The sealed body: read-only.
+            _ => {
+                let damaged = "repository object config is damaged";
+                for cmd in [
+                    &["snapshots"][..],
+                    &["ls", "latest"],
+                    &["cat", "config"],
+                    &["key", "list"],
+                ] {
+                    let r = env.coffer().args(cmd).run();
+                    assert_says(&r, 3, damaged, &format!("{what}: {cmd:?}"));
+                }
+                let r = env
+                    .coffer()
+                    .arg("dump")
+                    .arg("latest")
+                    .arg(t.root.join("a.txt"))
+                    .run();
+                assert_says(&r, 3, damaged, &format!("{what}: dump"));
+                assert_eq!(r.stdout, "alpha\n", "{what}: dump");
+                assert_restores_latest(&env, &t, 3, &what);
+                let r = env.coffer().arg("check").run().expect_code(1);
+                assert!(r.stdout.contains(damaged), "{what}: check\n{}", r.stdout);
+                // Writers refuse, naming the config and the way out.
+                for cmd in [
+                    vec!["backup".to_string(), t.root.display().to_string()],
+                    vec![
+                        "import-tar".into(),
+                        tar.display().to_string(),
+                        "--name".into(),
+                        "x".into(),
+                    ],
+                ] {
+                    let r = env.coffer().args(&cmd).run();
+                    assert_says(&r, 1, "coffer copy --repo NEW", &format!("{what}: {cmd:?}"));
+                    assert!(r.stderr.contains(damaged), "{what}: {}", r.stderr);
+                }
+                assert_says(
+                    &env.coffer().args(["repair", "config"]).run(),
+                    1,
+                    "has no intact copy",
+                    &what,
+                );
+            }
+        }
+    }
+    // `copy` from it works: into a new repository, restored byte for byte.
+    let mut b = orig.clone();
+    b[80] ^= 0xff;
+    fs::write(&cfg, &b).unwrap();
+    let dst = Env::new();
+    dst.init();
+    let r = dst
+        .coffer()
+        .arg("copy")
+        .arg("--from-repo")
+        .arg(&env.repo)
+        .env("COFFER_FROM_PASSWORD", PASSWORD)
+        .run()
+        .ok();
+    assert!(r.stderr.contains("config is damaged"), "{}", r.stderr);
+    assert_restores_latest(
+        &dst,
+        &t,
+        0,
+        "copied from a repository with a damaged config",
+    );
+
+    // An intact old repository gets its copy from `repair config`.
     fs::write(&cfg, &orig).unwrap();
-    env.coffer().arg("snapshots").run().ok();
+    let r = env.coffer().args(["repair", "config"]).run().ok();
+    assert!(r.stdout.contains("rewrote config.copy"), "{}", r.stdout);
+    assert_eq!(fs::read(env.repo.join("config.copy")).unwrap(), orig);
 }
 
 #[test]
@@ -212,11 +443,14 @@ fn unknown_or_downgraded_format_version_is_refused_before_any_key_is_tried() {
     let env = Env::new();
     env.init();
     let cfg = env.repo.join("config");
+    let copy = env.repo.join("config.copy");
     let orig = fs::read(&cfg).unwrap();
     for v in [0u32, 2, 3, 0x0100_0000, u32::MAX] {
         let mut b = orig.clone();
         b[8..12].copy_from_slice(&v.to_le_bytes());
+        // A repository of another version has both objects say so.
         fs::write(&cfg, &b).unwrap();
+        fs::write(&copy, &b).unwrap();
         for password in [PASSWORD, "not the password"] {
             let r = env
                 .coffer()
@@ -243,6 +477,14 @@ fn unknown_or_downgraded_format_version_is_refused_before_any_key_is_tried() {
                 r.stderr
             );
         }
+        // Only one of them: the other is version 1, so that one is damaged.
+        fs::write(&copy, &orig).unwrap();
+        let r = env.coffer().arg("snapshots").run().expect_code(3);
+        assert!(
+            r.stderr.contains(&format!("format version {v} ")),
+            "{}",
+            r.stderr
+        );
     }
     fs::write(&cfg, &orig).unwrap();
     env.coffer().arg("snapshots").run().ok();
@@ -332,12 +574,20 @@ fn damaged_key_slot_is_named_and_other_keys_still_open() {
     for (what, bytes) in damages(&orig, &flips) {
         fs::write(&k.pw, &bytes).unwrap();
         let r = env.coffer().arg("snapshots").run();
-        assert_eq!(r.code, 1, "key slot {what}: expected exit 1\n{}", r.stderr);
         let flipped_at = what
             .strip_prefix("byte ")
             .and_then(|s| s.split(' ').next())
             .and_then(|s| s.parse::<usize>().ok());
         let opaque_flip = flipped_at.is_some_and(|at| opaque.contains(&at));
+        // A wrapped key that opens is the master key: damaged metadata
+        // beside it is a warning (exit 3), naming the slot.
+        let meta_flip = flipped_at.is_some_and(|at| meta.contains(&at));
+        let code = if meta_flip { 3 } else { 1 };
+        assert_eq!(
+            r.code, code,
+            "key slot {what}: expected exit {code}\n{}",
+            r.stderr
+        );
         if opaque_flip {
             assert!(
                 r.stderr.contains("does not open"),
@@ -404,6 +654,63 @@ fn damaged_key_slot_is_named_and_other_keys_still_open() {
     assert!(r.stdout.contains(&file_name(&k.pw)[..8]), "{}", r.stdout);
     swap_contents(&k.pw, &k.second);
     env.coffer().arg("snapshots").run().ok();
+}
+
+#[test]
+fn the_only_key_slot_with_damaged_metadata_still_opens_and_is_named() {
+    let (env, t) = small_repo();
+    let slot = env.objects("keys").remove(0);
+    let name = file_name(&slot);
+    let orig = fs::read(&slot).unwrap();
+    // The sealed metadata from offset 117: nonce, ciphertext, tag.
+    for at in [117, 150, orig.len() - 1] {
+        let what = format!("slot metadata byte {at} flipped");
+        flip_byte(&slot, at as u64);
+        let r = env.coffer().arg("snapshots").run();
+        assert_says(&r, 3, &format!("keys/{name}"), &what);
+        assert!(
+            r.stderr.contains("key passwd"),
+            "{what}: no repair named\n{}",
+            r.stderr
+        );
+        assert_restores_latest(&env, &t, 3, &what);
+        let r = env
+            .coffer()
+            .args(["--json", "key", "list"])
+            .run()
+            .expect_code(3);
+        assert!(
+            r.json()[0]["error"].is_string(),
+            "{what}: key list does not show the damage: {}",
+            r.stdout
+        );
+        fs::write(&slot, &orig).unwrap();
+    }
+    // The repair: replace the slot while it still opens.
+    flip_byte(&slot, 150);
+    let pw = env.path("new.pw");
+    fs::write(&pw, "a new passphrase\n").unwrap();
+    env.coffer()
+        .args(["key", "passwd", "--new-password-file"])
+        .arg(&pw)
+        .run()
+        .ok();
+    assert!(!slot.exists(), "key passwd left the damaged slot");
+    env.coffer()
+        .env("COFFER_PASSWORD", "a new passphrase")
+        .arg("snapshots")
+        .run()
+        .ok();
+    // The wrapped key itself has no second copy (the table says why):
+    // damaged, the only slot opens for no one.
+    let slot = env.objects("keys").remove(0);
+    flip_byte(&slot, 64);
+    let r = env
+        .coffer()
+        .env("COFFER_PASSWORD", "a new passphrase")
+        .arg("snapshots")
+        .run();
+    assert_says(&r, 1, "does not open", "wrapped key flipped");
 }
 
 #[test]

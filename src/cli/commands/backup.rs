@@ -286,7 +286,7 @@ fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
 /// created on first use.
 pub(super) fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (repo_path, is_default) = repo::location(g)?;
-    if is_default && !repo_path.join("config").exists() {
+    if is_default && !repo::has_config(&repo_path) {
         super::init::create_with_key_file(
             &repo_path,
             &repo::default_key_file()?,

@@ -63,15 +63,21 @@ pub fn run(g: &GlobalOpts, a: &CatArgs) -> Result<ExitCode> {
     };
     let v = match a.kind.as_str() {
         "config" => {
-            let c = repo.config();
-            json!({
+            let mut v = json!({
                 "version": coffer::repository::config::FORMAT_VERSION,
                 "id": repo.id().to_hex(),
-                "chunker": {"min_size": c.chunker.min_size, "avg_size": c.chunker.avg_size, "max_size": c.chunker.max_size},
-                "zstd_level": c.zstd_level,
-                "pack_size": c.pack_size,
-                "created": output::rfc3339(c.created_ns),
-            })
+            });
+            // A damaged body (no intact copy) still shows what reads.
+            match repo.config() {
+                Ok(c) => {
+                    v["chunker"] = json!({"min_size": c.chunker.min_size, "avg_size": c.chunker.avg_size, "max_size": c.chunker.max_size});
+                    v["zstd_level"] = c.zstd_level.into();
+                    v["pack_size"] = c.pack_size.into();
+                    v["created"] = output::rfc3339(c.created_ns).into();
+                }
+                Err(e) => v["error"] = e.to_string().into(),
+            }
+            v
         }
         "snapshot" => {
             let (id, s) = repo.resolve_snapshot(&need()?)?;

@@ -56,6 +56,51 @@ fn config_from(a: &InitArgs) -> Result<Config> {
     Ok(c)
 }
 
+/// A repository is created only where nothing is: in a new or an empty
+/// directory. Anything else is named: a repository (coffer's, or another
+/// program's), a file, or a directory with other things in it.
+fn refuse_occupied(path: &Path) -> Result<()> {
+    if path.is_file() {
+        bail!(
+            "{} is a file: give a new or empty directory for the repository",
+            path.display()
+        );
+    }
+    let mut names: Vec<String> = match std::fs::read_dir(path) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    if names.is_empty() {
+        return Ok(());
+    }
+    if repo::has_config(path) {
+        if let Err(e @ coffer::Error::ForeignRepository { .. }) =
+            Repository::check_format(&LocalBackend::open(path))
+        {
+            bail!("{e}; `coffer init` needs a new or empty directory");
+        }
+        bail!("{} already holds a repository", path.display());
+    }
+    names.sort();
+    let shown = names.len().min(3);
+    bail!(
+        "{} is not empty ({}{}) and holds no coffer repository: `coffer init` needs a new or empty directory",
+        path.display(),
+        names[..shown].join(", "),
+        if names.len() > shown { ", …" } else { "" }
+    )
+}
+
+/// A new repository has one key slot, the only copy of its wrapped master
+/// key: one damaged byte there and no secret opens it (repo-format/README.md,
+/// "What survives one damaged byte", says why there is no second copy). A
+/// second key is the remedy, and only the user can put it somewhere else.
+const SECOND_KEY: &str = "  It has one key slot, and one damaged byte in it would lock you out: make a second key now and keep it away from this machine:\n    coffer key export --file FILE";
+
 /// Write a new key file with mode 0600, refusing to overwrite anything.
 pub fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -87,6 +132,7 @@ pub fn create_with_key_file(
     related: Option<&Repository>,
     quiet: bool,
 ) -> Result<Repository> {
+    refuse_occupied(repo_path)?;
     if key_path.exists() {
         bail!(
             "key file {} already exists but {} holds no repository: move the key file away, or give --repo",
@@ -114,7 +160,7 @@ pub fn create_with_key_file(
     };
     if !quiet {
         output::notice(&format!(
-            "coffer: created repository {} at {}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.",
+            "coffer: created repository {} at {}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.\n{SECOND_KEY}",
             repo.id().short(),
             repo_path.display(),
             key_path.display()
@@ -128,34 +174,37 @@ fn init_with_password(
     pw: zeroize::Zeroizing<Vec<u8>>,
     config: Config,
     related: Option<&Repository>,
+    quiet: bool,
 ) -> Result<Repository> {
     let b = LocalBackend::create(path)?;
-    Ok(Repository::init_related(
+    let repo = Repository::init_related(
         Arc::new(b),
         InitSecret::Passphrase(pw),
         config,
         KdfParams::default(),
         related,
-    )?)
+    )?;
+    if !quiet {
+        output::notice(SECOND_KEY);
+    }
+    Ok(repo)
 }
 
 pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     let mut config = config_from(a)?;
     let (path, is_default) = repo::location(g)?;
-    if path.join("config").exists() {
-        bail!("{} already holds a repository", path.display());
-    }
+    refuse_occupied(&path)?;
     let related = a.from.open(g)?;
     if let Some(r) = &related {
         // The same cuts as the source, or its data and new backups would
         // not deduplicate against each other.
-        config.chunker = r.config().chunker;
+        config.chunker = r.config()?.chunker;
     }
     let related = related.as_deref();
     let repo = if let Some(kp) = &g.key_file {
         create_with_key_file(&path, kp, config, related, g.quiet)?
     } else if let Some(pw) = repo::configured_password(g)? {
-        init_with_password(&path, pw, config, related)?
+        init_with_password(&path, pw, config, related, g.quiet)?
     } else if is_default {
         create_with_key_file(&path, &repo::default_key_file()?, config, related, g.quiet)?
     } else if repo::interactive() {
@@ -164,7 +213,7 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
         if pw != again {
             bail!("the passwords do not match; nothing was created");
         }
-        init_with_password(&path, pw, config, related)?
+        init_with_password(&path, pw, config, related, g.quiet)?
     } else {
         bail!(
             "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"

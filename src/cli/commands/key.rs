@@ -255,7 +255,7 @@ fn remove(g: &GlobalOpts, a: &RemoveArgs) -> Result<ExitCode> {
 /// [`repo::open`]'s), because `passwd` changes which key the handle uses.
 fn open_owned(g: &GlobalOpts) -> Result<Repository> {
     let (path, is_default) = repo::location(g)?;
-    if !path.join("config").exists() {
+    if !repo::has_config(&path) {
         bail!(
             "{} holds no coffer repository (no config object): check --repo or run `coffer init`",
             path.display()

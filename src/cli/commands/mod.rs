@@ -66,7 +66,13 @@ impl FromRepo {
             password_command: self.from_password_command.as_deref(),
             key_file: self.from_key_file.as_deref(),
         };
-        repo::open_at(path, is_default, &opts, repo::cache_root(g)).map(Some)
+        let r = repo::open_at(path, is_default, &opts, repo::cache_root(g))?;
+        // What opening found damaged there (its config, a slot's metadata)
+        // is the source's: say so now, naming it.
+        for p in r.take_problems() {
+            super::output::warn(&format!("{}: {p}", path.display()));
+        }
+        Ok(Some(r))
     }
 }
 

@@ -1,4 +1,4 @@
-//! `coffer repair index` / `coffer repair packs [ID...]` / `coffer repair snapshots [--forget]`
+//! `coffer repair index` / `coffer repair packs [ID...]` / `coffer repair config` / `coffer repair snapshots [--forget]`
 
 use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
@@ -22,6 +22,9 @@ pub enum RepairWhat {
         /// Pack ids, as `coffer check --read-data` names them (default: every pack)
         ids: Vec<String>,
     },
+    /// Rewrite a missing or damaged `config` from its intact copy, or the
+    /// copy from `config` (which also gives an older repository its copy)
+    Config,
     /// Write new snapshots that leave out data that was lost
     Snapshots {
         /// Remove the damaged originals once their repaired copies are stored
@@ -115,6 +118,31 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                 r.blobs_lost.len()
             ));
             Ok(ExitCode::from(3))
+        }
+        RepairWhat::Config => {
+            let rewritten = repo.repair_config()?;
+            if g.json {
+                output::json(
+                    &serde_json::json!({"message_type": "summary", "rewritten": rewritten}),
+                );
+            } else if !g.quiet {
+                output::line(&match rewritten.as_slice() {
+                    [] => "config and config.copy are intact: nothing to do".to_string(),
+                    names => names
+                        .iter()
+                        .map(|n| {
+                            let from = if *n == "config" {
+                                "config.copy"
+                            } else {
+                                "config"
+                            };
+                            format!("rewrote {n} from {from}")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                });
+            }
+            Ok(ExitCode::SUCCESS)
         }
         RepairWhat::Snapshots { forget } => {
             let r = coffer::repair::repair_snapshots(repo.clone(), *forget)?;
