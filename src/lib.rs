@@ -16,6 +16,10 @@
 //! L0  id  error  codec  blob                     shared vocabulary
 //! ```
 
+// The project's own bans (clippy.toml lets tests unwrap): an unwrap or expect
+// on I/O or parsing turns bad input into a panic instead of an error.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 pub mod archiver;
 pub mod backend;
 pub mod blob;
