@@ -2,7 +2,7 @@
 //!
 //! Policy (DESIGN.md invariant 6): a *source* error (a user's file vanished,
 //! could not be read, changed while read) is never an [`Error`]: the archiver
-//! reports it as a [`crate::archiver::SourceWarning`] and carries on. Every
+//! reports it as a [`crate::progress::SourceWarning`] and carries on. Every
 //! [`Error`] is a repository or usage failure that aborts the operation and
 //! records no snapshot. Keeping the two apart in the type system means no
 //! handler can swallow a full repository disk as "could not read input"

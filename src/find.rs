@@ -99,7 +99,7 @@ pub struct Found<'a> {
 }
 
 /// Subtrees known to hold no match, shared by the searches of one query.
-/// Bounded: past [`Seen::LIMIT`] ids it starts over, which costs only
+/// Bounded: past `Seen::LIMIT` ids it starts over, which costs only
 /// speed (a subtree is searched again), never a missed match.
 #[derive(Default)]
 pub struct Seen {

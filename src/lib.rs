@@ -1,20 +1,28 @@
 //! coffer: a content-addressed, deduplicating, encrypted backup engine.
 //!
-//! Layers, lowest first; a module imports only from layers below it
-//! (`../shared/DESIGN.md`, `repo-format/README.md` for the bytes):
+//! Layers, lowest first; a module imports only from its own layer and the
+//! layers below it (`doc/design.md`, `repo-format/README.md` for the bytes).
+//! `tests/architecture` reads this map and every `crate::` path in `src/`,
+//! and fails when a module reaches up, or when a module is not on the map:
 //!
 //! ```text
-//! L6  cli (binary only)
-//! L5  archiver  restorer                         user files in and out
-//!     retention  check  repair  drill            forget/prune, verification
-//!     diff  find  stats                          reading snapshots
-//!     replicate                                  copy to another repository
-//! L4  repository                                 config, keys, blob store, snapshots
-//! L3  backend  index                             object store; SQLite index cache
-//! L2  pack  snapshot                             byte encodings of stored records
-//! L1  chunking  crypto  compression  pattern     pure primitives
-//! L0  id  error  codec  blob                     shared vocabulary
+//! L6  cli                                        # the binary only: parse, print
+//! L5  archiver  restorer                         # user files in and out
+//!     retention  check  repair  drill            # forget/prune, verification
+//!     diff  find  stats                          # reading snapshots
+//!     replicate                                  # copy to another repository
+//! L4  repository                                 # config, keys, blob store, snapshots
+//! L3  backend  index                             # object store; SQLite index cache
+//! L2  pack  snapshot                             # byte encodings of stored records
+//! L1  chunking  crypto  compression  pattern     # pure primitives
+//!     direct_io                                  # page-cache-bypassing file writes
+//! L0  id  error  codec  blob                     # shared vocabulary
+//!     progress  units                            # events reported up; parsed quantities
 //! ```
+
+// The project's own bans (clippy.toml lets tests unwrap): an unwrap or expect
+// on I/O or parsing turns bad input into a panic instead of an error.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod archiver;
 pub mod backend;

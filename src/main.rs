@@ -2,6 +2,8 @@
 //! an exit code (0 ok, 1 failure, 3 completed with unreadable or changed
 //! files). All logic lives in the library; `cli` only parses and prints.
 
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 
 use std::process::ExitCode;

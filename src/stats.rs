@@ -38,7 +38,7 @@ impl RestoreSize {
 }
 
 /// Totals of subtrees already summed, shared by the snapshots of one run.
-/// Bounded: past [`SubtreeTotals::LIMIT`] entries it starts over, which
+/// Bounded: past `SubtreeTotals::LIMIT` entries it starts over, which
 /// costs only speed.
 #[derive(Default)]
 pub struct SubtreeTotals {

@@ -38,3 +38,5 @@ mod replicate;
 mod inspect;
 // Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.
 mod realsources;
+// The layer map in src/lib.rs, enforced on every `crate::` path of the library.
+mod architecture;

@@ -8,7 +8,7 @@
 //! depth-first order of sorted names, which is the byte order of their paths
 //! with `/` mapped to 0 (names hold neither `/` nor NUL). Queued directories
 //! are kept in that order and a free worker always takes the first, i.e.
-//! the one the walker will need soonest. At most [`READY_MAX`] prepared
+//! the one the walker will need soonest. At most `READY_MAX` prepared
 //! listings wait for the walker, which bounds memory; a directory the
 //! walker needs before any worker started on it is listed by the walker
 //! itself, so a full window of far-ahead listings can never stall it.

@@ -4,7 +4,7 @@
 //! Workers call [`BlobStore::store_blob`] from many threads: the dedup
 //! check and the sealing run in the caller's thread, appending to the open
 //! pack takes a short lock. Full packs go through a bounded channel to
-//! [`UPLOADERS`] upload threads, which re-open every blob of the pack (so
+//! `UPLOADERS` upload threads, which re-open every blob of the pack (so
 //! memory or compressor faults are caught before anything is uploaded:
 //! restic#4529) and put it; an index thread collects the uploaded packs and
 //! every [`CHECKPOINT_BLOBS`] blobs writes an index segment and adds it to

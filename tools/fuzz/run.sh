@@ -5,6 +5,8 @@
 #   tools/fuzz/run.sh 300             # all targets, 300 s each
 #   tools/fuzz/run.sh 60 tree_decode  # one target
 #   FUZZ_JOBS=2 tools/fuzz/run.sh     # fuzz each target with 2 processes (-fork)
+#   FUZZ_SANITIZER=none tools/fuzz/run.sh 10   # what CI runs: coverage-guided,
+#                                     # no AddressSanitizer (a cold build in ~4 CPU-min)
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). cargo-fuzz passes nightly
 # flags (-Zsanitizer=address); by default they are enabled on the project's
@@ -23,7 +25,8 @@ else
     export RUSTC_BOOTSTRAP=1
     fuzz="cargo fuzz"
 fi
-$fuzz build --fuzz-dir tools/fuzz
+san="-s ${FUZZ_SANITIZER:-address}"
+$fuzz build --fuzz-dir tools/fuzz $san
 # Seeds: valid encodings built from the spec, written into the (ignored)
 # corpus directories on each run; plus the magics as a dictionary.
 python3 tools/fuzz/make_seeds.py tools/fuzz/corpus
@@ -33,7 +36,7 @@ status=0
 for t in $targets; do
     echo "== $t ($secs s)"
     mkdir -p "tools/fuzz/corpus/$t"
-    if ! $fuzz run --fuzz-dir tools/fuzz "$t" -- \
+    if ! $fuzz run --fuzz-dir tools/fuzz $san "$t" -- \
         -max_total_time="$secs" -rss_limit_mb=2048 -max_len=65536 \
         -dict=tools/fuzz/coffer.dict -print_final_stats=1 $fork; then
         echo "!! $t found a crash: see tools/fuzz/artifacts/$t/"
