@@ -38,3 +38,5 @@ mod replicate;
 mod inspect;
 // Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.
 mod realsources;
+// The README's nightly jobs run for real (issue 18): remote-looking locations, empty dumps, the repository left out of its own backups, times, `latest` narrowed, progress.
+mod nightly;
