@@ -40,6 +40,15 @@ pub enum Error {
         "{path} is not a coffer repository (no config object): check --repo or run `coffer init`"
     )]
     NotARepository { path: PathBuf },
+    /// A repository location names a store coffer cannot write to (yet).
+    #[error(
+        "repository {location}: {store} is not supported{}; a repository is a local directory: give its path (/mnt/backup/coffer, ./NAME, or local:NAME for a directory whose name has a colon)",
+        if *.store == "S3" { " yet (a later version takes s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX])" } else { "" }
+    )]
+    UnsupportedLocation {
+        location: String,
+        store: &'static str,
+    },
     /// `init` on a location that already has a repository.
     #[error("{path} already holds a repository")]
     AlreadyExists { path: PathBuf },
@@ -81,6 +90,13 @@ pub enum Error {
     /// look complete (the per-member problems are warnings instead).
     #[error("cannot import archive {archive}: {reason}; no snapshot was written")]
     Archive { archive: String, reason: String },
+    /// A stream backup read nothing: a dump whose producer failed before
+    /// writing (`mysqldump -u wrong … |`) would otherwise be saved as the
+    /// night's backup.
+    #[error(
+        "the stream for {name} was empty (0 bytes read), so no snapshot was written: if it came from a program, look at its messages; give --allow-empty to record an empty file"
+    )]
+    EmptyStream { name: String },
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,

@@ -80,10 +80,53 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The user to record: `$USER` or `$LOGNAME` as a login shell sets them
+/// (what `getpass.getuser()` also prefers), else the account of this
+/// process's uid, which systemd units and containers leave unnamed in the
+/// environment; the uid number when even that has no name.
 pub fn username() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty())
+        .or_else(uid_name)
+        .unwrap_or_else(|| {
+            // SAFETY: getuid cannot fail and touches no memory.
+            unsafe { libc::getuid() }.to_string()
+        })
+}
+
+/// The passwd entry's name for this process's uid.
+fn uid_name() -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `pwd` and `buf` are ours and outlive the call;
+        // getpwuid_r writes the entry's strings into `buf` (at most its
+        // length) and sets `result` to `&pwd` on success or null.
+        let (rc, name) = unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwuid_r(
+                libc::getuid(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            );
+            let name = (rc == 0 && !result.is_null() && !pwd.pw_name.is_null()).then(|| {
+                std::ffi::CStr::from_ptr(pwd.pw_name)
+                    .to_string_lossy()
+                    .into_owned()
+            });
+            (rc, name)
+        };
+        // A huge entry (many groups in NSS) needs a bigger buffer.
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return name.filter(|n| !n.is_empty());
+    }
 }
 
 pub fn now_ns() -> i64 {

@@ -162,14 +162,18 @@ fn the_repository_and_the_cache_never_back_themselves_up() {
     let repo = share.join("coffer/default");
     let cache_root = cache.join("coffer");
     assert!(
-        r.stderr
-            .contains(&format!("leaving out the repository itself: {}", repo.display())),
+        r.stderr.contains(&format!(
+            "leaving out the repository itself: {}",
+            repo.display()
+        )),
         "{}",
         r.stderr
     );
     assert!(
-        r.stderr
-            .contains(&format!("leaving out coffer's cache: {}", cache_root.display())),
+        r.stderr.contains(&format!(
+            "leaving out coffer's cache: {}",
+            cache_root.display()
+        )),
         "{}",
         r.stderr
     );
@@ -205,7 +209,12 @@ fn backup_time_is_checked_and_rfc3339_is_accepted_everywhere() {
     env.init();
     let data = TreeBuilder::new(env.path("data"));
     data.file("a.txt", b"a");
-    for bad in ["2026-13-45", "2026-11-10 25:61:61", "2026-02-29", "yesterday"] {
+    for bad in [
+        "2026-13-45",
+        "2026-11-10 25:61:61",
+        "2026-02-29",
+        "yesterday",
+    ] {
         env.coffer()
             .args(["backup", "--time", bad])
             .arg(&data.root)
@@ -217,12 +226,7 @@ fn backup_time_is_checked_and_rfc3339_is_accepted_everywhere() {
     let at = parse_rfc3339("2026-11-10T02:00:00Z").unwrap();
     for given in ["2026-11-10T02:00:00Z", "2026-11-10T07:30:00+05:30"] {
         let s = env.backup_json(&[&data.root], &["--time", given]);
-        let v = env
-            .coffer()
-            .args(["--json", "snapshots"])
-            .run()
-            .ok()
-            .json();
+        let v = env.coffer().args(["--json", "snapshots"]).run().ok().json();
         let snap = v
             .as_array()
             .unwrap()
@@ -305,14 +309,11 @@ fn latest_can_be_narrowed_by_host_tag_and_path() {
     env.backup_json(&[&b.root], &["--host", "beta"]);
     let a_file = a.path("a.txt");
     let a_path = a.root.to_str().unwrap();
-    for filter in [
-        ["--host", "alpha"],
-        ["--tag", "db"],
-        ["--path", a_path],
-    ] {
+    for filter in [["--host", "alpha"], ["--tag", "db"], ["--path", a_path]] {
         let paths = listed(&env, "latest", &filter);
         assert!(
-            paths.iter().any(|p| p.ends_with("/a.txt")) && !paths.iter().any(|p| p.ends_with("/b.txt")),
+            paths.iter().any(|p| p.ends_with("/a.txt"))
+                && !paths.iter().any(|p| p.ends_with("/b.txt")),
             "ls latest {filter:?}: {paths:?}"
         );
         let r = env
@@ -330,7 +331,10 @@ fn latest_can_be_narrowed_by_host_tag_and_path() {
         .arg(&target)
         .run()
         .ok();
-    assert_eq!(fs::read(restored(&target, &a_file)).unwrap(), b"alpha's file");
+    assert_eq!(
+        fs::read(restored(&target, &a_file)).unwrap(),
+        b"alpha's file"
+    );
     let tar = env.path("alpha.tar");
     env.coffer()
         .args(["export-tar", "latest", "--tag", "db", "--output"])
@@ -341,7 +345,9 @@ fn latest_can_be_narrowed_by_host_tag_and_path() {
     assert!(bytes.windows(12).any(|w| w == b"alpha's file"));
     let v = env
         .coffer()
-        .args(["--json", "drill", "latest", "--host", "alpha", "--sample", "1"])
+        .args([
+            "--json", "drill", "latest", "--host", "alpha", "--sample", "1",
+        ])
         .run()
         .ok()
         .summary();
@@ -371,12 +377,7 @@ fn the_user_comes_from_the_uid_when_user_is_unset() {
         .output()
         .expect("id -un");
     let me = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let v = env
-        .coffer()
-        .args(["--json", "snapshots"])
-        .run()
-        .ok()
-        .json();
+    let v = env.coffer().args(["--json", "snapshots"]).run().ok().json();
     assert_eq!(v[0]["username"], serde_json::json!(me));
 }
 
@@ -398,7 +399,12 @@ fn status_lines_count_bytes_while_a_stream_is_read() {
     }
     let out = child.wait_with_output().expect("wait");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))

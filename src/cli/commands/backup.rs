@@ -28,6 +28,10 @@ pub struct BackupArgs {
     /// exits non-zero, the backup fails and no snapshot is written
     #[arg(long)]
     pub stdin_from_command: bool,
+    /// Record a stream that read nothing (by default an empty stream is
+    /// refused: it is usually a dump that failed)
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Add a tag to the snapshot (repeatable, or comma-separated)
     #[arg(long = "tag", value_delimiter = ',')]
     pub tags: Vec<String>,
@@ -140,6 +144,9 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     if a.stdin || a.stdin_from_command {
         return run_stream(g, a);
     }
+    if a.allow_empty {
+        bail!("--allow-empty is for a stream (--stdin, --stdin-from-command); remove it");
+    }
     let mut given = a.paths.clone();
     for (files, form) in [
         (&a.files_from, ListForm::Lines),
@@ -207,7 +214,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     if a.dry_run {
         let result = archiver::dry_run(repo.clone(), &opts, &progress);
         progress.finish();
@@ -367,7 +374,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let cmd_name = a
         .paths
         .first()
@@ -396,6 +403,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                 repo.clone(),
                 &mut out,
                 &a.stdin_name,
+                a.allow_empty,
                 &opts,
                 &progress,
                 &mut finished,
@@ -408,6 +416,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                 repo.clone(),
                 &mut input,
                 &a.stdin_name,
+                a.allow_empty,
                 &opts,
                 &progress,
                 &mut || Ok(()),

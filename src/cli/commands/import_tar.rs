@@ -107,7 +107,7 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
         time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let result = match file.as_mut() {
         Some(f) => snapshot_tar(repo.clone(), f, &name, &label, &opts, &progress),
         None => {

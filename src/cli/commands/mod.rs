@@ -59,6 +59,7 @@ impl FromRepo {
         else {
             return Ok(None);
         };
+        let path = &repo::local_dir(path)?;
         let is_default = repo::default_repo_path().is_ok_and(|d| &d == path);
         let opts = repo::SecretOpts {
             password_env: "COFFER_FROM_PASSWORD",
