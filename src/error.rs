@@ -90,6 +90,11 @@ pub enum Error {
     /// look complete (the per-member problems are warnings instead).
     #[error("cannot import archive {archive}: {reason}; no snapshot was written")]
     Archive { archive: String, reason: String },
+    /// A time given on the command line is not a valid date and time.
+    #[error(
+        "{input:?} is not a valid time ({reason}): give YYYY-MM-DD[ HH:MM[:SS]] in local time, or RFC 3339 such as 2026-11-10T02:00:00Z or 2026-11-10T07:30:00+05:30"
+    )]
+    BadTime { input: String, reason: String },
     /// A stream backup read nothing: a dump whose producer failed before
     /// writing (`mysqldump -u wrong … |`) would otherwise be saved as the
     /// night's backup.

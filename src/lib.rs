@@ -13,6 +13,7 @@
 //! L3  backend  index                             object store; SQLite index cache
 //! L2  pack  snapshot                             byte encodings of stored records
 //! L1  chunking  crypto  compression  pattern     pure primitives
+//!     localtime                                  times given and shown (local zone, RFC 3339)
 //! L0  id  error  codec  blob                     shared vocabulary
 //! ```
 
@@ -31,6 +32,7 @@ pub mod error;
 pub mod find;
 pub mod id;
 pub mod index;
+pub mod localtime;
 pub mod pack;
 pub mod pattern;
 pub mod progress;

@@ -38,7 +38,8 @@ pub struct BackupArgs {
     /// Hostname to record (default: this machine's)
     #[arg(long)]
     pub host: Option<String>,
-    /// Record this time for the snapshot instead of now ("YYYY-MM-DD HH:MM:SS", local time)
+    /// Record this time for the snapshot instead of now ("YYYY-MM-DD
+    /// HH:MM:SS" in local time, or RFC 3339 with Z or an offset)
     #[arg(long)]
     pub time: Option<String>,
     /// Snapshot to compare with (default: the latest of this host and paths)
@@ -144,6 +145,8 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     if a.stdin || a.stdin_from_command {
         return run_stream(g, a);
     }
+    // Before anything is created, even the default repository.
+    let time_ns = a.time.as_deref().map(snapshot_time).transpose()?;
     if a.allow_empty {
         bail!("--allow-empty is for a stream (--stdin, --stdin-from-command); remove it");
     }
@@ -211,7 +214,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
-        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
+        time_ns,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
@@ -230,37 +233,17 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     report(g, &id, &snap, &outcome)
 }
 
-/// "YYYY-MM-DD HH:MM:SS" (or "YYYY-MM-DD") in local time → ns since the epoch.
-pub(super) fn parse_local_time(s: &str) -> Result<i64> {
-    let bad = || anyhow::anyhow!("--time {s:?}: use \"YYYY-MM-DD HH:MM:SS\"");
-    let (date, time) = s.trim().split_once(' ').unwrap_or((s.trim(), "00:00:00"));
-    let d: Vec<i32> = date
-        .split('-')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    let t: Vec<i32> = time
-        .split(':')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return Err(bad());
+/// `--time` → ns since the epoch; a time still to come is allowed (a
+/// backup recorded for tonight) but said, since it sorts after every
+/// snapshot taken until then and becomes their `latest` and parent.
+pub(super) fn snapshot_time(s: &str) -> Result<i64> {
+    let ns = coffer::localtime::parse_time(s).map_err(|e| anyhow::anyhow!("--time: {e}"))?;
+    if ns > coffer::repository::now_ns() {
+        output::warn(&format!(
+            "--time {s} is in the future: the snapshot sorts after every backup made before then"
+        ));
     }
-    // SAFETY: `tm` is a plain C struct; mktime reads it and normalises it.
-    let secs = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        tm.tm_year = d[0] - 1900;
-        tm.tm_mon = d[1] - 1;
-        tm.tm_mday = d[2];
-        tm.tm_hour = t[0];
-        tm.tm_min = t[1];
-        tm.tm_sec = t[2];
-        tm.tm_isdst = -1;
-        libc::mktime(&mut tm)
-    };
-    if secs == -1 {
-        return Err(bad());
-    }
-    Ok(secs as i64 * 1_000_000_000)
+    Ok(ns)
 }
 
 fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
@@ -341,6 +324,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
             "--files-from names files to back up, a stream backup reads only its input: run them as two backups"
         );
     }
+    let time_ns = a.time.as_deref().map(snapshot_time).transpose()?;
     let mut child = None;
     if a.stdin_from_command {
         let Some((cmd, args)) = a.paths.split_first() else {
@@ -371,7 +355,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
-        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
+        time_ns,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
