@@ -331,6 +331,11 @@ impl Repository {
         if let Some(i) = self.index.get() {
             return Ok(i);
         }
+        if let Some(root) = &self.cache_root {
+            // Only a marker for other tools: the cache works without it,
+            // and a root that cannot be created fails just below, named.
+            let _ = tag_cache_dir(root);
+        }
         let idx = match self.cache_path() {
             Some(p) => Index::open(&p, &self.repo_id, FORMAT_VERSION)?,
             None => Index::in_memory(&self.repo_id, FORMAT_VERSION)?,
@@ -844,6 +849,35 @@ fn unlock_master(
 
 /// Default location of the SQLite cache root: `$XDG_CACHE_HOME/coffer` or
 /// `~/.cache/coffer`.
+/// The signature a valid `CACHEDIR.TAG` starts with (bford.info/cachedir).
+pub const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Create the cache root `root` if needed and mark it with a
+/// `CACHEDIR.TAG`, so that backup tools (coffer's `--exclude-caches`,
+/// restic's, borg's, tar's) leave out what can be rebuilt from the
+/// repository.
+pub fn tag_cache_dir(root: &Path) -> std::io::Result<()> {
+    let tag = root.join("CACHEDIR.TAG");
+    if tag.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root)?;
+    let mut text = CACHEDIR_SIGNATURE.to_vec();
+    text.extend_from_slice(
+        b"\n# This file is a cache directory tag created by coffer: its index caches\n# are rebuilt from the repository when missing.\n# For information about cache directory tags see https://bford.info/cachedir/\n",
+    );
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tag)
+    {
+        Ok(mut f) => std::io::Write::write_all(&mut f, &text),
+        // Another coffer process tagged it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn default_cache_root() -> Option<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Some(Path::new(&x).join("coffer"));

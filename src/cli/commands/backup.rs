@@ -197,6 +197,8 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
         .collect();
     let parent = find_parent(&repo, a.parent.as_deref(), &hostname, &want)?;
+    let mut excludes = excludes(a)?;
+    leave_out_own_dirs(g, &paths, &mut excludes)?;
     let opts = SnapshotOptions {
         backup: BackupOptions {
             paths,
@@ -209,7 +211,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                         .unwrap_or(2)
                 })
                 .max(1),
-            excludes: excludes(a)?,
+            excludes,
         },
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
@@ -270,6 +272,38 @@ fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
         .transpose()?;
     ex.one_file_system = a.one_file_system;
     Ok(ex)
+}
+
+/// The repository being written and coffer's cache are never part of a
+/// backup (a backup of `~` holds both when they are in their default
+/// places); say so once when a backed-up path contains them.
+fn leave_out_own_dirs(
+    g: &GlobalOpts,
+    paths: &[PathBuf],
+    excludes: &mut coffer::archiver::exclude::Excludes,
+) -> Result<()> {
+    let cache = repo::cache_root(g);
+    if let Some(c) = &cache {
+        // The cache may not exist before this backup's index opens it;
+        // made now, it can be left out of this backup too.
+        let _ = coffer::repository::tag_cache_dir(c);
+    }
+    let own = [
+        (Some(repo::location(g)?.0), "the repository itself"),
+        (cache, "coffer's cache"),
+    ];
+    for (dir, what) in own {
+        let Some(real) = dir.and_then(|d| std::fs::canonicalize(d).ok()) else {
+            continue;
+        };
+        let inside = |p: &PathBuf| {
+            real.starts_with(p) || std::fs::canonicalize(p).is_ok_and(|c| real.starts_with(c))
+        };
+        if excludes.never_back_up(&real) && paths.iter().any(inside) && !g.quiet {
+            output::notice(&format!("coffer: leaving out {what}: {}", real.display()));
+        }
+    }
+    Ok(())
 }
 
 /// The repository to back up into; the zero-configuration default one is
