@@ -34,6 +34,11 @@ impl Location {
     /// `./NAME` or `local:NAME`.
     pub fn parse(s: &str) -> Result<Location> {
         if let Some(path) = s.strip_prefix("local:") {
+            if path.is_empty() {
+                return Err(Error::Usage(
+                    "repository local: names no directory: give local:PATH".into(),
+                ));
+            }
             return Ok(Location::Local(PathBuf::from(path)));
         }
         if let Some((scheme, rest)) = s.split_once(':') {
@@ -97,6 +102,7 @@ mod tests {
             assert_eq!(Location::parse(s).unwrap(), local(s), "{s}");
         }
         assert_eq!(Location::parse("local:s3:odd").unwrap(), local("s3:odd"));
+        assert!(matches!(Location::parse("local:"), Err(Error::Usage(_))));
         for (s, store) in [
             ("s3:https://host/bucket", "S3"),
             ("S3:host/bucket", "S3"),
