@@ -51,6 +51,15 @@ pub enum Error {
         "repository object config is damaged ({reason}) and has no intact copy: {repo} can still be read (restore, copy from it) but not written, because the chunker parameters a writer needs are lost; to go on backing up, create a new repository (`coffer init --repo NEW`) and `coffer copy --repo NEW --from-repo {repo}`"
     )]
     ConfigDamaged { repo: String, reason: String },
+    /// A repository location names a store coffer cannot write to (yet).
+    #[error(
+        "repository {location}: {store} is not supported{}; a repository is a local directory: give its path (/mnt/backup/coffer, ./NAME, or local:NAME for a directory whose name has a colon)",
+        if *.store == "S3" { " yet (a later version takes s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX])" } else { "" }
+    )]
+    UnsupportedLocation {
+        location: String,
+        store: &'static str,
+    },
     /// `init` on a location that already has a repository.
     #[error("{path} already holds a repository")]
     AlreadyExists { path: PathBuf },
@@ -92,6 +101,18 @@ pub enum Error {
     /// look complete (the per-member problems are warnings instead).
     #[error("cannot import archive {archive}: {reason}; no snapshot was written")]
     Archive { archive: String, reason: String },
+    /// A time given on the command line is not a valid date and time.
+    #[error(
+        "{input:?} is not a valid time ({reason}): give YYYY-MM-DD[ HH:MM[:SS]] in local time, or RFC 3339 such as 2026-11-10T02:00:00Z or 2026-11-10T07:30:00+05:30"
+    )]
+    BadTime { input: String, reason: String },
+    /// A stream backup read nothing: a dump whose producer failed before
+    /// writing (`mysqldump -u wrong … |`) would otherwise be saved as the
+    /// night's backup.
+    #[error(
+        "the stream for {name} was empty (0 bytes read), so no snapshot was written: if it came from a program, look at its messages; give --allow-empty to record an empty file"
+    )]
+    EmptyStream { name: String },
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,

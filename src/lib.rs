@@ -16,6 +16,7 @@
 //! L2  pack  snapshot                             # byte encodings of stored records
 //! L1  chunking  crypto  compression  pattern     # pure primitives
 //!     direct_io                                  # page-cache-bypassing file writes
+//!     localtime                                  # times given and shown (local zone, RFC 3339)
 //! L0  id  error  codec  blob                     # shared vocabulary
 //!     progress  units                            # events reported up; parsed quantities
 //! ```
@@ -39,6 +40,7 @@ pub mod error;
 pub mod find;
 pub mod id;
 pub mod index;
+pub mod localtime;
 pub mod pack;
 pub mod pattern;
 pub mod progress;

@@ -40,3 +40,5 @@ mod inspect;
 mod realsources;
 // The layer map in src/lib.rs, enforced on every `crate::` path of the library.
 mod architecture;
+// The README's nightly jobs run for real (issue 18): remote-looking locations, empty dumps, the repository left out of its own backups, times, `latest` narrowed, progress.
+mod nightly;

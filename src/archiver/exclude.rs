@@ -12,8 +12,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// The signature a valid `CACHEDIR.TAG` starts with (bford.info/cachedir).
-pub const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+pub use crate::repository::CACHEDIR_SIGNATURE;
 
 #[derive(Clone)]
 struct Rule {
@@ -29,6 +28,11 @@ pub struct Excludes {
     pub if_present: Vec<String>,
     pub larger_than: Option<u64>,
     pub one_file_system: bool,
+    /// Directories never backed up, whatever the patterns say: the
+    /// repository being written and coffer's cache (a backup of `~` would
+    /// otherwise store the repository inside itself). By device and inode,
+    /// so no symlink or bind mount on the way lets them in.
+    never: Vec<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Excludes {
@@ -78,8 +82,22 @@ impl Excludes {
         Ok(())
     }
 
+    /// Never back up the directory `dir` (see [`Excludes`]); false when
+    /// it does not exist, so there is nothing to leave out.
+    pub fn never_back_up(&mut self, dir: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::metadata(dir) {
+            Ok(md) if md.is_dir() => {
+                self.never.push((md.dev(), md.ino()));
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.never.is_empty()
+            && self.rules.is_empty()
             && !self.exclude_caches
             && self.if_present.is_empty()
             && self.larger_than.is_none()
@@ -98,6 +116,10 @@ impl Excludes {
 
     /// Left out by a pattern, a size limit or a marker file?
     pub fn excluded(&self, path: &Path, md: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if md.is_dir() && self.never.contains(&(md.dev(), md.ino())) {
+            return true;
+        }
         if self.matches(path) {
             return true;
         }

@@ -40,11 +40,13 @@ pub fn widen_pipe(fd: &impl std::os::fd::AsFd) {
 #[cfg(not(target_os = "linux"))]
 pub fn widen_pipe(_fd: &impl std::os::fd::AsFd) {}
 
-/// Store `src` as the file `/NAME` and record a snapshot of it.
+/// Store `src` as the file `/NAME` and record a snapshot of it. A stream
+/// that reads nothing is refused unless `allow_empty`, as restic does.
 pub fn snapshot_stream(
     repo: Arc<Repository>,
     src: &mut dyn Read,
     name: &str,
+    allow_empty: bool,
     opts: &SnapshotOptions,
     progress: &dyn Progress,
     finished: &mut dyn FnMut() -> Result<()>,
@@ -64,7 +66,13 @@ pub fn snapshot_stream(
             streamed.read
         )));
     }
+    // The producer's own failure, when it has one, says more than "empty".
     finished()?;
+    if streamed.read == 0 && !allow_empty {
+        return Err(Error::EmptyStream {
+            name: name.to_string(),
+        });
+    }
     let mut node = Node::new(name.as_bytes().to_vec(), NodeKind::File);
     node.mode = 0o600;
     // SAFETY: getuid/getgid cannot fail and touch no memory.

@@ -9,7 +9,10 @@
 //! presented as complete (restic#4612).
 
 pub mod local;
+pub mod location;
 pub mod memory;
+
+pub use location::Location;
 
 use crate::error::Result;
 

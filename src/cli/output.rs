@@ -1,5 +1,6 @@
 //! Human and JSON rendering; the only place that prints.
 
+use coffer::localtime;
 use std::io::Write;
 
 /// One line on stderr: `coffer: error: …` with the whole cause chain.
@@ -52,52 +53,27 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian.
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
+// Times are shown in the local zone, as restic shows them and as `--time`
+// and forget's day buckets read them; JSON carries the offset.
 
-fn split(ns: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
-    split_time(ns.div_euclid(1_000_000_000), ns.rem_euclid(1_000_000_000))
-}
-
-fn split_time(secs: i64, frac: i64) -> (i64, u32, u32, i64, i64, i64, i64) {
-    let (y, mo, d) = civil(secs.div_euclid(86_400));
-    let sod = secs.rem_euclid(86_400);
-    (y, mo, d, sod / 3600, sod % 3600 / 60, sod % 60, frac)
-}
-
-/// RFC 3339 in UTC with nanoseconds.
+/// RFC 3339 in local time with its offset, nanoseconds included.
 pub fn rfc3339(ns: i64) -> String {
-    let (y, mo, d, h, mi, s, frac) = split(ns);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:09}Z")
+    localtime::local_ns(ns).rfc3339()
 }
 
-/// RFC 3339 in UTC from seconds and nanoseconds (any year).
+/// [`rfc3339`] from seconds and nanoseconds (any year).
 pub fn rfc3339_time(sec: i64, nsec: u32) -> String {
-    let (y, mo, d, h, mi, s, frac) = split_time(sec, nsec as i64);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{frac:09}Z")
+    localtime::local(sec, nsec).rfc3339()
 }
 
-/// `2026-11-22 20:26:36` (UTC) from seconds, for tables.
+/// `2026-11-22 20:26:36` (local time) from seconds, for tables.
 pub fn short_time_sec(sec: i64) -> String {
-    let (y, mo, d, h, mi, s, _) = split_time(sec, 0);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    localtime::local(sec, 0).short()
 }
 
-/// `2026-11-22 20:26:36` (UTC), for tables.
+/// `2026-11-22 20:26:36` (local time), for tables.
 pub fn short_time(ns: i64) -> String {
-    let (y, mo, d, h, mi, s, _) = split(ns);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+    localtime::local_ns(ns).short()
 }
 
 /// One entry as `ls -l` shows it: mode, owner, group, size, mtime, path,
@@ -162,13 +138,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_and_sizes() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(
-            rfc3339(1_700_000_000_123_000_000),
-            "2023-11-14T22:13:20.123000000Z"
-        );
-        assert_eq!(short_time(951_782_400_000_000_000), "2000-02-29 00:00:00");
+    fn sizes_and_modes() {
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.50 KiB");
         assert_eq!(mode_string("dir", 0o755), "drwxr-xr-x");

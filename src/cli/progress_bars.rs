@@ -36,6 +36,11 @@ pub struct CliProgress {
     pub counters: Counters,
     display: Display,
     total_files: AtomicU64,
+    /// The file being read, named again by updates that come from its
+    /// bytes (one big file is read for hours between its start and end).
+    current: Mutex<String>,
+    /// Print JSON status lines as bytes are read, not only per file.
+    json_per_bytes: bool,
 }
 
 impl CliProgress {
@@ -58,16 +63,36 @@ impl CliProgress {
             counters: Counters::new(),
             display,
             total_files: AtomicU64::new(0),
+            current: Mutex::new(String::new()),
+            json_per_bytes: false,
         }
     }
 
-    fn status(&self, current: Option<&Path>) {
+    /// JSON status lines also while a file is being read (a backup's
+    /// output is a stream of lines; check's and repair's `--json` stay one
+    /// document).
+    pub fn with_json_status_per_bytes(mut self) -> Self {
+        self.json_per_bytes = true;
+        self
+    }
+
+    /// Show the counts; `started` names a file that just started or ended.
+    fn status(&self, started: Option<&Path>) {
+        if matches!(self.display, Display::Silent) {
+            return;
+        }
+        let cur = {
+            let mut c = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(p) = started {
+                *c = p.display().to_string();
+            }
+            c.clone()
+        };
         let files = self.counters.files.load(Ordering::Relaxed);
         let bytes = self.counters.bytes.load(Ordering::Relaxed);
         let secs = self.counters.start.elapsed().as_secs_f64().max(0.001);
         match &self.display {
             Display::Bar(b) => {
-                let cur = current.map(|p| p.display().to_string()).unwrap_or_default();
                 let total = self.total_files.load(Ordering::Relaxed);
                 let of = if total > 0 {
                     format!("/{total}")
@@ -89,7 +114,7 @@ impl CliProgress {
                         "seconds_elapsed": secs as u64,
                         "files_done": files,
                         "bytes_done": bytes,
-                        "current_files": current.map(|p| vec![p.display().to_string()]).unwrap_or_default(),
+                        "current_files": if cur.is_empty() { vec![] } else { vec![cur] },
                     }));
                 }
             }
@@ -141,6 +166,10 @@ impl Progress for CliProgress {
         self.counters.bytes.fetch_add(n, Ordering::Relaxed);
         if let Display::Bar(b) = &self.display {
             b.inc(n);
+        }
+        // Bytes count as they are read, not when their file is done.
+        if matches!(self.display, Display::Bar(_)) || self.json_per_bytes {
+            self.status(None);
         }
     }
 

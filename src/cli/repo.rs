@@ -9,6 +9,7 @@
 
 use super::GlobalOpts;
 use anyhow::{Context, Result, anyhow, bail};
+use coffer::backend::Location;
 use coffer::backend::local::LocalBackend;
 use coffer::crypto::key_file::KeyFileSecret;
 use coffer::repository::config::{CONFIG, CONFIG_COPY};
@@ -47,8 +48,16 @@ pub fn default_key_file() -> Result<PathBuf> {
 /// The repository location and whether it is the default one.
 pub fn location(g: &GlobalOpts) -> Result<(PathBuf, bool)> {
     match &g.repo {
-        Some(r) if !r.as_os_str().is_empty() => Ok((r.clone(), false)),
+        Some(r) if !r.as_os_str().is_empty() => Ok((local_dir(r)?, false)),
         _ => Ok((default_repo_path()?, true)),
+    }
+}
+
+/// The directory a location given by the user names; anything else is
+/// refused, never taken for a relative path.
+pub fn local_dir(given: &Path) -> Result<PathBuf> {
+    match Location::parse_os(given.as_os_str())? {
+        Location::Local(p) => Ok(p),
     }
 }
 
@@ -165,6 +174,14 @@ fn configured_password_from(o: &SecretOpts) -> Result<Option<Zeroizing<Vec<u8>>>
     }
     if let Some(p) = std::env::var_os(o.password_env) {
         use std::os::unix::ffi::OsStrExt;
+        // As an empty password file is: an empty password is almost always
+        // a variable that a script failed to fill, not a choice.
+        if p.is_empty() {
+            bail!(
+                "{} is set but empty: set it to the password, or unset it",
+                o.password_env
+            );
+        }
         return Ok(Some(Zeroizing::new(p.as_bytes().to_vec())));
     }
     Ok(None)

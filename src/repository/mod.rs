@@ -84,10 +84,53 @@ pub fn hostname() -> String {
     String::from_utf8_lossy(&buf[..end]).into_owned()
 }
 
+/// The user to record: `$USER` or `$LOGNAME` as a login shell sets them
+/// (what `getpass.getuser()` also prefers), else the account of this
+/// process's uid, which systemd units and containers leave unnamed in the
+/// environment; the uid number when even that has no name.
 pub fn username() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|v| std::env::var(v).ok())
+        .find(|u| !u.is_empty())
+        .or_else(uid_name)
+        .unwrap_or_else(|| {
+            // SAFETY: getuid cannot fail and touches no memory.
+            unsafe { libc::getuid() }.to_string()
+        })
+}
+
+/// The passwd entry's name for this process's uid.
+fn uid_name() -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        // SAFETY: `pwd` and `buf` are ours and outlive the call;
+        // getpwuid_r writes the entry's strings into `buf` (at most its
+        // length) and sets `result` to `&pwd` on success or null.
+        let (rc, name) = unsafe {
+            let mut pwd: libc::passwd = std::mem::zeroed();
+            let mut result: *mut libc::passwd = std::ptr::null_mut();
+            let rc = libc::getpwuid_r(
+                libc::getuid(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut result,
+            );
+            let name = (rc == 0 && !result.is_null() && !pwd.pw_name.is_null()).then(|| {
+                std::ffi::CStr::from_ptr(pwd.pw_name)
+                    .to_string_lossy()
+                    .into_owned()
+            });
+            (rc, name)
+        };
+        // A huge entry (many groups in NSS) needs a bigger buffer.
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        return name.filter(|n| !n.is_empty());
+    }
 }
 
 pub fn now_ns() -> i64 {
@@ -333,6 +376,11 @@ impl Repository {
     pub fn index(&self) -> Result<&Index> {
         if let Some(i) = self.index.get() {
             return Ok(i);
+        }
+        if let Some(root) = &self.cache_root {
+            // Only a marker for other tools: the cache works without it,
+            // and a root that cannot be created fails just below, named.
+            let _ = tag_cache_dir(root);
         }
         let idx = match self.cache_path() {
             Some(p) => Index::open(&p, &self.repo_id, FORMAT_VERSION)?,
@@ -1004,6 +1052,35 @@ fn unlock_master(backend: &dyn Backend, repos: &[RepoId], secret: &Secret) -> Re
 
 /// Default location of the SQLite cache root: `$XDG_CACHE_HOME/coffer` or
 /// `~/.cache/coffer`.
+/// The signature a valid `CACHEDIR.TAG` starts with (bford.info/cachedir).
+pub const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+
+/// Create the cache root `root` if needed and mark it with a
+/// `CACHEDIR.TAG`, so that backup tools (coffer's `--exclude-caches`,
+/// restic's, borg's, tar's) leave out what can be rebuilt from the
+/// repository.
+pub fn tag_cache_dir(root: &Path) -> std::io::Result<()> {
+    let tag = root.join("CACHEDIR.TAG");
+    if tag.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root)?;
+    let mut text = CACHEDIR_SIGNATURE.to_vec();
+    text.extend_from_slice(
+        b"\n# This file is a cache directory tag created by coffer: its index caches\n# are rebuilt from the repository when missing.\n# For information about cache directory tags see https://bford.info/cachedir/\n",
+    );
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tag)
+    {
+        Ok(mut f) => std::io::Write::write_all(&mut f, &text),
+        // Another coffer process tagged it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 pub fn default_cache_root() -> Option<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return Some(Path::new(&x).join("coffer"));

@@ -8,6 +8,7 @@
 //! every decision carries the rules that made it. Pure: no I/O.
 
 use crate::id::SnapshotId;
+use crate::localtime::is_leap;
 use crate::snapshot::Snapshot;
 
 /// Counts are "how many to keep"; `-1` means unlimited, `0` means unused.
@@ -58,18 +59,10 @@ pub struct Calendar {
     pub iso_week: u32,
 }
 
-/// Convert with the C library's `localtime_r` (so `TZ` is honoured).
+/// The local calendar (the C library's zone, so `TZ` is honoured).
 pub fn local_calendar(ns: i64) -> Calendar {
-    let secs = ns.div_euclid(1_000_000_000) as libc::time_t;
-    // SAFETY: `tm` is a plain C struct the call fills; `secs` is a valid time_t.
-    let tm = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        libc::localtime_r(&secs, &mut tm);
-        tm
-    };
-    let year = tm.tm_year as i64 + 1900;
-    let yday = tm.tm_yday as i64; // 0-based
-    let wday = ((tm.tm_wday + 6) % 7) as i64; // Monday = 0
+    let t = crate::localtime::local_ns(ns);
+    let (year, yday, wday) = (t.year, t.yday as i64, t.wday as i64);
     // ISO week: the week with the year's first Thursday is week 1.
     let mut iso_year = year;
     let mut week = (yday - wday + 10) / 7;
@@ -86,16 +79,12 @@ pub fn local_calendar(ns: i64) -> Calendar {
     }
     Calendar {
         year,
-        month: tm.tm_mon as u32 + 1,
-        day: tm.tm_mday as u32,
-        hour: tm.tm_hour as u32,
+        month: t.month,
+        day: t.day,
+        hour: t.hour,
         iso_year,
         iso_week: week as u32,
     }
-}
-
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 
 /// Apply `policy` to one group's snapshots. Returns decisions newest first.

@@ -28,13 +28,18 @@ pub struct BackupArgs {
     /// exits non-zero, the backup fails and no snapshot is written
     #[arg(long)]
     pub stdin_from_command: bool,
+    /// Record a stream that read nothing (by default an empty stream is
+    /// refused: it is usually a dump that failed)
+    #[arg(long)]
+    pub allow_empty: bool,
     /// Add a tag to the snapshot (repeatable, or comma-separated)
     #[arg(long = "tag", value_delimiter = ',')]
     pub tags: Vec<String>,
     /// Hostname to record (default: this machine's)
     #[arg(long)]
     pub host: Option<String>,
-    /// Record this time for the snapshot instead of now ("YYYY-MM-DD HH:MM:SS", local time)
+    /// Record this time for the snapshot instead of now ("YYYY-MM-DD
+    /// HH:MM:SS" in local time, or RFC 3339 with Z or an offset)
     #[arg(long)]
     pub time: Option<String>,
     /// Snapshot to compare with (default: the latest of this host and paths)
@@ -140,6 +145,11 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     if a.stdin || a.stdin_from_command {
         return run_stream(g, a);
     }
+    // Before anything is created, even the default repository.
+    let time_ns = a.time.as_deref().map(snapshot_time).transpose()?;
+    if a.allow_empty {
+        bail!("--allow-empty is for a stream (--stdin, --stdin-from-command); remove it");
+    }
     let mut given = a.paths.clone();
     for (files, form) in [
         (&a.files_from, ListForm::Lines),
@@ -187,6 +197,8 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         .map(|p| std::os::unix::ffi::OsStrExt::as_bytes(p.as_os_str()).to_vec())
         .collect();
     let parent = find_parent(&repo, a.parent.as_deref(), &hostname, &want)?;
+    let mut excludes = excludes(a)?;
+    leave_out_own_dirs(g, &paths, &mut excludes)?;
     let opts = SnapshotOptions {
         backup: BackupOptions {
             paths,
@@ -199,15 +211,15 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                         .unwrap_or(2)
                 })
                 .max(1),
-            excludes: excludes(a)?,
+            excludes,
         },
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
-        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
+        time_ns,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     if a.dry_run {
         let result = archiver::dry_run(repo.clone(), &opts, &progress);
         progress.finish();
@@ -223,37 +235,17 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
     report(g, &id, &snap, &outcome)
 }
 
-/// "YYYY-MM-DD HH:MM:SS" (or "YYYY-MM-DD") in local time → ns since the epoch.
-pub(super) fn parse_local_time(s: &str) -> Result<i64> {
-    let bad = || anyhow::anyhow!("--time {s:?}: use \"YYYY-MM-DD HH:MM:SS\"");
-    let (date, time) = s.trim().split_once(' ').unwrap_or((s.trim(), "00:00:00"));
-    let d: Vec<i32> = date
-        .split('-')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    let t: Vec<i32> = time
-        .split(':')
-        .map(|x| x.parse().map_err(|_| bad()))
-        .collect::<Result<_>>()?;
-    if d.len() != 3 || t.len() != 3 {
-        return Err(bad());
+/// `--time` → ns since the epoch; a time still to come is allowed (a
+/// backup recorded for tonight) but said, since it sorts after every
+/// snapshot taken until then and becomes their `latest` and parent.
+pub(super) fn snapshot_time(s: &str) -> Result<i64> {
+    let ns = coffer::localtime::parse_time(s).map_err(|e| anyhow::anyhow!("--time: {e}"))?;
+    if ns > coffer::repository::now_ns() {
+        output::warn(&format!(
+            "--time {s} is in the future: the snapshot sorts after every backup made before then"
+        ));
     }
-    // SAFETY: `tm` is a plain C struct; mktime reads it and normalises it.
-    let secs = unsafe {
-        let mut tm: libc::tm = std::mem::zeroed();
-        tm.tm_year = d[0] - 1900;
-        tm.tm_mon = d[1] - 1;
-        tm.tm_mday = d[2];
-        tm.tm_hour = t[0];
-        tm.tm_min = t[1];
-        tm.tm_sec = t[2];
-        tm.tm_isdst = -1;
-        libc::mktime(&mut tm)
-    };
-    if secs == -1 {
-        return Err(bad());
-    }
-    Ok(secs as i64 * 1_000_000_000)
+    Ok(ns)
 }
 
 fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
@@ -280,6 +272,38 @@ fn excludes(a: &BackupArgs) -> Result<coffer::archiver::exclude::Excludes> {
         .transpose()?;
     ex.one_file_system = a.one_file_system;
     Ok(ex)
+}
+
+/// The repository being written and coffer's cache are never part of a
+/// backup (a backup of `~` holds both when they are in their default
+/// places); say so once when a backed-up path contains them.
+fn leave_out_own_dirs(
+    g: &GlobalOpts,
+    paths: &[PathBuf],
+    excludes: &mut coffer::archiver::exclude::Excludes,
+) -> Result<()> {
+    let cache = repo::cache_root(g);
+    if let Some(c) = &cache {
+        // The cache may not exist before this backup's index opens it;
+        // made now, it can be left out of this backup too.
+        let _ = coffer::repository::tag_cache_dir(c);
+    }
+    let own = [
+        (Some(repo::location(g)?.0), "the repository itself"),
+        (cache, "coffer's cache"),
+    ];
+    for (dir, what) in own {
+        let Some(real) = dir.and_then(|d| std::fs::canonicalize(d).ok()) else {
+            continue;
+        };
+        let inside = |p: &PathBuf| {
+            real.starts_with(p) || std::fs::canonicalize(p).is_ok_and(|c| real.starts_with(c))
+        };
+        if excludes.never_back_up(&real) && paths.iter().any(inside) && !g.quiet {
+            output::notice(&format!("coffer: leaving out {what}: {}", real.display()));
+        }
+    }
+    Ok(())
 }
 
 /// The repository to back up into; the zero-configuration default one is
@@ -334,6 +358,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
             "--files-from names files to back up, a stream backup reads only its input: run them as two backups"
         );
     }
+    let time_ns = a.time.as_deref().map(snapshot_time).transpose()?;
     let mut child = None;
     if a.stdin_from_command {
         let Some((cmd, args)) = a.paths.split_first() else {
@@ -364,10 +389,10 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
-        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
+        time_ns,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let cmd_name = a
         .paths
         .first()
@@ -396,6 +421,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                 repo.clone(),
                 &mut out,
                 &a.stdin_name,
+                a.allow_empty,
                 &opts,
                 &progress,
                 &mut finished,
@@ -408,6 +434,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
                 repo.clone(),
                 &mut input,
                 &a.stdin_name,
+                a.allow_empty,
                 &opts,
                 &progress,
                 &mut || Ok(()),

@@ -60,8 +60,9 @@ fn summary(st: &DiffStats) {
 
 pub fn run(g: &GlobalOpts, a: &DiffArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let old = resolve_subtree(&repo, &a.first)?;
-    let new = resolve_subtree(&repo, &a.second)?;
+    let all = super::SnapshotFilter::default();
+    let old = resolve_subtree(&repo, &a.first, &all)?;
+    let new = resolve_subtree(&repo, &a.second, &all)?;
     for (s, arg) in [(&old, &a.first), (&new, &a.second)] {
         if s.only.is_some() {
             bail!("{arg} names a file: diff compares snapshots or directories");

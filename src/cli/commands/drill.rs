@@ -19,14 +19,17 @@ pub struct DrillArgs {
     /// Where to restore the sample (removed afterwards; default: the system temp dir)
     #[arg(long)]
     pub scratch_dir: Option<PathBuf>,
+    /// Drill only these snapshots (and `latest` is the newest of them)
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
 }
 
 pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let sample = Sample::parse(&a.sample).map_err(|e| anyhow!("--sample {e}"))?;
     let snaps = match &a.snapshot {
-        Some(r) => vec![repo.resolve_snapshot(r)?],
-        None => pick_snapshots(repo.list_snapshots()?),
+        Some(r) => vec![a.filter.resolve(&repo, r)?],
+        None => pick_snapshots(a.filter.select(&repo, &[])?),
     };
     if snaps.is_empty() {
         bail!("the repository has no snapshots to drill");

@@ -24,11 +24,14 @@ pub struct DumpArgs {
     /// Archive format for directories
     #[arg(long, value_enum, default_value = "tar")]
     pub archive: Archive,
+    /// Which snapshot `latest` means
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
 }
 
 pub fn run(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let (id, snap) = repo.resolve_snapshot(&a.snapshot)?;
+    let (id, snap) = a.filter.resolve(&repo, &a.snapshot)?;
     let rel = super::trim_slashes(a.path.as_bytes());
     let shown = a.path.to_string_lossy();
     let stdout = std::io::stdout();

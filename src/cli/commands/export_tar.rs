@@ -23,6 +23,9 @@ pub struct ExportTarArgs {
     /// Write the archive to FILE instead of stdout
     #[arg(long, short = 'o')]
     pub output: Option<PathBuf>,
+    /// Which snapshot `latest` means
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
 }
 
 pub fn run(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
@@ -33,7 +36,7 @@ pub fn run(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
         );
     }
     let repo = repo::open(g)?;
-    let (id, snap) = repo.resolve_snapshot(&a.snapshot)?;
+    let (id, snap) = a.filter.resolve(&repo, &a.snapshot)?;
     let path: Vec<u8> = match (&a.path, snap.paths.as_slice()) {
         (Some(p), _) => p.as_bytes().to_vec(),
         (None, [only]) => only.clone(),

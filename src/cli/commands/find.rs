@@ -7,9 +7,9 @@ use clap::Args;
 use coffer::blob::BlobKind;
 use coffer::find::{self, Query, Seen};
 use coffer::id::PackId;
+use coffer::localtime::parse_time;
 use coffer::pattern::Pattern;
 use coffer::snapshot::tree::NodeKind;
-use coffer::units::parse_time;
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
@@ -24,7 +24,7 @@ pub struct FindArgs {
     /// Match patterns regardless of case
     #[arg(short = 'i', long)]
     pub ignore_case: bool,
-    /// Only entries modified at or after this time (YYYY-MM-DD[ HH:MM[:SS]], UTC)
+    /// Only entries modified at or after this time (YYYY-MM-DD[ HH:MM[:SS]] local time, or RFC 3339)
     #[arg(long, value_name = "TIME")]
     pub oldest: Option<String>,
     /// Only entries modified at or before this time
@@ -57,7 +57,11 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
     }
     let time = |s: &Option<String>, flag: &str| -> Result<Option<i64>> {
         s.as_deref()
-            .map(|t| parse_time(t).map_err(|e| anyhow!("--{flag}: {e}")))
+            .map(|t| {
+                parse_time(t)
+                    .map(|ns| ns.div_euclid(1_000_000_000))
+                    .map_err(|e| anyhow!("--{flag}: {e}"))
+            })
             .transpose()
     };
     q.newer_than = time(&a.oldest, "oldest")?;

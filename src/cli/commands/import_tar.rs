@@ -1,7 +1,7 @@
 //! `coffer import-tar FILE|-`: a tar, tar.gz or tar.zst archive as a
 //! snapshot of the one path `/NAME`.
 
-use super::backup::{find_parent, open_or_create, parse_local_time, report_as};
+use super::backup::{find_parent, open_or_create, report_as, snapshot_time};
 use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, repo};
 use anyhow::{Result, bail};
@@ -27,7 +27,8 @@ pub struct ImportTarArgs {
     /// Hostname to record (default: this machine's)
     #[arg(long)]
     pub host: Option<String>,
-    /// Record this time for the snapshot instead of now ("YYYY-MM-DD HH:MM:SS", local time)
+    /// Record this time for the snapshot instead of now ("YYYY-MM-DD
+    /// HH:MM:SS" in local time, or RFC 3339 with Z or an offset)
     #[arg(long)]
     pub time: Option<String>,
     /// Snapshot to compare with (default: the latest of this host and name)
@@ -90,6 +91,7 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
                 .map_err(|e| anyhow::anyhow!("cannot open archive {label}: {e}"))?,
         )
     };
+    let time_ns = a.time.as_deref().map(snapshot_time).transpose()?;
     let repo = open_or_create(g)?;
     let hostname = a.host.clone().unwrap_or_else(coffer::repository::hostname);
     let want = vec![format!("/{name}").into_bytes()];
@@ -104,10 +106,10 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
         parent,
         tags: a.tags.iter().filter(|t| !t.is_empty()).cloned().collect(),
         hostname,
-        time_ns: a.time.as_deref().map(parse_local_time).transpose()?,
+        time_ns,
     };
     let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let result = match file.as_mut() {
         Some(f) => snapshot_tar(repo.clone(), f, &name, &label, &opts, &progress),
         None => {

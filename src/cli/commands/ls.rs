@@ -18,6 +18,9 @@ pub struct LsArgs {
     /// Show mode, owner, size and modification time
     #[arg(short, long)]
     pub long: bool,
+    /// Which snapshot `latest` means
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
 }
 
 fn print(path: &[u8], n: &Node, long: bool, json: bool) {
@@ -61,7 +64,7 @@ pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
     };
     let snap_ref = std::str::from_utf8(snap_ref)
         .map_err(|_| anyhow::anyhow!("the snapshot must be an id prefix or `latest`"))?;
-    let (_, snap) = repo.resolve_snapshot(snap_ref)?;
+    let (_, snap) = a.filter.resolve(&repo, snap_ref)?;
     let rel = trim_slashes(want);
     let (root, prefix) = if rel.is_empty() {
         (snap.tree, Vec::new())

@@ -59,6 +59,7 @@ impl FromRepo {
         else {
             return Ok(None);
         };
+        let path = &repo::local_dir(path)?;
         let is_default = repo::default_repo_path().is_ok_and(|d| &d == path);
         let opts = repo::SecretOpts {
             password_env: "COFFER_FROM_PASSWORD",
@@ -117,10 +118,7 @@ impl SnapshotFilter {
         let mut out: Vec<(SnapshotId, Snapshot)> = Vec::new();
         for r in refs {
             let picked = if r == "latest" {
-                match all.iter().rev().find(|(_, s)| self.admits(s)) {
-                    Some(x) => x.clone(),
-                    None => bail!("no snapshot matches --host/--tag/--path for `latest`"),
-                }
+                self.newest(&all)?.clone()
             } else {
                 repo.resolve_snapshot(r)?
             };
@@ -130,6 +128,40 @@ impl SnapshotFilter {
         }
         out.sort_by(|a, b| a.1.time_ns.cmp(&b.1.time_ns).then(a.0.cmp(&b.0)));
         Ok(out)
+    }
+
+    /// One snapshot: an id prefix, or `latest`, the newest one the filter
+    /// admits (in a shared repository, not whatever ran last).
+    pub fn resolve(&self, repo: &Repository, reference: &str) -> Result<(SnapshotId, Snapshot)> {
+        if reference == "latest" {
+            return Ok(self.newest(&repo.list_snapshots()?)?.clone());
+        }
+        Ok(repo.resolve_snapshot(reference)?)
+    }
+
+    /// The newest of `all` (oldest first) that the filter admits.
+    fn newest<'a>(&self, all: &'a [(SnapshotId, Snapshot)]) -> Result<&'a (SnapshotId, Snapshot)> {
+        match all.iter().rev().find(|(_, s)| self.admits(s)) {
+            Some(x) => Ok(x),
+            None if all.is_empty() => bail!("the repository has no snapshots yet"),
+            None => bail!(
+                "no snapshot matches {} for `latest`: run `coffer snapshots` with the same options",
+                self.describe()
+            ),
+        }
+    }
+
+    /// The filter as the user gave it, for messages.
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (flag, values) in [
+            ("--host", &self.hosts),
+            ("--tag", &self.tags),
+            ("--path", &self.paths),
+        ] {
+            parts.extend(values.iter().map(|v| format!("{flag} {v}")));
+        }
+        parts.join(" ")
     }
 }
 

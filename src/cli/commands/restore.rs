@@ -43,6 +43,9 @@ pub struct RestoreArgs {
     /// Show what would be restored, write nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Which snapshot `latest` means
+    #[command(flatten)]
+    pub filter: super::SnapshotFilter,
 }
 
 /// What `SNAPSHOT[:PATH]` names.
@@ -56,13 +59,17 @@ pub struct Subtree {
     pub only: Option<Vec<u8>>,
 }
 
-/// Resolve `SNAPSHOT[:PATH]`.
-pub fn resolve_subtree(repo: &Repository, reference: &str) -> Result<Subtree> {
+/// Resolve `SNAPSHOT[:PATH]`, `latest` as `filter` narrows it.
+pub fn resolve_subtree(
+    repo: &Repository,
+    reference: &str,
+    filter: &super::SnapshotFilter,
+) -> Result<Subtree> {
     let (snap_ref, path) = match reference.split_once(':') {
         Some((s, p)) => (s, Some(p)),
         None => (reference, None),
     };
-    let (id, snap) = repo.resolve_snapshot(snap_ref)?;
+    let (id, snap) = filter.resolve(repo, snap_ref)?;
     let Some(path) = path
         .map(|p| p.trim_end_matches('/'))
         .filter(|p| !p.is_empty())
@@ -116,7 +123,7 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         tree,
         path: root_path,
         only,
-    } = resolve_subtree(&repo, &a.snapshot)?;
+    } = resolve_subtree(&repo, &a.snapshot, &a.filter)?;
     let mut includes: Vec<Vec<u8>> = a
         .include
         .iter()
