@@ -81,6 +81,15 @@ pub enum Error {
     /// look complete (the per-member problems are warnings instead).
     #[error("cannot import archive {archive}: {reason}; no snapshot was written")]
     Archive { archive: String, reason: String },
+    /// The restore target lacks the space for what would be written.
+    #[error(
+        "not enough space in {path}: the restore needs {needed} bytes, {free} are free; free some space, restore less (--include), or pass --skip-space-check"
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,
@@ -93,6 +102,16 @@ impl Error {
             object: object.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Damage to one object (corrupt, or missing from the repository or
+    /// its index), which a reader can skip to go on with the others; not a
+    /// repository that cannot be reached.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::NotFound { .. } | Error::BlobMissing { .. }
+        )
     }
 
     /// Map an I/O error on repository `object` to the right kind: ENOSPC and

@@ -692,6 +692,13 @@ impl PackedBlobSource for Repository {
     fn check_pack(&self, pack: &PackId) -> Result<()> {
         Repository::check_pack(self, pack)
     }
+
+    fn zero_chunk(&self) -> Option<(BlobId, u64)> {
+        let chunker = self.chunker();
+        let zeros = vec![0u8; chunker.params().max_size as usize];
+        let len = chunker.next_cut(&zeros);
+        Some((self.keys.blob_id(&zeros[..len]), len as u64))
+    }
 }
 
 /// A fresh random repository id.
