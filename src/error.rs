@@ -90,6 +90,16 @@ pub enum Error {
         needed: u64,
         free: u64,
     },
+    /// The drill's scratch directory lacks the space for the sample: no
+    /// verdict on the repository.
+    #[error(
+        "cannot drill in {path}: the sample needs {needed} bytes, {free} are free; give --scratch-dir on a larger filesystem, a smaller --sample or --largest-max"
+    )]
+    DrillScratch {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,

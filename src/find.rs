@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::id::BlobId;
 use crate::pattern::Pattern;
 use crate::snapshot::tree::{Node, NodeKind, Tree};
-use crate::snapshot::walk::load_tree;
+use crate::snapshot::walk::{Unreadable, load_subtree, load_tree};
 use std::collections::HashSet;
 
 /// What an entry must satisfy; every given condition must hold.
@@ -125,6 +125,9 @@ pub struct FindStats {
     pub trees_loaded: u64,
     /// Subtrees not opened because an earlier search found nothing in them.
     pub trees_skipped: u64,
+    /// Directories not searched because their trees could not be read
+    /// (`/`-rooted paths).
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Search the tree `root` (the root of a snapshot) for entries matching
@@ -190,7 +193,12 @@ pub fn find(
             continue;
         }
         stats.trees_loaded += 1;
-        let tree = load_tree(source, &sub)?;
+        let Some(tree) = load_subtree(source, &sub, &path, &mut stats.unreadable)? else {
+            // Not known to be empty: the parents must not be remembered as
+            // such, so each snapshot holding the damage reports it.
+            top.found = true;
+            continue;
+        };
         path.push(b'/');
         stack.push(Frame {
             id: sub,

@@ -99,6 +99,8 @@ pub struct RestoreSummary {
     pub dirs: u64,
     pub others: u64,
     pub bytes: u64,
+    /// What of `bytes` is data, not holes (all-zero chunks).
+    pub data_bytes: u64,
     /// Files left alone because they already matched.
     pub files_unchanged: u64,
     /// Entries left as they were because something already had their name
@@ -211,6 +213,8 @@ struct Restorer<'a> {
     fresh_dirs: std::collections::HashSet<Vec<u8>>,
     /// Segment buffers for files written with O_DIRECT.
     stager: direct::Stager,
+    /// The chunk of a run of zeros, for [`data_size`].
+    zero: Option<(BlobId, u64)>,
 }
 
 /// Restore the tree `root` into `target`.
@@ -234,7 +238,10 @@ pub fn restore(
         )));
     }
     let target_fresh = !opts.dry_run && std::fs::symlink_metadata(target).is_err();
-    let plan = plan(src, root, target, opts, &sel, &root_path, target_fresh)?;
+    let zero = src.zero_chunk();
+    // Only an existing target can hold files the restore keeps or replaces.
+    let existing = (!opts.dry_run && !target_fresh).then_some(target);
+    let plan = plan(src, root, existing, opts, &sel, &root_path, zero)?;
     progress.scan_total(plan.files, plan.needed);
     if !plan.matched && !opts.includes.is_empty() {
         let pats: Vec<String> = opts
@@ -279,6 +286,7 @@ pub fn restore(
         dirs: Vec::new(),
         fresh_dirs: Default::default(),
         stager: Default::default(),
+        zero,
     };
     if target_fresh {
         r.fresh_dirs.insert(Vec::new());
@@ -380,18 +388,18 @@ struct Plan {
     needed: u64,
 }
 
-/// Pass 1: walk the selection to count the files and the space they need,
-/// to refuse early on a full disk.
+/// Pass 1: walk the selection to count the files and the space they need
+/// (less what `existing`, the target if it was there, holds already), to
+/// refuse early on a full disk.
 fn plan(
     src: &dyn PackedBlobSource,
     root: &BlobId,
-    target: &Path,
+    existing: Option<&Path>,
     opts: &RestoreOptions,
     sel: &Selection,
     root_path: &[u8],
-    target_fresh: bool,
+    zero: Option<(BlobId, u64)>,
 ) -> Result<Plan> {
-    let zero = src.zero_chunk();
     let mut picks: Vec<Pick> = vec![sel.root_pick()];
     let mut plan = Plan {
         matched: false,
@@ -399,8 +407,6 @@ fn plan(
         needed: 0,
     };
     let mut linked: std::collections::HashSet<(u64, u64)> = Default::default();
-    // Only an existing target can hold files the restore keeps or replaces.
-    let look = !opts.dry_run && !target_fresh;
     walk(
         src,
         root,
@@ -417,8 +423,9 @@ fn plan(
                     && (node.links <= 1 || linked.insert((node.device, node.inode)))
                 {
                     let mut need = data_size(node, zero);
-                    if look {
-                        need = need.saturating_sub(kept_bytes(&target.join(OsStr::from_bytes(rel)), opts.overwrite));
+                    if let Some(t) = existing {
+                        let there = kept_bytes(&t.join(OsStr::from_bytes(rel)), opts.overwrite);
+                        need = need.saturating_sub(there);
                     }
                     plan.needed = plan.needed.saturating_add(need);
                     plan.files += 1;
@@ -821,6 +828,7 @@ impl Restorer<'_> {
                 Ok(verified) => {
                     self.summary.files += 1;
                     self.summary.bytes += t.node.size;
+                    self.summary.data_bytes += data_size(&t.node, self.zero);
                     self.summary.files_verified += u64::from(verified);
                 }
                 Err(e) => self.summary.errors.push(e),
