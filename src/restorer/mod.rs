@@ -424,7 +424,7 @@ fn plan(
                 {
                     let mut need = data_size(node, zero);
                     if let Some(t) = existing {
-                        let there = kept_bytes(&t.join(OsStr::from_bytes(rel)), opts.overwrite);
+                        let there = kept_bytes(&t.join(OsStr::from_bytes(rel)), node, opts.overwrite);
                         need = need.saturating_sub(there);
                     }
                     plan.needed = plan.needed.saturating_add(need);
@@ -450,15 +450,26 @@ pub fn data_size(node: &Node, zero: Option<(BlobId, u64)>) -> u64 {
     size.saturating_sub(holes.saturating_mul(len))
 }
 
-/// Space already held at `path` that restoring over it will not need
-/// again: everything for a name `--overwrite never` keeps, else what the
-/// regular file there occupies (a file found equal is kept, a replaced
-/// one is freed when its new version is renamed over it).
-fn kept_bytes(path: &Path, overwrite: Overwrite) -> u64 {
+/// Space already held at `path` that restoring `node` over it will not
+/// need again. All of it for a name `--overwrite never` keeps, and for a
+/// file a restore already wrote (its size and mtime, which a restore sets
+/// last): `if-changed` keeps it when it is equal, which is what makes an
+/// interrupted restore resumable into a disk sized for the whole. Else
+/// what the regular file there occupies, freed when its new version is
+/// renamed over it.
+fn kept_bytes(path: &Path, node: &Node, overwrite: Overwrite) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(_) if overwrite == Overwrite::Never => u64::MAX,
-        Ok(m) if m.is_file() => m.blocks() * 512,
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let written = m.is_file()
+        && m.len() == node.size
+        && m.mtime() == node.mtime.sec
+        && m.mtime_nsec() == i64::from(node.mtime.nsec);
+    match overwrite {
+        Overwrite::Never => u64::MAX,
+        Overwrite::IfChanged if written => u64::MAX,
+        _ if m.is_file() => m.blocks() * 512,
         _ => 0,
     }
 }
