@@ -424,7 +424,8 @@ fn plan(
                 {
                     let mut need = data_size(node, zero);
                     if let Some(t) = existing {
-                        let there = kept_bytes(&t.join(OsStr::from_bytes(rel)), node, opts.overwrite);
+                        let there =
+                            kept_bytes(&t.join(OsStr::from_bytes(rel)), node, opts.overwrite);
                         need = need.saturating_sub(there);
                     }
                     plan.needed = plan.needed.saturating_add(need);

@@ -180,7 +180,12 @@ fn read_then_close(env: &Env, args: &[&str]) -> (i32, String) {
     out.read_exact(&mut buf).unwrap();
     drop(out);
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
     (status.code().unwrap_or(-1), err)
 }

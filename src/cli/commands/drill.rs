@@ -38,8 +38,7 @@ pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
     let opts = DrillOptions {
         sample,
         scratch: a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
-        largest_max: super::parse_size(&a.largest_max)
-            .map_err(|e| anyhow!("--largest-max {e}"))?,
+        largest_max: super::parse_size(&a.largest_max).map_err(|e| anyhow!("--largest-max {e}"))?,
         stop: Some(signals::stop_on_signal()),
     };
     let progress = CliProgress::new(g.json, g.quiet);
@@ -47,7 +46,9 @@ pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
     progress.finish();
     let r = match r {
         Err(coffer::Error::Interrupted) => {
-            output::error(&anyhow!("drill interrupted; its scratch directory was removed"));
+            output::error(&anyhow!(
+                "drill interrupted; its scratch directory was removed"
+            ));
             return Ok(signals::exit_code());
         }
         r => r?,

@@ -3,11 +3,11 @@
 //! of `import-tar` (which records an archive as `/NAME`).
 
 use crate::cli::{GlobalOpts, output, repo};
-use coffer::snapshot::walk::Unreadable;
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::restorer::dump::TarWriter;
 use coffer::snapshot::tree::NodeKind;
+use coffer::snapshot::walk::Unreadable;
 use coffer::snapshot::walk::find_path;
 use std::io::Write;
 use std::path::PathBuf;
