@@ -388,12 +388,22 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_tree_is_an_error_naming_it() {
+    fn a_missing_subtree_is_named_and_skipped_a_missing_root_fails() {
         let t = Trees::default();
         let a = t.put(vec![file("a", b"a", 1)]);
         let lost = BlobId([7; 32]);
-        let b = t.put(vec![dir("d", lost)]);
-        let err = diff(&t, &a, &b, DiffOptions::default(), |_| Ok(())).unwrap_err();
+        let b = t.put(vec![dir("d", lost), file("e", b"e", 1)]);
+        let mut seen = Vec::new();
+        let st = diff(&t, &a, &b, DiffOptions::default(), |c| {
+            seen.push(c.path.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [b"a".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+        assert_eq!(st.unreadable.len(), 1);
+        assert_eq!(st.unreadable[0].path, b"d");
+        assert!(st.unreadable[0].error.contains(&lost.to_string()));
+        let err = diff(&t, &a, &lost, DiffOptions::default(), |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains(&lost.to_string()), "{err}");
     }
 }
