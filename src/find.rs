@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::id::BlobId;
 use crate::pattern::Pattern;
 use crate::snapshot::tree::{Node, NodeKind, Tree};
-use crate::snapshot::walk::{Unreadable, load_subtree, load_tree};
+use crate::snapshot::walk::{Unreadable, load_subtree};
 use std::collections::HashSet;
 
 /// What an entry must satisfy; every given condition must hold.
@@ -153,9 +153,14 @@ pub fn find(
         return Ok(stats);
     }
     stats.trees_loaded += 1;
+    // A snapshot whose root cannot be read is named; the others are still
+    // searched.
+    let Some(tree) = load_subtree(source, root, b"/", &mut stats.unreadable)? else {
+        return Ok(stats);
+    };
     let mut stack = vec![Frame {
         id: *root,
-        tree: load_tree(source, root)?,
+        tree,
         next: 0,
         prefix: b"/".to_vec(),
         found: false,
@@ -245,6 +250,23 @@ mod tests {
             patterns: vec![Pattern::new(p.as_bytes(), false).unwrap()],
             ..Query::default()
         }
+    }
+
+    #[test]
+    fn an_unreadable_tree_is_named_in_every_search_and_the_rest_searched() {
+        let t = Trees::default();
+        let lost = BlobId([7; 32]);
+        let root = t.put(vec![dir("lost", lost), file("top.sql", 30)]);
+        let mut seen = Seen::default();
+        for _ in 0..2 {
+            let (p, st) = paths(&t, root, &pattern("*.sql"), &mut seen);
+            assert_eq!(p, ["/top.sql"]);
+            assert_eq!(st.unreadable.len(), 1);
+            assert_eq!(st.unreadable[0].path, b"/lost");
+        }
+        let (p, st) = paths(&t, lost, &pattern("*"), &mut seen);
+        assert!(p.is_empty());
+        assert_eq!(st.unreadable[0].path, b"/");
     }
 
     #[test]

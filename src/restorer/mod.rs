@@ -560,7 +560,8 @@ impl Restorer<'_> {
             // Same bytes, but mode, owner, xattrs or times may differ: a
             // file "up to date" has the snapshot's metadata too.
             if !self.opts.dry_run
-                && let Err(e) = file_writer::apply_metadata_fd(node, &f, self.as_root)
+                && let Err(e) = file_writer::remove_extra_user_xattrs(node, &f)
+                    .and_then(|()| file_writer::apply_metadata_fd(node, &f, self.as_root))
             {
                 self.summary
                     .errors
@@ -603,7 +604,12 @@ impl Restorer<'_> {
     /// content.
     fn open_matching(&self, node: &Node, path: &Path) -> Option<File> {
         use std::os::unix::fs::OpenOptionsExt;
-        // O_NOFOLLOW: a symlink swapped in after the check is not followed.
+        // Opening a FIFO would wait for a writer: only a regular file is
+        // opened, with O_NOFOLLOW for a symlink swapped in since.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() && m.len() == node.size => {}
+            _ => return None,
+        }
         let f = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)

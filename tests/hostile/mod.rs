@@ -285,7 +285,11 @@ fn a_bad_tree_deep_down_is_named_and_only_its_directory_is_skipped() {
     let t = w.target("deep");
     let r = w.restore(&snap, &t).expect_code(1);
     assert!(r.stderr.contains(&bad.to_hex()), "{}", r.stderr);
-    assert!(r.stderr.contains("d2/d3: its tree cannot be read"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("d2/d3: its tree cannot be read"),
+        "{}",
+        r.stderr
+    );
     assert_eq!(entries(&t), ["d2", "early.txt"]);
     assert!(entries(&t.join("d2/d3")).is_empty());
     w.assert_outside_untouched();

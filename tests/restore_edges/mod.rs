@@ -234,6 +234,7 @@ fn files_found_up_to_date_get_their_metadata_back() {
     set_mtime(&out, 1_700_000_000, 0);
     if xattr {
         set_xattr(&out, "user.origin", b"changed").unwrap();
+        set_xattr(&out, "user.extra", b"not in the snapshot").unwrap();
     }
     if is_root() {
         std::os::unix::fs::lchown(&out, Some(4242), Some(4242)).unwrap();
