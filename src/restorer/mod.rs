@@ -242,7 +242,7 @@ pub fn restore(
     // Only an existing target can hold files the restore keeps or replaces.
     let existing = (!opts.dry_run && !target_fresh).then_some(target);
     let plan = plan(src, root, existing, opts, &sel, &root_path, zero)?;
-    progress.scan_total(plan.files, plan.needed);
+    progress.scan_total(plan.files, plan.bytes);
     if !plan.matched && !opts.includes.is_empty() {
         let pats: Vec<String> = opts
             .includes
@@ -383,6 +383,8 @@ pub fn restore(
 struct Plan {
     matched: bool,
     files: u64,
+    /// The files' sizes, holes included: what the progress counts.
+    bytes: u64,
     /// Bytes the target must have free: data only (holes cost nothing),
     /// less what the files being replaced already occupy.
     needed: u64,
@@ -404,6 +406,7 @@ fn plan(
     let mut plan = Plan {
         matched: false,
         files: 0,
+        bytes: 0,
         needed: 0,
     };
     let mut linked: std::collections::HashSet<(u64, u64)> = Default::default();
@@ -429,6 +432,7 @@ fn plan(
                         need = need.saturating_sub(there);
                     }
                     plan.needed = plan.needed.saturating_add(need);
+                    plan.bytes = plan.bytes.saturating_add(node.size.min(most_bytes(node)));
                     plan.files += 1;
                 }
             }
@@ -444,11 +448,15 @@ fn plan(
 /// blobs' bytes, so a hostile declared size (2^63) cannot inflate, or
 /// overflow, the sum; such a file fails on its own when restored.
 pub fn data_size(node: &Node, zero: Option<(BlobId, u64)>) -> u64 {
-    let most = node.content.len() as u64 * crate::pack::MAX_BLOB_RAW as u64;
-    let size = node.size.min(most);
+    let size = node.size.min(most_bytes(node));
     let Some((id, len)) = zero else { return size };
     let holes = node.content.iter().filter(|c| **c == id).count() as u64;
     size.saturating_sub(holes.saturating_mul(len))
+}
+
+/// The most a file's blobs can hold.
+fn most_bytes(node: &Node) -> u64 {
+    node.content.len() as u64 * crate::pack::MAX_BLOB_RAW as u64
 }
 
 /// Space already held at `path` that restoring `node` over it will not
