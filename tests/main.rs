@@ -38,3 +38,5 @@ mod replicate;
 mod inspect;
 // Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.
 mod realsources;
+// Repository layer under nightly jobs and a fault campaign (issues 18, 19): leftovers adopted in bounded memory, truncated packs, hostile locks/links/objects, dead locks, sparse files.
+mod repolayer;
