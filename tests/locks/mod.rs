@@ -231,7 +231,15 @@ fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
 
     // unlock removes a stale lock and keeps a live one.
     let live = StreamBackup::start(&env, &[], b"live data");
-    let live_locks = env.objects("locks");
+    // Lock objects under their final names (a put shows its temporary first).
+    let named = || -> Vec<_> {
+        env.objects("locks")
+            .into_iter()
+            .filter(|l| !l.to_string_lossy().contains(".tmp-"))
+            .collect()
+    };
+    wait_until("the live lock under its name", || !named().is_empty());
+    let live_locks = named();
     let r = env
         .coffer()
         .arg("backup")
@@ -239,8 +247,7 @@ fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
         .env("COFFER_FAILPOINT", "before-put:pack:1")
         .run_any();
     assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
-    let stale: Vec<_> = env
-        .objects("locks")
+    let stale: Vec<_> = named()
         .into_iter()
         .filter(|l| !live_locks.contains(l))
         .collect();

