@@ -122,7 +122,10 @@ impl Read for Source<'_> {
         if self.pos >= self.end {
             self.locate()?;
             if !self.sparse {
-                return self.file.read_at(dst, self.pos).inspect(|n| self.pos += *n as u64);
+                return self
+                    .file
+                    .read_at(dst, self.pos)
+                    .inspect(|n| self.pos += *n as u64);
             }
             if self.pos >= self.end {
                 return Ok(0);
@@ -653,8 +656,15 @@ mod tests {
         drop(f);
         let chunker = Chunker::new(ChunkerParams::default(), 7);
         let plain = std::fs::read(&path).unwrap();
-        let want = chunk_stream(&mut &plain[..], size, &IdSink, &chunker, &NoProgress, &mut Vec::new())
-            .unwrap();
+        let want = chunk_stream(
+            &mut &plain[..],
+            size,
+            &IdSink,
+            &chunker,
+            &NoProgress,
+            &mut Vec::new(),
+        )
+        .unwrap();
         let file = File::open(&path).unwrap();
         let st = file.metadata().unwrap();
         for overlapped in [false, true] {
@@ -662,7 +672,14 @@ mod tests {
             let got = if overlapped {
                 chunk_stream_overlapped(&mut src, &IdSink, &chunker, &NoProgress, &mut Vec::new())
             } else {
-                chunk_stream(&mut src, size, &IdSink, &chunker, &NoProgress, &mut Vec::new())
+                chunk_stream(
+                    &mut src,
+                    size,
+                    &IdSink,
+                    &chunker,
+                    &NoProgress,
+                    &mut Vec::new(),
+                )
             }
             .unwrap();
             assert_eq!(got.read, size);

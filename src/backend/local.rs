@@ -579,7 +579,9 @@ impl Backend for LocalBackend {
         if buf.len() as u64 > max {
             return Err(Error::corrupt(
                 obj,
-                format!("it grew past the {max} bytes an object of its kind may have while it was read"),
+                format!(
+                    "it grew past the {max} bytes an object of its kind may have while it was read"
+                ),
             ));
         }
         Ok(buf)

@@ -550,8 +550,13 @@ fn verify_leftover(repo: &Repository, id: &PackId, size: u64) -> Result<Vec<Pack
                 fits
             })
             .count();
-        repo.backend()
-            .get_range_into(FileKind::Pack, &name, pos, (end - pos) as usize, &mut buf)?;
+        repo.backend().get_range_into(
+            FileKind::Pack,
+            &name,
+            pos,
+            (end - pos) as usize,
+            &mut buf,
+        )?;
         hasher.update(&buf);
         for e in &rest[..n] {
             let at = (e.offset as u64 - pos) as usize;
