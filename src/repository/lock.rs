@@ -351,8 +351,12 @@ impl Repository {
                 Ok(l) if exclusive || l.exclusive => return Ok(Some(l.describe(now))),
                 Ok(_) => {}
                 Err(e) if self.unreadable_lock_expired(&id, stale) => {
+                    // Said once per attempt, not again on the re-check.
+                    if ours.is_some() {
+                        continue;
+                    }
                     self.notice(&format!(
-                        "ignoring {e}: unchanged for longer than the stale time ({}s), so no running coffer holds it; `coffer unlock` removes it",
+                        "ignoring an unreadable lock ({e}): unchanged for longer than the stale time ({}s), so no running coffer holds it; `coffer unlock` removes it",
                         stale.as_secs()
                     ));
                 }
