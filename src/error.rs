@@ -35,6 +35,13 @@ pub enum Error {
     /// A repository object failed authentication, hashing or parsing.
     #[error("repository object {object} is corrupt: {reason}")]
     Corrupt { object: String, reason: String },
+    /// A directory inside the repository is a symbolic link (or not a
+    /// directory at all): someone with write access could divert objects
+    /// through it, so nothing is read, written or deleted there.
+    #[error(
+        "{path} in the repository is {what}: coffer never follows links inside a repository; replace it with the real directory"
+    )]
+    ForeignEntry { path: String, what: String },
     /// The given path holds no coffer repository.
     #[error(
         "{path} is not a coffer repository (no config object): check --repo or run `coffer init`"

@@ -132,6 +132,10 @@ pub struct RawData {
     pub repository: Vec<BlobTotals>,
     pub packs: u64,
     pub pack_bytes: u64,
+    /// Temporary files killed writes left (no object, only space), and
+    /// their bytes: prune removes those older than an hour.
+    pub temp_files: u64,
+    pub temp_bytes: u64,
 }
 
 impl RawData {
@@ -162,7 +166,10 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
     used.finish()?;
     let idx = repo.index()?;
     let (_, packs) = idx.counts()?;
+    let (temp_files, temp_bytes) = repo.backend().temp_usage()?;
     Ok(RawData {
+        temp_files,
+        temp_bytes,
         referenced: idx.blob_totals(true)?,
         repository: idx.blob_totals(false)?,
         packs,

@@ -44,3 +44,5 @@ mod realsources;
 mod architecture;
 // The README's nightly jobs run for real (issue 18): remote-looking locations, empty dumps, the repository left out of its own backups, times, `latest` narrowed, progress.
 mod nightly;
+// Repository layer under nightly jobs and a fault campaign (issues 18, 19): leftovers adopted in bounded memory, truncated packs, hostile locks/links/objects, dead locks, sparse files.
+mod repolayer;

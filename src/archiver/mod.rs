@@ -59,8 +59,10 @@ pub struct FileJob {
 #[derive(Default)]
 pub struct FileOutcome {
     pub content: Vec<BlobId>,
-    /// Bytes read.
+    /// Bytes of content: those read, and the holes of a sparse file.
     pub read: u64,
+    /// Bytes of `read` that were holes, passed over without reading.
+    pub holes: u64,
     /// Stored bytes this file added to the repository.
     pub added: u64,
     pub flags: u32,
@@ -381,7 +383,7 @@ fn assemble(
                     node.content = out.content;
                     node.size = out.read;
                     node.flags = out.flags;
-                    summary.bytes_read += out.read;
+                    summary.bytes_read += out.read - out.holes;
                     summary.bytes_added += out.added;
                 } else if is_file {
                     progress.file_done(&path, node.size, 0);

@@ -188,6 +188,21 @@ impl LocalBackend {
     fn remove_temps_older_than(&self, min_age: std::time::Duration) -> Result<usize> {
         let now = std::time::SystemTime::now();
         let mut n = 0;
+        for (path, m) in self.temp_files()? {
+            let old_enough = m
+                .modified()
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age);
+            if old_enough && fs::remove_file(path).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Every temporary file (`.tmp-` infix) in the object directories,
+    /// with its metadata.
+    fn temp_files(&self) -> Result<Vec<(PathBuf, fs::Metadata)>> {
+        let mut out = Vec::new();
         for dir in self.kind_dirs(FileKind::Pack)?.into_iter().chain(
             [
                 FileKind::Key,
@@ -201,24 +216,102 @@ impl LocalBackend {
         ) {
             let Ok(rd) = fs::read_dir(&dir) else { continue };
             for e in rd.flatten() {
-                let old_enough = || {
-                    e.metadata()
-                        .and_then(|m| m.modified())
-                        .is_ok_and(|t| now.duration_since(t).unwrap_or_default() >= min_age)
-                };
                 if e.file_name().to_string_lossy().contains(TEMP_INFIX)
-                    && old_enough()
-                    && fs::remove_file(e.path()).is_ok()
+                    && let Ok(m) = e.metadata()
+                    && m.is_file()
                 {
-                    n += 1;
+                    out.push((e.path(), m));
                 }
             }
         }
-        Ok(n)
+        Ok(out)
+    }
+
+    /// Refuse `dir` (below the root) unless it is a real directory or
+    /// absent: a symbolic link there would divert reads, writes and
+    /// deletions out of the repository.
+    fn check_real_dir(&self, dir: &Path) -> Result<()> {
+        let rel = || {
+            dir.strip_prefix(&self.root)
+                .unwrap_or(dir)
+                .display()
+                .to_string()
+        };
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(m) if m.file_type().is_symlink() => Err(Error::ForeignEntry {
+                path: rel(),
+                what: match fs::read_link(dir) {
+                    Ok(t) => format!("a symbolic link (to {})", t.display()),
+                    Err(_) => "a symbolic link".into(),
+                },
+            }),
+            Ok(_) => Err(Error::ForeignEntry {
+                path: rel(),
+                what: "not a directory".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::backend_io("stat", rel(), e)),
+        }
+    }
+
+    /// [`Self::check_real_dir`] for every directory between the root and
+    /// the object (`packs`, then `packs/ab`).
+    fn check_object_dirs(&self, kind: FileKind, name: &str) -> Result<()> {
+        let rel = kind.path(name);
+        let mut dir = self.root.clone();
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        parts.pop();
+        for p in parts {
+            dir.push(p);
+            self.check_real_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Open an object for reading: never through a symbolic link, never a
+    /// FIFO or device (O_NONBLOCK: opening a FIFO does not wait for a
+    /// writer), never larger than its kind allows. Returns it and its size.
+    fn open_object(&self, kind: FileKind, name: &str) -> Result<(File, u64)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.full(kind, name)?;
+        let obj = kind.path(name);
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ELOOP) => Error::corrupt(
+                    obj.clone(),
+                    "it is a symbolic link, not an object coffer wrote: remove it (coffer never follows links inside a repository)",
+                ),
+                _ => Error::backend_io("read", obj.clone(), e),
+            })?;
+        let m = f
+            .metadata()
+            .map_err(|e| Error::backend_io("stat", obj.clone(), e))?;
+        if !m.is_file() {
+            return Err(Error::corrupt(
+                obj,
+                "it is not a regular file (a FIFO, device or directory), not an object coffer wrote: remove it",
+            ));
+        }
+        if m.len() > kind.max_size() {
+            return Err(Error::corrupt(
+                obj,
+                format!(
+                    "it is {} bytes, more than the {} bytes an object of its kind may have: not an object coffer wrote; remove it",
+                    m.len(),
+                    kind.max_size()
+                ),
+            ));
+        }
+        Ok((f, m.len()))
     }
 
     fn kind_dirs(&self, kind: FileKind) -> Result<Vec<PathBuf>> {
         let base = self.root.join(kind.dir());
+        self.check_real_dir(&base)?;
         if kind != FileKind::Pack {
             return Ok(vec![base]);
         }
@@ -227,8 +320,10 @@ impl LocalBackend {
             .map_err(|e| Error::backend_io("list", base.display().to_string(), e))?;
         for e in rd {
             let e = e.map_err(|e| Error::backend_io("list", base.display().to_string(), e))?;
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                dirs.push(e.path());
+            match e.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(e.path()),
+                Ok(t) if t.is_symlink() => self.check_real_dir(&e.path())?,
+                _ => {}
             }
         }
         Ok(dirs)
@@ -255,6 +350,7 @@ impl LocalBackend {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
+        self.check_object_dirs(kind, name)?;
         if !dir.exists() {
             fs::create_dir_all(&dir).map_err(|e| Error::backend_io("mkdir", obj.clone(), e))?;
             if let Some(p) = dir.parent() {
@@ -446,6 +542,18 @@ impl Backend for LocalBackend {
         self.remove_temps_older_than(min_age)
     }
 
+    fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {
+        let path = self.full(kind, name)?;
+        let m = fs::symlink_metadata(&path)
+            .map_err(|e| Error::backend_io("stat", kind.path(name), e))?;
+        Ok(m.modified().ok())
+    }
+
+    fn temp_usage(&self) -> Result<(u64, u64)> {
+        let files = self.temp_files()?;
+        Ok((files.len() as u64, files.iter().map(|(_, m)| m.len()).sum()))
+    }
+
     fn put(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<()> {
         self.put_pending(kind, name, data)?.commit()
     }
@@ -460,12 +568,22 @@ impl Backend for LocalBackend {
     }
 
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
-        let path = self.full(kind, name)?;
+        let (f, size) = self.open_object(kind, name)?;
         let obj = kind.path(name);
-        let mut f = File::open(&path).map_err(|e| Error::backend_io("read", obj.clone(), e))?;
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)
-            .map_err(|e| Error::backend_io("read", obj, e))?;
+        // Bounded again while reading: the file may grow after the stat.
+        let max = kind.max_size();
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        f.take(max + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::backend_io("read", obj.clone(), e))?;
+        if buf.len() as u64 > max {
+            return Err(Error::corrupt(
+                obj,
+                format!(
+                    "it grew past the {max} bytes an object of its kind may have while it was read"
+                ),
+            ));
+        }
         Ok(buf)
     }
 
@@ -483,9 +601,8 @@ impl Backend for LocalBackend {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let path = self.full(kind, name)?;
+        let (f, _) = self.open_object(kind, name)?;
         let obj = kind.path(name);
-        let f = File::open(&path).map_err(|e| Error::backend_io("read", obj.clone(), e))?;
         // Only bytes beyond the buffer's old length are zeroed; the read
         // overwrites all of it.
         buf.resize(len, 0);
@@ -533,6 +650,7 @@ impl Backend for LocalBackend {
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.full(kind, name)?;
+        self.check_object_dirs(kind, name)?;
         failpoint::hit_delete(kind.dir());
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -554,7 +672,10 @@ impl Backend for LocalBackend {
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
         let paths: Vec<(PathBuf, &String)> = names
             .iter()
-            .map(|n| Ok((self.full(kind, n)?, n)))
+            .map(|n| {
+                self.check_object_dirs(kind, n)?;
+                Ok((self.full(kind, n)?, n))
+            })
             .collect::<Result<_>>()?;
         let removed = for_each_parallel(&paths, |(path, name)| {
             failpoint::hit_delete(kind.dir());

@@ -51,6 +51,25 @@ impl FileKind {
         matches!(self, FileKind::Pack | FileKind::Index | FileKind::Snapshot)
     }
 
+    /// The largest object of this kind the format allows: every object is
+    /// checked against it before it is read whole (or written), so a huge
+    /// file planted in the repository costs nothing (repo-format/README.md,
+    /// "Limits").
+    pub fn max_size(&self) -> u64 {
+        use crate::crypto::envelope::OVERHEAD;
+        match self {
+            // Magic, version, repository id, the sealed 28-byte body.
+            FileKind::Config => 8 + 4 + 32 + 28 + OVERHEAD as u64,
+            // Everything up to `meta`, then at most 64 KiB of it.
+            FileKind::Key => 117 + 65_536,
+            // Magic, flag, two times, hostname and username of at most
+            // 1 KiB each, pid; sealed.
+            FileKind::Lock => 8 + 1 + 8 + 8 + 2 * (4 + 1024) + 4 + OVERHEAD as u64,
+            FileKind::Pack | FileKind::Damaged => crate::pack::MAX_PACK_SIZE,
+            FileKind::Index | FileKind::Snapshot => MAX_RECORD_OBJECT,
+        }
+    }
+
     /// The object's path inside the repository. Packs are spread over 256
     /// subdirectories by their first byte so no directory grows huge.
     pub fn path(&self, name: &str) -> String {
@@ -62,6 +81,12 @@ impl FileKind {
         }
     }
 }
+
+/// The largest index segment or snapshot object. Their records have no
+/// overall cap of their own; the reference writer's segments stay far
+/// below this (100 000 blobs, plus one pack's at most 2^22 entries), and
+/// so do its snapshots (100 000 paths of at most `PATH_MAX` bytes).
+pub const MAX_RECORD_OBJECT: u64 = 512 << 20;
 
 /// A repository store.
 pub trait Backend: Send + Sync {
@@ -113,6 +138,15 @@ pub trait Backend: Send + Sync {
     /// call).
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
         names.iter().try_for_each(|n| self.delete(kind, n))
+    }
+    /// When the object was last modified, if the backend knows: how old
+    /// a lock object that cannot be read is.
+    fn modified(&self, _kind: FileKind, _name: &str) -> Result<Option<std::time::SystemTime>> {
+        Ok(None)
+    }
+    /// How many temporary files killed puts left behind, and their bytes.
+    fn temp_usage(&self) -> Result<(u64, u64)> {
+        Ok((0, 0))
     }
     /// Remove what writers killed mid-put left behind (a backend whose puts
     /// leave nothing has nothing to do), if older than `min_age`. Only

@@ -246,6 +246,9 @@ pub fn has_config(path: &Path) -> bool {
 pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (path, is_default) = location(g)?;
     let repo = open_at(&path, is_default, &g.secret_opts(), cache_root(g))?;
+    if !g.quiet {
+        repo.set_notifier(Box::new(super::output::notice));
+    }
     let _ = OPENED.set(repo.clone());
     Ok(repo)
 }

@@ -20,7 +20,7 @@ use super::config::Config;
 use crate::backend::{FileKind, PendingPut};
 use crate::blob::{BlobKind, BlobSink};
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SegmentId, content_hash};
+use crate::id::{BlobId, PackId, SegmentId};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::{FinishedPack, PackWriter};
 use crate::pack::{PackEntry, reader::parse_pack, seal_blob_with, seal_body_with, verify_blob};
@@ -380,76 +380,205 @@ impl BlobStore {
 
 /// Compare the repository's packs with the index before blobs are stored.
 ///
-/// An indexed pack that is missing is refused: deduplicating against it
-/// would commit a snapshot whose data is gone (RELIABILITY.md §0.9,
-/// restic#2571); `repair snapshots` rebuilds the index first, after which
-/// a backup stores the lost content again.
+/// An indexed pack that is missing, or whose size differs from the one
+/// the index records (cut short, or bytes appended), is refused:
+/// deduplicating against it would commit a snapshot whose data is gone
+/// (RELIABILITY.md §0.9, restic#2571); `repair snapshots` rebuilds the
+/// index first, after which a backup stores the lost content again.
 ///
 /// Packs that exist but that no segment lists (left by a backup killed
 /// between its pack uploads and its index segment, RELIABILITY.md A3) are
 /// indexed, so this backup reuses their blobs instead of uploading them
-/// again. Each is read whole and verified like a pack about to be
-/// uploaded; one that does not verify stays unindexed, for prune to
-/// remove. Returns the number of packs indexed. The caller holds a lock
-/// (the segment write checks it).
+/// again. Each is verified like a pack about to be uploaded, but streamed
+/// (see [`verify_leftover`]): an interrupted multi-terabyte backup's
+/// leftovers cost the memory of a few windows, not their size. One that
+/// does not verify stays unindexed, for prune to remove. Returns the
+/// number of packs indexed. The caller holds a lock (the segment write
+/// checks it).
 pub fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
     let idx = repo.index()?;
-    let indexed: HashSet<PackId> = idx.packs()?.into_iter().map(|(p, _)| p).collect();
+    let indexed: std::collections::HashMap<PackId, u64> = idx.packs()?.into_iter().collect();
     let listed: Vec<(PackId, u64)> = repo
         .backend()
         .list(FileKind::Pack)?
         .into_iter()
         .filter_map(|(n, size)| PackId::from_hex(&n).map(|p| (p, size)))
         .collect();
-    let present: HashSet<PackId> = listed.iter().map(|(p, _)| *p).collect();
-    let mut missing: Vec<String> = indexed
-        .iter()
-        .filter(|p| !present.contains(p))
-        .map(|p| FileKind::Pack.path(&p.to_hex()))
+    refuse_lost_packs(&indexed, &listed)?;
+    let orphans: Vec<(PackId, u64)> = listed
+        .into_iter()
+        .filter(|(p, _)| !indexed.contains_key(p))
         .collect();
+    if orphans.is_empty() {
+        return Ok(0);
+    }
+    let bytes: u64 = orphans.iter().map(|(_, s)| s).sum();
+    repo.notice(&format!(
+        "adopting {} packs ({:.1} MiB) that an interrupted backup left unindexed",
+        orphans.len(),
+        bytes as f64 / (1u64 << 20) as f64
+    ));
+    let (tx, rx) = bounded::<Option<IndexedPack>>(ADOPT_THREADS);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..ADOPT_THREADS.min(orphans.len()) {
+            let (tx, next, orphans) = (tx.clone(), &next, &orphans);
+            s.spawn(move || {
+                while let Some((id, size)) = orphans.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    let adopted = verify_leftover(repo, id, *size).ok().map(|entries| IndexedPack {
+                        id: *id,
+                        size: *size,
+                        entries,
+                    });
+                    if tx.send(adopted).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        index_adopted(repo, rx)
+    })
+    .map(|(adopted, refused)| {
+        if refused > 0 {
+            repo.notice(&format!(
+                "{refused} leftover packs do not verify and stay unindexed; `coffer prune` removes them"
+            ));
+        }
+        adopted
+    })
+}
+
+/// Leftover packs verified at once, each holding one window.
+const ADOPT_THREADS: usize = 2;
+
+/// Bytes of a leftover pack read at once (or one blob, if larger).
+const ADOPT_WINDOW: u64 = 8 << 20;
+
+/// Refuse to build on packs the index lists but the repository lacks, or
+/// holds at another size than the index records, naming each and the
+/// repair that applies: `repair snapshots` for lost packs, `repair packs`
+/// for damaged ones (it keeps what still verifies, takes the pack out of
+/// service and rebuilds the index).
+fn refuse_lost_packs(
+    indexed: &std::collections::HashMap<PackId, u64>,
+    listed: &[(PackId, u64)],
+) -> Result<()> {
+    let present: std::collections::HashMap<PackId, u64> = listed.iter().copied().collect();
+    let (mut missing, mut damaged) = (Vec::new(), Vec::new());
+    for (p, want) in indexed {
+        let path = FileKind::Pack.path(&p.to_hex());
+        match present.get(p) {
+            None => missing.push(path),
+            Some(size) if size != want => damaged.push(format!(
+                "{path} is {size} bytes but the index records {want}"
+            )),
+            Some(_) => {}
+        }
+    }
+    missing.sort();
+    damaged.sort();
+    if !damaged.is_empty() {
+        return Err(Error::Usage(format!(
+            "the index lists {} packs that were truncated or damaged ({}): their data is lost, and a backup now would reuse it. Run `coffer repair packs` (it keeps what still verifies and rebuilds the index), then back up again to store the lost content anew",
+            damaged.len(),
+            damaged.join("; ")
+        )));
+    }
     if !missing.is_empty() {
-        missing.sort();
         return Err(Error::Usage(format!(
             "the index lists {} packs that are missing from the repository ({}): their data is lost, and a backup now would reuse it. Run `coffer repair snapshots` (it rebuilds the index first), then back up again to store the lost content anew",
             missing.len(),
             missing.join(", ")
         )));
     }
-    let orphans: Vec<(PackId, u64)> = listed
-        .into_iter()
-        .filter(|(p, _)| !indexed.contains(p))
-        .collect();
-    let adopted: Vec<IndexedPack> = orphans
-        .par_iter()
-        .filter_map(|(id, size)| {
-            let bytes = repo.backend().get(FileKind::Pack, &id.to_hex()).ok()?;
-            if bytes.len() as u64 != *size || content_hash(&bytes) != id.0 {
-                return None;
-            }
-            let entries = parse_pack(repo.keys(), repo.id(), &bytes).ok()?;
-            let pack = FinishedPack::new(*id, bytes, entries);
-            verify_pack(repo, &pack).ok()?;
-            Some(IndexedPack {
-                id: pack.id,
-                size: *size,
-                entries: pack.entries,
-            })
-        })
-        .collect();
-    let n = adopted.len() as u64;
+    Ok(())
+}
+
+/// Write a segment for the verified leftovers as they arrive, every
+/// [`CHECKPOINT_BLOBS`] blobs and at the end. Returns how many packs were
+/// indexed and how many did not verify.
+fn index_adopted(repo: &Repository, rx: Receiver<Option<IndexedPack>>) -> Result<(u64, u64)> {
+    let (mut adopted, mut refused) = (0u64, 0u64);
     let mut seg = Segment::default();
     let mut blobs = 0usize;
-    for (i, p) in adopted.into_iter().enumerate() {
+    let flush = |seg: &mut Segment| -> Result<()> {
+        if !seg.packs.is_empty() {
+            let id = repo.save_segment(seg)?;
+            repo.index()?.add_segment(&id, seg)?;
+            *seg = Segment::default();
+        }
+        Ok(())
+    };
+    for p in rx.iter() {
+        let Some(p) = p else {
+            refused += 1;
+            continue;
+        };
+        adopted += 1;
         blobs += p.entries.len();
         seg.packs.push(p);
-        if blobs >= CHECKPOINT_BLOBS || i as u64 + 1 == n {
-            let id = repo.save_segment(&seg)?;
-            idx.add_segment(&id, &seg)?;
-            seg = Segment::default();
+        if blobs >= CHECKPOINT_BLOBS {
+            flush(&mut seg)?;
             blobs = 0;
         }
     }
-    Ok(n)
+    flush(&mut seg)?;
+    Ok((adopted, refused))
+}
+
+/// Verify a pack no segment lists, as [`verify_pack`] does before upload,
+/// without holding it: its trailer by a ranged read, then its bytes in
+/// windows of [`ADOPT_WINDOW`], each blob opened and re-hashed and the
+/// whole hashed against the pack's name. Returns its entries.
+fn verify_leftover(repo: &Repository, id: &PackId, size: u64) -> Result<Vec<PackEntry>> {
+    let name = id.to_hex();
+    let obj = || FileKind::Pack.path(&name);
+    let entries = repo.read_trailer(id, size)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = Vec::new();
+    let mut rest = &entries[..];
+    let mut pos = 0u64;
+    while !rest.is_empty() {
+        // Whole blobs up to the window (at least one).
+        let mut end = pos;
+        let n = rest
+            .iter()
+            .take_while(|e| {
+                let fits = end == pos || e.offset as u64 + e.length as u64 - pos <= ADOPT_WINDOW;
+                if fits {
+                    end = e.offset as u64 + e.length as u64;
+                }
+                fits
+            })
+            .count();
+        repo.backend().get_range_into(
+            FileKind::Pack,
+            &name,
+            pos,
+            (end - pos) as usize,
+            &mut buf,
+        )?;
+        hasher.update(&buf);
+        for e in &rest[..n] {
+            let at = (e.offset as u64 - pos) as usize;
+            verify_blob(repo.keys(), repo.id(), e, &buf[at..at + e.length as usize])
+                .map_err(|why| Error::corrupt(obj(), why))?;
+        }
+        rest = &rest[n..];
+        pos = end;
+    }
+    // The trailer and its length, checked already; hashed for the name.
+    repo.backend()
+        .get_range_into(FileKind::Pack, &name, pos, (size - pos) as usize, &mut buf)?;
+    hasher.update(&buf);
+    if hasher.finalize().as_bytes() != &id.0 {
+        return Err(Error::corrupt(
+            obj(),
+            "content does not match its name (damaged)",
+        ));
+    }
+    Ok(entries)
 }
 
 /// Room for a data pack: the target size, one maximal chunk past it, and

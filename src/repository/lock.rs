@@ -289,6 +289,32 @@ impl Repository {
         Ok(out)
     }
 
+    /// Is this lock object, which cannot be read, older than `stale`
+    /// (by its modification time)? A live holder rewrites its lock every
+    /// refresh, so such an object is debris, not a lock anyone holds: a
+    /// garbage file dropped in `locks/` must not stop every backup forever.
+    pub fn unreadable_lock_expired(&self, id: &Lid, stale: Duration) -> bool {
+        let modified = self.backend().modified(FileKind::Lock, &id.to_hex());
+        matches!(modified, Ok(Some(t)) if t.elapsed().is_ok_and(|age| age > stale))
+    }
+
+    /// Remove the locks this host's processes left when they died (killed
+    /// runs), so they do not pile up until someone runs `unlock`. Another
+    /// host's locks are left alone: their processes cannot be checked here.
+    fn remove_dead_own_locks(&self) -> Result<()> {
+        let host = super::hostname();
+        for (id, info) in self.list_locks()? {
+            if let Ok(l) = info
+                && l.hostname == host
+                && !pid_alive(l.pid)
+            {
+                // A failed removal only leaves it stale, as before.
+                let _ = self.remove_lock(&id);
+            }
+        }
+        Ok(())
+    }
+
     pub fn remove_lock(&self, id: &Lid) -> Result<()> {
         self.backend().delete(FileKind::Lock, &id.to_hex())
     }
@@ -324,6 +350,16 @@ impl Repository {
                 Ok(l) if l.is_stale(now, stale, &host) => {}
                 Ok(l) if exclusive || l.exclusive => return Ok(Some(l.describe(now))),
                 Ok(_) => {}
+                Err(e) if self.unreadable_lock_expired(&id, stale) => {
+                    // Said once per attempt, not again on the re-check.
+                    if ours.is_some() {
+                        continue;
+                    }
+                    self.notice(&format!(
+                        "ignoring an unreadable lock ({e}): unchanged for longer than the stale time ({}s), so no running coffer holds it; `coffer unlock` removes it",
+                        stale.as_secs()
+                    ));
+                }
                 Err(e) => {
                     return Ok(Some(format!(
                         "{e} (if no other coffer is running, remove it with `coffer unlock --remove-all`)"
@@ -343,6 +379,7 @@ impl Repository {
         timeouts: LockTimeouts,
         wait: Duration,
     ) -> Result<LockGuard> {
+        self.remove_dead_own_locks()?;
         let start = boottime();
         let mut attempt = 0u32;
         loop {

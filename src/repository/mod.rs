@@ -70,7 +70,13 @@ pub struct Repository {
     /// The lock this process holds, if any: checked before every write of
     /// an index segment or snapshot and before every deletion.
     lock_state: std::sync::Mutex<Option<Arc<lock::LockState>>>,
+    /// Where informational lines go (what the repository is doing that a
+    /// user should see, e.g. adopting an interrupted backup's packs).
+    notifier: OnceLock<Notifier>,
 }
+
+/// Receives informational lines; the CLI prints them on stderr.
+pub type Notifier = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Who is writing, for key slot metadata and snapshots.
 pub fn hostname() -> String {
@@ -216,6 +222,7 @@ impl Repository {
             index: OnceLock::new(),
             problems: Default::default(),
             lock_state: Default::default(),
+            notifier: OnceLock::new(),
         })
     }
 
@@ -270,6 +277,7 @@ impl Repository {
             index: OnceLock::new(),
             problems: Default::default(),
             lock_state: Default::default(),
+            notifier: OnceLock::new(),
         };
         for p in unlocked.problem.into_iter().chain(config_problems) {
             repo.note_problem(p);
@@ -436,6 +444,15 @@ impl Repository {
     ) -> Result<[u8; 32]> {
         self.ensure_lock()?;
         let sealed = envelope::seal(key, &aad(&self.repo_id, aad_kind, &[0; 32]), plain);
+        // Every reader refuses a larger one: never write what cannot be read.
+        if sealed.len() as u64 > kind.max_size() {
+            return Err(Error::Usage(format!(
+                "a {} object of {} bytes would exceed the {} byte limit readers enforce (too many paths or tags?)",
+                kind.dir(),
+                sealed.len(),
+                kind.max_size()
+            )));
+        }
         let name = content_hash(&sealed);
         self.backend.put(kind, &hex::encode(name), &sealed)?;
         Ok(name)
@@ -521,6 +538,17 @@ impl Repository {
     pub fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
         self.ensure_lock()?;
         self.backend.delete_many(kind, names)
+    }
+
+    /// Send informational lines to `f` (the first notifier set stays).
+    pub fn set_notifier(&self, f: Notifier) {
+        let _ = self.notifier.set(f);
+    }
+
+    pub(crate) fn notice(&self, msg: &str) {
+        if let Some(f) = self.notifier.get() {
+            f(msg);
+        }
     }
 
     fn note_problem(&self, msg: String) {
@@ -670,6 +698,19 @@ impl Repository {
                 ),
             ));
         }
+        self.read_trailer(pack, size).map(|_| ())
+    }
+
+    /// A pack's trailer entries, read by ranged reads from a pack of
+    /// `size` bytes (authenticated, parsed, tiling the pack): what a reader
+    /// needs without reading the blobs.
+    pub(crate) fn read_trailer(
+        &self,
+        pack: &PackId,
+        size: u64,
+    ) -> Result<Vec<crate::pack::PackEntry>> {
+        let name = pack.to_hex();
+        let obj = FileKind::Pack.path(&name);
         if size < 4 {
             return Err(Error::corrupt(
                 obj,
@@ -694,8 +735,7 @@ impl Repository {
             &fetched[..]
         };
         crate::pack::reader::open_trailer(&self.keys, &self.repo_id, sealed, start)
-            .map_err(|e| Error::corrupt(obj, e))?;
-        Ok(())
+            .map_err(|e| Error::corrupt(obj, e))
     }
 
     /// Metadata of every key slot (id, kind, metadata or the reason it is unreadable).

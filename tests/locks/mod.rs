@@ -221,18 +221,37 @@ fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
     let stale = env.objects("locks");
     assert_eq!(stale.len(), 1, "the killed backup left no lock");
 
-    // Exclusive commands proceed past it.
+    // Exclusive commands proceed past it, and the first one on this host
+    // removes it: its process is gone (issue 19.10).
     env.coffer().args(["forget", "--keep-last", "5"]).run().ok();
+    assert!(!stale[0].exists(), "the next run left its host's dead lock");
     env.coffer().arg("prune").run().ok();
     env.check_clean();
     compare_trees(&golden, &env.restore_of(&s0, &t.root));
-    assert!(
-        stale[0].exists(),
-        "a command removed the stale lock on its own"
-    );
 
-    // unlock removes the stale lock and keeps a live one.
+    // unlock removes a stale lock and keeps a live one.
     let live = StreamBackup::start(&env, &[], b"live data");
+    // Lock objects under their final names (a put shows its temporary first).
+    let named = || -> Vec<_> {
+        env.objects("locks")
+            .into_iter()
+            .filter(|l| !l.to_string_lossy().contains(".tmp-"))
+            .collect()
+    };
+    wait_until("the live lock under its name", || !named().is_empty());
+    let live_locks = named();
+    let r = env
+        .coffer()
+        .arg("backup")
+        .arg(&t.root)
+        .env("COFFER_FAILPOINT", "before-put:pack:1")
+        .run_any();
+    assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+    let stale: Vec<_> = named()
+        .into_iter()
+        .filter(|l| !live_locks.contains(l))
+        .collect();
+    assert_eq!(stale.len(), 1, "the killed backup left no lock");
     let r = env.coffer().arg("unlock").run().ok();
     assert!(r.stdout.contains("1 locks removed, 1 kept"), "{}", r.stdout);
     assert!(!stale[0].exists(), "unlock left the stale lock");

@@ -91,6 +91,8 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
                 "blobs": all.count,
                 "blob_bytes": all.stored_bytes,
                 "unreferenced_bytes": unreferenced,
+                "temporary_files": r.temp_files,
+                "temporary_bytes": r.temp_bytes,
             },
         }));
         return;
@@ -131,6 +133,14 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
         format!(
             "{} (by these snapshots; `coffer prune` frees what no snapshot uses)",
             output::bytes(unreferenced)
+        ),
+    );
+    row(
+        "Temporary files:",
+        format!(
+            "{} ({}; left by interrupted writes, `coffer prune` removes those over an hour old)",
+            r.temp_files,
+            output::bytes(r.temp_bytes)
         ),
     );
 }

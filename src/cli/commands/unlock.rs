@@ -25,7 +25,10 @@ pub fn run(g: &GlobalOpts, a: &UnlockArgs) -> Result<ExitCode> {
                 a.remove_all || l.is_stale(now, t.stale, &host),
                 l.describe(now),
             ),
-            Err(e) => (a.remove_all, e.to_string()),
+            Err(e) => (
+                a.remove_all || repo.unreadable_lock_expired(&id, t.stale),
+                e.to_string(),
+            ),
         };
         if remove {
             repo.remove_lock(&id)?;
