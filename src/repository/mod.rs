@@ -303,7 +303,9 @@ impl Repository {
         for name in [CONFIG, CONFIG_COPY] {
             match self.backend.get(FileKind::Config, name) {
                 Ok(b) if b == good => continue,
-                Ok(_) => self.delete(FileKind::Config, name)?,
+                // Different bytes, or refused unread (oversized, a link, a
+                // FIFO): replaced either way.
+                Ok(_) | Err(Error::Corrupt { .. }) => self.delete(FileKind::Config, name)?,
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }

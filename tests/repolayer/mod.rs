@@ -327,22 +327,37 @@ fn oversized_and_non_regular_objects_are_refused_before_reading() {
     fs::remove_file(&huge).unwrap();
 
     // config as a link to /dev/zero, then as a FIFO. The address-space
-    // limit keeps an unbounded read from taking the machine's memory.
+    // limit keeps an unbounded read from taking the machine's memory. With
+    // config.copy intact the damage is a warning (exit 3); without it the
+    // repository cannot be opened (exit 1); either way at once, naming it.
     let config = env.repo.join("config");
+    let copy = env.repo.join("config.copy");
     let saved = fs::read(&config).unwrap();
-    fs::remove_file(&config).unwrap();
-    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
     let limited = || env.coffer().wrap(["prlimit", "--as=3000000000", "--"]);
-    let (r, _) = run_measured(limited().arg("snapshots"), Duration::from_secs(60));
-    assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("config"), "{}", r.stderr);
-    fs::remove_file(&config).unwrap();
     let c = std::ffi::CString::new(config.to_str().unwrap()).unwrap();
-    // SAFETY: a valid C string.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    let (r, _) = run_measured(limited().arg("snapshots"), Duration::from_secs(60));
-    assert_eq!(r.code, 1, "a FIFO config: {}", r.stderr);
-    assert!(r.stderr.contains("config"), "{}", r.stderr);
+    for (planted, with_copy, want) in [
+        ("link", true, 3),
+        ("fifo", true, 3),
+        ("link", false, 1),
+        ("fifo", false, 1),
+    ] {
+        fs::remove_file(&config).unwrap();
+        if planted == "link" {
+            std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+        } else {
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        }
+        if !with_copy {
+            fs::remove_file(&copy).unwrap();
+        }
+        let (r, _) = run_measured(limited().arg("snapshots"), Duration::from_secs(60));
+        assert_eq!(r.code, want, "config as a {planted}: {}", r.stderr);
+        assert!(r.stderr.contains("config"), "{}", r.stderr);
+        if !with_copy {
+            fs::write(&copy, &saved).unwrap();
+        }
+    }
     fs::remove_file(&config).unwrap();
     fs::write(&config, saved).unwrap();
     env.coffer().arg("snapshots").run().ok();
