@@ -640,3 +640,96 @@ fn usage_errors_exit_1_and_help_exits_0() {
     assert!(r.stdout.contains("backup"), "{}", r.stdout);
     env.coffer().arg("--version").run().ok();
 }
+
+// ---------------------------------------------------------------------------
+// Read-only repositories and --help
+
+/// A read-only bind mount of a directory, unmounted when dropped (also
+/// when the test fails).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(src: &Path, at: &Path) -> Option<ReadOnlyMount> {
+        fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["--bind", "-o", "ro"])
+            .arg(src)
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| ReadOnlyMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_repository_is_read_with_no_lock_and_writers_refuse_it() {
+    let env = Env::new();
+    env.init();
+    let t = simple_tree(&env);
+    env.coffer().arg("backup").arg(&t.root).run().ok();
+    let ro = env.path("ro");
+    let Some(_mount) = ReadOnlyMount::new(&env.repo, &ro) else {
+        assert!(!is_root(), "root could not bind-mount {}", ro.display());
+        eprintln!("SKIPPED: a read-only bind mount needs root");
+        return;
+    };
+    let at = |args: &[&str]| env.coffer().no_repo().arg("--repo").arg(&ro).args(args);
+    // Commands that never lock read it as they are.
+    at(&["snapshots"]).run().ok();
+    at(&["ls", "latest"]).run().ok();
+    let d = at(&["dump", "latest"]).arg(t.path("a.txt")).run().ok();
+    assert_eq!(d.stdout, "alpha\n");
+    let dst = env.path("restored");
+    at(&["restore", "latest", "--target"]).arg(&dst).run().ok();
+    compare_trees(&t.root, &restored(&dst, &t.root));
+    // check locks unless told not to; the error says how.
+    at(&["check"]).run().expect_code(1).stderr_has("--no-lock");
+    at(&["check", "--read-data", "--no-lock"]).run().ok();
+    at(&["stats", "--mode", "raw-data", "--no-lock"]).run().ok();
+    // copy reads its source without a lock; the destination is locked.
+    let replica = env.path("replica");
+    env.coffer()
+        .no_repo()
+        .arg("--repo")
+        .arg(&replica)
+        .arg("init")
+        .run()
+        .ok();
+    env.coffer()
+        .no_repo()
+        .arg("--repo")
+        .arg(&replica)
+        .args(["copy", "--no-lock", "--from-repo"])
+        .arg(&ro)
+        .env("COFFER_FROM_PASSWORD", PASSWORD)
+        .run()
+        .ok();
+    // Writers refuse --no-lock, naming it, on any repository.
+    env.coffer()
+        .args(["backup", "--no-lock"])
+        .arg(&t.root)
+        .run()
+        .expect_code(1)
+        .stderr_has("--no-lock: backup writes to the repository");
+    env.coffer()
+        .args(["prune", "--no-lock"])
+        .run()
+        .expect_code(1)
+        .stderr_has("--no-lock: prune writes");
+}
+
+#[test]
+fn help_lists_a_commands_own_options_apart_from_the_global_ones() {
+    let env = Env::new();
+    let h = env.bare().args(["restore", "--help"]).run().ok().stdout;
+    let own = h.find("--target").expect("restore --help lists --target");
+    let global = h.find("Global options:").expect("a Global options heading");
+    let repo = h.find("--repo").expect("restore --help lists --repo");
+    assert!(own < global && global < repo, "{h}");
+}

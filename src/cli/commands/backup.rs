@@ -218,7 +218,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         hostname,
         time_ns,
     };
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, false, "backup")?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     if a.dry_run {
         let result = archiver::dry_run(repo.clone(), &opts, &progress);
@@ -391,7 +391,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         hostname,
         time_ns,
     };
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, false, "backup")?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let cmd_name = a
         .paths

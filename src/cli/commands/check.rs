@@ -19,7 +19,7 @@ pub struct CheckArgs {
 
 pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::read_lock(g, &repo)?;
     let read = match (&a.read_data, &a.read_data_subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => {

@@ -78,7 +78,7 @@ fn group_by(s: &str) -> Result<GroupBy> {
 
 pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo.lock(true, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, true, "forget")?;
     let mut remove: Vec<SnapshotId> = Vec::new();
     let mut report = Vec::new();
     if !a.ids.is_empty() {
