@@ -96,6 +96,12 @@ pub trait PackedBlobSource: BlobSource {
     fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>>;
     /// The id `data` has in this repository (to compare existing files).
     fn data_id(&self, data: &[u8]) -> BlobId;
+    /// The id and length of the chunk a run of zeros is cut into (every
+    /// chunk of a hole but its last), to tell holes from data without
+    /// reading; `None` when unknown.
+    fn zero_chunk(&self) -> Option<(BlobId, u64)> {
+        None
+    }
     /// Check a pack's structure (size, trailer) apart from the blobs read
     /// from it; the restorer reports a failure and still uses the blobs,
     /// each of which is verified on its own.

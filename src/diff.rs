@@ -13,7 +13,7 @@ use crate::blob::BlobSource;
 use crate::error::Result;
 use crate::id::BlobId;
 use crate::snapshot::tree::{Node, NodeKind, Tree};
-use crate::snapshot::walk::load_tree;
+use crate::snapshot::walk::{Unreadable, load_subtree, load_tree};
 use std::cmp::Ordering;
 
 /// How an entry differs, with restic's one-letter markers.
@@ -90,6 +90,9 @@ pub struct DiffStats {
     pub metadata_changed: u64,
     /// Trees read to find all this.
     pub trees_loaded: u64,
+    /// Directories not compared because a tree of theirs (on either side)
+    /// could not be read.
+    pub unreadable: Vec<Unreadable>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -130,6 +133,21 @@ fn load(source: &dyn BlobSource, id: Option<BlobId>, stats: &mut DiffStats) -> R
         }
         None => Ok(Tree::default()),
     }
+}
+
+/// [`load`] below the roots: a damaged tree is recorded in `stats` and
+/// gives `None`, so the directory at `path` is skipped, not the whole diff.
+fn load_side(
+    source: &dyn BlobSource,
+    id: Option<BlobId>,
+    path: &[u8],
+    stats: &mut DiffStats,
+) -> Result<Option<Tree>> {
+    let Some(id) = id else {
+        return Ok(Some(Tree::default()));
+    };
+    stats.trees_loaded += 1;
+    load_subtree(source, &id, path, &mut stats.unreadable)
 }
 
 /// Compare the trees `old` and `new`, calling `emit` for every difference
@@ -236,8 +254,12 @@ pub fn diff(
             _ => unreachable!("the order matches the entries present"),
         }
         if let Some((sa, sb)) = descend {
-            let old = load(source, sa, &mut stats)?;
-            let new = load(source, sb, &mut stats)?;
+            let (Some(old), Some(new)) = (
+                load_side(source, sa, &path, &mut stats)?,
+                load_side(source, sb, &path, &mut stats)?,
+            ) else {
+                continue;
+            };
             path.push(b'/');
             stack.push(Frame {
                 old,
@@ -366,12 +388,22 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_tree_is_an_error_naming_it() {
+    fn a_missing_subtree_is_named_and_skipped_a_missing_root_fails() {
         let t = Trees::default();
         let a = t.put(vec![file("a", b"a", 1)]);
         let lost = BlobId([7; 32]);
-        let b = t.put(vec![dir("d", lost)]);
-        let err = diff(&t, &a, &b, DiffOptions::default(), |_| Ok(())).unwrap_err();
+        let b = t.put(vec![dir("d", lost), file("e", b"e", 1)]);
+        let mut seen = Vec::new();
+        let st = diff(&t, &a, &b, DiffOptions::default(), |c| {
+            seen.push(c.path.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [b"a".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+        assert_eq!(st.unreadable.len(), 1);
+        assert_eq!(st.unreadable[0].path, b"d");
+        assert!(st.unreadable[0].error.contains(&lost.to_string()));
+        let err = diff(&t, &a, &lost, DiffOptions::default(), |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains(&lost.to_string()), "{err}");
     }
 }

@@ -1,6 +1,7 @@
 //! Restore drill: prove that backups restore, on a schedule, cheaply.
 //!
-//! For each chosen snapshot: sample files (always including the largest),
+//! For each chosen snapshot: sample files (always including the largest
+//! one up to a size cap, sized by its data: a sparse file's holes are free),
 //! restore them with the real restorer into a temporary directory, re-read
 //! every restored byte and compare it with the snapshot (the restorer's
 //! `--verify`), then remove the directory. What operations guides ask for
@@ -15,6 +16,7 @@ use crate::snapshot::Snapshot;
 use crate::snapshot::tree::NodeKind;
 use crate::snapshot::walk::{Visit, walk};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 /// How many files to sample per snapshot.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -41,10 +43,23 @@ impl Sample {
     }
 }
 
+/// How to drill.
+#[derive(Clone, Debug)]
+pub struct DrillOptions {
+    pub sample: Sample,
+    /// Where the sample is restored (in a fresh directory, removed after).
+    pub scratch: PathBuf,
+    /// The largest file whose data is at most this is always drilled.
+    pub largest_max: u64,
+    /// Set (by a signal handler) to stop, cleaning up the scratch directory.
+    pub stop: Option<&'static AtomicBool>,
+}
+
 #[derive(Debug, Default)]
 pub struct DrillReport {
     pub snapshots: Vec<SnapshotId>,
     pub files: u64,
+    /// Data restored and verified (holes excluded).
     pub bytes: u64,
     pub seconds: f64,
     /// Each failure names the snapshot, the file and what went wrong.
@@ -57,12 +72,19 @@ fn random_unit() -> f64 {
     (u64::from_le_bytes(r) >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Choose the sample of one snapshot: (paths, the largest file's path).
-fn choose(repo: &Repository, snap: &Snapshot, sample: Sample) -> Result<Vec<Vec<u8>>> {
+/// Choose the sample of one snapshot: its paths, and the directories
+/// that could not be read to choose from.
+fn choose(
+    repo: &Repository,
+    snap: &Snapshot,
+    opts: &DrillOptions,
+) -> Result<(Vec<Vec<u8>>, Vec<String>)> {
+    let zero = crate::blob::PackedBlobSource::zero_chunk(repo);
     let mut largest: Option<(u64, Vec<u8>)> = None;
     let mut chosen: Vec<Vec<u8>> = Vec::new();
     let mut seen = 0usize;
-    walk(
+    let sample = opts.sample;
+    let unreadable = walk(
         repo,
         &snap.tree,
         |rel, node| {
@@ -71,8 +93,9 @@ fn choose(repo: &Repository, snap: &Snapshot, sample: Sample) -> Result<Vec<Vec<
             }
             let mut p = b"/".to_vec();
             p.extend_from_slice(rel);
-            if largest.as_ref().is_none_or(|(s, _)| node.size > *s) {
-                largest = Some((node.size, p.clone()));
+            let data = restorer::data_size(node, zero);
+            if data <= opts.largest_max && largest.as_ref().is_none_or(|(s, _)| data > *s) {
+                largest = Some((data, p.clone()));
             }
             seen += 1;
             match sample {
@@ -102,17 +125,18 @@ fn choose(repo: &Repository, snap: &Snapshot, sample: Sample) -> Result<Vec<Vec<
     {
         chosen.push(p);
     }
-    Ok(chosen)
+    Ok((chosen, unreadable.iter().map(|u| format!("/{u}")).collect()))
 }
 
-/// Run a drill over `snaps` (a few snapshots), restoring under `scratch`.
+/// Run a drill over `snaps` (a few snapshots). Not enough scratch space is
+/// [`Error::DrillScratch`], not a failure of the repository.
 pub fn drill(
     repo: &Repository,
     snaps: &[(SnapshotId, Snapshot)],
-    sample: Sample,
-    scratch: &Path,
+    opts: &DrillOptions,
     progress: &dyn Progress,
 ) -> Result<DrillReport> {
+    let scratch: &Path = &opts.scratch;
     let start = std::time::Instant::now();
     let mut report = DrillReport::default();
     let mut r = [0u8; 8];
@@ -125,33 +149,41 @@ pub fn drill(
     let result = (|| -> Result<()> {
         for (i, (id, snap)) in snaps.iter().enumerate() {
             report.snapshots.push(*id);
-            let paths = choose(repo, snap, sample)?;
+            let (paths, unreadable) = choose(repo, snap, opts)?;
+            let fail = |e: String| format!("snapshot {}: {e}", id.short());
+            report.failures.extend(unreadable.into_iter().map(fail));
             if paths.is_empty() {
                 continue;
             }
-            let opts = RestoreOptions {
+            let ropts = RestoreOptions {
                 includes: paths,
                 verify: true,
                 overwrite: Overwrite::Always,
+                stop: opts.stop,
                 ..Default::default()
             };
             let target = dir.join(i.to_string());
-            match restorer::restore(repo, &snap.tree, &target, &opts, progress) {
-                Ok(s) => {
-                    report.files += s.files_verified;
-                    report.bytes += s.bytes;
-                    for e in s.errors {
-                        report
-                            .failures
-                            .push(format!("snapshot {}: {e}", id.short()));
-                    }
-                }
-                Err(e) => report
-                    .failures
-                    .push(format!("snapshot {}: {e}", id.short())),
-            }
+            let restored = restorer::restore(repo, &snap.tree, &target, &ropts, progress);
             // Keep the scratch space small: one snapshot's sample at a time.
             let _ = std::fs::remove_dir_all(&target);
+            match restored {
+                Ok(s) => {
+                    report.files += s.files_verified;
+                    report.bytes += s.data_bytes;
+                    report.failures.extend(s.errors.into_iter().map(fail));
+                    let unreadable = s.unreadable.iter().map(|u| u.to_string());
+                    report.failures.extend(unreadable.map(fail));
+                }
+                Err(Error::NoSpace { needed, free, .. }) => {
+                    return Err(Error::DrillScratch {
+                        path: scratch.to_path_buf(),
+                        needed,
+                        free,
+                    });
+                }
+                Err(Error::Interrupted) => return Err(Error::Interrupted),
+                Err(e) => report.failures.push(fail(e.to_string())),
+            }
         }
         Ok(())
     })();

@@ -113,6 +113,25 @@ pub enum Error {
         "the stream for {name} was empty (0 bytes read), so no snapshot was written: if it came from a program, look at its messages; give --allow-empty to record an empty file"
     )]
     EmptyStream { name: String },
+    /// The restore target lacks the space for what would be written.
+    #[error(
+        "not enough space in {path}: the restore needs {needed} bytes, {free} are free; free some space, restore less (--include), or pass --skip-space-check"
+    )]
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
+    /// The drill's scratch directory lacks the space for the sample: no
+    /// verdict on the repository.
+    #[error(
+        "cannot drill in {path}: the sample needs {needed} bytes, {free} are free; give --scratch-dir on a larger filesystem, a smaller --sample or --largest-max"
+    )]
+    DrillScratch {
+        path: PathBuf,
+        needed: u64,
+        free: u64,
+    },
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,
@@ -125,6 +144,16 @@ impl Error {
             object: object.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Damage to one object (corrupt, or missing from the repository or
+    /// its index), which a reader can skip to go on with the others; not a
+    /// repository that cannot be reached.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::NotFound { .. } | Error::BlobMissing { .. }
+        )
     }
 
     /// Map an I/O error on repository `object` to the right kind: ENOSPC and

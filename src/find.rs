@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::id::BlobId;
 use crate::pattern::Pattern;
 use crate::snapshot::tree::{Node, NodeKind, Tree};
-use crate::snapshot::walk::load_tree;
+use crate::snapshot::walk::{Unreadable, load_subtree};
 use std::collections::HashSet;
 
 /// What an entry must satisfy; every given condition must hold.
@@ -125,6 +125,9 @@ pub struct FindStats {
     pub trees_loaded: u64,
     /// Subtrees not opened because an earlier search found nothing in them.
     pub trees_skipped: u64,
+    /// Directories not searched because their trees could not be read
+    /// (`/`-rooted paths).
+    pub unreadable: Vec<Unreadable>,
 }
 
 /// Search the tree `root` (the root of a snapshot) for entries matching
@@ -150,9 +153,14 @@ pub fn find(
         return Ok(stats);
     }
     stats.trees_loaded += 1;
+    // A snapshot whose root cannot be read is named; the others are still
+    // searched.
+    let Some(tree) = load_subtree(source, root, b"/", &mut stats.unreadable)? else {
+        return Ok(stats);
+    };
     let mut stack = vec![Frame {
         id: *root,
-        tree: load_tree(source, root)?,
+        tree,
         next: 0,
         prefix: b"/".to_vec(),
         found: false,
@@ -190,7 +198,12 @@ pub fn find(
             continue;
         }
         stats.trees_loaded += 1;
-        let tree = load_tree(source, &sub)?;
+        let Some(tree) = load_subtree(source, &sub, &path, &mut stats.unreadable)? else {
+            // Not known to be empty: the parents must not be remembered as
+            // such, so each snapshot holding the damage reports it.
+            top.found = true;
+            continue;
+        };
         path.push(b'/');
         stack.push(Frame {
             id: sub,
@@ -237,6 +250,23 @@ mod tests {
             patterns: vec![Pattern::new(p.as_bytes(), false).unwrap()],
             ..Query::default()
         }
+    }
+
+    #[test]
+    fn an_unreadable_tree_is_named_in_every_search_and_the_rest_searched() {
+        let t = Trees::default();
+        let lost = BlobId([7; 32]);
+        let root = t.put(vec![dir("lost", lost), file("top.sql", 30)]);
+        let mut seen = Seen::default();
+        for _ in 0..2 {
+            let (p, st) = paths(&t, root, &pattern("*.sql"), &mut seen);
+            assert_eq!(p, ["/top.sql"]);
+            assert_eq!(st.unreadable.len(), 1);
+            assert_eq!(st.unreadable[0].path, b"/lost");
+        }
+        let (p, st) = paths(&t, lost, &pattern("*"), &mut seen);
+        assert!(p.is_empty());
+        assert_eq!(st.unreadable[0].path, b"/");
     }
 
     #[test]

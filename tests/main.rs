@@ -36,6 +36,8 @@ mod tar;
 mod replicate;
 // Reading snapshots without restoring them: diff, find and stats.
 mod inspect;
+// Restore when things go wrong: damaged trees, directories it cannot make, closed pipes, stale metadata, little space, signals.
+mod restore_edges;
 // Real programs as sources: a PostgreSQL server dumped day after day, a log appended during the backup, a file deleted mid-backup.
 mod realsources;
 // The layer map in src/lib.rs, enforced on every `crate::` path of the library.

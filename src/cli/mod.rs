@@ -5,6 +5,7 @@ pub mod commands;
 pub mod output;
 pub mod progress_bars;
 pub mod repo;
+pub mod signals;
 
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;

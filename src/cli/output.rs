@@ -25,6 +25,28 @@ pub fn warn(msg: &str) {
     let _ = writeln!(std::io::stderr(), "coffer: warning: {msg}");
 }
 
+/// Name each directory skipped because its tree could not be read; the
+/// exit code a command that completed otherwise ends with (0 or 3).
+pub fn unreadable(list: &[coffer::snapshot::walk::Unreadable]) -> std::process::ExitCode {
+    for u in list {
+        warn(&u.to_string());
+    }
+    if list.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(3)
+    }
+}
+
+/// A write to a reader that went away (`coffer dump … | head`): not a
+/// failure, the output simply stops.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Print a line to stdout; a closed pipe (`coffer ls | head`) is not an error.
 pub fn line(s: &str) {
     let mut out = std::io::stdout().lock();

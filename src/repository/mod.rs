@@ -786,6 +786,14 @@ impl PackedBlobSource for Repository {
     fn check_pack(&self, pack: &PackId) -> Result<()> {
         Repository::check_pack(self, pack)
     }
+
+    fn zero_chunk(&self) -> Option<(BlobId, u64)> {
+        // A damaged config leaves no chunker: holes are then counted as data.
+        let chunker = self.chunker().ok()?;
+        let zeros = vec![0u8; chunker.params().max_size as usize];
+        let len = chunker.next_cut(&zeros);
+        Some((self.keys.blob_id(&zeros[..len]), len as u64))
+    }
 }
 
 /// `config` and `config.copy` as read, in that order: `None` when the

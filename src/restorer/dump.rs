@@ -6,7 +6,7 @@ use crate::blob::{BlobKind, BlobSource};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 use crate::snapshot::tree::{Node, NodeKind};
-use crate::snapshot::walk::{Visit, walk};
+use crate::snapshot::walk::{Unreadable, Visit, walk};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
@@ -125,22 +125,34 @@ impl<'a> TarWriter<'a> {
 
     /// Every node below the tree `root`, depth first in name order, named
     /// `prefix/…` (relative: a leading `/` is dropped; empty: no prefix).
-    pub fn append_tree(&mut self, root: &BlobId, prefix: &[u8]) -> Result<()> {
+    /// Returns the directories whose trees could not be read (written as
+    /// empty directories), named as in the archive.
+    pub fn append_tree(&mut self, root: &BlobId, prefix: &[u8]) -> Result<Vec<Unreadable>> {
         let strip: &[u8] = prefix.strip_prefix(b"/").unwrap_or(prefix);
-        walk(
+        let named = |rel: &[u8]| {
+            let mut p = strip.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(rel);
+            p
+        };
+        let unreadable = walk(
             self.src,
             root,
             |rel, node| {
-                let mut p = strip.to_vec();
-                if !p.is_empty() {
-                    p.push(b'/');
-                }
-                p.extend_from_slice(rel);
-                self.append_node(&p, node)?;
+                self.append_node(&named(rel), node)?;
                 Ok(Visit::Descend)
             },
             |_, _| Ok(()),
-        )
+        )?;
+        Ok(unreadable
+            .into_iter()
+            .map(|u| Unreadable {
+                path: named(&u.path),
+                error: u.error,
+            })
+            .collect())
     }
 
     /// One entry named `path` (relative); a directory's children are not
@@ -230,16 +242,18 @@ fn append_pax(
 }
 
 /// Write the tree `root` as a tar archive; entry names are `prefix/…`
-/// (relative, no leading `/`).
+/// (relative, no leading `/`). Returns the directories left empty because
+/// their trees could not be read.
 pub fn dump_tar(
     src: &dyn BlobSource,
     root: &BlobId,
     prefix: &[u8],
     w: &mut dyn Write,
-) -> Result<()> {
+) -> Result<Vec<Unreadable>> {
     let mut t = TarWriter::new(src, w);
-    t.append_tree(root, prefix)?;
-    t.finish()
+    let unreadable = t.append_tree(root, prefix)?;
+    t.finish()?;
+    Ok(unreadable)
 }
 
 #[cfg(test)]

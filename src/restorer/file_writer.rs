@@ -249,6 +249,42 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
     Ok(())
 }
 
+/// Remove the `user.*` xattrs of an existing file that the snapshot's
+/// entry does not have, so a file kept as it was ends with the snapshot's
+/// xattrs. Other namespaces (security labels, ACLs) are the system's and
+/// are left alone.
+pub fn remove_extra_user_xattrs(node: &Node, file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: a null buffer of length 0 asks for the size of the list.
+    let len = unsafe { libc::flistxattr(fd, std::ptr::null_mut(), 0) };
+    if len <= 0 {
+        return if len == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+    }
+    let mut names = vec![0u8; len as usize];
+    // SAFETY: `names` is valid for the length passed.
+    let len = unsafe { libc::flistxattr(fd, names.as_mut_ptr().cast(), names.len()) };
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    names.truncate(len as usize);
+    for name in names.split(|&b| b == 0) {
+        if !name.starts_with(b"user.") || node.xattrs.iter().any(|(k, _)| k == name) {
+            continue;
+        }
+        let Ok(c) = CString::new(name) else { continue };
+        // SAFETY: `c` is a valid NUL-terminated name.
+        if unsafe { libc::fremovexattr(fd, c.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// [`apply_metadata`] through an open descriptor of a regular file.
 pub fn apply_metadata_fd(node: &Node, file: &File, as_root: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;

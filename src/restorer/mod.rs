@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::id::{BlobId, PackId};
 use crate::progress::{Progress, SourceWarning};
 use crate::snapshot::tree::{Node, NodeKind};
-use crate::snapshot::walk::{Visit, walk};
+use crate::snapshot::walk::{Unreadable, Visit, walk};
 use rayon::prelude::*;
 use select::{Pick, Selection};
 use std::collections::HashMap;
@@ -42,7 +42,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Files per batch: bounds open descriptors and planning memory.
 const BATCH_FILES: usize = 512;
@@ -85,6 +85,12 @@ pub struct RestoreOptions {
     /// The snapshot path of the tree being restored (`/` for the root; the
     /// PATH of `SNAPSHOT:PATH`), for matching patterns.
     pub root_path: Vec<u8>,
+    /// Write even when the target seems to lack the space.
+    pub skip_space_check: bool,
+    /// Set (by a signal handler) to stop: the files being written are
+    /// removed, the complete ones stay, and the restore returns
+    /// [`Error::Interrupted`].
+    pub stop: Option<&'static AtomicBool>,
 }
 
 #[derive(Debug, Default)]
@@ -93,6 +99,8 @@ pub struct RestoreSummary {
     pub dirs: u64,
     pub others: u64,
     pub bytes: u64,
+    /// What of `bytes` is data, not holes (all-zero chunks).
+    pub data_bytes: u64,
     /// Files left alone because they already matched.
     pub files_unchanged: u64,
     /// Entries left as they were because something already had their name
@@ -101,6 +109,12 @@ pub struct RestoreSummary {
     pub files_verified: u64,
     /// Entries that could not be restored, each naming the path and why.
     pub errors: Vec<String>,
+    /// Entries below a directory that could not be made (not restored,
+    /// not in `errors`: the directory's line names them all).
+    pub not_restored: u64,
+    /// Directories whose trees could not be read, by snapshot path: they
+    /// are empty at the target, everything else was restored.
+    pub unreadable: Vec<Unreadable>,
     /// Damaged or missing packs met on the way, each named once (the
     /// files that needed them are in `errors` if they failed).
     pub damaged_packs: Vec<String>,
@@ -136,7 +150,12 @@ struct Need {
     targets: Vec<(usize, u64)>,
 }
 
-fn statvfs_free(path: &Path) -> Option<u64> {
+/// Free bytes at `path`. `COFFER_TEST_FREE_SPACE` stands in for the
+/// measurement, so tests can exercise the check without a small filesystem.
+fn free_space(path: &Path) -> Option<u64> {
+    if let Some(v) = std::env::var_os("COFFER_TEST_FREE_SPACE") {
+        return v.to_str().and_then(|v| v.parse().ok());
+    }
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: `st` is a plain C struct the call fills; `c` is a valid path.
     unsafe {
@@ -194,6 +213,8 @@ struct Restorer<'a> {
     fresh_dirs: std::collections::HashSet<Vec<u8>>,
     /// Segment buffers for files written with O_DIRECT.
     stager: direct::Stager,
+    /// The chunk of a run of zeros, for [`data_size`].
+    zero: Option<(BlobId, u64)>,
 }
 
 /// Restore the tree `root` into `target`.
@@ -210,43 +231,19 @@ pub fn restore(
     } else {
         opts.root_path.clone()
     };
-
-    // Pass 1: how much will be written, to refuse early on a full disk.
-    let mut picks: Vec<Pick> = vec![sel.root_pick()];
-    let mut needed = 0u64;
-    let mut files_total = 0u64;
-    let mut matched = false;
-    walk(
-        src,
-        root,
-        |rel, node| {
-            let pick = pick_at(
-                &mut picks,
-                &sel,
-                &root_path,
-                rel,
-                node.kind == NodeKind::Dir,
-            );
-            if pick == Pick::Skip {
-                return Ok(Visit::Skip);
-            }
-            if pick == Pick::All {
-                matched = true;
-                if node.kind == NodeKind::File {
-                    // A file holds at most its blobs' bytes: a hostile
-                    // declared size (2^63) must not inflate, or overflow,
-                    // the estimate; it fails on its own in `run_batch`.
-                    let most = node.content.len() as u64 * crate::pack::MAX_BLOB_RAW as u64;
-                    needed = needed.saturating_add(node.size.min(most));
-                    files_total += 1;
-                }
-            }
-            Ok(Visit::Descend)
-        },
-        |_, _| Ok(()),
-    )?;
-    progress.scan_total(files_total, needed);
-    if !matched && !opts.includes.is_empty() {
+    if std::fs::metadata(target).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Usage(format!(
+            "restore target {} is not a directory: give a directory (it is created when missing)",
+            target.display()
+        )));
+    }
+    let target_fresh = !opts.dry_run && std::fs::symlink_metadata(target).is_err();
+    let zero = src.zero_chunk();
+    // Only an existing target can hold files the restore keeps or replaces.
+    let existing = (!opts.dry_run && !target_fresh).then_some(target);
+    let plan = plan(src, root, existing, opts, &sel, &root_path, zero)?;
+    progress.scan_total(plan.files, plan.bytes);
+    if !plan.matched && !opts.includes.is_empty() {
         let pats: Vec<String> = opts
             .includes
             .iter()
@@ -257,25 +254,20 @@ pub fn restore(
             pats.join(", ")
         )));
     }
-    if std::fs::metadata(target).is_ok_and(|m| !m.is_dir()) {
-        return Err(Error::Usage(format!(
-            "restore target {} is not a directory: give a directory (it is created when missing)",
-            target.display()
-        )));
-    }
-    let target_fresh = !opts.dry_run && std::fs::symlink_metadata(target).is_err();
     if !opts.dry_run {
         std::fs::create_dir_all(target).map_err(|e| Error::Target {
             path: target.to_path_buf(),
             source: e,
         })?;
-        if let Some(free) = statvfs_free(target)
-            && needed > free
+        if !opts.skip_space_check
+            && let Some(free) = free_space(target)
+            && plan.needed > free
         {
-            return Err(Error::Usage(format!(
-                "not enough space in {}: the restore needs up to {needed} bytes, {free} are free; free some space or restore less (--include)",
-                target.display()
-            )));
+            return Err(Error::NoSpace {
+                path: target.to_path_buf(),
+                needed: plan.needed,
+                free,
+            });
         }
     }
 
@@ -294,6 +286,7 @@ pub fn restore(
         dirs: Vec::new(),
         fresh_dirs: Default::default(),
         stager: Default::default(),
+        zero,
     };
     if target_fresh {
         r.fresh_dirs.insert(Vec::new());
@@ -306,13 +299,11 @@ pub fn restore(
     // not leave every other directory behind, empty. The ancestors of the
     // entry being visited, outermost first.
     let mut pending: Vec<(Vec<u8>, PathBuf, Node)> = Vec::new();
-    walk(
+    let unreadable = walk(
         src,
         root,
         |rel, node| {
-            if failed_dirs.iter().any(|d| is_below(rel, d)) {
-                return Ok(Visit::Skip);
-            }
+            r.check_stop()?;
             while pending.last().is_some_and(|(d, _, _)| !is_below(rel, d)) {
                 pending.pop();
             }
@@ -320,6 +311,14 @@ pub fn restore(
             let pick = pick_at(&mut picks, &sel, &root_path, rel, is_dir);
             if pick == Pick::Skip || (pick == Pick::Descend && !is_dir) {
                 return Ok(Visit::Skip);
+            }
+            if failed_dirs.iter().any(|d| is_below(rel, d)) {
+                // Walked only to be counted: each entry below a directory
+                // that could not be made is one not restored.
+                if pick == Pick::All {
+                    r.summary.not_restored += 1;
+                }
+                return Ok(Visit::Descend);
             }
             let path = target.join(OsStr::from_bytes(rel));
             if is_dir
@@ -340,13 +339,13 @@ pub fn restore(
             for (d, p, n) in std::mem::take(&mut pending) {
                 if !r.make_dir(&d, p, &n) {
                     failed_dirs.push(d);
-                    return Ok(Visit::Skip);
+                    r.summary.not_restored += 1;
+                    return Ok(Visit::Descend);
                 }
             }
             if is_dir {
                 if !r.make_dir(rel, path, node) {
                     failed_dirs.push(rel.to_vec());
-                    return Ok(Visit::Skip);
                 }
                 return Ok(Visit::Descend);
             }
@@ -357,7 +356,15 @@ pub fn restore(
         |_, _| Ok(()),
     )?;
     r.run_batch();
+    r.check_stop()?;
     r.finish_links();
+    r.summary.unreadable = unreadable
+        .into_iter()
+        .map(|u| Unreadable {
+            path: join_path(&root_path, &u.path),
+            error: u.error,
+        })
+        .collect();
 
     if !opts.dry_run {
         for (path, node) in r.dirs.iter().rev() {
@@ -371,7 +378,123 @@ pub fn restore(
     Ok(r.summary)
 }
 
+/// What pass 1 found: whether the selection matched, and what the restore
+/// will write.
+struct Plan {
+    matched: bool,
+    files: u64,
+    /// The files' sizes, holes included: what the progress counts.
+    bytes: u64,
+    /// Bytes the target must have free: data only (holes cost nothing),
+    /// less what the files being replaced already occupy.
+    needed: u64,
+}
+
+/// Pass 1: walk the selection to count the files and the space they need
+/// (less what `existing`, the target if it was there, holds already), to
+/// refuse early on a full disk.
+fn plan(
+    src: &dyn PackedBlobSource,
+    root: &BlobId,
+    existing: Option<&Path>,
+    opts: &RestoreOptions,
+    sel: &Selection,
+    root_path: &[u8],
+    zero: Option<(BlobId, u64)>,
+) -> Result<Plan> {
+    let mut picks: Vec<Pick> = vec![sel.root_pick()];
+    let mut plan = Plan {
+        matched: false,
+        files: 0,
+        bytes: 0,
+        needed: 0,
+    };
+    let mut linked: std::collections::HashSet<(u64, u64)> = Default::default();
+    walk(
+        src,
+        root,
+        |rel, node| {
+            check_stop(opts)?;
+            let pick = pick_at(&mut picks, sel, root_path, rel, node.kind == NodeKind::Dir);
+            if pick == Pick::Skip {
+                return Ok(Visit::Skip);
+            }
+            if pick == Pick::All {
+                plan.matched = true;
+                // A file's other names are hard links: no space of their own.
+                if node.kind == NodeKind::File
+                    && (node.links <= 1 || linked.insert((node.device, node.inode)))
+                {
+                    let mut need = data_size(node, zero);
+                    if let Some(t) = existing {
+                        let there =
+                            kept_bytes(&t.join(OsStr::from_bytes(rel)), node, opts.overwrite);
+                        need = need.saturating_sub(there);
+                    }
+                    plan.needed = plan.needed.saturating_add(need);
+                    plan.bytes = plan.bytes.saturating_add(node.size.min(most_bytes(node)));
+                    plan.files += 1;
+                }
+            }
+            Ok(Visit::Descend)
+        },
+        |_, _| Ok(()),
+    )?;
+    Ok(plan)
+}
+
+/// Bytes a file's content occupies once restored: its size less the
+/// all-zero chunks, which are left as holes. A file holds at most its
+/// blobs' bytes, so a hostile declared size (2^63) cannot inflate, or
+/// overflow, the sum; such a file fails on its own when restored.
+pub fn data_size(node: &Node, zero: Option<(BlobId, u64)>) -> u64 {
+    let size = node.size.min(most_bytes(node));
+    let Some((id, len)) = zero else { return size };
+    let holes = node.content.iter().filter(|c| **c == id).count() as u64;
+    size.saturating_sub(holes.saturating_mul(len))
+}
+
+/// The most a file's blobs can hold.
+fn most_bytes(node: &Node) -> u64 {
+    node.content.len() as u64 * crate::pack::MAX_BLOB_RAW as u64
+}
+
+/// Space already held at `path` that restoring `node` over it will not
+/// need again. All of it for a name `--overwrite never` keeps, and for a
+/// file a restore already wrote (its size and mtime, which a restore sets
+/// last): `if-changed` keeps it when it is equal, which is what makes an
+/// interrupted restore resumable into a disk sized for the whole. Else
+/// what the regular file there occupies, freed when its new version is
+/// renamed over it.
+fn kept_bytes(path: &Path, node: &Node, overwrite: Overwrite) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    let written = m.is_file()
+        && m.len() == node.size
+        && m.mtime() == node.mtime.sec
+        && m.mtime_nsec() == i64::from(node.mtime.nsec);
+    match overwrite {
+        Overwrite::Never => u64::MAX,
+        Overwrite::IfChanged if written => u64::MAX,
+        _ if m.is_file() => m.blocks() * 512,
+        _ => 0,
+    }
+}
+
+fn check_stop(opts: &RestoreOptions) -> Result<()> {
+    match opts.stop {
+        Some(s) if s.load(Ordering::Relaxed) => Err(Error::Interrupted),
+        _ => Ok(()),
+    }
+}
+
 impl Restorer<'_> {
+    fn check_stop(&self) -> Result<()> {
+        check_stop(self.opts)
+    }
+
     /// Create (or keep) the directory at `rel`, its metadata set at the
     /// end; false, with the error recorded, when it cannot be made.
     fn make_dir(&mut self, rel: &[u8], path: PathBuf, node: &Node) -> bool {
@@ -438,7 +561,20 @@ impl Restorer<'_> {
         }
         // `never` kept every existing name above; `matches` is false for a
         // name that is free or not a regular file.
-        if !fresh && self.opts.overwrite == Overwrite::IfChanged && self.matches(node, &path) {
+        if !fresh
+            && self.opts.overwrite == Overwrite::IfChanged
+            && let Some(f) = self.open_matching(node, &path)
+        {
+            // Same bytes, but mode, owner, xattrs or times may differ: a
+            // file "up to date" has the snapshot's metadata too.
+            if !self.opts.dry_run
+                && let Err(e) = file_writer::remove_extra_user_xattrs(node, &f)
+                    .and_then(|()| file_writer::apply_metadata_fd(node, &f, self.as_root))
+            {
+                self.summary
+                    .errors
+                    .push(format!("{}: cannot set metadata: {e}", path.display()));
+            }
             self.summary.files_unchanged += 1;
             self.progress.file_done(&path, node.size, 0);
             return Ok(());
@@ -469,28 +605,43 @@ impl Restorer<'_> {
 
     /// Does the regular file at `path` hold exactly the node's content?
     fn matches(&self, node: &Node, path: &Path) -> bool {
+        self.open_matching(node, path).is_some()
+    }
+
+    /// The regular file at `path`, open, when it holds exactly the node's
+    /// content.
+    fn open_matching(&self, node: &Node, path: &Path) -> Option<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opening a FIFO would wait for a writer: only a regular file is
+        // opened, with O_NOFOLLOW for a symlink swapped in since.
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.is_file() && m.len() == node.size => {}
-            _ => return false,
+            _ => return None,
         }
-        let Ok(f) = File::open(path) else {
-            return false;
-        };
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .ok()?;
+        match f.metadata() {
+            Ok(m) if m.is_file() && m.len() == node.size => {}
+            _ => return None,
+        }
         let mut off = 0u64;
         for id in &node.content {
             let Ok(Some(place)) = self.src.locate(id) else {
-                return false;
+                return None;
             };
             if place.raw_length > crate::pack::MAX_BLOB_RAW {
-                return false;
+                return None;
             }
             let mut buf = vec![0u8; place.raw_length as usize];
             if f.read_exact_at(&mut buf, off).is_err() || self.src.data_id(&buf) != *id {
-                return false;
+                return None;
             }
             off += buf.len() as u64;
         }
-        off == node.size
+        (off == node.size).then_some(f)
     }
 
     fn run_batch(&mut self) {
@@ -703,6 +854,7 @@ impl Restorer<'_> {
                 Ok(verified) => {
                     self.summary.files += 1;
                     self.summary.bytes += t.node.size;
+                    self.summary.data_bytes += data_size(&t.node, self.zero);
                     self.summary.files_verified += u64::from(verified);
                 }
                 Err(e) => self.summary.errors.push(e),
@@ -724,6 +876,16 @@ impl Restorer<'_> {
         blobs.sort_by_key(|n| n.place.offset);
         let mut i = 0;
         while i < blobs.len() {
+            if self.check_stop().is_err() {
+                // Each file left short is removed with its temporary name.
+                for n in &blobs[i..] {
+                    for &(ti, _) in &n.targets {
+                        let t = &tasks[ti];
+                        t.fail(format!("{}: interrupted", t.path.display()));
+                    }
+                }
+                return;
+            }
             // Extend the range while the next blob is close.
             let start = blobs[i].place.offset as u64;
             let mut end = start + blobs[i].place.length as u64;

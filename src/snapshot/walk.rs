@@ -22,15 +22,61 @@ pub enum Visit {
     Skip,
 }
 
+/// A directory whose tree could not be read (damaged or missing): it was
+/// skipped with everything below it, so one bad tree does not hide the
+/// rest of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unreadable {
+    /// The directory's path, as the walk names it.
+    pub path: Vec<u8>,
+    pub error: String,
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: its tree cannot be read, so everything below it was skipped: {}",
+            String::from_utf8_lossy(&self.path),
+            self.error
+        )
+    }
+}
+
+/// Load the subtree of the directory at `path`: `Ok(None)`, with the damage
+/// recorded in `unreadable`, when the tree is corrupt or missing; any
+/// other failure (the repository cannot be reached) aborts.
+pub fn load_subtree(
+    source: &dyn BlobSource,
+    id: &BlobId,
+    path: &[u8],
+    unreadable: &mut Vec<Unreadable>,
+) -> Result<Option<Tree>> {
+    match load_tree(source, id) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.is_damage() => {
+            unreadable.push(Unreadable {
+                path: path.to_vec(),
+                error: e.to_string(),
+            });
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Visit every node under `root` in depth-first, name order. `path` is the
 /// node's path relative to the root, components joined by `/`. A directory
-/// is visited before its children; `leave` is called after them.
+/// is visited before its children; `leave` is called after them (not for a
+/// directory whose tree cannot be read: it is returned instead). The root
+/// tree itself must be readable.
 pub fn walk(
     source: &dyn BlobSource,
     root: &BlobId,
     mut visit: impl FnMut(&[u8], &super::tree::Node) -> Result<Visit>,
     mut leave: impl FnMut(&[u8], &super::tree::Node) -> Result<()>,
-) -> Result<()> {
+) -> Result<Vec<Unreadable>> {
+    let mut unreadable = Vec::new();
     struct Frame {
         tree: Tree,
         next: usize,
@@ -63,8 +109,8 @@ pub fn walk(
         if node.kind == NodeKind::Dir
             && v == Visit::Descend
             && let Some(sub) = node.subtree
+            && let Some(tree) = load_subtree(source, &sub, &path, &mut unreadable)?
         {
-            let tree = load_tree(source, &sub)?;
             path.push(b'/');
             stack.push(Frame {
                 tree,
@@ -74,7 +120,7 @@ pub fn walk(
             });
         }
     }
-    Ok(())
+    Ok(unreadable)
 }
 
 /// Find the node at `path` (components separated by `/`, no leading `/`)

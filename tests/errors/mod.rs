@@ -192,9 +192,11 @@ fn flipped_byte_in_a_tree_pack_fails_ls_and_restore_naming_it() {
     flip_byte(victim, len / 3);
     let hex = file_name(victim);
 
-    let r = env.coffer().args(["ls", "latest"]).run().expect_code(1);
+    // 1 when the byte is in the root tree; 3 when in a subtree, which ls
+    // names and lists around (issue 19).
+    let r = env.coffer().args(["ls", "latest"]).run();
     assert!(
-        r.stderr.contains(&hex),
+        matches!(r.code, 1 | 3) && r.stderr.contains(&hex),
         "ls does not name the damaged pack {hex}:\n{}",
         r.stderr
     );

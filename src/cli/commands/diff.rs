@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use coffer::diff::{self, DiffOptions, DiffStats, Side};
 use coffer::snapshot::tree::NodeKind;
+use coffer::snapshot::walk::Unreadable;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
@@ -115,5 +116,18 @@ pub fn run(g: &GlobalOpts, a: &DiffArgs) -> Result<ExitCode> {
     } else if !g.quiet {
         summary(&stats);
     }
-    Ok(ExitCode::SUCCESS)
+    let unreadable: Vec<Unreadable> = stats
+        .unreadable
+        .into_iter()
+        .map(|u| {
+            let mut p = base.clone();
+            p.push(b'/');
+            p.extend_from_slice(&u.path);
+            Unreadable {
+                path: p,
+                error: u.error,
+            }
+        })
+        .collect();
+    Ok(output::unreadable(&unreadable))
 }

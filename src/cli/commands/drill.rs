@@ -1,10 +1,10 @@
 //! `coffer drill [SNAPSHOT] [--sample 2%|N]`
 
 use crate::cli::progress_bars::CliProgress;
-use crate::cli::{GlobalOpts, output, repo};
+use crate::cli::{GlobalOpts, output, repo, signals};
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
-use coffer::drill::{Sample, drill, pick_snapshots};
+use coffer::drill::{DrillOptions, Sample, drill, pick_snapshots};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -13,7 +13,7 @@ pub struct DrillArgs {
     /// Snapshot to drill (default: the newest, the oldest and one between)
     pub snapshot: Option<String>,
     /// Files to restore per snapshot: a share (2%) or a count (50); the
-    /// largest file is always included
+    /// largest file (up to --largest-max) is always included
     #[arg(long, default_value = "2%")]
     pub sample: String,
     /// Where to restore the sample (removed afterwards; default: the system temp dir)
@@ -22,6 +22,10 @@ pub struct DrillArgs {
     /// Drill only these snapshots (and `latest` is the newest of them)
     #[command(flatten)]
     pub filter: super::SnapshotFilter,
+    /// The largest file is always drilled when its data (holes excluded)
+    /// is at most this (K, M, G, T)
+    #[arg(long, default_value = "1G", value_name = "SIZE")]
+    pub largest_max: String,
 }
 
 pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
@@ -34,11 +38,24 @@ pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
     if snaps.is_empty() {
         bail!("the repository has no snapshots to drill");
     }
-    let scratch = a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let opts = DrillOptions {
+        sample,
+        scratch: a.scratch_dir.clone().unwrap_or_else(std::env::temp_dir),
+        largest_max: super::parse_size(&a.largest_max).map_err(|e| anyhow!("--largest-max {e}"))?,
+        stop: Some(signals::stop_on_signal()),
+    };
     let progress = CliProgress::new(g.json, g.quiet);
-    let r = drill(&repo, &snaps, sample, &scratch, &progress);
+    let r = drill(&repo, &snaps, &opts, &progress);
     progress.finish();
-    let r = r?;
+    let r = match r {
+        Err(coffer::Error::Interrupted) => {
+            output::error(&anyhow!(
+                "drill interrupted; its scratch directory was removed"
+            ));
+            return Ok(signals::exit_code());
+        }
+        r => r?,
+    };
     let rate = if r.seconds > 0.0 {
         (r.bytes as f64 / r.seconds) as u64
     } else {

@@ -1,6 +1,6 @@
 //! `coffer dump SNAPSHOT PATH`: a file's bytes, or a directory as tar.
 
-use crate::cli::{GlobalOpts, repo};
+use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use coffer::restorer::dump::{dump_file, dump_tar};
@@ -30,14 +30,21 @@ pub struct DumpArgs {
 }
 
 pub fn run(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
+    match dump(g, a) {
+        Err(e) if output::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        r => r,
+    }
+}
+
+fn dump(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let (id, snap) = a.filter.resolve(&repo, &a.snapshot)?;
     let rel = super::trim_slashes(a.path.as_bytes());
     let shown = a.path.to_string_lossy();
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-    if rel.is_empty() {
-        dump_tar(repo.as_ref(), &snap.tree, b"", &mut out)?;
+    let unreadable = if rel.is_empty() {
+        dump_tar(repo.as_ref(), &snap.tree, b"", &mut out)?
     } else {
         let Some(node) = find_path(repo.as_ref(), &snap.tree, rel)? else {
             bail!("{shown} is not in snapshot {}", id.short());
@@ -45,6 +52,7 @@ pub fn run(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
         match (node.kind, node.subtree) {
             (NodeKind::File, _) => {
                 dump_file(repo.as_ref(), &node, &mut out)?;
+                Vec::new()
             }
             (NodeKind::Dir, Some(sub)) => match a.archive {
                 Archive::Tar => dump_tar(repo.as_ref(), &sub, rel, &mut out)?,
@@ -54,11 +62,7 @@ pub fn run(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
                 node.kind.as_str()
             ),
         }
-    }
-    if let Err(e) = out.flush()
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        return Err(e.into());
-    }
-    Ok(ExitCode::SUCCESS)
+    };
+    out.flush()?;
+    Ok(output::unreadable(&unreadable))
 }

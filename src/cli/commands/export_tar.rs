@@ -2,11 +2,12 @@
 //! archive whose entry names are relative to that directory, the inverse
 //! of `import-tar` (which records an archive as `/NAME`).
 
-use crate::cli::{GlobalOpts, repo};
+use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::restorer::dump::TarWriter;
 use coffer::snapshot::tree::NodeKind;
+use coffer::snapshot::walk::Unreadable;
 use coffer::snapshot::walk::find_path;
 use std::io::Write;
 use std::path::PathBuf;
@@ -29,6 +30,13 @@ pub struct ExportTarArgs {
 }
 
 pub fn run(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
+    match export(g, a) {
+        Err(e) if output::is_broken_pipe(&e) => Ok(ExitCode::SUCCESS),
+        r => r,
+    }
+}
+
+fn export(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
     // SAFETY: isatty only inspects the descriptor.
     if a.output.is_none() && unsafe { libc::isatty(1) } == 1 {
         bail!(
@@ -56,47 +64,52 @@ pub fn run(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
             None => bail!("{shown} is not in snapshot {}", id.short()),
         }
     };
-    let write = |w: &mut dyn Write| -> Result<()> {
+    // A directory whose tree cannot be read is written empty and named:
+    // the archive holds everything else.
+    let write = |w: &mut dyn Write| -> Result<Vec<Unreadable>> {
         let mut t = TarWriter::new(repo.as_ref(), w);
-        match &node {
+        let unreadable = match &node {
             None => t.append_tree(&snap.tree, b"")?,
             Some(n) => match (n.kind, n.subtree) {
                 (NodeKind::Dir, Some(sub)) => t.append_tree(&sub, b"")?,
                 (NodeKind::Dir, None) => bail!("{shown} in snapshot {} has no tree", id.short()),
                 // A single entry, under its own name.
-                _ => t.append_node(&n.name, n)?,
+                _ => {
+                    t.append_node(&n.name, n)?;
+                    Vec::new()
+                }
             },
-        }
+        };
         t.finish()?;
-        Ok(())
+        Ok(unreadable)
     };
     match &a.output {
         Some(file) => {
             let f = std::fs::File::create(file)
                 .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", file.display()))?;
             let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-            let done = write(&mut out).and_then(|()| {
+            let done = write(&mut out).and_then(|unreadable| {
                 out.into_inner()
                     .map_err(|e| e.into_error())
                     .and_then(|f| f.sync_all())
-                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", file.display()))?;
+                Ok(unreadable)
             });
-            if let Err(e) = done {
-                // Half an archive looks like a whole one to `tar -x`.
-                let _ = std::fs::remove_file(file);
-                return Err(e);
+            match done {
+                Ok(unreadable) => Ok(output::unreadable(&unreadable)),
+                Err(e) => {
+                    // Half an archive looks like a whole one to `tar -x`.
+                    let _ = std::fs::remove_file(file);
+                    Err(e)
+                }
             }
         }
         None => {
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-            write(&mut out)?;
-            if let Err(e) = out.flush()
-                && e.kind() != std::io::ErrorKind::BrokenPipe
-            {
-                return Err(e.into());
-            }
+            let unreadable = write(&mut out)?;
+            out.flush()?;
+            Ok(output::unreadable(&unreadable))
         }
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -122,6 +122,7 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
     let mut seen = Seen::default();
     let mut total = 0u64;
     let mut in_snapshots = 0u64;
+    let mut unreadable = Vec::new();
     for (sid, snap) in &snaps {
         let mut first = true;
         let st = find::find(repo.as_ref(), &snap.tree, &q, &mut seen, |f| {
@@ -176,6 +177,10 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
             }
         }
         total += st.matches;
+        for mut u in st.unreadable {
+            u.error = format!("{} (snapshot {})", u.error, sid.short());
+            unreadable.push(u);
+        }
     }
     if g.json {
         output::json(&serde_json::json!({
@@ -190,5 +195,5 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
             snaps.len()
         ));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(output::unreadable(&unreadable))
 }

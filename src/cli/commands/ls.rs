@@ -5,7 +5,7 @@ use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::snapshot::tree::{Node, NodeKind};
-use coffer::snapshot::walk::{Visit, find_path, walk};
+use coffer::snapshot::walk::{Unreadable, Visit, find_path, walk};
 use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
@@ -80,17 +80,27 @@ pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
             _ => return Ok(ExitCode::SUCCESS),
         }
     };
-    walk(
+    let full = |rel: &[u8]| {
+        let mut full = prefix.clone();
+        full.push(b'/');
+        full.extend_from_slice(rel);
+        full
+    };
+    let unreadable = walk(
         repo.as_ref(),
         &root,
         |rel, node| {
-            let mut full = prefix.clone();
-            full.push(b'/');
-            full.extend_from_slice(rel);
-            print(&full, node, a.long, g.json);
+            print(&full(rel), node, a.long, g.json);
             Ok(Visit::Descend)
         },
         |_, _| Ok(()),
     )?;
-    Ok(ExitCode::SUCCESS)
+    let unreadable: Vec<Unreadable> = unreadable
+        .into_iter()
+        .map(|u| Unreadable {
+            path: full(&u.path),
+            error: u.error,
+        })
+        .collect();
+    Ok(output::unreadable(&unreadable))
 }

@@ -1,7 +1,7 @@
 //! `coffer restore SNAPSHOT[:PATH] --target DIR`
 
 use crate::cli::progress_bars::CliProgress;
-use crate::cli::{GlobalOpts, output, repo};
+use crate::cli::{GlobalOpts, output, repo, signals};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 use coffer::id::BlobId;
@@ -46,6 +46,9 @@ pub struct RestoreArgs {
     /// Which snapshot `latest` means
     #[command(flatten)]
     pub filter: super::SnapshotFilter,
+    /// Write even when the target seems too small for what would be written
+    #[arg(long)]
+    pub skip_space_check: bool,
 }
 
 /// What `SNAPSHOT[:PATH]` names.
@@ -150,14 +153,27 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         verify: a.verify,
         dry_run: a.dry_run,
         root_path,
+        skip_space_check: a.skip_space_check,
+        stop: Some(signals::stop_on_signal()),
     };
     let progress = CliProgress::new(g.json, g.quiet);
     let start = std::time::Instant::now();
     let result = restorer::restore(repo.as_ref(), &tree, &a.target, &opts, &progress);
     progress.finish();
-    let s = result?;
+    let s = match result {
+        Err(coffer::Error::Interrupted) => {
+            output::error(&anyhow::anyhow!(
+                "restore interrupted: the files already restored are complete, the ones being written were removed; run the same restore again to finish it"
+            ));
+            return Ok(signals::exit_code());
+        }
+        r => r?,
+    };
     for e in s.damaged_packs.iter().chain(&s.errors) {
         output::warn(e);
+    }
+    for u in &s.unreadable {
+        output::warn(&u.to_string());
     }
     if a.dry_run && !g.json {
         for p in &s.planned {
@@ -178,6 +194,8 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
             "other_restored": s.others,
             "bytes_restored": s.bytes,
             "errors": s.errors,
+            "entries_not_restored": s.errors.len() as u64 + s.not_restored,
+            "unreadable_dirs": s.unreadable.iter().map(|u| String::from_utf8_lossy(&u.path).into_owned()).collect::<Vec<_>>(),
             "damaged_packs": s.damaged_packs,
             "planned": s.planned,
             "total_duration": secs,
@@ -211,10 +229,24 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         }
         output::line(&line);
     }
-    if !s.errors.is_empty() {
+    if !s.errors.is_empty() || s.not_restored > 0 {
+        let below = if s.not_restored > 0 {
+            format!(
+                ", {} of them below directories that could not be made",
+                s.not_restored
+            )
+        } else {
+            String::new()
+        };
         bail!(
-            "{} entries could not be restored (listed above)",
-            s.errors.len()
+            "{} entries could not be restored{below} (listed above)",
+            s.errors.len() as u64 + s.not_restored
+        );
+    }
+    if !s.unreadable.is_empty() {
+        bail!(
+            "{} directories could not be read from the repository and are empty at the target (listed above); everything else was restored",
+            s.unreadable.len()
         );
     }
     // Every file restored, but through damage that `check` should see.
