@@ -56,7 +56,8 @@ pub struct GlobalOpts {
     /// Machine-readable JSON output
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print nothing but errors
+    /// No progress, notices or summaries: only errors, warnings and what the
+    /// command is asked to show (a listing, a file, the snapshot table)
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Wait this long for a conflicting lock to go away (e.g. 10m)

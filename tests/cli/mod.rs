@@ -54,7 +54,7 @@ fn zero_config_backup_creates_default_repository_and_key_file() {
 
     // Later commands find the repository and key with no flags at all.
     let r = env.bare().arg("snapshots").run().ok();
-    assert!(r.stdout.contains("1 snapshots"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 snapshot\n"), "{}", r.stdout);
     assert!(r.stdout.contains(t.root.to_str().unwrap()), "{}", r.stdout);
 
     let r = env.bare().arg("backup").arg(&t.root).run().ok();
@@ -732,4 +732,92 @@ fn help_lists_a_commands_own_options_apart_from_the_global_ones() {
     let global = h.find("Global options:").expect("a Global options heading");
     let repo = h.find("--repo").expect("restore --help lists --repo");
     assert!(own < global && global < repo, "{h}");
+}
+
+// ---------------------------------------------------------------------------
+// Output conventions: JSON, --quiet, counts
+
+#[test]
+fn backup_and_snapshot_summaries_share_field_names_and_json_has_no_nulls() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("only.txt", b"one file\n");
+    let first = env
+        .coffer()
+        .args(["--json", "backup"])
+        .arg(&t.root)
+        .run()
+        .ok();
+    // The first backup has no parent: the field is absent, not null.
+    assert!(!first.stdout.contains("null"), "{}", first.stdout);
+    let summary = first.summary();
+    let snaps = env.coffer().args(["--json", "snapshots"]).run().ok();
+    assert!(!snaps.stdout.contains("null"), "{}", snaps.stdout);
+    let stored = &snaps.json()[0]["summary"];
+    for field in [
+        "files_new",
+        "dirs_new",
+        "total_files_processed",
+        "total_bytes_processed",
+        "data_added",
+        "bytes_read",
+        "total_duration",
+        "warnings",
+    ] {
+        assert!(summary.get(field).is_some(), "backup lacks {field}");
+        assert_eq!(
+            stored.get(field),
+            summary.get(field),
+            "{field} differs between backup --json and snapshots --json"
+        );
+    }
+    let found = env.coffer().args(["--json", "find", "only.txt"]).run().ok();
+    assert!(!found.stdout.contains("null"), "{}", found.stdout);
+}
+
+#[test]
+fn quiet_keeps_what_was_asked_for_and_drops_the_rest() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("only.txt", b"one file\n");
+    let b = env.coffer().args(["-q", "backup"]).arg(&t.root).run().ok();
+    assert_eq!((b.stdout.as_str(), b.stderr.as_str()), ("", ""));
+    let s = env.coffer().args(["-q", "snapshots"]).run().ok();
+    assert!(
+        s.stdout.contains(&t.root.to_string_lossy().to_string()),
+        "{}",
+        s.stdout
+    );
+    assert!(!s.stdout.contains("1 snapshot"), "{}", s.stdout);
+    let f = env.coffer().args(["-q", "find", "only.txt"]).run().ok();
+    assert!(
+        f.stdout.contains("only.txt") && f.stderr.is_empty(),
+        "{f:?}"
+    );
+    let k = env.coffer().args(["-q", "key", "list"]).run().ok();
+    assert!(k.stdout.contains("passphrase"), "{}", k.stdout);
+}
+
+#[test]
+fn counts_agree_in_number() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("only.txt", b"one file\n");
+    let b = env.coffer().arg("backup").arg(&t.root).run().ok();
+    assert!(b.stdout.contains(" in 1 file;"), "{}", b.stdout);
+    let s = env.coffer().arg("snapshots").run().ok();
+    assert!(s.stdout.contains("\n1 snapshot\n"), "{}", s.stdout);
+    let dst = env.path("r");
+    let r = env
+        .coffer()
+        .args(["restore", "latest", "--target"])
+        .arg(&dst)
+        .run()
+        .ok();
+    assert!(r.stdout.contains("restored 1 file, "), "{}", r.stdout);
+    let c = env.coffer().arg("check").run().ok();
+    assert!(c.stdout.contains("checked 1 snapshot, "), "{}", c.stdout);
 }

@@ -507,10 +507,10 @@ fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<E
     } else if !g.quiet {
         print_counts(s);
         output::line(&format!(
-            "Read {} of {} in {} files; would add {} of new data (before compression)",
+            "Read {} of {} in {}; would add {} of new data (before compression)",
             output::bytes(s.bytes_read),
             output::bytes(s.total_bytes),
-            s.total_files,
+            output::count(s.total_files, "file", "files"),
             output::bytes(s.bytes_added)
         ));
         output::line("dry run: nothing was written");
@@ -552,10 +552,10 @@ pub(super) fn report_as(
     } else if !g.quiet {
         print_counts(s);
         output::line(&format!(
-            "Read {} of {} in {} files; added {} to the repository (after dedup and compression)",
+            "Read {} of {} in {}; added {} to the repository (after dedup and compression)",
             output::bytes(s.bytes_read),
             output::bytes(s.total_bytes),
-            s.total_files,
+            output::count(s.total_files, "file", "files"),
             output::bytes(s.bytes_added)
         ));
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));

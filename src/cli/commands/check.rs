@@ -47,17 +47,17 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
                 output::line(&format!("info: {i}"));
             }
             output::line(&format!(
-                "checked {} snapshots, {} trees, {} packs{}: {}",
-                f.snapshots,
-                f.trees,
-                f.packs,
+                "checked {}, {}, {}{}: {}",
+                output::count(f.snapshots, "snapshot", "snapshots"),
+                output::count(f.trees, "tree", "trees"),
+                output::count(f.packs, "pack", "packs"),
                 if read == ReadData::None {
                     String::new()
                 } else {
                     format!(
-                        " ({} packs, {} blobs, {} read in full)",
-                        f.packs_read,
-                        f.blobs_read,
+                        " ({}, {}, {} read in full)",
+                        output::count(f.packs_read, "pack", "packs"),
+                        output::count(f.blobs_read, "blob", "blobs"),
                         output::bytes(f.bytes_read)
                     )
                 },

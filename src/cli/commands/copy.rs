@@ -57,10 +57,10 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
         }
         if o.copied {
             output::line(&format!(
-                "snapshot {} copied as {}: {} blobs, {} ({} stored)",
+                "snapshot {} copied as {}: {}, {} ({} stored)",
                 o.source.short(),
                 o.destination.short(),
-                o.stats.blobs_copied + o.stats.trees_copied,
+                output::count(o.stats.blobs_copied + o.stats.trees_copied, "blob", "blobs"),
                 output::bytes(o.stats.bytes_copied),
                 output::bytes(o.stats.bytes_added),
             ));
@@ -83,7 +83,8 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
         }));
     } else if !g.quiet {
         output::notice(&format!(
-            "{copied} snapshots copied, {} already present",
+            "{} copied, {} already present",
+            output::count(copied, "snapshot", "snapshots"),
             done.len() - copied
         ));
     }

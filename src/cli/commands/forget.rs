@@ -165,9 +165,9 @@ pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
         }));
     } else if !g.quiet {
         output::line(&format!(
-            "{} {} snapshots",
+            "{} {}",
             if a.dry_run { "would remove" } else { "removed" },
-            remove.len()
+            output::count(remove.len(), "snapshot", "snapshots")
         ));
     }
     if a.prune {
