@@ -30,7 +30,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Options every command takes, listed under their own heading in each
+/// command's `--help` so that its own options stand apart.
 #[derive(Args, Clone, Debug)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// Repository location (a directory)
     #[arg(short = 'r', long, global = true, env = "COFFER_REPOSITORY")]
@@ -53,12 +56,18 @@ pub struct GlobalOpts {
     /// Machine-readable JSON output
     #[arg(long, global = true)]
     pub json: bool,
-    /// Print nothing but errors
+    /// No progress, notices or summaries: only errors, warnings and what the
+    /// command is asked to show (a listing, a file, the snapshot table)
     #[arg(short, long, global = true)]
     pub quiet: bool,
     /// Wait this long for a conflicting lock to go away (e.g. 10m)
     #[arg(long, global = true)]
     pub wait_lock: Option<String>,
+    /// Take no lock on a repository that is only read (snapshots, ls,
+    /// restore, dump, check, stats, copy's source), for one you cannot
+    /// write to; commands that write refuse it
+    #[arg(long, global = true)]
+    pub no_lock: bool,
 }
 
 #[derive(Subcommand)]

@@ -55,8 +55,29 @@ pub fn line(s: &str) {
     }
 }
 
+/// One JSON value on one line. A field with no value is left out rather
+/// than printed as `null` (the documented convention: absent means none).
 pub fn json(v: &serde_json::Value) {
+    let mut v = v.clone();
+    drop_nulls(&mut v);
     line(&v.to_string());
+}
+
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// `1 file`, `2 files`: a count in agreement with its noun.
+pub fn count<N: TryInto<u64>>(n: N, one: &str, many: &str) -> String {
+    let n: u64 = n.try_into().unwrap_or(u64::MAX);
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// Bytes in binary units: `1.5 GiB`.

@@ -13,6 +13,7 @@ use coffer::backend::Location;
 use coffer::backend::local::LocalBackend;
 use coffer::crypto::key_file::KeyFileSecret;
 use coffer::repository::config::{CONFIG, CONFIG_COPY};
+use coffer::repository::lock::LockGuard;
 use coffer::repository::{Repository, Secret, default_cache_root};
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
@@ -291,6 +292,51 @@ pub fn open_at(
     Ok(Arc::new(
         Repository::open(backend, &secret)?.with_cache_dir(cache),
     ))
+}
+
+/// The shared lock of a command that only reads, so that no prune deletes
+/// what it is reading; none with `--no-lock` (a read-only repository, where
+/// the reader accepts that a concurrent prune could pull data from under it).
+pub fn read_lock(g: &GlobalOpts, repo: &Arc<Repository>) -> Result<Option<LockGuard>> {
+    if g.no_lock {
+        return Ok(None);
+    }
+    match repo.lock(false, lock_timeouts(), wait_lock(g)?) {
+        Ok(l) => Ok(Some(l)),
+        Err(e @ coffer::Error::Backend { .. }) if cannot_write(&e) => {
+            bail!(
+                "{e}: the repository cannot be written here; add --no-lock to read it without a lock"
+            )
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A read-only mount or missing permission: a lock can never be taken.
+fn cannot_write(e: &coffer::Error) -> bool {
+    let coffer::Error::Backend { source, .. } = e else {
+        return false;
+    };
+    matches!(
+        source.raw_os_error(),
+        Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM)
+    )
+}
+
+/// The lock of a command that writes (shared for adding, exclusive for
+/// deleting); `--no-lock` is refused, since what it writes needs one.
+pub fn write_lock(
+    g: &GlobalOpts,
+    repo: &Arc<Repository>,
+    exclusive: bool,
+    command: &str,
+) -> Result<LockGuard> {
+    if g.no_lock {
+        bail!(
+            "--no-lock: {command} writes to the repository and needs its lock (only commands that only read take --no-lock)"
+        );
+    }
+    Ok(repo.lock(exclusive, lock_timeouts(), wait_lock(g)?)?)
 }
 
 /// Lock timeouts: the defaults, or `COFFER_LOCK_STALE_SECS` (for tests and

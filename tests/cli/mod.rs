@@ -54,7 +54,7 @@ fn zero_config_backup_creates_default_repository_and_key_file() {
 
     // Later commands find the repository and key with no flags at all.
     let r = env.bare().arg("snapshots").run().ok();
-    assert!(r.stdout.contains("1 snapshots"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 snapshot\n"), "{}", r.stdout);
     assert!(r.stdout.contains(t.root.to_str().unwrap()), "{}", r.stdout);
 
     let r = env.bare().arg("backup").arg(&t.root).run().ok();
@@ -639,4 +639,185 @@ fn usage_errors_exit_1_and_help_exits_0() {
     let r = env.coffer().arg("--help").run().ok();
     assert!(r.stdout.contains("backup"), "{}", r.stdout);
     env.coffer().arg("--version").run().ok();
+}
+
+// ---------------------------------------------------------------------------
+// Read-only repositories and --help
+
+/// A read-only bind mount of a directory, unmounted when dropped (also
+/// when the test fails).
+struct ReadOnlyMount(PathBuf);
+
+impl ReadOnlyMount {
+    fn new(src: &Path, at: &Path) -> Option<ReadOnlyMount> {
+        fs::create_dir_all(at).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["--bind", "-o", "ro"])
+            .arg(src)
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| ReadOnlyMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_read_only_repository_is_read_with_no_lock_and_writers_refuse_it() {
+    let env = Env::new();
+    env.init();
+    let t = simple_tree(&env);
+    env.coffer().arg("backup").arg(&t.root).run().ok();
+    let ro = env.path("ro");
+    let Some(_mount) = ReadOnlyMount::new(&env.repo, &ro) else {
+        assert!(!is_root(), "root could not bind-mount {}", ro.display());
+        eprintln!("SKIPPED: a read-only bind mount needs root");
+        return;
+    };
+    let at = |args: &[&str]| env.coffer().no_repo().arg("--repo").arg(&ro).args(args);
+    // Commands that never lock read it as they are.
+    at(&["snapshots"]).run().ok();
+    at(&["ls", "latest"]).run().ok();
+    let d = at(&["dump", "latest"]).arg(t.path("a.txt")).run().ok();
+    assert_eq!(d.stdout, "alpha\n");
+    let dst = env.path("restored");
+    at(&["restore", "latest", "--target"]).arg(&dst).run().ok();
+    compare_trees(&t.root, &restored(&dst, &t.root));
+    // check locks unless told not to; the error says how.
+    at(&["check"]).run().expect_code(1).stderr_has("--no-lock");
+    at(&["check", "--read-data", "--no-lock"]).run().ok();
+    at(&["stats", "--mode", "raw-data", "--no-lock"]).run().ok();
+    // copy reads its source without a lock; the destination is locked.
+    let replica = env.path("replica");
+    env.coffer()
+        .no_repo()
+        .arg("--repo")
+        .arg(&replica)
+        .arg("init")
+        .run()
+        .ok();
+    env.coffer()
+        .no_repo()
+        .arg("--repo")
+        .arg(&replica)
+        .args(["copy", "--no-lock", "--from-repo"])
+        .arg(&ro)
+        .env("COFFER_FROM_PASSWORD", PASSWORD)
+        .run()
+        .ok();
+    // Writers refuse --no-lock, naming it, on any repository.
+    env.coffer()
+        .args(["backup", "--no-lock"])
+        .arg(&t.root)
+        .run()
+        .expect_code(1)
+        .stderr_has("--no-lock: backup writes to the repository");
+    env.coffer()
+        .args(["prune", "--no-lock"])
+        .run()
+        .expect_code(1)
+        .stderr_has("--no-lock: prune writes");
+}
+
+#[test]
+fn help_lists_a_commands_own_options_apart_from_the_global_ones() {
+    let env = Env::new();
+    let h = env.bare().args(["restore", "--help"]).run().ok().stdout;
+    let own = h.find("--target").expect("restore --help lists --target");
+    let global = h.find("Global options:").expect("a Global options heading");
+    let repo = h.find("--repo").expect("restore --help lists --repo");
+    assert!(own < global && global < repo, "{h}");
+}
+
+// ---------------------------------------------------------------------------
+// Output conventions: JSON, --quiet, counts
+
+#[test]
+fn backup_and_snapshot_summaries_share_field_names_and_json_has_no_nulls() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("only.txt", b"one file\n");
+    let first = env
+        .coffer()
+        .args(["--json", "backup"])
+        .arg(&t.root)
+        .run()
+        .ok();
+    // The first backup has no parent: the field is absent, not null.
+    assert!(!first.stdout.contains("null"), "{}", first.stdout);
+    let summary = first.summary();
+    let snaps = env.coffer().args(["--json", "snapshots"]).run().ok();
+    assert!(!snaps.stdout.contains("null"), "{}", snaps.stdout);
+    let stored = &snaps.json()[0]["summary"];
+    for field in [
+        "files_new",
+        "dirs_new",
+        "total_files_processed",
+        "total_bytes_processed",
+        "data_added",
+        "bytes_read",
+        "total_duration",
+        "warnings",
+    ] {
+        assert!(summary.get(field).is_some(), "backup lacks {field}");
+        assert_eq!(
+            stored.get(field),
+            summary.get(field),
+            "{field} differs between backup --json and snapshots --json"
+        );
+    }
+    let found = env.coffer().args(["--json", "find", "only.txt"]).run().ok();
+    assert!(!found.stdout.contains("null"), "{}", found.stdout);
+}
+
+#[test]
+fn quiet_keeps_what_was_asked_for_and_drops_the_rest() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("only.txt", b"one file\n");
+    let b = env.coffer().args(["-q", "backup"]).arg(&t.root).run().ok();
+    assert_eq!((b.stdout.as_str(), b.stderr.as_str()), ("", ""));
+    let s = env.coffer().args(["-q", "snapshots"]).run().ok();
+    assert!(
+        s.stdout.contains(&t.root.to_string_lossy().to_string()),
+        "{}",
+        s.stdout
+    );
+    assert!(!s.stdout.contains("1 snapshot"), "{}", s.stdout);
+    let f = env.coffer().args(["-q", "find", "only.txt"]).run().ok();
+    assert!(
+        f.stdout.contains("only.txt") && f.stderr.is_empty(),
+        "{f:?}"
+    );
+    let k = env.coffer().args(["-q", "key", "list"]).run().ok();
+    assert!(k.stdout.contains("passphrase"), "{}", k.stdout);
+}
+
+#[test]
+fn counts_agree_in_number() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    t.file("only.txt", b"one file\n");
+    let b = env.coffer().arg("backup").arg(&t.root).run().ok();
+    assert!(b.stdout.contains(" in 1 file;"), "{}", b.stdout);
+    let s = env.coffer().arg("snapshots").run().ok();
+    assert!(s.stdout.contains("\n1 snapshot\n"), "{}", s.stdout);
+    let dst = env.path("r");
+    let r = env
+        .coffer()
+        .args(["restore", "latest", "--target"])
+        .arg(&dst)
+        .run()
+        .ok();
+    assert!(r.stdout.contains("restored 1 file, "), "{}", r.stdout);
+    let c = env.coffer().arg("check").run().ok();
+    assert!(c.stdout.contains("checked 1 snapshot, "), "{}", c.stdout);
 }

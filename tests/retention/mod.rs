@@ -96,7 +96,7 @@ fn dry_run_names_the_rule_for_every_snapshot_and_changes_nothing() {
         line_of(out, &s.there).contains("keep (last snapshot)"),
         "{out}"
     );
-    assert!(out.contains("would remove 1 snapshots"), "{out}");
+    assert!(out.contains("would remove 1 snapshot\n"), "{out}");
     assert_eq!(env.snapshot_ids(), before, "a dry run removed snapshots");
     assert_eq!(
         env.repo_listing(),
@@ -274,7 +274,7 @@ fn forget_with_prune_shrinks_the_repository_after_files_were_deleted() {
         .args(["forget", "--keep-last", "1", "--prune"])
         .run()
         .ok();
-    assert!(r.stdout.contains("removed 1 snapshots"), "{}", r.stdout);
+    assert!(r.stdout.contains("removed 1 snapshot\n"), "{}", r.stdout);
     let after = env.repo_size();
     assert!(
         after + (4 * MIB) as u64 <= before,

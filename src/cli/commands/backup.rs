@@ -218,7 +218,7 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         hostname,
         time_ns,
     };
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, false, "backup")?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     if a.dry_run {
         let result = archiver::dry_run(repo.clone(), &opts, &progress);
@@ -391,7 +391,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         hostname,
         time_ns,
     };
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, false, "backup")?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let cmd_name = a
         .paths
@@ -507,10 +507,10 @@ fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<E
     } else if !g.quiet {
         print_counts(s);
         output::line(&format!(
-            "Read {} of {} in {} files; would add {} of new data (before compression)",
+            "Read {} of {} in {}; would add {} of new data (before compression)",
             output::bytes(s.bytes_read),
             output::bytes(s.total_bytes),
-            s.total_files,
+            output::count(s.total_files, "file", "files"),
             output::bytes(s.bytes_added)
         ));
         output::line("dry run: nothing was written");
@@ -552,10 +552,10 @@ pub(super) fn report_as(
     } else if !g.quiet {
         print_counts(s);
         output::line(&format!(
-            "Read {} of {} in {} files; added {} to the repository (after dedup and compression)",
+            "Read {} of {} in {}; added {} to the repository (after dedup and compression)",
             output::bytes(s.bytes_read),
             output::bytes(s.total_bytes),
-            s.total_files,
+            output::count(s.total_files, "file", "files"),
             output::bytes(s.bytes_added)
         ));
         output::line(&format!("Duration {:.2}s", s.duration_ms as f64 / 1000.0));

@@ -19,7 +19,7 @@ pub struct CheckArgs {
 
 pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::read_lock(g, &repo)?;
     let read = match (&a.read_data, &a.read_data_subset) {
         (true, _) => ReadData::All,
         (false, Some(s)) => {
@@ -47,17 +47,17 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
                 output::line(&format!("info: {i}"));
             }
             output::line(&format!(
-                "checked {} snapshots, {} trees, {} packs{}: {}",
-                f.snapshots,
-                f.trees,
-                f.packs,
+                "checked {}, {}, {}{}: {}",
+                output::count(f.snapshots, "snapshot", "snapshots"),
+                output::count(f.trees, "tree", "trees"),
+                output::count(f.packs, "pack", "packs"),
                 if read == ReadData::None {
                     String::new()
                 } else {
                     format!(
-                        " ({} packs, {} blobs, {} read in full)",
-                        f.packs_read,
-                        f.blobs_read,
+                        " ({}, {}, {} read in full)",
+                        output::count(f.packs_read, "pack", "packs"),
+                        output::count(f.blobs_read, "blob", "blobs"),
                         output::bytes(f.bytes_read)
                     )
                 },

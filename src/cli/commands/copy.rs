@@ -28,7 +28,7 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
     let dst = repo::open(g)?;
     // Shared locks: a prune of either side must not delete what is being
     // copied; the source gets nothing else written.
-    let _src_lock = src.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _src_lock = repo::read_lock(g, &src)?;
     let _dst_lock = dst.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
     let snaps = a.filter.select(&src, &a.snapshots)?;
     if !src.shares_ids_with(&dst) && !g.quiet {
@@ -57,10 +57,10 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
         }
         if o.copied {
             output::line(&format!(
-                "snapshot {} copied as {}: {} blobs, {} ({} stored)",
+                "snapshot {} copied as {}: {}, {} ({} stored)",
                 o.source.short(),
                 o.destination.short(),
-                o.stats.blobs_copied + o.stats.trees_copied,
+                output::count(o.stats.blobs_copied + o.stats.trees_copied, "blob", "blobs"),
                 output::bytes(o.stats.bytes_copied),
                 output::bytes(o.stats.bytes_added),
             ));
@@ -83,7 +83,8 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
         }));
     } else if !g.quiet {
         output::notice(&format!(
-            "{copied} snapshots copied, {} already present",
+            "{} copied, {} already present",
+            output::count(copied, "snapshot", "snapshots"),
             done.len() - copied
         ));
     }

@@ -96,7 +96,7 @@ pub fn run(g: &GlobalOpts, a: &DiffArgs) -> Result<ExitCode> {
                     "path": p,
                     "modifier": c.modifier.marker().to_string(),
                 }));
-            } else if !g.quiet {
+            } else {
                 output::line(&format!("{}    {p}", c.modifier.marker()));
             }
             Ok(())

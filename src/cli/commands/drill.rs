@@ -74,10 +74,10 @@ pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
         }
         if !g.quiet {
             output::line(&format!(
-                "drill: restored and verified {} files ({}) from {} snapshots in {:.2}s ({}/s): {}",
-                r.files,
+                "drill: restored and verified {} ({}) from {} in {:.2}s ({}/s): {}",
+                output::count(r.files, "file", "files"),
                 output::bytes(r.bytes),
-                r.snapshots.len(),
+                output::count(r.snapshots.len(), "snapshot", "snapshots"),
                 r.seconds,
                 output::bytes(rate),
                 if r.failures.is_empty() {

@@ -140,9 +140,6 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
                 }));
                 return Ok(());
             }
-            if g.quiet {
-                return Ok(());
-            }
             if first {
                 output::line(&format!(
                     "Found matching entries in snapshot {} from {}",
@@ -172,7 +169,7 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
         })?;
         if st.matches > 0 {
             in_snapshots += 1;
-            if !g.json && !g.quiet {
+            if !g.json {
                 output::line("");
             }
         }
@@ -191,8 +188,9 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
         }));
     } else if !g.quiet {
         output::notice(&format!(
-            "{total} matches in {in_snapshots} of {} snapshots",
-            snaps.len()
+            "{} in {in_snapshots} of {}",
+            output::count(total, "match", "matches"),
+            output::count(snaps.len(), "snapshot", "snapshots")
         ));
     }
     Ok(output::unreadable(&unreadable))

@@ -78,7 +78,7 @@ fn group_by(s: &str) -> Result<GroupBy> {
 
 pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo.lock(true, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, true, "forget")?;
     let mut remove: Vec<SnapshotId> = Vec::new();
     let mut report = Vec::new();
     if !a.ids.is_empty() {
@@ -165,9 +165,9 @@ pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
         }));
     } else if !g.quiet {
         output::line(&format!(
-            "{} {} snapshots",
+            "{} {}",
             if a.dry_run { "would remove" } else { "removed" },
-            remove.len()
+            output::count(remove.len(), "snapshot", "snapshots")
         ));
     }
     if a.prune {

@@ -108,7 +108,7 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
         hostname,
         time_ns,
     };
-    let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, false, "import-tar")?;
     let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
     let result = match file.as_mut() {
         Some(f) => snapshot_tar(repo.clone(), f, &name, &label, &opts, &progress),

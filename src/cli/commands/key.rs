@@ -113,9 +113,6 @@ fn list(g: &GlobalOpts) -> Result<ExitCode> {
         output::json(&serde_json::Value::Array(v));
         return Ok(ExitCode::SUCCESS);
     }
-    if g.quiet {
-        return Ok(ExitCode::SUCCESS);
-    }
     output::line(&format!(
         " {:<9} {:<11} {:<12} {:<20} Created",
         "ID", "Kind", "User", "Host"

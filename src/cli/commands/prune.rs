@@ -96,7 +96,7 @@ pub fn prune_locked(g: &GlobalOpts, repo: &Repository, a: &PruneArgs) -> Result<
 
 pub fn run(g: &GlobalOpts, a: &PruneArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo.lock(true, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, true, "prune")?;
     prune_locked(g, &repo, a)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -35,7 +35,7 @@ pub enum RepairWhat {
 
 pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
-    let _lock = repo.lock(true, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _lock = repo::write_lock(g, &repo, true, "repair")?;
     match &a.what {
         RepairWhat::Index => {
             let r = coffer::repair::repair_index(&repo)?;

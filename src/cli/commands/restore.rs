@@ -207,25 +207,31 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
             "restored"
         };
         let mut line = format!(
-            "{verb} {} files, {} dirs, {} other entries ({}) from snapshot {} to {} in {secs:.2}s",
-            s.files,
-            s.dirs,
-            s.others,
+            "{verb} {}, {}, {} ({}) from snapshot {} to {} in {secs:.2}s",
+            output::count(s.files, "file", "files"),
+            output::count(s.dirs, "dir", "dirs"),
+            output::count(s.others, "other entry", "other entries"),
             output::bytes(s.bytes),
             id.short(),
             a.target.display()
         );
         if s.files_unchanged > 0 {
-            line.push_str(&format!("; {} files already up to date", s.files_unchanged));
+            line.push_str(&format!(
+                "; {} already up to date",
+                output::count(s.files_unchanged, "file", "files")
+            ));
         }
         if s.kept > 0 {
             line.push_str(&format!(
-                "; {} existing entries kept as they were (--overwrite never)",
-                s.kept
+                "; {} kept as they were (--overwrite never)",
+                output::count(s.kept, "existing entry", "existing entries")
             ));
         }
         if a.verify {
-            line.push_str(&format!("; {} files verified", s.files_verified));
+            line.push_str(&format!(
+                "; {} verified",
+                output::count(s.files_verified, "file", "files")
+            ));
         }
         output::line(&line);
     }
@@ -239,8 +245,8 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
             String::new()
         };
         bail!(
-            "{} entries could not be restored{below} (listed above)",
-            s.errors.len() as u64 + s.not_restored
+            "{} could not be restored{below} (listed above)",
+            output::count(s.errors.len() as u64 + s.not_restored, "entry", "entries")
         );
     }
     if !s.unreadable.is_empty() {

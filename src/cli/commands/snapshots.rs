@@ -27,8 +27,26 @@ pub fn snapshot_json(id: &SnapshotId, s: &Snapshot) -> serde_json::Value {
         "gid": s.gid,
         "tags": s.tags,
         "program_version": s.program_version,
-        "summary": s.summary,
+        "summary": summary_json(&s.summary),
     })
+}
+
+/// A snapshot's stored counters under the names `backup --json` reports
+/// them by, so that one program reads both (restic's names; the duration
+/// in seconds). Counters this version does not know keep their names.
+fn summary_json(stored: &std::collections::BTreeMap<String, u64>) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, &v) in stored {
+        let (name, value) = match k.as_str() {
+            "bytes_added" => ("data_added", v.into()),
+            "total_bytes" => ("total_bytes_processed", v.into()),
+            "total_files" => ("total_files_processed", v.into()),
+            "duration_ms" => ("total_duration", (v as f64 / 1000.0).into()),
+            other => (other, v.into()),
+        };
+        m.insert(name.to_string(), value);
+    }
+    serde_json::Value::Object(m)
 }
 
 pub fn run(g: &GlobalOpts, a: &SnapshotsArgs) -> Result<ExitCode> {
@@ -42,9 +60,6 @@ pub fn run(g: &GlobalOpts, a: &SnapshotsArgs) -> Result<ExitCode> {
         output::json(&serde_json::Value::Array(
             snaps.iter().map(|(id, s)| snapshot_json(id, s)).collect(),
         ));
-        return Ok(ExitCode::SUCCESS);
-    }
-    if g.quiet {
         return Ok(ExitCode::SUCCESS);
     }
     output::line(&format!(
@@ -69,6 +84,8 @@ pub fn run(g: &GlobalOpts, a: &SnapshotsArgs) -> Result<ExitCode> {
         ));
     }
     output::line(&"-".repeat(90));
-    output::line(&format!("{} snapshots", snaps.len()));
+    if !g.quiet {
+        output::line(&output::count(snaps.len(), "snapshot", "snapshots"));
+    }
     Ok(ExitCode::SUCCESS)
 }

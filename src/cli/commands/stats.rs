@@ -159,7 +159,7 @@ pub fn run(g: &GlobalOpts, a: &StatsArgs) -> Result<ExitCode> {
         }
         Mode::RawData => {
             // Packs must not be pruned away while their blobs are summed.
-            let _lock = repo.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+            let _lock = repo::read_lock(g, &repo)?;
             let roots: Vec<_> = snaps.iter().map(|(_, s)| s.tree).collect();
             let r = stats::raw_data(&repo, &roots)?;
             raw_data(g, snaps.len(), &r);
