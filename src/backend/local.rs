@@ -129,6 +129,46 @@ mod failpoint {
 
 const TEMP_INFIX: &str = ".tmp-";
 
+/// The temporary files this process has created and not yet named or
+/// removed, so that a run stopped by a signal removes them on its way out
+/// instead of leaving them for a prune an hour later. `None` once
+/// abandoned: no new temporary file is created after that.
+static OWN_TEMPS: std::sync::Mutex<Option<Vec<PathBuf>>> = std::sync::Mutex::new(Some(Vec::new()));
+
+fn own_temps() -> std::sync::MutexGuard<'static, Option<Vec<PathBuf>>> {
+    OWN_TEMPS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Create the temporary file `tmp` with `open` while holding the list, so
+/// that [`abandon_own_temps`] sees every temporary file that exists.
+fn create_tracked<T>(tmp: &Path, open: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut temps = own_temps();
+    let Some(list) = temps.as_mut() else {
+        return Err(std::io::Error::other("the run was interrupted"));
+    };
+    let file = open()?;
+    list.push(tmp.to_path_buf());
+    Ok(file)
+}
+
+/// `tmp` was named or removed.
+fn untrack(tmp: &Path) {
+    if let Some(list) = own_temps().as_mut() {
+        list.retain(|p| p != tmp);
+    }
+}
+
+/// Remove this process's temporary files and refuse new ones (a put that
+/// was writing one fails, and its object never appears). Returns how many
+/// were removed.
+pub fn abandon_own_temps() -> usize {
+    let list = own_temps().take().unwrap_or_default();
+    for p in &list {
+        let _ = fs::remove_file(p);
+    }
+    list.len()
+}
+
 /// Object names are lowercase hex (or `config`, `config.copy`): nothing can escape the
 /// repository directory through a name.
 fn check_name(kind: FileKind, name: &str) -> Result<()> {
@@ -361,7 +401,9 @@ impl LocalBackend {
         let write = || -> std::io::Result<File> {
             if failpoint::enospc(kind.dir()) {
                 // What a full disk leaves: part of the object, then ENOSPC.
-                let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+                let mut f = create_tracked(&tmp, || {
+                    OpenOptions::new().write(true).create_new(true).open(&tmp)
+                })?;
                 f.write_all(&data[..data.len() / 2])?;
                 return Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
             }
@@ -370,7 +412,9 @@ impl LocalBackend {
             {
                 return Ok(f);
             }
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut f = create_tracked(&tmp, || {
+                OpenOptions::new().write(true).create_new(true).open(&tmp)
+            })?;
             // write_all loops over short writes; each call is capped by the
             // kernel well below 2 GiB (borg#6140).
             f.write_all(data)?;
@@ -389,6 +433,7 @@ impl LocalBackend {
             })),
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
+                untrack(&tmp);
                 Err(Error::backend_io("write", obj, e))
             }
         }
@@ -428,6 +473,7 @@ impl LocalPending {
         // racing to create `config` or a lock cannot both succeed.
         let linked = fs::hard_link(&self.tmp, &self.path);
         let _ = fs::remove_file(&self.tmp);
+        untrack(&self.tmp);
         self.done = true;
         match linked {
             Ok(()) => {}
@@ -451,6 +497,7 @@ impl Drop for LocalPending {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_file(&self.tmp);
+            untrack(&self.tmp);
         }
     }
 }
@@ -482,15 +529,17 @@ thread_local! {
 /// [`direct_io`]); a backup spent 18% of its CPU copying packs into it.
 fn write_direct(tmp: &Path, data: &[u8]) -> std::io::Result<Option<File>> {
     use std::os::unix::fs::OpenOptionsExt;
-    let f = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(tmp)
-    {
+    let f = match create_tracked(tmp, || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(tmp)
+    }) {
         Ok(f) => f,
         Err(e) if direct_io::refused(&e) => {
             let _ = fs::remove_file(tmp);
+            untrack(tmp);
             return Ok(None);
         }
         Err(e) => return Err(e),
@@ -540,6 +589,10 @@ impl Backend for LocalBackend {
 
     fn remove_stale_temps(&self, min_age: std::time::Duration) -> Result<usize> {
         self.remove_temps_older_than(min_age)
+    }
+
+    fn abandon(&self) -> usize {
+        abandon_own_temps()
     }
 
     fn modified(&self, kind: FileKind, name: &str) -> Result<Option<std::time::SystemTime>> {

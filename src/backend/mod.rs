@@ -152,6 +152,12 @@ pub trait Backend: Send + Sync {
     /// leave nothing has nothing to do), if older than `min_age`. Only
     /// under an exclusive lock: a younger temporary may be a live put.
     /// Returns how many were removed.
+    /// The run is being abandoned (a signal): remove this process's
+    /// unfinished temporary objects and start no new ones. Objects already
+    /// named stay; a put still writing fails. Returns how many were removed.
+    fn abandon(&self) -> usize {
+        0
+    }
     fn remove_stale_temps(&self, _min_age: std::time::Duration) -> Result<usize> {
         Ok(0)
     }

@@ -336,7 +336,33 @@ pub fn write_lock(
             "--no-lock: {command} writes to the repository and needs its lock (only commands that only read take --no-lock)"
         );
     }
-    Ok(repo.lock(exclusive, lock_timeouts(), wait_lock(g)?)?)
+    lock_to_write(g, repo, exclusive, command)
+}
+
+/// [`write_lock`] whatever `--no-lock` says (copy's destination: the flag
+/// is about its source); a signal then leaves the repository clean.
+pub fn lock_to_write(
+    g: &GlobalOpts,
+    repo: &Arc<Repository>,
+    exclusive: bool,
+    command: &str,
+) -> Result<LockGuard> {
+    let guard = repo.lock(exclusive, lock_timeouts(), wait_lock(g)?)?;
+    super::signals::abandon_on_signal(repo.clone(), interrupted_outcome(command));
+    Ok(guard)
+}
+
+/// What stopping `command` part-way leaves, in the words a user needs.
+fn interrupted_outcome(command: &str) -> &'static str {
+    match command {
+        "backup" | "import-tar" => {
+            "no snapshot was recorded; what was already stored is reused by the next run"
+        }
+        "copy" => "the snapshots already copied are complete; the next copy goes on from there",
+        "forget" => "the snapshots already removed stay removed, the others stay",
+        "prune" => "nothing still in use was deleted; run prune again to finish",
+        _ => "what was written is complete; run the command again to finish",
+    }
 }
 
 /// Lock timeouts: the defaults, or `COFFER_LOCK_STALE_SECS` (for tests and

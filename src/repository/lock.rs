@@ -427,6 +427,25 @@ impl Repository {
         }
     }
 
+    /// Leave at once (a signal): no new objects, this process's unfinished
+    /// temporary objects removed, and its lock removed so that nobody has
+    /// to `unlock` after it. What was already written stays; it is as safe
+    /// as after a kill at the same moment.
+    pub fn abandon(&self) {
+        self.backend.abandon();
+        let state = self
+            .lock_state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(state) = state {
+            // The refresher stops rather than write a new lock object.
+            state.lost.store(true, Ordering::SeqCst);
+            let id = *state.id.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = self.remove_lock(&id);
+        }
+    }
+
     fn hold(
         self: &std::sync::Arc<Self>,
         id: Lid,

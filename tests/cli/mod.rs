@@ -821,3 +821,83 @@ fn counts_agree_in_number() {
     let c = env.coffer().arg("check").run().ok();
     assert!(c.stdout.contains("checked 1 snapshot, "), "{}", c.stdout);
 }
+
+// ---------------------------------------------------------------------------
+// Signals
+
+/// Every file under `dir` whose name says it is a temporary object.
+fn temp_objects(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap().to_string_lossy().contains(".tmp-") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// 18.13: SIGINT or SIGTERM during a backup says what it means, exits
+/// 128 + the signal, and leaves neither its lock nor a temporary object;
+/// no snapshot is recorded and the next backup reuses what was stored.
+#[test]
+fn an_interrupted_backup_says_so_and_leaves_no_lock_or_temporary_files() {
+    for (sig, code, name) in [
+        (libc::SIGINT, 130, "SIGINT"),
+        (libc::SIGTERM, 143, "SIGTERM"),
+    ] {
+        let env = Env::new();
+        env.init_with(&["--pack-size", "1M"]);
+        // A stream that delivers 24 MB and then stays open, so the backup
+        // is certainly still running when the signal comes.
+        let child = env
+            .coffer()
+            .args([
+                "backup",
+                "--stdin-name",
+                "dump.sql",
+                "--stdin-from-command",
+                "--",
+            ])
+            .args(["sh", "-c", "head -c 24000000 /dev/urandom; exec sleep 20"])
+            .spawn();
+        let packs = env.repo.join("packs");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while env.objects("packs").len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "no packs appeared");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(env.objects("locks").len(), 1, "the backup holds a lock");
+        // SAFETY: signalling our own child.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by {name}: no snapshot was recorded")),
+            "{stderr}"
+        );
+        assert!(env.objects("locks").is_empty(), "lock left behind");
+        assert!(env.objects("snapshots").is_empty());
+        assert_eq!(temp_objects(&packs), Vec::<PathBuf>::new());
+        assert_eq!(temp_objects(&env.repo), Vec::<PathBuf>::new());
+        // The next backup needs no unlock, and the repository is sound.
+        env.coffer()
+            .args([
+                "backup",
+                "--stdin-name",
+                "dump.sql",
+                "--stdin-from-command",
+                "--",
+            ])
+            .args(["echo", "the next night"])
+            .run()
+            .ok();
+        env.coffer().args(["check", "--read-data"]).run().ok();
+    }
+}

@@ -29,7 +29,7 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
     // Shared locks: a prune of either side must not delete what is being
     // copied; the source gets nothing else written.
     let _src_lock = repo::read_lock(g, &src)?;
-    let _dst_lock = dst.lock(false, repo::lock_timeouts(), repo::wait_lock(g)?)?;
+    let _dst_lock = repo::lock_to_write(g, &dst, false, "copy")?;
     let snaps = a.filter.select(&src, &a.snapshots)?;
     if !src.shares_ids_with(&dst) && !g.quiet {
         output::notice(
