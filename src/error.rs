@@ -142,9 +142,80 @@ pub enum Error {
     /// The operation was interrupted (a signal or a stop request).
     #[error("interrupted")]
     Interrupted,
+    /// Another process holds a conflicting lock; `holder` describes it.
+    #[error(
+        "the repository is locked: {holder}. Wait for it (--wait-lock), or if that process is gone, run `coffer unlock`"
+    )]
+    Locked { holder: String },
+    /// This process's lock was not refreshed in time (stopped, suspended,
+    /// cut off) or was removed: it stops before writing anything more.
+    #[error(
+        "the repository lock was lost (not refreshed for {secs}s; the process was stopped, suspended or cut off, or the lock was removed): aborting without writing anything more"
+    )]
+    LockLost { secs: u64 },
+    /// A backup's storage stopped at the first repository error one of its
+    /// threads met; every later store fails with that same cause, which
+    /// stays typed ([`Error::root`]: a full disk is still [`Error::DiskFull`]).
+    #[error("backup aborted after a repository error: {0}")]
+    Aborted(std::sync::Arc<Error>),
+    /// A thread of coffer's own could not start or died (a bug, or the
+    /// system out of threads): nothing is recorded.
+    #[error("internal error: {0}; nothing was recorded")]
+    Internal(String),
 }
 
 impl Error {
+    /// The error that caused this one: through [`Error::Aborted`] to the
+    /// repository error a backup thread met, else this error itself.
+    pub fn root(&self) -> &Error {
+        match self {
+            Error::Aborted(cause) => cause.root(),
+            e => e,
+        }
+    }
+
+    /// A copy of this error of the same kind, for an error that must be
+    /// reported both where it happened and to every later caller (a
+    /// backup's first repository failure). I/O causes keep their OS error
+    /// code; a kind no copy is made of keeps its message only.
+    pub fn duplicate(&self) -> Error {
+        let io = |e: &std::io::Error| match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            Error::Backend { op, object, source } => Error::Backend {
+                op,
+                object: object.clone(),
+                source: io(source),
+            },
+            Error::DiskFull { object } => Error::DiskFull {
+                object: object.clone(),
+            },
+            Error::NotFound { object } => Error::NotFound {
+                object: object.clone(),
+            },
+            Error::Corrupt { object, reason } => Error::corrupt(object.clone(), reason.clone()),
+            Error::ForeignEntry { path, what } => Error::ForeignEntry {
+                path: path.clone(),
+                what: what.clone(),
+            },
+            Error::AlreadyExists { path } => Error::AlreadyExists { path: path.clone() },
+            Error::Cache { path, reason } => Error::Cache {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::Locked { holder } => Error::Locked {
+                holder: holder.clone(),
+            },
+            Error::LockLost { secs } => Error::LockLost { secs: *secs },
+            Error::Aborted(cause) => Error::Aborted(cause.clone()),
+            Error::Internal(m) => Error::Internal(m.clone()),
+            Error::Interrupted => Error::Interrupted,
+            other => Error::Usage(other.to_string()),
+        }
+    }
+
     /// Build a [`Error::Corrupt`] naming `object`.
     pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {

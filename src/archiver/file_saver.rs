@@ -428,7 +428,7 @@ pub(super) fn chunk_stream_overlapped(
         let storer = std::thread::Builder::new()
             .name("coffer-stream-store".into())
             .spawn_scoped(s, move || store_buffers(sink, full_rx, empty_tx))
-            .map_err(|e| Error::Usage(format!("cannot start the stream storer thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the stream storer thread: {e}")))?;
         let mut buf = std::mem::take(spare);
         buf.resize(buf_len, 0);
         let mut allocated = 1;
@@ -476,7 +476,7 @@ pub(super) fn chunk_stream_overlapped(
         drop(full_tx);
         *spare = buf;
         let (content, added) = storer.join().map_err(|_| {
-            Error::Usage("internal error: the stream storer thread panicked".into())
+            Error::Internal("the stream storer thread panicked".into())
         })??;
         Ok(Streamed {
             content,
@@ -553,9 +553,7 @@ fn store_buffers(
                             sink.store_blob(BlobKind::Data, id, chunk).map(|a| (id, a))
                         }))
                         .unwrap_or_else(|_| {
-                            Err(Error::Usage(
-                                "internal error: storing a chunk panicked".into(),
-                            ))
+                            Err(Error::Internal("storing a chunk panicked".into()))
                         });
                         // Let go of the buffer before saying so: once every
                         // chunk has reported, the storer owns it alone.

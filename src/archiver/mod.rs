@@ -202,7 +202,7 @@ pub fn backup(
             .name("coffer-walk".into())
             .stack_size(256 * 1024 * 1024)
             .spawn_scoped(s, move || walker.run(trie, parent_root))
-            .map_err(|e| Error::Usage(format!("cannot start the walker thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the walker thread: {e}")))?;
         for i in 0..opts.threads.max(1) {
             let rx = job_rx.clone();
             let stop = &stop;
@@ -218,7 +218,7 @@ pub fn backup(
                         let _ = job.result.send(r);
                     }
                 })
-                .map_err(|e| Error::Usage(format!("cannot start a reader thread: {e}")))?;
+                .map_err(|e| Error::Internal(format!("cannot start a reader thread: {e}")))?;
         }
         drop(job_rx);
         // Listing and stat'ing is mostly waiting on the kernel (or the disk,
@@ -246,7 +246,7 @@ pub fn backup(
         let walked = walk.join();
         // Whatever happened, the listers must stop for the scope to end.
         prefetch.shutdown();
-        let walked = walked.map_err(|_| Error::Usage("the walker thread panicked".into()))?;
+        let walked = walked.map_err(|_| Error::Internal("the walker thread panicked".into()))?;
         // A repository error the walker met explains an early end of items.
         walked?;
         r
@@ -305,9 +305,7 @@ fn assemble(
             }
             Item::Leave { flags } => {
                 let Some(mut f) = stack.pop().filter(|_| !stack.is_empty()) else {
-                    return Err(Error::Usage(
-                        "internal error: unbalanced directory walk".into(),
-                    ));
+                    return Err(Error::Internal("unbalanced directory walk".into()));
                 };
                 let id = store_tree(&mut f.tree, &mut summary)?;
                 match f.parent_subtree {
@@ -335,7 +333,7 @@ fn assemble(
                 let reuse_link = is_file && outcome.is_none() && state != ParentState::Unmodified;
                 let outcome = match (outcome, reuse_link.then(|| linked.get(&link_key)).flatten()) {
                     (Some(rx), _) => Some(rx.recv().map_err(|_| {
-                        Error::Usage("internal error: a reader thread stopped".into())
+                        Error::Internal("a reader thread stopped".into())
                     })??),
                     (None, Some((content, size, flags))) => {
                         node.content = content.clone();
@@ -407,9 +405,7 @@ fn assemble(
         }
     }
     if stack.len() != 1 {
-        return Err(Error::Usage(
-            "internal error: the directory walk ended early".into(),
-        ));
+        return Err(Error::Internal("the directory walk ended early".into()));
     }
     let mut root = stack.pop().map(|f| f.tree).unwrap_or_default();
     let tree = store_tree(&mut root, &mut summary)?;

@@ -69,7 +69,7 @@ struct Shared {
     /// Ids queued or uploaded but not yet in the SQLite index.
     pending: Mutex<HashSet<BlobId>>,
     /// The first repository error; once set every call fails with it.
-    failed: Mutex<Option<String>>,
+    failed: Mutex<Option<Arc<Error>>>,
     blobs_added: AtomicU64,
     raw_added: AtomicU64,
     stored_added: AtomicU64,
@@ -149,14 +149,14 @@ impl BlobStore {
             std::thread::Builder::new()
                 .name(format!("coffer-upload-{i}"))
                 .spawn(move || put_loop(&s, rx, done_tx))
-                .map_err(|e| Error::Usage(format!("cannot start an upload thread: {e}")))?;
+                .map_err(|e| Error::Internal(format!("cannot start an upload thread: {e}")))?;
         }
         drop((rx, done_tx));
         let s2 = shared.clone();
         let uploader = std::thread::Builder::new()
             .name("coffer-index".into())
             .spawn(move || index_loop(&s2, done_rx))
-            .map_err(|e| Error::Usage(format!("cannot start the index thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the index thread: {e}")))?;
         Ok(BlobStore {
             shared,
             writers: Mutex::new([PackWriter::with_capacity(capacity), PackWriter::new()]),
@@ -178,9 +178,7 @@ impl BlobStore {
 
     fn check_failed(&self) -> Result<()> {
         match lock(&self.shared.failed).as_ref() {
-            Some(msg) => Err(Error::Usage(format!(
-                "backup aborted after a repository error: {msg}"
-            ))),
+            Some(cause) => Err(Error::Aborted(cause.clone())),
             None => Ok(()),
         }
     }
@@ -206,13 +204,11 @@ impl BlobStore {
     fn send(&self, pack: PackWriter) -> Result<()> {
         let finished = pack.finish(self.shared.repo.keys(), self.shared.repo.id());
         match &self.tx {
-            Some(tx) => tx.send(finished).map_err(|_| {
-                let msg = lock(&self.shared.failed)
-                    .clone()
-                    .unwrap_or_else(|| "upload thread stopped".into());
-                Error::Usage(format!("backup aborted after a repository error: {msg}"))
+            Some(tx) => tx.send(finished).map_err(|_| match lock(&self.shared.failed).clone() {
+                Some(cause) => Error::Aborted(cause),
+                None => Error::Internal("the upload thread stopped".into()),
             }),
-            None => Err(Error::Usage("blob store already finished".into())),
+            None => Err(Error::Internal("blob store already finished".into())),
         }
     }
 
@@ -233,8 +229,8 @@ impl BlobStore {
         drop(self.tx.take());
         let joined = match self.uploader.take().map(|h| h.join()) {
             Some(Ok(r)) => r,
-            Some(Err(_)) => Err(Error::Usage("the upload thread panicked".into())),
-            None => Err(Error::Usage("blob store already finished".into())),
+            Some(Err(_)) => Err(Error::Internal("the upload thread panicked".into())),
+            None => Err(Error::Internal("blob store already finished".into())),
         };
         let (packs_written, segments) = joined?;
         if let Some(e) = send_err {
@@ -675,7 +671,7 @@ pub(crate) fn verify_sealed(
 
 /// Record the first repository error: from then on every store fails.
 fn record_failure(shared: &Shared, e: &Error) {
-    lock(&shared.failed).get_or_insert_with(|| e.to_string());
+    lock(&shared.failed).get_or_insert_with(|| Arc::new(e.duplicate()));
 }
 
 /// An upload thread: verify and put each pack, hand it to the index thread.

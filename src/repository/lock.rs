@@ -185,10 +185,9 @@ impl LockState {
             boottime().saturating_sub(*self.last_refresh.lock().unwrap_or_else(|p| p.into_inner()));
         if self.lost.load(Ordering::SeqCst) || since + self.timeouts.margin >= self.timeouts.stale {
             self.lost.store(true, Ordering::SeqCst);
-            return Err(Error::Usage(format!(
-                "the repository lock was lost (not refreshed for {}s; the process was stopped, suspended or cut off, or the lock was removed): aborting without writing anything more",
-                since.as_secs()
-            )));
+            return Err(Error::LockLost {
+                secs: since.as_secs(),
+            });
         }
         Ok(())
     }
@@ -410,9 +409,7 @@ impl Repository {
             };
             let why = blocked.unwrap_or_default();
             if boottime().saturating_sub(start) >= wait {
-                return Err(Error::Usage(format!(
-                    "the repository is locked: {why}. Wait for it (--wait-lock), or if that process is gone, run `coffer unlock`"
-                )));
+                return Err(Error::Locked { holder: why });
             }
             // Jitter, so two waiters that collided do not collide again.
             let mut j = [0u8; 1];
