@@ -119,13 +119,18 @@ impl Index {
     /// Read every page of the cache at `path` and discard it if SQLite
     /// finds it damaged. Returns false when it was discarded (the next open
     /// rebuilds it from the repository).
+    ///
+    /// `integrity_check`, not `quick_check`: a flipped byte inside a row
+    /// leaves every page well formed, and only the comparison of each
+    /// index with its table sees that a row of `blobs` and its entry in
+    /// `blobs_by_pack` no longer agree (issue 19.1).
     pub fn verify_file(path: &Path) -> Result<bool> {
         if !path.exists() {
             return Ok(true);
         }
         let verdict = Connection::open(path).and_then(|c| {
             c.busy_timeout(std::time::Duration::from_secs(60))?;
-            c.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0))
+            c.query_row("PRAGMA integrity_check(1)", [], |r| r.get::<_, String>(0))
         });
         match verdict {
             Ok(ok) if ok == "ok" => Ok(true),
@@ -981,6 +986,19 @@ mod tests {
     }
 }
 
+/// How the cache's record of a pack compares with a segment's
+/// ([`Index::compare_pack`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agreement {
+    /// Same size, same entries.
+    Same,
+    /// Same size; the cache holds every entry and more (right when other
+    /// segments list the pack too).
+    Covers,
+    /// Another size, or an entry the cache lacks or records otherwise.
+    Differs,
+}
+
 /// How much of a pack is in use (from [`Index::usage`]).
 /// Distinct blobs of one kind and their sizes, from [`Index::blob_totals`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1274,6 +1292,30 @@ impl Index {
             });
         }
         Ok(out)
+    }
+
+    /// How the cache's record of `p` compares with a segment's.
+    pub fn compare_pack(&self, p: &IndexedPack) -> Result<Agreement> {
+        if self.pack_size(&p.id)? != Some(p.size) {
+            return Ok(Agreement::Differs);
+        }
+        let cached = self.pack_entries(&p.id)?;
+        let mut listed = p.entries.clone();
+        listed.sort_by_key(|e| e.offset);
+        if cached == listed {
+            return Ok(Agreement::Same);
+        }
+        // Both in offset order: look each listed entry up by its offset.
+        let held = |e: &PackEntry| {
+            cached
+                .binary_search_by_key(&e.offset, |c| c.offset)
+                .is_ok_and(|i| cached[i] == *e)
+        };
+        Ok(if listed.iter().all(held) {
+            Agreement::Covers
+        } else {
+            Agreement::Differs
+        })
     }
 
     /// Every pack that holds a copy of `id`.

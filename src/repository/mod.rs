@@ -6,6 +6,7 @@
 //! id), unwraps the master key from a key slot, then decrypts the config
 //! body. The index is loaded lazily: listing snapshots does not pay for it.
 
+pub mod audit;
 pub mod blob_store;
 pub mod config;
 mod keys;
