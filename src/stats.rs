@@ -132,6 +132,10 @@ pub struct RawData {
     pub repository: Vec<BlobTotals>,
     pub packs: u64,
     pub pack_bytes: u64,
+    /// Copies of blobs beyond the first (concurrent backups each storing
+    /// the same data): their count and stored bytes, which prune frees.
+    pub duplicate_blobs: u64,
+    pub duplicate_bytes: u64,
 }
 
 impl RawData {
@@ -162,11 +166,14 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
     used.finish()?;
     let idx = repo.index()?;
     let (_, packs) = idx.counts()?;
+    let (duplicate_blobs, duplicate_bytes) = idx.duplicates()?;
     Ok(RawData {
         referenced: idx.blob_totals(true)?,
         repository: idx.blob_totals(false)?,
         packs,
         pack_bytes: idx.packs_bytes()?,
+        duplicate_blobs,
+        duplicate_bytes,
     })
 }
 
@@ -268,5 +275,6 @@ mod tests {
         let all = RawData::sum(&raw.repository);
         assert_eq!(all.count, 3 + 3 + 1);
         assert!(raw.packs >= 1 && raw.pack_bytes > all.stored_bytes);
+        assert_eq!((raw.duplicate_blobs, raw.duplicate_bytes), (0, 0));
     }
 }

@@ -588,6 +588,22 @@ impl Index {
         Ok(out)
     }
 
+    /// Copies of blobs beyond the first, whether used or not: (count,
+    /// stored bytes). One scan in key order.
+    pub fn duplicates(&self) -> Result<(u64, u64)> {
+        let c = self.conn();
+        let (n, bytes): (i64, i64) = c
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM \
+                 (SELECT length, ROW_NUMBER() OVER (PARTITION BY id ORDER BY pid) AS copy FROM blobs) \
+                 WHERE copy > 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n as u64, bytes as u64))
+    }
+
     /// Sum of the recorded sizes of every indexed pack.
     pub fn packs_bytes(&self) -> Result<u64> {
         let c = self.conn();
@@ -860,7 +876,7 @@ mod tests {
     }
 
     #[test]
-    fn usage_counts_every_copy_and_names_missing_used_blobs() {
+    fn usage_counts_one_copy_of_each_used_blob_and_names_missing_ones() {
         let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
         // Blob 4 is in packs 10 and 11; pack 12 holds nothing used.
         idx.add_segment(&SegmentId([1; 32]), &seg(10, &[2, 4, 6]))
@@ -877,21 +893,31 @@ mod tests {
         idx.used_from_refs().unwrap();
         assert!(idx.used_contains(&BlobId([4; 32])).unwrap());
         let (usage, missing) = idx.usage(10).unwrap();
-        let got: Vec<(u8, u64, u64, u64, u64, u64)> = usage
+        let got: Vec<(u8, u64, u64, u64, u64, u64, u64)> = usage
             .iter()
             .map(|u| {
                 let (p, s) = (u.pack.0[0], u.size);
-                (p, s, u.blobs, u.bytes, u.used_blobs, u.used_bytes)
+                (
+                    p,
+                    s,
+                    u.blobs,
+                    u.bytes,
+                    u.used_blobs,
+                    u.used_bytes,
+                    u.duplicate_blobs,
+                )
             })
             .collect();
+        // Blob 4 is used in pack 10 (the first to hold it), a duplicate in 11.
         assert_eq!(
             got,
             [
-                (10, 500, 3, 300, 2, 200),
-                (11, 400, 2, 200, 2, 200),
-                (12, 400, 2, 200, 0, 0)
+                (10, 500, 3, 300, 2, 200, 0),
+                (11, 400, 2, 200, 1, 100, 1),
+                (12, 400, 2, 200, 0, 0, 0)
             ]
         );
+        assert_eq!(idx.duplicates().unwrap(), (1, 100));
         assert_eq!(missing, [1, 7, 255].map(|b| BlobId([b; 32])));
         assert_eq!(idx.usage(2).unwrap().1.len(), 2);
         // Nothing used: every pack is unused, nothing is missing.
@@ -1017,8 +1043,12 @@ pub struct PackUsage {
     pub size: u64,
     pub blobs: u64,
     pub bytes: u64,
+    /// Used blobs counted once: held here and in no pack before this one.
     pub used_blobs: u64,
     pub used_bytes: u64,
+    /// Used blobs an earlier pack also holds: as good as unused here.
+    pub duplicate_blobs: u64,
+    pub duplicate_bytes: u64,
 }
 
 impl Index {
@@ -1161,6 +1191,11 @@ impl Index {
     /// `blobs` and `used`, both read in key order: a join looked up each of
     /// ten million blobs at random. Memory grows with the packs, not the
     /// blobs.
+    ///
+    /// A used blob that several packs hold counts as used in the first of
+    /// them (lowest `pid`) and as a duplicate in the others, so that prune
+    /// gives back the copies that concurrent backups stored (issue 18.7)
+    /// while the one it keeps is in a pack that stays or is repacked.
     pub fn usage(&self, limit: usize) -> Result<(Vec<PackUsage>, Vec<BlobId>)> {
         #[derive(Default)]
         struct Sums {
@@ -1168,6 +1203,8 @@ impl Index {
             bytes: u64,
             used_blobs: u64,
             used_bytes: u64,
+            duplicate_blobs: u64,
+            duplicate_bytes: u64,
         }
         let c = self.conn();
         let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
@@ -1175,7 +1212,7 @@ impl Index {
         let mut missing = Vec::new();
         {
             let mut blobs = tx
-                .prepare("SELECT id, pid, length FROM blobs ORDER BY id")
+                .prepare("SELECT id, pid, length FROM blobs ORDER BY id, pid")
                 .map_err(|e| self.err(e))?;
             let mut used = tx
                 .prepare("SELECT id FROM used ORDER BY id")
@@ -1230,9 +1267,14 @@ impl Index {
                 s.blobs += 1;
                 s.bytes += length as u64;
                 if ord == std::cmp::Ordering::Equal {
-                    s.used_blobs += 1;
-                    s.used_bytes += length as u64;
-                    held = true;
+                    if held {
+                        s.duplicate_blobs += 1;
+                        s.duplicate_bytes += length as u64;
+                    } else {
+                        s.used_blobs += 1;
+                        s.used_bytes += length as u64;
+                        held = true;
+                    }
                 }
                 b = next_blob(&mut blobs)?;
             }
@@ -1262,6 +1304,8 @@ impl Index {
                     bytes: s.bytes,
                     used_blobs: s.used_blobs,
                     used_bytes: s.used_bytes,
+                    duplicate_blobs: s.duplicate_blobs,
+                    duplicate_bytes: s.duplicate_bytes,
                 });
             }
         }

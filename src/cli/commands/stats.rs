@@ -91,6 +91,8 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
                 "blobs": all.count,
                 "blob_bytes": all.stored_bytes,
                 "unreferenced_bytes": unreferenced,
+                "duplicate_blobs": r.duplicate_blobs,
+                "duplicate_bytes": r.duplicate_bytes,
             },
         }));
         return;
@@ -131,6 +133,14 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
         format!(
             "{} (by these snapshots; `coffer prune` frees what no snapshot uses)",
             output::bytes(unreferenced)
+        ),
+    );
+    row(
+        "Duplicate copies:",
+        format!(
+            "{} blobs ({}) stored more than once (by concurrent backups); `coffer prune` keeps one copy",
+            r.duplicate_blobs,
+            output::bytes(r.duplicate_bytes)
         ),
     );
 }
