@@ -572,7 +572,7 @@ fn prune_removes_the_duplicate_copies_concurrent_backups_stored() {
         .json();
     let repo_stats = &stats["repository"];
     assert!(
-        num(repo_stats, "duplicate_blobs") >= 2 * num(&stats, "total_blob_count") - 4,
+        num(repo_stats, "duplicate_blobs") >= 2 * num(&stats, "data_blobs"),
         "{stats}"
     );
     assert!(num(repo_stats, "duplicate_bytes") > 2 * one_copy, "{stats}");
@@ -604,7 +604,11 @@ fn prune_removes_the_duplicate_copies_concurrent_backups_stored() {
         .run()
         .ok()
         .json();
-    assert_eq!(num(&stats["repository"], "duplicate_blobs"), 0, "{stats}");
+    // What is left is within --max-unused (a few small trees at most).
+    assert!(
+        num(&stats["repository"], "duplicate_bytes") < one_copy / 100,
+        "{stats}"
+    );
     // A second prune finds nothing to do.
     let plan = env
         .coffer()
