@@ -4,15 +4,16 @@
 //! `check` blame an intact pack whose trailer "differed from the index",
 //! and `repair packs` then moved the pack aside. So `check`, the repairs
 //! and prune first read every segment from the repository and compare
-//! each pack it lists with what the cache holds; a cache that disagrees is
-//! rebuilt from the segments, and the message says it was the cache.
+//! each pack it lists with what the cache holds, along every path a query
+//! takes through the cache; a cache that disagrees is rebuilt from the
+//! segments, and the message says it was the cache.
 
 use super::Repository;
 use crate::error::{Error, Result};
 use crate::id::PackId;
-use crate::index::Agreement;
+use crate::index::entry_digest;
 use rayon::prelude::*;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 /// What [`Repository::audit_index`] found.
 #[derive(Debug, Default)]
@@ -35,17 +36,11 @@ impl IndexAudit {
     }
 }
 
-/// One segment's verdict: its packs and how the cache compares, or the
-/// line naming the damaged segment.
-type SegmentVerdict = std::result::Result<Vec<(PackId, Agreement)>, String>;
+/// What a segment lists for one pack: its size and [`entry_digest`] sum.
+type Listed = (u64, u128);
 
-/// What the segments said about one pack, against the cache.
-#[derive(Default)]
-struct Seen {
-    segments: u32,
-    differs: bool,
-    covers: bool,
-}
+/// One segment's packs, or the line naming it as damaged.
+type SegmentVerdict = std::result::Result<Vec<(PackId, Listed)>, String>;
 
 impl Repository {
     /// Check the local index cache against the repository's index segments
@@ -55,57 +50,69 @@ impl Repository {
     pub fn audit_index(&self) -> Result<IndexAudit> {
         let mut audit = IndexAudit::default();
         if !self.verify_index_cache()? {
-            audit.cache_rebuilt = Some("SQLite's integrity check failed".into());
+            audit.cache_rebuilt = Some("SQLite found it damaged".into());
         }
         let idx = self.index()?;
-        let verdicts: Vec<SegmentVerdict> = self
+        // Digests, not entries, are kept: the entries of every segment
+        // are the whole index, which must not have to fit in memory.
+        let loaded: Vec<SegmentVerdict> = self
             .segment_ids()?
             .par_iter()
             .map(|id| match self.load_segment(id) {
                 Ok(seg) => Ok(Ok(seg
                     .packs
                     .iter()
-                    .map(|p| Ok((p.id, idx.compare_pack(p)?)))
-                    .collect::<Result<_>>()?)),
+                    .map(|p| {
+                        let sum = p
+                            .entries
+                            .iter()
+                            .fold(0u128, |a, e| a.wrapping_add(entry_digest(e)));
+                        (p.id, (p.size, sum))
+                    })
+                    .collect())),
                 Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => Ok(Err(format!(
                     "{e}; its blobs are ignored (run `coffer repair index`)"
                 ))),
                 Err(e) => Err(e),
             })
             .collect::<Result<_>>()?;
-        // A pack two segments list (a rerun of an interrupted repair) is
-        // in the cache as their union: each only has to be covered.
-        let mut listed: HashMap<PackId, Seen> = HashMap::new();
-        for v in verdicts {
-            match v {
+        // A pack two segments list alike (a rerun of an interrupted
+        // repair) is judged once; listed differently, the cache holds the
+        // union, which the digests cannot check: it is left alone.
+        let mut listed: HashMap<PackId, Option<Listed>> = HashMap::new();
+        for l in loaded {
+            match l {
                 Ok(packs) => {
-                    for (p, a) in packs {
-                        let s = listed.entry(p).or_default();
-                        s.segments += 1;
-                        s.differs |= a == Agreement::Differs;
-                        s.covers |= a == Agreement::Covers;
+                    for (p, d) in packs {
+                        listed
+                            .entry(p)
+                            .and_modify(|have| {
+                                if *have != Some(d) {
+                                    *have = None;
+                                }
+                            })
+                            .or_insert(Some(d));
                     }
                 }
                 Err(line) => audit.damaged_segments.push(line),
             }
         }
-        let wrong = listed
-            .values()
-            .filter(|s| s.differs || (s.segments == 1 && s.covers))
-            .count();
-        let extra = if audit.damaged_segments.is_empty() {
-            let known: HashSet<&PackId> = listed.keys().collect();
-            idx.packs()?
-                .iter()
-                .filter(|(p, _)| !known.contains(p))
-                .count()
-        } else {
-            0
-        };
-        if wrong + extra > 0 {
+        let (cached, orphans) = idx.pack_digests()?;
+        let mut wrong = orphans;
+        for (p, l) in &listed {
+            let Some((size, sum)) = l else { continue };
+            if !cached.get(p).is_some_and(|d| d.matches(*size, *sum)) {
+                wrong += 1;
+            }
+        }
+        // Packs only the cache knows: gone from the repository's index,
+        // unless a damaged segment is what lists them.
+        if audit.damaged_segments.is_empty() {
+            wrong += cached.keys().filter(|p| !listed.contains_key(p)).count() as u64;
+        }
+        if wrong > 0 {
             audit.cache_rebuilt = Some(format!(
-                "it disagreed with the index segments about {} packs",
-                wrong + extra
+                "it disagreed with the index segments about {wrong} packs"
             ));
             idx.clear()?;
             self.refresh_index()?;
