@@ -566,8 +566,12 @@ fn describe(l: &LeftOut) -> String {
 /// first: otherwise their blobs would look present, nothing would be
 /// repaired, and the next backup would reuse the lost data.
 pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotRepair> {
+    // What is left out is decided by lookups in the cache: it must be
+    // sound all through, not only row by row.
+    let audited = repo.audit_index()?.cache_note();
+    let confirmed = repo.confirm_index_cache()?;
     let mut report = SnapshotRepair {
-        cache_note: repo.audit_index()?.cache_note(),
+        cache_note: audited.or(confirmed),
         ..Default::default()
     };
     let present: std::collections::HashSet<String> = repo

@@ -114,9 +114,31 @@ impl Repository {
             audit.cache_rebuilt = Some(format!(
                 "it disagreed with the index segments about {wrong} packs"
             ));
-            idx.clear()?;
-            self.refresh_index()?;
+            self.rebuild_index_cache()?;
         }
         Ok(audit)
+    }
+
+    /// Before calling blobs missing: the digests of [`Repository::audit_index`]
+    /// cannot see a damaged key inside the cache's trees, which makes
+    /// lookups miss blobs that are there. SQLite's full check can, and
+    /// costs too much to run unless something is about to be blamed.
+    /// Returns the note to show when the cache was damaged and rebuilt.
+    pub fn confirm_index_cache(&self) -> Result<Option<String>> {
+        if self.cache_path().is_none() || self.index()?.integrity_ok()? {
+            return Ok(None);
+        }
+        self.rebuild_index_cache()?;
+        Ok(IndexAudit {
+            cache_rebuilt: Some("SQLite's full check found it damaged".into()),
+            ..Default::default()
+        }
+        .cache_note())
+    }
+
+    /// Empty the cache and fill it again from the segments.
+    fn rebuild_index_cache(&self) -> Result<()> {
+        self.index()?.clear()?;
+        self.refresh_index()
     }
 }

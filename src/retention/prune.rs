@@ -131,6 +131,22 @@ pub fn mark_used(repo: &Repository, forgotten: &HashSet<SnapshotId>) -> Result<u
 
 /// Work out what prune would do. Writes nothing.
 pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
+    match plan_once(repo, opts) {
+        // A blob the cache cannot find may be the cache's fault: refuse
+        // only once SQLite's full check says the cache is sound.
+        Err(e @ Error::Usage(_)) => match repo.confirm_index_cache()? {
+            None => Err(e),
+            Some(note) => {
+                let mut p = plan_once(repo, opts)?;
+                p.cache_note = Some(note);
+                Ok(p)
+            }
+        },
+        r => r,
+    }
+}
+
+fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     // The new index is written from the cache: a cache that disagrees with
     // the segments would carry its damage into the repository.
     let audit = repo.audit_index()?;
