@@ -87,29 +87,11 @@ pub struct Findings {
 }
 
 pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<Findings> {
-    let f = check_once(repo, read, progress)?;
-    if f.errors.is_empty() {
-        return Ok(f);
-    }
-    // Nothing is blamed on the repository that a damaged cache could have
-    // made up: with the cache confirmed sound the findings stand, with a
-    // rebuilt one they are made again.
-    match repo.confirm_index_cache()? {
-        None => Ok(f),
-        Some(note) => {
-            let mut again = check_once(repo, read, progress)?;
-            again.infos.insert(0, note);
-            Ok(again)
-        }
-    }
-}
-
-fn check_once(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<Findings> {
     let mut f = Findings::default();
     // Every index segment is read from the repository and the cache judged
     // against it: a cache filled while the segments were sound would hide
     // damage done since, and a damaged cache would blame intact packs.
-    let audit = repo.audit_index()?;
+    let audit = repo.audit_index(true)?;
     f.infos.extend(audit.cache_note());
     f.errors.extend(audit.damaged_segments.iter().cloned());
     let idx = repo.index()?;

@@ -308,7 +308,7 @@ pub fn repair_packs(
     progress: &dyn Progress,
 ) -> Result<PackRepair> {
     let mut report = PackRepair {
-        cache_note: repo.audit_index()?.cache_note(),
+        cache_note: repo.audit_index(true)?.cache_note(),
         ..Default::default()
     };
     let listed: HashMap<PackId, u64> = repo
@@ -568,10 +568,8 @@ fn describe(l: &LeftOut) -> String {
 pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotRepair> {
     // What is left out is decided by lookups in the cache: it must be
     // sound all through, not only row by row.
-    let audited = repo.audit_index()?.cache_note();
-    let confirmed = repo.confirm_index_cache()?;
     let mut report = SnapshotRepair {
-        cache_note: audited.or(confirmed),
+        cache_note: repo.audit_index(true)?.cache_note(),
         ..Default::default()
     };
     let present: std::collections::HashSet<String> = repo

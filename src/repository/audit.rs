@@ -47,10 +47,18 @@ impl Repository {
     /// (every one is read) and rebuild it if they disagree. Packs that only
     /// a damaged segment lists are left in the cache: it may be the last
     /// thing that locates their blobs (`repair index` uses it).
-    pub fn audit_index(&self) -> Result<IndexAudit> {
+    ///
+    /// `full` adds SQLite's own full check ([`Index::integrity_ok`]):
+    /// for `check` and the repairs, whose findings a restore relies on.
+    ///
+    /// [`Index::integrity_ok`]: crate::index::Index::integrity_ok
+    pub fn audit_index(&self, full: bool) -> Result<IndexAudit> {
         let mut audit = IndexAudit::default();
         if !self.verify_index_cache()? {
             audit.cache_rebuilt = Some("SQLite found it damaged".into());
+        }
+        if full && let Some(why) = self.confirm_index_cache()? {
+            audit.cache_rebuilt = Some(why);
         }
         let idx = self.index()?;
         // Digests, not entries, are kept: the entries of every segment
@@ -119,21 +127,18 @@ impl Repository {
         Ok(audit)
     }
 
-    /// Before calling blobs missing: the digests of [`Repository::audit_index`]
-    /// cannot see a damaged key inside the cache's trees, which makes
-    /// lookups miss blobs that are there. SQLite's full check can, and
-    /// costs too much to run unless something is about to be blamed.
-    /// Returns the note to show when the cache was damaged and rebuilt.
+    /// SQLite's full check of the cache, which unlike the digests of
+    /// [`Repository::audit_index`] also sees a damaged key inside its
+    /// trees (lookups then miss blobs that are there); a damaged cache is
+    /// rebuilt. Five seconds per million blobs: run by `check` and the
+    /// repairs, and by prune only before it refuses. Returns why the cache
+    /// was rebuilt, if it was.
     pub fn confirm_index_cache(&self) -> Result<Option<String>> {
         if self.cache_path().is_none() || self.index()?.integrity_ok()? {
             return Ok(None);
         }
         self.rebuild_index_cache()?;
-        Ok(IndexAudit {
-            cache_rebuilt: Some("SQLite's full check found it damaged".into()),
-            ..Default::default()
-        }
-        .cache_note())
+        Ok(Some("SQLite's full check found it damaged".into()))
     }
 
     /// Empty the cache and fill it again from the segments.

@@ -32,6 +32,7 @@ use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, open_blob};
 use crate::repository::Repository;
+use crate::repository::audit::IndexAudit;
 use crate::repository::blob_store::{CHECKPOINT_BLOBS, put_verified, verify_sealed};
 use std::collections::{HashMap, HashSet};
 
@@ -136,9 +137,13 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         // only once SQLite's full check says the cache is sound.
         Err(e @ Error::Usage(_)) => match repo.confirm_index_cache()? {
             None => Err(e),
-            Some(note) => {
+            Some(why) => {
                 let mut p = plan_once(repo, opts)?;
-                p.cache_note = Some(note);
+                p.cache_note = IndexAudit {
+                    cache_rebuilt: Some(why),
+                    ..Default::default()
+                }
+                .cache_note();
                 Ok(p)
             }
         },
@@ -149,7 +154,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
 fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     // The new index is written from the cache: a cache that disagrees with
     // the segments would carry its damage into the repository.
-    let audit = repo.audit_index()?;
+    let audit = repo.audit_index(false)?;
     if !audit.damaged_segments.is_empty() {
         return Err(Error::Usage(format!(
             "refusing to prune: {} (a damaged index segment may list data that would be deleted)",
