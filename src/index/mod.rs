@@ -137,6 +137,22 @@ impl Index {
         }
     }
 
+    /// Throw the cache file away and start an empty one in its place,
+    /// behind the same handle: a damaged file may fail even the deletes
+    /// of [`Index::clear`].
+    pub fn recreate(&self, repo: &RepoId, format_version: u32) -> Result<()> {
+        if self.path == Path::new(":memory:") {
+            return self.clear();
+        }
+        let mut c = self.conn();
+        // Close the damaged file before it is removed.
+        *c = Connection::open_in_memory().map_err(|e| cache_err(&self.path, e))?;
+        discard_cache_files(&self.path);
+        let fresh = Self::try_open(&self.path, repo, format_version)?;
+        *c = fresh.conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(())
+    }
+
     /// SQLite's full check of this cache: every page, and each index
     /// against its table. Unlike [`Index::pack_digests`] it also finds a
     /// damaged key inside the tree (which sends lookups astray without

@@ -9,6 +9,7 @@
 //! segments, and the message says it was the cache.
 
 use super::Repository;
+use super::config::FORMAT_VERSION;
 use crate::error::{Error, Result};
 use crate::id::PackId;
 use crate::index::entry_digest;
@@ -105,7 +106,12 @@ impl Repository {
                 Err(line) => audit.damaged_segments.push(line),
             }
         }
-        let (cached, orphans) = idx.pack_digests()?;
+        // SQLite meeting damage on the way is as wrong as can be.
+        let (cached, orphans) = match idx.pack_digests() {
+            Ok(d) => d,
+            Err(Error::Cache { .. }) => (HashMap::new(), 1),
+            Err(e) => return Err(e),
+        };
         let mut wrong = orphans;
         for (p, l) in &listed {
             let Some((size, sum)) = l else { continue };
@@ -141,9 +147,9 @@ impl Repository {
         Ok(Some("SQLite's full check found it damaged".into()))
     }
 
-    /// Empty the cache and fill it again from the segments.
+    /// Start the cache over and fill it from the segments.
     fn rebuild_index_cache(&self) -> Result<()> {
-        self.index()?.clear()?;
+        self.index()?.recreate(&self.repo_id, FORMAT_VERSION)?;
         self.refresh_index()
     }
 }
