@@ -4,7 +4,9 @@
 //!
 //! - `repair index` rebuilds the index from the packs' own trailers: new
 //!   segments first, then the old ones are deleted. A pack whose trailer
-//!   cannot be read is reported and left in place, unindexed.
+//!   cannot be read keeps the entries the old index had for it, when some
+//!   of its blobs still verify; otherwise it is reported and left in
+//!   place, unindexed.
 //! - `repair packs` reads packs whole (those named, or all) and, for each
 //!   that does not verify, moves every blob that still authenticates,
 //!   decompresses and hashes to its id into new packs, then moves the
@@ -213,7 +215,8 @@ fn old_entries(
 
 /// Index `pack` (of `size` bytes, its trailer unreadable for `reason`)
 /// with `entries` from the old index, as far as they fit in what is left
-/// of it, counting how many of them verify. `None` when none fit.
+/// of it, counting how many of them verify. `None` when none fit or none
+/// verify: entries that locate nothing are not worth indexing.
 fn keep_old_entries(
     repo: &Repository,
     pack: PackId,
@@ -230,6 +233,9 @@ fn keep_old_entries(
     let name = pack.to_hex();
     let bytes = repo.backend().get(FileKind::Pack, &name)?;
     let (good, _, _) = verify_blobs(repo, &FileKind::Pack.path(&name), &bytes, entries.clone());
+    if good.is_empty() {
+        return Ok(None);
+    }
     let kept = KeptPack {
         pack,
         reason,
