@@ -107,7 +107,10 @@ impl Repository {
             }
         }
         // SQLite meeting damage on the way is as wrong as can be.
-        let (cached, orphans) = match idx.pack_digests() {
+        // After SQLite's full check the per-pack index agrees with the
+        // table: reading one of them does.
+        let checked = full && self.cache_path().is_some();
+        let (cached, orphans) = match idx.pack_digests(checked) {
             Ok(d) => d,
             Err(Error::Cache { .. }) => (HashMap::new(), 1),
             Err(e) => return Err(e),
