@@ -978,11 +978,12 @@ mod tests {
                 .fold(0u128, |x, e| x.wrapping_add(entry_digest(e)))
         };
         let judge = || {
-            let (d, orphans) = idx.pack_digests(false).unwrap();
+            let d = idx.pack_digests(false).unwrap();
+            assert_eq!(d.segments.len(), 2);
             (
-                d[&PackId([10; 32])].matches(500, sum(&a)),
-                d[&PackId([11; 32])].matches(300, sum(&b)),
-                orphans,
+                d.packs[&PackId([10; 32])].matches(500, sum(&a)),
+                d.packs[&PackId([11; 32])].matches(300, sum(&b)),
+                d.orphans,
             )
         };
         assert_eq!(judge(), (true, true, 0));
@@ -1085,6 +1086,16 @@ mod tests {
         let idx = Index::open(&path, &repo, 1).unwrap();
         assert_eq!(idx.counts().unwrap(), (0, 0));
     }
+}
+
+/// What [`Index::pack_digests`] read.
+#[derive(Debug, Default)]
+pub struct CacheDigests {
+    pub packs: HashMap<PackId, PackDigest>,
+    /// Pids that have blob rows but no pack.
+    pub orphans: u64,
+    /// The segments the cache holds.
+    pub segments: HashSet<SegmentId>,
 }
 
 /// One pack as the cache holds it ([`Index::pack_digests`]): its recorded
@@ -1446,12 +1457,25 @@ impl Index {
     /// through a table or through an index of it, and a flipped byte in
     /// one leaves the other intact (issue 19.1). Four sequential scans;
     /// `PRAGMA integrity_check` costs five seconds per million blobs.
-    /// Also returns how many pids have rows but no pack. `table_only`:
-    /// [`Index::integrity_ok`] has just shown the per-pack index to agree
-    /// with the table, so one scan does.
-    pub fn pack_digests(&self, table_only: bool) -> Result<(HashMap<PackId, PackDigest>, u64)> {
+    /// One read transaction, so that what another process adds meanwhile
+    /// is neither in the digests nor in the segments they are from.
+    /// `table_only`: [`Index::integrity_ok`] has just shown the per-pack
+    /// index to agree with the table, so one scan does.
+    pub fn pack_digests(&self, table_only: bool) -> Result<CacheDigests> {
         let c = self.conn();
         let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut segments = HashSet::new();
+        {
+            let mut st = tx
+                .prepare("SELECT id FROM segments")
+                .map_err(|e| self.err(e))?;
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let id: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
+                segments
+                    .insert(SegmentId::from_slice(&id).ok_or_else(|| self.err("bad segment id"))?);
+            }
+        }
         let mut by_pid: HashMap<i64, PackDigest> = HashMap::new();
         let mut ids: HashMap<i64, PackId> = HashMap::new();
         {
@@ -1557,7 +1581,11 @@ impl Index {
                 None => orphans += 1,
             }
         }
-        Ok((out, orphans))
+        Ok(CacheDigests {
+            packs: out,
+            orphans,
+            segments,
+        })
     }
 
     /// Every pack that holds a copy of `id`.

@@ -11,10 +11,10 @@
 use super::Repository;
 use super::config::FORMAT_VERSION;
 use crate::error::{Error, Result};
-use crate::id::PackId;
+use crate::id::{PackId, SegmentId};
 use crate::index::entry_digest;
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// What [`Repository::audit_index`] found.
 #[derive(Debug, Default)]
@@ -62,36 +62,66 @@ impl Repository {
             audit.cache_rebuilt = Some(why);
         }
         let idx = self.index()?;
+        // The cache first, then the listing: no segment it holds can be
+        // missing from a listing made after (only an exclusive lock
+        // deletes segments). Only those are compared: a concurrent backup
+        // sharing the cache may add packs and segments meanwhile.
+        // After SQLite's full check the per-pack index agrees with the
+        // table: reading one of them does.
+        let checked = full && self.cache_path().is_some();
+        let cached = match idx.pack_digests(checked) {
+            Ok(d) => Some(d),
+            // SQLite meeting damage on the way: as wrong as can be.
+            Err(Error::Cache { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let mut ids = self.segment_ids()?;
+        if let Some(c) = &cached {
+            let listed: HashSet<SegmentId> = ids.iter().copied().collect();
+            ids.extend(c.segments.iter().filter(|s| !listed.contains(s)));
+        }
         // Digests, not entries, are kept: the entries of every segment
         // are the whole index, which must not have to fit in memory.
-        let loaded: Vec<SegmentVerdict> = self
-            .segment_ids()?
+        let loaded: Vec<(SegmentId, SegmentVerdict)> = ids
             .par_iter()
             .map(|id| match self.load_segment(id) {
-                Ok(seg) => Ok(Ok(seg
-                    .packs
-                    .iter()
-                    .map(|p| {
-                        let sum = p
-                            .entries
-                            .iter()
-                            .fold(0u128, |a, e| a.wrapping_add(entry_digest(e)));
-                        (p.id, (p.size, sum))
-                    })
-                    .collect())),
-                Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => Ok(Err(format!(
-                    "{e}; its blobs are ignored (run `coffer repair index`)"
-                ))),
+                Ok(seg) => Ok((
+                    *id,
+                    Ok(seg
+                        .packs
+                        .iter()
+                        .map(|p| {
+                            let sum = p
+                                .entries
+                                .iter()
+                                .fold(0u128, |a, e| a.wrapping_add(entry_digest(e)));
+                            (p.id, (p.size, sum))
+                        })
+                        .collect()),
+                )),
+                Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => Ok((
+                    *id,
+                    Err(format!(
+                        "{e}; its blobs are ignored (run `coffer repair index`)"
+                    )),
+                )),
                 Err(e) => Err(e),
             })
             .collect::<Result<_>>()?;
+        let Some(cached) = cached else {
+            audit.damaged_segments = loaded.into_iter().filter_map(|(_, v)| v.err()).collect();
+            audit.cache_rebuilt = Some("SQLite found it damaged".into());
+            self.recreate_index_cache()?;
+            return Ok(audit);
+        };
         // A pack two segments list alike (a rerun of an interrupted
         // repair) is judged once; listed differently, the cache holds the
         // union, which the digests cannot check: it is left alone.
         let mut listed: HashMap<PackId, Option<Listed>> = HashMap::new();
-        for l in loaded {
-            match l {
-                Ok(packs) => {
+        let mut damaged_in_cache = false;
+        for (id, v) in loaded {
+            match v {
+                Ok(packs) if cached.segments.contains(&id) => {
                     for (p, d) in packs {
                         listed
                             .entry(p)
@@ -103,35 +133,38 @@ impl Repository {
                             .or_insert(Some(d));
                     }
                 }
-                Err(line) => audit.damaged_segments.push(line),
+                Ok(_) => {}
+                Err(line) => {
+                    damaged_in_cache |= cached.segments.contains(&id);
+                    audit.damaged_segments.push(line);
+                }
             }
         }
-        // SQLite meeting damage on the way is as wrong as can be.
-        // After SQLite's full check the per-pack index agrees with the
-        // table: reading one of them does.
-        let checked = full && self.cache_path().is_some();
-        let (cached, orphans) = match idx.pack_digests(checked) {
-            Ok(d) => d,
-            Err(Error::Cache { .. }) => (HashMap::new(), 1),
-            Err(e) => return Err(e),
-        };
-        let mut wrong = orphans;
+        let mut wrong = cached.orphans;
         for (p, l) in &listed {
             let Some((size, sum)) = l else { continue };
-            if !cached.get(p).is_some_and(|d| d.matches(*size, *sum)) {
+            if !cached.packs.get(p).is_some_and(|d| d.matches(*size, *sum)) {
                 wrong += 1;
             }
         }
-        // Packs only the cache knows: gone from the repository's index,
-        // unless a damaged segment is what lists them.
-        if audit.damaged_segments.is_empty() {
-            wrong += cached.keys().filter(|p| !listed.contains_key(p)).count() as u64;
+        // Packs the cache holds but none of its segments lists, unless a
+        // damaged segment is what lists them (the cache may be all that
+        // still locates their blobs).
+        if !damaged_in_cache {
+            wrong += cached
+                .packs
+                .keys()
+                .filter(|p| !listed.contains_key(p))
+                .count() as u64;
         }
         if wrong > 0 {
             audit.cache_rebuilt = Some(format!(
                 "it disagreed with the index segments about {wrong} packs"
             ));
-            self.rebuild_index_cache()?;
+            // Sound to SQLite, only its content is wrong: emptied in place,
+            // as a sync that finds a segment gone does.
+            idx.clear()?;
+            self.refresh_index()?;
         }
         Ok(audit)
     }
@@ -146,12 +179,12 @@ impl Repository {
         if self.cache_path().is_none() || self.index()?.integrity_ok()? {
             return Ok(None);
         }
-        self.rebuild_index_cache()?;
+        self.recreate_index_cache()?;
         Ok(Some("SQLite's full check found it damaged".into()))
     }
 
-    /// Start the cache over and fill it from the segments.
-    fn rebuild_index_cache(&self) -> Result<()> {
+    /// Start the cache over in a new file and fill it from the segments.
+    fn recreate_index_cache(&self) -> Result<()> {
         self.index()?.recreate(&self.repo_id, FORMAT_VERSION)?;
         self.refresh_index()
     }
