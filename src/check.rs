@@ -88,29 +88,13 @@ pub struct Findings {
 
 pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Result<Findings> {
     let mut f = Findings::default();
-    if !repo.verify_index_cache()? {
-        f.infos.push(
-            "the local index cache was damaged; it was removed and rebuilt from the repository"
-                .into(),
-        );
-    }
+    // Every index segment is read from the repository and the cache judged
+    // against it: a cache filled while the segments were sound would hide
+    // damage done since, and a damaged cache would blame intact packs.
+    let audit = repo.audit_index(true)?;
+    f.infos.extend(audit.cache_note());
+    f.errors.extend(audit.damaged_segments.iter().cloned());
     let idx = repo.index()?;
-    // Every index segment is read from the repository, not the cache: the
-    // cache was filled from the segments while they were sound and would
-    // hide damage done since, which another machine (or `--no-cache`)
-    // meets as blobs missing from the index.
-    let segment_errors: Vec<String> = repo
-        .segment_ids()?
-        .par_iter()
-        .filter_map(|id| match repo.load_segment(id) {
-            Ok(_) => None,
-            Err(e @ (Error::Corrupt { .. } | Error::NotFound { .. })) => Some(Ok(format!(
-                "{e}; its blobs are ignored (run `coffer repair index`)"
-            ))),
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_>>()?;
-    f.errors.extend(segment_errors);
     // Packs: listing vs index.
     let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
     let indexed = idx.packs()?;
@@ -120,10 +104,10 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     for (p, size) in &indexed {
         match listed.get(&p.to_hex()) {
             None => f.errors.push(format!(
-                "pack {p} is in the index but missing from the repository"
+                "pack {p} is in the index but missing from the repository (`coffer repair snapshots` drops it from the index and writes snapshots without the files that needed it)"
             )),
             Some(&s) if s != *size => f.errors.push(format!(
-                "pack {p} is {s} bytes, the index records {size} (truncated or damaged)"
+                "pack {p} is {s} bytes, the index records {size} (truncated or damaged: `coffer repair packs {p}` keeps what still verifies)"
             )),
             Some(_) => present.push((*p, *size)),
         }
@@ -135,11 +119,6 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
             unindexed += 1;
             unindexed_bytes += size;
         }
-    }
-    if unindexed > 0 {
-        f.infos.push(format!(
-            "{unindexed} packs ({unindexed_bytes} bytes) are not in the index (left by an interrupted backup or prune); `coffer prune` reclaims them"
-        ));
     }
     // Trailers vs index, in parallel: two small reads per pack.
     let trailer_errors: Vec<String> = present
@@ -154,7 +133,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     let snaps = repo.list_snapshots()?;
     f.snapshots = snaps.len() as u64;
     idx.refs_reset()?;
-    let (trees, tree_errors) = walk_trees(repo, &snaps, |_, _, tree| {
+    let (trees, tree_errors, trees_missing) = walk_trees(repo, &snaps, |_, _, tree| {
         let content: Vec<BlobId> = tree
             .nodes
             .iter()
@@ -164,7 +143,14 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     })?;
     f.trees = trees;
     f.errors.extend(tree_errors);
-    if idx.refs_resolve()? > 0 {
+    let missing = idx.refs_resolve()?;
+    f.infos.extend(next_step(
+        missing + trees_missing,
+        unindexed,
+        unindexed_bytes,
+        !audit.damaged_segments.is_empty(),
+    ));
+    if missing > 0 {
         walk_trees(repo, &snaps, |sid, path, tree| {
             let content: Vec<BlobId> = tree
                 .nodes
@@ -221,17 +207,48 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     Ok(f)
 }
 
+/// What to run about referenced blobs the index lacks (`missing`) and
+/// packs it does not list. Unindexed packs may well hold the missing blobs
+/// (the index was lost or damaged): then the index is rebuilt first, and
+/// nothing is called lost or reclaimable until that is done.
+fn next_step(
+    missing: u64,
+    unindexed: u64,
+    unindexed_bytes: u64,
+    damaged_segments: bool,
+) -> Option<String> {
+    let unindexed_line =
+        format!("{unindexed} packs ({unindexed_bytes} bytes) are not in the index");
+    match (missing, unindexed > 0 || damaged_segments) {
+        (0, _) if unindexed > 0 => Some(format!(
+            "{unindexed_line} (left by an interrupted backup or prune); `coffer prune` reclaims them"
+        )),
+        (0, _) => None,
+        (_, true) => Some(format!(
+            "{missing} blobs the snapshots need are not in the index{}: `coffer repair index` rebuilds the index from the packs, then run `coffer check` again",
+            if unindexed > 0 {
+                format!(", and {unindexed_line}")
+            } else {
+                String::new()
+            }
+        )),
+        (_, false) => Some(format!(
+            "{missing} blobs the snapshots need are in no pack: `coffer repair snapshots` writes snapshots without the files that need them, and the next backup stores again what still exists"
+        )),
+    }
+}
+
 /// Visit every tree the snapshots reach, once each (a shared tree under
 /// the first snapshot that reaches it), with its snapshot and path.
-/// Returns how many trees there were and a line for each that could not
-/// be read.
+/// Returns how many trees there were, a line for each that could not be
+/// read, and how many of those the index does not list.
 fn walk_trees(
     repo: &Repository,
     snaps: &[(SnapshotId, Snapshot)],
     mut visit: impl FnMut(&SnapshotId, &[u8], &Tree) -> Result<()>,
-) -> Result<(u64, Vec<String>)> {
+) -> Result<(u64, Vec<String>, u64)> {
     let mut seen: HashSet<BlobId> = HashSet::new();
-    let (mut trees, mut errors) = (0u64, Vec::new());
+    let (mut trees, mut errors, mut missing) = (0u64, Vec::new(), 0u64);
     for (sid, s) in snaps {
         let mut stack = vec![(s.tree, b"/".to_vec())];
         while let Some((tid, path)) = stack.pop() {
@@ -244,8 +261,15 @@ fn walk_trees(
             }) {
                 Ok(t) => t,
                 Err(e) => {
+                    let what = match e {
+                        Error::BlobMissing { id } => {
+                            missing += 1;
+                            format!("tree {id} is missing from the index")
+                        }
+                        e => e.to_string(),
+                    };
                     errors.push(format!(
-                        "snapshot {} {}: {e}",
+                        "snapshot {} {}: {what}",
                         sid.short(),
                         String::from_utf8_lossy(&path)
                     ));
@@ -262,7 +286,7 @@ fn walk_trees(
             }
         }
     }
-    Ok((trees, errors))
+    Ok((trees, errors, missing))
 }
 
 fn child_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
@@ -286,13 +310,19 @@ fn check_trailer(repo: &Repository, p: &PackId, size: u64) -> std::result::Resul
         .as_slice()
         .try_into()
         .map_err(|_| fail("short read".into()))?;
-    let n = trailer_len(last4, size).map_err(fail)?;
+    // A trailer that does not read leaves the blobs where the index says.
+    let unreadable = |e: String| {
+        fail(format!(
+            "{e} (`coffer repair packs {name}` keeps the blobs the index locates)"
+        ))
+    };
+    let n = trailer_len(last4, size).map_err(unreadable)?;
     let start = size - 4 - n as u64;
     let sealed = repo
         .backend()
         .get_range(FileKind::Pack, &name, start, n)
         .map_err(|e| fail(e.to_string()))?;
-    let entries = open_trailer(repo.keys(), repo.id(), &sealed, start).map_err(fail)?;
+    let entries = open_trailer(repo.keys(), repo.id(), &sealed, start).map_err(unreadable)?;
     let recorded = repo
         .index()
         .map_err(|e| fail(e.to_string()))?
@@ -302,7 +332,7 @@ fn check_trailer(repo: &Repository, p: &PackId, size: u64) -> std::result::Resul
     a.sort_by_key(|e| e.offset);
     if a != recorded {
         return Err(fail(format!(
-            "the pack's trailer lists {} blobs that differ from the {} the index records",
+            "the pack's trailer lists {} blobs that differ from the {} the index records (`coffer repair index` rebuilds the index from the packs' trailers)",
             a.len(),
             recorded.len()
         )));
@@ -319,11 +349,13 @@ fn read_pack(repo: &Repository, p: &PackId) -> Result<(u64, u64, Vec<String>)> {
     if content_hash(&bytes) != p.0 {
         errs.push(format!("{obj}: content does not match its name (damaged)"));
     }
+    // A pack whose trailer is damaged still has its blobs where the index
+    // says: verify those, as `repair packs` will salvage them.
     let entries = match parse_pack(repo.keys(), repo.id(), &bytes) {
         Ok(e) => e,
         Err(e) => {
             errs.push(format!("{obj}: {e}"));
-            return Ok((0, bytes.len() as u64, errs));
+            repo.index()?.pack_entries(p)?
         }
     };
     let blobs = entries.len() as u64;

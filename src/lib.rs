@@ -11,7 +11,7 @@
 //!     retention  check  repair  drill            # forget/prune, verification
 //!     diff  find  stats                          # reading snapshots
 //!     replicate                                  # copy to another repository
-//! L4  repository                                 # config, keys, blob store, snapshots
+//! L4  repository                                 # config, keys, blob store, snapshots, cache audit
 //! L3  backend  index                             # object store; SQLite index cache
 //! L2  pack  snapshot                             # byte encodings of stored records
 //! L1  chunking  crypto  compression  pattern     # pure primitives

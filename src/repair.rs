@@ -4,7 +4,9 @@
 //!
 //! - `repair index` rebuilds the index from the packs' own trailers: new
 //!   segments first, then the old ones are deleted. A pack whose trailer
-//!   cannot be read is reported and left in place, unindexed.
+//!   cannot be read keeps the entries the old index had for it, when some
+//!   of its blobs still verify; otherwise it is reported and left in
+//!   place, unindexed.
 //! - `repair packs` reads packs whole (those named, or all) and, for each
 //!   that does not verify, moves every blob that still authenticates,
 //!   decompresses and hashes to its id into new packs, then moves the
@@ -20,10 +22,10 @@ use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSink, BlobSource};
 use crate::check::verify_blobs;
 use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, SnapshotId, content_hash};
+use crate::id::{BlobId, PackId, SegmentId, SnapshotId, content_hash};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::PackEntry;
-use crate::pack::reader::{open_trailer, parse_pack, trailer_len};
+use crate::pack::reader::{check_tiling, open_trailer, parse_pack, trailer_len};
 use crate::pack::writer::PackWriter;
 use crate::progress::Progress;
 use crate::repository::Repository;
@@ -31,7 +33,7 @@ use crate::repository::blob_store::{BlobStore, CHECKPOINT_BLOBS, put_verified, v
 use crate::snapshot::Snapshot;
 use crate::snapshot::tree::{NodeKind, Tree};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 #[derive(Debug, Default)]
@@ -42,6 +44,22 @@ pub struct IndexRepair {
     pub unreadable: Vec<String>,
     pub segments_written: u64,
     pub segments_removed: u64,
+    /// Packs whose trailer does not read, indexed with the entries the old
+    /// index had for them (issue 19.2): their blobs stay restorable, and
+    /// `repair packs` moves them into a sound pack.
+    pub trailer_damaged: Vec<KeptPack>,
+}
+
+/// A pack indexed from the old index because its trailer does not read.
+#[derive(Debug)]
+pub struct KeptPack {
+    pub pack: PackId,
+    /// Why the trailer does not read.
+    pub reason: String,
+    /// Blobs the old index listed for it, all indexed again.
+    pub listed: u64,
+    /// How many of those verify now.
+    pub verified: u64,
 }
 
 fn read_entries(
@@ -81,33 +99,61 @@ fn read_entries(
 
 /// Rebuild every index segment from the packs. The caller holds an
 /// exclusive lock.
+///
+/// A pack whose trailer does not read keeps the entries the old index had
+/// for it (the segments, or failing them the local cache): dropping them
+/// lost every intact blob of a pack damaged only at its end (issue 19.2).
+/// Its blobs are verified here for the report, and on every read as always.
 pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
     let old = repo.segment_ids()?;
     let packs = repo.backend().list(FileKind::Pack)?;
-    let results: Vec<(String, std::result::Result<IndexedPack, String>)> = packs
+    let results: Vec<(String, u64, std::result::Result<IndexedPack, String>)> = packs
         .par_iter()
-        .map(|(name, size)| (name.clone(), read_entries(repo, name, *size)))
+        .map(|(name, size)| (name.clone(), *size, read_entries(repo, name, *size)))
         .collect();
     let mut report = IndexRepair::default();
-    let mut seg = Segment::default();
-    let mut blobs = 0usize;
-    for (name, r) in results {
-        match r {
-            Ok(p) => {
-                report.packs_indexed += 1;
-                report.blobs_indexed += p.entries.len() as u64;
-                blobs += p.entries.len();
-                seg.packs.push(p);
-                if blobs >= CHECKPOINT_BLOBS {
-                    repo.save_segment(&seg)?;
-                    report.segments_written += 1;
-                    seg = Segment::default();
-                    blobs = 0;
-                }
-            }
-            Err(e) => report
+    let mut indexed = Vec::with_capacity(results.len());
+    let mut failed = Vec::new();
+    for (name, size, r) in results {
+        match (r, PackId::from_hex(&name)) {
+            (Ok(p), _) => indexed.push(p),
+            (Err(e), Some(id)) => failed.push((id, size, e)),
+            (Err(e), None) => report
                 .unreadable
                 .push(format!("{}: {e}", FileKind::Pack.path(&name))),
+        }
+    }
+    if !failed.is_empty() {
+        let wanted: HashSet<PackId> = failed.iter().map(|(p, _, _)| *p).collect();
+        let mut known = old_entries(repo, &old, &wanted)?;
+        for (id, size, reason) in failed {
+            let kept = match known.remove(&id) {
+                Some(entries) => keep_old_entries(repo, id, size, entries, reason.clone())?,
+                None => None,
+            };
+            match kept {
+                Some((p, k)) => {
+                    indexed.push(p);
+                    report.trailer_damaged.push(k);
+                }
+                None => report
+                    .unreadable
+                    .push(format!("{}: {reason}", FileKind::Pack.path(&id.to_hex()))),
+            }
+        }
+    }
+    let mut seg = Segment::default();
+    let mut blobs = 0usize;
+    for p in indexed {
+        report.packs_indexed += 1;
+        report.blobs_indexed += p.entries.len() as u64;
+        blobs += p.entries.len();
+        seg.packs.push(p);
+        if blobs >= CHECKPOINT_BLOBS {
+            repo.save_segment(&seg)?;
+            report.segments_written += 1;
+            seg = Segment::default();
+            blobs = 0;
         }
     }
     if !seg.packs.is_empty() {
@@ -123,6 +169,89 @@ pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
     Ok(report)
 }
 
+/// The entries the old index has for each of `wanted`: from the segments
+/// `old` that still read, else from the local cache (checked by SQLite
+/// first), which may have been filled while a now damaged segment was
+/// sound. Only entries that tile a pack are taken.
+fn old_entries(
+    repo: &Repository,
+    old: &[SegmentId],
+    wanted: &HashSet<PackId>,
+) -> Result<HashMap<PackId, Vec<PackEntry>>> {
+    let found: Vec<Vec<IndexedPack>> = old
+        .par_iter()
+        .map(|id| match repo.load_segment(id) {
+            Ok(seg) => Ok(seg
+                .packs
+                .into_iter()
+                .filter(|p| wanted.contains(&p.id))
+                .collect()),
+            // Damaged or gone: its packs are looked up in the cache below.
+            Err(Error::Corrupt { .. } | Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        })
+        .collect::<Result<_>>()?;
+    let mut out: HashMap<PackId, Vec<PackEntry>> = found
+        .into_iter()
+        .flatten()
+        .map(|p| (p.id, p.entries))
+        .collect();
+    repo.verify_index_cache()?;
+    let idx = repo.index()?;
+    for p in wanted {
+        if out.contains_key(p) {
+            continue;
+        }
+        let entries = idx.pack_entries(p)?;
+        let end = entries
+            .last()
+            .map_or(0, |e| u64::from(e.offset) + u64::from(e.length));
+        if !entries.is_empty() && check_tiling(&entries, end).is_ok() {
+            out.insert(*p, entries);
+        }
+    }
+    Ok(out)
+}
+
+/// Index `pack` (of `size` bytes, its trailer unreadable for `reason`)
+/// with `entries` from the old index, as far as they fit in what is left
+/// of it, counting how many of them verify. `None` when none fit or none
+/// verify: entries that locate nothing are not worth indexing.
+fn keep_old_entries(
+    repo: &Repository,
+    pack: PackId,
+    size: u64,
+    mut entries: Vec<PackEntry>,
+    reason: String,
+) -> Result<Option<(IndexedPack, KeptPack)>> {
+    // A truncated pack keeps the blobs before the cut (a segment's blobs
+    // must end before the pack's last 4 bytes).
+    entries.retain(|e| u64::from(e.offset) + u64::from(e.length) + 4 <= size);
+    if entries.is_empty() {
+        return Ok(None);
+    }
+    let name = pack.to_hex();
+    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let (good, _, _) = verify_blobs(repo, &FileKind::Pack.path(&name), &bytes, entries.clone());
+    if good.is_empty() {
+        return Ok(None);
+    }
+    let kept = KeptPack {
+        pack,
+        reason,
+        listed: entries.len() as u64,
+        verified: good.len() as u64,
+    };
+    Ok(Some((
+        IndexedPack {
+            id: pack,
+            size,
+            entries,
+        },
+        kept,
+    )))
+}
+
 #[derive(Debug, Default)]
 pub struct PackRepair {
     pub packs_read: u64,
@@ -134,6 +263,8 @@ pub struct PackRepair {
     pub blobs_lost: Vec<(BlobId, PackId)>,
     pub packs_written: u64,
     pub index: Option<IndexRepair>,
+    /// Why the local index cache was rebuilt first, if it was.
+    pub cache_note: Option<String>,
 }
 
 /// What reading one pack whole found: the blobs that verify, the ones
@@ -145,8 +276,10 @@ struct PackVerdict {
     faults: Vec<String>,
 }
 
-/// Read `pack` whole and verify each blob the index (or, failing that, the
-/// pack's own trailer) lists. `None` when the pack is sound.
+/// Read `pack` whole and verify each blob its own trailer lists or,
+/// when the trailer does not read, the index (audited against the
+/// repository first): a pack damaged only at its end still gives up its
+/// blobs (issue 19.2). `None` when the pack is sound.
 fn examine_pack(repo: &Repository, pack: &PackId) -> Result<Option<PackVerdict>> {
     let name = pack.to_hex();
     let obj = FileKind::Pack.path(&name);
@@ -155,15 +288,13 @@ fn examine_pack(repo: &Repository, pack: &PackId) -> Result<Option<PackVerdict>>
     if content_hash(&bytes) != pack.0 {
         faults.push(format!("{obj}: content does not match its name"));
     }
-    // The index's entries need no trailer: a pack whose trailer is the
-    // damaged part still gives up its blobs.
-    let mut entries = repo.index()?.pack_entries(pack)?;
-    if entries.is_empty() {
-        match parse_pack(repo.keys(), repo.id(), &bytes) {
-            Ok(e) => entries = e,
-            Err(e) => faults.push(format!("{obj}: {e}")),
+    let entries = match parse_pack(repo.keys(), repo.id(), &bytes) {
+        Ok(e) => e,
+        Err(e) => {
+            faults.push(format!("{obj}: {e}"));
+            repo.index()?.pack_entries(pack)?
         }
-    }
+    };
     let (good, bad, blob_faults) = verify_blobs(repo, &obj, &bytes, entries);
     faults.extend(blob_faults);
     Ok((!faults.is_empty()).then_some(PackVerdict { good, bad, faults }))
@@ -182,7 +313,10 @@ pub fn repair_packs(
     only: &[PackId],
     progress: &dyn Progress,
 ) -> Result<PackRepair> {
-    let mut report = PackRepair::default();
+    let mut report = PackRepair {
+        cache_note: repo.audit_index(true)?.cache_note(),
+        ..Default::default()
+    };
     let listed: HashMap<PackId, u64> = repo
         .backend()
         .list(FileKind::Pack)?
@@ -301,20 +435,59 @@ pub struct SnapshotRepair {
     pub unreadable: Vec<(SnapshotId, String)>,
     /// Whether those were removed (`--forget`).
     pub unreadable_removed: bool,
+    /// Why the local index cache was rebuilt first, if it was.
+    pub cache_note: Option<String>,
 }
 
-/// Rewrite a tree without what cannot be restored. `None`: unchanged.
+/// A tree rewritten without what cannot be restored: the new tree
+/// (`None`: unchanged) and what was left out.
+#[derive(Clone, Default)]
+struct Rewritten {
+    tree: Option<BlobId>,
+    left_out: Vec<LeftOut>,
+}
+
+/// An entry left out, by its path below the rewritten tree (`""`: the
+/// tree itself).
+#[derive(Clone)]
+struct LeftOut {
+    rel: String,
+    /// A directory whose tree could not be read (emptied, not removed).
+    unreadable_dir: bool,
+}
+
+/// `rel` below `base`, as `/`-separated text.
+fn join(base: &str, rel: &str) -> String {
+    match (base, rel) {
+        (b, "") => b.to_string(),
+        ("", r) => r.to_string(),
+        (b, r) => format!("{}/{r}", b.trim_end_matches('/')),
+    }
+}
+
+/// Rewrite a tree without what cannot be restored. A tree shared by
+/// several snapshots (or directories) is rewritten once; `memo` keeps what
+/// it left out, so each of them reports it (issue 19.8).
 fn rewrite(
     repo: &Repository,
     store: &BlobStore,
     id: &BlobId,
-    path: &str,
-    dropped: &mut Vec<String>,
-    memo: &mut HashMap<BlobId, Option<BlobId>>,
-) -> Result<Option<BlobId>> {
+    memo: &mut HashMap<BlobId, Rewritten>,
+) -> Result<Rewritten> {
     if let Some(m) = memo.get(id) {
-        return Ok(*m);
+        return Ok(m.clone());
     }
+    let out = rewrite_uncached(repo, store, id, memo)?;
+    memo.insert(*id, out.clone());
+    Ok(out)
+}
+
+fn rewrite_uncached(
+    repo: &Repository,
+    store: &BlobStore,
+    id: &BlobId,
+    memo: &mut HashMap<BlobId, Rewritten>,
+) -> Result<Rewritten> {
     let idx = repo.index()?;
     let mut tree = match repo
         .read_blob(BlobKind::Tree, id)
@@ -322,21 +495,23 @@ fn rewrite(
     {
         Ok(t) => t,
         Err(_) => {
-            dropped.push(format!("{path} (unreadable directory)"));
             let empty = Tree::default().encode();
             let eid = store.blob_id(&empty);
             store.store_blob(BlobKind::Tree, eid, &empty)?;
-            return Ok(Some(eid));
+            return Ok(Rewritten {
+                tree: Some(eid),
+                left_out: vec![LeftOut {
+                    rel: String::new(),
+                    unreadable_dir: true,
+                }],
+            });
         }
     };
     let mut changed = false;
+    let mut left_out = Vec::new();
     let mut keep = Vec::with_capacity(tree.nodes.len());
     for mut n in std::mem::take(&mut tree.nodes) {
-        let p = format!(
-            "{}/{}",
-            path.trim_end_matches('/'),
-            String::from_utf8_lossy(&n.name)
-        );
+        let name = String::from_utf8_lossy(&n.name).into_owned();
         let mut lost = false;
         for c in &n.content {
             if !idx.contains(c)? {
@@ -345,30 +520,49 @@ fn rewrite(
             }
         }
         if lost {
-            dropped.push(p);
+            left_out.push(LeftOut {
+                rel: name,
+                unreadable_dir: false,
+            });
             changed = true;
             continue;
         }
         if n.kind == NodeKind::Dir
             && let Some(sub) = n.subtree
-            && let Some(new) = rewrite(repo, store, &sub, &p, dropped, memo)?
         {
-            n.subtree = Some(new);
-            changed = true;
+            let r = rewrite(repo, store, &sub, memo)?;
+            left_out.extend(r.left_out.iter().map(|l| LeftOut {
+                rel: join(&name, &l.rel),
+                unreadable_dir: l.unreadable_dir,
+            }));
+            if let Some(new) = r.tree {
+                n.subtree = Some(new);
+                changed = true;
+            }
         }
         keep.push(n);
     }
-    let out = if changed {
-        tree.nodes = keep;
-        let bytes = tree.encode();
-        let nid = store.blob_id(&bytes);
-        store.store_blob(BlobKind::Tree, nid, &bytes)?;
-        Some(nid)
+    if !changed {
+        return Ok(Rewritten::default());
+    }
+    tree.nodes = keep;
+    let bytes = tree.encode();
+    let nid = store.blob_id(&bytes);
+    store.store_blob(BlobKind::Tree, nid, &bytes)?;
+    Ok(Rewritten {
+        tree: Some(nid),
+        left_out,
+    })
+}
+
+/// What `repair snapshots` reports for an entry left out of a snapshot.
+fn describe(l: &LeftOut) -> String {
+    let path = join("/", &l.rel);
+    if l.unreadable_dir {
+        format!("{path} (unreadable directory)")
     } else {
-        None
-    };
-    memo.insert(*id, out);
-    Ok(out)
+        path
+    }
 }
 
 /// Write repaired copies of damaged snapshots; with `forget`, remove the
@@ -378,7 +572,12 @@ fn rewrite(
 /// first: otherwise their blobs would look present, nothing would be
 /// repaired, and the next backup would reuse the lost data.
 pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotRepair> {
-    let mut report = SnapshotRepair::default();
+    // What is left out is decided by lookups in the cache: it must be
+    // sound all through, not only row by row.
+    let mut report = SnapshotRepair {
+        cache_note: repo.audit_index(true)?.cache_note(),
+        ..Default::default()
+    };
     let present: std::collections::HashSet<String> = repo
         .backend()
         .list(FileKind::Pack)?
@@ -418,9 +617,12 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
     let mut memo = HashMap::new();
     let mut plans: Vec<(SnapshotId, Snapshot, BlobId, Vec<String>)> = Vec::new();
     for (sid, s) in snaps {
-        let mut dropped = Vec::new();
-        match rewrite(&repo, &store, &s.tree, "/", &mut dropped, &mut memo)? {
-            Some(new_root) => plans.push((sid, s, new_root, dropped)),
+        let r = rewrite(&repo, &store, &s.tree, &mut memo)?;
+        match r.tree {
+            Some(new_root) => {
+                let dropped = r.left_out.iter().map(describe).collect();
+                plans.push((sid, s, new_root, dropped));
+            }
             None => report.intact += 1,
         }
     }

@@ -136,6 +136,10 @@ pub struct RawData {
     /// their bytes: prune removes those older than an hour.
     pub temp_files: u64,
     pub temp_bytes: u64,
+    /// Copies of blobs beyond the first (concurrent backups each storing
+    /// the same data): their count and stored bytes, which prune frees.
+    pub duplicate_blobs: u64,
+    pub duplicate_bytes: u64,
 }
 
 impl RawData {
@@ -167,6 +171,7 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
     let idx = repo.index()?;
     let (_, packs) = idx.counts()?;
     let (temp_files, temp_bytes) = repo.backend().temp_usage()?;
+    let (duplicate_blobs, duplicate_bytes) = idx.duplicates()?;
     Ok(RawData {
         temp_files,
         temp_bytes,
@@ -174,6 +179,8 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
         repository: idx.blob_totals(false)?,
         packs,
         pack_bytes: idx.packs_bytes()?,
+        duplicate_blobs,
+        duplicate_bytes,
     })
 }
 
@@ -275,5 +282,6 @@ mod tests {
         let all = RawData::sum(&raw.repository);
         assert_eq!(all.count, 3 + 3 + 1);
         assert!(raw.packs >= 1 && raw.pack_bytes > all.stored_bytes);
+        assert_eq!((raw.duplicate_blobs, raw.duplicate_bytes), (0, 0));
     }
 }

@@ -22,7 +22,7 @@ use crate::id::{BlobId, PackId, RepoId, SegmentId, SnapshotId};
 use crate::pack::PackEntry;
 use rusqlite::{Connection, OptionalExtension, params};
 use segment::{IndexedPack, Segment};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -118,7 +118,8 @@ impl Index {
 
     /// Read every page of the cache at `path` and discard it if SQLite
     /// finds it damaged. Returns false when it was discarded (the next open
-    /// rebuilds it from the repository).
+    /// rebuilds it from the repository). A byte flipped inside a row leaves
+    /// the pages well formed: [`Index::pack_digests`] finds that.
     pub fn verify_file(path: &Path) -> Result<bool> {
         if !path.exists() {
             return Ok(true);
@@ -133,6 +134,46 @@ impl Index {
                 discard_cache_files(path);
                 Ok(false)
             }
+        }
+    }
+
+    /// Throw the cache file away and start an empty one in its place,
+    /// behind the same handle: a damaged file may fail even the deletes
+    /// of [`Index::clear`].
+    pub fn recreate(&self, repo: &RepoId, format_version: u32) -> Result<()> {
+        if self.path == Path::new(":memory:") {
+            return self.clear();
+        }
+        let mut c = self.conn();
+        // Close the damaged file before it is removed.
+        *c = Connection::open_in_memory().map_err(|e| cache_err(&self.path, e))?;
+        discard_cache_files(&self.path);
+        let fresh = Self::try_open(&self.path, repo, format_version)?;
+        *c = fresh.conn.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(())
+    }
+
+    /// SQLite's full check of this cache: every page, and each index
+    /// against its table. Unlike [`Index::pack_digests`] it also finds a
+    /// damaged key inside the tree (which sends lookups astray without
+    /// changing a row), at five seconds per million blobs.
+    pub fn integrity_ok(&self) -> Result<bool> {
+        let verdict = self
+            .conn()
+            .query_row("PRAGMA integrity_check(1)", [], |r| r.get::<_, String>(0));
+        match verdict {
+            Ok(v) => Ok(v == "ok"),
+            Err(e)
+                if e.sqlite_error_code().is_some_and(|c| {
+                    matches!(
+                        c,
+                        rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                    )
+                }) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.err(e)),
         }
     }
 
@@ -583,6 +624,22 @@ impl Index {
         Ok(out)
     }
 
+    /// Copies of blobs beyond the first, whether used or not: (count,
+    /// stored bytes). One scan in key order.
+    pub fn duplicates(&self) -> Result<(u64, u64)> {
+        let c = self.conn();
+        let (n, bytes): (i64, i64) = c
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(length), 0) FROM \
+                 (SELECT length, ROW_NUMBER() OVER (PARTITION BY id ORDER BY pid) AS copy FROM blobs) \
+                 WHERE copy > 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))?;
+        Ok((n as u64, bytes as u64))
+    }
+
     /// Sum of the recorded sizes of every indexed pack.
     pub fn packs_bytes(&self) -> Result<u64> {
         let c = self.conn();
@@ -855,7 +912,7 @@ mod tests {
     }
 
     #[test]
-    fn usage_counts_every_copy_and_names_missing_used_blobs() {
+    fn usage_counts_one_copy_of_each_used_blob_and_names_missing_ones() {
         let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
         // Blob 4 is in packs 10 and 11; pack 12 holds nothing used.
         idx.add_segment(&SegmentId([1; 32]), &seg(10, &[2, 4, 6]))
@@ -872,21 +929,31 @@ mod tests {
         idx.used_from_refs().unwrap();
         assert!(idx.used_contains(&BlobId([4; 32])).unwrap());
         let (usage, missing) = idx.usage(10).unwrap();
-        let got: Vec<(u8, u64, u64, u64, u64, u64)> = usage
+        let got: Vec<(u8, u64, u64, u64, u64, u64, u64)> = usage
             .iter()
             .map(|u| {
                 let (p, s) = (u.pack.0[0], u.size);
-                (p, s, u.blobs, u.bytes, u.used_blobs, u.used_bytes)
+                (
+                    p,
+                    s,
+                    u.blobs,
+                    u.bytes,
+                    u.used_blobs,
+                    u.used_bytes,
+                    u.duplicate_blobs,
+                )
             })
             .collect();
+        // Blob 4 is used in pack 10 (the first to hold it), a duplicate in 11.
         assert_eq!(
             got,
             [
-                (10, 500, 3, 300, 2, 200),
-                (11, 400, 2, 200, 2, 200),
-                (12, 400, 2, 200, 0, 0)
+                (10, 500, 3, 300, 2, 200, 0),
+                (11, 400, 2, 200, 1, 100, 1),
+                (12, 400, 2, 200, 0, 0, 0)
             ]
         );
+        assert_eq!(idx.duplicates().unwrap(), (1, 100));
         assert_eq!(missing, [1, 7, 255].map(|b| BlobId([b; 32])));
         assert_eq!(idx.usage(2).unwrap().1.len(), 2);
         // Nothing used: every pack is unused, nothing is missing.
@@ -894,6 +961,46 @@ mod tests {
         let (usage, missing) = idx.usage(10).unwrap();
         assert!(usage.iter().all(|u| u.used_blobs == 0) && usage.len() == 3);
         assert!(missing.is_empty());
+    }
+
+    /// The digests of a cache agree with the segments it was built from,
+    /// and no longer once a row or a pack's size is altered.
+    #[test]
+    fn pack_digests_match_the_segments_until_a_row_changes() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        let (a, b) = (seg(10, &[1, 2, 3]), seg(11, &[4]));
+        idx.add_segment(&SegmentId([1; 32]), &a).unwrap();
+        idx.add_segment(&SegmentId([2; 32]), &b).unwrap();
+        let sum = |s: &Segment| {
+            s.packs[0]
+                .entries
+                .iter()
+                .fold(0u128, |x, e| x.wrapping_add(entry_digest(e)))
+        };
+        let judge = || {
+            let d = idx.pack_digests(false).unwrap();
+            assert_eq!(d.segments.len(), 2);
+            (
+                d.packs[&PackId([10; 32])].matches(500, sum(&a)),
+                d.packs[&PackId([11; 32])].matches(300, sum(&b)),
+                d.orphans,
+            )
+        };
+        assert_eq!(judge(), (true, true, 0));
+        idx.conn()
+            .execute(
+                "UPDATE blobs SET length = 99 WHERE id = ?1",
+                params![&[2u8; 32][..]],
+            )
+            .unwrap();
+        assert_eq!(judge(), (false, true, 0));
+        idx.conn()
+            .execute(
+                "UPDATE packs SET size = 1 WHERE id = ?1",
+                params![&[11u8; 32][..]],
+            )
+            .unwrap();
+        assert_eq!(judge(), (false, false, 0));
     }
 
     #[test]
@@ -981,6 +1088,57 @@ mod tests {
     }
 }
 
+/// What [`Index::pack_digests`] read.
+#[derive(Debug, Default)]
+pub struct CacheDigests {
+    pub packs: HashMap<PackId, PackDigest>,
+    /// Pids that have blob rows but no pack.
+    pub orphans: u64,
+    /// The segments the cache holds.
+    pub segments: HashSet<SegmentId>,
+}
+
+/// One pack as the cache holds it ([`Index::pack_digests`]): its recorded
+/// size and the sum of [`entry_digest`] over its blobs, read through the
+/// table and through the per-pack index.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PackDigest {
+    pub size: u64,
+    pub table: u128,
+    pub by_pack: u128,
+    /// Whether looking the pack up by its id finds this pack.
+    pub id_lookup: bool,
+    /// A row no segment could list (an unknown kind, a bad id).
+    pub damaged: bool,
+}
+
+impl PackDigest {
+    /// Does the cache hold a pack of `size` bytes whose entries sum to
+    /// `sum`, along every access path?
+    pub fn matches(&self, size: u64, sum: u128) -> bool {
+        self.id_lookup
+            && !self.damaged
+            && self.size == size
+            && self.table == sum
+            && self.by_pack == sum
+    }
+}
+
+/// A blob entry's share of a [`PackDigest`]: a sum of these does not
+/// depend on the order rows come in.
+pub fn entry_digest(e: &PackEntry) -> u128 {
+    let mut b = [0u8; 45];
+    b[..32].copy_from_slice(&e.id.0);
+    b[32] = e.kind as u8;
+    b[33..37].copy_from_slice(&e.offset.to_le_bytes());
+    b[37..41].copy_from_slice(&e.length.to_le_bytes());
+    b[41..45].copy_from_slice(&e.raw_length.to_le_bytes());
+    let h = blake3::hash(&b);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&h.as_bytes()[..16]);
+    u128::from_le_bytes(first)
+}
+
 /// How much of a pack is in use (from [`Index::usage`]).
 /// Distinct blobs of one kind and their sizes, from [`Index::blob_totals`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -999,8 +1157,12 @@ pub struct PackUsage {
     pub size: u64,
     pub blobs: u64,
     pub bytes: u64,
+    /// Used blobs counted once: held here and in no pack before this one.
     pub used_blobs: u64,
     pub used_bytes: u64,
+    /// Used blobs an earlier pack also holds: as good as unused here.
+    pub duplicate_blobs: u64,
+    pub duplicate_bytes: u64,
 }
 
 impl Index {
@@ -1143,6 +1305,11 @@ impl Index {
     /// `blobs` and `used`, both read in key order: a join looked up each of
     /// ten million blobs at random. Memory grows with the packs, not the
     /// blobs.
+    ///
+    /// A used blob that several packs hold counts as used in the first of
+    /// them (lowest `pid`) and as a duplicate in the others, so that prune
+    /// gives back the copies that concurrent backups stored (issue 18.7)
+    /// while the one it keeps is in a pack that stays or is repacked.
     pub fn usage(&self, limit: usize) -> Result<(Vec<PackUsage>, Vec<BlobId>)> {
         #[derive(Default)]
         struct Sums {
@@ -1150,6 +1317,8 @@ impl Index {
             bytes: u64,
             used_blobs: u64,
             used_bytes: u64,
+            duplicate_blobs: u64,
+            duplicate_bytes: u64,
         }
         let c = self.conn();
         let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
@@ -1157,7 +1326,7 @@ impl Index {
         let mut missing = Vec::new();
         {
             let mut blobs = tx
-                .prepare("SELECT id, pid, length FROM blobs ORDER BY id")
+                .prepare("SELECT id, pid, length FROM blobs ORDER BY id, pid")
                 .map_err(|e| self.err(e))?;
             let mut used = tx
                 .prepare("SELECT id FROM used ORDER BY id")
@@ -1212,9 +1381,14 @@ impl Index {
                 s.blobs += 1;
                 s.bytes += length as u64;
                 if ord == std::cmp::Ordering::Equal {
-                    s.used_blobs += 1;
-                    s.used_bytes += length as u64;
-                    held = true;
+                    if held {
+                        s.duplicate_blobs += 1;
+                        s.duplicate_bytes += length as u64;
+                    } else {
+                        s.used_blobs += 1;
+                        s.used_bytes += length as u64;
+                        held = true;
+                    }
                 }
                 b = next_blob(&mut blobs)?;
             }
@@ -1244,6 +1418,8 @@ impl Index {
                     bytes: s.bytes,
                     used_blobs: s.used_blobs,
                     used_bytes: s.used_bytes,
+                    duplicate_blobs: s.duplicate_blobs,
+                    duplicate_bytes: s.duplicate_bytes,
                 });
             }
         }
@@ -1274,6 +1450,142 @@ impl Index {
             });
         }
         Ok(out)
+    }
+
+    /// A digest of each pack the cache holds, as each of its access paths
+    /// sees it, for [`crate::repository::audit`]: every query goes either
+    /// through a table or through an index of it, and a flipped byte in
+    /// one leaves the other intact (issue 19.1). Four sequential scans;
+    /// `PRAGMA integrity_check` costs five seconds per million blobs.
+    /// One read transaction, so that what another process adds meanwhile
+    /// is neither in the digests nor in the segments they are from.
+    /// `table_only`: [`Index::integrity_ok`] has just shown the per-pack
+    /// index to agree with the table, so one scan does.
+    pub fn pack_digests(&self, table_only: bool) -> Result<CacheDigests> {
+        let c = self.conn();
+        let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
+        let mut segments = HashSet::new();
+        {
+            let mut st = tx
+                .prepare("SELECT id FROM segments")
+                .map_err(|e| self.err(e))?;
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let id: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
+                segments
+                    .insert(SegmentId::from_slice(&id).ok_or_else(|| self.err("bad segment id"))?);
+            }
+        }
+        let mut by_pid: HashMap<i64, PackDigest> = HashMap::new();
+        let mut ids: HashMap<i64, PackId> = HashMap::new();
+        {
+            let mut st = tx
+                .prepare("SELECT pid, id, size FROM packs NOT INDEXED")
+                .map_err(|e| self.err(e))?;
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let pid: i64 = r.get(0).map_err(|e| self.err(e))?;
+                let id: Vec<u8> = r.get(1).map_err(|e| self.err(e))?;
+                let size: i64 = r.get(2).map_err(|e| self.err(e))?;
+                let id = PackId::from_slice(&id).ok_or_else(|| self.err("bad pack id"))?;
+                ids.insert(pid, id);
+                by_pid.insert(
+                    pid,
+                    PackDigest {
+                        size: size as u64,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
+        // The unique index on `packs.id` answers every lookup by pack id.
+        {
+            let mut st = tx
+                .prepare(
+                    "SELECT id, pid FROM packs INDEXED BY sqlite_autoindex_packs_1 ORDER BY id",
+                )
+                .map_err(|e| self.err(e))?;
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let id: Vec<u8> = r.get(0).map_err(|e| self.err(e))?;
+                let pid: i64 = r.get(1).map_err(|e| self.err(e))?;
+                if let Some(d) = by_pid.get_mut(&pid)
+                    && ids.get(&pid).is_some_and(|p| p.0[..] == id[..])
+                {
+                    d.id_lookup = true;
+                }
+            }
+        }
+        let scans = [
+            (
+                "SELECT pid, id, kind, offset, length, raw_length FROM blobs NOT INDEXED",
+                false,
+            ),
+            (
+                "SELECT pid, id, kind, offset, length, raw_length FROM blobs INDEXED BY blobs_by_pack ORDER BY pid, offset",
+                true,
+            ),
+        ];
+        for (sql, by_index) in &scans[..if table_only { 1 } else { 2 }] {
+            let mut st = tx.prepare(sql).map_err(|e| self.err(e))?;
+            let mut rows = st.query([]).map_err(|e| self.err(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.err(e))? {
+                let pid: i64 = r.get(0).map_err(|e| self.err(e))?;
+                let id = r
+                    .get_ref(1)
+                    .map_err(|e| self.err(e))?
+                    .as_blob()
+                    .ok()
+                    .and_then(BlobId::from_slice);
+                let (kind, offset, length, raw_length) = (
+                    r.get::<_, u8>(2).map_err(|e| self.err(e))?,
+                    r.get::<_, u32>(3).map_err(|e| self.err(e))?,
+                    r.get::<_, u32>(4).map_err(|e| self.err(e))?,
+                    r.get::<_, u32>(5).map_err(|e| self.err(e))?,
+                );
+                let (Some(kind), Some(id)) = (BlobKind::from_u8(kind), id) else {
+                    // Not a row any segment can list: the pack disagrees.
+                    by_pid.entry(pid).or_default().damaged = true;
+                    continue;
+                };
+                let h = entry_digest(&PackEntry {
+                    kind,
+                    id,
+                    offset,
+                    length,
+                    raw_length,
+                });
+                let d = by_pid.entry(pid).or_default();
+                if *by_index {
+                    d.by_pack = d.by_pack.wrapping_add(h);
+                } else {
+                    d.table = d.table.wrapping_add(h);
+                }
+            }
+        }
+        if table_only {
+            for d in by_pid.values_mut() {
+                d.by_pack = d.table;
+            }
+        }
+        tx.finish().map_err(|e| self.err(e))?;
+        // Rows of a pid the `packs` table does not name belong to no pack
+        // a segment could list.
+        let mut orphans = 0u64;
+        let mut out = HashMap::with_capacity(by_pid.len());
+        for (pid, d) in by_pid {
+            match ids.get(&pid) {
+                Some(p) => {
+                    out.insert(*p, d);
+                }
+                None => orphans += 1,
+            }
+        }
+        Ok(CacheDigests {
+            packs: out,
+            orphans,
+            segments,
+        })
     }
 
     /// Every pack that holds a copy of `id`.

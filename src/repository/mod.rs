@@ -8,6 +8,7 @@
 //! objects, and a slot's metadata, may be damaged without locking anyone
 //! out (repo-format/README.md, "What survives one damaged byte"). The index is loaded lazily: listing snapshots does not pay for it.
 
+pub mod audit;
 pub mod blob_store;
 pub mod config;
 mod keys;
@@ -392,12 +393,25 @@ impl Repository {
             // and a root that cannot be created fails just below, named.
             let _ = tag_cache_dir(root);
         }
+        let idx = match self.open_index() {
+            // SQLite met damage while syncing and the cache file was
+            // removed (see `Index::err`): build a new one now rather than
+            // fail and ask for a rerun.
+            Err(Error::Cache { .. }) if self.cache_path().is_some_and(|p| !p.exists()) => {
+                self.open_index()?
+            }
+            r => r?,
+        };
+        Ok(self.index.get_or_init(|| idx))
+    }
+
+    fn open_index(&self) -> Result<Index> {
         let idx = match self.cache_path() {
             Some(p) => Index::open(&p, &self.repo_id, FORMAT_VERSION)?,
             None => Index::in_memory(&self.repo_id, FORMAT_VERSION)?,
         };
         self.sync_index(&idx)?;
-        Ok(self.index.get_or_init(|| idx))
+        Ok(idx)
     }
 
     /// The index segments the repository lists now.

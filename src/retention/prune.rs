@@ -4,7 +4,10 @@
 //! snapshots reference (walking each tree once, into a SQLite temporary
 //! table, so memory does not grow with the repository), then classify each
 //! pack: all used → keep; nothing used → delete; partly used with more than
-//! `max_unused` of its bytes unused → repack. The plan is refused — nothing
+//! `max_unused` of its bytes unused → repack. A used blob that several
+//! packs hold (concurrent backups of the same data each stored it) counts
+//! as used in one of them only, so the other copies are given back like
+//! unused data; the copy kept is in a pack that stays or is repacked. The plan is refused — nothing
 //! deleted — when what was listed does not add up: a snapshot or index
 //! segment that cannot be read, an indexed pack missing or of the wrong
 //! size, or a used blob the index does not know (RELIABILITY.md §6.7).
@@ -24,11 +27,12 @@
 
 use crate::backend::FileKind;
 use crate::error::{Error, Result};
-use crate::id::{PackId, SegmentId};
+use crate::id::{PackId, SegmentId, SnapshotId};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, open_blob};
 use crate::repository::Repository;
+use crate::repository::audit::IndexAudit;
 use crate::repository::blob_store::{CHECKPOINT_BLOBS, put_verified, verify_sealed};
 use std::collections::{HashMap, HashSet};
 
@@ -37,11 +41,17 @@ pub struct PruneOptions {
     /// Unused bytes to tolerate in the whole repository, as a share of the
     /// used bytes; the emptiest packs are repacked until the rest fits.
     pub max_unused: f64,
+    /// Snapshots to plan as if already removed: `forget --prune --dry-run`
+    /// previews the prune its real run makes (issue 18.8).
+    pub forgotten: HashSet<SnapshotId>,
 }
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { max_unused: 0.05 }
+        PruneOptions {
+            max_unused: 0.05,
+            forgotten: HashSet::new(),
+        }
     }
 }
 
@@ -61,6 +71,8 @@ pub struct PrunePlan {
     pub unindexed: Vec<(String, u64)>,
     /// The segments listed when planning; replaced on execution.
     pub old_segments: Vec<SegmentId>,
+    /// Why the local index cache was rebuilt before planning, if it was.
+    pub cache_note: Option<String>,
 }
 
 impl PrunePlan {
@@ -93,10 +105,11 @@ pub struct PruneReport {
 /// refresh their locks far more often, and puts take seconds.
 const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Mark every blob reachable from every snapshot in the index's used set.
-/// Returns the number of snapshots walked.
-pub fn mark_used(repo: &Repository) -> Result<usize> {
-    let snaps = repo.list_snapshots()?;
+/// Mark every blob reachable from every snapshot but the `forgotten` in
+/// the index's used set. Returns the number of snapshots walked.
+pub fn mark_used(repo: &Repository, forgotten: &HashSet<SnapshotId>) -> Result<usize> {
+    let mut snaps = repo.list_snapshots()?;
+    snaps.retain(|(id, _)| !forgotten.contains(id));
     let problems = repo.take_problems();
     if !problems.is_empty() {
         return Err(Error::Usage(format!(
@@ -119,8 +132,37 @@ pub fn mark_used(repo: &Repository) -> Result<usize> {
 
 /// Work out what prune would do. Writes nothing.
 pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
+    match plan_once(repo, opts) {
+        // A blob the cache cannot find may be the cache's fault: refuse
+        // only once SQLite's full check says the cache is sound.
+        Err(e @ Error::Usage(_)) => match repo.confirm_index_cache()? {
+            None => Err(e),
+            Some(why) => {
+                let mut p = plan_once(repo, opts)?;
+                p.cache_note = IndexAudit {
+                    cache_rebuilt: Some(why),
+                    ..Default::default()
+                }
+                .cache_note();
+                Ok(p)
+            }
+        },
+        r => r,
+    }
+}
+
+fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
+    // The new index is written from the cache: a cache that disagrees with
+    // the segments would carry its damage into the repository.
+    let audit = repo.audit_index(false)?;
+    if !audit.damaged_segments.is_empty() {
+        return Err(Error::Usage(format!(
+            "refusing to prune: {} (a damaged index segment may list data that would be deleted)",
+            audit.damaged_segments.join("; ")
+        )));
+    }
     let old_segments = repo.segment_ids()?;
-    let snapshots = mark_used(repo)?;
+    let snapshots = mark_used(repo, &opts.forgotten)?;
     let idx = repo.index()?;
     let (usage, missing) = idx.usage(5)?;
     if !missing.is_empty() {
@@ -134,6 +176,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     let mut plan = PrunePlan {
         snapshots,
         old_segments,
+        cache_note: audit.cache_note(),
         ..Default::default()
     };
     let mut indexed: HashSet<String> = HashSet::new();
@@ -552,7 +595,7 @@ mod tests {
         want.push(root);
         let stray = store_in_own_pack(&repo, &[data("not referenced".into())])[0];
         save_root(&repo, root);
-        assert_eq!(mark_used(&repo).unwrap(), 1);
+        assert_eq!(mark_used(&repo, &HashSet::new()).unwrap(), 1);
         let idx = repo.index().unwrap();
         for id in &want {
             assert!(idx.used_contains(id).unwrap(), "{id} not marked");
@@ -568,6 +611,13 @@ mod tests {
             .into_iter()
             .map(|(p, s)| (p, s, idx.pack_entries(&p).unwrap()))
             .collect()
+    }
+
+    fn zero_unused() -> PruneOptions {
+        PruneOptions {
+            max_unused: 0.0,
+            ..Default::default()
+        }
     }
 
     fn test_repo() -> (Arc<MemoryBackend>, Repository) {
@@ -615,7 +665,7 @@ mod tests {
         .unwrap();
         snapshot(&repo, &[good, bad]);
         let packs_before = backend.list(FileKind::Pack).unwrap();
-        let p = plan(&repo, &PruneOptions { max_unused: 0.0 }).unwrap();
+        let p = plan(&repo, &zero_unused()).unwrap();
         assert_eq!(p.repack.len(), 1);
         let err = execute(&repo, &p).unwrap_err().to_string();
         assert!(err.contains(&damaged.to_hex()), "{err}");
@@ -642,7 +692,7 @@ mod tests {
         let gone = snapshot(&repo, &[b[1]]);
         repo.index().unwrap();
         repo.delete(FileKind::Snapshot, &gone.to_hex()).unwrap();
-        let p = plan(&repo, &PruneOptions { max_unused: 0.0 }).unwrap();
+        let p = plan(&repo, &zero_unused()).unwrap();
         assert_eq!(p.repack.len(), 1);
         assert_eq!(p.delete.len(), 2);
         let r = execute(&repo, &p).unwrap();

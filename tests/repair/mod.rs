@@ -448,3 +448,195 @@ fn repair_packs_killed_before_deleting_the_damaged_pack_loses_nothing() {
     env.coffer().args(["check", "--read-data"]).run().ok();
     compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
 }
+
+/// Issue 19.1: the local index cache is only a copy. A byte flipped in it
+/// (each of a fixed list of offsets, one at a time) must never make
+/// `check` blame an intact pack, nor `repair packs` move one aside: both
+/// judge packs against the repository's own index segments and rebuild a
+/// cache that disagrees, saying it was the cache that was wrong. Every
+/// snapshot still restores.
+#[test]
+fn a_damaged_index_cache_never_gets_an_intact_pack_blamed_or_moved() {
+    let f = fixture();
+    let env = &f.env;
+    // A settled cache: everything in the database file, no WAL to replay.
+    env.check_clean();
+    let cache_file = fs::read_dir(&env.cache)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("index.sqlite"))
+        .find(|p| p.is_file())
+        .expect("the index cache file");
+    let pristine = env.path("cache-pristine");
+    copy_dir(&env.cache, &pristine);
+    let put_back = || {
+        fs::remove_dir_all(&env.cache).unwrap();
+        copy_dir(&pristine, &env.cache);
+    };
+    let before = env.repo_listing();
+    let len = fs::metadata(&cache_file).unwrap().len();
+    // Cells fill a page from its end, so offsets late in each page land
+    // in rows; a few early ones hit page headers and free space.
+    let offsets: Vec<u64> = (1..len / 4096)
+        .flat_map(|page| [page * 4096 + 3900, page * 4096 + 4000, page * 4096 + 2100])
+        .collect();
+    let mut cache_blamed = 0;
+    for &off in &offsets {
+        put_back();
+        flip_byte(&cache_file, off);
+        let r = env.coffer().args(["--json", "check"]).run();
+        assert_eq!(
+            r.code, 0,
+            "offset {off}: check blamed the repository for a damaged cache:\n{}\n{}",
+            r.stdout, r.stderr
+        );
+        if r.stdout.contains("cache") {
+            cache_blamed += 1;
+        }
+        put_back();
+        flip_byte(&cache_file, off);
+        let r = env.coffer().args(["--json", "repair", "packs"]).run();
+        assert_eq!(
+            r.code, 0,
+            "offset {off}: repair packs failed:\n{}\n{}",
+            r.stdout, r.stderr
+        );
+        let v = r.json();
+        assert_eq!(v["damaged"], serde_json::json!([]), "offset {off}: {v}");
+        assert_eq!(
+            env.repo_listing(),
+            before,
+            "offset {off}: repair packs changed a sound repository"
+        );
+        compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+    }
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+    assert!(
+        cache_blamed > 0,
+        "no offset damaged anything check noticed: the test did not test"
+    );
+}
+
+/// Issue 19.2: a byte flipped in a pack's trailer leaves every blob of
+/// the pack intact (and every snapshot restorable through the index).
+/// Following the README's order, `repair index` then `repair packs`, must
+/// keep those blobs: the index keeps the old entries of a pack whose
+/// trailer does not read, and `repair packs` salvages the blobs from them.
+#[test]
+fn repairing_a_pack_with_a_damaged_trailer_keeps_its_intact_blobs() {
+    let f = fixture();
+    let env = &f.env;
+    let victim = &f.b_packs[0];
+    let name = file_name(victim);
+    let len = fs::metadata(victim).unwrap().len();
+    flip_byte(victim, len - 10);
+    // Restore uses the blobs (each verifies) and warns about the pack.
+    let restores_warning = || {
+        let target = env.path("restore-warned");
+        let _ = fs::remove_dir_all(&target);
+        let r = env
+            .coffer()
+            .args(["restore", &f.s2, "--target"])
+            .arg(&target)
+            .run()
+            .expect_code(3);
+        assert!(r.stderr.contains(&name), "{}", r.stderr);
+        compare_trees(&f.golden2, &restored(&target, &f.tree.root));
+    };
+    restores_warning();
+    let r = env
+        .coffer()
+        .args(["check", "--read-data"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stdout.contains(&format!("coffer repair packs {name}")),
+        "{}",
+        r.stdout
+    );
+
+    let r = env
+        .coffer()
+        .args(["--json", "repair", "index"])
+        .run()
+        .expect_code(3);
+    let v = r.json();
+    assert_eq!(v["unreadable"], serde_json::json!([]), "{v}");
+    let kept = v["trailer_damaged"].as_array().expect("trailer_damaged");
+    assert_eq!(kept.len(), 1, "{v}");
+    assert_eq!(kept[0]["pack"], name.as_str(), "{v}");
+    assert!(num(&kept[0], "blobs_listed") > 0, "{v}");
+    assert_eq!(kept[0]["blobs_verified"], kept[0]["blobs_listed"], "{v}");
+    assert!(
+        r.stderr.contains(&format!("coffer repair packs {name}")),
+        "{}",
+        r.stderr
+    );
+    restores_warning();
+
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "packs"])
+        .run()
+        .ok()
+        .json();
+    assert_eq!(v["damaged"][0]["pack"], name.as_str(), "{v}");
+    assert_eq!(v["blobs_lost"], serde_json::json!([]), "{v}");
+    assert!(num(&v, "blobs_salvaged") > 0, "{v}");
+    env.check_clean();
+    compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
+    compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+    // No file content needs storing again.
+    let s = env.backup_json(&[&f.tree.root], &[]);
+    assert!(num(&s, "data_added") < 4096, "{s}");
+    compare_trees(&f.tree.root, &env.restore_of(&snap_id(&s), &f.tree.root));
+}
+
+/// Issue 19.8: two snapshots share the tree that lost a file; each
+/// repaired copy must say what it left out, not only the first.
+#[test]
+fn repair_snapshots_names_what_each_snapshot_sharing_a_damaged_tree_lost() {
+    let f = fixture();
+    let env = &f.env;
+    // Same tree as s2, another snapshot.
+    let s3 = snap_id(&env.backup_json(&[&f.tree.root], &[]));
+    fs::remove_file(&f.b_packs[0]).unwrap();
+    let v = env
+        .coffer()
+        .args(["--json", "repair", "snapshots"])
+        .run()
+        .ok()
+        .json();
+    let rewritten = v["rewritten"].as_array().unwrap();
+    assert_eq!(rewritten.len(), 2, "{v}");
+    let b_path = f.tree.path("b.bin");
+    for s in [&f.s2, &s3] {
+        let r = rewritten
+            .iter()
+            .find(|r| r["old"] == s.as_str())
+            .unwrap_or_else(|| panic!("{s} not rewritten: {v}"));
+        assert_eq!(
+            r["left_out"],
+            serde_json::json!([b_path.to_str().unwrap()]),
+            "{v}"
+        );
+    }
+    let r = env.coffer().args(["repair", "snapshots"]).run().ok();
+    assert!(!r.stdout.contains("left out 0 entries"), "{}", r.stdout);
+}
+
+/// Issue 19.9: with the index gone, the packs still hold everything:
+/// `check` must send the user to `repair index`, not to `prune`.
+#[test]
+fn check_without_an_index_names_repair_index_not_prune() {
+    let f = fixture();
+    let env = &f.env;
+    for seg in env.objects("index") {
+        fs::remove_file(seg).unwrap();
+    }
+    let r = env.coffer().arg("check").run().expect_code(1);
+    assert!(r.stdout.contains("coffer repair index"), "{}", r.stdout);
+    assert!(!r.stdout.contains("prune"), "{}", r.stdout);
+    env.coffer().args(["repair", "index"]).run().ok();
+    env.check_clean();
+    compare_trees(&f.golden2, &env.restore_of(&f.s2, &f.tree.root));
+}

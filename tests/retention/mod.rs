@@ -522,3 +522,145 @@ fn snapshots_and_forget_filter_by_host_tag_and_path() {
         assert!(left.contains(id), "{id} was forgotten: {left:?}");
     }
 }
+
+/// Issue 18.7: three hosts back the same data up at once, none seeing the
+/// others' packs, so the repository holds three copies of every chunk.
+/// (Made deterministic: three copies of one empty repository each take a
+/// backup, then their objects are merged, which is exactly what the
+/// concurrent backups leave.) `stats` shows the duplicates, `prune` keeps
+/// one copy of each blob, and every snapshot still restores.
+#[test]
+fn prune_removes_the_duplicate_copies_concurrent_backups_stored() {
+    let env = Env::new();
+    env.init_with(&["--pack-size", "1M"]);
+    let t = TreeBuilder::new(env.path("src"));
+    for i in 0..3u64 {
+        t.random_file(format!("f{i}.bin"), 3 * MIB / 2, 500 + i);
+    }
+    t.file("small.txt", b"shared and small\n");
+    let empty = env.path("empty-repo");
+    copy_dir(&env.repo, &empty);
+    let mut snaps = Vec::new();
+    for host in ["a", "b", "c"] {
+        // A repository of its own and a cache of its own: no host sees
+        // what the others store.
+        fs::remove_dir_all(&env.repo).unwrap();
+        copy_dir(&empty, &env.repo);
+        let s = env
+            .coffer()
+            .args(["--json", "--no-cache", "backup", "--host", host])
+            .arg(&t.root)
+            .run()
+            .ok()
+            .summary();
+        snaps.push(snap_id(&s));
+        copy_dir(&env.repo, &env.path("merged"));
+    }
+    fs::remove_dir_all(&env.repo).unwrap();
+    fs::rename(env.path("merged"), &env.repo).unwrap();
+    let _ = fs::remove_dir_all(&env.cache);
+    assert_eq!(env.snapshot_ids().len(), 3);
+    let one_copy = (9 * MIB / 2) as u64;
+    let before = env.repo_size();
+    assert!(before > 3 * one_copy, "{before}");
+
+    let stats = env
+        .coffer()
+        .args(["--json", "stats", "--mode", "raw-data"])
+        .run()
+        .ok()
+        .json();
+    let repo_stats = &stats["repository"];
+    assert!(
+        num(repo_stats, "duplicate_blobs") >= 2 * num(&stats, "data_blobs"),
+        "{stats}"
+    );
+    assert!(num(repo_stats, "duplicate_bytes") > 2 * one_copy, "{stats}");
+
+    let dry = env
+        .coffer()
+        .args(["--json", "prune", "--dry-run"])
+        .run()
+        .ok()
+        .json();
+    let v = env.coffer().args(["--json", "prune"]).run().ok().json();
+    assert_eq!(
+        num(&dry, "bytes_to_free"),
+        num(&v, "bytes_freed"),
+        "{dry} {v}"
+    );
+    let after = env.repo_size();
+    assert!(
+        after < one_copy + one_copy / 4,
+        "the repository still holds more than one copy: {before} -> {after} bytes"
+    );
+    env.check_clean();
+    for s in &snaps {
+        compare_trees(&t.root, &env.restore_of(s, &t.root));
+    }
+    let stats = env
+        .coffer()
+        .args(["--json", "stats", "--mode", "raw-data"])
+        .run()
+        .ok()
+        .json();
+    // What is left is within --max-unused (a few small trees at most).
+    assert!(
+        num(&stats["repository"], "duplicate_bytes") < one_copy / 100,
+        "{stats}"
+    );
+    // A second prune finds nothing to do.
+    let plan = env
+        .coffer()
+        .args(["--json", "prune", "--dry-run"])
+        .run()
+        .ok()
+        .json();
+    for k in ["packs_to_delete", "packs_to_repack", "unindexed_packs"] {
+        assert_eq!(num(&plan, k), 0, "{plan}");
+    }
+}
+
+/// Issue 18.8: `forget --prune --dry-run` must preview the prune that the
+/// real run does, with the forgotten snapshots gone.
+#[test]
+fn forget_prune_dry_run_previews_what_the_real_run_frees() {
+    let env = Env::new();
+    env.init_with(&["--pack-size", "1M"]);
+    let t = TreeBuilder::new(env.path("src"));
+    for i in 0..3u64 {
+        t.random_file(format!("big{i}.bin"), 3 * MIB / 2, 60 + i);
+    }
+    env.backup_json(&[&t.root], &[]);
+    for i in 0..3 {
+        fs::remove_file(t.path(format!("big{i}.bin"))).unwrap();
+    }
+    t.file("keep.txt", b"kept\n");
+    env.backup_json(&[&t.root], &[]);
+    let summary = |args: &[&str]| -> serde_json::Value {
+        let r = env.coffer().args(args).run().ok();
+        let last = r
+            .stdout
+            .lines()
+            .rev()
+            .find(|l| l.contains("bytes_"))
+            .unwrap_or_else(|| panic!("{}", r.stdout))
+            .to_string();
+        serde_json::from_str(&last).unwrap()
+    };
+    let dry = summary(&[
+        "--json",
+        "forget",
+        "--keep-last",
+        "1",
+        "--prune",
+        "--dry-run",
+    ]);
+    let real = summary(&["--json", "forget", "--keep-last", "1", "--prune"]);
+    assert!(num(&real, "bytes_freed") > (4 * MIB) as u64, "{real}");
+    assert_eq!(
+        num(&dry, "bytes_to_free"),
+        num(&real, "bytes_freed"),
+        "{dry} {real}"
+    );
+}

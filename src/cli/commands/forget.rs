@@ -175,7 +175,8 @@ pub fn run(g: &GlobalOpts, a: &ForgetArgs) -> Result<ExitCode> {
             max_unused: a.prune_args.max_unused.clone(),
             dry_run: a.dry_run,
         };
-        super::prune::prune_locked(g, &repo, &pa)?;
+        // A dry run removed nothing: its prune must plan without them.
+        super::prune::prune_locked(g, &repo, &pa, &remove)?;
     }
     Ok(ExitCode::SUCCESS)
 }

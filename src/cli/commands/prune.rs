@@ -3,6 +3,7 @@
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, anyhow};
 use clap::Args;
+use coffer::id::SnapshotId;
 use coffer::repository::Repository;
 use coffer::retention::prune::{self, PruneOptions};
 use std::process::ExitCode;
@@ -29,14 +30,24 @@ pub fn max_unused(s: &str) -> Result<f64> {
     Ok(v / 100.0)
 }
 
-/// Plan and (unless dry-run) execute; the caller holds an exclusive lock.
-pub fn prune_locked(g: &GlobalOpts, repo: &Repository, a: &PruneArgs) -> Result<()> {
+/// Plan and (unless dry-run) execute, as if the `forgotten` snapshots were
+/// gone; the caller holds an exclusive lock.
+pub fn prune_locked(
+    g: &GlobalOpts,
+    repo: &Repository,
+    a: &PruneArgs,
+    forgotten: &[SnapshotId],
+) -> Result<()> {
     let opts = PruneOptions {
         max_unused: max_unused(&a.max_unused)?,
+        forgotten: forgotten.iter().copied().collect(),
     };
     let plan = prune::plan(repo, &opts)?;
     let freed = plan.bytes_to_delete();
     if !g.quiet && !g.json {
+        if let Some(n) = &plan.cache_note {
+            output::line(&format!("note: {n}"));
+        }
         output::line(&format!(
             "{} snapshots, {} packs ({}), {} in use",
             plan.snapshots,
@@ -97,6 +108,6 @@ pub fn prune_locked(g: &GlobalOpts, repo: &Repository, a: &PruneArgs) -> Result<
 pub fn run(g: &GlobalOpts, a: &PruneArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let _lock = repo::write_lock(g, &repo, true, "prune")?;
-    prune_locked(g, &repo, a)?;
+    prune_locked(g, &repo, a, &[])?;
     Ok(ExitCode::SUCCESS)
 }

@@ -39,12 +39,15 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
     match &a.what {
         RepairWhat::Index => {
             let r = coffer::repair::repair_index(&repo)?;
-            for u in &r.unreadable {
-                output::warn(&format!("left unindexed (unreadable): {u}"));
-            }
+            warn_index_repair(&r);
             if g.json {
+                let kept: Vec<serde_json::Value> = r
+                    .trailer_damaged
+                    .iter()
+                    .map(|k| serde_json::json!({"pack": k.pack.to_hex(), "reason": k.reason, "blobs_listed": k.listed, "blobs_verified": k.verified}))
+                    .collect();
                 output::json(
-                    &serde_json::json!({"message_type": "summary", "packs_indexed": r.packs_indexed, "blobs_indexed": r.blobs_indexed, "unreadable": r.unreadable, "segments_written": r.segments_written, "segments_removed": r.segments_removed}),
+                    &serde_json::json!({"message_type": "summary", "packs_indexed": r.packs_indexed, "blobs_indexed": r.blobs_indexed, "unreadable": r.unreadable, "trailer_damaged": kept, "segments_written": r.segments_written, "segments_removed": r.segments_removed}),
                 );
             } else if !g.quiet {
                 output::line(&format!(
@@ -56,7 +59,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                     r.unreadable.len()
                 ));
             }
-            Ok(if r.unreadable.is_empty() {
+            Ok(if r.unreadable.is_empty() && r.trailer_damaged.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(3)
@@ -75,6 +78,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
             let r = coffer::repair::repair_packs(&repo, &only, &progress);
             progress.finish();
             let r = r?;
+            note_cache(g, r.cache_note.as_deref());
             let lost: Vec<serde_json::Value> = r
                 .blobs_lost
                 .iter()
@@ -106,9 +110,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                 ));
             }
             if let Some(ir) = &r.index {
-                for u in &ir.unreadable {
-                    output::warn(&format!("left unindexed (unreadable): {u}"));
-                }
+                warn_index_repair(ir);
             }
             if r.blobs_lost.is_empty() {
                 return Ok(ExitCode::SUCCESS);
@@ -146,10 +148,9 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
         }
         RepairWhat::Snapshots { forget } => {
             let r = coffer::repair::repair_snapshots(repo.clone(), *forget)?;
+            note_cache(g, r.cache_note.as_deref());
             if let Some(ir) = &r.index_rebuilt {
-                for u in &ir.unreadable {
-                    output::warn(&format!("left unindexed (unreadable): {u}"));
-                }
+                warn_index_repair(ir);
                 if !g.json && !g.quiet {
                     let names: Vec<String> = r.missing_packs.iter().map(|p| p.to_hex()).collect();
                     output::line(&format!(
@@ -208,5 +209,32 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                 ExitCode::from(3)
             })
         }
+    }
+}
+
+/// Say what an index rebuild could not do, and what to run about it.
+fn warn_index_repair(r: &coffer::repair::IndexRepair) {
+    for u in &r.unreadable {
+        output::warn(&format!("left unindexed (unreadable): {u}"));
+    }
+    for k in &r.trailer_damaged {
+        let name = k.pack.to_hex();
+        output::warn(&format!(
+            "{}: {}; indexed with the {} blobs the old index listed ({} verify now): `coffer repair packs {name}` moves them into a sound pack",
+            coffer::backend::FileKind::Pack.path(&name),
+            k.reason,
+            k.listed,
+            k.verified
+        ));
+    }
+}
+
+/// A cache found wrong (and rebuilt) is not damage to the repository.
+fn note_cache(g: &GlobalOpts, note: Option<&str>) {
+    if let Some(n) = note
+        && !g.json
+        && !g.quiet
+    {
+        output::line(&format!("note: {n}"));
     }
 }

@@ -93,6 +93,8 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
                 "unreferenced_bytes": unreferenced,
                 "temporary_files": r.temp_files,
                 "temporary_bytes": r.temp_bytes,
+                "duplicate_blobs": r.duplicate_blobs,
+                "duplicate_bytes": r.duplicate_bytes,
             },
         }));
         return;
@@ -141,6 +143,14 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
             "{} ({}; left by interrupted writes, `coffer prune` removes those over an hour old)",
             r.temp_files,
             output::bytes(r.temp_bytes)
+        ),
+    );
+    row(
+        "Duplicate copies:",
+        format!(
+            "{} blobs ({}) stored more than once (by concurrent backups); `coffer prune` keeps one copy",
+            r.duplicate_blobs,
+            output::bytes(r.duplicate_bytes)
         ),
     );
 }
