@@ -248,3 +248,36 @@ impl Error {
         Error::Backend { op, object, source }
     }
 }
+
+#[cfg(test)]
+mod typed_failure_tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A backup's first failure reaches every later caller as the same
+    /// kind: a full disk stays a full disk, an I/O error keeps its code.
+    #[test]
+    fn an_aborted_store_keeps_its_cause_typed() {
+        let full = Error::backend_io(
+            "write",
+            "packs/ab/abcd",
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        let aborted = Error::Aborted(Arc::new(full.duplicate()));
+        assert!(matches!(aborted.root(), Error::DiskFull { object } if object == "packs/ab/abcd"));
+        assert!(aborted.to_string().contains("repository disk full"));
+        let eio = Error::backend_io(
+            "write",
+            "index/x",
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        match Error::Aborted(Arc::new(eio.duplicate())).root() {
+            Error::Backend { source, .. } => assert_eq!(source.raw_os_error(), Some(libc::EIO)),
+            other => panic!("not a backend error: {other:?}"),
+        }
+        let nested = Error::Aborted(Arc::new(Error::Aborted(Arc::new(Error::LockLost {
+            secs: 9,
+        }))));
+        assert!(matches!(nested.root(), Error::LockLost { secs: 9 }));
+    }
+}

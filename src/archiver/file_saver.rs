@@ -475,9 +475,9 @@ pub(super) fn chunk_stream_overlapped(
         }
         drop(full_tx);
         *spare = buf;
-        let (content, added) = storer.join().map_err(|_| {
-            Error::Internal("the stream storer thread panicked".into())
-        })??;
+        let (content, added) = storer
+            .join()
+            .map_err(|_| Error::Internal("the stream storer thread panicked".into()))??;
         Ok(Streamed {
             content,
             read: f.total,

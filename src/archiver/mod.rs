@@ -332,9 +332,10 @@ fn assemble(
                 let link_key = (node.device, node.inode);
                 let reuse_link = is_file && outcome.is_none() && state != ParentState::Unmodified;
                 let outcome = match (outcome, reuse_link.then(|| linked.get(&link_key)).flatten()) {
-                    (Some(rx), _) => Some(rx.recv().map_err(|_| {
-                        Error::Internal("a reader thread stopped".into())
-                    })??),
+                    (Some(rx), _) => Some(
+                        rx.recv()
+                            .map_err(|_| Error::Internal("a reader thread stopped".into()))??,
+                    ),
                     (None, Some((content, size, flags))) => {
                         node.content = content.clone();
                         node.size = *size;

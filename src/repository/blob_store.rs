@@ -204,10 +204,12 @@ impl BlobStore {
     fn send(&self, pack: PackWriter) -> Result<()> {
         let finished = pack.finish(self.shared.repo.keys(), self.shared.repo.id());
         match &self.tx {
-            Some(tx) => tx.send(finished).map_err(|_| match lock(&self.shared.failed).clone() {
-                Some(cause) => Error::Aborted(cause),
-                None => Error::Internal("the upload thread stopped".into()),
-            }),
+            Some(tx) => tx
+                .send(finished)
+                .map_err(|_| match lock(&self.shared.failed).clone() {
+                    Some(cause) => Error::Aborted(cause),
+                    None => Error::Internal("the upload thread stopped".into()),
+                }),
             None => Err(Error::Internal("blob store already finished".into())),
         }
     }
