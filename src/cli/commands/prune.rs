@@ -49,22 +49,22 @@ pub fn prune_locked(
             output::line(&format!("note: {n}"));
         }
         output::line(&format!(
-            "{} snapshots, {} packs ({}), {} in use",
-            plan.snapshots,
-            plan.packs_total,
+            "{}, {} ({}), {} in use",
+            output::count(plan.snapshots, "snapshot", "snapshots"),
+            output::count(plan.packs_total, "pack", "packs"),
             output::bytes(plan.bytes_total),
             output::bytes(plan.bytes_used)
         ));
         output::line(&format!(
-            "{}: {} unused packs, {} packs to repack, {} unindexed packs; up to {} to free",
+            "{}: {} unused, {} to repack, {} unindexed; up to {} to free",
             if a.dry_run {
                 "would remove"
             } else {
                 "removing"
             },
-            plan.delete.len(),
-            plan.repack.len(),
-            plan.unindexed.len(),
+            output::count(plan.delete.len(), "pack", "packs"),
+            output::count(plan.repack.len(), "pack", "packs"),
+            output::count(plan.unindexed.len(), "pack", "packs"),
             output::bytes(freed)
         ));
     }
@@ -88,17 +88,17 @@ pub fn prune_locked(
         }));
     } else if !g.quiet {
         output::line(&format!(
-            "deleted {} packs, repacked {} packs ({} blobs into {} new packs), freed {}",
-            r.packs_deleted,
-            r.packs_repacked,
-            r.blobs_repacked,
-            r.packs_written,
+            "deleted {}, repacked {} ({} into {}), freed {}",
+            output::count(r.packs_deleted, "pack", "packs"),
+            output::count(r.packs_repacked, "pack", "packs"),
+            output::count(r.blobs_repacked, "blob", "blobs"),
+            output::count(r.packs_written, "new pack", "new packs"),
             output::bytes(r.bytes_freed)
         ));
         if r.temps_removed > 0 {
             output::line(&format!(
-                "removed {} temporary files left by interrupted writes",
-                r.temps_removed
+                "removed {} left by interrupted writes",
+                output::count(r.temps_removed, "temporary file", "temporary files")
             ));
         }
     }

@@ -51,12 +51,12 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                 );
             } else if !g.quiet {
                 output::line(&format!(
-                    "indexed {} blobs in {} packs into {} segments (replacing {}); {} packs unreadable",
-                    r.blobs_indexed,
-                    r.packs_indexed,
-                    r.segments_written,
+                    "indexed {} in {} into {} (replacing {}); {} unreadable",
+                    output::count(r.blobs_indexed, "blob", "blobs"),
+                    output::count(r.packs_indexed, "pack", "packs"),
+                    output::count(r.segments_written, "segment", "segments"),
                     r.segments_removed,
-                    r.unreadable.len()
+                    output::count(r.unreadable.len(), "pack", "packs")
                 ));
             }
             Ok(if r.unreadable.is_empty() && r.trailer_damaged.is_empty() {
@@ -101,12 +101,12 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                     }
                 }
                 output::line(&format!(
-                    "read {} packs: {} damaged, removed after moving {} intact blobs into {} new packs; {} blobs lost",
-                    r.packs_read,
+                    "read {}: {} damaged, removed after moving {} into {}; {} lost",
+                    output::count(r.packs_read, "pack", "packs"),
                     r.damaged.len(),
-                    r.blobs_salvaged,
-                    r.packs_written,
-                    r.blobs_lost.len()
+                    output::count(r.blobs_salvaged, "intact blob", "intact blobs"),
+                    output::count(r.packs_written, "new pack", "new packs"),
+                    output::count(r.blobs_lost.len(), "blob", "blobs")
                 ));
             }
             if let Some(ir) = &r.index {
@@ -177,10 +177,10 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
             for (old, new, dropped) in &r.rewritten {
                 if !g.json && !g.quiet {
                     output::line(&format!(
-                        "snapshot {} -> {} (left out {} entries):",
+                        "snapshot {} -> {} (left out {}):",
                         old.short(),
                         new.short(),
-                        dropped.len()
+                        output::count(dropped.len(), "entry", "entries")
                     ));
                     for d in dropped {
                         output::line(&format!("  {d}"));
@@ -197,8 +197,8 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                 );
             } else if !g.quiet {
                 output::line(&format!(
-                    "{} snapshots intact, {} repaired",
-                    r.intact,
+                    "{} intact, {} repaired",
+                    output::count(r.intact, "snapshot", "snapshots"),
                     r.rewritten.len()
                 ));
             }

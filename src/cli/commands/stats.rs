@@ -58,11 +58,11 @@ fn restore_size(g: &GlobalOpts, n: usize, t: &RestoreSize) {
     row(
         "Total File Count:",
         format!(
-            "{} ({} files, {} dirs, {} others)",
+            "{} ({}, {}, {})",
             t.files + t.dirs + t.others,
-            t.files,
-            t.dirs,
-            t.others
+            output::count(t.files, "file", "files"),
+            output::count(t.dirs, "dir", "dirs"),
+            output::count(t.others, "other", "others")
         ),
     );
     row("Total Size:", output::bytes(t.bytes));
@@ -148,8 +148,8 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
     row(
         "Duplicate copies:",
         format!(
-            "{} blobs ({}) stored more than once (by concurrent backups); `coffer prune` keeps one copy",
-            r.duplicate_blobs,
+            "{} ({}) stored more than once (by concurrent backups); `coffer prune` keeps one copy",
+            output::count(r.duplicate_blobs, "blob", "blobs"),
             output::bytes(r.duplicate_bytes)
         ),
     );
