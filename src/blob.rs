@@ -1,7 +1,7 @@
 //! What a blob is, and the two roles the operations need from a repository:
 //! read a blob ([`BlobSource`]) and store one ([`BlobSink`]). The archiver
 //! and restorer depend on these traits, not on the concrete repository, so
-//! their tests need no repository at all (ARCHITECTURE.md habit 4).
+//! their tests need no repository at all (doc/design.md habit 4).
 
 use crate::error::Result;
 use crate::id::{BlobId, PackId};

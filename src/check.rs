@@ -9,7 +9,7 @@
 //! `--read-data` (or a subset of packs) also reads packs whole: the name
 //! must be the hash of the bytes, and every blob must authenticate,
 //! decompress and hash to its id. Hardware faults are what users hit most
-//! (RELIABILITY.md §0.3), so a subset each night is cheap insurance.
+//! (doc/reliability.md §0.3), so a subset each night is cheap insurance.
 
 use crate::backend::FileKind;
 use crate::blob::{BlobKind, BlobSource};

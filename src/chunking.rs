@@ -1,7 +1,7 @@
 //! Content-defined chunking: FastCDC (2020 variant, normalization level 1)
 //! with the gear table XORed by a per-repository seed, so chunk boundaries
 //! of known content cannot be predicted without the key (repo-format/README.md,
-//! "Chunking"; RELIABILITY.md H-9).
+//! "Chunking"; doc/reliability.md H-9).
 //!
 //! The chunker is a pure function of bytes: [`Chunker::next_cut`] finds the
 //! end of the chunk that starts at the beginning of a slice. Streaming callers

@@ -5,7 +5,7 @@
 //! The [`Reader`] never panics and never allocates more than the input holds:
 //! a declared length or count is checked against the bytes that remain (times
 //! the smallest item size) before anything is reserved, so a hostile
-//! `count = 2^32-1` costs nothing (RELIABILITY.md 4.J).
+//! `count = 2^32-1` costs nothing (doc/reliability.md 4.J).
 
 /// Why a decode failed; the caller adds the object's name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! zstd with a hard cap on decompressed size (a zstd frame that claims or
 //! expands to more than the declared raw length is corrupt, never a reason
-//! to allocate: RELIABILITY.md 4.J).
+//! to allocate: doc/reliability.md 4.J).
 //!
 //! Every blob is offered to zstd whole. A sampling probe that skipped
 //! "incompressible" chunks used to sit in front of it; it was removed

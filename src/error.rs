@@ -1,6 +1,6 @@
 //! Library error kinds.
 //!
-//! Policy (DESIGN.md invariant 6): a *source* error (a user's file vanished,
+//! Policy (doc/design.md invariant 6): a *source* error (a user's file vanished,
 //! could not be read, changed while read) is never an [`Error`]: the archiver
 //! reports it as a [`crate::progress::SourceWarning`] and carries on. Every
 //! [`Error`] is a repository or usage failure that aborts the operation and

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 /// A problem with a user's file that does not stop the operation: the file
-/// is skipped or marked, and the command exits 3 (DESIGN.md invariant 6).
+/// is skipped or marked, and the command exits 3 (doc/design.md invariant 6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourceWarning {
     pub path: std::path::PathBuf,

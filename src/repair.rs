@@ -1,6 +1,6 @@
 //! Repair: return a damaged repository to a check-clean state, writing new
 //! objects and never deleting the only copy of anything it could not read
-//! (RELIABILITY.md §0.10, B6).
+//! (doc/reliability.md §0.10, B6).
 //!
 //! - `repair index` rebuilds the index from the packs' own trailers: new
 //!   segments first, then the old ones are deleted. A pack whose trailer

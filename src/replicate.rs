@@ -18,7 +18,7 @@
 //! Per snapshot, in time order: walk its trees in the source, depth first;
 //! copy the content blobs the destination lacks; store each tree after
 //! everything below it; make it all durable ([`BlobStore::finish`]); write
-//! the snapshot last (DESIGN.md invariant 5). A copy that dies leaves only
+//! the snapshot last (doc/design.md invariant 5). A copy that dies leaves only
 //! packs nothing references, which the next run adopts instead of copying
 //! again. A snapshot already in the destination (same time, host, user,
 //! paths, tags and tree) is skipped, so a rerun copies only what is new.

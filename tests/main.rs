@@ -1,5 +1,5 @@
 //! coffer's end-to-end tests: one test binary that runs the real `coffer`
-//! executable against temporary repositories (RELIABILITY.md section 4).
+//! executable against temporary repositories (doc/reliability.md section 4).
 
 // Environment, fixture builder, tree comparison and other shared helpers.
 mod support;

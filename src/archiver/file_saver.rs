@@ -1,7 +1,7 @@
 //! Reading, chunking and storing one file. Runs on the file-saver threads.
 //!
 //! Files are read with plain `read()` into a buffer, never mmap: a file
-//! truncated while mapped turns into SIGBUS (RELIABILITY.md E6), while
+//! truncated while mapped turns into SIGBUS (doc/reliability.md E6), while
 //! `read()` just returns less, and page-cache reads run at ~29 GB/s, far
 //! above the CPU stages. The buffer is cut with FastCDC; the chunks of one
 //! buffer are hashed, compressed and sealed in parallel on rayon, so one

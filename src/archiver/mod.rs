@@ -428,7 +428,7 @@ pub struct SnapshotOptions {
 }
 
 /// Back up into `repo` and record a snapshot. Order: packs, index segment,
-/// then the snapshot (DESIGN.md invariant 5); on any error no snapshot exists.
+/// then the snapshot (doc/design.md invariant 5); on any error no snapshot exists.
 pub fn snapshot(
     repo: Arc<Repository>,
     opts: &SnapshotOptions,

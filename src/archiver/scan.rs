@@ -412,7 +412,7 @@ pub fn prescan(
     progress.scan_total(files, bytes);
 }
 
-/// The change-detection rule (DESIGN.md): all five must match, and the
+/// The change-detection rule (doc/design.md): all five must match, and the
 /// parent must not have recorded the file as damaged or changing.
 pub fn unchanged(parent: &Node, now: &Node) -> bool {
     parent.kind == NodeKind::File

@@ -5,7 +5,7 @@
 //!
 //! A stream that ends in a read error, or whose producer exits non-zero,
 //! is a failed backup: the caller's `finished` check runs after the last
-//! byte and before the snapshot is written (RELIABILITY.md E9).
+//! byte and before the snapshot is written (doc/reliability.md E9).
 
 use super::file_saver::chunk_stream_overlapped;
 use super::{BackupOutcome, SnapshotOptions, Summary, save_snapshot};

@@ -2,7 +2,7 @@
 //!
 //! `put` writes a temporary file beside the target, fsyncs it, renames it to
 //! its final name and fsyncs the directory, so a crash or a full disk never
-//! leaves a partial object under a valid name (RELIABILITY.md §0.5,
+//! leaves a partial object under a valid name (doc/reliability.md §0.5,
 //! rustic#1731). Temporary files carry a `.tmp-` infix, are never listed,
 //! and are removed by [`LocalBackend::remove_stale_temp_files`].
 
@@ -18,14 +18,14 @@ pub struct LocalBackend {
     root: PathBuf,
 }
 
-/// Crash-test hook (RELIABILITY.md H2): `COFFER_FAILPOINT=before-put:N` or
+/// Crash-test hook (doc/reliability.md H2): `COFFER_FAILPOINT=before-put:N` or
 /// `after-put:N` kills the process with `abort()` (no unwinding, no
 /// destructors: a real death) just before or just after the N-th object
 /// write; `before-put:KIND:N` counts only one kind (`pack`, `index`,
 /// `snapshot`, `key`, `lock`, `config`; plurals work too).
 /// `before-delete[:KIND]:N` does the same just before the N-th deletion.
 /// `enospc-put[:KIND]:N` does not kill: the N-th write stops half way with
-/// ENOSPC, as on a full disk (RELIABILITY.md E1).
+/// ENOSPC, as on a full disk (doc/reliability.md E1).
 /// Unset, it costs one atomic load.
 mod failpoint {
     use std::sync::OnceLock;

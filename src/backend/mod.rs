@@ -1,5 +1,5 @@
 //! Where repository objects live. The trait offers only what an S3 bucket
-//! offers too (DESIGN.md invariant 1): create-once put, whole or ranged get,
+//! offers too (doc/design.md invariant 1): create-once put, whole or ranged get,
 //! list by kind, delete. No rename, no append, no update in place.
 //!
 //! Durability contract: when `put` returns `Ok`, the object is durable under
@@ -27,7 +27,7 @@ pub enum FileKind {
     Lock,
     /// A pack `repair packs` took out of service, kept byte for byte under
     /// its old name: never read, listed or indexed by coffer; the only copy
-    /// of what could not be read is not deleted (RELIABILITY.md B6).
+    /// of what could not be read is not deleted (doc/reliability.md B6).
     Damaged,
 }
 
@@ -178,7 +178,7 @@ impl PendingPut for Committed {
     }
 }
 
-/// Run the same contract checks against any backend (ARCHITECTURE.md habit 3).
+/// Run the same contract checks against any backend (doc/design.md habit 3).
 #[cfg(test)]
 pub fn conformance(b: &dyn Backend) {
     use crate::error::Error;

@@ -18,7 +18,7 @@
 //! KEK: Argon2id(passphrase, salt, params) for passphrase slots;
 //! keyed-BLAKE3(key = secret, salt) for key-file slots (the secret is
 //! already 256 random bits, so no stretching is needed).
-//! KDF parameters are bounded before the KDF runs (RELIABILITY.md H-2).
+//! KDF parameters are bounded before the KDF runs (doc/reliability.md H-2).
 
 use super::envelope::{self, OpenError};
 use super::{AadKind, KeySet, MasterKey, aad};
@@ -31,7 +31,7 @@ pub const SALT_LEN: usize = 16;
 
 /// Upper bounds on KDF parameters read from a slot (inclusive): a hostile
 /// slot asking for terabytes of memory or millions of passes would make
-/// every open a denial of service (RELIABILITY.md H-2).
+/// every open a denial of service (doc/reliability.md H-2).
 pub const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
 pub const MAX_ITERATIONS: u32 = 64;
 pub const MAX_LANES: u32 = 16;

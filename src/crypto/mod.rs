@@ -6,7 +6,7 @@
 //! about the others. Associated data binds every ciphertext to its
 //! repository, its object kind and, for blobs and key slots, its id:
 //! nothing can be moved to another place or repository unnoticed
-//! (RELIABILITY.md H-6).
+//! (doc/reliability.md H-6).
 
 pub mod envelope;
 pub mod key_file;

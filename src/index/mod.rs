@@ -1,5 +1,5 @@
 //! The repository index, queried through a local SQLite cache
-//! (DESIGN.md invariant 4).
+//! (doc/design.md invariant 4).
 //!
 //! The source of truth is the set of index segments in the repository; the
 //! SQLite file is a cache of their union, stamped with the repository id,
@@ -7,7 +7,7 @@
 //! compares that set with a fresh listing: new segments are added, and if
 //! any cached segment has disappeared (a prune replaced it) the cache is
 //! rebuilt, so a cache that says "already stored" never outlives a prune
-//! (RELIABILITY.md §0.9). Each segment is added in one transaction, so a
+//! (doc/reliability.md §0.9). Each segment is added in one transaction, so a
 //! kill mid-update leaves the cache at the previous consistent state.
 //!
 //! Lookups are indexed B-tree queries: memory stays at SQLite's page cache
@@ -231,7 +231,7 @@ impl Index {
             .and_then(|e| e.sqlite_error_code());
         if code == Some(ErrorCode::DiskFull) {
             // The cache is only a copy of the repository's index: nothing is
-            // lost, but the user has to make room or move it (RELIABILITY.md E1).
+            // lost, but the user has to make room or move it (doc/reliability.md E1).
             return cache_err(
                 &self.path,
                 "the disk holding the cache is full: free some space, or put the cache on another disk with --cache-dir, and run the command again",

@@ -1,6 +1,6 @@
 //! Packs: many sealed blobs in one object, with an encrypted trailer that
 //! lists them, so the index can always be rebuilt from packs alone
-//! (DESIGN.md invariant 4; repo-format/README.md, "Packs").
+//! (doc/design.md invariant 4; repo-format/README.md, "Packs").
 //!
 //! ```text
 //! pack    := blob* || trailer_envelope || trailer_len u32

@@ -11,7 +11,7 @@
 //! the SQLite cache. Memory is bounded by the channel: a full pack waits
 //! for a free upload thread, each of which holds one.
 //!
-//! Ordering (DESIGN.md invariant 5): a blob is in a segment only after its
+//! Ordering (doc/design.md invariant 5): a blob is in a segment only after its
 //! pack is durable, and [`BlobStore::finish`] returns only after the last
 //! segment is durable, so the caller may then write the snapshot.
 
@@ -381,11 +381,11 @@ impl BlobStore {
 /// An indexed pack that is missing, or whose size differs from the one
 /// the index records (cut short, or bytes appended), is refused:
 /// deduplicating against it would commit a snapshot whose data is gone
-/// (RELIABILITY.md §0.9, restic#2571); `repair snapshots` rebuilds the
+/// (doc/reliability.md §0.9, restic#2571); `repair snapshots` rebuilds the
 /// index first, after which a backup stores the lost content again.
 ///
 /// Packs that exist but that no segment lists (left by a backup killed
-/// between its pack uploads and its index segment, RELIABILITY.md A3) are
+/// between its pack uploads and its index segment, doc/reliability.md A3) are
 /// indexed, so this backup reuses their blobs instead of uploading them
 /// again. Each is verified like a pack about to be uploaded, but streamed
 /// (see [`verify_leftover`]): an interrupted multi-terabyte backup's
@@ -793,7 +793,7 @@ mod tests {
     use super::*;
     use crate::backend::Backend;
 
-    /// RELIABILITY.md E10: a bit flipped in a pack's buffer after sealing
+    /// doc/reliability.md E10: a bit flipped in a pack's buffer after sealing
     /// (inside a blob, in the trailer, in its length) is caught by the
     /// check before upload, which names the pack; nothing is uploaded.
     #[test]

@@ -3,7 +3,7 @@
 //!
 //! Every slot wraps the same master key, so adding one needs the master key
 //! of an open repository and changes nothing else. The rules that keep a
-//! repository openable whatever happens (RELIABILITY.md H-5, A8):
+//! repository openable whatever happens (doc/reliability.md H-5, A8):
 //! - a new slot is read back from the backend and opened with its secret
 //!   before it counts as added; one that does not open is deleted again;
 //! - the slot that opened this session and the last slot are never removed;

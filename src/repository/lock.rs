@@ -1,4 +1,4 @@
-//! Repository locks (DESIGN.md invariant 7; repo-format/README.md, "Locks").
+//! Repository locks (doc/design.md invariant 7; repo-format/README.md, "Locks").
 //!
 //! ```text
 //! lock := "cofferL1"[8] || exclusive u8 || created_ns i64 || refreshed_ns i64
@@ -332,7 +332,7 @@ impl Repository {
 
     /// The first lock (other than `ours`) that conflicts with taking a lock
     /// of this kind. An unreadable lock object conflicts with everything:
-    /// nobody can tell what it protects (RELIABILITY.md G8).
+    /// nobody can tell what it protects (doc/reliability.md G8).
     fn conflict(
         &self,
         exclusive: bool,

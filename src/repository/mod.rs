@@ -150,7 +150,7 @@ pub fn now_ns() -> i64 {
 impl Repository {
     /// Create a repository. Key slot first, config last: a repository
     /// exists exactly when its config does, so an interrupted `init` leaves
-    /// nothing a later command would accept (RELIABILITY.md A7).
+    /// nothing a later command would accept (doc/reliability.md A7).
     pub fn init(
         backend: Arc<dyn Backend>,
         secret: InitSecret,
@@ -698,7 +698,7 @@ impl Repository {
     /// Check a pack's structure without reading its blobs: its size
     /// against the index's record, then its trailer (authenticated, parsed,
     /// tiling the pack). Catches bytes appended, cut or altered outside
-    /// the blobs a reader uses (RELIABILITY.md F1, F2, K9). Costs a stat
+    /// the blobs a reader uses (doc/reliability.md F1, F2, K9). Costs a stat
     /// and one small ranged read.
     pub fn check_pack(&self, pack: &PackId) -> Result<()> {
         let name = pack.to_hex();

@@ -3,7 +3,7 @@
 //! Files are written under a temporary name in their final directory,
 //! blob by blob (each authenticated and re-hashed before a byte of it is
 //! written), given their metadata, and only then renamed into place: an interrupted or failed restore never leaves a half-written file
-//! under the real name (RELIABILITY.md E3, F1).
+//! under the real name (doc/reliability.md E3, F1).
 
 use crate::error::{Error, Result};
 use crate::snapshot::tree::{Node, NodeKind};
@@ -78,7 +78,7 @@ fn in_the_way(e: &std::io::Error) -> bool {
 }
 
 /// Remove whatever is at `path` unless it is a real directory: a symlink
-/// planted in the target is replaced, never followed (RELIABILITY.md I4).
+/// planted in the target is replaced, never followed (doc/reliability.md I4).
 pub fn clear_non_dir(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
@@ -190,7 +190,7 @@ fn settable_xattrs(node: &Node, as_root: bool) -> impl Iterator<Item = (CString,
 }
 
 /// The mode to set: without root, setuid/setgid bits are dropped
-/// (RELIABILITY.md I7).
+/// (doc/reliability.md I7).
 fn settable_mode(node: &Node, as_root: bool) -> libc::mode_t {
     let mode = if as_root {
         node.mode

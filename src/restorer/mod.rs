@@ -5,7 +5,7 @@
 //!    Directories are created or checked to be real directories before
 //!    their entries, so every parent of a path written here is a directory
 //!    this run made or verified: nothing is written through a symlink,
-//!    planted or restored (RELIABILITY.md I3, I4, I6). Names were validated
+//!    planted or restored (doc/reliability.md I3, I4, I6). Names were validated
 //!    when each tree was decoded (no `..`, `/` or NUL).
 //! 2. Files go into a batch; a file already at the target with the same
 //!    content is left alone (`--overwrite if-changed`), which also makes a
@@ -19,7 +19,7 @@
 //!    commit when they end in zeros), so all-zero chunks are simply not written and stay holes.
 //! 4. A complete file gets its metadata and is renamed into place; a file
 //!    with any failed blob is removed, never left with wrong bytes
-//!    (RELIABILITY.md F1). Hardlinks are made once their first name exists;
+//!    (doc/reliability.md F1). Hardlinks are made once their first name exists;
 //!    directory metadata is applied last, deepest first.
 
 pub mod direct;
@@ -653,7 +653,7 @@ impl Restorer<'_> {
         // Plan each file before anything is created: every content blob
         // located, a data blob, and their lengths adding up to the declared
         // size. A file that fails here gets no temporary file at all, so a
-        // hostile size (2^62) is never preallocated (RELIABILITY.md I8).
+        // hostile size (2^62) is never preallocated (doc/reliability.md I8).
         let mut needs: HashMap<BlobId, Need> = HashMap::new();
         // Every location the batch needs, in one query round.
         let mut ids: Vec<BlobId> = tasks

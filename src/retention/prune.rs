@@ -10,9 +10,9 @@
 //! unused data; the copy kept is in a pack that stays or is repacked. The plan is refused — nothing
 //! deleted — when what was listed does not add up: a snapshot or index
 //! segment that cannot be read, an indexed pack missing or of the wrong
-//! size, or a used blob the index does not know (RELIABILITY.md §6.7).
+//! size, or a used blob the index does not know (doc/reliability.md §6.7).
 //!
-//! Execute, in the order that keeps every crash safe (RELIABILITY.md 4.B):
+//! Execute, in the order that keeps every crash safe (doc/reliability.md 4.B):
 //! 1. copy the used blobs of packs to repack into new packs (their sealed
 //!    bytes are moved as they are, after being authenticated and re-hashed),
 //!    writing an index segment for them every `CHECKPOINT_BLOBS` blobs;

@@ -157,7 +157,7 @@ impl Node {
 
 /// A name is valid when it is one path component: not empty, not `.` or
 /// `..`, without `/` or NUL. One validator serves decode, restore, ls and
-/// check (RELIABILITY.md I1).
+/// check (doc/reliability.md I1).
 pub fn valid_name(name: &[u8]) -> bool {
     !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }

@@ -1,6 +1,6 @@
 //! Depth-first walk over a snapshot's trees through a [`BlobSource`].
 //! Iterative, so a hostile tree nested 10^5 deep cannot overflow the stack
-//! (RELIABILITY.md I9); memory holds one tree per level.
+//! (doc/reliability.md I9); memory holds one tree per level.
 
 use super::tree::{NodeKind, Tree};
 use crate::blob::{BlobKind, BlobSource};
@@ -151,7 +151,7 @@ pub fn find_path(
 }
 
 /// Trees by id, in memory: the [`BlobSource`] the unit tests of walks over
-/// trees (diff, find) run against, with no repository (ARCHITECTURE.md
+/// trees (diff, find) run against, with no repository (doc/design.md
 /// habit 4).
 #[cfg(test)]
 #[derive(Default)]

@@ -599,7 +599,7 @@ fn backup_with_unreadable_file_exits_3_and_keeps_the_rest() {
         "the backup did not record a snapshot"
     );
 
-    // Everything readable was stored correctly (RELIABILITY.md E5, E8).
+    // Everything readable was stored correctly (doc/reliability.md E5, E8).
     let target = env.path("restore");
     env.coffer()
         .args(["restore", "latest", "--target"])

@@ -1,4 +1,4 @@
-//! Crash safety (RELIABILITY.md 4.A, 4.B, E1; issue 6 point 6): backup, prune
+//! Crash safety (doc/reliability.md 4.A, 4.B, E1; issue 6 point 6): backup, prune
 //! and forget are killed with `abort()` at exact object writes and
 //! deletions (`COFFER_FAILPOINT`), and after every kill the repository
 //! must be whole: `check --read-data` passes (unindexed packs are only
@@ -194,7 +194,7 @@ fn stdin_backup(env: &Env, data: &[u8], failpoint: Option<&str>) -> std::process
 
 #[test]
 fn stdin_backup_killed_mid_stream_leaves_no_snapshot_and_rerun_reuses_its_packs() {
-    // RELIABILITY.md A10, scaled down.
+    // doc/reliability.md A10, scaled down.
     let template = Env::new();
     template.init_with(&["--pack-size", "1M"]);
     let data = Rng::new(77).bytes(5 * MIB);
@@ -361,7 +361,7 @@ fn prune_killed_at_every_stage_loses_nothing() {
 
 #[test]
 fn forget_killed_between_deletions_removes_fewer_snapshots_and_nothing_else() {
-    // RELIABILITY.md B4.
+    // doc/reliability.md B4.
     let env = Env::new();
     env.init();
     let t = TreeBuilder::new(env.path("src"));
@@ -432,7 +432,7 @@ fn temp_objects(env: &Env) -> Vec<PathBuf> {
     out
 }
 
-/// RELIABILITY.md E1: the repository's disk fills while a backup writes a
+/// doc/reliability.md E1: the repository's disk fills while a backup writes a
 /// pack (in the middle of a 24 MiB file, on the overlapped big-file path),
 /// its index segment or its snapshot. Each time: exit 1 with "repository
 /// disk full", no snapshot, nothing half-written under a final name or

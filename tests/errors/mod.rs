@@ -1,4 +1,4 @@
-//! Damage to the repository at rest (RELIABILITY.md F1-F3, F5, F8): every
+//! Damage to the repository at rest (doc/reliability.md F1-F3, F5, F8): every
 //! failure is a clear error naming the damaged object, exit 1, no panic, and
 //! no restored file ever holds wrong bytes under its final name.
 
@@ -244,7 +244,7 @@ fn flipped_byte_in_a_snapshot_object_is_named() {
     flip_byte(&obj, len / 2);
 
     // The damaged snapshot is named and skipped; the others are still
-    // listed (RELIABILITY.md F8), and the exit code is not 0.
+    // listed (doc/reliability.md F8), and the exit code is not 0.
     let r = env.coffer().arg("snapshots").run().expect_code(3);
     assert!(
         r.stderr.contains(&format!("snapshots/{s1}")),
@@ -318,7 +318,7 @@ fn truncated_index_object_is_named_with_and_without_cache() {
     };
 
     // Loading the index from the repository finds the damage and names it;
-    // what the other segment indexes is still usable (RELIABILITY.md F5).
+    // what the other segment indexes is still usable (doc/reliability.md F5).
     let r = env.coffer().args(["--no-cache", "ls", "latest"]).run();
     assert_ne!(r.code, 0);
     names_it(&r);

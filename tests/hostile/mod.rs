@@ -1,4 +1,4 @@
-//! Hostile snapshots on restore (issue #7, RELIABILITY.md 4.I, H8): trees
+//! Hostile snapshots on restore (issue #7, doc/reliability.md 4.I, H8): trees
 //! and snapshots written directly with the repository key, as someone who
 //! holds the key (or a compromised client) could write them. Whatever they
 //! hold, a restore creates, modifies and deletes nothing outside
@@ -311,7 +311,7 @@ fn duplicate_and_unsorted_entries_are_refused() {
     w.assert_outside_untouched();
 }
 
-/// RELIABILITY.md I3/I4/I6: a symlink restored (or planted) in the target
+/// doc/reliability.md I3/I4/I6: a symlink restored (or planted) in the target
 /// is replaced, never written through, when a later restore puts a
 /// directory or a file under that name.
 #[test]
@@ -461,7 +461,7 @@ fn very_long_names_and_deep_nesting_fail_per_entry() {
     w.assert_outside_untouched();
 }
 
-/// Device nodes, FIFOs and setuid bits (RELIABILITY.md I7). As root they
+/// Device nodes, FIFOs and setuid bits (doc/reliability.md I7). As root they
 /// are restored (like tar and restic do); without root a device is skipped
 /// with a warning and setuid/setgid are dropped. The non-root half runs
 /// the binary as `nobody` through setpriv.

@@ -1,4 +1,4 @@
-//! `coffer key list|add|remove|passwd|export` (issue #7, RELIABILITY.md
+//! `coffer key list|add|remove|passwd|export` (issue #7, doc/reliability.md
 //! H-5, A8): every new key opens the repository on its own, the key in use
 //! and the last key cannot be removed, a password change leaves exactly
 //! the new key, key files are created 0600 and never overwritten, and a key
@@ -342,7 +342,7 @@ fn a_key_file_others_can_read_is_refused_by_every_command() {
     with_key_file(&env, &kf).arg("snapshots").run().ok();
 }
 
-/// RELIABILITY.md A8: `key passwd`, `key add` and `key remove` killed
+/// doc/reliability.md A8: `key passwd`, `key add` and `key remove` killed
 /// (abort, no unwinding) before or after each key write or deletion: the
 /// old key, or the new one, always opens the repository, and nothing is
 /// left that claims to work but does not.

@@ -1,4 +1,4 @@
-//! Concurrency and locks (RELIABILITY.md 4.G; issue 6 points 5 and 6):
+//! Concurrency and locks (doc/reliability.md 4.G; issue 6 points 5 and 6):
 //! concurrent backups, prune against a running backup (refused naming the
 //! holder, or waiting with `--wait-lock`), stale locks of dead processes,
 //! `unlock`, unreadable lock objects, and a backup frozen with SIGSTOP past
@@ -106,7 +106,7 @@ fn repo_with_snapshot(env: &Env) -> (TreeBuilder, String) {
 
 #[test]
 fn two_concurrent_backups_of_different_trees_both_succeed() {
-    // RELIABILITY.md G1: overlapping data, one repository, same host.
+    // doc/reliability.md G1: overlapping data, one repository, same host.
     let env = Env::new();
     env.init_with(&["--pack-size", "1M"]);
     let t1 = TreeBuilder::new(env.path("one"));
@@ -152,7 +152,7 @@ fn two_concurrent_backups_of_different_trees_both_succeed() {
 
 #[test]
 fn prune_during_a_backup_fails_naming_the_holder_or_waits_for_it() {
-    // RELIABILITY.md G5.
+    // doc/reliability.md G5.
     let env = Env::new();
     let (t, s0) = repo_with_snapshot(&env);
     let data = Rng::new(9).bytes(2 * MIB);
@@ -206,7 +206,7 @@ fn prune_during_a_backup_fails_naming_the_holder_or_waits_for_it() {
 
 #[test]
 fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
-    // RELIABILITY.md A1, G6, G7.
+    // doc/reliability.md A1, G6, G7.
     let env = Env::new();
     let (t, s0) = repo_with_snapshot(&env);
     let golden = env.restore_of(&s0, &t.root);
@@ -265,7 +265,7 @@ fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
 
 #[test]
 fn an_unreadable_lock_object_makes_lock_takers_refuse_until_remove_all() {
-    // RELIABILITY.md G8: garbage and empty lock objects.
+    // doc/reliability.md G8: garbage and empty lock objects.
     let env = Env::new();
     let (t, s0) = repo_with_snapshot(&env);
     for (what, bytes) in [
@@ -306,7 +306,7 @@ fn an_unreadable_lock_object_makes_lock_takers_refuse_until_remove_all() {
 
 #[test]
 fn a_backup_stopped_past_the_stale_timeout_aborts_without_a_snapshot() {
-    // RELIABILITY.md G3 (restic#2715): SIGSTOP for longer than the stale
+    // doc/reliability.md G3 (restic#2715): SIGSTOP for longer than the stale
     // timeout; meanwhile `unlock` removes its lock and `prune` deletes the
     // packs it had uploaded. Resumed, it must notice and write no snapshot.
     let stale_env = [("COFFER_LOCK_STALE_SECS", "6")];

@@ -1,4 +1,4 @@
-//! Repair (RELIABILITY.md 4.B B6, 4.F; issue 6 point 4): `repair index`
+//! Repair (doc/reliability.md 4.B B6, 4.F; issue 6 point 4): `repair index`
 //! rebuilds the index from the packs alone; after a pack is lost, `check`
 //! names it, backups refuse to build on it, `repair snapshots` writes
 //! copies that leave out exactly the lost files (tagged `repaired`, the
@@ -122,7 +122,7 @@ fn repair_index_rebuilds_deleted_segments_from_the_packs() {
     }
 
     for round in 0..2 {
-        // Rerunning gives the same result (RELIABILITY.md B6).
+        // Rerunning gives the same result (doc/reliability.md B6).
         let v = env
             .coffer()
             .args(["--json", "repair", "index"])
@@ -146,7 +146,7 @@ fn repair_index_rebuilds_deleted_segments_from_the_packs() {
 
 #[test]
 fn repair_index_killed_before_deleting_old_segments_loses_nothing() {
-    // RELIABILITY.md B6: a kill between the new segments and the deletion
+    // doc/reliability.md B6: a kill between the new segments and the deletion
     // of the old ones; rerunning finishes the job.
     let f = fixture();
     let env = &f.env;
@@ -347,7 +347,7 @@ fn an_unreadable_snapshot_file_is_removed_by_repair_snapshots_forget() {
     compare_trees(&f.golden1, &env.restore_of(&f.s1, &f.tree.root));
 }
 
-/// A flipped byte inside a pack (RELIABILITY.md §0.3, bit rot): `check
+/// A flipped byte inside a pack (doc/reliability.md §0.3, bit rot): `check
 /// --read-data` names the pack and `repair packs`; `repair packs` moves
 /// the blobs that still verify into a new pack, moves the damaged one to
 /// `damaged/` and drops the lost blob from the index, so the next plain backup reads
@@ -415,7 +415,7 @@ fn repair_packs_salvages_a_damaged_pack_and_the_next_backup_heals_it() {
     assert_eq!(env.repo_listing(), before);
 }
 
-/// RELIABILITY.md B6: `repair packs` killed just before it deletes the
+/// doc/reliability.md B6: `repair packs` killed just before it deletes the
 /// damaged pack (its salvage already durable, the damaged bytes already
 /// under `damaged/`) loses nothing, and a rerun finishes the job.
 #[test]

@@ -1,4 +1,4 @@
-//! Offsite copies (RELIABILITY.md 4.M, 4.C): `init --from-repo` and
+//! Offsite copies (doc/reliability.md 4.M, 4.C): `init --from-repo` and
 //! `copy --from-repo`, through the real binary. The source is the
 //! environment's repository; the destination is `offsite/` beside it.
 
@@ -122,7 +122,7 @@ fn copy_restores_byte_for_byte_and_a_rerun_copies_nothing() {
 
     let lines = copy(&env, &[]);
     assert_eq!(summary(&lines)["snapshots_copied"], 2, "{lines:?}");
-    // The source is only read (RELIABILITY.md M3): no object added,
+    // The source is only read (doc/reliability.md M3): no object added,
     // changed or removed, and no lock left behind.
     assert_eq!(fingerprint(&env.repo), before);
     assert_eq!(fs::read_dir(env.repo.join("locks")).unwrap().count(), 0);
@@ -193,7 +193,7 @@ fn a_nightly_copy_moves_only_what_changed() {
     assert!(num(&s, "data_added") < 64 * 1024, "{s}");
 }
 
-/// RELIABILITY.md M2, M4: into a repository with its own key, every id
+/// doc/reliability.md M2, M4: into a repository with its own key, every id
 /// is rewritten, and what restores is the same tree, names that are not
 /// UTF-8 and metadata included; a rerun finds the copies.
 #[test]
@@ -255,7 +255,7 @@ fn the_same_repository_a_wrong_password_or_no_source_are_clear_errors() {
     assert_eq!(fingerprint(&offsite(&env)), before);
 }
 
-/// RELIABILITY.md C1: killed after some packs were copied, the
+/// doc/reliability.md C1: killed after some packs were copied, the
 /// destination has no snapshot without its data, and a rerun finishes
 /// without copying again what the first run stored.
 #[test]
@@ -292,7 +292,7 @@ fn a_copy_killed_midway_leaves_no_snapshot_and_the_rerun_reuses_its_packs() {
     offsite_restores(&env, &t.root);
 }
 
-/// RELIABILITY.md C2: a damaged source blob stops the copy naming its
+/// doc/reliability.md C2: a damaged source blob stops the copy naming its
 /// pack; the destination gets no snapshot for it and the source is not
 /// touched.
 #[test]

@@ -1,4 +1,4 @@
-//! Retention end to end (RELIABILITY.md 4.L; issue 6 points 1 and 2):
+//! Retention end to end (doc/reliability.md 4.L; issue 6 points 1 and 2):
 //! `forget` policies and their explanations, forgetting by id, refusing to
 //! empty a group, `prune` giving space back (whole packs and repacks) while
 //! every remaining snapshot restores exactly, `--dry-run` changing nothing,
@@ -184,7 +184,7 @@ fn json_decisions_match_what_is_removed_and_a_second_run_removes_nothing() {
     left.sort();
     assert_eq!(left, want_kept);
 
-    // The same policy again removes nothing (RELIABILITY.md L5).
+    // The same policy again removes nothing (doc/reliability.md L5).
     let v = env
         .coffer()
         .args([
@@ -227,7 +227,7 @@ fn forget_by_id_removes_exactly_those_snapshots() {
 
 #[test]
 fn a_policy_that_keeps_nothing_of_a_group_is_refused() {
-    // RELIABILITY.md L1 (restic#4568): a misspelled --keep-tag.
+    // doc/reliability.md L1 (restic#4568): a misspelled --keep-tag.
     let s = snaps();
     let env = &s.env;
     let before = env.repo_listing();

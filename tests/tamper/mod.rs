@@ -1,4 +1,4 @@
-//! Tampering with every object kind (issue #7, RELIABILITY.md F1-F3, F8, F9,
+//! Tampering with every object kind (issue #7, doc/reliability.md F1-F3, F8, F9,
 //! H-3, H-6, H-7): for config, key slots, packs, index segments and
 //! snapshots, a flipped byte, a truncation, appended bytes and two objects
 //! of the same kind swapped (contents exchanged, names kept) are each

@@ -1,7 +1,7 @@
 //! `coffer key list|add|remove|passwd|export`: the key slots that open a
 //! repository. Every new slot is verified against the repository before
 //! the command reports success, and `passwd` removes the old slot only
-//! after the new one opens (RELIABILITY.md H-5, A8). New passphrases come
+//! after the new one opens (doc/reliability.md H-5, A8). New passphrases come
 //! from the terminal (asked twice, not echoed) or a file, never from the
 //! command line; new key files are created 0600 and never overwrite.
 

@@ -1,5 +1,5 @@
 //! Shared by the fuzz targets: a fixed test key and repository id, and the
-//! "seal what the fuzzer gave, then damage it" step (RELIABILITY.md 5:
+//! "seal what the fuzzer gave, then damage it" step (doc/reliability.md 5:
 //! byte-level fuzzing of stored objects stops at the AEAD, so each target
 //! fuzzes the plaintext decoder directly and, separately, the envelope).
 #![allow(dead_code)]
