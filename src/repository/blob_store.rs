@@ -388,7 +388,7 @@ impl BlobStore {
 /// between its pack uploads and its index segment, doc/reliability.md A3) are
 /// indexed, so this backup reuses their blobs instead of uploading them
 /// again. Each is verified like a pack about to be uploaded, but streamed
-/// (see [`verify_leftover`]): an interrupted multi-terabyte backup's
+/// (see `verify_leftover`): an interrupted multi-terabyte backup's
 /// leftovers cost the memory of a few windows, not their size. One that
 /// does not verify stays unindexed, for prune to remove. Returns the
 /// number of packs indexed. The caller holds a lock (the segment write
