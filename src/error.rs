@@ -158,6 +158,10 @@ pub enum Error {
     /// stays typed ([`Error::root`]: a full disk is still [`Error::DiskFull`]).
     #[error("backup aborted after a repository error: {0}")]
     Aborted(std::sync::Arc<Error>),
+    /// prune found something that does not add up (a damaged snapshot or
+    /// segment, a missing or resized pack) and deleted nothing.
+    #[error("refusing to prune: {0}")]
+    PruneRefused(String),
     /// A thread of coffer's own could not start or died (a bug, or the
     /// system out of threads): nothing is recorded.
     #[error("internal error: {0}; nothing was recorded")]

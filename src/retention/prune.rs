@@ -112,16 +112,16 @@ pub fn mark_used(repo: &Repository, forgotten: &HashSet<SnapshotId>) -> Result<u
     snaps.retain(|(id, _)| !forgotten.contains(id));
     let problems = repo.take_problems();
     if !problems.is_empty() {
-        return Err(Error::Usage(format!(
-            "refusing to prune: {} (a damaged snapshot or index segment may reference data that would be deleted; run `coffer check`, then `coffer repair index` for a segment or `coffer repair snapshots --forget` for a snapshot)",
+        return Err(Error::PruneRefused(format!(
+            "{} (a damaged snapshot or index segment may reference data that would be deleted; run `coffer check`, then `coffer repair index` for a segment or `coffer repair snapshots --forget` for a snapshot)",
             problems.join("; ")
         )));
     }
     let mut used = repo.used_set()?;
     for (sid, s) in &snaps {
         used.add_tree(&s.tree).map_err(|e| {
-            Error::Usage(format!(
-                "refusing to prune: snapshot {} cannot be read completely: {e}",
+            Error::PruneRefused(format!(
+                "snapshot {} cannot be read completely: {e}",
                 sid.short()
             ))
         })?;
@@ -135,7 +135,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     match plan_once(repo, opts) {
         // A blob the cache cannot find may be the cache's fault: refuse
         // only once SQLite's full check says the cache is sound.
-        Err(e @ Error::Usage(_)) => match repo.confirm_index_cache()? {
+        Err(e @ Error::PruneRefused(_)) => match repo.confirm_index_cache()? {
             None => Err(e),
             Some(why) => {
                 let mut p = plan_once(repo, opts)?;
@@ -156,8 +156,8 @@ fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     // the segments would carry its damage into the repository.
     let audit = repo.audit_index(false)?;
     if !audit.damaged_segments.is_empty() {
-        return Err(Error::Usage(format!(
-            "refusing to prune: {} (a damaged index segment may list data that would be deleted)",
+        return Err(Error::PruneRefused(format!(
+            "{} (a damaged index segment may list data that would be deleted)",
             audit.damaged_segments.join("; ")
         )));
     }
@@ -167,8 +167,8 @@ fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     let (usage, missing) = idx.usage(5)?;
     if !missing.is_empty() {
         let ids: Vec<String> = missing.iter().map(|b| b.to_hex()).collect();
-        return Err(Error::Usage(format!(
-            "refusing to prune: snapshots reference blobs the index does not know (e.g. {}): run `coffer check`, then `coffer repair index` or `coffer repair snapshots`",
+        return Err(Error::PruneRefused(format!(
+            "snapshots reference blobs the index does not know (e.g. {}): run `coffer check`, then `coffer repair index` or `coffer repair snapshots`",
             ids.join(", ")
         )));
     }
@@ -185,13 +185,13 @@ fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         let name = u.pack.to_hex();
         match listed.get(&name) {
             None => {
-                return Err(Error::Usage(format!(
-                    "refusing to prune: the index lists pack {name}, which is missing from the repository: run `coffer check`"
+                return Err(Error::PruneRefused(format!(
+                    "the index lists pack {name}, which is missing from the repository: run `coffer check`"
                 )));
             }
             Some(&size) if size != u.size => {
-                return Err(Error::Usage(format!(
-                    "refusing to prune: pack {name} is {size} bytes, the index says {}: run `coffer check`",
+                return Err(Error::PruneRefused(format!(
+                    "pack {name} is {size} bytes, the index says {}: run `coffer check`",
                     u.size
                 )));
             }
@@ -436,7 +436,7 @@ fn repack(
             if new_tx.send(p).is_err() {
                 // The upload thread stopped on an error: wait for it.
                 take(report, true)?;
-                return Err(Error::Usage("prune: the upload thread stopped".into()));
+                return Err(Error::Internal("prune: the upload thread stopped".into()));
             }
             take(report, false)
         };
@@ -461,7 +461,7 @@ fn repack(
             report.packs_repacked += 1;
         }
         if report.packs_repacked != plan.repack.len() as u64 {
-            return Err(Error::Usage("prune: the pack reader stopped".into()));
+            return Err(Error::Internal("prune: the pack reader stopped".into()));
         }
         if !writer.is_empty() {
             send(&mut writer, &mut origin, report)?;
