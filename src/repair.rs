@@ -563,11 +563,8 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
         cache_note: repo.audit_index(true)?.cache_note(),
         ..Default::default()
     };
-    let present: std::collections::HashSet<String> = repo
-        .list_packs()?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let present: std::collections::HashSet<String> =
+        repo.list_packs()?.into_iter().map(|(n, _)| n).collect();
     report.missing_packs = repo
         .index()?
         .packs()?

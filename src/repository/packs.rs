@@ -81,7 +81,12 @@ impl Repository {
         let Some(state) = state else {
             return Err(Error::ExclusiveLockRequired { action });
         };
-        if !state.info.lock().unwrap_or_else(|p| p.into_inner()).exclusive {
+        if !state
+            .info
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .exclusive
+        {
             return Err(Error::ExclusiveLockRequired { action });
         }
         state.check()
