@@ -92,3 +92,43 @@ impl Repository {
         state.check()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::blob::BlobKind;
+    use crate::repository::blob_store::store_in_own_pack;
+    use crate::repository::lock::LockTimeouts;
+    use std::sync::Arc;
+
+    /// A pack moves to `damaged/` only under an exclusive lock: without
+    /// one, or under a shared one, nothing is copied or deleted.
+    #[test]
+    fn quarantine_needs_an_exclusive_lock() {
+        let (backend, repo) = crate::repository::memory_repo();
+        let repo = Arc::new(repo);
+        store_in_own_pack(&repo, &[(BlobKind::Data, b"x".to_vec())]);
+        let packs: Vec<PackId> = repo
+            .list_packs()
+            .unwrap()
+            .iter()
+            .map(|(n, _)| PackId::from_hex(n).unwrap())
+            .collect();
+        let refused = |r: Result<()>| matches!(r, Err(Error::ExclusiveLockRequired { .. }));
+        assert!(refused(repo.quarantine_packs(&packs)));
+        let wait = Duration::ZERO;
+        let shared = repo.lock(false, LockTimeouts::default(), wait).unwrap();
+        assert!(refused(repo.quarantine_packs(&packs)));
+        assert!(refused(
+            repo.delete_exclusively(FileKind::Pack, &[packs[0].to_hex()])
+        ));
+        drop(shared);
+        assert_eq!(backend.list(FileKind::Damaged).unwrap().len(), 0);
+        assert_eq!(repo.list_packs().unwrap().len(), 1);
+        let _exclusive = repo.lock(true, LockTimeouts::default(), wait).unwrap();
+        repo.quarantine_packs(&packs).unwrap();
+        assert_eq!(repo.list_packs().unwrap().len(), 0);
+        assert_eq!(backend.list(FileKind::Damaged).unwrap().len(), 1);
+    }
+}
