@@ -96,7 +96,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     f.errors.extend(audit.damaged_segments.iter().cloned());
     let idx = repo.index()?;
     // Packs: listing vs index.
-    let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
+    let listed: HashMap<String, u64> = repo.list_packs()?.into_iter().collect();
     let indexed = idx.packs()?;
     let indexed_names: HashSet<String> = indexed.iter().map(|(p, _)| p.to_hex()).collect();
     f.packs = indexed.len() as u64;
@@ -303,8 +303,7 @@ fn check_trailer(repo: &Repository, p: &PackId, size: u64) -> std::result::Resul
     let obj = FileKind::Pack.path(&name);
     let fail = |e: String| format!("{obj}: {e}");
     let last4 = repo
-        .backend()
-        .get_range(FileKind::Pack, &name, size.saturating_sub(4), 4)
+        .read_pack_range(p, size.saturating_sub(4), 4)
         .map_err(|e| fail(e.to_string()))?;
     let last4: [u8; 4] = last4
         .as_slice()
@@ -319,8 +318,7 @@ fn check_trailer(repo: &Repository, p: &PackId, size: u64) -> std::result::Resul
     let n = trailer_len(last4, size).map_err(unreadable)?;
     let start = size - 4 - n as u64;
     let sealed = repo
-        .backend()
-        .get_range(FileKind::Pack, &name, start, n)
+        .read_pack_range(p, start, n)
         .map_err(|e| fail(e.to_string()))?;
     let entries = open_trailer(repo.keys(), repo.id(), &sealed, start).map_err(unreadable)?;
     let recorded = repo
@@ -344,7 +342,7 @@ fn check_trailer(repo: &Repository, p: &PackId, size: u64) -> std::result::Resul
 fn read_pack(repo: &Repository, p: &PackId) -> Result<(u64, u64, Vec<String>)> {
     let name = p.to_hex();
     let obj = FileKind::Pack.path(&name);
-    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let bytes = repo.read_pack(p)?;
     let mut errs = Vec::new();
     if content_hash(&bytes) != p.0 {
         errs.push(format!("{obj}: content does not match its name (damaged)"));

@@ -153,6 +153,12 @@ pub enum Error {
         "the repository lock was lost (not refreshed for {secs}s; the process was stopped, suspended or cut off, or the lock was removed): aborting without writing anything more"
     )]
     LockLost { secs: u64 },
+    /// A write that only an exclusive lock makes safe was attempted
+    /// without one (a library caller that did not lock).
+    #[error(
+        "{action} needs an exclusive lock on the repository, and this process holds none: take one first (as `coffer repair` and `coffer prune` do)"
+    )]
+    ExclusiveLockRequired { action: &'static str },
     /// A backup's storage stopped at the first repository error one of its
     /// threads met; every later store fails with that same cause, which
     /// stays typed ([`Error::root`]: a full disk is still [`Error::DiskFull`]).
@@ -213,6 +219,7 @@ impl Error {
                 holder: holder.clone(),
             },
             Error::LockLost { secs } => Error::LockLost { secs: *secs },
+            Error::ExclusiveLockRequired { action } => Error::ExclusiveLockRequired { action },
             Error::Aborted(cause) => Error::Aborted(cause.clone()),
             Error::Internal(m) => Error::Internal(m.clone()),
             Error::Interrupted => Error::Interrupted,

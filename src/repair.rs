@@ -70,24 +70,19 @@ fn read_entries(
     let id = PackId::from_hex(name).ok_or("not a pack name")?;
     let quick = || -> std::result::Result<IndexedPack, String> {
         let last4 = repo
-            .backend()
-            .get_range(FileKind::Pack, name, size.saturating_sub(4), 4)
+            .read_pack_range(&id, size.saturating_sub(4), 4)
             .map_err(|e| e.to_string())?;
         let n = trailer_len(last4.as_slice().try_into().map_err(|_| "short read")?, size)?;
         let start = size - 4 - n as u64;
         let sealed = repo
-            .backend()
-            .get_range(FileKind::Pack, name, start, n)
+            .read_pack_range(&id, start, n)
             .map_err(|e| e.to_string())?;
         let entries = open_trailer(repo.keys(), repo.id(), &sealed, start)?;
         Ok(IndexedPack { id, size, entries })
     };
     quick().or_else(|_| {
         // The slow way also catches a pack whose size field was damaged.
-        let bytes = repo
-            .backend()
-            .get(FileKind::Pack, name)
-            .map_err(|e| e.to_string())?;
+        let bytes = repo.read_pack(&id).map_err(|e| e.to_string())?;
         let entries = parse_pack(repo.keys(), repo.id(), &bytes)?;
         Ok(IndexedPack {
             id,
@@ -106,7 +101,7 @@ fn read_entries(
 /// Its blobs are verified here for the report, and on every read as always.
 pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
     let old = repo.segment_ids()?;
-    let packs = repo.backend().list(FileKind::Pack)?;
+    let packs = repo.list_packs()?;
     let results: Vec<(String, u64, std::result::Result<IndexedPack, String>)> = packs
         .par_iter()
         .map(|(name, size)| (name.clone(), *size, read_entries(repo, name, *size)))
@@ -162,7 +157,7 @@ pub fn repair_index(repo: &Repository) -> Result<IndexRepair> {
     }
     // Sealing uses random nonces, so no new segment shares an old name.
     for s in &old {
-        repo.delete(FileKind::Index, &s.to_hex())?;
+        repo.delete_exclusively(FileKind::Index, &[s.to_hex()])?;
         report.segments_removed += 1;
     }
     repo.refresh_index()?;
@@ -231,7 +226,7 @@ fn keep_old_entries(
         return Ok(None);
     }
     let name = pack.to_hex();
-    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let bytes = repo.read_pack(&pack)?;
     let (good, _, _) = verify_blobs(repo, &FileKind::Pack.path(&name), &bytes, entries.clone());
     if good.is_empty() {
         return Ok(None);
@@ -283,7 +278,7 @@ struct PackVerdict {
 fn examine_pack(repo: &Repository, pack: &PackId) -> Result<Option<PackVerdict>> {
     let name = pack.to_hex();
     let obj = FileKind::Pack.path(&name);
-    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let bytes = repo.read_pack(pack)?;
     let mut faults = Vec::new();
     if content_hash(&bytes) != pack.0 {
         faults.push(format!("{obj}: content does not match its name"));
@@ -318,8 +313,7 @@ pub fn repair_packs(
         ..Default::default()
     };
     let listed: HashMap<PackId, u64> = repo
-        .backend()
-        .list(FileKind::Pack)?
+        .list_packs()?
         .into_iter()
         .filter_map(|(n, size)| PackId::from_hex(&n).map(|p| (p, size)))
         .collect();
@@ -379,7 +373,7 @@ pub fn repair_packs(
         let bytes = if v.good.is_empty() {
             Vec::new()
         } else {
-            repo.backend().get(FileKind::Pack, &pack.to_hex())?
+            repo.read_pack(pack)?
         };
         for e in &v.good {
             // Read again, so a blob that changed since is caught by the
@@ -405,17 +399,8 @@ pub fn repair_packs(
     // The damaged bytes are the only copy of the blobs that did not
     // verify: they move to `damaged/` (ignored by every reader) rather
     // than being deleted, for a later attempt or a forensic look.
-    let names: Vec<String> = damaged.iter().map(|(p, _)| p.to_hex()).collect();
-    for name in &names {
-        repo.ensure_lock()?;
-        let bytes = repo.backend().get(FileKind::Pack, name)?;
-        match repo.backend().put(FileKind::Damaged, name, &bytes) {
-            // A rerun after a crash between the copy and the delete.
-            Ok(()) | Err(Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    repo.delete_many(FileKind::Pack, &names)?;
+    let packs: Vec<PackId> = damaged.iter().map(|(p, _)| *p).collect();
+    repo.quarantine_packs(&packs)?;
     report.damaged = damaged.into_iter().map(|(p, v)| (p, v.faults)).collect();
     report.index = Some(repair_index(repo)?);
     Ok(report)
@@ -578,12 +563,8 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
         cache_note: repo.audit_index(true)?.cache_note(),
         ..Default::default()
     };
-    let present: std::collections::HashSet<String> = repo
-        .backend()
-        .list(FileKind::Pack)?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+    let present: std::collections::HashSet<String> =
+        repo.list_packs()?.into_iter().map(|(n, _)| n).collect();
     report.missing_packs = repo
         .index()?
         .packs()?
@@ -601,7 +582,7 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
     // elsewhere; with --forget it goes, as `forget` could not read it.
     for (id, e) in damaged {
         if forget {
-            repo.delete(FileKind::Snapshot, &id.to_hex())?;
+            repo.delete_exclusively(FileKind::Snapshot, &[id.to_hex()])?;
         }
         report.unreadable.push((id, e.to_string()));
     }
@@ -640,7 +621,7 @@ pub fn repair_snapshots(repo: Arc<Repository>, forget: bool) -> Result<SnapshotR
             None => repo.save_snapshot(&ns)?,
         };
         if forget {
-            repo.delete(FileKind::Snapshot, &old.to_hex())?;
+            repo.delete_exclusively(FileKind::Snapshot, &[old.to_hex()])?;
         }
         report.rewritten.push((old, nid, dropped));
     }

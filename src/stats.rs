@@ -170,7 +170,7 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
     used.finish()?;
     let idx = repo.index()?;
     let (_, packs) = idx.counts()?;
-    let (temp_files, temp_bytes) = repo.backend().temp_usage()?;
+    let (temp_files, temp_bytes) = repo.temp_usage()?;
     let (duplicate_blobs, duplicate_bytes) = idx.duplicates()?;
     Ok(RawData {
         temp_files,

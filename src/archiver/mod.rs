@@ -180,22 +180,18 @@ pub fn backup(
     let mut outcome = std::thread::scope(|s| -> Result<BackupOutcome> {
         let (item_tx, item_rx) = bounded::<Vec<Item>>(ITEM_QUEUE);
         let (job_tx, job_rx) = bounded::<FileJob>(JOB_QUEUE);
-        let walker = scan::Walker {
-            items: item_tx,
-            jobs: job_tx,
-            parent_source: parent.map(|p| p.0),
+        let walker = scan::Walker::new(
+            scan::Outlets {
+                items: item_tx,
+                jobs: job_tx,
+                warnings: warn_tx.clone(),
+            },
             sink,
-            error: None,
-            force: opts.force,
-            names: Default::default(),
-            warnings: warn_tx.clone(),
-            linked: Default::default(),
-            pending: Vec::with_capacity(ITEM_BATCH),
-            known: Default::default(),
-            excludes: &opts.excludes,
-            fs_dev: None,
-            prefetch: &prefetch,
-        };
+            parent.map(|p| p.0),
+            &opts.excludes,
+            &prefetch,
+            opts.force,
+        );
         let parent_root = parent.map(|p| p.1);
         let trie = &trie;
         let walk = std::thread::Builder::new()

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 /// completely.
 #[derive(Default, Debug)]
 pub struct PathTrie {
-    pub children: BTreeMap<Vec<u8>, PathTrie>,
-    pub target: bool,
+    children: BTreeMap<Vec<u8>, PathTrie>,
+    target: bool,
 }
 
 impl PathTrie {
@@ -54,34 +54,70 @@ impl PathTrie {
     }
 }
 
+/// Where the walker's output goes: items to the assembler, files to the
+/// readers, warnings to the report.
+pub struct Outlets {
+    pub items: Sender<Vec<Item>>,
+    pub jobs: Sender<FileJob>,
+    pub warnings: Sender<SourceWarning>,
+}
+
 pub struct Walker<'a> {
     /// Items go out in batches: one channel operation (and one thread
     /// wake-up) per [`ITEM_BATCH`] entries, not per file.
-    pub items: Sender<Vec<Item>>,
-    pub pending: Vec<Item>,
+    items: Sender<Vec<Item>>,
+    pending: Vec<Item>,
     /// Blob ids confirmed stored, for the directory being walked.
-    pub known: std::collections::HashSet<BlobId>,
-    pub excludes: &'a super::exclude::Excludes,
+    known: std::collections::HashSet<BlobId>,
+    excludes: &'a super::exclude::Excludes,
     /// The device of the backup path being walked (`--one-file-system`).
-    pub fs_dev: Option<u64>,
-    pub jobs: Sender<FileJob>,
-    pub parent_source: Option<&'a dyn BlobSource>,
+    fs_dev: Option<u64>,
+    jobs: Sender<FileJob>,
+    parent_source: Option<&'a dyn BlobSource>,
     /// Where content ids reused from the parent must still be stored.
-    pub sink: &'a dyn BlobSink,
+    sink: &'a dyn BlobSink,
     /// A repository error met by the walker itself; aborts the backup.
-    pub error: Option<crate::error::Error>,
-    pub force: bool,
-    pub names: NameCache,
-    pub warnings: Sender<SourceWarning>,
+    error: Option<crate::error::Error>,
+    force: bool,
+    names: NameCache,
+    warnings: Sender<SourceWarning>,
     /// (device, inode) of multiply-linked files already sent for reading.
-    pub linked: std::collections::HashSet<(u64, u64)>,
-    pub prefetch: &'a Prefetch<'a>,
+    linked: std::collections::HashSet<(u64, u64)>,
+    prefetch: &'a Prefetch<'a>,
 }
 
 /// The walker stops when the assembler hangs up (an error upstream).
 struct Hangup;
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    /// A walker that has seen nothing yet. `force` re-reads every file
+    /// rather than trusting the parent's metadata.
+    pub fn new(
+        out: Outlets,
+        sink: &'a dyn BlobSink,
+        parent_source: Option<&'a dyn BlobSource>,
+        excludes: &'a super::exclude::Excludes,
+        prefetch: &'a Prefetch<'a>,
+        force: bool,
+    ) -> Walker<'a> {
+        Walker {
+            items: out.items,
+            pending: Vec::with_capacity(ITEM_BATCH),
+            known: Default::default(),
+            excludes,
+            fs_dev: None,
+            jobs: out.jobs,
+            parent_source,
+            sink,
+            error: None,
+            force,
+            names: Default::default(),
+            warnings: out.warnings,
+            linked: Default::default(),
+            prefetch,
+        }
+    }
+
     pub fn run(mut self, trie: &PathTrie, parent_root: Option<BlobId>) -> Result<()> {
         self.walk_all(trie, parent_root)?;
         match self.error.take() {

@@ -13,6 +13,7 @@ pub mod blob_store;
 pub mod config;
 mod keys;
 pub mod lock;
+mod packs;
 pub mod used;
 
 use crate::backend::{Backend, FileKind};
@@ -355,7 +356,9 @@ impl Repository {
     pub fn key_id(&self) -> &KeyId {
         &self.key_id
     }
-    pub fn backend(&self) -> &Arc<dyn Backend> {
+    /// Private to the repository: every layer above goes through the
+    /// verbs here, which check the lock before a write or delete.
+    fn backend(&self) -> &Arc<dyn Backend> {
         &self.backend
     }
     pub fn chunker(&self) -> Result<Chunker> {

@@ -172,7 +172,7 @@ fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
             ids.join(", ")
         )));
     }
-    let listed: HashMap<String, u64> = repo.backend().list(FileKind::Pack)?.into_iter().collect();
+    let listed: HashMap<String, u64> = repo.list_packs()?.into_iter().collect();
     let mut plan = PrunePlan {
         snapshots,
         old_segments,
@@ -241,7 +241,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     // Under the exclusive lock no put of this repository is live, so what
     // a killed backup left half-written is only taking space.
     repo.ensure_lock()?;
-    report.temps_removed = repo.backend().remove_stale_temps(STALE_TEMP_AGE)? as u64;
+    report.temps_removed = repo.remove_stale_temps(STALE_TEMP_AGE)? as u64;
     if plan.is_noop() {
         return Ok(report);
     }
@@ -474,7 +474,7 @@ fn repack(
 /// Read a pack to repack and check it against its name.
 fn read_source(repo: &Repository, pack: &PackId) -> Result<SourcePack> {
     let name = pack.to_hex();
-    let bytes = repo.backend().get(FileKind::Pack, &name)?;
+    let bytes = repo.read_pack(pack)?;
     if crate::id::content_hash(&bytes) != pack.0 {
         return Err(Error::corrupt(
             FileKind::Pack.path(&name),
@@ -494,12 +494,7 @@ fn upload_repacked(repo: &Repository, mut p: NewPack) -> Result<IndexedPack> {
         let src = blob.and_then(|b| p.origin.iter().find(|(_, e)| e.id == b.id));
         if let Some((src, e)) = src {
             let name = src.to_hex();
-            let sealed = repo.backend().get_range(
-                FileKind::Pack,
-                &name,
-                e.offset as u64,
-                e.length as usize,
-            )?;
+            let sealed = repo.read_pack_range(src, e.offset as u64, e.length as usize)?;
             if let Err(err) = open_blob(repo.keys(), repo.id(), e, &sealed) {
                 return Err(Error::corrupt(
                     FileKind::Pack.path(&name),

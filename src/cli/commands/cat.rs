@@ -3,7 +3,6 @@
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, anyhow, bail};
 use clap::Args;
-use coffer::backend::FileKind;
 use coffer::id::{BlobId, PackId, SegmentId};
 use coffer::pack::PackEntry;
 use coffer::snapshot::tree::Node;
@@ -114,7 +113,7 @@ pub fn run(g: &GlobalOpts, a: &CatArgs) -> Result<ExitCode> {
         }
         "pack" => {
             let id = PackId::from_hex(&need()?).ok_or_else(|| anyhow!("give a full 64-digit pack id"))?;
-            let bytes = repo.backend().get(FileKind::Pack, &id.to_hex())?;
+            let bytes = repo.read_pack(&id)?;
             if coffer::id::content_hash(&bytes) != id.0 {
                 bail!("pack {id} is corrupt: its content does not match its name (damaged or swapped)");
             }

@@ -235,7 +235,7 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
             output::line(&format!(
                 "it shares the key of repository {} ({}): `coffer copy --from-repo` moves only what it lacks",
                 r.id().short(),
-                r.backend().location()
+                r.location()
             ));
         }
     }
