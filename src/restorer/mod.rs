@@ -1259,5 +1259,52 @@ mod tests {
             );
             assert!(names(tmp.path()).is_empty());
         }
+
+        /// A symlink planted where the snapshot has a directory is
+        /// replaced, never followed: nothing lands outside the target.
+        #[test]
+        fn a_symlink_planted_for_a_parent_directory_is_not_followed() {
+            let mut src = Src::new();
+            let root = src.tree(vec![src.dir("a", vec![src.file("f", &[b"mine"])])]);
+            let tmp = tempfile::tempdir().unwrap();
+            let (target, outside) = (tmp.path().join("t"), tmp.path().join("outside"));
+            std::fs::create_dir_all(&target).unwrap();
+            std::fs::create_dir_all(&outside).unwrap();
+            std::os::unix::fs::symlink(&outside, target.join("a")).unwrap();
+            let s = src.restore(root, &target);
+            assert!(s.errors.is_empty(), "{:?}", s.errors);
+            assert!(names(&outside).is_empty(), "wrote through the symlink");
+            let a = std::fs::symlink_metadata(target.join("a")).unwrap();
+            assert!(a.is_dir());
+            assert_eq!(std::fs::read(target.join("a/f")).unwrap(), b"mine");
+        }
+
+        /// When the first name of a hardlinked file cannot be restored,
+        /// its other names fail too (each reported), and nothing is left.
+        #[test]
+        fn other_names_of_a_file_that_failed_are_reported_not_linked() {
+            let mut src = Src::new();
+            let linked = |name: &str, size: u64, src: &Src| {
+                let mut n = src.file(name, &[b"bytes"]);
+                (n.links, n.device, n.inode, n.size) = (2, 5, 78, size);
+                n
+            };
+            let root = src.tree(vec![linked("a", 99, &src), linked("b", 99, &src)]);
+            let tmp = tempfile::tempdir().unwrap();
+            let s = src.restore(root, tmp.path());
+            assert_eq!(s.files, 0);
+            assert_eq!(s.errors.len(), 2, "{:?}", s.errors);
+            assert!(
+                s.errors[0].contains("content adds up to 5 bytes"),
+                "{}",
+                s.errors[0]
+            );
+            assert!(
+                s.errors[1].contains(&tmp.path().join("b").display().to_string()),
+                "{}",
+                s.errors[1]
+            );
+            assert!(names(tmp.path()).is_empty());
+        }
     }
 }
