@@ -678,4 +678,75 @@ mod tests {
             }
         }
     }
+
+    fn save(path: &Path) -> FileOutcome {
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let job = FileJob {
+            path: path.to_path_buf(),
+            size: 0,
+            result: tx,
+        };
+        let chunker = Chunker::new(ChunkerParams::default(), 7);
+        save_file(&job, &IdSink, &chunker, &NoProgress, &mut Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn a_file_is_read_whole_into_its_chunk_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        std::fs::write(&path, b"some bytes").unwrap();
+        let out = save(&path);
+        assert_eq!(out.content, vec![IdSink.blob_id(b"some bytes")]);
+        assert_eq!((out.read, out.holes, out.flags), (10, 0, 0));
+        assert!(out.warning.is_none() && out.skipped.is_none());
+        assert_eq!(out.stat.unwrap().len(), 10);
+    }
+
+    /// Source problems are warnings in the outcome, never `Err`.
+    #[test]
+    fn a_file_that_vanished_is_skipped_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = save(&dir.path().join("gone"));
+        let w = out.skipped.unwrap();
+        assert_eq!(w.path, dir.path().join("gone"));
+        assert_eq!(w.message, "vanished before it could be read");
+        assert!(out.content.is_empty());
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_directory_is_skipped_with_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = save(dir.path());
+        assert_eq!(
+            out.skipped.unwrap().message,
+            "was replaced by a non-regular file"
+        );
+    }
+
+    #[test]
+    fn a_file_swapped_for_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("target"), b"secret").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink("target", &link).unwrap();
+        let out = save(&link);
+        let w = out.skipped.unwrap();
+        assert!(w.message.starts_with("cannot open"), "{}", w.message);
+        assert!(out.content.is_empty());
+    }
+
+    /// `/proc/PID/mem` is a regular file whose first page cannot be read.
+    #[test]
+    fn a_read_error_keeps_what_was_read_flagged_incomplete() {
+        let out = save(Path::new(&format!("/proc/{}/mem", std::process::id())));
+        assert!(out.skipped.is_none());
+        let w = out.warning.unwrap();
+        assert!(
+            w.message.starts_with("read error after 0 bytes"),
+            "{}",
+            w.message
+        );
+        assert_eq!(out.flags, FLAG_INCOMPLETE);
+        assert_eq!(out.read, 0);
+    }
 }

@@ -575,3 +575,245 @@ pub fn absolute_path(p: &Path) -> std::io::Result<PathBuf> {
         _ => Ok(clean),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The backup through its roles: a temp-dir tree into an in-memory
+    //! repository, the parent read back through [`BlobSource`].
+    use super::*;
+    use crate::progress::NoProgress;
+    use crate::snapshot::walk::load_tree;
+
+    /// Back up `dir` (with `parent`'s tree to compare with) and make it
+    /// durable, as `snapshot` does, without writing a snapshot.
+    fn backup_dir(repo: &Arc<Repository>, dir: &Path, parent: Option<BlobId>) -> BackupOutcome {
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let opts = BackupOptions {
+            paths: vec![dir.to_path_buf()],
+            force: false,
+            threads: 2,
+            excludes: Default::default(),
+        };
+        let chunker = repo.chunker().unwrap();
+        let source: &dyn BlobSource = repo.as_ref();
+        let out = backup(
+            &store,
+            parent.map(|p| (source, p)),
+            &chunker,
+            &opts,
+            &NoProgress,
+        )
+        .unwrap();
+        store.finish().unwrap();
+        out
+    }
+
+    /// The node at absolute `path` below the root tree `root`.
+    fn node_at(repo: &Repository, root: BlobId, path: &Path) -> Node {
+        let mut tree = load_tree(repo, &root).unwrap();
+        let names: Vec<_> = path.components().skip(1).collect();
+        for (i, c) in names.iter().enumerate() {
+            let name = c.as_os_str().as_encoded_bytes();
+            let node = tree.find(name).unwrap().clone();
+            if i + 1 == names.len() {
+                return node;
+            }
+            tree = load_tree(repo, &node.subtree.unwrap()).unwrap();
+        }
+        panic!("empty path");
+    }
+
+    /// `root` with the node at absolute `path` given `content`, the trees
+    /// above it rewritten and stored: a parent snapshot forged to disagree
+    /// with the file's bytes while agreeing with its metadata.
+    fn with_content(
+        store: &BlobStore,
+        repo: &Repository,
+        root: BlobId,
+        path: &Path,
+        content: Vec<BlobId>,
+    ) -> BlobId {
+        fn rewrite(
+            store: &BlobStore,
+            repo: &Repository,
+            id: BlobId,
+            names: &[&[u8]],
+            content: &[BlobId],
+        ) -> BlobId {
+            let mut tree = load_tree(repo, &id).unwrap();
+            let node = tree.nodes.iter_mut().find(|n| n.name == names[0]).unwrap();
+            if names.len() == 1 {
+                node.content = content.to_vec();
+            } else {
+                let sub = node.subtree.unwrap();
+                node.subtree = Some(rewrite(store, repo, sub, &names[1..], content));
+            }
+            let bytes = tree.encode();
+            let new = store.blob_id(&bytes);
+            store.store_blob(BlobKind::Tree, new, &bytes).unwrap();
+            new
+        }
+        let names: Vec<&[u8]> = path
+            .components()
+            .skip(1)
+            .map(|c| c.as_os_str().as_encoded_bytes())
+            .collect();
+        rewrite(store, repo, root, &names, &content)
+    }
+
+    fn repo() -> Arc<Repository> {
+        Arc::new(crate::repository::memory_repo().1)
+    }
+
+    #[test]
+    fn an_unchanged_tree_is_not_read_and_keeps_every_id() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("src");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a"), b"alpha").unwrap();
+        std::fs::write(dir.join("sub/b"), b"beta!!").unwrap();
+        let first = backup_dir(&repo, &dir, None);
+        assert_eq!(first.summary.files_new, 2);
+        assert_eq!(first.summary.bytes_read, 11);
+
+        let second = backup_dir(&repo, &dir, Some(first.tree));
+        // Compared at `dir`: the ancestors (/tmp) change under parallel tests.
+        let tree_of = |root| node_at(&repo, root, &dir).subtree.unwrap();
+        assert_eq!(tree_of(second.tree), tree_of(first.tree));
+        assert_eq!(second.summary.files_unmodified, 2);
+        assert_eq!(second.summary.files_new + second.summary.files_changed, 0);
+        assert_eq!(second.summary.bytes_read, 0, "nothing was read");
+        // `src` and `sub` at least.
+        assert!(second.summary.dirs_unmodified >= 2);
+        assert!(second.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_changed_file_is_read_again_and_only_its_directories_change() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("src");
+        std::fs::create_dir_all(dir.join("keep")).unwrap();
+        std::fs::create_dir_all(dir.join("edit")).unwrap();
+        std::fs::write(dir.join("keep/k"), b"kept").unwrap();
+        std::fs::write(dir.join("edit/e"), b"old").unwrap();
+        let first = backup_dir(&repo, &dir, None);
+        // A new size: a change whatever the timestamps' granularity.
+        std::fs::write(dir.join("edit/e"), b"new and longer").unwrap();
+
+        let second = backup_dir(&repo, &dir, Some(first.tree));
+        assert_eq!(second.summary.files_changed, 1);
+        assert_eq!(second.summary.files_unmodified, 1);
+        assert_eq!(second.summary.bytes_read, 14);
+        let e = node_at(&repo, second.tree, &dir.join("edit/e"));
+        assert_eq!(e.content, vec![repo.keys().blob_id(b"new and longer")]);
+        assert_eq!(e.size, 14);
+        let keep = |t| node_at(&repo, t, &dir.join("keep")).subtree;
+        assert_eq!(keep(second.tree), keep(first.tree));
+        let edit = |t| node_at(&repo, t, &dir.join("edit")).subtree;
+        assert_ne!(edit(second.tree), edit(first.tree));
+    }
+
+    /// The documented rule: size, mtime, ctime, inode and device decide.
+    /// A parent whose content ids disagree with the file's bytes but whose
+    /// metadata matches is trusted: the file is not opened.
+    #[test]
+    fn a_file_whose_metadata_matches_the_parent_is_not_read() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("src");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"on disk").unwrap();
+        let first = backup_dir(&repo, &dir, None);
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let other = b"what the parent says";
+        let other_id = store.blob_id(other);
+        store.store_blob(BlobKind::Data, other_id, other).unwrap();
+        let forged = with_content(&store, &repo, first.tree, &dir.join("f"), vec![other_id]);
+        store.finish().unwrap();
+
+        let second = backup_dir(&repo, &dir, Some(forged));
+        assert_eq!(second.summary.files_unmodified, 1);
+        assert_eq!(second.summary.bytes_read, 0);
+        let f = node_at(&repo, second.tree, &dir.join("f"));
+        assert_eq!(
+            f.content,
+            vec![other_id],
+            "the parent's ids, not the file's"
+        );
+        let tree_of = |root| node_at(&repo, root, &dir).subtree.unwrap();
+        assert_eq!(tree_of(second.tree), tree_of(forged));
+    }
+
+    /// A parent's content id the repository lacks is not reused: the file
+    /// is read again (restic#2571).
+    #[test]
+    fn a_parent_blob_missing_from_the_repository_makes_the_file_read() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("src");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"on disk").unwrap();
+        let first = backup_dir(&repo, &dir, None);
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let lost = BlobId([7; 32]);
+        let forged = with_content(&store, &repo, first.tree, &dir.join("f"), vec![lost]);
+        store.finish().unwrap();
+
+        let second = backup_dir(&repo, &dir, Some(forged));
+        assert_eq!(second.summary.files_changed, 1);
+        assert_eq!(second.summary.bytes_read, 7);
+        let f = node_at(&repo, second.tree, &dir.join("f"));
+        assert_eq!(f.content, vec![repo.keys().blob_id(b"on disk")]);
+        let tree_of = |root| node_at(&repo, root, &dir).subtree.unwrap();
+        assert_eq!(tree_of(second.tree), tree_of(first.tree));
+    }
+
+    /// A file that fails mid-read is stored as far as it was read, flagged,
+    /// and reported as a source warning; the backup itself succeeds.
+    /// (`/proc/PID/mem` is a regular file whose first page cannot be read.)
+    #[test]
+    fn a_file_read_error_is_a_warning_not_an_error() {
+        let repo = repo();
+        let mem = PathBuf::from(format!("/proc/{}/mem", std::process::id()));
+        let out = backup_dir(&repo, &mem, None);
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert_eq!(out.warnings[0].path, mem);
+        assert!(
+            out.warnings[0].message.contains("read error after 0 bytes"),
+            "{}",
+            out.warnings[0].message
+        );
+        assert_eq!(out.summary.warnings, 1);
+        let node = node_at(&repo, out.tree, &mem);
+        assert_eq!(
+            node.flags & crate::snapshot::tree::FLAG_INCOMPLETE,
+            crate::snapshot::tree::FLAG_INCOMPLETE
+        );
+        assert!(node.content.is_empty());
+    }
+
+    /// A backup path that does not exist is a warning, and the others are
+    /// still backed up.
+    #[test]
+    fn a_missing_backup_path_is_a_warning() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let there = tmp.path().join("there");
+        std::fs::write(&there, b"x").unwrap();
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let opts = BackupOptions {
+            paths: vec![tmp.path().join("gone"), there.clone()],
+            force: false,
+            threads: 1,
+            excludes: Default::default(),
+        };
+        let out = backup(&store, None, &repo.chunker().unwrap(), &opts, &NoProgress).unwrap();
+        store.finish().unwrap();
+        assert_eq!(out.warnings.len(), 1, "{:?}", out.warnings);
+        assert_eq!(out.warnings[0].path, tmp.path().join("gone"));
+        assert_eq!(out.summary.files_new, 1);
+        assert_eq!(node_at(&repo, out.tree, &there).size, 1);
+    }
+}

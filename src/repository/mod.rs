@@ -1172,3 +1172,171 @@ pub(crate) fn memory_repo() -> (Arc<crate::backend::memory::MemoryBackend>, Repo
     .expect("init a memory repository");
     (backend, repo)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::blob::BlobSink;
+    use crate::repository::blob_store::BlobStore;
+    use crate::repository::lock::LockTimeouts;
+    use std::time::Duration;
+
+    fn reopen(backend: &Arc<MemoryBackend>, pw: &[u8]) -> Result<Repository> {
+        let backend: Arc<dyn Backend> = backend.clone();
+        Repository::open(backend, &Secret::Passphrase(Zeroizing::new(pw.to_vec())))
+    }
+
+    fn snapshot(tree: BlobId, host: &str, time_ns: i64) -> Snapshot {
+        Snapshot {
+            time_ns,
+            tree,
+            parent: None,
+            hostname: host.into(),
+            username: "u".into(),
+            uid: 1,
+            gid: 2,
+            paths: vec![b"/data".to_vec()],
+            tags: vec!["t".into()],
+            program_version: "coffer test".into(),
+            summary: Default::default(),
+        }
+    }
+
+    /// Store `blobs` in one run and make them durable and indexed.
+    fn store(repo: &Arc<Repository>, blobs: &[(BlobKind, &[u8])]) -> Vec<BlobId> {
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let ids = blobs
+            .iter()
+            .map(|(kind, data)| {
+                let id = store.blob_id(data);
+                store.store_blob(*kind, id, data).unwrap();
+                id
+            })
+            .collect();
+        store.finish().unwrap();
+        ids
+    }
+
+    #[test]
+    fn open_finds_the_same_repository_and_refuses_a_wrong_passphrase() {
+        let (backend, repo) = memory_repo();
+        let again = reopen(&backend, b"pw").unwrap();
+        assert_eq!(again.id(), repo.id());
+        assert_eq!(again.key_id(), repo.key_id());
+        assert_eq!(
+            again.keys().blob_id(b"x"),
+            repo.keys().blob_id(b"x"),
+            "the same master key"
+        );
+        assert!(matches!(
+            reopen(&backend, b"not it"),
+            Err(Error::WrongPassword { .. })
+        ));
+    }
+
+    #[test]
+    fn blobs_written_are_read_back_by_a_fresh_open() {
+        let (backend, repo) = memory_repo();
+        let repo = Arc::new(repo);
+        let big: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let ids = store(
+            &repo,
+            &[
+                (BlobKind::Data, b"hello"),
+                (BlobKind::Data, &big),
+                (BlobKind::Tree, b"tree"),
+            ],
+        );
+        let again = reopen(&backend, b"pw").unwrap();
+        assert_eq!(again.read_blob(BlobKind::Data, &ids[0]).unwrap(), b"hello");
+        assert_eq!(again.read_blob(BlobKind::Data, &ids[1]).unwrap(), big);
+        assert_eq!(again.read_blob(BlobKind::Tree, &ids[2]).unwrap(), b"tree");
+        // A blob asked for as the wrong kind is refused, naming its pack.
+        let e = again.read_blob(BlobKind::Tree, &ids[0]).unwrap_err();
+        assert!(e.to_string().contains("packs/"), "{e}");
+        assert!(matches!(
+            again.read_blob(BlobKind::Data, &BlobId([3; 32])),
+            Err(Error::BlobMissing { .. })
+        ));
+        let place = again.locate(&ids[1]).unwrap().unwrap();
+        assert_eq!(place.raw_length as usize, big.len());
+        assert_eq!(place.kind, BlobKind::Data);
+        again.check_pack(&place.pack).unwrap();
+    }
+
+    #[test]
+    fn an_altered_pack_byte_fails_the_read_naming_the_pack() {
+        let (backend, repo) = memory_repo();
+        let repo = Arc::new(repo);
+        let ids = store(&repo, &[(BlobKind::Data, b"precious bytes")]);
+        let place = repo.locate(&ids[0]).unwrap().unwrap();
+        let name = place.pack.to_hex();
+        let mut bytes = backend.get(FileKind::Pack, &name).unwrap();
+        bytes[place.offset as usize + place.length as usize / 2] ^= 1;
+        backend.delete(FileKind::Pack, &name).unwrap();
+        backend.put(FileKind::Pack, &name, &bytes).unwrap();
+
+        let again = reopen(&backend, b"pw").unwrap();
+        let e = again.read_blob(BlobKind::Data, &ids[0]).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "{e:?}");
+        assert!(e.to_string().contains(&name), "{e}");
+        // The trailer is intact: only the blob fails.
+        again.check_pack(&place.pack).unwrap();
+    }
+
+    #[test]
+    fn snapshots_are_listed_loaded_and_resolved_by_prefix() {
+        let (backend, repo) = memory_repo();
+        let tree = BlobId([9; 32]);
+        let a = repo.save_snapshot(&snapshot(tree, "alpha", 1_000)).unwrap();
+        let b = repo.save_snapshot(&snapshot(tree, "beta", 2_000)).unwrap();
+        let again = reopen(&backend, b"pw").unwrap();
+        let mut listed = again.list_snapshots().unwrap();
+        listed.sort_by_key(|(_, s)| s.time_ns);
+        let hosts: Vec<_> = listed
+            .iter()
+            .map(|(id, s)| (*id, s.hostname.as_str()))
+            .collect();
+        assert_eq!(hosts, vec![(a, "alpha"), (b, "beta")]);
+        assert_eq!(
+            again.load_snapshot(&a).unwrap(),
+            snapshot(tree, "alpha", 1_000)
+        );
+        let (found, snap) = again.resolve_snapshot(&b.to_hex()[..12]).unwrap();
+        assert_eq!((found, snap.hostname.as_str()), (b, "beta"));
+        assert!(matches!(
+            again.resolve_snapshot("ffffffffffffffff"),
+            Err(Error::SnapshotRef(_))
+        ));
+    }
+
+    #[test]
+    fn an_exclusive_lock_excludes_others_until_dropped() {
+        let (backend, repo) = memory_repo();
+        let repo = Arc::new(repo);
+        let other = Arc::new(reopen(&backend, b"pw").unwrap());
+        let t = LockTimeouts::default();
+        let held = repo.lock(true, t, Duration::ZERO).unwrap();
+        assert_eq!(backend.list(FileKind::Lock).unwrap().len(), 1);
+        repo.ensure_lock().unwrap();
+        assert!(matches!(
+            other.lock(false, t, Duration::ZERO),
+            Err(Error::Locked { .. })
+        ));
+        let listed = other.list_locks().unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].1.as_ref().unwrap().exclusive);
+        drop(held);
+        assert!(backend.list(FileKind::Lock).unwrap().is_empty());
+        // Shared locks coexist; an exclusive one waits for both to go.
+        let s1 = repo.lock(false, t, Duration::ZERO).unwrap();
+        let s2 = other.lock(false, t, Duration::ZERO).unwrap();
+        assert!(matches!(
+            repo.lock(true, t, Duration::ZERO),
+            Err(Error::Locked { .. })
+        ));
+        drop((s1, s2));
+        drop(repo.lock(true, t, Duration::ZERO).unwrap());
+    }
+}

@@ -1041,4 +1041,270 @@ mod tests {
         assert_eq!(join_path(b"/", b"a/b"), b"/a/b");
         assert_eq!(join_path(b"/x", b"a"), b"/x/a");
     }
+
+    /// Restores from an in-memory repository: trees and blobs stored
+    /// through the blob store, read back through [`PackedBlobSource`].
+    mod from_memory {
+        use super::*;
+        use crate::blob::{BlobKind, BlobSink};
+        use crate::progress::NoProgress;
+        use crate::repository::Repository;
+        use crate::repository::blob_store::BlobStore;
+        use crate::snapshot::tree::Tree;
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::Arc;
+
+        struct Src {
+            repo: Arc<Repository>,
+            store: Option<BlobStore>,
+        }
+
+        impl Src {
+            fn new() -> Src {
+                let repo = Arc::new(crate::repository::memory_repo().1);
+                let store = Some(BlobStore::new(repo.clone()).unwrap());
+                Src { repo, store }
+            }
+            fn put(&self, kind: BlobKind, data: &[u8]) -> BlobId {
+                let store = self.store.as_ref().unwrap();
+                let id = store.blob_id(data);
+                store.store_blob(kind, id, data).unwrap();
+                id
+            }
+            fn file(&self, name: &str, chunks: &[&[u8]]) -> Node {
+                let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::File);
+                n.mode = 0o640;
+                n.content = chunks.iter().map(|c| self.put(BlobKind::Data, c)).collect();
+                n.size = chunks.iter().map(|c| c.len() as u64).sum();
+                n
+            }
+            fn dir(&self, name: &str, nodes: Vec<Node>) -> Node {
+                let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::Dir);
+                n.mode = 0o750;
+                n.subtree = Some(self.tree(nodes));
+                n
+            }
+            fn tree(&self, nodes: Vec<Node>) -> BlobId {
+                let mut t = Tree { nodes };
+                t.sort();
+                self.put(BlobKind::Tree, &t.encode())
+            }
+            /// Make what was stored readable, then restore `root` into `target`.
+            fn restore(&mut self, root: BlobId, target: &Path) -> RestoreSummary {
+                self.store.take().unwrap().finish().unwrap();
+                restore(
+                    self.repo.as_ref(),
+                    &root,
+                    target,
+                    &RestoreOptions::default(),
+                    &NoProgress,
+                )
+                .unwrap()
+            }
+        }
+
+        fn names(dir: &Path) -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+
+        #[test]
+        fn nested_and_sibling_directories_are_restored_with_their_files() {
+            let mut src = Src::new();
+            let mut link = Node::new(b"ln".to_vec(), NodeKind::Symlink);
+            link.link_target = b"a/b/c".to_vec();
+            let inner = src.dir("b", vec![src.file("c", &[b"deep ", b"chunks"])]);
+            let root = src.tree(vec![
+                src.dir("a", vec![inner, src.file("d", &[b"sib", b"ling"])]),
+                src.dir("empty", vec![]),
+                src.file("top", &[b"at the top"]),
+                link,
+            ]);
+            let tmp = tempfile::tempdir().unwrap();
+            let target = tmp.path().join("out");
+            let s = src.restore(root, &target);
+            assert!(s.errors.is_empty(), "{:?}", s.errors);
+            // a, a/b, empty: the target itself is not counted.
+            assert_eq!((s.files, s.dirs, s.others), (3, 3, 1));
+            assert_eq!(std::fs::read(target.join("a/b/c")).unwrap(), b"deep chunks");
+            assert_eq!(std::fs::read(target.join("a/d")).unwrap(), b"sibling");
+            assert_eq!(std::fs::read(target.join("top")).unwrap(), b"at the top");
+            assert_eq!(
+                std::fs::read_link(target.join("ln")).unwrap(),
+                Path::new("a/b/c")
+            );
+            assert_eq!(names(&target), ["a", "empty", "ln", "top"]);
+            assert_eq!(names(&target.join("a")), ["b", "d"]);
+            assert!(names(&target.join("empty")).is_empty());
+            let mode = |p: &str| std::fs::metadata(target.join(p)).unwrap().mode() & 0o7777;
+            assert_eq!((mode("a/b"), mode("a/b/c")), (0o750, 0o640));
+        }
+
+        #[test]
+        fn a_second_restore_leaves_equal_files_alone() {
+            let mut src = Src::new();
+            let root = src.tree(vec![src.dir("d", vec![src.file("f", &[b"same"])])]);
+            let tmp = tempfile::tempdir().unwrap();
+            src.restore(root, tmp.path());
+            let s = restore(
+                src.repo.as_ref(),
+                &root,
+                tmp.path(),
+                &RestoreOptions::default(),
+                &NoProgress,
+            )
+            .unwrap();
+            assert_eq!((s.files, s.files_unchanged), (0, 1));
+            assert_eq!(std::fs::read(tmp.path().join("d/f")).unwrap(), b"same");
+        }
+
+        #[test]
+        fn hardlinked_names_share_one_inode() {
+            let mut src = Src::new();
+            let linked = |name: &str, src: &Src| {
+                let mut n = src.file(name, &[b"shared bytes"]);
+                (n.links, n.device, n.inode) = (3, 5, 77);
+                n
+            };
+            let root = src.tree(vec![
+                linked("one", &src),
+                src.dir("sub", vec![linked("two", &src)]),
+                linked("zzz", &src),
+                src.file("solo", &[b"shared bytes"]),
+            ]);
+            let tmp = tempfile::tempdir().unwrap();
+            let s = src.restore(root, tmp.path());
+            assert!(s.errors.is_empty(), "{:?}", s.errors);
+            assert_eq!(s.files, 4);
+            let ino = |p: &str| std::fs::metadata(tmp.path().join(p)).unwrap().ino();
+            assert_eq!(ino("one"), ino("sub/two"));
+            assert_eq!(ino("one"), ino("zzz"));
+            assert_ne!(ino("one"), ino("solo"), "equal content is not a link");
+            assert_eq!(
+                std::fs::metadata(tmp.path().join("one")).unwrap().nlink(),
+                3
+            );
+            assert_eq!(
+                std::fs::read(tmp.path().join("sub/two")).unwrap(),
+                b"shared bytes"
+            );
+        }
+
+        /// A size that disagrees with the content (either way, or absurdly
+        /// large) fails that file alone, before any temporary file exists;
+        /// the plan's space estimate is bounded by the blobs, so a huge
+        /// declared size is no `NoSpace` refusal.
+        #[test]
+        fn a_file_whose_size_disagrees_with_its_content_fails_alone() {
+            let mut src = Src::new();
+            let sized = |name: &str, size: u64, src: &Src| {
+                let mut n = src.file(name, &[b"12345"]);
+                n.size = size;
+                n
+            };
+            let mut empty_huge = Node::new(b"nothing".to_vec(), NodeKind::File);
+            empty_huge.size = 1 << 62;
+            let root = src.tree(vec![
+                sized("short", 4, &src),
+                sized("long", 6, &src),
+                sized("huge", 1 << 62, &src),
+                sized("max", u64::MAX, &src),
+                empty_huge,
+                src.file("good", &[b"fine"]),
+            ]);
+            let tmp = tempfile::tempdir().unwrap();
+            let s = src.restore(root, tmp.path());
+            assert_eq!(s.files, 1);
+            assert_eq!(names(tmp.path()), ["good"], "no file, no temporary left");
+            let mut errors = s.errors.clone();
+            errors.sort();
+            assert_eq!(errors.len(), 5, "{errors:?}");
+            for (e, (name, size, adds)) in errors.iter().zip([
+                ("huge", 1u64 << 62, 5),
+                ("long", 6, 5),
+                ("max", u64::MAX, 5),
+                ("nothing", 1 << 62, 0),
+                ("short", 4, 5),
+            ]) {
+                assert_eq!(
+                    *e,
+                    format!(
+                        "{}: content adds up to {adds} bytes, the snapshot says {size} (the snapshot is corrupt)",
+                        tmp.path().join(name).display()
+                    )
+                );
+            }
+        }
+
+        /// A content id naming a tree blob is refused, not written as data.
+        #[test]
+        fn a_file_whose_content_is_a_tree_blob_fails() {
+            let mut src = Src::new();
+            let sub = src.tree(vec![src.file("x", &[b"x"])]);
+            let mut bad = Node::new(b"bad".to_vec(), NodeKind::File);
+            bad.content = vec![sub];
+            bad.size = 10;
+            let root = src.tree(vec![bad]);
+            let tmp = tempfile::tempdir().unwrap();
+            let s = src.restore(root, tmp.path());
+            assert_eq!(s.errors.len(), 1);
+            assert!(
+                s.errors[0].contains("is a tree, not file content"),
+                "{}",
+                s.errors[0]
+            );
+            assert!(names(tmp.path()).is_empty());
+        }
+
+        /// A symlink planted where the snapshot has a directory is
+        /// replaced, never followed: nothing lands outside the target.
+        #[test]
+        fn a_symlink_planted_for_a_parent_directory_is_not_followed() {
+            let mut src = Src::new();
+            let root = src.tree(vec![src.dir("a", vec![src.file("f", &[b"mine"])])]);
+            let tmp = tempfile::tempdir().unwrap();
+            let (target, outside) = (tmp.path().join("t"), tmp.path().join("outside"));
+            std::fs::create_dir_all(&target).unwrap();
+            std::fs::create_dir_all(&outside).unwrap();
+            std::os::unix::fs::symlink(&outside, target.join("a")).unwrap();
+            let s = src.restore(root, &target);
+            assert!(s.errors.is_empty(), "{:?}", s.errors);
+            assert!(names(&outside).is_empty(), "wrote through the symlink");
+            let a = std::fs::symlink_metadata(target.join("a")).unwrap();
+            assert!(a.is_dir());
+            assert_eq!(std::fs::read(target.join("a/f")).unwrap(), b"mine");
+        }
+
+        /// When the first name of a hardlinked file cannot be restored,
+        /// its other names fail too (each reported), and nothing is left.
+        #[test]
+        fn other_names_of_a_file_that_failed_are_reported_not_linked() {
+            let mut src = Src::new();
+            let linked = |name: &str, size: u64, src: &Src| {
+                let mut n = src.file(name, &[b"bytes"]);
+                (n.links, n.device, n.inode, n.size) = (2, 5, 78, size);
+                n
+            };
+            let root = src.tree(vec![linked("a", 99, &src), linked("b", 99, &src)]);
+            let tmp = tempfile::tempdir().unwrap();
+            let s = src.restore(root, tmp.path());
+            assert_eq!(s.files, 0);
+            assert_eq!(s.errors.len(), 2, "{:?}", s.errors);
+            assert!(
+                s.errors[0].contains("content adds up to 5 bytes"),
+                "{}",
+                s.errors[0]
+            );
+            assert!(
+                s.errors[1].contains(&tmp.path().join("b").display().to_string()),
+                "{}",
+                s.errors[1]
+            );
+            assert!(names(tmp.path()).is_empty());
+        }
+    }
 }
