@@ -1,6 +1,11 @@
 //! The cache file's life: open, stamp, verify, discard and rebuild.
 
-use super::*;
+use super::{Index, schema};
+use crate::error::{Error, Result};
+use crate::id::{RepoId, SnapshotId};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// The `meta` key of [`Index::mark_complete`]'s mark for `snap`; every such
 /// key matches `complete:%` ([`schema::DROP_COMPLETE_MARKS`]).
@@ -253,6 +258,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{BlobId, PackId, SegmentId};
     use crate::index::test_seg as seg;
 
     /// SQLITE_FULL (here from `max_page_count`, as a full disk gives it)

@@ -1,6 +1,12 @@
 //! Read-only queries: where blobs are, what packs hold, totals and digests.
 
-use super::*;
+use super::{BlobLocation, Index, entry_row};
+use crate::blob::BlobKind;
+use crate::error::Result;
+use crate::id::{BlobId, PackId, SegmentId};
+use crate::pack::PackEntry;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{HashMap, HashSet};
 
 impl Index {
     /// Where a blob is stored (any one copy).
@@ -452,6 +458,8 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::RepoId;
+    use crate::index::segment::Segment;
     use crate::index::test_seg as seg;
 
     /// The queries that walk a pack's blobs, or all blobs in order, read

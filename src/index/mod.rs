@@ -20,14 +20,10 @@ mod scratch;
 pub mod segment;
 mod sync;
 
-use crate::blob::BlobKind;
-use crate::error::{Error, Result};
-use crate::id::{BlobId, PackId, RepoId, SegmentId, SnapshotId};
+use crate::id::PackId;
 use crate::pack::PackEntry;
-use rusqlite::{Connection, OptionalExtension, params};
-use segment::{IndexedPack, Segment};
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use rusqlite::Connection;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 pub use lookup::{BlobTotals, CacheDigests, PackDigest, PackUsage, entry_digest};
@@ -52,9 +48,12 @@ pub struct Index {
     path: PathBuf,
 }
 
-#[cfg(test)]
 /// A segment of one pack `[pack; 32]` holding data blobs `[b; 32]`.
-pub(crate) fn test_seg(pack: u8, blobs: &[u8]) -> Segment {
+#[cfg(test)]
+pub(crate) fn test_seg(pack: u8, blobs: &[u8]) -> segment::Segment {
+    use crate::blob::BlobKind;
+    use crate::id::BlobId;
+    use segment::{IndexedPack, Segment};
     let mut off = 0;
     let entries = blobs
         .iter()

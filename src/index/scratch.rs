@@ -1,7 +1,14 @@
 //! Prune's and check's scratch tables (used, moved, dead, refs, missing,
 //! and the staged packs of a prune), reached through [`Scratch`].
 
-use super::*;
+use super::segment::IndexedPack;
+use super::{Index, PackUsage, entry_row, schema};
+use crate::blob::BlobKind;
+use crate::error::{Error, Result};
+use crate::id::{BlobId, PackId};
+use crate::pack::PackEntry;
+use rusqlite::{Connection, params};
+use std::collections::HashSet;
 
 impl Index {
     /// The scratch tables of this cache.
@@ -415,6 +422,7 @@ impl Scratch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{RepoId, SegmentId};
     use crate::index::test_seg as seg;
 
     #[test]

@@ -1,7 +1,12 @@
 //! Bringing the cache in line with the repository's segments: sync,
 //! bulk load, and prune's retirement of old segments.
 
-use super::*;
+use super::segment::{IndexedPack, Segment};
+use super::{Index, schema};
+use crate::error::Result;
+use crate::id::{PackId, SegmentId};
+use rusqlite::{Connection, params};
+use std::collections::HashSet;
 
 impl Index {
     /// The segments the cache was built from.
@@ -181,6 +186,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{BlobId, RepoId};
     use crate::index::test_seg as seg;
 
     #[test]
