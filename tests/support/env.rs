@@ -1,7 +1,10 @@
 //! The isolated environment that runs the `coffer` binary, and what a run
 //! produced.
 
-use super::*;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The password every repository made through [`Env::coffer`] uses.
 pub const PASSWORD: &str = "correct horse battery staple";

@@ -1,6 +1,9 @@
 //! Repository-level helpers (crash, retention, locks, repair modules).
 
 use super::*;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 impl Env {
     /// Full snapshot ids, oldest first.

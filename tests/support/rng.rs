@@ -1,6 +1,8 @@
 //! Pseudo-random data.
 
-use super::*;
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
 
 /// xorshift64: fast, deterministic, incompressible enough for dedup tests.
 pub struct Rng(u64);

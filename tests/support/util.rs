@@ -1,6 +1,7 @@
 //! Small helpers: timestamps, byte flips, file names.
 
-use super::*;
+use std::fs;
+use std::path::Path;
 
 /// Parse an RFC 3339 timestamp into Unix seconds (None if malformed).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
