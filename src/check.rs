@@ -132,18 +132,18 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     // are missing are the trees walked again, to name the files.
     let snaps = repo.list_snapshots()?;
     f.snapshots = snaps.len() as u64;
-    idx.refs_reset()?;
+    idx.scratch().refs_reset()?;
     let (trees, tree_errors, trees_missing) = walk_trees(repo, &snaps, |_, _, tree| {
         let content: Vec<BlobId> = tree
             .nodes
             .iter()
             .flat_map(|n| n.content.iter().copied())
             .collect();
-        idx.refs_add(&content)
+        idx.scratch().refs_add(&content)
     })?;
     f.trees = trees;
     f.errors.extend(tree_errors);
-    let missing = idx.refs_resolve()?;
+    let missing = idx.scratch().refs_resolve()?;
     f.infos.extend(next_step(
         missing + trees_missing,
         unindexed,
@@ -157,7 +157,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
                 .iter()
                 .flat_map(|n| n.content.iter().copied())
                 .collect();
-            let missing = idx.missing_among(&content)?;
+            let missing = idx.scratch().missing_among(&content)?;
             for n in &tree.nodes {
                 if let Some(c) = n.content.iter().find(|c| missing.contains(c)) {
                     f.errors.push(format!(

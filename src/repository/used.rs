@@ -33,8 +33,8 @@ impl Repository {
     /// Start an empty used set (replacing any earlier one).
     pub fn used_set(&self) -> Result<UsedSet<'_>> {
         let idx = self.index()?;
-        idx.used_reset()?;
-        idx.refs_reset()?;
+        idx.scratch().used_reset()?;
+        idx.scratch().refs_reset()?;
         Ok(UsedSet { repo: self })
     }
 }
@@ -53,7 +53,7 @@ impl UsedSet<'_> {
             // CPU work of a tree on one core.
             let batch = stack.split_off(stack.len().saturating_sub(TREE_BATCH));
             // Already marked: that tree, and so everything below it, is done.
-            let fresh = idx.used_insert_new(&batch)?;
+            let fresh = idx.scratch().used_insert_new(&batch)?;
             let locs = idx.lookup_many(&fresh)?;
             let mut todo: Vec<(BlobId, Option<BlobLocation>)> =
                 fresh.into_iter().zip(locs).collect();
@@ -89,7 +89,7 @@ impl UsedSet<'_> {
                 }
                 drop(trees);
                 // Appended, and sorted into the used set once at the end.
-                idx.refs_add(&content)?;
+                idx.scratch().refs_add(&content)?;
             }
         }
         Ok(())
@@ -97,7 +97,7 @@ impl UsedSet<'_> {
 
     /// Sort the content ids gathered so far into the set.
     pub fn finish(self) -> Result<()> {
-        self.repo.index()?.used_from_refs()
+        self.repo.index()?.scratch().used_from_refs()
     }
 }
 

@@ -164,7 +164,7 @@ fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     let old_segments = repo.segment_ids()?;
     let snapshots = mark_used(repo, &opts.forgotten)?;
     let idx = repo.index()?;
-    let (usage, missing) = idx.usage(5)?;
+    let (usage, missing) = idx.scratch().usage(5)?;
     if !missing.is_empty() {
         let ids: Vec<String> = missing.iter().map(|b| b.to_hex()).collect();
         return Err(Error::PruneRefused(format!(
@@ -265,8 +265,9 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
     let mut new_packs = Segment::default();
     // The cache learns the new segments only at the end (`retire`).
     let mut new_segments: Vec<SegmentId> = Vec::new();
-    idx.prune_begin()?;
-    idx.dead_set(&dead.iter().copied().collect::<Vec<_>>())?;
+    idx.scratch().prune_begin()?;
+    idx.scratch()
+        .dead_set(&dead.iter().copied().collect::<Vec<_>>())?;
     let mut flush = |seg: &mut Segment, report: &mut PruneReport| -> Result<()> {
         if !seg.packs.is_empty() {
             new_segments.push(repo.save_segment(seg)?);
@@ -389,7 +390,7 @@ fn repack(
             scope.spawn(move || {
                 for p in new_rx.iter() {
                     let r = upload_repacked(repo, p).and_then(|p| {
-                        idx.stage_pack(&p)?;
+                        idx.scratch().stage_pack(&p)?;
                         Ok(p)
                     });
                     let failed = r.is_err();
@@ -443,7 +444,7 @@ fn repack(
         for r in src_rx.iter() {
             let src = r?;
             let obj = FileKind::Pack.path(&src.id.to_hex());
-            for e in idx.to_move(&src.id)? {
+            for e in idx.scratch().to_move(&src.id)? {
                 let (s, l) = (e.offset as usize, e.length as usize);
                 let Some(sealed) = src.bytes.get(s..s + l) else {
                     return Err(Error::corrupt(
@@ -593,9 +594,9 @@ mod tests {
         assert_eq!(mark_used(&repo, &HashSet::new()).unwrap(), 1);
         let idx = repo.index().unwrap();
         for id in &want {
-            assert!(idx.used_contains(id).unwrap(), "{id} not marked");
+            assert!(idx.scratch().used_contains(id).unwrap(), "{id} not marked");
         }
-        assert!(!idx.used_contains(&stray).unwrap());
+        assert!(!idx.scratch().used_contains(&stray).unwrap());
     }
 
     /// Everything an index says, in a comparable form.
