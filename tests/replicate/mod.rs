@@ -325,3 +325,29 @@ fn a_damaged_source_stops_the_copy_and_names_the_pack() {
     );
     assert_eq!(fingerprint(&env.repo), before);
 }
+
+/// Issue 20: a snapshot of the source that does not read is named and
+/// makes the copy exit 3; the others are copied. Before, it was skipped in
+/// silence and the copy exited 0.
+#[test]
+fn a_damaged_source_snapshot_is_named_and_the_copy_exits_3() {
+    let env = Env::new();
+    source_with_two_snapshots(&env);
+    init_offsite(&env);
+    let snaps = env.objects("snapshots");
+    assert_eq!(snaps.len(), 2);
+    flip_byte(&snaps[0], 40);
+    let damaged = snaps[0].file_name().unwrap().to_string_lossy().to_string();
+    let r = dst(&env)
+        .args(["copy", "--from-repo"])
+        .arg(&env.repo)
+        .run()
+        .expect_code(3);
+    assert!(r.stderr.contains(&damaged[..8]), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("1 snapshot copied") || r.stderr.contains("1 snapshot copied"),
+        "{r:?}"
+    );
+    let listed = dst(&env).args(["--json", "snapshots"]).run().ok();
+    assert_eq!(listed.json().as_array().unwrap().len(), 1);
+}

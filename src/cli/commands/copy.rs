@@ -25,6 +25,10 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
             "copy needs the repository to copy from: give --from-repo DIR (or COFFER_FROM_REPOSITORY)"
         );
     };
+    // Damage in the source (its config, a snapshot that does not read) is
+    // named as met, and makes the copy exit 3: a skipped snapshot is never
+    // silent.
+    let mut damaged = super::report_problems(&src);
     let dst = repo::open(g)?;
     // Shared locks: a prune of either side must not delete what is being
     // copied; the source gets nothing else written.
@@ -88,5 +92,10 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
             done.len() - copied
         ));
     }
-    Ok(ExitCode::SUCCESS)
+    damaged.extend(super::report_problems(&src));
+    Ok(if damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

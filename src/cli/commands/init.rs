@@ -196,6 +196,9 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     refuse_occupied(&path)?;
     let related = a.from.open(g)?;
     if let Some(r) = &related {
+        super::report_problems(r);
+    }
+    if let Some(r) = &related {
         // The same cuts as the source, or its data and new backups would
         // not deduplicate against each other.
         config.chunker = r.config()?.chunker;

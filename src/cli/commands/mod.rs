@@ -67,14 +67,26 @@ impl FromRepo {
             password_command: self.from_password_command.as_deref(),
             key_file: self.from_key_file.as_deref(),
         };
-        let r = repo::open_at(path, is_default, &opts, repo::cache_root(g))?;
         // What opening found damaged there (its config, a slot's metadata)
-        // is the source's: say so now, naming it.
-        for p in r.take_problems() {
-            super::output::warn(&format!("{}: {p}", path.display()));
-        }
-        Ok(Some(r))
+        // stays with it: the caller reports it with [`report_problems`].
+        Ok(Some(repo::open_at(
+            path,
+            is_default,
+            &opts,
+            repo::cache_root(g),
+        )?))
     }
+}
+
+/// Warn about each damaged object `repo` met so far (the other side of a
+/// copy: the exit-code check at the end only sees the main repository),
+/// naming the repository; returns them, for the caller's exit code.
+pub fn report_problems(repo: &coffer::repository::Repository) -> Vec<String> {
+    let problems = repo.take_problems();
+    for p in &problems {
+        super::output::warn(&format!("{}: {p}", repo.location()));
+    }
+    problems
 }
 
 /// Which snapshots a command reads, as restic selects them.
