@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 const MIB: usize = 1024 * 1024;
 
 /// Run to completion and return the run and the peak RSS in bytes of that
-/// one process (`wait4`: `RUSAGE_CHILDREN` would mix in other tests'
-/// children). Killed after `deadline`, so a hang fails instead of blocking.
+/// one process: its `VmHWM`, sampled every 20 ms while it runs. Not
+/// `wait4`'s `ru_maxrss`: that keeps the high-water mark from before
+/// `exec`, when a forked child still counted the test harness's own
+/// memory (251 MiB in a full-suite run, against 70 MiB measured alone).
+/// Killed after `deadline`, so a hang fails instead of blocking.
 // The child is reaped by wait4, which std's Child cannot see.
 #[allow(clippy::zombie_processes)]
 fn run_measured(inv: Invocation, deadline: Duration) -> (Run, u64) {
@@ -46,14 +49,17 @@ fn run_measured(inv: Invocation, deadline: Duration) -> (Run, u64) {
     let d2 = done.clone();
     let watchdog = std::thread::spawn(move || {
         let start = Instant::now();
+        let mut peak = 0u64;
         while !d2.load(std::sync::atomic::Ordering::SeqCst) {
             if start.elapsed() > deadline {
                 // SAFETY: our own child, not yet reaped (`done` is unset).
                 unsafe { libc::kill(pid, libc::SIGKILL) };
-                return;
+                return peak;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            peak = peak.max(vm_hwm(pid).unwrap_or(0));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        peak
     });
     let mut status = 0;
     // SAFETY: zeroed rusage is a valid out-parameter.
@@ -61,7 +67,7 @@ fn run_measured(inv: Invocation, deadline: Duration) -> (Run, u64) {
     // SAFETY: waiting for our own child with valid out-parameters.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
     done.store(true, std::sync::atomic::Ordering::SeqCst);
-    watchdog.join().unwrap();
+    let peak = watchdog.join().unwrap();
     assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
     let code = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
@@ -74,7 +80,15 @@ fn run_measured(inv: Invocation, deadline: Duration) -> (Run, u64) {
         stderr: err.join().unwrap(),
     };
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    (run, ru.ru_maxrss as u64 * 1024)
+    (run, peak)
+}
+
+/// The peak resident memory of a live process, from `/proc/PID/status`.
+fn vm_hwm(pid: libc::pid_t) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 fn open_repo(env: &Env) -> (Arc<LocalBackend>, Repository) {
