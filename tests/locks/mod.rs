@@ -211,13 +211,7 @@ fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
     let (t, s0) = repo_with_snapshot(&env);
     let golden = env.restore_of(&s0, &t.root);
     t.random_file("c.bin", 2 * MIB, 3);
-    let r = env
-        .coffer()
-        .arg("backup")
-        .arg(&t.root)
-        .env("COFFER_FAILPOINT", "before-put:pack:1")
-        .run_any();
-    assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+    env.killed_backup(&t.root);
     let stale = env.objects("locks");
     assert_eq!(stale.len(), 1, "the killed backup left no lock");
 
@@ -240,13 +234,7 @@ fn a_stale_lock_of_a_dead_process_blocks_nobody_and_unlock_removes_only_it() {
     };
     wait_until("the live lock under its name", || !named().is_empty());
     let live_locks = named();
-    let r = env
-        .coffer()
-        .arg("backup")
-        .arg(&t.root)
-        .env("COFFER_FAILPOINT", "before-put:pack:1")
-        .run_any();
-    assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+    env.killed_backup(&t.root);
     let stale: Vec<_> = named()
         .into_iter()
         .filter(|l| !live_locks.contains(l))

@@ -387,13 +387,7 @@ fn killed_runs_leave_no_dead_locks_and_stats_reports_temporary_files() {
     let t = TreeBuilder::new(env.path("src"));
     t.random_file("a.bin", 2 * MIB, 1);
     for _ in 0..3 {
-        let r = env
-            .coffer()
-            .arg("backup")
-            .arg(&t.root)
-            .env("COFFER_FAILPOINT", "before-put:pack:1")
-            .run_any();
-        assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+        env.killed_backup(&t.root);
     }
     // Each run removed the one before it left: one dead lock, not three.
     assert_eq!(env.objects("locks").len(), 1, "{:?}", env.objects("locks"));

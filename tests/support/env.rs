@@ -123,6 +123,18 @@ impl Env {
         r.summary()
     }
 
+    /// `backup ROOT` killed (abort) just before its first pack put: what a
+    /// crashed backup leaves, its lock included.
+    pub fn killed_backup(&self, root: &Path) {
+        let r = self
+            .coffer()
+            .arg("backup")
+            .arg(root)
+            .env("COFFER_FAILPOINT", "before-put:pack:1")
+            .run_any();
+        assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
+    }
+
     /// Total bytes of all files under the repository directory.
     pub fn repo_size(&self) -> u64 {
         dir_size(&self.repo)
