@@ -24,6 +24,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A remote store (S3) failed a request, or did not answer in time.
+    /// `failure` says what a caller can do about it: retry a transient one
+    /// (the retry layer already did, `tries` times), fix the credentials or
+    /// the bucket for the others.
+    #[error("repository {op} of {object} failed: {detail}{}", failure.remedy(*tries))]
+    Remote {
+        op: &'static str,
+        object: String,
+        failure: Failure,
+        detail: String,
+        tries: u32,
+    },
     /// The repository disk is full: distinct because users act on it differently.
     #[error(
         "repository disk full while writing {object}: free some space and run the command again"
@@ -58,10 +70,9 @@ pub enum Error {
         "repository object config is damaged ({reason}) and has no intact copy: {repo} can still be read (restore, copy from it) but not written, because the chunker parameters a writer needs are lost; to go on backing up, create a new repository (`coffer init --repo NEW`) and `coffer copy --repo NEW --from-repo {repo}`"
     )]
     ConfigDamaged { repo: String, reason: String },
-    /// A repository location names a store coffer cannot write to (yet).
+    /// A repository location names a store coffer cannot write to.
     #[error(
-        "repository {location}: {store} is not supported{}; a repository is a local directory: give its path (/mnt/backup/coffer, ./NAME, or local:NAME for a directory whose name has a colon)",
-        if *.store == "S3" { " yet (a later version takes s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX])" } else { "" }
+        "repository {location}: {store} is not supported; a repository is a local directory (/mnt/backup/coffer, ./NAME, or local:NAME for a directory whose name has a colon) or an S3 bucket (s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX])"
     )]
     UnsupportedLocation {
         location: String,
@@ -174,7 +185,47 @@ pub enum Error {
     Internal(String),
 }
 
+/// What kind of failure a remote store's answer (or silence) was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// 5xx, 429/503 SlowDown, a timeout, a reset, a body cut short: the
+    /// same request may well succeed later.
+    Transient,
+    /// The request itself is wrong for this store (400, a missing bucket,
+    /// an answer that makes no sense): retrying cannot help.
+    Permanent,
+    /// 401/403: the credentials or the bucket policy refuse it.
+    Denied,
+}
+
+impl Failure {
+    /// What the user should do, appended to the message.
+    fn remedy(self, tries: u32) -> String {
+        match self {
+            Failure::Transient if tries > 1 => format!(
+                " (still failing after {tries} tries: the store is unreachable or overloaded; run the command again later)"
+            ),
+            Failure::Transient => String::new(),
+            Failure::Permanent => String::new(),
+            Failure::Denied => " (access denied: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and the bucket's policy)".into(),
+        }
+    }
+}
+
 impl Error {
+    /// Is this a failure the same request may not meet again (a remote
+    /// store's 5xx, SlowDown, timeout)? Local I/O errors are not: a disk
+    /// that failed a read is not retried blindly.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Remote {
+                failure: Failure::Transient,
+                ..
+            }
+        )
+    }
+
     /// The error that caused this one: through [`Error::Aborted`] to the
     /// repository error a backup thread met, else this error itself.
     pub fn root(&self) -> &Error {
@@ -198,6 +249,19 @@ impl Error {
                 op,
                 object: object.clone(),
                 source: io(source),
+            },
+            Error::Remote {
+                op,
+                object,
+                failure,
+                detail,
+                tries,
+            } => Error::Remote {
+                op,
+                object: object.clone(),
+                failure: *failure,
+                detail: detail.clone(),
+                tries: *tries,
             },
             Error::DiskFull { object } => Error::DiskFull {
                 object: object.clone(),

@@ -6,7 +6,7 @@
 //! rustic#1731). Temporary files carry a `.tmp-` infix, are never listed,
 //! and are removed by [`LocalBackend::remove_stale_temp_files`].
 
-use super::{Backend, FileKind, PendingPut};
+use super::{Backend, FileKind, ObjectInfo, PendingPut};
 use crate::direct_io::{self, AlignedBuf};
 use crate::error::{Error, Result};
 use std::fs::{self, File, OpenOptions};
@@ -16,115 +16,6 @@ use std::path::{Path, PathBuf};
 
 pub struct LocalBackend {
     root: PathBuf,
-}
-
-/// Crash-test hook (doc/reliability.md H2): `COFFER_FAILPOINT=before-put:N` or
-/// `after-put:N` kills the process with `abort()` (no unwinding, no
-/// destructors: a real death) just before or just after the N-th object
-/// write; `before-put:KIND:N` counts only one kind (`pack`, `index`,
-/// `snapshot`, `key`, `lock`, `config`; plurals work too).
-/// `before-delete[:KIND]:N` does the same just before the N-th deletion.
-/// `enospc-put[:KIND]:N` does not kill: the N-th write stops half way with
-/// ENOSPC, as on a full disk (doc/reliability.md E1).
-/// Unset, it costs one atomic load.
-mod failpoint {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    struct Point {
-        delete: bool,
-        after: bool,
-        /// Fail the write with ENOSPC instead of aborting.
-        enospc: bool,
-        kind: Option<String>,
-        n: u64,
-    }
-
-    static POINT: OnceLock<Option<Point>> = OnceLock::new();
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-
-    fn point() -> &'static Option<Point> {
-        POINT.get_or_init(|| {
-            let v = std::env::var("COFFER_FAILPOINT").ok()?;
-            let parts: Vec<&str> = v.split(':').collect();
-            let (delete, after, enospc) = match *parts.first()? {
-                "before-put" => (false, false, false),
-                "after-put" => (false, true, false),
-                "before-delete" => (true, false, false),
-                "enospc-put" => (false, false, true),
-                _ => return None,
-            };
-            let (kind, n) = match parts.as_slice() {
-                [_, n] => (None, n.parse().ok()?),
-                [_, k, n] => (Some(k.to_string()), n.parse().ok()?),
-                _ => return None,
-            };
-            Some(Point {
-                delete,
-                after,
-                enospc,
-                kind,
-                n,
-            })
-        })
-    }
-
-    /// `pack` or `packs`, `key` or `keys`, …; `config` for the config.
-    fn kind_matches(k: &str, dir: &str) -> bool {
-        k == dir || format!("{k}s") == dir || (k == "config" && dir.is_empty())
-    }
-
-    pub fn hit(after: bool, dir: &str) {
-        if let Some(p) = point()
-            && !p.delete
-            && !p.enospc
-            && p.after == after
-            && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
-        {
-            let c = if after {
-                COUNT.load(Ordering::SeqCst)
-            } else {
-                COUNT.fetch_add(1, Ordering::SeqCst) + 1
-            };
-            if c == p.n {
-                std::process::abort();
-            }
-        }
-    }
-
-    /// Count a completed put when only `after-put` points are set.
-    pub fn count_after(dir: &str) {
-        if let Some(p) = point()
-            && !p.delete
-            && !p.enospc
-            && p.after
-            && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
-        {
-            COUNT.fetch_add(1, Ordering::SeqCst);
-            hit(true, dir);
-        }
-    }
-
-    /// Should this write run out of space (the N-th of an `enospc-put`)?
-    pub fn enospc(dir: &str) -> bool {
-        match point() {
-            Some(p) if p.enospc && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir)) => {
-                COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
-            }
-            _ => false,
-        }
-    }
-
-    /// Before a deletion: abort at the N-th when `before-delete` is set.
-    pub fn hit_delete(dir: &str) {
-        if let Some(p) = point()
-            && p.delete
-            && p.kind.as_deref().is_none_or(|k| kind_matches(k, dir))
-            && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
-        {
-            std::process::abort();
-        }
-    }
 }
 
 const TEMP_INFIX: &str = ".tmp-";
@@ -171,24 +62,6 @@ pub fn abandon_own_temps() -> usize {
 
 /// Object names are lowercase hex (or `config`, `config.copy`): nothing can escape the
 /// repository directory through a name.
-fn check_name(kind: FileKind, name: &str) -> Result<()> {
-    let ok = match kind {
-        FileKind::Config => name == "config" || name == "config.copy",
-        _ => {
-            !name.is_empty()
-                && name.len() <= 128
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        }
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!("invalid object name {name:?}")))
-    }
-}
-
 impl LocalBackend {
     /// Open an existing directory (the caller checks for a config object).
     pub fn open(root: &Path) -> Self {
@@ -216,7 +89,7 @@ impl LocalBackend {
     }
 
     fn full(&self, kind: FileKind, name: &str) -> Result<PathBuf> {
-        check_name(kind, name)?;
+        super::valid_name(kind, name)?;
         Ok(self.root.join(kind.path(name)))
     }
 
@@ -399,7 +272,7 @@ impl LocalBackend {
         }
         let tmp = dir.join(format!("{name}{TEMP_INFIX}{}", unique_suffix()));
         let write = || -> std::io::Result<File> {
-            if failpoint::enospc(kind.dir()) {
+            if super::faulty::enospc_now(kind) {
                 // What a full disk leaves: part of the object, then ENOSPC.
                 let mut f = create_tracked(&tmp, || {
                     OpenOptions::new().write(true).create_new(true).open(&tmp)
@@ -441,11 +314,10 @@ impl LocalBackend {
 }
 
 /// A put of an object that was already there.
-struct Stored(FileKind);
+struct Stored;
 
 impl PendingPut for Stored {
     fn commit(self: Box<Self>) -> Result<()> {
-        failpoint::count_after(self.0.dir());
         Ok(())
     }
 }
@@ -504,9 +376,7 @@ impl Drop for LocalPending {
 
 impl PendingPut for LocalPending {
     fn commit(mut self: Box<Self>) -> Result<()> {
-        self.finish()?;
-        failpoint::count_after(self.kind.dir());
-        Ok(())
+        self.finish()
     }
 }
 
@@ -612,11 +482,10 @@ impl Backend for LocalBackend {
     }
 
     fn put_pending(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Box<dyn PendingPut>> {
-        failpoint::hit(false, kind.dir());
         match self.write_temp(kind, name, data)? {
             Some(p) => Ok(Box::new(p)),
             // Already there: nothing to make durable, but still a put.
-            None => Ok(Box::new(Stored(kind))),
+            None => Ok(Box::new(Stored)),
         }
     }
 
@@ -671,27 +540,29 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
-        let mut out = Vec::new();
+    fn list_each(&self, kind: FileKind, f: &mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()> {
         for dir in self.kind_dirs(kind)? {
             let rd = fs::read_dir(&dir)
                 .map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
             for e in rd {
                 let e = e.map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
                 let name = e.file_name().to_string_lossy().into_owned();
-                if name.contains(TEMP_INFIX) || check_name(kind, &name).is_err() {
+                if name.contains(TEMP_INFIX) || super::valid_name(kind, &name).is_err() {
                     continue;
                 }
                 let m = e
                     .metadata()
                     .map_err(|e| Error::backend_io("stat", name.clone(), e))?;
                 if m.is_file() {
-                    out.push((name, m.len()));
+                    f(ObjectInfo {
+                        name,
+                        size: m.len(),
+                        modified: m.modified().ok(),
+                    })?;
                 }
             }
         }
-        out.sort();
-        Ok(out)
+        Ok(())
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
@@ -704,7 +575,6 @@ impl Backend for LocalBackend {
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let path = self.full(kind, name)?;
         self.check_object_dirs(kind, name)?;
-        failpoint::hit_delete(kind.dir());
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -730,13 +600,10 @@ impl Backend for LocalBackend {
                 Ok((self.full(kind, n)?, n))
             })
             .collect::<Result<_>>()?;
-        let removed = for_each_parallel(&paths, |(path, name)| {
-            failpoint::hit_delete(kind.dir());
-            match fs::remove_file(path) {
-                Ok(()) => Ok(path.parent().map(|d| (d.to_path_buf(), kind.path(name)))),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(Error::backend_io("delete", kind.path(name), e)),
-            }
+        let removed = for_each_parallel(&paths, |(path, name)| match fs::remove_file(path) {
+            Ok(()) => Ok(path.parent().map(|d| (d.to_path_buf(), kind.path(name)))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::backend_io("delete", kind.path(name), e)),
         })?;
         let mut dirs = std::collections::BTreeMap::new();
         for (d, obj) in removed.into_iter().flatten() {
@@ -784,7 +651,11 @@ mod tests {
     fn conformance_and_hostile_names() {
         let dir = tempfile::tempdir().unwrap();
         let b = LocalBackend::create(dir.path()).unwrap();
-        super::super::conformance(&b);
+        super::super::conformance::run(&b).unwrap();
+        super::super::conformance::run_remote(&b).unwrap();
+        let shared: std::sync::Arc<dyn Backend> =
+            std::sync::Arc::new(LocalBackend::open(dir.path()));
+        super::super::conformance::race_create_once(shared, 8).unwrap();
         assert!(b.get(FileKind::Snapshot, "../config").is_err());
         assert!(b.put(FileKind::Key, "ABC", b"").is_err());
     }
@@ -832,7 +703,7 @@ mod tests {
             b.list(FileKind::Pack)
                 .unwrap()
                 .iter()
-                .any(|(n, _)| n == name)
+                .any(|o| o.name == name)
         };
         // Large enough for the O_DIRECT path, and a small one.
         let cases = [("aa01", DIRECT_MIN + 5), ("aa02", 11)];

@@ -1,8 +1,7 @@
 //! Where a repository lives, as the user names it (`--repo`,
 //! `COFFER_REPOSITORY`, `--from-repo`). Parsed in one place so that a
-//! restic user's `s3:…` or `sftp:…` is refused instead of silently
-//! becoming a local directory named `s3:https:` (issue 18), and so the S3
-//! backend can add its variant here.
+//! restic user's `sftp:…` is refused instead of silently becoming a local
+//! directory named `sftp:host:` (issue 18).
 
 use crate::error::{Error, Result};
 use std::ffi::OsStr;
@@ -13,12 +12,84 @@ use std::path::PathBuf;
 pub enum Location {
     /// A directory on a mounted filesystem.
     Local(PathBuf),
+    /// A bucket (and a key prefix in it) on an S3-compatible store.
+    S3(S3Location),
+}
+
+/// `s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]`, split.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    /// `http://HOST:PORT` or `https://HOST`, without a trailing slash.
+    pub endpoint: String,
+    pub bucket: String,
+    /// Empty, or the key prefix without leading or trailing slashes.
+    pub prefix: String,
+}
+
+impl S3Location {
+    /// The part after `s3:`. restic's form without a scheme
+    /// (`s3:s3.amazonaws.com/bucket`) means https.
+    fn parse(whole: &str, rest: &str) -> Result<S3Location> {
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "repository {whole}: {why}; an S3 location is s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"
+            ))
+        };
+        let (scheme, hostpath) = match rest.split_once("://") {
+            Some((s, r)) if s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https") => {
+                (s.to_ascii_lowercase(), r)
+            }
+            Some((s, _)) => return Err(bad(&format!("{s}:// is not http:// or https://"))),
+            None => ("https".to_string(), rest),
+        };
+        let (host, path) = hostpath.split_once('/').unwrap_or((hostpath, ""));
+        if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+            return Err(bad("it names no host"));
+        }
+        let path = path.trim_matches('/');
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if !valid_bucket(bucket) {
+            return Err(bad(&format!(
+                "{bucket:?} is not a bucket name (3-63 lowercase letters, digits, '-' and '.')"
+            )));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == "..")
+            && !prefix.is_empty()
+        {
+            return Err(bad("its prefix has an empty, '.' or '..' part"));
+        }
+        Ok(S3Location {
+            endpoint: format!("{scheme}://{host}"),
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s3:{}/{}", self.endpoint, self.bucket)?;
+        if !self.prefix.is_empty() {
+            write!(f, "/{}", self.prefix)?;
+        }
+        Ok(())
+    }
+}
+
+/// S3's bucket naming rules, loosely: what every store accepts.
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+        && b.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric())
 }
 
 /// restic's and rclone's remote prefixes, with the store each names: a
 /// location starting with one is never taken for a relative path.
-const REMOTES: [(&str, &str); 8] = [
-    ("s3", "S3"),
+const REMOTES: [(&str, &str); 7] = [
     ("sftp", "SFTP"),
     ("rest", "a REST server"),
     ("rclone", "rclone"),
@@ -29,7 +100,8 @@ const REMOTES: [(&str, &str); 8] = [
 ];
 
 impl Location {
-    /// `PATH`, `local:PATH`, or an error naming what is not supported.
+    /// `PATH`, `local:PATH`, `s3:…`, or an error naming what is not
+    /// supported.
     /// A directory whose name starts like a scheme is reachable as
     /// `./NAME` or `local:NAME`.
     pub fn parse(s: &str) -> Result<Location> {
@@ -42,6 +114,9 @@ impl Location {
             return Ok(Location::Local(PathBuf::from(path)));
         }
         if let Some((scheme, rest)) = s.split_once(':') {
+            if scheme.eq_ignore_ascii_case("s3") {
+                return Ok(Location::S3(S3Location::parse(s, rest)?));
+            }
             let unsupported = |store: &'static str| Error::UnsupportedLocation {
                 location: s.to_string(),
                 store,
@@ -70,6 +145,7 @@ impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Location::Local(p) => write!(f, "{}", p.display()),
+            Location::S3(l) => l.fmt(f),
         }
     }
 }
@@ -104,8 +180,6 @@ mod tests {
         assert_eq!(Location::parse("local:s3:odd").unwrap(), local("s3:odd"));
         assert!(matches!(Location::parse("local:"), Err(Error::Usage(_))));
         for (s, store) in [
-            ("s3:https://host/bucket", "S3"),
-            ("S3:host/bucket", "S3"),
             ("sftp:host:/x", "SFTP"),
             ("rclone:remote:x", "rclone"),
             ("https://host/x", "a URL"),
@@ -124,16 +198,38 @@ mod tests {
     }
 
     #[test]
-    fn s3_says_what_a_later_version_takes() {
-        let e = Location::parse("s3:https://host/bucket")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("S3 is not supported yet"), "{e}");
+    fn s3_locations_are_split_and_checked() {
+        let s3 = |s: &str| match Location::parse(s) {
+            Ok(Location::S3(l)) => l,
+            other => panic!("{s}: {other:?}"),
+        };
+        let l = s3("s3:http://127.0.0.1:8333/bucket/some/prefix/");
+        assert_eq!(l.endpoint, "http://127.0.0.1:8333");
+        assert_eq!(
+            (l.bucket.as_str(), l.prefix.as_str()),
+            ("bucket", "some/prefix")
+        );
+        assert_eq!(l.to_string(), "s3:http://127.0.0.1:8333/bucket/some/prefix");
+        let l = s3("S3:s3.amazonaws.com/my-bucket");
+        assert_eq!(l.endpoint, "https://s3.amazonaws.com");
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("my-bucket", ""));
+        for bad in [
+            "s3:http://host",
+            "s3:http:///bucket",
+            "s3:ftp://host/bucket",
+            "s3:http://host/Bad_Bucket",
+            "s3:http://host/bucket/a/../b",
+            "s3:http://user@host/bucket",
+        ] {
+            match Location::parse(bad) {
+                Err(Error::Usage(m)) => assert!(m.contains("s3:http(s)://HOST"), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let e = Location::parse("gs:b:/").unwrap_err().to_string();
         assert!(
-            e.contains("s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]"),
+            e.contains("local directory") && e.contains("S3 bucket"),
             "{e}"
         );
-        let e = Location::parse("gs:b:/").unwrap_err().to_string();
-        assert!(e.contains("local directory") && !e.contains("yet"), "{e}");
     }
 }

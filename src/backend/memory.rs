@@ -1,6 +1,6 @@
 //! An in-memory backend for tests and benchmarks.
 
-use super::{Backend, FileKind};
+use super::{Backend, FileKind, ObjectInfo};
 use crate::error::{Error, Result};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -63,17 +63,15 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>> {
+    fn list_each(&self, kind: FileKind, f: &mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()> {
         let prefix = format!("{}/", kind.dir());
-        Ok(self
+        let listed: Vec<ObjectInfo> = self
             .lock()
             .iter()
             .filter(|(k, _)| kind != FileKind::Config && k.starts_with(&prefix))
-            .map(|(k, v)| {
-                let name = k.rsplit('/').next().unwrap_or(k).to_string();
-                (name, v.len() as u64)
-            })
-            .collect())
+            .map(|(k, v)| ObjectInfo::new(k.rsplit('/').next().unwrap_or(k), v.len() as u64))
+            .collect();
+        listed.into_iter().try_for_each(f)
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
@@ -94,6 +92,6 @@ impl Backend for MemoryBackend {
 mod tests {
     #[test]
     fn conformance() {
-        super::super::conformance(&super::MemoryBackend::new());
+        super::super::conformance::run(&super::MemoryBackend::new()).unwrap();
     }
 }

@@ -8,13 +8,82 @@
 //! returns every object of a kind or an error, never a partial list
 //! presented as complete (restic#4612).
 
+pub mod conformance;
+pub mod faulty;
 pub mod local;
 pub mod location;
 pub mod memory;
+pub mod options;
+pub mod retry;
+pub mod s3;
 
-pub use location::Location;
+pub use location::{Location, S3Location};
+pub use options::Options;
 
 use crate::error::Result;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One listed object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    /// When it was written, if the store says (S3 and a local disk do):
+    /// what lets prune spare packs too young to be referenced yet.
+    pub modified: Option<SystemTime>,
+}
+
+impl ObjectInfo {
+    pub fn new(name: impl Into<String>, size: u64) -> ObjectInfo {
+        ObjectInfo {
+            name: name.into(),
+            size,
+            modified: None,
+        }
+    }
+}
+
+/// Open the store an existing repository lives in (nothing is created).
+/// Every command reaches its repository through this one function, so
+/// retries and crash-test failpoints wrap every backend alike.
+pub fn open(location: &Location, o: &Options) -> Result<Arc<dyn Backend>> {
+    let inner: Arc<dyn Backend> = match location {
+        Location::Local(p) => Arc::new(local::LocalBackend::open(p)),
+        Location::S3(l) => Arc::new(retry::Retrying::new(s3::S3Backend::open(l, o)?, o)),
+    };
+    Ok(faulty::install(inner))
+}
+
+/// [`open`] for `init`: a local directory is made; a bucket must exist.
+pub fn create(location: &Location, o: &Options) -> Result<Arc<dyn Backend>> {
+    if let Location::Local(p) = location {
+        return Ok(faulty::install(Arc::new(local::LocalBackend::create(p)?)));
+    }
+    open(location, o)
+}
+
+/// Object names coffer writes: `config`/`config.copy`, else lowercase hex
+/// (ids); anything else found in a listing is not coffer's.
+pub(crate) fn valid_name(kind: FileKind, name: &str) -> Result<()> {
+    let ok = match kind {
+        FileKind::Config => name == "config" || name == "config.copy",
+        _ => {
+            !name.is_empty()
+                && name.len() <= 128
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::error::Error::Usage(format!(
+            "invalid object name {name:?}"
+        )))
+    }
+}
 
 /// The object kinds, each under a fixed name or prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,8 +195,25 @@ pub trait Backend: Send + Sync {
         *buf = self.get_range(kind, name, offset, len)?;
         Ok(())
     }
-    /// Every object of a kind, with its size.
-    fn list(&self, kind: FileKind) -> Result<Vec<(String, u64)>>;
+    /// Hand every object of a kind to `f`, in no particular order, page
+    /// by page on a remote store: all of them, or an error.
+    fn list_each(&self, kind: FileKind, f: &mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()>;
+    /// Every object of a kind, sorted by name.
+    fn list(&self, kind: FileKind) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        self.list_each(kind, &mut |o| {
+            out.push(o);
+            Ok(())
+        })?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+    /// How many requests the store wants in flight: the size of the pools
+    /// that upload, fetch and verify packs (apart from the CPU pool), so
+    /// that a remote store's latency per request does not starve them.
+    fn connections(&self) -> usize {
+        2
+    }
     /// The size of one object.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
     /// Delete an object; deleting a missing object is not an error.
@@ -148,16 +234,16 @@ pub trait Backend: Send + Sync {
     fn temp_usage(&self) -> Result<(u64, u64)> {
         Ok((0, 0))
     }
-    /// Remove what writers killed mid-put left behind (a backend whose puts
-    /// leave nothing has nothing to do), if older than `min_age`. Only
-    /// under an exclusive lock: a younger temporary may be a live put.
-    /// Returns how many were removed.
     /// The run is being abandoned (a signal): remove this process's
     /// unfinished temporary objects and start no new ones. Objects already
     /// named stay; a put still writing fails. Returns how many were removed.
     fn abandon(&self) -> usize {
         0
     }
+    /// Remove what writers killed mid-put left behind (a backend whose puts
+    /// leave nothing has nothing to do), if older than `min_age`. Only
+    /// under an exclusive lock: a younger temporary may be a live put.
+    /// Returns how many were removed.
     fn remove_stale_temps(&self, _min_age: std::time::Duration) -> Result<usize> {
         Ok(0)
     }
@@ -176,41 +262,4 @@ impl PendingPut for Committed {
     fn commit(self: Box<Self>) -> Result<()> {
         Ok(())
     }
-}
-
-/// Run the same contract checks against any backend (doc/design.md habit 3).
-#[cfg(test)]
-pub fn conformance(b: &dyn Backend) {
-    use crate::error::Error;
-    assert!(b.list(FileKind::Pack).unwrap().is_empty());
-    assert!(matches!(
-        b.get(FileKind::Snapshot, "aa"),
-        Err(Error::NotFound { .. })
-    ));
-    b.put(FileKind::Pack, "abcd", b"hello world").unwrap();
-    b.put(FileKind::Pack, "abcd", b"hello world").unwrap();
-    b.put(FileKind::Config, "config", b"cfg").unwrap();
-    assert!(b.put(FileKind::Config, "config", b"cfx").is_err());
-    assert_eq!(b.get(FileKind::Pack, "abcd").unwrap(), b"hello world");
-    assert_eq!(b.get_range(FileKind::Pack, "abcd", 6, 5).unwrap(), b"world");
-    assert!(b.get_range(FileKind::Pack, "abcd", 6, 6).is_err());
-    assert_eq!(b.size(FileKind::Pack, "abcd").unwrap(), 11);
-    assert_eq!(
-        b.list(FileKind::Pack).unwrap(),
-        vec![("abcd".to_string(), 11)]
-    );
-    assert_eq!(b.get(FileKind::Config, "config").unwrap(), b"cfg");
-    b.delete(FileKind::Pack, "abcd").unwrap();
-    b.delete(FileKind::Pack, "abcd").unwrap();
-    assert!(b.list(FileKind::Pack).unwrap().is_empty());
-    // A batch: objects in several directories, one already gone.
-    for n in ["aa01", "aa02", "bb01"] {
-        b.put(FileKind::Pack, n, n.as_bytes()).unwrap();
-    }
-    let batch: Vec<String> = ["aa01", "bb01", "cc01"].map(String::from).to_vec();
-    b.delete_many(FileKind::Pack, &batch).unwrap();
-    assert_eq!(
-        b.list(FileKind::Pack).unwrap(),
-        vec![("aa02".to_string(), 4)]
-    );
 }

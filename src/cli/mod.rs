@@ -35,9 +35,17 @@ pub struct Cli {
 #[derive(Args, Clone, Debug)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
-    /// Repository location (a directory)
+    /// Repository location: a directory, or s3:http(s)://HOST[:PORT]/BUCKET[/PREFIX]
     #[arg(short = 'r', long, global = true, env = "COFFER_REPOSITORY")]
     pub repo: Option<PathBuf>,
+    /// Backend option KEY=VALUE, repeatable: s3.connections=N (8),
+    /// s3.region=R, s3.timeout=60s (no progress for this long fails a
+    /// request), s3.virtual-host=true, retries=N (10), retry-base=250ms
+    #[arg(long = "option", global = true, value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+    /// Say more: -v reports each retried request to a remote store
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// Read the repository password from a file (first line)
     #[arg(long, global = true, env = "COFFER_PASSWORD_FILE")]
     pub password_file: Option<PathBuf>,
@@ -132,6 +140,9 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
     };
     let g = &cli.global;
+    if g.verbose > 0 {
+        coffer::backend::retry::set_reporter(Box::new(output::notice));
+    }
     let code = dispatch(&cli, g);
     // Damaged objects that were skipped: name each, and never exit 0.
     if let Some(repo) = repo::OPENED.get() {

@@ -9,8 +9,7 @@
 
 use super::GlobalOpts;
 use anyhow::{Context, Result, anyhow, bail};
-use coffer::backend::Location;
-use coffer::backend::local::LocalBackend;
+use coffer::backend::{self, Backend, Location};
 use coffer::crypto::key_file::KeyFileSecret;
 use coffer::repository::config::{CONFIG, CONFIG_COPY};
 use coffer::repository::lock::LockGuard;
@@ -47,19 +46,21 @@ pub fn default_key_file() -> Result<PathBuf> {
 }
 
 /// The repository location and whether it is the default one.
-pub fn location(g: &GlobalOpts) -> Result<(PathBuf, bool)> {
+pub fn location(g: &GlobalOpts) -> Result<(Location, bool)> {
     match &g.repo {
-        Some(r) if !r.as_os_str().is_empty() => Ok((local_dir(r)?, false)),
-        _ => Ok((default_repo_path()?, true)),
+        Some(r) if !r.as_os_str().is_empty() => Ok((Location::parse_os(r.as_os_str())?, false)),
+        _ => Ok((Location::Local(default_repo_path()?), true)),
     }
 }
 
-/// The directory a location given by the user names; anything else is
-/// refused, never taken for a relative path.
-pub fn local_dir(given: &Path) -> Result<PathBuf> {
-    match Location::parse_os(given.as_os_str())? {
-        Location::Local(p) => Ok(p),
-    }
+/// `--option KEY=VALUE`s, checked.
+pub fn backend_options(g: &GlobalOpts) -> Result<backend::Options> {
+    Ok(backend::Options::parse(&g.options)?)
+}
+
+/// The store at `loc`, as every command reaches it.
+pub fn open_backend(g: &GlobalOpts, loc: &Location) -> Result<Arc<dyn Backend>> {
+    Ok(backend::open(loc, &backend_options(g)?)?)
 }
 
 pub fn cache_root(g: &GlobalOpts) -> Option<PathBuf> {
@@ -200,7 +201,7 @@ pub fn interactive() -> bool {
 }
 
 /// The secret for an existing repository.
-pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secret> {
+pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Location) -> Result<Secret> {
     if let Some(k) = o.key_file {
         return Ok(Secret::KeyFile(read_key_file(k)?));
     }
@@ -217,8 +218,7 @@ pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secr
     }
     if interactive() {
         return Ok(Secret::Passphrase(prompt(&format!(
-            "enter password for repository {}: ",
-            repo_path.display()
+            "enter password for repository {repo_path}: "
         ))?));
     }
     if let Some(kf) = missing_key_file {
@@ -228,8 +228,7 @@ pub fn secret(o: &SecretOpts, is_default: bool, repo_path: &Path) -> Result<Secr
         );
     }
     bail!(
-        "no password for repository {}: set {}, {}, {} or {}",
-        repo_path.display(),
+        "no password for repository {repo_path}: set {}, {}, {} or {}",
         o.password_env,
         o.flag("password-file"),
         o.flag("password-command"),
@@ -245,8 +244,8 @@ pub fn has_config(path: &Path) -> bool {
 
 /// Open the repository the options name.
 pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
-    let (path, is_default) = location(g)?;
-    let repo = open_at(&path, is_default, &g.secret_opts(), cache_root(g))?;
+    let (loc, is_default) = location(g)?;
+    let repo = open_at(g, &loc, is_default, &g.secret_opts(), cache_root(g))?;
     if !g.quiet {
         repo.set_notifier(Box::new(super::output::notice));
     }
@@ -254,44 +253,60 @@ pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
     Ok(repo)
 }
 
-/// Open the repository at `path` with the secret `o` describes.
+/// Open the repository at `loc` with the secret `o` describes.
 pub fn open_at(
-    path: &Path,
+    g: &GlobalOpts,
+    loc: &Location,
     is_default: bool,
     o: &SecretOpts,
     cache: Option<PathBuf>,
 ) -> Result<Arc<Repository>> {
-    if !has_config(path) {
-        if is_default {
-            bail!(
-                "no repository yet at the default location {}: run `coffer backup DIR` to create it, or give --repo",
-                path.display()
-            );
-        }
-        if !path.exists() {
-            bail!(
-                "repository {} does not exist: check --repo or run `coffer init`",
-                path.display()
-            );
-        }
-        if !path.is_dir() {
-            bail!(
-                "{} is a file, not a repository directory: check --repo",
-                path.display()
-            );
-        }
-        bail!(
-            "{} is not a coffer repository (no config object): check --repo or run `coffer init`",
-            path.display()
-        );
-    }
-    let backend = Arc::new(LocalBackend::open(path));
-    // The format version is checked before a password is asked for.
-    Repository::check_format(backend.as_ref())?;
-    let secret = secret(o, is_default, path)?;
+    let backend = open_existing(g, loc, is_default)?;
+    let secret = secret(o, is_default, loc)?;
     Ok(Arc::new(
         Repository::open(backend, &secret)?.with_cache_dir(cache),
     ))
+}
+
+/// The store of an existing repository, its format version checked
+/// (before a password is asked for); a location with no repository is
+/// named, with what to do.
+pub fn open_existing(g: &GlobalOpts, loc: &Location, is_default: bool) -> Result<Arc<dyn Backend>> {
+    if let Location::Local(path) = loc {
+        no_local_repository(path, is_default)?;
+    }
+    let backend = open_backend(g, loc)?;
+    Repository::check_format(backend.as_ref())?;
+    Ok(backend)
+}
+
+/// Why the directory `path` holds no repository, if it does not.
+fn no_local_repository(path: &Path, is_default: bool) -> Result<()> {
+    if has_config(path) {
+        return Ok(());
+    }
+    if is_default {
+        bail!(
+            "no repository yet at the default location {}: run `coffer backup DIR` to create it, or give --repo",
+            path.display()
+        );
+    }
+    if !path.exists() {
+        bail!(
+            "repository {} does not exist: check --repo or run `coffer init`",
+            path.display()
+        );
+    }
+    if !path.is_dir() {
+        bail!(
+            "{} is a file, not a repository directory: check --repo",
+            path.display()
+        );
+    }
+    bail!(
+        "{} is not a coffer repository (no config object): check --repo or run `coffer init`",
+        path.display()
+    )
 }
 
 /// The shared lock of a command that only reads, so that no prune deletes

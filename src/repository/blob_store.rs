@@ -400,7 +400,7 @@ pub fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
         .backend()
         .list(FileKind::Pack)?
         .into_iter()
-        .filter_map(|(n, size)| PackId::from_hex(&n).map(|p| (p, size)))
+        .filter_map(|o| PackId::from_hex(&o.name).map(|p| (p, o.size)))
         .collect();
     refuse_lost_packs(&indexed, &listed)?;
     let orphans: Vec<(PackId, u64)> = listed

@@ -85,8 +85,8 @@ impl Repository {
             .backend
             .list(FileKind::Key)?
             .into_iter()
-            .filter(|(n, _)| n.starts_with(&p))
-            .filter_map(|(n, _)| KeyId::from_hex(&n))
+            .filter(|o| o.name.starts_with(&p))
+            .filter_map(|o| KeyId::from_hex(&o.name))
             .collect();
         match matches.as_slice() {
             [id] => Ok(*id),
@@ -113,7 +113,7 @@ impl Repository {
             .backend
             .list(FileKind::Key)?
             .into_iter()
-            .filter_map(|(n, _)| KeyId::from_hex(&n))
+            .filter_map(|o| KeyId::from_hex(&o.name))
             .collect();
         if !slots.contains(id) {
             return Err(Error::Usage(format!(

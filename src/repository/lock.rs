@@ -271,7 +271,12 @@ impl Repository {
     /// Every lock object in the repository.
     pub fn list_locks(&self) -> Result<Vec<ListedLock>> {
         let mut out = Vec::new();
-        for (name, _) in self.backend().list(FileKind::Lock)? {
+        for name in self
+            .backend()
+            .list(FileKind::Lock)?
+            .into_iter()
+            .map(|o| o.name)
+        {
             let Some(id) = Lid::from_hex(&name) else {
                 continue;
             };

@@ -423,7 +423,7 @@ impl Repository {
             .backend
             .list(FileKind::Index)?
             .into_iter()
-            .filter_map(|(n, _)| SegmentId::from_hex(&n))
+            .filter_map(|o| SegmentId::from_hex(&o.name))
             .collect())
     }
 
@@ -602,7 +602,7 @@ impl Repository {
             .backend
             .list(FileKind::Snapshot)?
             .into_iter()
-            .filter_map(|(n, _)| SnapshotId::from_hex(&n))
+            .filter_map(|o| SnapshotId::from_hex(&o.name))
             .collect();
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids
             .par_iter()
@@ -639,8 +639,8 @@ impl Repository {
             .backend
             .list(FileKind::Snapshot)?
             .into_iter()
-            .filter(|(n, _)| n.starts_with(&r))
-            .filter_map(|(n, _)| SnapshotId::from_hex(&n))
+            .filter(|o| o.name.starts_with(&r))
+            .filter_map(|o| SnapshotId::from_hex(&o.name))
             .collect();
         match matches.as_slice() {
             [id] => Ok((*id, self.load_snapshot(id)?)),
@@ -760,7 +760,12 @@ impl Repository {
     /// Metadata of every key slot (id, kind, metadata or the reason it is unreadable).
     pub fn list_keys(&self) -> Result<Vec<KeyListing>> {
         let mut out = Vec::new();
-        for (name, _) in self.backend.list(FileKind::Key)? {
+        for name in self
+            .backend
+            .list(FileKind::Key)?
+            .into_iter()
+            .map(|o| o.name)
+        {
             let Some(id) = KeyId::from_hex(&name) else {
                 continue;
             };
@@ -1000,7 +1005,7 @@ fn body_of(
 /// from its bytes: restic's key objects are JSON naming their KDF (and its
 /// `config` is ciphertext without a magic).
 fn foreign_format(backend: &dyn Backend) -> Option<&'static str> {
-    let (name, _) = backend.list(FileKind::Key).ok()?.into_iter().next()?;
+    let name = backend.list(FileKind::Key).ok()?.into_iter().next()?.name;
     let key = backend.get(FileKind::Key, &name).ok()?;
     let json_kdf = key.first() == Some(&b'{') && key.windows(5).any(|w| w == b"\"kdf\"");
     json_kdf.then_some("restic")
@@ -1059,7 +1064,7 @@ fn unlock_master(backend: &dyn Backend, repos: &[RepoId], secret: &Secret) -> Re
     let mut tried = 0;
     // Slots that could not be read or parsed, named in the final error.
     let mut damaged: Vec<String> = Vec::new();
-    for (name, _) in backend.list(FileKind::Key)? {
+    for name in backend.list(FileKind::Key)?.into_iter().map(|o| o.name) {
         let Some(id) = KeyId::from_hex(&name) else {
             continue;
         };

@@ -13,7 +13,12 @@ impl Repository {
     /// Every object under `packs/`: its name (not necessarily a valid pack
     /// id: a stray file is listed too) and its size in bytes.
     pub fn list_packs(&self) -> Result<Vec<(String, u64)>> {
-        self.backend.list(FileKind::Pack)
+        Ok(self
+            .backend
+            .list(FileKind::Pack)?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect())
     }
 
     /// A pack's bytes, whole and unverified.

@@ -701,7 +701,7 @@ mod tests {
                 .list(FileKind::Index)
                 .unwrap()
                 .into_iter()
-                .filter_map(|(n, _)| SegmentId::from_hex(&n))
+                .filter_map(|o| SegmentId::from_hex(&o.name))
                 .collect()
         );
         // Another process on the same cache: nothing to do.
@@ -719,7 +719,7 @@ mod tests {
             .list(FileKind::Index)
             .unwrap()
             .into_iter()
-            .filter_map(|(n, _)| SegmentId::from_hex(&n))
+            .filter_map(|o| SegmentId::from_hex(&o.name))
             .collect();
         let loads = std::cell::Cell::new(0);
         let rebuilt = idx

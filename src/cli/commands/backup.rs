@@ -289,7 +289,7 @@ fn leave_out_own_dirs(
         let _ = coffer::repository::tag_cache_dir(c);
     }
     let own = [
-        (Some(repo::location(g)?.0), "the repository itself"),
+        (local_repo_dir(g)?, "the repository itself"),
         (cache, "coffer's cache"),
     ];
     for (dir, what) in own {
@@ -306,17 +306,28 @@ fn leave_out_own_dirs(
     Ok(())
 }
 
+/// The repository's directory, when it is on a local disk.
+fn local_repo_dir(g: &GlobalOpts) -> Result<Option<PathBuf>> {
+    Ok(match repo::location(g)?.0 {
+        coffer::backend::Location::Local(p) => Some(p),
+        _ => None,
+    })
+}
+
 /// The repository to back up into; the zero-configuration default one is
 /// created on first use.
 pub(super) fn open_or_create(g: &GlobalOpts) -> Result<Arc<Repository>> {
-    let (repo_path, is_default) = repo::location(g)?;
-    if is_default && !repo::has_config(&repo_path) {
+    let (loc, is_default) = repo::location(g)?;
+    if is_default
+        && let coffer::backend::Location::Local(repo_path) = &loc
+        && !repo::has_config(repo_path)
+    {
         super::init::create_with_key_file(
-            &repo_path,
+            g,
+            &loc,
             &repo::default_key_file()?,
             Config::default(),
             None,
-            g.quiet,
         )?;
     }
     repo::open(g)

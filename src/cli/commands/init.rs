@@ -3,6 +3,7 @@
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use coffer::backend::Location;
 use coffer::backend::local::LocalBackend;
 use coffer::crypto::key_file::{KdfParams, KeyFileSecret};
 use coffer::repository::config::Config;
@@ -11,7 +12,6 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
@@ -58,8 +58,13 @@ fn config_from(a: &InitArgs) -> Result<Config> {
 
 /// A repository is created only where nothing is: in a new or an empty
 /// directory. Anything else is named: a repository (coffer's, or another
-/// program's), a file, or a directory with other things in it.
-fn refuse_occupied(path: &Path) -> Result<()> {
+/// program's), a file, or a directory with other things in it. In a
+/// bucket, creating the repository checks that no config, key or pack is
+/// there.
+fn refuse_occupied(loc: &Location) -> Result<()> {
+    let Location::Local(path) = loc else {
+        return Ok(());
+    };
     if path.is_file() {
         bail!(
             "{} is a file: give a new or empty directory for the repository",
@@ -126,25 +131,25 @@ pub fn write_key_file(path: &Path, kf: &KeyFileSecret) -> Result<()> {
 /// is written (and synced) before the repository, so a repository never
 /// exists without its key.
 pub fn create_with_key_file(
-    repo_path: &Path,
+    g: &GlobalOpts,
+    loc: &Location,
     key_path: &Path,
     config: Config,
     related: Option<&Repository>,
-    quiet: bool,
 ) -> Result<Repository> {
-    refuse_occupied(repo_path)?;
+    refuse_occupied(loc)?;
     if key_path.exists() {
         bail!(
-            "key file {} already exists but {} holds no repository: move the key file away, or give --repo",
+            "key file {} already exists but {loc} holds no repository: move the key file away, or give --repo",
             key_path.display(),
-            repo_path.display()
         );
     }
+    let options = repo::backend_options(g)?;
     let kf = KeyFileSecret::generate(new_repo_id());
     write_key_file(key_path, &kf)?;
-    let created = LocalBackend::create(repo_path).and_then(|b| {
+    let created = coffer::backend::create(loc, &options).and_then(|b| {
         Repository::init_related(
-            Arc::new(b),
+            b,
             InitSecret::KeyFile(kf),
             config,
             KdfParams::default(),
@@ -158,11 +163,10 @@ pub fn create_with_key_file(
             return Err(e.into());
         }
     };
-    if !quiet {
+    if !g.quiet {
         output::notice(&format!(
-            "coffer: created repository {} at {}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.\n{SECOND_KEY}",
+            "coffer: created repository {} at {loc}\n  Its key is in {}\n  KEEP A COPY OF THIS KEY FILE SOMEWHERE SAFE (not only on this machine): without it the backups cannot be read.\n{SECOND_KEY}",
             repo.id().short(),
-            repo_path.display(),
             key_path.display()
         ));
     }
@@ -170,21 +174,21 @@ pub fn create_with_key_file(
 }
 
 fn init_with_password(
-    path: &Path,
+    g: &GlobalOpts,
+    loc: &Location,
     pw: zeroize::Zeroizing<Vec<u8>>,
     config: Config,
     related: Option<&Repository>,
-    quiet: bool,
 ) -> Result<Repository> {
-    let b = LocalBackend::create(path)?;
+    let b = coffer::backend::create(loc, &repo::backend_options(g)?)?;
     let repo = Repository::init_related(
-        Arc::new(b),
+        b,
         InitSecret::Passphrase(pw),
         config,
         KdfParams::default(),
         related,
     )?;
-    if !quiet {
+    if !g.quiet {
         output::notice(SECOND_KEY);
     }
     Ok(repo)
@@ -205,18 +209,18 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
     }
     let related = related.as_deref();
     let repo = if let Some(kp) = &g.key_file {
-        create_with_key_file(&path, kp, config, related, g.quiet)?
+        create_with_key_file(g, &path, kp, config, related)?
     } else if let Some(pw) = repo::configured_password(g)? {
-        init_with_password(&path, pw, config, related, g.quiet)?
+        init_with_password(g, &path, pw, config, related)?
     } else if is_default {
-        create_with_key_file(&path, &repo::default_key_file()?, config, related, g.quiet)?
+        create_with_key_file(g, &path, &repo::default_key_file()?, config, related)?
     } else if repo::interactive() {
         let pw = repo::prompt("enter a password for the new repository: ")?;
         let again = repo::prompt("enter the password again: ")?;
         if pw != again {
             bail!("the passwords do not match; nothing was created");
         }
-        init_with_password(&path, pw, config, related, g.quiet)?
+        init_with_password(g, &path, pw, config, related)?
     } else {
         bail!(
             "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"
@@ -226,13 +230,12 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
         output::json(&serde_json::json!({
             "message_type": "initialized",
             "id": repo.id().to_hex(),
-            "repository": path.display().to_string(),
+            "repository": path.to_string(),
         }));
     } else if !g.quiet {
         output::line(&format!(
-            "created coffer repository {} at {}",
+            "created coffer repository {} at {path}",
             repo.id().short(),
-            path.display()
         ));
         if let Some(r) = related {
             output::line(&format!(

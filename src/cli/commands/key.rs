@@ -8,13 +8,11 @@
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use coffer::backend::local::LocalBackend;
 use coffer::crypto::key_file::{KdfParams, KeyFileSecret, SlotKind};
 use coffer::id::KeyId;
 use coffer::repository::{Repository, Secret};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use zeroize::Zeroizing;
 
 #[derive(Args, Debug)]
@@ -251,16 +249,9 @@ fn remove(g: &GlobalOpts, a: &RemoveArgs) -> Result<ExitCode> {
 /// Open the repository as a handle of its own (not shared like
 /// [`repo::open`]'s), because `passwd` changes which key the handle uses.
 fn open_owned(g: &GlobalOpts) -> Result<Repository> {
-    let (path, is_default) = repo::location(g)?;
-    if !repo::has_config(&path) {
-        bail!(
-            "{} holds no coffer repository (no config object): check --repo or run `coffer init`",
-            path.display()
-        );
-    }
-    let backend = Arc::new(LocalBackend::open(&path));
-    Repository::check_format(backend.as_ref())?;
-    let secret = repo::secret(&g.secret_opts(), is_default, &path)?;
+    let (loc, is_default) = repo::location(g)?;
+    let backend = repo::open_existing(g, &loc, is_default)?;
+    let secret = repo::secret(&g.secret_opts(), is_default, &loc)?;
     Ok(Repository::open(backend, &secret)?)
 }
 

@@ -59,8 +59,9 @@ impl FromRepo {
         else {
             return Ok(None);
         };
-        let path = &repo::local_dir(path)?;
-        let is_default = repo::default_repo_path().is_ok_and(|d| &d == path);
+        let loc = coffer::backend::Location::parse_os(path.as_os_str())?;
+        let is_default = matches!(&loc, coffer::backend::Location::Local(p)
+            if repo::default_repo_path().is_ok_and(|d| &d == p));
         let opts = repo::SecretOpts {
             password_env: "COFFER_FROM_PASSWORD",
             password_file: self.from_password_file.as_deref(),
@@ -70,7 +71,8 @@ impl FromRepo {
         // What opening found damaged there (its config, a slot's metadata)
         // stays with it: the caller reports it with [`report_problems`].
         Ok(Some(repo::open_at(
-            path,
+            g,
+            &loc,
             is_default,
             &opts,
             repo::cache_root(g),
