@@ -110,8 +110,9 @@ impl Restorer<'_> {
         }
     }
 
-    /// Directory metadata, deepest first: writing into a directory would
-    /// change the times already set on it.
+    /// Directory metadata, after every entry is written (which would bump
+    /// the times), deepest first, so a parent's mode cannot shut out the
+    /// directories below it.
     pub(super) fn finish_dirs(&mut self) {
         if self.opts.dry_run {
             return;

@@ -1,7 +1,7 @@
 //! Restore: recreate a snapshot's trees, or selected parts, under a target.
 //!
-//! Plan, then execute, in bounded batches ([`plan`] decides, [`fetch`] reads
-//! the repository, [`finish`] completes what was written):
+//! Plan, then execute, in bounded batches (`plan.rs` decides, `fetch.rs`
+//! reads the repository, `finish.rs` completes what was written):
 //! 1. Walk the snapshot's trees (iteratively) through the selection.
 //!    Directories are created or checked to be real directories before
 //!    their entries, so every parent of a path written here is a directory

@@ -392,8 +392,8 @@ impl Restorer<'_> {
             }
             self.links.insert(key, path.clone());
         }
-        // `never` kept every existing name above; `matches` is false for a
-        // name that is free or not a regular file.
+        // `never` kept every existing name above; `keep_unchanged` is false
+        // for a name that is free or not a regular file.
         if !fresh && self.opts.overwrite == Overwrite::IfChanged && self.keep_unchanged(node, &path)
         {
             return Ok(());
