@@ -173,6 +173,12 @@ impl Backend for Faulty {
     fn connections(&self) -> usize {
         self.inner.connections()
     }
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        self.inner.requests()
+    }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.inner.size(kind, name)
     }

@@ -214,6 +214,16 @@ pub trait Backend: Send + Sync {
     fn connections(&self) -> usize {
         2
     }
+    /// Is every request a round trip over a network (worth caching
+    /// immutable objects locally, worth a pool of requests in flight)?
+    fn is_remote(&self) -> bool {
+        false
+    }
+    /// Requests sent so far, by kind, on a store that counts them (a
+    /// remote one); empty for a local disk.
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// The size of one object.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;
     /// Delete an object; deleting a missing object is not an error.

@@ -168,6 +168,12 @@ impl<B: Backend> Backend for Retrying<B> {
     fn connections(&self) -> usize {
         self.inner.connections()
     }
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        self.inner.requests()
+    }
+    fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.run("stat", &kind.path(name), || self.inner.size(kind, name))

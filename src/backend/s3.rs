@@ -26,6 +26,7 @@ use rusty_s3::actions::{
     DeleteObject, DeleteObjects, GetObject, HeadObject, ListObjectsV2, ObjectIdentifier, PutObject,
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 use ureq::http::{Response, StatusCode};
 
@@ -38,7 +39,33 @@ const ERROR_BODY_MAX: u64 = 64 << 10;
 /// A listing page is small too (1000 keys of at most ~200 bytes of XML).
 const LIST_PAGE_MAX: u64 = 16 << 20;
 
+/// Requests sent, by kind: what `-v` reports at the end of a command, so
+/// a user can see what a run costs on a store that bills per request.
+#[derive(Default)]
+struct Counts {
+    get: AtomicU64,
+    put: AtomicU64,
+    head: AtomicU64,
+    list: AtomicU64,
+    delete: AtomicU64,
+}
+
+static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Print every request sent (the CLI's `-vv`): what a run costs, request
+/// by request.
+pub fn set_trace(on: bool) {
+    TRACE.store(on, Ordering::Relaxed);
+}
+
+fn trace(method: &str, what: &str) {
+    if TRACE.load(Ordering::Relaxed) {
+        eprintln!("coffer: S3 {method} {what}");
+    }
+}
+
 pub struct S3Backend {
+    counts: Counts,
     bucket: Bucket,
     creds: Credentials,
     /// `""` or `PREFIX/`.
@@ -98,6 +125,7 @@ impl S3Backend {
             .build()
             .new_agent();
         Ok(S3Backend {
+            counts: Counts::default(),
             bucket,
             creds,
             prefix: if loc.prefix.is_empty() {
@@ -185,6 +213,8 @@ impl S3Backend {
     fn head(&self, kind: FileKind, name: &str) -> Result<Response<ureq::Body>> {
         let key = self.key(kind, name)?;
         let url = HeadObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
+        self.counts.head.fetch_add(1, Ordering::Relaxed);
+        trace("HEAD", &key);
         let resp = self
             .agent
             .head(url.as_str())
@@ -205,6 +235,8 @@ impl S3Backend {
         action.headers_mut().insert("content-md5", md5.clone());
         action.headers_mut().insert("if-none-match", "*");
         let url = action.sign(SIGN_FOR);
+        self.counts.put.fetch_add(1, Ordering::Relaxed);
+        trace("PUT", &key);
         let resp = self
             .agent
             .put(url.as_str())
@@ -237,6 +269,8 @@ impl S3Backend {
             action.with_continuation_token(t);
         }
         let url = action.sign(SIGN_FOR);
+        self.counts.list.fetch_add(1, Ordering::Relaxed);
+        trace("LIST", prefix);
         let mut resp = self
             .agent
             .get(url.as_str())
@@ -271,6 +305,8 @@ impl S3Backend {
         let url = action.sign(SIGN_FOR);
         let (body, md5) = action.body_with_md5();
         let what = format!("{} objects under {}", names.len(), kind.dir());
+        self.counts.delete.fetch_add(1, Ordering::Relaxed);
+        trace("DELETE", &what);
         let mut resp = self
             .agent
             .post(url.as_str())
@@ -312,6 +348,8 @@ impl S3Backend {
     fn read_range(&self, key: &str, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
         let url = GetObject::new(&self.bucket, Some(&self.creds), key).sign(SIGN_FOR);
         let end = offset + len as u64 - 1;
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        trace("GET", &format!("{key} bytes {offset}-{end}"));
         let mut resp = self
             .agent
             .get(url.as_str())
@@ -436,6 +474,8 @@ impl Backend for S3Backend {
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let key = self.key(kind, name)?;
         let url = GetObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        trace("GET", &key);
         let mut resp = self
             .agent
             .get(url.as_str())
@@ -530,6 +570,24 @@ impl Backend for S3Backend {
         self.connections
     }
 
+    fn is_remote(&self) -> bool {
+        true
+    }
+
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counts;
+        [
+            ("GET", &c.get),
+            ("PUT", &c.put),
+            ("HEAD", &c.head),
+            ("LIST", &c.list),
+            ("DELETE", &c.delete),
+        ]
+        .into_iter()
+        .map(|(k, n)| (k, n.load(Ordering::Relaxed)))
+        .collect()
+    }
+
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         let resp = self.head(kind, name)?;
         resp.headers()
@@ -558,6 +616,8 @@ impl Backend for S3Backend {
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         let key = self.key(kind, name)?;
         let url = DeleteObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
+        self.counts.delete.fetch_add(1, Ordering::Relaxed);
+        trace("DELETE", &key);
         let resp = self
             .agent
             .delete(url.as_str())

@@ -43,7 +43,8 @@ pub struct GlobalOpts {
     /// request), s3.virtual-host=true, retries=N (10), retry-base=250ms
     #[arg(long = "option", global = true, value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Say more: -v reports each retried request to a remote store
+    /// Say more: -v reports each retried request to a remote store and
+    /// the requests a command sent, -vv each request
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Read the repository password from a file (first line)
@@ -143,9 +144,24 @@ pub fn run() -> anyhow::Result<ExitCode> {
     if g.verbose > 0 {
         coffer::backend::retry::set_reporter(Box::new(output::notice));
     }
+    coffer::backend::s3::set_trace(g.verbose > 1);
     let code = dispatch(&cli, g);
     // Damaged objects that were skipped: name each, and never exit 0.
     if let Some(repo) = repo::OPENED.get() {
+        let counts = repo.requests();
+        if g.verbose > 0 && !counts.is_empty() {
+            let total: u64 = counts.iter().map(|(_, n)| n).sum();
+            let each: Vec<String> = counts
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            output::notice(&format!(
+                "coffer: {total} requests to {} ({})",
+                repo.location(),
+                each.join(", ")
+            ));
+        }
         let problems = repo.take_problems();
         for p in &problems {
             output::warn(p);

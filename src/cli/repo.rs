@@ -13,7 +13,7 @@ use coffer::backend::{self, Backend, Location};
 use coffer::crypto::key_file::KeyFileSecret;
 use coffer::repository::config::{CONFIG, CONFIG_COPY};
 use coffer::repository::lock::LockGuard;
-use coffer::repository::{Repository, Secret, default_cache_root};
+use coffer::repository::{FormatChecked, Repository, Secret, default_cache_root};
 use std::io::IsTerminal;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -261,23 +261,27 @@ pub fn open_at(
     o: &SecretOpts,
     cache: Option<PathBuf>,
 ) -> Result<Arc<Repository>> {
-    let backend = open_existing(g, loc, is_default)?;
+    let (backend, checked) = open_existing(g, loc, is_default)?;
     let secret = secret(o, is_default, loc)?;
     Ok(Arc::new(
-        Repository::open(backend, &secret)?.with_cache_dir(cache),
+        Repository::open_checked(backend, checked, &secret)?.with_cache_dir(cache),
     ))
 }
 
 /// The store of an existing repository, its format version checked
 /// (before a password is asked for); a location with no repository is
 /// named, with what to do.
-pub fn open_existing(g: &GlobalOpts, loc: &Location, is_default: bool) -> Result<Arc<dyn Backend>> {
+pub fn open_existing(
+    g: &GlobalOpts,
+    loc: &Location,
+    is_default: bool,
+) -> Result<(Arc<dyn Backend>, FormatChecked)> {
     if let Location::Local(path) = loc {
         no_local_repository(path, is_default)?;
     }
     let backend = open_backend(g, loc)?;
-    Repository::check_format(backend.as_ref())?;
-    Ok(backend)
+    let checked = Repository::check_format_for_open(backend.as_ref())?;
+    Ok((backend, checked))
 }
 
 /// Why the directory `path` holds no repository, if it does not.

@@ -125,7 +125,11 @@ impl BlobStore {
         let config = repo.config()?.clone();
         // Load the index before workers start: every dedup check needs it.
         repo.index()?;
-        adopt_unindexed_packs(&repo)?;
+        if repo.pack_listing_due() {
+            adopt_unindexed_packs(&repo)?;
+            repo.pack_listing_done();
+        }
+        repo.mark_writing(true);
         let capacity = data_pack_capacity(&config);
         let shared = Arc::new(Shared {
             repo,
@@ -238,6 +242,7 @@ impl BlobStore {
         if let Some(e) = send_err {
             return Err(e);
         }
+        self.shared.repo.mark_writing(false);
         Ok(StoreStats {
             blobs_added: self.shared.blobs_added.load(Ordering::Relaxed),
             raw_bytes_added: self.shared.raw_added.load(Ordering::Relaxed),
@@ -608,6 +613,9 @@ fn write_verified(repo: &Repository, pack: &mut FinishedPack) -> Result<Uploaded
     let pending = repo
         .backend()
         .put_pending(FileKind::Pack, &pack.id.to_hex(), pack.bytes())?;
+    if pack.entries.first().is_some_and(|e| e.kind == BlobKind::Tree) {
+        repo.keep_tree_pack(&pack.id, pack.bytes());
+    }
     let indexed = IndexedPack {
         id: pack.id,
         size: pack.bytes().len() as u64,

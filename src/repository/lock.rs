@@ -134,7 +134,7 @@ impl LockInfo {
     }
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     let Ok(p) = libc::pid_t::try_from(pid) else {
         return false;
     };
@@ -270,6 +270,12 @@ pub type ListedLock = (Lid, Result<LockInfo>);
 impl Repository {
     /// Every lock object in the repository.
     pub fn list_locks(&self) -> Result<Vec<ListedLock>> {
+        self.list_locks_except(None)
+    }
+
+    /// Every lock object but `ours` (which this process wrote and need not
+    /// read back: a request less on a remote store).
+    fn list_locks_except(&self, ours: Option<&Lid>) -> Result<Vec<ListedLock>> {
         let mut out = Vec::new();
         for name in self
             .backend()
@@ -280,6 +286,9 @@ impl Repository {
             let Some(id) = Lid::from_hex(&name) else {
                 continue;
             };
+            if Some(&id) == ours {
+                continue;
+            }
             let info = self
                 .backend()
                 .get(FileKind::Lock, &name)
@@ -305,18 +314,20 @@ impl Repository {
     /// Remove the locks this host's processes left when they died (killed
     /// runs), so they do not pile up until someone runs `unlock`. Another
     /// host's locks are left alone: their processes cannot be checked here.
-    fn remove_dead_own_locks(&self) -> Result<()> {
+    /// Returns the locks that remain.
+    fn remove_dead_own_locks(&self) -> Result<Vec<ListedLock>> {
         let host = super::hostname();
+        let mut remain = Vec::new();
         for (id, info) in self.list_locks()? {
-            if let Ok(l) = info
-                && l.hostname == host
-                && !pid_alive(l.pid)
-            {
-                // A failed removal only leaves it stale, as before.
-                let _ = self.remove_lock(&id);
+            match &info {
+                Ok(l) if l.hostname == host && !pid_alive(l.pid) => {
+                    // A failed removal only leaves it stale, as before.
+                    let _ = self.remove_lock(&id);
+                }
+                _ => remain.push((id, info)),
             }
         }
-        Ok(())
+        Ok(remain)
     }
 
     pub fn remove_lock(&self, id: &Lid) -> Result<()> {
@@ -340,13 +351,14 @@ impl Repository {
     /// nobody can tell what it protects (doc/reliability.md G8).
     fn conflict(
         &self,
+        listed: Vec<ListedLock>,
         exclusive: bool,
         ours: Option<&Lid>,
         stale: Duration,
     ) -> Result<Option<String>> {
         let now = super::now_ns();
         let host = super::hostname();
-        for (id, info) in self.list_locks()? {
+        for (id, info) in listed {
             if Some(&id) == ours {
                 continue;
             }
@@ -383,12 +395,16 @@ impl Repository {
         timeouts: LockTimeouts,
         wait: Duration,
     ) -> Result<LockGuard> {
-        self.remove_dead_own_locks()?;
+        let mut listed = Some(self.remove_dead_own_locks()?);
         let start = boottime();
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let blocked = match self.conflict(exclusive, None, timeouts.stale)? {
+            let now_listed = match listed.take() {
+                Some(l) => l,
+                None => self.list_locks()?,
+            };
+            let blocked = match self.conflict(now_listed, exclusive, None, timeouts.stale)? {
                 Some(why) => Some(why),
                 None => {
                     let now = super::now_ns();
@@ -403,7 +419,8 @@ impl Repository {
                     let id = self.write_lock(&info)?;
                     // Someone may have locked at the same moment: look again,
                     // and back off if so. Both may back off; both never proceed.
-                    match self.conflict(exclusive, Some(&id), timeouts.stale)? {
+                    let again = self.list_locks_except(Some(&id))?;
+                    match self.conflict(again, exclusive, Some(&id), timeouts.stale)? {
                         None => return Ok(self.hold(id, info, timeouts)),
                         Some(why) => {
                             let _ = self.remove_lock(&id);

@@ -13,6 +13,7 @@ pub mod blob_store;
 pub mod config;
 mod keys;
 pub mod lock;
+mod object_cache;
 mod packs;
 pub mod used;
 
@@ -54,6 +55,11 @@ pub type KeyListing = (KeyId, Option<SlotKind>, Result<SlotMeta, String>);
 /// a repository with a thousand slots cannot stall every command (H-4).
 const MAX_PASSPHRASE_SLOTS: usize = 32;
 
+/// See [`Repository::pack_listing_due`].
+const WRITING: &str = "writing.";
+const PACKS_LISTED: &str = "packs-listed";
+const PACK_LISTING_EVERY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 pub struct Repository {
     backend: Arc<dyn Backend>,
     repo_id: RepoId,
@@ -72,6 +78,9 @@ pub struct Repository {
     /// The lock this process holds, if any: checked before every write of
     /// an index segment or snapshot and before every deletion.
     lock_state: std::sync::Mutex<Option<Arc<lock::LockState>>>,
+    /// Held while a tree pack is fetched into the object cache, so that
+    /// threads needing the same pack fetch it once.
+    cache_fill: std::sync::Mutex<()>,
     /// Where informational lines go (what the repository is doing that a
     /// user should see, e.g. adopting an interrupted backup's packs).
     notifier: OnceLock<Notifier>,
@@ -224,6 +233,7 @@ impl Repository {
             index: OnceLock::new(),
             problems: Default::default(),
             lock_state: Default::default(),
+            cache_fill: Default::default(),
             notifier: OnceLock::new(),
         })
     }
@@ -234,7 +244,13 @@ impl Repository {
     /// "Versioning"). Returns the repository id the first readable one
     /// names.
     pub fn check_format(backend: &dyn Backend) -> Result<RepoId> {
-        Ok(ConfigObjects::read(backend)?.ids()[0])
+        Ok(Self::check_format_for_open(backend)?.id())
+    }
+
+    /// [`Repository::check_format`], keeping what was read for
+    /// [`Repository::open_checked`]: on a remote store, two requests less.
+    pub fn check_format_for_open(backend: &dyn Backend) -> Result<FormatChecked> {
+        ConfigObjects::read(backend).map(FormatChecked)
     }
 
     /// Open with a passphrase or key file. One damaged object of the two
@@ -242,7 +258,17 @@ impl Repository {
     /// is a warning, not a lock-out (repo-format/README.md, "What survives
     /// one damaged byte").
     pub fn open(backend: Arc<dyn Backend>, secret: &Secret) -> Result<Repository> {
-        let configs = ConfigObjects::read(backend.as_ref())?;
+        let checked = Self::check_format_for_open(backend.as_ref())?;
+        Self::open_checked(backend, checked, secret)
+    }
+
+    /// [`Repository::open`] with the config objects a format check read.
+    pub fn open_checked(
+        backend: Arc<dyn Backend>,
+        checked: FormatChecked,
+        secret: &Secret,
+    ) -> Result<Repository> {
+        let configs = checked.0;
         let named = configs.ids();
         let mut ids = named.clone();
         // A key file names its repository: that opens a repository whose
@@ -279,6 +305,7 @@ impl Repository {
             index: OnceLock::new(),
             problems: Default::default(),
             lock_state: Default::default(),
+            cache_fill: Default::default(),
             notifier: OnceLock::new(),
         };
         for p in unlocked.problem.into_iter().chain(config_problems) {
@@ -375,6 +402,72 @@ impl Repository {
             .map(|r| r.join(self.repo_id.to_hex()).join("index.sqlite"))
     }
 
+    /// Should a writer compare every pack in the store with the index now
+    /// (refuse lost packs, adopt an interrupted backup's)? Always on a
+    /// local disk, where listing is cheap. On a remote store, where listing
+    /// 100 000 packs is 100 requests a night, only when a writer on this
+    /// machine was interrupted, when the last full listing is a week old,
+    /// or without a cache to remember either; `check` and `prune` list
+    /// every time.
+    pub(crate) fn pack_listing_due(&self) -> bool {
+        let Some(dir) = self.cache_dir().filter(|_| self.backend.is_remote()) else {
+            return true;
+        };
+        let interrupted = std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(WRITING))
+                .and_then(|pid| pid.parse().ok())
+                .is_some_and(|pid: u32| !lock::pid_alive(pid))
+        });
+        let listed = std::fs::metadata(dir.join(PACKS_LISTED)).and_then(|m| m.modified());
+        interrupted || !listed.is_ok_and(|t| t.elapsed().is_ok_and(|age| age < PACK_LISTING_EVERY))
+    }
+
+    /// A full pack listing just agreed with the index: remember when, and
+    /// forget the interrupted writers it has dealt with.
+    pub(crate) fn pack_listing_done(&self) {
+        let Some(dir) = self.cache_dir() else { return };
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let _ = std::fs::write(dir.join(PACKS_LISTED), b"");
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let pid = e.file_name().to_str().and_then(|n| n.strip_prefix(WRITING)?.parse().ok());
+            if pid.is_some_and(|pid: u32| !lock::pid_alive(pid)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Mark (or unmark) this process as writing packs: a mark left behind
+    /// means a writer died, so the next one lists the packs.
+    pub(crate) fn mark_writing(&self, on: bool) {
+        let Some(dir) = self.cache_dir() else { return };
+        let mark = dir.join(format!("{WRITING}{}", std::process::id()));
+        if on {
+            let _ = std::fs::create_dir_all(&dir).and_then(|_| std::fs::write(mark, b""));
+        } else {
+            let _ = std::fs::remove_file(mark);
+        }
+    }
+
+    /// This repository's directory in the cache root.
+    fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache_root.as_ref().map(|r| r.join(self.repo_id.to_hex()))
+    }
+
+    /// Copies of snapshots and tree packs, for a remote store with a cache
+    /// directory (see [`object_cache`]).
+    fn object_cache(&self) -> Option<object_cache::ObjectCache> {
+        if !self.backend.is_remote() {
+            return None;
+        }
+        self.cache_root
+            .as_ref()
+            .map(|r| object_cache::ObjectCache::new(r.join(self.repo_id.to_hex()).join("objects")))
+    }
+
     /// Full integrity check of the on-disk index cache (every page), which
     /// ordinary opens skip for speed. A damaged cache is removed and the next
     /// `index()` rebuilds it. Returns false when that happened. No-op once
@@ -414,6 +507,12 @@ impl Repository {
             None => Index::in_memory(&self.repo_id, FORMAT_VERSION)?,
         };
         self.sync_index(&idx)?;
+        if let Some(c) = self.object_cache() {
+            // Packs a prune (here or elsewhere) removed.
+            c.retain(FileKind::Pack, |n| {
+                PackId::from_hex(n).is_some_and(|p| idx.pack_size(&p).ok().flatten().is_some())
+            });
+        }
         Ok(idx)
     }
 
@@ -474,7 +573,21 @@ impl Repository {
         }
         let name = content_hash(&sealed);
         self.backend.put(kind, &hex::encode(name), &sealed)?;
+        if kind == FileKind::Snapshot
+            && let Some(c) = self.object_cache()
+        {
+            // The next backup's parent: no request for it tomorrow.
+            c.put(kind, &hex::encode(name), &sealed);
+        }
         Ok(name)
+    }
+
+    /// Keep a copy of a tree pack this process uploads, so that the next
+    /// backup reads its parent's trees without a request.
+    pub(crate) fn keep_tree_pack(&self, pack: &PackId, bytes: &[u8]) {
+        if let Some(c) = self.object_cache() {
+            c.put(FileKind::Pack, &pack.to_hex(), bytes);
+        }
     }
 
     /// Load an object named by its hash: check the name, then open it.
@@ -486,21 +599,46 @@ impl Repository {
         aad_kind: AadKind,
     ) -> Result<Vec<u8>> {
         let hexname = hex::encode(name);
-        let obj = kind.path(&hexname);
+        let cache = self.object_cache().filter(|_| kind == FileKind::Snapshot);
+        if let Some(c) = &cache
+            && let Some(sealed) = c.get(kind, &hexname)
+        {
+            match self.open_named(kind, name, key, aad_kind, &sealed) {
+                Ok(plain) => return Ok(plain),
+                Err(_) => c.remove(kind, &hexname),
+            }
+        }
         let sealed = self.backend.get(kind, &hexname)?;
+        let plain = self.open_named(kind, name, key, aad_kind, &sealed)?;
+        if let Some(c) = &cache {
+            c.put(kind, &hexname, &sealed);
+        }
+        Ok(plain)
+    }
+
+    /// Check that `sealed` is the object named `name` and open it.
+    fn open_named(
+        &self,
+        kind: FileKind,
+        name: &[u8; 32],
+        key: &[u8; 32],
+        aad_kind: AadKind,
+        sealed: &[u8],
+    ) -> Result<Vec<u8>> {
+        let obj = kind.path(&hex::encode(name));
         if sealed.len() < envelope::OVERHEAD {
             return Err(Error::corrupt(
                 obj,
                 format!("only {} bytes (empty or truncated)", sealed.len()),
             ));
         }
-        if &content_hash(&sealed) != name {
+        if &content_hash(sealed) != name {
             return Err(Error::corrupt(
                 obj,
                 "content does not match its name (damaged or swapped)",
             ));
         }
-        envelope::open(key, &aad(&self.repo_id, aad_kind, &[0; 32]), &sealed)
+        envelope::open(key, &aad(&self.repo_id, aad_kind, &[0; 32]), sealed)
             .map_err(|e| Error::corrupt(obj, e.to_string()))
     }
 
@@ -604,6 +742,10 @@ impl Repository {
             .into_iter()
             .filter_map(|o| SnapshotId::from_hex(&o.name))
             .collect();
+        if let Some(c) = self.object_cache() {
+            let listed: std::collections::HashSet<String> = ids.iter().map(|i| i.to_hex()).collect();
+            c.retain(FileKind::Snapshot, |n| listed.contains(n));
+        }
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids
             .par_iter()
             .map(|id| (*id, self.load_snapshot(id)))
@@ -656,26 +798,52 @@ impl Repository {
 
     /// Read one blob, locating it through the index.
     pub fn read_blob_checked(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
-        let (entry, pack, sealed) = self.read_sealed(kind, id)?;
-        crate::pack::open_blob(&self.keys, &self.repo_id, &entry, &sealed)
-            .map_err(|e| Error::corrupt(FileKind::Pack.path(&pack.to_hex()), e))
+        self.with_sealed(kind, id, |entry, sealed| {
+            crate::pack::open_blob(&self.keys, &self.repo_id, entry, sealed)
+        })
     }
 
     /// Read one blob's body (`flag || payload`, still encoded) and the
     /// length it decodes to: what `copy` hands to a related repository.
     pub fn read_blob_body(&self, kind: BlobKind, id: &BlobId) -> Result<(Vec<u8>, u32)> {
-        let (entry, pack, sealed) = self.read_sealed(kind, id)?;
-        let body = crate::pack::open_blob_body(&self.keys, &self.repo_id, &entry, &sealed)
-            .map_err(|e| Error::corrupt(FileKind::Pack.path(&pack.to_hex()), e))?;
-        Ok((body, entry.raw_length))
+        self.with_sealed(kind, id, |entry, sealed| {
+            crate::pack::open_blob_body(&self.keys, &self.repo_id, entry, sealed)
+                .map(|body| (body, entry.raw_length))
+        })
     }
 
-    /// A blob's index entry, its pack and its sealed bytes.
+    /// Read a blob's sealed bytes and `open` them; a cached copy that does
+    /// not open is dropped and the store asked instead.
+    fn with_sealed<T, E: std::fmt::Display>(
+        &self,
+        kind: BlobKind,
+        id: &BlobId,
+        open: impl Fn(&crate::pack::PackEntry, &[u8]) -> std::result::Result<T, E>,
+    ) -> Result<T> {
+        let (entry, pack, sealed, cached) = self.read_sealed(kind, id, true)?;
+        let corrupt = |e: E| Error::corrupt(FileKind::Pack.path(&pack.to_hex()), e.to_string());
+        match open(&entry, &sealed) {
+            Ok(v) => Ok(v),
+            Err(_) if cached => {
+                if let Some(c) = self.object_cache() {
+                    c.remove(FileKind::Pack, &pack.to_hex());
+                }
+                let (entry, _, sealed, _) = self.read_sealed(kind, id, false)?;
+                open(&entry, &sealed).map_err(corrupt)
+            }
+            Err(e) => Err(corrupt(e)),
+        }
+    }
+
+    /// A blob's index entry, its pack, its sealed bytes, and whether they
+    /// came from the object cache (tree blobs of a remote store, when
+    /// `use_cache`).
     fn read_sealed(
         &self,
         kind: BlobKind,
         id: &BlobId,
-    ) -> Result<(crate::pack::PackEntry, PackId, Vec<u8>)> {
+        use_cache: bool,
+    ) -> Result<(crate::pack::PackEntry, PackId, Vec<u8>, bool)> {
         let loc = self
             .index()?
             .lookup(id)?
@@ -689,13 +857,41 @@ impl Repository {
                 ),
             ));
         }
-        let sealed = self.backend.get_range(
-            FileKind::Pack,
-            &loc.pack.to_hex(),
-            loc.entry.offset as u64,
-            loc.entry.length as usize,
-        )?;
-        Ok((loc.entry, loc.pack, sealed))
+        let name = loc.pack.to_hex();
+        let (offset, len) = (loc.entry.offset as u64, loc.entry.length as usize);
+        if use_cache
+            && kind == BlobKind::Tree
+            && let Some(c) = self.object_cache()
+            && self.cache_tree_pack(&c, &loc.pack)?
+            && let Some(sealed) = c.get_range(FileKind::Pack, &name, offset, len)
+        {
+            return Ok((loc.entry, loc.pack, sealed, true));
+        }
+        let sealed = self.backend.get_range(FileKind::Pack, &name, offset, len)?;
+        Ok((loc.entry, loc.pack, sealed, false))
+    }
+
+    /// Make sure the object cache holds the tree pack `pack`: one request
+    /// for the whole pack instead of one per tree blob, now and on every
+    /// later run. Returns whether it does.
+    fn cache_tree_pack(&self, c: &object_cache::ObjectCache, pack: &PackId) -> Result<bool> {
+        let name = pack.to_hex();
+        if c.has(FileKind::Pack, &name) {
+            return Ok(true);
+        }
+        let _one = self.cache_fill.lock().unwrap_or_else(|p| p.into_inner());
+        if c.has(FileKind::Pack, &name) {
+            return Ok(true);
+        }
+        let Some(size) = self.index()?.pack_size(pack)? else {
+            return Ok(false);
+        };
+        let bytes = self.backend.get(FileKind::Pack, &name)?;
+        if bytes.len() as u64 != size {
+            return Ok(false);
+        }
+        c.put(FileKind::Pack, &name, &bytes);
+        Ok(c.has(FileKind::Pack, &name))
     }
 
     /// Check a pack's structure without reading its blobs: its size
@@ -706,8 +902,17 @@ impl Repository {
     pub fn check_pack(&self, pack: &PackId) -> Result<()> {
         let name = pack.to_hex();
         let obj = FileKind::Pack.path(&name);
+        let indexed = self.index()?.pack_size(pack)?;
+        // On a remote store a size request per pack is a round trip each:
+        // the trailer read at the indexed size finds a pack cut short
+        // (the range comes back short) and a replaced one (it does not
+        // authenticate); only bytes appended after it, which no reader
+        // uses, go unnoticed until `check`.
+        if let Some(size) = indexed.filter(|_| self.backend.is_remote()) {
+            return self.read_trailer(pack, size).map(|_| ());
+        }
         let size = self.backend.size(FileKind::Pack, &name)?;
-        if let Some(want) = self.index()?.pack_size(pack)?
+        if let Some(want) = indexed
             && want != size
         {
             return Err(Error::corrupt(
@@ -864,6 +1069,16 @@ impl PackedBlobSource for Repository {
 /// object does not exist, else its header's repository id and its bytes,
 /// or why it cannot be used (bad magic, unknown version, unreadable).
 struct ConfigObjects([(&'static str, Option<Result<ConfigHeaderRead>>); 2]);
+
+/// The config objects as a format check read them, for opening.
+pub struct FormatChecked(ConfigObjects);
+
+impl FormatChecked {
+    /// The repository id the first usable config names.
+    pub fn id(&self) -> RepoId {
+        self.0.ids()[0]
+    }
+}
 
 /// A config object whose header is usable: the repository id it names, and
 /// all its bytes.

@@ -50,6 +50,16 @@ impl Repository {
         self.backend.location()
     }
 
+    /// Requests sent to a remote store so far, by kind (empty on a disk).
+    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+        self.backend.requests()
+    }
+
+    /// How many requests the store wants in flight.
+    pub fn connections(&self) -> usize {
+        self.backend.connections()
+    }
+
     /// Move damaged packs to `damaged/`: copied there first, then deleted
     /// from `packs/`, so a crash in between leaves both and a rerun
     /// finishes. Their bytes are the only copy of the blobs that did not

@@ -250,9 +250,9 @@ fn remove(g: &GlobalOpts, a: &RemoveArgs) -> Result<ExitCode> {
 /// [`repo::open`]'s), because `passwd` changes which key the handle uses.
 fn open_owned(g: &GlobalOpts) -> Result<Repository> {
     let (loc, is_default) = repo::location(g)?;
-    let backend = repo::open_existing(g, &loc, is_default)?;
+    let (backend, checked) = repo::open_existing(g, &loc, is_default)?;
     let secret = repo::secret(&g.secret_opts(), is_default, &loc)?;
-    Ok(Repository::open(backend, &secret)?)
+    Ok(Repository::open_checked(backend, checked, &secret)?)
 }
 
 fn passwd(g: &GlobalOpts, a: &PasswdArgs) -> Result<ExitCode> {
