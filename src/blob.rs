@@ -92,6 +92,11 @@ pub trait PackedBlobSource: BlobSource {
         *buf = self.read_pack_range(pack, offset, len)?;
         Ok(())
     }
+    /// How many pack reads to keep in flight, for a source that is a
+    /// remote store (`None`: a local disk, read on the CPU pool).
+    fn requests_in_flight(&self) -> Option<usize> {
+        None
+    }
     /// Authenticate, decompress and verify one sealed blob read at `place`.
     fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>>;
     /// The id `data` has in this repository (to compare existing files).

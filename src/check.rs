@@ -121,10 +121,13 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
         }
     }
     // Trailers vs index, in parallel: two small reads per pack.
-    let trailer_errors: Vec<String> = present
-        .par_iter()
-        .filter_map(|(p, size)| check_trailer(repo, p, *size).err())
-        .collect();
+    let in_flight = repo.requests_in_flight();
+    let trailer_errors: Vec<String> = crate::backend::in_io_pool(in_flight, || {
+        present
+            .par_iter()
+            .filter_map(|(p, size)| check_trailer(repo, p, *size).err())
+            .collect()
+    });
     f.errors.extend(trailer_errors);
     // Snapshots, trees, blobs. The references go to a list in the cache
     // and are compared with the index in one sorted pass: a lookup per
@@ -187,16 +190,18 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
             .filter(|(i, (p, _))| read.selects(*i, p))
             .map(|(_, (p, _))| *p)
             .collect();
-        let results: Vec<(u64, u64, Vec<String>)> = chosen
-            .par_iter()
-            .map(|p| {
-                let r = read_pack(repo, p);
-                if let Ok((_, bytes, _)) = r.as_ref() {
-                    progress.bytes_done(*bytes);
-                }
-                r.unwrap_or_else(|e| (0, 0, vec![e.to_string()]))
-            })
-            .collect();
+        let results: Vec<(u64, u64, Vec<String>)> = crate::backend::in_io_pool(in_flight, || {
+            chosen
+                .par_iter()
+                .map(|p| {
+                    let r = read_pack(repo, p);
+                    if let Ok((_, bytes, _)) = r.as_ref() {
+                        progress.bytes_done(*bytes);
+                    }
+                    r.unwrap_or_else(|e| (0, 0, vec![e.to_string()]))
+                })
+                .collect()
+        });
         f.packs_read = chosen.len() as u64;
         for (blobs, bytes, errs) in results {
             f.blobs_read += blobs;

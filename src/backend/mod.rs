@@ -63,6 +63,38 @@ pub fn create(location: &Location, o: &Options) -> Result<Arc<dyn Backend>> {
     open(location, o)
 }
 
+/// Run `f` where `n` requests can be in flight at once: for a remote
+/// store (`Some(n)`), on a pool of at least `n` threads kept apart from
+/// rayon's CPU-sized global pool, so that 30-100 ms per request does not
+/// leave the cores idle; for a local disk (`None`), on the global pool as
+/// before. Work inside `f` that uses rayon (`par_iter`) runs on that pool.
+pub fn in_io_pool<R: Send>(n: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
+    match n.and_then(io_pool) {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
+/// One pool per size asked for, made once and kept for the process.
+fn io_pool(n: usize) -> Option<&'static rayon::ThreadPool> {
+    static POOLS: std::sync::Mutex<Vec<(usize, &'static rayon::ThreadPool)>> =
+        std::sync::Mutex::new(Vec::new());
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let n = n.max(cores);
+    let mut pools = POOLS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(size, _)| *size == n) {
+        return Some(p);
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("coffer-io-{i}"))
+        .build()
+        .ok()?;
+    let pool: &'static rayon::ThreadPool = Box::leak(Box::new(pool));
+    pools.push((n, pool));
+    Some(pool)
+}
+
 /// Object names coffer writes: `config`/`config.copy`, else lowercase hex
 /// (ids); anything else found in a listing is not coffer's.
 pub(crate) fn valid_name(kind: FileKind, name: &str) -> Result<()> {

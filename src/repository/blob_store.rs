@@ -45,6 +45,18 @@ pub const CHECKPOINT_BLOBS: usize = 100_000;
 /// thread, so a slow one stops neither.
 pub(crate) const UPLOADERS: usize = 2;
 
+/// Upload threads for `repo`: [`UPLOADERS`] on a local disk; on a remote
+/// store, where a put waits on the network rather than the disk, up to
+/// twice that (each holds one pack, so memory grows by at most two packs:
+/// the bound that keeps a backup to S3 within 1.3x the memory of one to a
+/// disk).
+pub(crate) fn upload_threads(repo: &Repository) -> usize {
+    match repo.requests_in_flight() {
+        Some(n) => n.clamp(UPLOADERS, 2 * UPLOADERS),
+        None => UPLOADERS,
+    }
+}
+
 /// Written packs waiting for their fsyncs: each holds an open file, not
 /// its bytes, so a stalled fsync does not stop the backup for this many.
 const PENDING_COMMITS: usize = 16;
@@ -148,7 +160,7 @@ impl BlobStore {
         let (tx, rx) = bounded::<FinishedPack>(0);
         // Written packs wait here for their fsyncs holding only a file.
         let (done_tx, done_rx) = bounded::<Result<Uploaded>>(PENDING_COMMITS);
-        for i in 0..UPLOADERS {
+        for i in 0..upload_threads(&shared.repo) {
             let (s, rx, done_tx) = (shared.clone(), rx.clone(), done_tx.clone());
             std::thread::Builder::new()
                 .name(format!("coffer-upload-{i}"))

@@ -1036,6 +1036,10 @@ impl PackedBlobSource for Repository {
             .get_range_into(FileKind::Pack, &pack.to_hex(), offset, len, buf)
     }
 
+    fn requests_in_flight(&self) -> Option<usize> {
+        self.requests_in_flight()
+    }
+
     fn open_sealed(&self, id: &BlobId, place: &BlobPlace, sealed: &[u8]) -> Result<Vec<u8>> {
         let entry = crate::pack::PackEntry {
             kind: place.kind,

@@ -60,6 +60,14 @@ impl Repository {
         self.backend.connections()
     }
 
+    /// [`Repository::connections`] for a remote store, `None` for a local
+    /// disk: what [`crate::backend::in_io_pool`] takes.
+    pub fn requests_in_flight(&self) -> Option<usize> {
+        self.backend
+            .is_remote()
+            .then(|| self.backend.connections())
+    }
+
     /// Move damaged packs to `damaged/`: copied there first, then deleted
     /// from `packs/`, so a crash in between leaves both and a rerun
     /// finishes. Their bytes are the only copy of the blobs that did not

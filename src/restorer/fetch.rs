@@ -105,10 +105,12 @@ impl Restorer<'_> {
             .map(|r| r.pack)
             .filter(|p| !self.checked_packs.contains(p))
             .collect();
-        let damaged: Vec<String> = unchecked
-            .par_iter()
-            .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
-            .collect();
+        let damaged: Vec<String> = crate::backend::in_io_pool(self.src.requests_in_flight(), || {
+            unchecked
+                .par_iter()
+                .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
+                .collect()
+        });
         self.checked_packs.extend(unchecked);
         self.summary.damaged_packs.extend(damaged);
     }
@@ -123,13 +125,17 @@ impl Restorer<'_> {
             let (tx, rx) = crossbeam_channel::bounded::<(usize, direct::Ready)>(direct::QUEUE);
             let stager = &self.stager;
             scope.spawn(move || write_segments(stager, tasks, rx));
-            reads.par_iter_mut().for_each(|r| {
-                PACK_BUF.with_borrow_mut(|buf| {
-                    self.restore_pack(tasks, &r.pack, &mut r.blobs, &tx, buf);
-                    // Keep the buffer for the next pack, but not an outsized one.
-                    if buf.capacity() > KEEP_PACK_BUF {
-                        *buf = Vec::new();
-                    }
+            let in_flight = self.src.requests_in_flight();
+            let segments = &tx;
+            crate::backend::in_io_pool(in_flight, || {
+                reads.par_iter_mut().for_each(|r| {
+                    PACK_BUF.with_borrow_mut(|buf| {
+                        self.restore_pack(tasks, &r.pack, &mut r.blobs, segments, buf);
+                        // Keep the buffer for the next pack, but not an outsized one.
+                        if buf.capacity() > KEEP_PACK_BUF {
+                            *buf = Vec::new();
+                        }
+                    })
                 })
             });
             drop(tx);

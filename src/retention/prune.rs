@@ -385,7 +385,11 @@ fn repack(
                 }
             }
         });
-        for _ in 0..REPACK_UPLOADERS {
+        let uploaders = match repo.requests_in_flight() {
+            Some(n) => n.clamp(REPACK_UPLOADERS, 2 * REPACK_UPLOADERS),
+            None => REPACK_UPLOADERS,
+        };
+        for _ in 0..uploaders {
             let (new_rx, done_tx) = (new_rx.clone(), done_tx.clone());
             scope.spawn(move || {
                 for p in new_rx.iter() {
