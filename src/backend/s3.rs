@@ -48,6 +48,9 @@ struct Counts {
     head: AtomicU64,
     list: AtomicU64,
     delete: AtomicU64,
+    /// Bytes of object data sent (puts) and received (gets).
+    sent: AtomicU64,
+    received: AtomicU64,
 }
 
 static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -236,6 +239,9 @@ impl S3Backend {
         action.headers_mut().insert("if-none-match", "*");
         let url = action.sign(SIGN_FOR);
         self.counts.put.fetch_add(1, Ordering::Relaxed);
+        self.counts
+            .sent
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
         trace("PUT", &key);
         let resp = self
             .agent
@@ -404,6 +410,9 @@ impl S3Backend {
         let mut reader = resp.body_mut().with_config().limit(len as u64 + 1).reader();
         std::io::Read::read_to_end(&mut reader, buf)
             .map_err(|e| self.fail("read", key, Failure::Transient, e.to_string()))?;
+        self.counts
+            .received
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         if buf.len() != len {
             return Err(self.fail(
                 "read",
@@ -499,6 +508,9 @@ impl Backend for S3Backend {
         let mut reader = resp.body_mut().with_config().limit(max + 1).reader();
         std::io::Read::read_to_end(&mut reader, &mut buf)
             .map_err(|e| self.fail("read", &key, Failure::Transient, e.to_string()))?;
+        self.counts
+            .received
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         if declared.is_some_and(|n| n != buf.len() as u64) {
             return Err(self.fail(
                 "read",
@@ -582,6 +594,8 @@ impl Backend for S3Backend {
             ("HEAD", &c.head),
             ("LIST", &c.list),
             ("DELETE", &c.delete),
+            ("bytes sent", &c.sent),
+            ("bytes received", &c.received),
         ]
         .into_iter()
         .map(|(k, n)| (k, n.load(Ordering::Relaxed)))

@@ -148,19 +148,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let code = dispatch(&cli, g);
     // Damaged objects that were skipped: name each, and never exit 0.
     if let Some(repo) = repo::OPENED.get() {
-        let counts = repo.requests();
-        if g.verbose > 0 && !counts.is_empty() {
-            let total: u64 = counts.iter().map(|(_, n)| n).sum();
-            let each: Vec<String> = counts
-                .iter()
-                .filter(|(_, n)| *n > 0)
-                .map(|(k, n)| format!("{k} {n}"))
-                .collect();
-            output::notice(&format!(
-                "coffer: {total} requests to {} ({})",
-                repo.location(),
-                each.join(", ")
-            ));
+        if g.verbose > 0 {
+            report_requests(&repo.location(), &repo.requests());
         }
         let problems = repo.take_problems();
         for p in &problems {
@@ -171,6 +160,31 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
     }
     code
+}
+
+/// `-v`: what the command cost a remote store, e.g. "coffer: 11 requests
+/// to s3:… (GET 3, PUT 2, LIST 5, DELETE 1), 1.2 KiB sent, 3.4 KiB received".
+fn report_requests(location: &str, counts: &[(&'static str, u64)]) {
+    let (bytes, requests): (Vec<_>, Vec<_>) =
+        counts.iter().partition(|(k, _)| k.starts_with("bytes"));
+    if requests.is_empty() {
+        return;
+    }
+    let total: u64 = requests.iter().map(|(_, n)| n).sum();
+    let each: Vec<String> = requests
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let moved: Vec<String> = bytes
+        .iter()
+        .map(|(k, n)| format!("{} {}", output::bytes(*n), k.trim_start_matches("bytes ")))
+        .collect();
+    output::notice(&format!(
+        "coffer: {total} requests to {location} ({}), {}",
+        each.join(", "),
+        moved.join(", ")
+    ));
 }
 
 fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {

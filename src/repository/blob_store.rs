@@ -625,7 +625,11 @@ fn write_verified(repo: &Repository, pack: &mut FinishedPack) -> Result<Uploaded
     let pending = repo
         .backend()
         .put_pending(FileKind::Pack, &pack.id.to_hex(), pack.bytes())?;
-    if pack.entries.first().is_some_and(|e| e.kind == BlobKind::Tree) {
+    if pack
+        .entries
+        .first()
+        .is_some_and(|e| e.kind == BlobKind::Tree)
+    {
         repo.keep_tree_pack(&pack.id, pack.bytes());
     }
     let indexed = IndexedPack {

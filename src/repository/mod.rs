@@ -413,13 +413,17 @@ impl Repository {
         let Some(dir) = self.cache_dir().filter(|_| self.backend.is_remote()) else {
             return true;
         };
-        let interrupted = std::fs::read_dir(&dir).into_iter().flatten().flatten().any(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix(WRITING))
-                .and_then(|pid| pid.parse().ok())
-                .is_some_and(|pid: u32| !lock::pid_alive(pid))
-        });
+        let interrupted = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(WRITING))
+                    .and_then(|pid| pid.parse().ok())
+                    .is_some_and(|pid: u32| !lock::pid_alive(pid))
+            });
         let listed = std::fs::metadata(dir.join(PACKS_LISTED)).and_then(|m| m.modified());
         interrupted || !listed.is_ok_and(|t| t.elapsed().is_ok_and(|age| age < PACK_LISTING_EVERY))
     }
@@ -433,7 +437,10 @@ impl Repository {
         }
         let _ = std::fs::write(dir.join(PACKS_LISTED), b"");
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let pid = e.file_name().to_str().and_then(|n| n.strip_prefix(WRITING)?.parse().ok());
+            let pid = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(WRITING)?.parse().ok());
             if pid.is_some_and(|pid: u32| !lock::pid_alive(pid)) {
                 let _ = std::fs::remove_file(e.path());
             }
@@ -454,7 +461,9 @@ impl Repository {
 
     /// This repository's directory in the cache root.
     fn cache_dir(&self) -> Option<PathBuf> {
-        self.cache_root.as_ref().map(|r| r.join(self.repo_id.to_hex()))
+        self.cache_root
+            .as_ref()
+            .map(|r| r.join(self.repo_id.to_hex()))
     }
 
     /// Copies of snapshots and tree packs, for a remote store with a cache
@@ -743,7 +752,8 @@ impl Repository {
             .filter_map(|o| SnapshotId::from_hex(&o.name))
             .collect();
         if let Some(c) = self.object_cache() {
-            let listed: std::collections::HashSet<String> = ids.iter().map(|i| i.to_hex()).collect();
+            let listed: std::collections::HashSet<String> =
+                ids.iter().map(|i| i.to_hex()).collect();
             c.retain(FileKind::Snapshot, |n| listed.contains(n));
         }
         let loaded: Vec<(SnapshotId, Result<Snapshot>)> = ids

@@ -38,7 +38,13 @@ impl ObjectCache {
     }
 
     /// `len` bytes at `offset` of the copy, if there is one that long.
-    pub fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Option<Vec<u8>> {
+    pub fn get_range(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+    ) -> Option<Vec<u8>> {
         let f = fs::File::open(self.path(kind, name)).ok()?;
         let mut buf = vec![0; len];
         f.read_exact_at(&mut buf, offset).ok()?;

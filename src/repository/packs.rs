@@ -63,9 +63,7 @@ impl Repository {
     /// [`Repository::connections`] for a remote store, `None` for a local
     /// disk: what [`crate::backend::in_io_pool`] takes.
     pub fn requests_in_flight(&self) -> Option<usize> {
-        self.backend
-            .is_remote()
-            .then(|| self.backend.connections())
+        self.backend.is_remote().then(|| self.backend.connections())
     }
 
     /// Move damaged packs to `damaged/`: copied there first, then deleted

@@ -105,12 +105,13 @@ impl Restorer<'_> {
             .map(|r| r.pack)
             .filter(|p| !self.checked_packs.contains(p))
             .collect();
-        let damaged: Vec<String> = crate::backend::in_io_pool(self.src.requests_in_flight(), || {
-            unchecked
-                .par_iter()
-                .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
-                .collect()
-        });
+        let damaged: Vec<String> =
+            crate::backend::in_io_pool(self.src.requests_in_flight(), || {
+                unchecked
+                    .par_iter()
+                    .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
+                    .collect()
+            });
         self.checked_packs.extend(unchecked);
         self.summary.damaged_packs.extend(damaged);
     }
