@@ -341,6 +341,10 @@ fn copy_killed_at(t: &CopyTemplate, point: &str) -> bool {
     dest_restores(t, &dest, point);
     let infos = unindexed_infos(&dest.check_clean());
     assert!(infos.is_empty(), "{point}: {infos:?}");
+    // And the bucket takes backups of its own.
+    let root = t.tree.root.as_path();
+    let s = id(&dest.backup_json(&[root], &[]));
+    compare_trees(root, &dest.restore_of(&s, root));
     killed
 }
 
