@@ -46,3 +46,5 @@ mod architecture;
 mod nightly;
 // Repository layer under nightly jobs and a fault campaign (issues 18, 19): leftovers adopted in bounded memory, truncated packs, hostile locks/links/objects, dead locks, sparse files.
 mod repolayer;
+// Every command, the backend contract and a crash-matrix sample against a real S3 server (COFFER_TEST_S3).
+mod s3;

@@ -6,6 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::S3Repo;
+
 /// The password every repository made through [`Env::coffer`] uses.
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -33,6 +35,8 @@ pub struct Env {
     pub repo: PathBuf,
     /// `--cache-dir` for [`Env::coffer`].
     pub cache: PathBuf,
+    /// Set by [`Env::s3`]: `repo` is then this `s3:` location, not a path.
+    pub s3: Option<S3Repo>,
 }
 
 impl Default for Env {
@@ -58,6 +62,7 @@ impl Env {
         Env {
             repo: root.join("repo"),
             cache: root.join("cache"),
+            s3: None,
             _tmp: tmp,
             root,
             home,
@@ -99,11 +104,14 @@ impl Env {
     /// `coffer init` for [`Env::coffer`]'s repository, with extra init flags.
     pub fn init_with(&self, extra: &[&str]) {
         self.coffer().arg("init").args(extra).run().ok();
-        assert!(
-            self.repo.join("config").is_file(),
-            "init did not create {}/config",
-            self.repo.display()
-        );
+        let made = match self.s3_location() {
+            Some(_) => self
+                .backend()
+                .size(coffer::backend::FileKind::Config, "config")
+                .is_ok(),
+            None => self.repo.join("config").is_file(),
+        };
+        assert!(made, "init did not create {}/config", self.repo.display());
     }
 
     pub fn init(&self) {
@@ -135,13 +143,21 @@ impl Env {
         assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
     }
 
-    /// Total bytes of all files under the repository directory.
+    /// Total bytes of all objects in the repository (on S3, locks excepted).
     pub fn repo_size(&self) -> u64 {
-        dir_size(&self.repo)
+        match self.s3_location() {
+            Some(_) => self.repo_listing().values().sum(),
+            None => dir_size(&self.repo),
+        }
     }
 
     /// The files of one object kind (`packs`, `index`, `snapshots`, `keys`).
+    /// A bucket has no files: S3 tests use [`Env::object_names`].
     pub fn objects(&self, kind: &str) -> Vec<PathBuf> {
+        assert!(
+            self.s3.is_none(),
+            "Env::objects gives file paths; on S3 use Env::object_names"
+        );
         let mut out = Vec::new();
         collect_files(&self.repo.join(kind), &mut out);
         out.sort();
@@ -149,7 +165,7 @@ impl Env {
     }
 }
 
-pub(super) fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd {
         let e = e.expect("read_dir entry");

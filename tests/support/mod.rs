@@ -8,6 +8,7 @@ mod compare;
 mod env;
 mod repo;
 mod rng;
+mod s3;
 mod tree;
 mod util;
 
@@ -15,5 +16,6 @@ pub use compare::*;
 pub use env::*;
 pub use repo::*;
 pub use rng::*;
+pub use s3::*;
 pub use tree::*;
 pub use util::*;

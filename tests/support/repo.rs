@@ -48,6 +48,9 @@ impl Env {
 
     /// Every object under the repository except locks, with its size.
     pub fn repo_listing(&self) -> BTreeMap<PathBuf, u64> {
+        if self.s3.is_some() {
+            return s3_listing(&*self.backend());
+        }
         let mut files = Vec::new();
         collect_files(&self.repo, &mut files);
         files
