@@ -81,6 +81,11 @@ pub struct Repository {
     /// Held while a tree pack is fetched into the object cache, so that
     /// threads needing the same pack fetch it once.
     cache_fill: std::sync::Mutex<()>,
+    /// The snapshot names last listed for resolving an id prefix, so that
+    /// `forget A B C` lists once, not once per reference (a request each on
+    /// a remote store). Dropped whenever this process adds or deletes a
+    /// snapshot.
+    snapshot_names: std::sync::Mutex<Option<Vec<String>>>,
     /// Where informational lines go (what the repository is doing that a
     /// user should see, e.g. adopting an interrupted backup's packs).
     notifier: OnceLock<Notifier>,
@@ -234,6 +239,7 @@ impl Repository {
             problems: Default::default(),
             lock_state: Default::default(),
             cache_fill: Default::default(),
+            snapshot_names: Default::default(),
             notifier: OnceLock::new(),
         })
     }
@@ -306,6 +312,7 @@ impl Repository {
             problems: Default::default(),
             lock_state: Default::default(),
             cache_fill: Default::default(),
+            snapshot_names: Default::default(),
             notifier: OnceLock::new(),
         };
         for p in unlocked.problem.into_iter().chain(config_problems) {
@@ -581,6 +588,7 @@ impl Repository {
             )));
         }
         let name = content_hash(&sealed);
+        self.forget_snapshot_names(kind);
         self.backend.put(kind, &hex::encode(name), &sealed)?;
         if kind == FileKind::Snapshot
             && let Some(c) = self.object_cache()
@@ -696,6 +704,7 @@ impl Repository {
     /// Delete an object, only while this process's lock (if any) is intact.
     pub fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
         self.ensure_lock()?;
+        self.forget_snapshot_names(kind);
         self.backend.delete(kind, name)
     }
 
@@ -703,6 +712,7 @@ impl Repository {
     /// while this process's lock (if any) is intact.
     pub fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
         self.ensure_lock()?;
+        self.forget_snapshot_names(kind);
         self.backend.delete_many(kind, names)
     }
 
@@ -788,11 +798,10 @@ impl Repository {
             )));
         }
         let matches: Vec<SnapshotId> = self
-            .backend
-            .list(FileKind::Snapshot)?
-            .into_iter()
-            .filter(|o| o.name.starts_with(&r))
-            .filter_map(|o| SnapshotId::from_hex(&o.name))
+            .snapshot_names()?
+            .iter()
+            .filter(|n| n.starts_with(&r))
+            .filter_map(|n| SnapshotId::from_hex(n))
             .collect();
         match matches.as_slice() {
             [id] => Ok((*id, self.load_snapshot(id)?)),
@@ -803,6 +812,35 @@ impl Repository {
                 "{reference:?} matches {} snapshots: give more digits",
                 matches.len()
             ))),
+        }
+    }
+
+    /// The names of the snapshot objects, listed once per process (until
+    /// this process adds or deletes one).
+    fn snapshot_names(&self) -> Result<Vec<String>> {
+        let mut names = self
+            .snapshot_names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = names.as_ref() {
+            return Ok(n.clone());
+        }
+        let listed: Vec<String> = self
+            .backend
+            .list(FileKind::Snapshot)?
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        *names = Some(listed.clone());
+        Ok(listed)
+    }
+
+    fn forget_snapshot_names(&self, kind: FileKind) {
+        if kind == FileKind::Snapshot {
+            *self
+                .snapshot_names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = None;
         }
     }
 

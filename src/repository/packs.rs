@@ -89,6 +89,7 @@ impl Repository {
     /// concurrent backup is about to reference.
     pub fn delete_exclusively(&self, kind: FileKind, names: &[String]) -> Result<()> {
         self.ensure_exclusive_lock("deleting")?;
+        self.forget_snapshot_names(kind);
         self.backend.delete_many(kind, names)
     }
 
