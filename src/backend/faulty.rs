@@ -179,6 +179,9 @@ impl Backend for Faulty {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn probe_create_once(&self) -> Result<Option<bool>> {
+        self.inner.probe_create_once()
+    }
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.inner.size(kind, name)
     }

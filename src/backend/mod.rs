@@ -251,6 +251,15 @@ pub trait Backend: Send + Sync {
     fn is_remote(&self) -> bool {
         false
     }
+    /// Does the store refuse a second create-once put of a name (S3's
+    /// `If-None-Match: *`)? Found by trying, with an object that is removed
+    /// again; `None` where the question does not arise (a local disk,
+    /// whose link() refuses). Nothing about the answer is recorded: coffer
+    /// is correct either way (random lock and key names, a config looked
+    /// for before it is written); `init` tells the user.
+    fn probe_create_once(&self) -> Result<Option<bool>> {
+        Ok(None)
+    }
     /// Requests sent so far, by kind, on a store that counts them (a
     /// remote one); empty for a local disk.
     fn requests(&self) -> Vec<(&'static str, u64)> {

@@ -174,6 +174,9 @@ impl<B: Backend> Backend for Retrying<B> {
     fn is_remote(&self) -> bool {
         self.inner.is_remote()
     }
+    fn probe_create_once(&self) -> Result<Option<bool>> {
+        self.inner.probe_create_once()
+    }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.run("stat", &kind.path(name), || self.inner.size(kind, name))

@@ -586,6 +586,27 @@ impl Backend for S3Backend {
         true
     }
 
+    fn probe_create_once(&self) -> Result<Option<bool>> {
+        let mut raw = [0u8; 32];
+        getrandom::fill(&mut raw).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
+        let name = hex::encode(raw);
+        // A pack name: if a kill leaves the probe behind, it is an
+        // unindexed pack that does not verify, which prune removes (a lock
+        // name would block every command as an unreadable lock).
+        let first = self.put_new(FileKind::Pack, &name, b"coffer create-once probe 1");
+        let second = first
+            .as_ref()
+            .ok()
+            .map(|_| self.put_new(FileKind::Pack, &name, b"coffer create-once probe 2"));
+        let _ = self.delete(FileKind::Pack, &name);
+        first?;
+        match second {
+            Some(Ok(stored)) => Ok(Some(!stored)),
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+
     fn requests(&self) -> Vec<(&'static str, u64)> {
         let c = &self.counts;
         [

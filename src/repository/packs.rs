@@ -55,6 +55,11 @@ impl Repository {
         self.backend.requests()
     }
 
+    /// See [`crate::backend::Backend::probe_create_once`].
+    pub fn probe_create_once(&self) -> Result<Option<bool>> {
+        self.backend.probe_create_once()
+    }
+
     /// How many requests the store wants in flight.
     pub fn connections(&self) -> usize {
         self.backend.connections()

@@ -520,3 +520,49 @@ fn the_backend_contract_holds_on_the_live_server() {
     let b = s3_backend(&repos[2].location);
     conformance::race_create_once(b, 8).unwrap_or_else(|e| panic!("{}: {e}", repos[2].location));
 }
+
+/// `init` tells whether the store refuses a second put of a name
+/// (SeaweedFS honours `If-None-Match`), and leaves no probe object behind;
+/// a no-change backup with a warm cache costs few requests, which `-v`
+/// reports (the figure the README quotes).
+#[test]
+fn init_probes_create_once_and_a_no_change_backup_is_cheap() {
+    let Some(env) = Env::s3("init_probes_create_once_and_a_no_change_backup_is_cheap") else {
+        return;
+    };
+    let r = env.coffer().args(["--json", "init"]).run().ok();
+    let init: serde_json::Value = json_lines(&r)
+        .into_iter()
+        .find(|v| v["message_type"] == "initialized")
+        .expect("an initialized message");
+    assert_eq!(init["create_once"], serde_json::json!(true), "{init}");
+    assert!(
+        env.object_names("packs").is_empty(),
+        "the probe was left behind"
+    );
+    let t = TreeBuilder::new(env.path("src"));
+    for i in 0..200 {
+        t.file(
+            format!("d{}/f{i}.txt", i % 20),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    env.backup_json(&[&t.root], &[]);
+    let r = env.coffer().args(["-v", "backup"]).arg(&t.root).run().ok();
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains(" requests to s3:"))
+        .unwrap_or_else(|| panic!("-v names no request count: {}", r.stderr));
+    let n: u64 = line
+        .trim_start_matches("coffer: ")
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    // config and copy, key list and slot, snapshot list, lock list, put
+    // and re-list, segment list, snapshot put, lock delete: 11. The parent
+    // snapshot and its trees come from the local cache.
+    assert!(n <= 12, "a no-change backup made {n} requests: {line}");
+    assert!(!line.contains("HEAD"), "{line}");
+}

@@ -226,12 +226,23 @@ pub fn run(g: &GlobalOpts, a: &InitArgs) -> Result<ExitCode> {
             "no password for the new repository: set COFFER_PASSWORD, --password-file, --password-command, or --key-file FILE to create a key file"
         );
     };
+    // Told, not recorded: coffer is correct either way.
+    let create_once = repo.probe_create_once().unwrap_or(None);
+    if create_once == Some(false) && !g.quiet {
+        output::notice(&format!(
+            "coffer: note: {path} does not refuse a second put of a name (it ignores If-None-Match, as Garage does); coffer stays correct (lock and key names are random, a config is looked for before it is written), but two `init`s racing on the same location could both succeed"
+        ));
+    }
     if g.json {
-        output::json(&serde_json::json!({
+        let mut j = serde_json::json!({
             "message_type": "initialized",
             "id": repo.id().to_hex(),
             "repository": path.to_string(),
-        }));
+        });
+        if let Some(c) = create_once {
+            j["create_once"] = c.into();
+        }
+        output::json(&j);
     } else if !g.quiet {
         output::line(&format!(
             "created coffer repository {} at {path}",
