@@ -425,6 +425,31 @@ impl S3Backend {
     }
 }
 
+/// `%2F` and friends decoded; anything malformed is left as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+}
+
 /// `bytes 0-99/1234` → (0, 99).
 fn parse_content_range(v: &str) -> Option<(u64, u64)> {
     let range = v.strip_prefix("bytes ")?.split('/').next()?;
@@ -557,11 +582,18 @@ impl Backend for S3Backend {
         loop {
             let page = self.list_page(&dir, token.as_deref(), kind == FileKind::Config)?;
             for c in page.contents {
-                let name = c.key.rsplit('/').next().unwrap_or(&c.key).to_string();
+                // A store that URL-encodes keys without saying so (S3-NOTES:
+                // Garage) would otherwise hide every object behind `%2F`.
+                let key = if c.key.contains('%') {
+                    percent_decode(&c.key)
+                } else {
+                    c.key
+                };
+                let name = key.rsplit('/').next().unwrap_or(&key).to_string();
                 // Only objects where coffer would have put them: a pack
                 // outside its two-hex-digit directory is someone else's.
                 if valid_name(kind, &name).is_err()
-                    || c.key != format!("{}{}", self.prefix, kind.path(&name))
+                    || key != format!("{}{}", self.prefix, kind.path(&name))
                 {
                     continue;
                 }
@@ -686,6 +718,7 @@ mod tests {
         assert_eq!(xml_field(body, "Code").as_deref(), Some("SlowDown"));
         assert_eq!(xml_field(body, "Message").as_deref(), Some("Please reduce"));
         assert_eq!(xml_field(body, "Key"), None);
+        assert_eq!(percent_decode("a%2Fpacks%2fab/x%zz%4"), "a/packs/ab/x%zz%4");
         let t = parse_iso("2026-12-05T19:21:43.000Z").unwrap();
         assert_eq!(
             t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
