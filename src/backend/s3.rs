@@ -148,10 +148,19 @@ impl S3Backend {
     }
 
     /// The failure an answer (or a transport error) means.
+    /// `location/path` of a key (the location already names the prefix).
+    fn full(&self, key: &str) -> String {
+        format!(
+            "{}/{}",
+            self.location,
+            key.strip_prefix(&self.prefix).unwrap_or(key)
+        )
+    }
+
     fn fail(&self, op: &'static str, object: &str, failure: Failure, detail: String) -> Error {
         Error::Remote {
             op,
-            object: format!("{}/{object}", self.location),
+            object: self.full(object),
             failure,
             detail,
             tries: 1,
@@ -188,7 +197,7 @@ impl S3Backend {
             (false, true) => format!("HTTP {status} {code}"),
             (false, false) => format!("HTTP {status} {code}: {message}"),
         };
-        let full = format!("{}/{object}", self.location);
+        let full = self.full(object);
         if code == "NoSuchBucket" {
             return self.fail(
                 op,
@@ -364,7 +373,7 @@ impl S3Backend {
             .map_err(|e| self.transport("read", key, e))?;
         let short = || {
             Error::corrupt(
-                format!("{}/{key}", self.location),
+                self.full(key),
                 format!(
                     "object is shorter than the {len} bytes at offset {offset} the index records (truncated)"
                 ),
@@ -522,7 +531,7 @@ impl Backend for S3Backend {
         let declared = resp.body().content_length();
         if declared.is_some_and(|n| n > max) {
             return Err(Error::corrupt(
-                format!("{}/{key}", self.location),
+                self.full(&key),
                 format!(
                     "it is {} bytes, more than the {max} an object of its kind may have",
                     declared.unwrap_or(0)
