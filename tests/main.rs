@@ -46,3 +46,5 @@ mod architecture;
 mod nightly;
 // Repository layer under nightly jobs and a fault campaign (issues 18, 19): leftovers adopted in bounded memory, truncated packs, hostile locks/links/objects, dead locks, sparse files.
 mod repolayer;
+// S3 retries against a fault-injecting proxy in front of the real server (COFFER_TEST_S3): 500, SlowDown, cut bodies, held and lost answers.
+mod s3faults;
