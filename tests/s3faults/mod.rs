@@ -56,7 +56,13 @@ fn round_trip(test: &str, rules: Vec<FaultRule>) -> Option<Faulted> {
         .run()
         .ok();
     stderr += &init.stderr;
-    let backup = env.coffer().args(flags()).arg("backup").arg(&src).run().ok();
+    let backup = env
+        .coffer()
+        .args(flags())
+        .arg("backup")
+        .arg(&src)
+        .run()
+        .ok();
     stderr += &backup.stderr;
     let target_dir = env.path("restore");
     let restore = env
@@ -214,8 +220,13 @@ fn a_lost_answer_to_a_put_is_resolved_by_its_bytes() {
 }
 
 /// A repository made straight on the server, then reached through a
-/// proxy with `rules`: the run's outcome and what the proxy saw.
-fn through_failing_proxy(test: &str, rules: Vec<FaultRule>, args: &[&str]) -> Option<(Run, Vec<Seen>)> {
+/// proxy with `rules`: the run's outcome, what the proxy saw, and the
+/// `--repo` the run was given.
+fn through_failing_proxy(
+    test: &str,
+    rules: Vec<FaultRule>,
+    args: &[&str],
+) -> Option<(Run, Vec<Seen>, String)> {
     let target = FaultTarget::from_env_or_skip(test)?;
     let mut env = Env::new();
     env.repo = PathBuf::from(target.direct_repo());
@@ -227,7 +238,7 @@ fn through_failing_proxy(test: &str, rules: Vec<FaultRule>, args: &[&str]) -> Op
         .args(["--option", TIMEOUT, "--option", "retry-base=20ms"])
         .args(args)
         .run();
-    Some((run, proxy.seen()))
+    Some((run, proxy.seen(), target.proxied_repo(&proxy)))
 }
 
 fn tries_per_object(seen: &[Seen]) -> BTreeMap<&str, usize> {
@@ -240,8 +251,17 @@ fn tries_per_object(seen: &[Seen]) -> BTreeMap<&str, usize> {
 
 /// One line, the error: nothing else on stderr.
 fn one_error_line(run: &Run) -> &str {
-    let lines: Vec<&str> = run.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "want a one-line error\nstderr:\n{}", run.stderr);
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "want a one-line error\nstderr:\n{}",
+        run.stderr
+    );
     lines[0]
 }
 
@@ -249,12 +269,19 @@ fn one_error_line(run: &Run) -> &str {
 fn a_fault_that_never_stops_fails_after_the_tries() {
     let rules = vec![FaultRule::every(Fault::SlowDown)];
     let args = ["--option", "retries=3", "snapshots"];
-    let Some((run, seen)) = through_failing_proxy("never-stops", rules, &args) else {
+    let Some((run, seen, repo)) = through_failing_proxy("never-stops", rules, &args) else {
         return;
     };
     let run = run.expect_code(1);
     let line = one_error_line(&run);
-    assert!(line.contains("after 3 tries") && line.contains("SlowDown"), "{line}");
+    assert!(
+        line.contains("after 3 tries") && line.contains("SlowDown"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("read of {repo}/config failed")),
+        "{line}"
+    );
     // The config, then its copy (what a damaged config falls back to):
     // three tries each, no more.
     assert!(
@@ -266,13 +293,21 @@ fn a_fault_that_never_stops_fails_after_the_tries() {
 #[test]
 fn a_403_fails_at_once_without_retries() {
     let rules = vec![FaultRule::every(Fault::Denied)];
-    let Some((run, seen)) = through_failing_proxy("denied", rules, &["-v", "snapshots"]) else {
+    let Some((run, seen, repo)) = through_failing_proxy("denied", rules, &["-v", "snapshots"])
+    else {
         return;
     };
     let run = run.expect_code(1);
     assert!(retry_lines(&run.stderr).is_empty(), "{}", run.stderr);
     let line = one_error_line(&run);
-    assert!(line.contains("access denied") && line.contains("AccessDenied"), "{line}");
+    assert!(
+        line.contains("access denied") && line.contains("AccessDenied"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("read of {repo}/config failed")),
+        "{line}"
+    );
     assert!(
         tries_per_object(&seen).values().all(|n| *n == 1),
         "a denied request is not tried again: {seen:?}"

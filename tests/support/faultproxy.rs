@@ -398,8 +398,7 @@ fn read_message(
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse::<u16>().ok());
-    let bodiless =
-        response && (to_head || status.is_some_and(|s| s < 200 || s == 204 || s == 304));
+    let bodiless = response && (to_head || status.is_some_and(|s| s < 200 || s == 204 || s == 304));
     let mut body = Vec::new();
     if bodiless {
     } else if chunked {
@@ -464,7 +463,9 @@ impl FaultTarget {
             if std::env::var_os("COFFER_REQUIRE_S3").is_some_and(|v| !v.is_empty() && v != "0") {
                 panic!("{test}: COFFER_REQUIRE_S3 is set but COFFER_TEST_S3 is not");
             }
-            println!("skipped: COFFER_TEST_S3 not set ({test}; set COFFER_REQUIRE_S3=1 to make this a failure)");
+            println!(
+                "skipped: COFFER_TEST_S3 not set ({test}; set COFFER_REQUIRE_S3=1 to make this a failure)"
+            );
             return None;
         };
         let rest = url
@@ -525,7 +526,8 @@ impl FaultTarget {
         use rusty_s3::S3Action;
         use rusty_s3::actions::ListObjectsV2;
         let var = |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set"));
-        let creds = rusty_s3::Credentials::new(var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"));
+        let creds =
+            rusty_s3::Credentials::new(var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"));
         let bucket = rusty_s3::Bucket::new(
             self.endpoint.parse().expect("endpoint URL"),
             rusty_s3::UrlStyle::Path,
