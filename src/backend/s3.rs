@@ -116,11 +116,18 @@ impl S3Backend {
         Ok(format!("{}{}", self.prefix, kind.path(name)))
     }
 
+    /// `object` (a key, which holds the prefix, or a path inside the
+    /// repository) for a message: the location already names the prefix.
+    fn named(&self, object: &str) -> String {
+        let inside = object.strip_prefix(&self.prefix).unwrap_or(object);
+        format!("{}/{inside}", self.location)
+    }
+
     /// The failure an answer (or a transport error) means.
     fn fail(&self, op: &'static str, object: &str, failure: Failure, detail: String) -> Error {
         Error::Remote {
             op,
-            object: format!("{}/{object}", self.location),
+            object: self.named(object),
             failure,
             detail,
             tries: 1,
@@ -157,7 +164,7 @@ impl S3Backend {
             (false, true) => format!("HTTP {status} {code}"),
             (false, false) => format!("HTTP {status} {code}: {message}"),
         };
-        let full = format!("{}/{object}", self.location);
+        let full = self.named(object);
         if code == "NoSuchBucket" {
             return self.fail(
                 op,
@@ -320,7 +327,7 @@ impl S3Backend {
             .map_err(|e| self.transport("read", key, e))?;
         let short = || {
             Error::corrupt(
-                format!("{}/{key}", self.location),
+                self.named(key),
                 format!(
                     "object is shorter than the {len} bytes at offset {offset} the index records (truncated)"
                 ),
@@ -448,7 +455,7 @@ impl Backend for S3Backend {
         let declared = resp.body().content_length();
         if declared.is_some_and(|n| n > max) {
             return Err(Error::corrupt(
-                format!("{}/{key}", self.location),
+                self.named(&key),
                 format!(
                     "it is {} bytes, more than the {max} an object of its kind may have",
                     declared.unwrap_or(0)
@@ -539,7 +546,7 @@ impl Backend for S3Backend {
             .ok_or_else(|| {
                 self.fail(
                     "stat",
-                    &kind.path(name),
+                    &format!("{}{}", self.prefix, kind.path(name)),
                     Failure::Transient,
                     "the answer has no Content-Length".into(),
                 )
