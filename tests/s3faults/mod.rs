@@ -313,3 +313,50 @@ fn a_403_fails_at_once_without_retries() {
         "a denied request is not tried again: {seen:?}"
     );
 }
+
+/// A backup whose pack puts never succeed: exit 1 with the one error,
+/// its lock removed, nothing but what the server accepted left behind.
+#[test]
+fn a_backup_whose_pack_puts_always_fail_aborts() {
+    let Some(target) = FaultTarget::from_env_or_skip("packs-never") else {
+        return;
+    };
+    let mut env = Env::new();
+    env.repo = PathBuf::from(target.direct_repo());
+    env.coffer().args(["init", "--pack-size", "1M"]).run().ok();
+    let proxy = target.proxy(vec![FaultRule::all("PUT", "packs/", Fault::SlowDown)]);
+    env.repo = PathBuf::from(target.proxied_repo(&proxy));
+    let src = source(&env);
+    let run = env
+        .coffer()
+        .args([
+            "--option",
+            TIMEOUT,
+            "--option",
+            "retry-base=20ms",
+            "--option",
+            "retries=3",
+        ])
+        .arg("backup")
+        .arg(&src)
+        .run();
+    let run = run.expect_code(1);
+    let line = one_error_line(&run);
+    assert!(
+        line.contains("backup aborted")
+            && line.contains("/packs/")
+            && line.contains("after 3 tries"),
+        "{line}"
+    );
+    assert!(
+        tries_per_object(&proxy.faulted()).values().all(|n| *n == 3),
+        "three tries per pack: {:?}",
+        proxy.seen()
+    );
+    let left: Vec<String> = target
+        .objects()
+        .into_keys()
+        .filter(|k| !k.starts_with("config") && !k.starts_with("keys/"))
+        .collect();
+    assert!(left.is_empty(), "the failed backup left {left:?}");
+}

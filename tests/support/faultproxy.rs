@@ -69,6 +69,14 @@ impl FaultRule {
         }
     }
 
+    /// Every `method` request for an object under `under`.
+    pub fn all(method: &'static str, under: &str, fault: Fault) -> FaultRule {
+        FaultRule {
+            nth: None,
+            ..FaultRule::nth(method, under, 1, fault)
+        }
+    }
+
     /// Every request, listings included.
     pub fn every(fault: Fault) -> FaultRule {
         FaultRule {
