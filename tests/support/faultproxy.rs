@@ -199,42 +199,15 @@ fn serve(client: TcpStream, upstream: &str, repo_path: &str, shared: &Mutex<Shar
     };
     let mut reader = BufReader::new(read_half);
     let mut writer = client;
-    loop {
-        let Ok(Some(req)) = read_message(&mut reader, false, false) else {
-            return;
-        };
-        let line = req.start_line();
-        let mut parts = line.split(' ');
-        let method = parts.next().unwrap_or_default().to_string();
-        let target = parts.next().unwrap_or_default().to_string();
-        let path = target.split('?').next().unwrap_or_default();
-        let object = path
-            .strip_prefix(repo_path)
-            .map(str::to_string)
-            .or_else(|| listing(&target, repo_path));
-        let (fault, index) = {
-            let mut s = shared.lock().expect("proxy state");
-            let fault = s
-                .rules
-                .iter_mut()
-                .find_map(|r| r.pick(&method, object.as_deref()));
-            s.seen.push(Seen {
-                method: method.clone(),
-                object: object.clone().unwrap_or_else(|| target.clone()),
-                fault,
-                upstream: None,
-            });
-            (fault, s.seen.len() - 1)
-        };
+    while let Ok(Some(req)) = read_message(&mut reader, false, false) {
+        let (method, fault, index) = note(&req, repo_path, shared);
         if let Some(canned) = fault.and_then(canned_answer) {
             let _ = writer.write_all(&canned);
-            let _ = writer.shutdown(Shutdown::Both);
-            return;
+            break;
         }
         let Some(resp) = forward(upstream, &req, method == "HEAD") else {
             let _ = writer.write_all(&canned_answer(Fault::InternalError).unwrap_or_default());
-            let _ = writer.shutdown(Shutdown::Both);
-            return;
+            break;
         };
         let status = resp
             .start_line()
@@ -242,39 +215,79 @@ fn serve(client: TcpStream, upstream: &str, repo_path: &str, shared: &Mutex<Shar
             .nth(1)
             .and_then(|c| c.parse().ok());
         shared.lock().expect("proxy state").seen[index].upstream = status;
-        let sent = match fault {
-            None => writer
-                .write_all(&resp.head)
-                .and_then(|()| writer.write_all(&resp.body)),
-            Some(f @ (Fault::CutBody | Fault::ResetBody | Fault::StallBody(_))) => {
-                let _ = writer.write_all(&resp.head);
-                let _ = writer.write_all(&resp.body[..resp.body.len() / 2]);
-                let _ = writer.flush();
-                match f {
-                    Fault::ResetBody => reset(&writer),
-                    Fault::StallBody(d) => std::thread::sleep(d),
-                    _ => {}
+        match fault {
+            Some(Fault::ResetBody) => {
+                cut_short(&mut writer, &resp);
+                // Dropped with a zero linger: the close sends RST, no FIN.
+                reset(&writer);
+                return;
+            }
+            Some(f) => {
+                deliver_faulty(&mut writer, f, &resp);
+                break;
+            }
+            None => {
+                let sent = writer
+                    .write_all(&resp.head)
+                    .and_then(|()| writer.write_all(&resp.body));
+                if sent.is_err() || resp.close || req.close {
+                    break;
                 }
-                let _ = writer.shutdown(Shutdown::Both);
-                return;
             }
-            Some(Fault::Hold(d)) => {
-                std::thread::sleep(d);
-                let _ = writer.write_all(&resp.head);
-                let _ = writer.write_all(&resp.body);
-                let _ = writer.shutdown(Shutdown::Both);
-                return;
-            }
-            Some(_) => {
-                let _ = writer.shutdown(Shutdown::Both);
-                return;
-            }
-        };
-        if sent.is_err() || resp.close || req.close {
-            let _ = writer.shutdown(Shutdown::Both);
-            return;
         }
     }
+    let _ = writer.shutdown(Shutdown::Both);
+}
+
+/// Record a request and pick its fault: (method, fault, index in `seen`).
+fn note(req: &Message, repo_path: &str, shared: &Mutex<Shared>) -> (String, Option<Fault>, usize) {
+    let line = req.start_line();
+    let mut parts = line.split(' ');
+    let method = parts.next().unwrap_or_default().to_string();
+    let target = parts.next().unwrap_or_default().to_string();
+    let path = target.split('?').next().unwrap_or_default();
+    let object = path
+        .strip_prefix(repo_path)
+        .map(str::to_string)
+        .or_else(|| listing(&target, repo_path));
+    let mut s = shared.lock().expect("proxy state");
+    let fault = s
+        .rules
+        .iter_mut()
+        .find_map(|r| r.pick(&method, object.as_deref()));
+    s.seen.push(Seen {
+        method: method.clone(),
+        object: object.unwrap_or(target),
+        fault,
+        upstream: None,
+    });
+    (method, fault, s.seen.len() - 1)
+}
+
+/// The server's answer spoiled by a forwarded fault; the caller closes
+/// the connection after it.
+fn deliver_faulty(writer: &mut TcpStream, fault: Fault, resp: &Message) {
+    match fault {
+        Fault::CutBody => cut_short(writer, resp),
+        Fault::StallBody(d) => {
+            cut_short(writer, resp);
+            std::thread::sleep(d);
+        }
+        Fault::Hold(d) => {
+            std::thread::sleep(d);
+            let _ = writer.write_all(&resp.head);
+            let _ = writer.write_all(&resp.body);
+        }
+        // LoseAnswer: nothing at all.
+        _ => {}
+    }
+}
+
+/// The answer's head and the first half of its body.
+fn cut_short(writer: &mut TcpStream, resp: &Message) {
+    let _ = writer.write_all(&resp.head);
+    let _ = writer.write_all(&resp.body[..resp.body.len() / 2]);
+    let _ = writer.flush();
 }
 
 /// `list:DIR/` for a listing of `DIR/` inside the repository (`/BUCKET/`
@@ -408,15 +421,20 @@ fn read_message(
         .and_then(|c| c.parse::<u16>().ok());
     let bodiless = response && (to_head || status.is_some_and(|s| s < 200 || s == 204 || s == 304));
     let mut body = Vec::new();
-    if bodiless {
-    } else if chunked {
-        read_chunked(r, &mut body)?;
-    } else if let Some(n) = length {
-        body.resize(n, 0);
-        r.read_exact(&mut body)?;
-    } else if response {
-        r.read_to_end(&mut body)?;
-        close = true;
+    match (bodiless, chunked, length) {
+        (true, _, _) => {}
+        (false, true, _) => read_chunked(r, &mut body)?,
+        (false, false, Some(n)) => {
+            body.resize(n, 0);
+            r.read_exact(&mut body)?;
+        }
+        // A request without a length has no body; a response runs to
+        // the end of the stream.
+        (false, false, None) if response => {
+            r.read_to_end(&mut body)?;
+            close = true;
+        }
+        (false, false, None) => {}
     }
     Ok(Some(Message { head, body, close }))
 }
