@@ -147,6 +147,7 @@ fn assert_recovered(f: &Faulted, faults: usize) {
         "check --read-data straight against the server failed\nstdout:\n{}\nstderr:\n{}",
         check.stdout, check.stderr
     );
+    f.target.remove_all();
 }
 
 #[test]
@@ -204,7 +205,8 @@ fn an_answer_held_past_the_timeout_is_retried() {
 
 /// Puts that landed but whose answer was lost, of every create-once kind
 /// (key, config, lock) and two content-named ones: the retry finds its
-/// own bytes under the name and succeeds.
+/// own bytes under the name and succeeds. And a lock's deletion whose
+/// answer was lost: deleting it again is no error.
 #[test]
 fn a_lost_answer_to_a_put_is_resolved_by_its_bytes() {
     let rules = vec![
@@ -213,15 +215,16 @@ fn a_lost_answer_to_a_put_is_resolved_by_its_bytes() {
         FaultRule::nth("PUT", "locks/", 1, Fault::LoseAnswer),
         FaultRule::nth("PUT", "packs/", 1, Fault::LoseAnswer),
         FaultRule::nth("PUT", "snapshots/", 1, Fault::LoseAnswer),
+        FaultRule::nth("DELETE", "locks/", 1, Fault::LoseAnswer),
     ];
     if let Some(f) = round_trip("lost-answer", rules) {
-        assert_recovered(&f, 5);
+        assert_recovered(&f, 6);
     }
 }
 
 /// A repository made straight on the server, then reached through a
-/// proxy with `rules`: the run's outcome, what the proxy saw, and the
-/// `--repo` the run was given.
+/// proxy with `rules` for one run: its outcome, what the proxy saw, and
+/// the `--repo` it was given. The repository is removed after the run.
 fn through_failing_proxy(
     test: &str,
     rules: Vec<FaultRule>,
@@ -238,6 +241,8 @@ fn through_failing_proxy(
         .args(["--option", TIMEOUT, "--option", "retry-base=20ms"])
         .args(args)
         .run();
+    // Nothing to look at afterwards: the run's outcome is all.
+    target.remove_all();
     Some((run, proxy.seen(), target.proxied_repo(&proxy)))
 }
 
@@ -359,4 +364,37 @@ fn a_backup_whose_pack_puts_always_fail_aborts() {
         .filter(|k| !k.starts_with("config") && !k.starts_with("keys/"))
         .collect();
     assert!(left.is_empty(), "the failed backup left {left:?}");
+    target.remove_all();
+}
+
+/// `check --read-data` through faults on pack reads: a cut or held
+/// answer is asked again, never reported as a damaged pack.
+#[test]
+fn check_read_data_retries_cut_and_held_reads() {
+    let Some(f) = round_trip("check-faults", vec![]) else {
+        return;
+    };
+    let proxy = f.target.proxy(vec![
+        FaultRule::nth("GET", "packs/", 1, Fault::CutBody),
+        FaultRule::nth("GET", "packs/", 2, Fault::ResetBody),
+        FaultRule::nth("GET", "packs/", 3, Fault::Hold(HOLD)),
+    ]);
+    let run = f
+        .env
+        .coffer()
+        .no_repo()
+        .args(["--repo", &f.target.proxied_repo(&proxy)])
+        .args(flags())
+        .args(["check", "--read-data"])
+        .run()
+        .ok();
+    assert!(run.stdout.contains("no errors"), "{}", run.stdout);
+    assert_eq!(proxy.faulted().len(), 3, "{:?}", proxy.seen());
+    assert_eq!(
+        retry_lines(&run.stderr).len(),
+        3,
+        "one retry line per fault\nstderr:\n{}",
+        run.stderr
+    );
+    f.target.remove_all();
 }

@@ -546,11 +546,7 @@ impl FaultTarget {
         )
     }
 
-    /// Every object under the prefix (path inside it, size), listed
-    /// straight from the server.
-    pub fn objects(&self) -> BTreeMap<String, u64> {
-        use rusty_s3::S3Action;
-        use rusty_s3::actions::ListObjectsV2;
+    fn signer(&self) -> (rusty_s3::Bucket, rusty_s3::Credentials) {
         let var = |n: &str| std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set"));
         let creds =
             rusty_s3::Credentials::new(var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"));
@@ -561,6 +557,30 @@ impl FaultTarget {
             "us-east-1",
         )
         .expect("bucket");
+        (bucket, creds)
+    }
+
+    /// Delete every object under the prefix: a passed test's leftovers
+    /// (a failed one keeps them for a look).
+    pub fn remove_all(&self) {
+        use rusty_s3::S3Action;
+        let (bucket, creds) = self.signer();
+        for name in self.objects().into_keys() {
+            let key = format!("{}/{name}", self.prefix);
+            let url = rusty_s3::actions::DeleteObject::new(&bucket, Some(&creds), &key)
+                .sign(Duration::from_secs(600));
+            ureq::delete(url.as_str())
+                .call()
+                .expect("delete a test object");
+        }
+    }
+
+    /// Every object under the prefix (path inside it, size), listed
+    /// straight from the server.
+    pub fn objects(&self) -> BTreeMap<String, u64> {
+        use rusty_s3::S3Action;
+        use rusty_s3::actions::ListObjectsV2;
+        let (bucket, creds) = self.signer();
         let dir = format!("{}/", self.prefix);
         let mut out = BTreeMap::new();
         let mut token: Option<String> = None;
