@@ -398,3 +398,82 @@ fn check_read_data_retries_cut_and_held_reads() {
     );
     f.target.remove_all();
 }
+
+/// forget --prune through faults at each of its steps: the snapshot's and
+/// the packs' batch deletions whose answers are lost (deleting again is
+/// no error), a repacked pack's put held past the timeout, its new index
+/// segment's answer lost, a pack read cut short. The repository stays
+/// whole and restores the kept snapshot.
+#[test]
+fn forget_and_prune_recover_from_faults() {
+    let Some(f) = round_trip("prune-faults", vec![]) else {
+        return;
+    };
+    let src = f.env.path("src");
+    std::fs::remove_file(src.join("a.bin")).expect("remove a.bin");
+    TreeBuilder::new(&src).random_file("e.bin", 700_000, 9);
+    f.env.coffer().arg("backup").arg(&src).run().ok();
+    let proxy = f.target.proxy(vec![
+        FaultRule::nth("POST", "delete:", 1, Fault::LoseAnswer),
+        FaultRule::nth("POST", "delete:", 3, Fault::LoseAnswer),
+        FaultRule::nth("GET", "packs/", 2, Fault::CutBody),
+        FaultRule::nth("PUT", "packs/", 1, Fault::Hold(HOLD)),
+        FaultRule::nth("PUT", "index/", 1, Fault::LoseAnswer),
+    ]);
+    let run = f
+        .env
+        .coffer()
+        .no_repo()
+        .args(["--repo", &f.target.proxied_repo(&proxy)])
+        .args(flags())
+        .args([
+            "forget",
+            "--keep-last",
+            "1",
+            "--prune",
+            "--max-unused",
+            "0%",
+        ])
+        .run()
+        .ok();
+    let faulted = proxy.faulted();
+    assert_eq!(faulted.len(), 5, "{:?}", proxy.seen());
+    assert_eq!(
+        retry_lines(&run.stderr).len(),
+        5,
+        "one retry line per fault\nstderr:\n{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("repacked 1 pack"), "{}", run.stdout);
+    let twice: Vec<_> = proxy.stored().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "written twice under one name: {twice:?}");
+    let listed = f.target.objects();
+    assert!(
+        listed
+            .keys()
+            .filter(|k| k.starts_with("snapshots/"))
+            .count()
+            == 1
+            && !listed.keys().any(|k| k.starts_with("locks/")),
+        "{listed:?}"
+    );
+    let direct = |args: &[&str]| {
+        f.env
+            .coffer()
+            .no_repo()
+            .args(["--repo", &f.target.direct_repo()])
+            .args(args)
+            .run()
+            .ok()
+    };
+    direct(&["check", "--read-data"]);
+    let target_dir = f.env.path("restore-kept");
+    direct(&[
+        "restore",
+        "latest",
+        "--target",
+        target_dir.to_str().expect("utf-8 path"),
+    ]);
+    compare_trees(&src, &restored(&target_dir, &src));
+    f.target.remove_all();
+}

@@ -249,7 +249,8 @@ fn note(req: &Message, repo_path: &str, shared: &Mutex<Shared>) -> (String, Opti
     let object = path
         .strip_prefix(repo_path)
         .map(str::to_string)
-        .or_else(|| listing(&target, repo_path));
+        .or_else(|| listing(&target, repo_path))
+        .or_else(|| batch_delete(&method, &target));
     let mut s = shared.lock().expect("proxy state");
     let fault = s
         .rules
@@ -299,6 +300,17 @@ fn listing(target: &str, repo_path: &str) -> Option<String> {
     let full = format!("{bucket}{}", percent_decode(raw));
     let inside = full.strip_prefix(repo_path)?;
     Some(format!("list:{inside}"))
+}
+
+/// `delete:` for a DeleteObjects request (`POST /BUCKET/?delete`): the
+/// keys are in its body, so rules pick it as a whole.
+fn batch_delete(method: &str, target: &str) -> Option<String> {
+    let (_, query) = target.split_once('?')?;
+    (method == "POST"
+        && query
+            .split('&')
+            .any(|p| p.split('=').next() == Some("delete")))
+    .then(|| "delete:".to_string())
 }
 
 fn percent_decode(s: &str) -> String {
