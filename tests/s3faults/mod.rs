@@ -23,7 +23,7 @@ struct Faulted {
     stderr: String,
 }
 
-/// A small tree of several packs' worth (1 MiB packs).
+/// A small tree of several packs' worth (1 MiB packs), at `src`.
 fn source(env: &Env) -> PathBuf {
     let t = TreeBuilder::new(env.path("src"));
     t.random_file("a.bin", 1_500_000, 1);
@@ -32,7 +32,7 @@ fn source(env: &Env) -> PathBuf {
     for i in 0..20 {
         t.random_file(format!("small/{i}.txt"), 100 + i * 50, 100 + i as u64);
     }
-    t.path("")
+    env.path("src")
 }
 
 /// `-v` and the options every faulted run uses.
@@ -91,10 +91,25 @@ fn retry_lines(stderr: &str) -> Vec<&str> {
 }
 
 /// Every rule fired once (`faults` requests were broken), each cost one
-/// retry line naming its object, no name was stored twice, and the
-/// bucket holds exactly what the server accepted (locks removed), which
-/// `check --read-data` straight against the server finds whole.
+/// retry line naming its object, and the repository is exact and whole.
 fn assert_recovered(f: &Faulted, faults: usize) {
+    assert_one_retry_per_fault(f, faults);
+    assert_bucket_exact(f);
+    let check = f
+        .env
+        .coffer()
+        .no_repo()
+        .args(["--repo", &f.target.direct_repo(), "check", "--read-data"])
+        .run();
+    assert_eq!(
+        check.code, 0,
+        "check --read-data straight against the server failed\nstdout:\n{}\nstderr:\n{}",
+        check.stdout, check.stderr
+    );
+    f.target.remove_all();
+}
+
+fn assert_one_retry_per_fault(f: &Faulted, faults: usize) {
     let faulted = f.proxy.faulted();
     assert_eq!(
         faulted.len(),
@@ -122,6 +137,11 @@ fn assert_recovered(f: &Faulted, faults: usize) {
             f.stderr
         );
     }
+}
+
+/// No name was stored twice, and the bucket holds exactly what the
+/// server accepted (locks removed again), several packs of it.
+fn assert_bucket_exact(f: &Faulted) {
     let stored = f.proxy.stored();
     let twice: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "written twice under one name: {twice:?}");
@@ -136,18 +156,6 @@ fn assert_recovered(f: &Faulted, faults: usize) {
         listed.keys().filter(|k| k.starts_with("packs/")).count() >= 3,
         "the backup should span several packs: {listed:?}"
     );
-    let check = f
-        .env
-        .coffer()
-        .no_repo()
-        .args(["--repo", &f.target.direct_repo(), "check", "--read-data"])
-        .run();
-    assert_eq!(
-        check.code, 0,
-        "check --read-data straight against the server failed\nstdout:\n{}\nstderr:\n{}",
-        check.stdout, check.stderr
-    );
-    f.target.remove_all();
 }
 
 #[test]
