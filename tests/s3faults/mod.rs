@@ -181,13 +181,13 @@ fn a_slowdown_503_is_retried_on_put_and_read() {
 }
 
 /// A body that stops half way (an orderly end short of Content-Length,
-/// or a reset), on whole-object reads (a key, a snapshot) and on ranged
+/// or a reset), on whole-object reads (a key, the config) and on ranged
 /// pack reads.
 #[test]
 fn a_body_cut_short_is_retried() {
     let rules = vec![
         FaultRule::nth("GET", "keys/", 1, Fault::CutBody),
-        FaultRule::nth("GET", "snapshots/", 1, Fault::ResetBody),
+        FaultRule::nth("GET", "config", 2, Fault::ResetBody),
         FaultRule::nth("GET", "packs/", 3, Fault::CutBody),
         FaultRule::nth("GET", "packs/", 5, Fault::ResetBody),
     ];

@@ -88,7 +88,17 @@ impl FaultRule {
         }
     }
 
-    fn pick(&mut self, method: &str, object: Option<&str>) -> Option<Fault> {
+    /// Does this rule pick the request? A fault on the server's answer
+    /// is decided once it is known (`status`), and only a success
+    /// counts: a read cut short is one that had something to read, a put
+    /// whose answer is lost one that landed.
+    fn pick(&mut self, method: &str, object: Option<&str>, status: Option<u16>) -> Option<Fault> {
+        match status {
+            None if self.fault.on_answer() => return None,
+            Some(_) if !self.fault.on_answer() => return None,
+            Some(s) if !(200..300).contains(&s) => return None,
+            _ => {}
+        }
         if self.method.is_some_and(|m| m != method) {
             return None;
         }
@@ -102,6 +112,13 @@ impl FaultRule {
             Some(n) if n != self.seen => None,
             _ => Some(self.fault),
         }
+    }
+}
+
+impl Fault {
+    /// Is the request forwarded, and the server's answer spoiled?
+    fn on_answer(self) -> bool {
+        !matches!(self, Fault::InternalError | Fault::SlowDown | Fault::Denied)
     }
 }
 
@@ -200,7 +217,12 @@ fn serve(client: TcpStream, upstream: &str, repo_path: &str, shared: &Mutex<Shar
     let mut reader = BufReader::new(read_half);
     let mut writer = client;
     while let Ok(Some(req)) = read_message(&mut reader, false, false) {
-        let (method, fault, index) = note(&req, repo_path, shared);
+        let (method, object, index) = note(&req, repo_path, shared);
+        let fault =
+            shared
+                .lock()
+                .expect("proxy state")
+                .pick(&method, object.as_deref(), None, index);
         if let Some(canned) = fault.and_then(canned_answer) {
             let _ = writer.write_all(&canned);
             break;
@@ -214,7 +236,11 @@ fn serve(client: TcpStream, upstream: &str, repo_path: &str, shared: &Mutex<Shar
             .split(' ')
             .nth(1)
             .and_then(|c| c.parse().ok());
-        shared.lock().expect("proxy state").seen[index].upstream = status;
+        let fault = {
+            let mut s = shared.lock().expect("proxy state");
+            s.seen[index].upstream = status;
+            status.and_then(|c| s.pick(&method, object.as_deref(), Some(c), index))
+        };
         match fault {
             Some(Fault::ResetBody) => {
                 cut_short(&mut writer, &resp);
@@ -239,8 +265,9 @@ fn serve(client: TcpStream, upstream: &str, repo_path: &str, shared: &Mutex<Shar
     let _ = writer.shutdown(Shutdown::Both);
 }
 
-/// Record a request and pick its fault: (method, fault, index in `seen`).
-fn note(req: &Message, repo_path: &str, shared: &Mutex<Shared>) -> (String, Option<Fault>, usize) {
+/// Record a request: (method, its object if it names one, index in
+/// `seen`).
+fn note(req: &Message, repo_path: &str, shared: &Mutex<Shared>) -> (String, Option<String>, usize) {
     let line = req.start_line();
     let mut parts = line.split(' ');
     let method = parts.next().unwrap_or_default().to_string();
@@ -252,17 +279,34 @@ fn note(req: &Message, repo_path: &str, shared: &Mutex<Shared>) -> (String, Opti
         .or_else(|| listing(&target, repo_path))
         .or_else(|| batch_delete(&method, &target));
     let mut s = shared.lock().expect("proxy state");
-    let fault = s
-        .rules
-        .iter_mut()
-        .find_map(|r| r.pick(&method, object.as_deref()));
     s.seen.push(Seen {
         method: method.clone(),
-        object: object.unwrap_or(target),
-        fault,
+        object: object.clone().unwrap_or(target),
+        fault: None,
         upstream: None,
     });
-    (method, fault, s.seen.len() - 1)
+    (method, object, s.seen.len() - 1)
+}
+
+impl Shared {
+    /// The fault the first rule that picks the request gives it, noted
+    /// on its entry in `seen`.
+    fn pick(
+        &mut self,
+        method: &str,
+        object: Option<&str>,
+        status: Option<u16>,
+        index: usize,
+    ) -> Option<Fault> {
+        let fault = self
+            .rules
+            .iter_mut()
+            .find_map(|r| r.pick(method, object, status));
+        if fault.is_some() {
+            self.seen[index].fault = fault;
+        }
+        fault
+    }
 }
 
 /// The server's answer spoiled by a forwarded fault; the caller closes
