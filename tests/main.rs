@@ -48,3 +48,5 @@ mod nightly;
 mod repolayer;
 // Every command, the backend contract and a crash-matrix sample against a real S3 server (COFFER_TEST_S3).
 mod s3;
+// S3 retries against a fault-injecting proxy in front of the real server (COFFER_TEST_S3): 500, SlowDown, cut bodies, held and lost answers.
+mod s3faults;

@@ -6,6 +6,7 @@
 
 mod compare;
 mod env;
+mod faultproxy;
 mod repo;
 mod rng;
 mod s3;
@@ -14,6 +15,7 @@ mod util;
 
 pub use compare::*;
 pub use env::*;
+pub use faultproxy::*;
 pub use repo::*;
 pub use rng::*;
 pub use s3::*;
