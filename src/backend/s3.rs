@@ -241,7 +241,12 @@ impl S3Backend {
 
     /// PUT with `If-None-Match: *`: `Ok(false)` when the name was taken.
     fn put_new(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<bool> {
-        let key = self.key(kind, name)?;
+        self.put_key(&self.key(kind, name)?, data)
+    }
+
+    /// [`S3Backend::put_new`] of any key.
+    fn put_key(&self, key: &str, data: &[u8]) -> Result<bool> {
+        let key = key.to_string();
         let md5 = base64::engine::general_purpose::STANDARD.encode(Md5::digest(data));
         let mut action = PutObject::new(&self.bucket, Some(&self.creds), &key);
         action.headers_mut().insert("content-md5", md5.clone());
@@ -631,15 +636,16 @@ impl Backend for S3Backend {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| Error::Internal(format!("no randomness: {e}")))?;
         let name = hex::encode(raw);
-        // A pack name: if a kill leaves the probe behind, it is an
-        // unindexed pack that does not verify, which prune removes (a lock
-        // name would block every command as an unreadable lock).
-        let first = self.put_new(FileKind::Pack, &name, b"coffer create-once probe 1");
+        // Outside every kind's directory: a probe a kill leaves behind is
+        // never listed as an object (a name under locks/ would block every
+        // command as an unreadable lock).
+        let key = format!("{}coffer-probe-{name}", self.prefix);
+        let first = self.put_key(&key, b"coffer create-once probe 1");
         let second = first
             .as_ref()
             .ok()
-            .map(|_| self.put_new(FileKind::Pack, &name, b"coffer create-once probe 2"));
-        let _ = self.delete(FileKind::Pack, &name);
+            .map(|_| self.put_key(&key, b"coffer create-once probe 2"));
+        let _ = self.delete_key(&key);
         first?;
         match second {
             Some(Ok(stored)) => Ok(Some(!stored)),
@@ -690,7 +696,21 @@ impl Backend for S3Backend {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        let key = self.key(kind, name)?;
+        self.delete_key(&self.key(kind, name)?)
+    }
+
+    /// DeleteObjects, 1000 keys a request: a prune's thousands of packs
+    /// in a few requests instead of one each.
+    fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
+        names
+            .chunks(DELETE_BATCH)
+            .try_for_each(|batch| self.delete_batch(kind, batch))
+    }
+}
+
+impl S3Backend {
+    fn delete_key(&self, key: &str) -> Result<()> {
+        let key = key.to_string();
         let url = DeleteObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
         self.counts.delete.fetch_add(1, Ordering::Relaxed);
         trace("DELETE", &key);
@@ -703,14 +723,6 @@ impl Backend for S3Backend {
             200..=299 | 404 => Ok(()),
             _ => Err(self.status("delete", &key, resp)),
         }
-    }
-
-    /// DeleteObjects, 1000 keys a request: a prune's thousands of packs
-    /// in a few requests instead of one each.
-    fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
-        names
-            .chunks(DELETE_BATCH)
-            .try_for_each(|batch| self.delete_batch(kind, batch))
     }
 }
 

@@ -1146,7 +1146,12 @@ impl ConfigObjects {
             Err(Error::NotFound { .. }) => None,
             got => Some(got.and_then(|raw| header_of(name, raw))),
         };
-        let main = read(CONFIG);
+        // A store that cannot be reached, or refuses us, would only be
+        // asked again (with every retry) for the copy: say why now.
+        let main = match read(CONFIG) {
+            Some(Err(e @ Error::Remote { .. })) => return Err(e),
+            m => m,
+        };
         if let Some(Err(Error::Corrupt { .. })) = &main
             && let Some(what) = foreign_format(backend)
         {

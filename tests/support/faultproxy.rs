@@ -193,6 +193,16 @@ impl FaultProxy {
         }
         out
     }
+
+    /// Objects the server accepted a single-object DELETE for (the probe
+    /// `init` writes and removes, a lock).
+    pub fn deleted(&self) -> std::collections::BTreeSet<String> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.method == "DELETE" && s.upstream.is_some_and(|c| (200..300).contains(&c)))
+            .map(|s| s.object)
+            .collect()
+    }
 }
 
 /// An HTTP message as it travelled: start line and headers (with the
