@@ -37,6 +37,28 @@ impl RestoreSize {
     }
 }
 
+/// What restoring some snapshots would write, and the damaged objects
+/// skipped on the way (an index segment, a snapshot), each named once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreSizes {
+    pub total: RestoreSize,
+    pub damaged: Vec<String>,
+}
+
+/// [`restore_size`] of each tree in `roots`, summed (a subtree shared by
+/// several is read once).
+pub fn restore_sizes(source: &dyn BlobSource, roots: &[BlobId]) -> Result<RestoreSizes> {
+    let mut memo = SubtreeTotals::default();
+    let mut total = RestoreSize::default();
+    for r in roots {
+        total.add(&restore_size(source, r, &mut memo)?);
+    }
+    Ok(RestoreSizes {
+        total,
+        damaged: source.take_damaged(),
+    })
+}
+
 /// Totals of subtrees already summed, shared by the snapshots of one run.
 /// Bounded: past `SubtreeTotals::LIMIT` entries it starts over, which
 /// costs only speed.
@@ -140,6 +162,9 @@ pub struct RawData {
     /// the same data): their count and stored bytes, which prune frees.
     pub duplicate_blobs: u64,
     pub duplicate_bytes: u64,
+    /// Damaged objects skipped on the way (an index segment, a snapshot),
+    /// each named once.
+    pub damaged: Vec<String>,
 }
 
 impl RawData {
@@ -181,6 +206,7 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
         pack_bytes: idx.packs_bytes()?,
         duplicate_blobs,
         duplicate_bytes,
+        damaged: repo.take_damaged(),
     })
 }
 

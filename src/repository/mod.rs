@@ -725,6 +725,11 @@ impl Repository {
     }
 
     /// Damaged objects skipped since the last call, each naming the object.
+    /// An operation with an outcome (restore, find, diff, stats, copy,
+    /// check, drill) drains them into it ([`BlobSource::take_damaged`]);
+    /// this is for the rest: what opening met (a damaged config copy or
+    /// key slot) and what commands without an outcome met (a snapshot
+    /// listing, or an operation that failed before it drained).
     pub fn take_problems(&self) -> Vec<String> {
         std::mem::take(&mut *self.problems.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -1005,6 +1010,10 @@ impl Repository {
 impl BlobSource for Repository {
     fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
         self.read_blob_checked(kind, id)
+    }
+
+    fn take_damaged(&self) -> Vec<String> {
+        self.take_problems()
     }
 }
 
