@@ -242,6 +242,36 @@ mod tests {
         n
     }
 
+    /// The damaged segment a run skipped is in its outcome, once: the
+    /// next operation on the same repository does not report it again.
+    #[test]
+    fn restore_sizes_names_the_damaged_segment_it_skipped_once() {
+        use crate::backend::{Backend, FileKind};
+        let (backend, repo) = crate::repository::memory_repo();
+        let repo = Arc::new(repo);
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let root = store_tree(&store, vec![file(&store, "a", b"kept")]);
+        store.finish().unwrap();
+        let first = repo.segment_ids().unwrap();
+        let store = BlobStore::new(repo.clone()).unwrap();
+        file(&store, "b", b"in the segment that is damaged");
+        store.finish().unwrap();
+        let seg = repo.segment_ids().unwrap();
+        let seg = seg.iter().find(|s| !first.contains(s)).unwrap().to_hex();
+        backend.delete(FileKind::Index, &seg).unwrap();
+        backend
+            .put(FileKind::Index, &seg, b"not a segment")
+            .unwrap();
+        let dyn_backend: Arc<dyn Backend> = backend.clone();
+        let secret = crate::repository::Secret::Passphrase(zeroize::Zeroizing::new(b"pw".to_vec()));
+        let again = Repository::open(dyn_backend, &secret).unwrap();
+        let r = restore_sizes(&again, &[root]).unwrap();
+        assert_eq!(r.total.files, 1);
+        assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+        assert!(r.damaged[0].contains(&seg), "{:?}", r.damaged);
+        assert!(restore_sizes(&again, &[root]).unwrap().damaged.is_empty());
+    }
+
     #[test]
     fn restore_size_and_raw_data_of_two_snapshots_sharing_a_subtree() {
         let (_, repo) = crate::repository::memory_repo();

@@ -921,14 +921,15 @@ fn a_damaged_segment_is_named_by_each_command_that_met_it() {
     let orig = fs::read(seg).unwrap();
     fs::write(seg, &orig[..orig.len() / 2]).unwrap();
     let target = f.fresh_target();
-    let runs: [Vec<&std::ffi::OsStr>; 5] = [
-        vec!["ls".as_ref(), f.s1.as_ref()],
-        vec!["find".as_ref(), "small.txt".as_ref(), "--snapshot".as_ref(), f.s1.as_ref()],
-        vec!["stats".as_ref(), f.s1.as_ref()],
-        vec!["stats".as_ref(), f.s1.as_ref(), "--mode".as_ref(), "raw-data".as_ref()],
-        vec!["restore".as_ref(), f.s1.as_ref(), "--target".as_ref(), target.as_ref()],
-    ];
-    for args in runs {
+    let target = target.to_str().unwrap();
+    let s1 = f.s1.as_str();
+    for args in [
+        vec!["ls", s1],
+        vec!["find", "small.txt", "--snapshot", s1],
+        vec!["stats", s1],
+        vec!["stats", s1, "--mode", "raw-data"],
+        vec!["restore", s1, "--target", target],
+    ] {
         f.drop_cache();
         let r = f.env.coffer().args(&args).run();
         assert_eq!(r.code, 3, "{args:?}: {}", r.stderr);

@@ -105,5 +105,8 @@ pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
         .collect();
     // What the listing met damaged (an index segment, a snapshot) is
     // reported with it, not left for the exit.
-    Ok(output::unreadable_and_damaged(&unreadable, &repo.take_damaged()))
+    Ok(output::unreadable_and_damaged(
+        &unreadable,
+        &repo.take_damaged(),
+    ))
 }
