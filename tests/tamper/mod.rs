@@ -922,6 +922,8 @@ fn a_damaged_segment_is_named_by_each_command_that_met_it() {
     fs::write(seg, &orig[..orig.len() / 2]).unwrap();
     let target = f.fresh_target();
     let target = target.to_str().unwrap();
+    let archive = f.env.path("s1.tar");
+    let archive = archive.to_str().unwrap();
     let s1 = f.s1.as_str();
     for args in [
         vec!["ls", s1],
@@ -929,6 +931,8 @@ fn a_damaged_segment_is_named_by_each_command_that_met_it() {
         vec!["stats", s1],
         vec!["stats", s1, "--mode", "raw-data"],
         vec!["restore", s1, "--target", target],
+        vec!["dump", s1, "/"],
+        vec!["export-tar", s1, "--output", archive],
     ] {
         f.drop_cache();
         let r = f.env.coffer().args(&args).run();
