@@ -28,6 +28,12 @@ impl BlobKind {
 /// re-hashed.
 pub trait BlobSource: Sync {
     fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>>;
+    /// Damaged repository objects this source skipped since the last call
+    /// (an index segment, a snapshot), each named with what it cost: an
+    /// operation drains them into its outcome when it ends.
+    fn take_damaged(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Stores blobs, deduplicating against what the repository already holds.

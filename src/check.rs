@@ -175,7 +175,7 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     }
     // Problems met on the way (a segment skipped when the index was
     // built, a damaged snapshot), each once.
-    for p in repo.take_problems() {
+    for p in repo.take_damaged() {
         if !f.errors.contains(&p) {
             f.errors.push(p);
         }

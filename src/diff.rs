@@ -93,6 +93,9 @@ pub struct DiffStats {
     /// Directories not compared because a tree of theirs (on either side)
     /// could not be read.
     pub unreadable: Vec<Unreadable>,
+    /// Other damaged objects skipped on the way (an index segment, a
+    /// snapshot), each named once.
+    pub damaged: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -154,6 +157,18 @@ fn load_side(
 /// in depth-first name order. Everything below an added or removed
 /// directory is reported as added or removed too.
 pub fn diff(
+    source: &dyn BlobSource,
+    old: &BlobId,
+    new: &BlobId,
+    opts: DiffOptions,
+    emit: impl FnMut(Change<'_>) -> Result<()>,
+) -> Result<DiffStats> {
+    let mut stats = compare(source, old, new, opts, emit)?;
+    stats.damaged = source.take_damaged();
+    Ok(stats)
+}
+
+fn compare(
     source: &dyn BlobSource,
     old: &BlobId,
     new: &BlobId,

@@ -7,6 +7,7 @@
 //! `--verify`), then remove the directory. What operations guides ask for
 //! every quarter, as one command for a timer.
 
+use crate::blob::BlobSource;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::progress::Progress;
@@ -64,6 +65,9 @@ pub struct DrillReport {
     pub seconds: f64,
     /// Each failure names the snapshot, the file and what went wrong.
     pub failures: Vec<String>,
+    /// Damaged objects skipped on the way (an index segment, a snapshot),
+    /// each named once.
+    pub damaged: Vec<String>,
 }
 
 fn random_unit() -> f64 {
@@ -173,6 +177,7 @@ pub fn drill(
                     report.failures.extend(s.errors.into_iter().map(fail));
                     let unreadable = s.unreadable.iter().map(|u| u.to_string());
                     report.failures.extend(unreadable.map(fail));
+                    report.damaged.extend(s.damaged);
                 }
                 Err(Error::NoSpace { needed, free, .. }) => {
                     return Err(Error::DrillScratch {
@@ -189,6 +194,7 @@ pub fn drill(
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result?;
+    report.damaged.extend(repo.take_damaged());
     report.seconds = start.elapsed().as_secs_f64();
     Ok(report)
 }

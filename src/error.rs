@@ -107,6 +107,40 @@ pub enum Error {
     /// Bad argument from the caller (not from the repository).
     #[error("{0}")]
     Usage(String),
+    /// A key file being added to a repository was made for another one.
+    #[error("the key file belongs to repository {theirs}, not to {ours}")]
+    ForeignKeyFile { theirs: String, ours: String },
+    /// Opening with a key file whose repository id is not the one the
+    /// config names: a key file of another repository, or an altered config.
+    #[error(
+        "the key file belongs to repository {theirs}, but the config of {location} names repository {named} (a key file of another repository, or an altered config)"
+    )]
+    KeyFileMismatch {
+        theirs: String,
+        location: String,
+        named: String,
+    },
+    /// `init` on a location with key or pack objects and no config.
+    #[error(
+        "{location} holds key or pack objects but no config (an interrupted init or a damaged repository): remove it or choose another location"
+    )]
+    InterruptedInit { location: String },
+    /// An object larger than every reader accepts: it is never written.
+    #[error(
+        "a {kind} object of {size} bytes would exceed the {limit} byte limit readers enforce (too many paths or tags?)"
+    )]
+    ObjectTooLarge {
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    /// The input of a stream backup failed to read part way.
+    #[error("reading the stream failed after {read} bytes: {source}; no snapshot was written")]
+    StreamRead {
+        read: u64,
+        #[source]
+        source: std::io::Error,
+    },
     /// The restore target could not be written.
     #[error("cannot write {path}: {source}")]
     Target {
@@ -287,6 +321,31 @@ impl Error {
             Error::Aborted(cause) => Error::Aborted(cause.clone()),
             Error::Internal(m) => Error::Internal(m.clone()),
             Error::Interrupted => Error::Interrupted,
+            Error::ForeignKeyFile { theirs, ours } => Error::ForeignKeyFile {
+                theirs: theirs.clone(),
+                ours: ours.clone(),
+            },
+            Error::KeyFileMismatch {
+                theirs,
+                location,
+                named,
+            } => Error::KeyFileMismatch {
+                theirs: theirs.clone(),
+                location: location.clone(),
+                named: named.clone(),
+            },
+            Error::InterruptedInit { location } => Error::InterruptedInit {
+                location: location.clone(),
+            },
+            Error::ObjectTooLarge { kind, size, limit } => Error::ObjectTooLarge {
+                kind,
+                size: *size,
+                limit: *limit,
+            },
+            Error::StreamRead { read, source } => Error::StreamRead {
+                read: *read,
+                source: io(source),
+            },
             other => Error::Usage(other.to_string()),
         }
     }

@@ -128,11 +128,26 @@ pub struct FindStats {
     /// Directories not searched because their trees could not be read
     /// (`/`-rooted paths).
     pub unreadable: Vec<Unreadable>,
+    /// Other damaged objects skipped on the way (an index segment, a
+    /// snapshot), each named once.
+    pub damaged: Vec<String>,
 }
 
 /// Search the tree `root` (the root of a snapshot) for entries matching
 /// `query`, calling `emit` for each in depth-first name order.
 pub fn find(
+    source: &dyn BlobSource,
+    root: &BlobId,
+    query: &Query,
+    seen: &mut Seen,
+    emit: impl FnMut(Found<'_>) -> Result<()>,
+) -> Result<FindStats> {
+    let mut stats = search(source, root, query, seen, emit)?;
+    stats.damaged = source.take_damaged();
+    Ok(stats)
+}
+
+fn search(
     source: &dyn BlobSource,
     root: &BlobId,
     query: &Query,

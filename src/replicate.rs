@@ -63,6 +63,15 @@ pub struct CopyOutcome {
     pub stats: CopyStats,
 }
 
+/// What a copy did, and the damaged objects it skipped on each side (a
+/// snapshot that does not read, an index segment), each named once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CopyRun {
+    pub snapshots: Vec<CopyOutcome>,
+    pub source_damaged: Vec<String>,
+    pub destination_damaged: Vec<String>,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CopyStats {
     pub trees_read: u64,
@@ -109,6 +118,19 @@ impl Done {
 /// Copy `snaps` (of `src`) into `dst`, oldest first, calling `done` after
 /// each. Stops at the first error; the snapshots copied before it stay.
 pub fn copy_snapshots(
+    src: &Repository,
+    dst: &Arc<Repository>,
+    snaps: &[(SnapshotId, Snapshot)],
+    done: impl FnMut(&CopyOutcome),
+) -> Result<CopyRun> {
+    Ok(CopyRun {
+        snapshots: copy_each(src, dst, snaps, done)?,
+        source_damaged: src.take_damaged(),
+        destination_damaged: dst.take_damaged(),
+    })
+}
+
+fn copy_each(
     src: &Repository,
     dst: &Arc<Repository>,
     snaps: &[(SnapshotId, Snapshot)],

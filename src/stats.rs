@@ -37,6 +37,28 @@ impl RestoreSize {
     }
 }
 
+/// What restoring some snapshots would write, and the damaged objects
+/// skipped on the way (an index segment, a snapshot), each named once.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreSizes {
+    pub total: RestoreSize,
+    pub damaged: Vec<String>,
+}
+
+/// [`restore_size`] of each tree in `roots`, summed (a subtree shared by
+/// several is read once).
+pub fn restore_sizes(source: &dyn BlobSource, roots: &[BlobId]) -> Result<RestoreSizes> {
+    let mut memo = SubtreeTotals::default();
+    let mut total = RestoreSize::default();
+    for r in roots {
+        total.add(&restore_size(source, r, &mut memo)?);
+    }
+    Ok(RestoreSizes {
+        total,
+        damaged: source.take_damaged(),
+    })
+}
+
 /// Totals of subtrees already summed, shared by the snapshots of one run.
 /// Bounded: past `SubtreeTotals::LIMIT` entries it starts over, which
 /// costs only speed.
@@ -140,6 +162,9 @@ pub struct RawData {
     /// the same data): their count and stored bytes, which prune frees.
     pub duplicate_blobs: u64,
     pub duplicate_bytes: u64,
+    /// Damaged objects skipped on the way (an index segment, a snapshot),
+    /// each named once.
+    pub damaged: Vec<String>,
 }
 
 impl RawData {
@@ -181,6 +206,7 @@ pub fn raw_data(repo: &Repository, roots: &[BlobId]) -> Result<RawData> {
         pack_bytes: idx.packs_bytes()?,
         duplicate_blobs,
         duplicate_bytes,
+        damaged: repo.take_damaged(),
     })
 }
 
@@ -214,6 +240,36 @@ mod tests {
         let mut n = Node::new(name.as_bytes().to_vec(), NodeKind::Dir);
         n.subtree = Some(sub);
         n
+    }
+
+    /// The damaged segment a run skipped is in its outcome, once: the
+    /// next operation on the same repository does not report it again.
+    #[test]
+    fn restore_sizes_names_the_damaged_segment_it_skipped_once() {
+        use crate::backend::{Backend, FileKind};
+        let (backend, repo) = crate::repository::memory_repo();
+        let repo = Arc::new(repo);
+        let store = BlobStore::new(repo.clone()).unwrap();
+        let root = store_tree(&store, vec![file(&store, "a", b"kept")]);
+        store.finish().unwrap();
+        let first = repo.segment_ids().unwrap();
+        let store = BlobStore::new(repo.clone()).unwrap();
+        file(&store, "b", b"in the segment that is damaged");
+        store.finish().unwrap();
+        let seg = repo.segment_ids().unwrap();
+        let seg = seg.iter().find(|s| !first.contains(s)).unwrap().to_hex();
+        backend.delete(FileKind::Index, &seg).unwrap();
+        backend
+            .put(FileKind::Index, &seg, b"not a segment")
+            .unwrap();
+        let dyn_backend: Arc<dyn Backend> = backend.clone();
+        let secret = crate::repository::Secret::Passphrase(zeroize::Zeroizing::new(b"pw".to_vec()));
+        let again = Repository::open(dyn_backend, &secret).unwrap();
+        let r = restore_sizes(&again, &[root]).unwrap();
+        assert_eq!(r.total.files, 1);
+        assert_eq!(r.damaged.len(), 1, "{:?}", r.damaged);
+        assert!(r.damaged[0].contains(&seg), "{:?}", r.damaged);
+        assert!(restore_sizes(&again, &[root]).unwrap().damaged.is_empty());
     }
 
     #[test]

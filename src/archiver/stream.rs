@@ -61,10 +61,10 @@ pub fn snapshot_stream(
     let chunker = repo.chunker()?;
     let streamed = chunk_stream_overlapped(src, &store, &chunker, progress, &mut Vec::new())?;
     if let Some(e) = streamed.error {
-        return Err(Error::Usage(format!(
-            "reading the stream failed after {} bytes: {e}; no snapshot was written",
-            streamed.read
-        )));
+        return Err(Error::StreamRead {
+            read: streamed.read,
+            source: e,
+        });
     }
     // The producer's own failure, when it has one, says more than "empty".
     finished()?;

@@ -31,7 +31,31 @@ pub fn unreadable(list: &[coffer::snapshot::walk::Unreadable]) -> std::process::
     for u in list {
         warn(&u.to_string());
     }
-    if list.is_empty() {
+    exit_code(list.is_empty())
+}
+
+/// Warn about each damaged object an operation skipped (each names the
+/// object and what it cost); exit 3 if there was any: damage is never
+/// silent.
+pub fn damaged(list: &[String]) -> std::process::ExitCode {
+    for d in list {
+        warn(d);
+    }
+    exit_code(list.is_empty())
+}
+
+/// [`unreadable`], then [`damaged`]: exit 3 if either names anything.
+pub fn unreadable_and_damaged(
+    unreadable: &[coffer::snapshot::walk::Unreadable],
+    damaged: &[String],
+) -> std::process::ExitCode {
+    let a = self::unreadable(unreadable);
+    let b = self::damaged(damaged);
+    exit_code(a == std::process::ExitCode::SUCCESS && b == std::process::ExitCode::SUCCESS)
+}
+
+fn exit_code(clean: bool) -> std::process::ExitCode {
+    if clean {
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(3)

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use zeroize::Zeroizing;
 
-/// The repository this process opened, so problems found along the way
-/// (damaged objects that were skipped) can be reported when it exits.
+/// The repository this process opened, so damaged objects no operation's
+/// outcome reported (what opening met, a snapshot listing, an operation
+/// that failed before it drained them) are reported when it exits.
 pub static OPENED: std::sync::OnceLock<Arc<Repository>> = std::sync::OnceLock::new();
 
 fn xdg(var: &str, fallback: &str) -> Result<PathBuf> {

@@ -25,11 +25,10 @@ impl Repository {
             Secret::Passphrase(p) => Unlock::Passphrase(p),
             Secret::KeyFile(kf) => {
                 if kf.repo != self.repo_id {
-                    return Err(Error::Usage(format!(
-                        "the key file belongs to repository {}, not to {}",
-                        kf.repo.short(),
-                        self.repo_id.short()
-                    )));
+                    return Err(Error::ForeignKeyFile {
+                        theirs: kf.repo.short(),
+                        ours: self.repo_id.short(),
+                    });
                 }
                 Unlock::KeyFile(&kf.secret)
             }

@@ -201,10 +201,9 @@ impl Repository {
             }
         }
         if !backend.list(FileKind::Key)?.is_empty() || !backend.list(FileKind::Pack)?.is_empty() {
-            return Err(Error::Usage(format!(
-                "{} holds key or pack objects but no config (an interrupted init or a damaged repository): remove it or choose another location",
-                backend.location()
-            )));
+            return Err(Error::InterruptedInit {
+                location: backend.location(),
+            });
         }
         if config.created_ns == 0 {
             config.created_ns = now_ns();
@@ -289,12 +288,11 @@ impl Repository {
             foreign_key_file,
         ) {
             (Err(Error::WrongPassword { .. }), Some(theirs)) => {
-                return Err(Error::Usage(format!(
-                    "the key file belongs to repository {}, but the config of {} names repository {} (a key file of another repository, or an altered config)",
-                    theirs.short(),
-                    backend.location(),
-                    named[0].short()
-                )));
+                return Err(Error::KeyFileMismatch {
+                    theirs: theirs.short(),
+                    location: backend.location(),
+                    named: named[0].short(),
+                });
             }
             (r, _) => r?,
         };
@@ -580,12 +578,11 @@ impl Repository {
         let sealed = envelope::seal(key, &aad(&self.repo_id, aad_kind, &[0; 32]), plain);
         // Every reader refuses a larger one: never write what cannot be read.
         if sealed.len() as u64 > kind.max_size() {
-            return Err(Error::Usage(format!(
-                "a {} object of {} bytes would exceed the {} byte limit readers enforce (too many paths or tags?)",
-                kind.dir(),
-                sealed.len(),
-                kind.max_size()
-            )));
+            return Err(Error::ObjectTooLarge {
+                kind: kind.dir(),
+                size: sealed.len() as u64,
+                limit: kind.max_size(),
+            });
         }
         let name = content_hash(&sealed);
         self.forget_snapshot_names(kind);
@@ -735,6 +732,11 @@ impl Repository {
     }
 
     /// Damaged objects skipped since the last call, each naming the object.
+    /// An operation with an outcome (restore, find, diff, stats, copy,
+    /// check, drill) drains them into it ([`BlobSource::take_damaged`]);
+    /// this is for the rest: what opening met (a damaged config copy or
+    /// key slot) and what commands without an outcome met (a snapshot
+    /// listing, or an operation that failed before it drained).
     pub fn take_problems(&self) -> Vec<String> {
         std::mem::take(&mut *self.problems.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -1043,6 +1045,10 @@ impl Repository {
 impl BlobSource for Repository {
     fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
         self.read_blob_checked(kind, id)
+    }
+
+    fn take_damaged(&self) -> Vec<String> {
+        self.take_problems()
     }
 }
 

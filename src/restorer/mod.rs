@@ -105,6 +105,9 @@ pub struct RestoreSummary {
     /// Damaged or missing packs met on the way, each named once (the
     /// files that needed them are in `errors` if they failed).
     pub damaged_packs: Vec<String>,
+    /// Other damaged objects skipped on the way (an index segment, whose
+    /// blobs were then unknown), each named once.
+    pub damaged: Vec<String>,
     pub warnings: Vec<SourceWarning>,
     /// With `dry_run`: one line per entry that would be written.
     pub planned: Vec<String>,
@@ -212,6 +215,7 @@ pub fn restore(
         })
         .collect();
     r.finish_dirs();
+    r.summary.damaged = src.take_damaged();
     Ok(r.summary)
 }
 

@@ -908,6 +908,44 @@ fn damaged_or_swapped_index_segments_are_named() {
     f.restore(&f.s2).ok();
 }
 
+/// A damaged segment a command can do without (the second backup's, for
+/// the first snapshot) is named by every command that met it, which still
+/// completes and exits 3: each reports the damage from its own outcome.
+#[test]
+fn a_damaged_segment_is_named_by_each_command_that_met_it() {
+    let f = fixture();
+    let mut segs = f.env.objects("index");
+    segs.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+    let seg = segs.last().unwrap();
+    let name = file_name(seg);
+    let orig = fs::read(seg).unwrap();
+    fs::write(seg, &orig[..orig.len() / 2]).unwrap();
+    let target = f.fresh_target();
+    let target = target.to_str().unwrap();
+    let archive = f.env.path("s1.tar");
+    let archive = archive.to_str().unwrap();
+    let s1 = f.s1.as_str();
+    for args in [
+        vec!["ls", s1],
+        vec!["find", "small.txt", "--snapshot", s1],
+        vec!["stats", s1],
+        vec!["stats", s1, "--mode", "raw-data"],
+        vec!["restore", s1, "--target", target],
+        vec!["dump", s1, "/"],
+        vec!["export-tar", s1, "--output", archive],
+    ] {
+        f.drop_cache();
+        let r = f.env.coffer().args(&args).run();
+        assert_eq!(r.code, 3, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&name) && r.stderr.contains("repair index"),
+            "{args:?} does not name the damaged segment:\n{}",
+            r.stderr
+        );
+    }
+    fs::write(seg, &orig).unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // snapshots
 

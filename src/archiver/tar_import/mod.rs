@@ -93,7 +93,7 @@ pub fn import_tar(
         std::thread::Builder::new()
             .name("coffer-tar-read".into())
             .spawn_scoped(s, move || read_ahead(&mut decoded, tx))
-            .map_err(|e| Error::Usage(format!("cannot start the archive reader thread: {e}")))?;
+            .map_err(|e| Error::Internal(format!("cannot start the archive reader thread: {e}")))?;
         let mut ahead = AheadReader {
             rx,
             cur: Vec::new(),

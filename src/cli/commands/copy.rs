@@ -28,7 +28,7 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
     // Damage in the source (its config, a snapshot that does not read) is
     // named as met, and makes the copy exit 3: a skipped snapshot is never
     // silent.
-    let mut damaged = super::report_problems(&src);
+    let opened = super::report_problems(&src);
     let dst = repo::open(g)?;
     // Shared locks: a prune of either side must not delete what is being
     // copied; the source gets nothing else written.
@@ -76,7 +76,8 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
             ));
         }
     };
-    let done = replicate::copy_snapshots(&src, &dst, &snaps, report)?;
+    let run = replicate::copy_snapshots(&src, &dst, &snaps, report)?;
+    let done = run.snapshots;
     let copied = done.iter().filter(|o| o.copied).count();
     if g.json {
         output::json(&serde_json::json!({
@@ -92,8 +93,17 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
             done.len() - copied
         ));
     }
-    damaged.extend(super::report_problems(&src));
-    Ok(if damaged.is_empty() {
+    // The source's damage names the source; the destination's is the
+    // repository of `--repo`, as every other command names it.
+    let source = src.location();
+    let met: Vec<String> = (run.source_damaged.iter())
+        .map(|d| format!("{source}: {d}"))
+        .chain(run.destination_damaged)
+        .collect();
+    for d in &met {
+        output::warn(d);
+    }
+    Ok(if opened.is_empty() && met.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

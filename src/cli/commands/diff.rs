@@ -129,5 +129,5 @@ pub fn run(g: &GlobalOpts, a: &DiffArgs) -> Result<ExitCode> {
             }
         })
         .collect();
-    Ok(output::unreadable(&unreadable))
+    Ok(output::unreadable_and_damaged(&unreadable, &stats.damaged))
 }

@@ -88,11 +88,12 @@ pub fn run(g: &GlobalOpts, a: &DrillArgs) -> Result<ExitCode> {
             ));
         }
     }
+    let code = output::damaged(&r.damaged);
     if !r.failures.is_empty() {
         bail!(
             "the restore drill found {} failures (listed above)",
             r.failures.len()
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

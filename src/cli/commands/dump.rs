@@ -3,6 +3,7 @@
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
+use coffer::blob::BlobSource;
 use coffer::restorer::dump::{dump_file, dump_tar};
 use coffer::snapshot::tree::NodeKind;
 use coffer::snapshot::walk::find_path;
@@ -64,5 +65,8 @@ fn dump(g: &GlobalOpts, a: &DumpArgs) -> Result<ExitCode> {
         }
     };
     out.flush()?;
-    Ok(output::unreadable(&unreadable))
+    Ok(output::unreadable_and_damaged(
+        &unreadable,
+        &repo.take_damaged(),
+    ))
 }

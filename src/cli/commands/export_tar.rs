@@ -5,6 +5,7 @@
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
+use coffer::blob::BlobSource;
 use coffer::restorer::dump::TarWriter;
 use coffer::snapshot::tree::NodeKind;
 use coffer::snapshot::walk::Unreadable;
@@ -96,7 +97,10 @@ fn export(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
                 Ok(unreadable)
             });
             match done {
-                Ok(unreadable) => Ok(output::unreadable(&unreadable)),
+                Ok(unreadable) => Ok(output::unreadable_and_damaged(
+                    &unreadable,
+                    &repo.take_damaged(),
+                )),
                 Err(e) => {
                     // Half an archive looks like a whole one to `tar -x`.
                     let _ = std::fs::remove_file(file);
@@ -109,7 +113,10 @@ fn export(g: &GlobalOpts, a: &ExportTarArgs) -> Result<ExitCode> {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
             let unreadable = write(&mut out)?;
             out.flush()?;
-            Ok(output::unreadable(&unreadable))
+            Ok(output::unreadable_and_damaged(
+                &unreadable,
+                &repo.take_damaged(),
+            ))
         }
     }
 }

@@ -123,6 +123,7 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
     let mut total = 0u64;
     let mut in_snapshots = 0u64;
     let mut unreadable = Vec::new();
+    let mut damaged = Vec::new();
     for (sid, snap) in &snaps {
         let mut first = true;
         let st = find::find(repo.as_ref(), &snap.tree, &q, &mut seen, |f| {
@@ -178,6 +179,7 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
             u.error = format!("{} (snapshot {})", u.error, sid.short());
             unreadable.push(u);
         }
+        damaged.extend(st.damaged);
     }
     if g.json {
         output::json(&serde_json::json!({
@@ -193,5 +195,5 @@ pub fn run(g: &GlobalOpts, a: &FindArgs) -> Result<ExitCode> {
             output::count(snaps.len(), "snapshot", "snapshots")
         ));
     }
-    Ok(output::unreadable(&unreadable))
+    Ok(output::unreadable_and_damaged(&unreadable, &damaged))
 }

@@ -4,6 +4,7 @@ use super::trim_slashes;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
+use coffer::blob::BlobSource;
 use coffer::snapshot::tree::{Node, NodeKind};
 use coffer::snapshot::walk::{Unreadable, Visit, find_path, walk};
 use std::os::unix::ffi::OsStrExt;
@@ -102,5 +103,10 @@ pub fn run(g: &GlobalOpts, a: &LsArgs) -> Result<ExitCode> {
             error: u.error,
         })
         .collect();
-    Ok(output::unreadable(&unreadable))
+    // What the listing met damaged (an index segment, a snapshot) is
+    // reported with it, not left for the exit.
+    Ok(output::unreadable_and_damaged(
+        &unreadable,
+        &repo.take_damaged(),
+    ))
 }

@@ -235,6 +235,9 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         }
         output::line(&line);
     }
+    for d in &s.damaged {
+        output::warn(d);
+    }
     if !s.errors.is_empty() || s.not_restored > 0 {
         let below = if s.not_restored > 0 {
             format!(
@@ -256,7 +259,7 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         );
     }
     // Every file restored, but through damage that `check` should see.
-    if !s.damaged_packs.is_empty() {
+    if !s.damaged_packs.is_empty() || !s.damaged.is_empty() {
         return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use coffer::blob::BlobKind;
 use coffer::index::BlobTotals;
-use coffer::stats::{self, RawData, RestoreSize, SubtreeTotals};
+use coffer::stats::{self, RawData, RestoreSize};
 use std::process::ExitCode;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -158,22 +158,20 @@ fn raw_data(g: &GlobalOpts, n: usize, r: &RawData) {
 pub fn run(g: &GlobalOpts, a: &StatsArgs) -> Result<ExitCode> {
     let repo = repo::open(g)?;
     let snaps = a.filter.select(&repo, &a.snapshots)?;
-    match a.mode {
+    let roots: Vec<_> = snaps.iter().map(|(_, s)| s.tree).collect();
+    let damaged = match a.mode {
         Mode::RestoreSize => {
-            let mut memo = SubtreeTotals::default();
-            let mut total = RestoreSize::default();
-            for (_, s) in &snaps {
-                total.add(&stats::restore_size(repo.as_ref(), &s.tree, &mut memo)?);
-            }
-            restore_size(g, snaps.len(), &total);
+            let r = stats::restore_sizes(repo.as_ref(), &roots)?;
+            restore_size(g, snaps.len(), &r.total);
+            r.damaged
         }
         Mode::RawData => {
             // Packs must not be pruned away while their blobs are summed.
             let _lock = repo::read_lock(g, &repo)?;
-            let roots: Vec<_> = snaps.iter().map(|(_, s)| s.tree).collect();
             let r = stats::raw_data(&repo, &roots)?;
             raw_data(g, snaps.len(), &r);
+            r.damaged
         }
-    }
-    Ok(ExitCode::SUCCESS)
+    };
+    Ok(output::damaged(&damaged))
 }
