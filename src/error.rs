@@ -134,6 +134,29 @@ pub enum Error {
         size: u64,
         limit: u64,
     },
+    /// One blob (a directory's tree, most likely) is larger than a pack
+    /// may hold one.
+    #[error(
+        "a {kind} blob of {size} bytes exceeds the {limit} byte limit (a directory with too many entries?)"
+    )]
+    BlobTooLarge {
+        kind: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    /// Packs the index lists are gone or not what it records: a backup
+    /// that deduplicated against them would commit a snapshot without its
+    /// data. `remedy` is the repair command that rebuilds around them.
+    #[error(
+        "the index lists {count} packs that {what} ({packs}): their data is lost, and a backup now would reuse it. Run `coffer {remedy}` ({why}), then back up again to store the lost content anew"
+    )]
+    PacksLost {
+        count: usize,
+        what: &'static str,
+        packs: String,
+        remedy: &'static str,
+        why: &'static str,
+    },
     /// The input of a stream backup failed to read part way.
     #[error("reading the stream failed after {read} bytes: {source}; no snapshot was written")]
     StreamRead {
@@ -336,6 +359,24 @@ impl Error {
             },
             Error::InterruptedInit { location } => Error::InterruptedInit {
                 location: location.clone(),
+            },
+            Error::BlobTooLarge { kind, size, limit } => Error::BlobTooLarge {
+                kind,
+                size: *size,
+                limit: *limit,
+            },
+            Error::PacksLost {
+                count,
+                what,
+                packs,
+                remedy,
+                why,
+            } => Error::PacksLost {
+                count: *count,
+                what,
+                packs: packs.clone(),
+                remedy,
+                why,
             },
             Error::ObjectTooLarge { kind, size, limit } => Error::ObjectTooLarge {
                 kind,

@@ -346,10 +346,15 @@ impl BlobStore {
     ) -> Result<u64> {
         self.check_failed()?;
         if raw_len > crate::pack::MAX_BLOB_RAW as usize {
-            return Err(Error::Usage(format!(
-                "a {kind:?} blob of {raw_len} bytes exceeds the {} byte limit (a directory with too many entries?)",
-                crate::pack::MAX_BLOB_RAW
-            )));
+            return Err(Error::BlobTooLarge {
+                kind: if kind == BlobKind::Tree {
+                    "Tree"
+                } else {
+                    "Data"
+                },
+                size: raw_len as u64,
+                limit: u64::from(crate::pack::MAX_BLOB_RAW),
+            });
         }
         if !self.claim(&id)? {
             return Ok(0);
@@ -494,18 +499,22 @@ fn refuse_lost_packs(
     missing.sort();
     damaged.sort();
     if !damaged.is_empty() {
-        return Err(Error::Usage(format!(
-            "the index lists {} packs that were truncated or damaged ({}): their data is lost, and a backup now would reuse it. Run `coffer repair packs` (it keeps what still verifies and rebuilds the index), then back up again to store the lost content anew",
-            damaged.len(),
-            damaged.join("; ")
-        )));
+        return Err(Error::PacksLost {
+            count: damaged.len(),
+            what: "were truncated or damaged",
+            packs: damaged.join("; "),
+            remedy: "repair packs",
+            why: "it keeps what still verifies and rebuilds the index",
+        });
     }
     if !missing.is_empty() {
-        return Err(Error::Usage(format!(
-            "the index lists {} packs that are missing from the repository ({}): their data is lost, and a backup now would reuse it. Run `coffer repair snapshots` (it rebuilds the index first), then back up again to store the lost content anew",
-            missing.len(),
-            missing.join(", ")
-        )));
+        return Err(Error::PacksLost {
+            count: missing.len(),
+            what: "are missing from the repository",
+            packs: missing.join(", "),
+            remedy: "repair snapshots",
+            why: "it rebuilds the index first",
+        });
     }
     Ok(())
 }
