@@ -15,7 +15,7 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
-    pub fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         match v {
             1 => Some(BlobKind::Data),
             2 => Some(BlobKind::Tree),

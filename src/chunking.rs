@@ -80,14 +80,14 @@ impl Chunker {
         }
     }
 
-    pub fn params(&self) -> ChunkerParams {
+    pub(crate) fn params(&self) -> ChunkerParams {
         self.params
     }
 
     /// Length of the chunk starting at `data[0]`. When `data` is shorter than
     /// the minimum size the whole slice is returned; a streaming caller must
     /// only trust a cut that ends before its buffer's end, unless at EOF.
-    pub fn next_cut(&self, data: &[u8]) -> usize {
+    pub(crate) fn next_cut(&self, data: &[u8]) -> usize {
         if data.is_empty() {
             return 0;
         }
@@ -122,7 +122,7 @@ impl Chunker {
     /// Cut a buffer that may be followed by more data: returns the complete
     /// chunks and the offset where the uncut tail begins. At EOF every byte
     /// is cut.
-    pub fn cut_buffer(&self, data: &[u8], eof: bool) -> (Vec<(usize, usize)>, usize) {
+    pub(crate) fn cut_buffer(&self, data: &[u8], eof: bool) -> (Vec<(usize, usize)>, usize) {
         let mut out = Vec::new();
         let mut pos = 0;
         let max = self.params.max_size as usize;

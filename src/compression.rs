@@ -46,7 +46,7 @@ pub fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
 /// `out`. An `out` of `data.len() - 1` bytes is enough: zstd stops with an
 /// error when the output would not be smaller, so sealing needs no
 /// separate compress-bound buffer.
-pub fn compress_into(data: &[u8], level: i32, out: &mut [u8]) -> Option<usize> {
+pub(crate) fn compress_into(data: &[u8], level: i32, out: &mut [u8]) -> Option<usize> {
     if data.len() < 64 {
         return None;
     }
@@ -85,7 +85,7 @@ pub fn decompress(data: &[u8], raw_len: usize) -> Result<Vec<u8>, String> {
 
 /// Decompress into exactly all of `out`, or fail (a frame that expands
 /// past `out` is refused by zstd without writing beyond it).
-pub fn decompress_into(data: &[u8], out: &mut [u8]) -> Result<(), String> {
+pub(crate) fn decompress_into(data: &[u8], out: &mut [u8]) -> Result<(), String> {
     let want = out.len();
     let n = with_decompressor(|d| d.decompress_to_buffer(data, out))?;
     if n != want {
@@ -98,7 +98,7 @@ pub fn decompress_into(data: &[u8], out: &mut [u8]) -> Result<(), String> {
 /// so zstd keeps one home. It decodes concatenated frames and fails on a
 /// truncated or corrupt one; memory is the decoder's window, never the
 /// stream's length.
-pub fn stream_decoder<'a, R: std::io::Read + Send + 'a>(
+pub(crate) fn stream_decoder<'a, R: std::io::Read + Send + 'a>(
     r: R,
 ) -> std::io::Result<Box<dyn std::io::Read + Send + 'a>> {
     Ok(Box::new(zstd::stream::read::Decoder::new(r)?))

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 
 /// O_DIRECT needs buffer address, file offset and length aligned to the
 /// device's logical block size; 4096 covers 512-byte and 4K-sector disks.
-pub const ALIGN: usize = 4096;
+pub(crate) const ALIGN: usize = 4096;
 
 /// A zero-initialised byte buffer whose start is [`ALIGN`]-aligned.
 ///
@@ -43,7 +43,7 @@ impl AlignedBuf {
         &self.v[self.start..self.start + self.len]
     }
 
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.v[self.start..self.start + self.len]
     }
 }
@@ -59,7 +59,7 @@ pub fn refused(e: &std::io::Error) -> bool {
 /// Write the first `len` bytes of `buf` at `offset` (aligned) through an
 /// O_DIRECT descriptor, padding the last block with zeros: the caller cuts
 /// the file back to its size when the padding ran past it.
-pub fn write_padded_at(
+pub(crate) fn write_padded_at(
     f: &File,
     buf: &mut AlignedBuf,
     len: usize,

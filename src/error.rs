@@ -273,7 +273,7 @@ impl Error {
     /// Is this a failure the same request may not meet again (a remote
     /// store's 5xx, SlowDown, timeout)? Local I/O errors are not: a disk
     /// that failed a read is not retried blindly.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(
             self,
             Error::Remote {
@@ -402,7 +402,7 @@ impl Error {
     /// Damage to one object (corrupt, or missing from the repository or
     /// its index), which a reader can skip to go on with the others; not a
     /// repository that cannot be reached.
-    pub fn is_damage(&self) -> bool {
+    pub(crate) fn is_damage(&self) -> bool {
         matches!(
             self,
             Error::Corrupt { .. } | Error::NotFound { .. } | Error::BlobMissing { .. }
@@ -411,7 +411,11 @@ impl Error {
 
     /// Map an I/O error on repository `object` to the right kind: ENOSPC and
     /// EDQUOT become [`Error::DiskFull`], a missing file [`Error::NotFound`].
-    pub fn backend_io(op: &'static str, object: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn backend_io(
+        op: &'static str,
+        object: impl Into<String>,
+        source: std::io::Error,
+    ) -> Self {
         let object = object.into();
         match source.raw_os_error() {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => return Error::DiskFull { object },

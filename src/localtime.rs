@@ -84,7 +84,7 @@ pub fn local_ns(ns: i64) -> LocalTime {
 }
 
 /// The fields in UTC (any year).
-pub fn utc(secs: i64, nanos: u32) -> LocalTime {
+pub(crate) fn utc(secs: i64, nanos: u32) -> LocalTime {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (year, month, day) = civil(days);
@@ -128,7 +128,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-pub fn is_leap(y: i64) -> bool {
+pub(crate) fn is_leap(y: i64) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 

@@ -74,7 +74,7 @@ impl Pattern {
     }
 
     /// Could something below `dir` match? (Decides whether to descend.)
-    pub fn may_match_below(&self, dir: &[u8]) -> bool {
+    pub(crate) fn may_match_below(&self, dir: &[u8]) -> bool {
         if self.name_only || self.glob.is_some() {
             return true;
         }

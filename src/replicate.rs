@@ -88,7 +88,7 @@ pub struct CopyStats {
 /// The same backup in both repositories? Everything but the parent,
 /// which names a snapshot of the repository it is in, and, between
 /// unrelated repositories (`same_ids` false), the tree, whose id differs.
-pub fn same_snapshot(a: &Snapshot, b: &Snapshot, same_ids: bool) -> bool {
+pub(crate) fn same_snapshot(a: &Snapshot, b: &Snapshot, same_ids: bool) -> bool {
     a.time_ns == b.time_ns
         && (a.tree == b.tree || !same_ids)
         && a.hostname == b.hostname

@@ -1,7 +1,7 @@
 //! Parsing of user-given quantities shared by several commands.
 
 /// `10%` → 0.1; above 0 and at most 100 percent.
-pub fn parse_percent(s: &str) -> Option<Result<f64, String>> {
+pub(crate) fn parse_percent(s: &str) -> Option<Result<f64, String>> {
     let p = s.strip_suffix('%')?;
     Some(match p.trim().parse::<f64>() {
         Err(_) => Err(format!("{s:?} is not a percentage")),

@@ -12,7 +12,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub use crate::repository::CACHEDIR_SIGNATURE;
+pub(crate) use crate::repository::CACHEDIR_SIGNATURE;
 
 #[derive(Clone)]
 struct Rule {
@@ -134,7 +134,7 @@ impl Excludes {
 
     /// Should the directory at `path` be left out because of what it holds?
     /// Returns the reason.
-    pub fn dir_marker(&self, path: &Path) -> Option<String> {
+    pub(crate) fn dir_marker(&self, path: &Path) -> Option<String> {
         for name in &self.if_present {
             if std::fs::symlink_metadata(path.join(name)).is_ok() {
                 return Some(format!("contains {name}"));
@@ -145,7 +145,7 @@ impl Excludes {
 
     /// Is this directory a cache (a valid CACHEDIR.TAG)? Its contents are
     /// left out, the tag itself kept.
-    pub fn is_cache_dir(&self, path: &Path) -> bool {
+    pub(crate) fn is_cache_dir(&self, path: &Path) -> bool {
         if !self.exclude_caches {
             return false;
         }

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Bytes read per step for big files: several maximal chunks, so one
 /// buffer yields enough chunks to keep every core busy.
-pub const READ_BUF: usize = 4 * 1024 * 1024;
+pub(crate) const READ_BUF: usize = 4 * 1024 * 1024;
 
 fn open_source(path: &Path) -> std::io::Result<File> {
     // O_NOFOLLOW: the entry was a regular file when listed; if it has been
@@ -170,7 +170,7 @@ pub(super) fn store_chunks(
 
 /// Read, chunk and store one file. `buf` is the calling thread's reusable
 /// read buffer.
-pub fn save_file(
+pub(crate) fn save_file(
     job: &FileJob,
     sink: &dyn BlobSink,
     chunker: &Chunker,
@@ -313,7 +313,7 @@ fn fill_target(chunker: &Chunker) -> usize {
 /// Read `src` to its end, cut it into chunks and store them. `size_hint`
 /// (the expected length, 0 if unknown) sizes the reads; `buf` is the
 /// calling thread's reusable buffer. Only repository errors are `Err`.
-pub fn chunk_stream(
+pub(crate) fn chunk_stream(
     src: &mut dyn Read,
     size_hint: u64,
     sink: &dyn BlobSink,

@@ -86,7 +86,7 @@ pub fn kind_of(md: &Metadata) -> NodeKind {
 }
 
 /// Fill the metadata fields of a node (content and subtree stay empty).
-pub fn node_from_metadata(
+pub(crate) fn node_from_metadata(
     name: Vec<u8>,
     path: &Path,
     md: &Metadata,
@@ -103,7 +103,7 @@ pub fn node_from_metadata(
 }
 
 /// [`node_from_metadata`] from a symlink target and xattrs already read.
-pub fn node_from_parts(
+pub(crate) fn node_from_parts(
     name: Vec<u8>,
     md: &Metadata,
     names: &mut NameCache,
@@ -137,7 +137,7 @@ pub fn node_from_parts(
 
 /// Extended attributes of `path` itself (not of a symlink's target), sorted
 /// by name for a canonical tree. Unsupported or unreadable: none.
-pub fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Vec::new();
     };

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Items per message from the walker to the assembler.
-pub const ITEM_BATCH: usize = 256;
+pub(crate) const ITEM_BATCH: usize = 256;
 /// Threads preparing directory listings ahead of the walker.
 const PREFETCH_THREADS: usize = 4;
 /// Batches the walker may run ahead of the assembler (8192 items).
@@ -127,7 +127,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn to_map(&self) -> BTreeMap<String, u64> {
+    pub(crate) fn to_map(&self) -> BTreeMap<String, u64> {
         let mut m = BTreeMap::new();
         for (k, v) in [
             ("files_new", self.files_new),

@@ -102,7 +102,7 @@ impl<'a> Prefetch<'a> {
     }
 
     /// Ask for `path` to be prepared; the walker will `take` it later.
-    pub fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>) {
+    pub(crate) fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>) {
         let k = key(&path);
         let mut st = self.lock();
         if st.shutdown || st.ready.contains_key(&k) || st.running.contains(&k) {

@@ -422,7 +422,7 @@ impl<'a> Walker<'a> {
 
 /// Count the files and bytes below `paths` for progress totals. Runs beside
 /// the real walk; errors are ignored (the walk reports them).
-pub fn prescan(
+pub(crate) fn prescan(
     paths: &[PathBuf],
     stop: &std::sync::atomic::AtomicBool,
     progress: &dyn crate::progress::Progress,

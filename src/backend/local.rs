@@ -4,7 +4,7 @@
 //! its final name and fsyncs the directory, so a crash or a full disk never
 //! leaves a partial object under a valid name (doc/reliability.md §0.5,
 //! rustic#1731). Temporary files carry a `.tmp-` infix, are never listed,
-//! and are removed by [`LocalBackend::remove_stale_temp_files`].
+//! and are removed by [`Backend::remove_stale_temps`].
 
 use super::{Backend, FileKind, ObjectInfo, PendingPut};
 use crate::direct_io::{self, AlignedBuf};
@@ -52,7 +52,7 @@ fn untrack(tmp: &Path) {
 /// Remove this process's temporary files and refuse new ones (a put that
 /// was writing one fails, and its object never appears). Returns how many
 /// were removed.
-pub fn abandon_own_temps() -> usize {
+pub(crate) fn abandon_own_temps() -> usize {
     let list = own_temps().take().unwrap_or_default();
     for p in &list {
         let _ = fs::remove_file(p);
@@ -94,7 +94,8 @@ impl LocalBackend {
     }
 
     /// Remove temporary files a killed writer left behind.
-    pub fn remove_stale_temp_files(&self) -> Result<usize> {
+    #[cfg(test)]
+    pub(crate) fn remove_stale_temp_files(&self) -> Result<usize> {
         self.remove_temps_older_than(std::time::Duration::ZERO)
     }
 

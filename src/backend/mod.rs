@@ -68,7 +68,7 @@ pub fn create(location: &Location, o: &Options) -> Result<Arc<dyn Backend>> {
 /// rayon's CPU-sized global pool, so that 30-100 ms per request does not
 /// leave the cores idle; for a local disk (`None`), on the global pool as
 /// before. Work inside `f` that uses rayon (`par_iter`) runs on that pool.
-pub fn in_io_pool<R: Send>(n: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
+pub(crate) fn in_io_pool<R: Send>(n: Option<usize>, f: impl FnOnce() -> R + Send) -> R {
     match n.and_then(io_pool) {
         Some(pool) => pool.install(f),
         None => f(),
@@ -148,7 +148,7 @@ impl FileKind {
 
     /// Is an object of this kind named by the hash of its bytes? Then an
     /// object of the same size under the same name is the same object.
-    pub fn is_content_named(&self) -> bool {
+    pub(crate) fn is_content_named(&self) -> bool {
         matches!(self, FileKind::Pack | FileKind::Index | FileKind::Snapshot)
     }
 
@@ -187,7 +187,7 @@ impl FileKind {
 /// overall cap of their own; the reference writer's segments stay far
 /// below this (100 000 blobs, plus one pack's at most 2^22 entries), and
 /// so do its snapshots (100 000 paths of at most `PATH_MAX` bytes).
-pub const MAX_RECORD_OBJECT: u64 = 512 << 20;
+pub(crate) const MAX_RECORD_OBJECT: u64 = 512 << 20;
 
 /// A repository store.
 pub trait Backend: Send + Sync {

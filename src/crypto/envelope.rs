@@ -10,10 +10,10 @@
 
 use chacha20poly1305::{AeadInOut, Key, KeyInit, Tag, XChaCha20Poly1305, XNonce};
 
-pub const NONCE_LEN: usize = 24;
-pub const TAG_LEN: usize = 16;
+pub(crate) const NONCE_LEN: usize = 24;
+pub(crate) const TAG_LEN: usize = 16;
 /// Bytes an envelope adds to its plaintext.
-pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+pub(crate) const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// Fill `buf` from the operating system's CSPRNG. A machine that cannot
 /// provide randomness cannot encrypt safely, so this is fatal.
@@ -36,7 +36,7 @@ pub fn seal(key: &[u8; 32], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
 /// tag[16]` with the plaintext already there; the nonce and tag are
 /// written and the plaintext is encrypted where it lies, so a caller that
 /// builds the plaintext in a reused buffer needs no further copy.
-pub fn seal_in_place(key: &[u8; 32], aad: &[u8], env: &mut [u8]) {
+pub(crate) fn seal_in_place(key: &[u8; 32], aad: &[u8], env: &mut [u8]) {
     if env.len() < OVERHEAD {
         // Every caller sizes `env` as plaintext + OVERHEAD.
         panic!("envelope buffer shorter than its overhead");
@@ -90,7 +90,7 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenEr
 
 /// [`open`] into a reused buffer (cleared first). On failure `out` holds
 /// no plaintext: it is cleared.
-pub fn open_into(
+pub(crate) fn open_into(
     key: &[u8; 32],
     aad: &[u8],
     sealed: &[u8],

@@ -26,15 +26,15 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::id::{KeyId, RepoId};
 use zeroize::{Zeroize, Zeroizing};
 
-pub const SLOT_MAGIC: &[u8; 8] = b"cofferK1";
-pub const SALT_LEN: usize = 16;
+pub(crate) const SLOT_MAGIC: &[u8; 8] = b"cofferK1";
+pub(crate) const SALT_LEN: usize = 16;
 
 /// Upper bounds on KDF parameters read from a slot (inclusive): a hostile
 /// slot asking for terabytes of memory or millions of passes would make
 /// every open a denial of service (doc/reliability.md H-2).
-pub const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
-pub const MAX_ITERATIONS: u32 = 64;
-pub const MAX_LANES: u32 = 16;
+pub(crate) const MAX_MEMORY_KIB: u32 = 2 * 1024 * 1024;
+pub(crate) const MAX_ITERATIONS: u32 = 64;
+pub(crate) const MAX_LANES: u32 = 16;
 
 /// Argon2id parameters recorded in a slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -236,7 +236,7 @@ impl KeySlot {
     /// its copy disagree about the id (one was damaged), the id the slot
     /// was written for is the one that opens it. The KEK, an Argon2id run
     /// for a passphrase, is derived once for all of them.
-    pub fn unlock_any(
+    pub(crate) fn unlock_any(
         &self,
         repos: &[RepoId],
         id: &KeyId,

@@ -89,7 +89,7 @@ impl KeySet {
         BlobId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
     }
 
-    pub fn chunker_seed(&self) -> u64 {
+    pub(crate) fn chunker_seed(&self) -> u64 {
         self.chunker_seed
     }
 }

@@ -82,7 +82,7 @@ impl Index {
     /// finds it damaged. Returns false when it was discarded (the next open
     /// rebuilds it from the repository). A byte flipped inside a row leaves
     /// the pages well formed: [`Index::pack_digests`] finds that.
-    pub fn verify_file(path: &Path) -> Result<bool> {
+    pub(crate) fn verify_file(path: &Path) -> Result<bool> {
         if !path.exists() {
             return Ok(true);
         }
@@ -102,7 +102,7 @@ impl Index {
     /// Throw the cache file away and start an empty one in its place,
     /// behind the same handle: a damaged file may fail even the deletes
     /// of [`Index::clear`].
-    pub fn recreate(&self, repo: &RepoId, format_version: u32) -> Result<()> {
+    pub(crate) fn recreate(&self, repo: &RepoId, format_version: u32) -> Result<()> {
         if self.path == Path::new(":memory:") {
             return self.clear();
         }
@@ -119,7 +119,7 @@ impl Index {
     /// against its table. Unlike [`Index::pack_digests`] it also finds a
     /// damaged key inside the tree (which sends lookups astray without
     /// changing a row), at five seconds per million blobs.
-    pub fn integrity_ok(&self) -> Result<bool> {
+    pub(crate) fn integrity_ok(&self) -> Result<bool> {
         let verdict = self
             .conn()
             .query_row("PRAGMA integrity_check(1)", [], |r| r.get::<_, String>(0));
@@ -231,7 +231,7 @@ impl Index {
     /// ids it reuses (70k lookups were an eighth of a no-change backup).
     /// Removing blobs ([`Index::clear`], [`Index::retire`]) drops every
     /// mark, so a mark never outlives the blobs it vouches for.
-    pub fn mark_complete(&self, snap: &SnapshotId) -> Result<()> {
+    pub(crate) fn mark_complete(&self, snap: &SnapshotId) -> Result<()> {
         self.conn()
             .execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, x'')",
@@ -242,7 +242,7 @@ impl Index {
     }
 
     /// Does `snap` carry the mark of [`Index::mark_complete`]?
-    pub fn is_complete(&self, snap: &SnapshotId) -> Result<bool> {
+    pub(crate) fn is_complete(&self, snap: &SnapshotId) -> Result<bool> {
         self.conn()
             .query_row(
                 "SELECT 1 FROM meta WHERE key = ?1",

@@ -17,7 +17,7 @@ impl Index {
 
     /// [`Index::lookup`] for many ids in one read transaction: one lock
     /// of the cache instead of one per blob.
-    pub fn lookup_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>> {
+    pub(crate) fn lookup_many(&self, ids: &[BlobId]) -> Result<Vec<Option<BlobLocation>>> {
         let c = self.conn();
         let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
         let out = ids
@@ -97,7 +97,7 @@ impl Index {
 
     /// Distinct blobs by kind, each counted once however many packs hold
     /// it: every indexed blob, or (`used_only`) those in the used set.
-    pub fn blob_totals(&self, used_only: bool) -> Result<Vec<BlobTotals>> {
+    pub(crate) fn blob_totals(&self, used_only: bool) -> Result<Vec<BlobTotals>> {
         let sql = if used_only {
             "SELECT kind, COUNT(*), SUM(length), SUM(raw_length) FROM \
              (SELECT b.kind AS kind, b.length AS length, b.raw_length AS raw_length \
@@ -148,7 +148,7 @@ impl Index {
     }
 
     /// Sum of the recorded sizes of every indexed pack.
-    pub fn packs_bytes(&self) -> Result<u64> {
+    pub(crate) fn packs_bytes(&self) -> Result<u64> {
         let c = self.conn();
         let n: i64 = c
             .query_row("SELECT COALESCE(SUM(size), 0) FROM packs", [], |r| r.get(0))
@@ -207,7 +207,7 @@ impl PackDigest {
 
 /// A blob entry's share of a [`PackDigest`]: a sum of these does not
 /// depend on the order rows come in.
-pub fn entry_digest(e: &PackEntry) -> u128 {
+pub(crate) fn entry_digest(e: &PackEntry) -> u128 {
     let mut b = [0u8; 45];
     b[..32].copy_from_slice(&e.id.0);
     b[32] = e.kind as u8;
@@ -281,7 +281,7 @@ impl Index {
     /// is neither in the digests nor in the segments they are from.
     /// `table_only`: [`Index::integrity_ok`] has just shown the per-pack
     /// index to agree with the table, so one scan does.
-    pub fn pack_digests(&self, table_only: bool) -> Result<CacheDigests> {
+    pub(crate) fn pack_digests(&self, table_only: bool) -> Result<CacheDigests> {
         let c = self.conn();
         let tx = c.unchecked_transaction().map_err(|e| self.err(e))?;
         let mut segments = HashSet::new();
@@ -409,7 +409,8 @@ impl Index {
     }
 
     /// Every pack that holds a copy of `id`.
-    pub fn packs_of(&self, id: &BlobId) -> Result<Vec<PackId>> {
+    #[cfg(test)]
+    pub(crate) fn packs_of(&self, id: &BlobId) -> Result<Vec<PackId>> {
         let c = self.conn();
         let mut st = c
             .prepare_cached(
@@ -430,7 +431,7 @@ impl Index {
 
 impl Index {
     /// Which of `ids` the index holds: one query per 256 ids.
-    pub fn contains_many(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
+    pub(crate) fn contains_many(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
         const CHUNK: usize = 256;
         let mut out = HashSet::new();
         let c = self.conn();

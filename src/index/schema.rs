@@ -4,7 +4,7 @@
 
 /// 2: `blobs_by_pack` covers `pack_entries` (version 1's index on `pid`
 /// alone sent every row back to the table, one random lookup per blob).
-pub const SCHEMA_VERSION: i64 = 2;
+pub(crate) const SCHEMA_VERSION: i64 = 2;
 
 /// One definition for [`CREATE`] and [`UNSTAGE`]. It covers the queries
 /// that walk a pack's blobs (`pack_entries`, prune's rewritten index, the
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS blobs (
 /// into `blobs` sorted by key: ten million inserts at random keys touch
 /// every page of the table again and again, one sorted pass touches each
 /// once. Temporary, so it costs disk, not memory.
-pub const STAGING: &str = "
+pub(crate) const STAGING: &str = "
 CREATE TEMP TABLE IF NOT EXISTS staging (
     id BLOB NOT NULL,
     pid INTEGER NOT NULL,
@@ -58,7 +58,7 @@ DROP INDEX IF EXISTS blobs_by_pack;
 
 /// Move the staged blobs into the (empty) `blobs` table in key order, then
 /// build the per-pack index in one sorted pass.
-pub const UNSTAGE: &str = concat!(
+pub(crate) const UNSTAGE: &str = concat!(
     "
 INSERT OR IGNORE INTO blobs (id, pid, kind, offset, length, raw_length)
     SELECT id, pid, kind, offset, length, raw_length FROM staging ORDER BY id, pid;
@@ -72,7 +72,7 @@ DELETE FROM staging;
 /// new segment as it was written inserted its blobs at random keys, and at
 /// ten million blobs every insert rewrote a page of a table larger than
 /// the page cache.
-pub const PRUNE_BEGIN: &str = "
+pub(crate) const PRUNE_BEGIN: &str = "
 CREATE TEMP TABLE IF NOT EXISTS retired (pid INTEGER PRIMARY KEY);
 CREATE TEMP TABLE IF NOT EXISTS new_packs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS new_blobs (
@@ -93,7 +93,7 @@ DELETE FROM new_blobs;
 /// inserts come sorted by key, so each page is rewritten once; deleting
 /// through the index went pack by pack, at random keys. The index is then
 /// rebuilt in one sorted pass, as after a bulk load.
-pub const RETIRE: &str = concat!(
+pub(crate) const RETIRE: &str = concat!(
     "
 DROP INDEX IF EXISTS blobs_by_pack;
 DELETE FROM blobs WHERE pid IN (SELECT pid FROM retired);
@@ -112,7 +112,7 @@ DELETE FROM new_blobs;
 /// The packs a prune retires, so that choosing what to copy out of a pack
 /// is one query per pack (a blob moves when it is used and no surviving
 /// pack holds it) instead of three point queries per blob.
-pub const DEAD: &str = "
+pub(crate) const DEAD: &str = "
 CREATE TEMP TABLE IF NOT EXISTS dead (pid INTEGER PRIMARY KEY);
 DELETE FROM dead;
 ";
@@ -120,7 +120,7 @@ DELETE FROM dead;
 /// The blobs of one pack (`?1`) that prune must copy, in offset order:
 /// used, and held by no pack outside `dead`. Both lookups go by the key
 /// of `used` and `blobs`.
-pub const TO_MOVE: &str = "
+pub(crate) const TO_MOVE: &str = "
 SELECT b.id, b.kind, b.offset, b.length, b.raw_length
 FROM packs p JOIN blobs b ON b.pid = p.pid
 WHERE p.id = ?1
@@ -131,9 +131,9 @@ ORDER BY b.offset
 
 /// Forget every snapshot's "complete" mark: run whenever blobs leave the
 /// cache, so that no mark outlives the blobs it vouches for.
-pub const DROP_COMPLETE_MARKS: &str = "DELETE FROM meta WHERE key LIKE 'complete:%';";
+pub(crate) const DROP_COMPLETE_MARKS: &str = "DELETE FROM meta WHERE key LIKE 'complete:%';";
 
-pub const DROP: &str = "
+pub(crate) const DROP: &str = "
 DROP TABLE IF EXISTS meta;
 DROP TABLE IF EXISTS segments;
 DROP TABLE IF EXISTS packs;
@@ -143,7 +143,7 @@ DROP TABLE IF EXISTS blobs;
 /// The set of blobs in use, built by prune and check, and the blobs prune
 /// has copied into new packs: temporary tables, so ten million blobs cost
 /// disk pages, not memory.
-pub const USED: &str = "
+pub(crate) const USED: &str = "
 CREATE TEMP TABLE IF NOT EXISTS used (id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TEMP TABLE IF NOT EXISTS moved (id BLOB PRIMARY KEY) WITHOUT ROWID;
 DELETE FROM used;
@@ -154,7 +154,7 @@ DELETE FROM moved;
 /// (a rowid table: appends touch only its last page, where inserting ten
 /// million random keys into a B-tree rewrites pages all over a file larger
 /// than any cache), and the referenced ids the index lacks.
-pub const REFS: &str = "
+pub(crate) const REFS: &str = "
 CREATE TEMP TABLE IF NOT EXISTS refs (id BLOB NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS missing (id BLOB PRIMARY KEY) WITHOUT ROWID;
 DELETE FROM refs;
@@ -163,7 +163,7 @@ DELETE FROM missing;
 
 /// Fill the used set from the `refs` list in one sorted pass: inserting
 /// each reference as it came was a random B-tree insert per blob.
-pub const USED_FROM_REFS: &str = "
+pub(crate) const USED_FROM_REFS: &str = "
 INSERT OR IGNORE INTO used (id) SELECT id FROM refs ORDER BY id;
 DELETE FROM refs;
 ";

@@ -33,14 +33,14 @@ impl Scratch<'_> {
     }
 
     /// Start staging a prune's changes (see [`Index::retire`]).
-    pub fn prune_begin(&self) -> Result<()> {
+    pub(crate) fn prune_begin(&self) -> Result<()> {
         self.conn()
             .execute_batch(schema::PRUNE_BEGIN)
             .map_err(|e| self.err(e))
     }
 
     /// Stage a pack prune wrote; the cache lists it from [`Index::retire`].
-    pub fn stage_pack(&self, pack: &IndexedPack) -> Result<()> {
+    pub(crate) fn stage_pack(&self, pack: &IndexedPack) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute(
@@ -70,7 +70,7 @@ impl Scratch<'_> {
     }
 
     /// Start an empty used-blob set.
-    pub fn used_reset(&self) -> Result<()> {
+    pub(crate) fn used_reset(&self) -> Result<()> {
         self.conn()
             .execute_batch(schema::USED)
             .map_err(|e| self.err(e))
@@ -78,7 +78,8 @@ impl Scratch<'_> {
 
     /// Mark many blobs used, in one transaction: one autocommit statement
     /// per blob costs a transaction each, and a repository has millions.
-    pub fn used_insert_many(&self, ids: &[BlobId]) -> Result<()> {
+    #[cfg(test)]
+    pub(crate) fn used_insert_many(&self, ids: &[BlobId]) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         {
@@ -94,7 +95,7 @@ impl Scratch<'_> {
 
     /// Mark many blobs used, in one transaction; returns those that were
     /// not yet (each once, in the order given).
-    pub fn used_insert_new(&self, ids: &[BlobId]) -> Result<Vec<BlobId>> {
+    pub(crate) fn used_insert_new(&self, ids: &[BlobId]) -> Result<Vec<BlobId>> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -115,7 +116,8 @@ impl Scratch<'_> {
     /// Record that prune copied `id` into a new pack; `false` when it
     /// already had (the blob is in two packs being repacked). A temporary
     /// table, like `used`: a set in memory grows with the blobs repacked.
-    pub fn moved_insert(&self, id: &BlobId) -> Result<bool> {
+    #[cfg(test)]
+    pub(crate) fn moved_insert(&self, id: &BlobId) -> Result<bool> {
         let c = self.conn();
         let mut st = c
             .prepare_cached("INSERT OR IGNORE INTO moved (id) VALUES (?1)")
@@ -124,7 +126,7 @@ impl Scratch<'_> {
     }
 
     /// Note the packs prune retires, for [`Scratch::to_move`].
-    pub fn dead_set(&self, dead: &[PackId]) -> Result<()> {
+    pub(crate) fn dead_set(&self, dead: &[PackId]) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute_batch(schema::DEAD).map_err(|e| self.err(e))?;
@@ -145,7 +147,7 @@ impl Scratch<'_> {
     /// They are recorded as copied in the same transaction: one per pack,
     /// where autocommitted point queries cost a temporary-journal write
     /// and truncation per blob.
-    pub fn to_move(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
+    pub(crate) fn to_move(&self, pack: &PackId) -> Result<Vec<PackEntry>> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let mut out = Vec::new();
@@ -178,7 +180,8 @@ impl Scratch<'_> {
     }
 
     /// Mark a blob used; `false` when it already was.
-    pub fn used_insert(&self, id: &BlobId) -> Result<bool> {
+    #[cfg(test)]
+    pub(crate) fn used_insert(&self, id: &BlobId) -> Result<bool> {
         let c = self.conn();
         let mut st = c
             .prepare_cached("INSERT OR IGNORE INTO used (id) VALUES (?1)")
@@ -186,7 +189,8 @@ impl Scratch<'_> {
         Ok(st.execute(params![&id.0[..]]).map_err(|e| self.err(e))? == 1)
     }
 
-    pub fn used_contains(&self, id: &BlobId) -> Result<bool> {
+    #[cfg(test)]
+    pub(crate) fn used_contains(&self, id: &BlobId) -> Result<bool> {
         let c = self.conn();
         let mut st = c
             .prepare_cached("SELECT 1 FROM used WHERE id = ?1")
@@ -195,7 +199,7 @@ impl Scratch<'_> {
     }
 
     /// Fill the used set from what [`Scratch::refs_add`] appended.
-    pub fn used_from_refs(&self) -> Result<()> {
+    pub(crate) fn used_from_refs(&self) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         tx.execute_batch(schema::USED_FROM_REFS)
@@ -337,14 +341,14 @@ impl Scratch<'_> {
 /// so each page of either is read once (RAM stays at the page caches).
 impl Scratch<'_> {
     /// Start an empty list of referenced blobs.
-    pub fn refs_reset(&self) -> Result<()> {
+    pub(crate) fn refs_reset(&self) -> Result<()> {
         self.conn()
             .execute_batch(schema::REFS)
             .map_err(|e| self.err(e))
     }
 
     /// Append referenced blob ids (duplicates welcome), in one transaction.
-    pub fn refs_add(&self, ids: &[BlobId]) -> Result<()> {
+    pub(crate) fn refs_add(&self, ids: &[BlobId]) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         {
@@ -360,7 +364,7 @@ impl Scratch<'_> {
 
     /// Record every referenced id that no indexed pack holds (see
     /// [`Scratch::missing_among`]); returns how many distinct ids that is.
-    pub fn refs_resolve(&self) -> Result<u64> {
+    pub(crate) fn refs_resolve(&self) -> Result<u64> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         let mut found = 0u64;
@@ -404,7 +408,7 @@ impl Scratch<'_> {
     }
 
     /// Which of `ids` [`Scratch::refs_resolve`] found missing.
-    pub fn missing_among(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
+    pub(crate) fn missing_among(&self, ids: &[BlobId]) -> Result<HashSet<BlobId>> {
         let c = self.conn();
         let mut st = c
             .prepare_cached("SELECT 1 FROM missing WHERE id = ?1")

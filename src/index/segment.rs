@@ -15,7 +15,7 @@ use crate::pack::reader::{check_tiling, decode_entry};
 use crate::pack::writer::encode_entry;
 use crate::pack::{ENTRY_LEN, MAX_PACK_ENTRIES, MAX_PACK_SIZE, PackEntry};
 
-pub const SEGMENT_MAGIC: &[u8; 8] = b"cofferI1";
+pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"cofferI1";
 
 /// One pack as a segment lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -147,7 +147,12 @@ impl Index {
     /// old segments the next sync adds back (with these packs' rows); a
     /// cache another process rebuilt meanwhile loses the same rows, found
     /// by pack id.
-    pub fn retire(&self, retired: &[PackId], old: &[SegmentId], new: &[SegmentId]) -> Result<()> {
+    pub(crate) fn retire(
+        &self,
+        retired: &[PackId],
+        old: &[SegmentId],
+        new: &[SegmentId],
+    ) -> Result<()> {
         let mut c = self.conn();
         let tx = c.transaction().map_err(|e| self.err(e))?;
         {

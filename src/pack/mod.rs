@@ -22,15 +22,15 @@ use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::id::{BlobId, RepoId};
 use std::cell::Cell;
 
-pub const TRAILER_MAGIC: &[u8; 8] = b"cofferP1";
-pub const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
+pub(crate) const TRAILER_MAGIC: &[u8; 8] = b"cofferP1";
+pub(crate) const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
 /// Largest plaintext a blob may have: chunks are at most 16 MiB (FastCDC's
 /// limit); trees of huge directories are the reason for the headroom.
-pub const MAX_BLOB_RAW: u32 = 256 * 1024 * 1024;
+pub(crate) const MAX_BLOB_RAW: u32 = 256 * 1024 * 1024;
 /// Largest pack this code writes or accepts.
-pub const MAX_PACK_SIZE: u64 = 1 << 31;
+pub(crate) const MAX_PACK_SIZE: u64 = 1 << 31;
 /// Most blobs one trailer may list.
-pub const MAX_PACK_ENTRIES: usize = 1 << 22;
+pub(crate) const MAX_PACK_ENTRIES: usize = 1 << 22;
 
 /// A blob's place in a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ fn seal_scratch<R>(
 
 /// Seal a body as [`open_blob_body`] returns it (`flag || payload`, already
 /// encoded) for another repository, handing the sealed bytes to `f`.
-pub fn seal_body_with<R>(
+pub(crate) fn seal_body_with<R>(
     keys: &KeySet,
     repo: &RepoId,
     kind: BlobKind,
@@ -189,7 +189,7 @@ pub fn seal_body_with<R>(
 /// what `copy` moves between repositories that name blobs alike, sparing
 /// a decompression here and a compression there. The destination's check
 /// before upload decodes and re-hashes it, as it does every blob.
-pub fn open_blob_body(
+pub(crate) fn open_blob_body(
     keys: &KeySet,
     repo: &RepoId,
     entry: &PackEntry,

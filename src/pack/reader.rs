@@ -7,11 +7,11 @@ use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::id::{BlobId, RepoId};
 
 /// Largest trailer envelope a reader will fetch.
-pub const MAX_TRAILER: usize = 12 + MAX_PACK_ENTRIES * ENTRY_LEN + envelope::OVERHEAD;
+pub(crate) const MAX_TRAILER: usize = 12 + MAX_PACK_ENTRIES * ENTRY_LEN + envelope::OVERHEAD;
 
 /// From the last 4 bytes of a pack, the length of the trailer envelope,
 /// checked against the pack's size.
-pub fn trailer_len(last4: [u8; 4], pack_size: u64) -> Result<usize, String> {
+pub(crate) fn trailer_len(last4: [u8; 4], pack_size: u64) -> Result<usize, String> {
     let n = u32::from_le_bytes(last4) as u64;
     if pack_size > MAX_PACK_SIZE {
         return Err(format!(
@@ -28,7 +28,7 @@ pub fn trailer_len(last4: [u8; 4], pack_size: u64) -> Result<usize, String> {
 
 /// Decrypt and parse a trailer envelope; check that the entries tile the
 /// pack from 0 to `blobs_end` (the offset where the trailer starts).
-pub fn open_trailer(
+pub(crate) fn open_trailer(
     keys: &KeySet,
     repo: &RepoId,
     sealed: &[u8],
@@ -76,7 +76,7 @@ pub fn decode_trailer(plain: &[u8]) -> Result<Vec<PackEntry>, DecodeError> {
     Ok(out)
 }
 
-pub fn decode_entry(r: &mut Reader) -> Result<PackEntry, DecodeError> {
+pub(crate) fn decode_entry(r: &mut Reader) -> Result<PackEntry, DecodeError> {
     let k = r.u8()?;
     let kind = BlobKind::from_u8(k).ok_or_else(|| DecodeError(format!("unknown blob kind {k}")))?;
     let id = BlobId(r.array()?);

@@ -40,7 +40,7 @@ impl FinishedPack {
     }
 
     /// The buffer, for the next [`PackWriter::with_buffer`].
-    pub fn into_buffer(self) -> Vec<u8> {
+    pub(crate) fn into_buffer(self) -> Vec<u8> {
         self.buf
     }
 }
@@ -60,7 +60,7 @@ impl PackWriter {
     /// spares faulting in fresh pages for every pack. The pack starts at
     /// the buffer's first [`ALIGN`]-aligned byte, so a backend can write it
     /// with O_DIRECT straight from memory, as long as it never has to grow.
-    pub fn with_buffer(mut buf: Vec<u8>) -> Self {
+    pub(crate) fn with_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
         // A small buffer is not worth aligning (tree packs grow from empty).
         let start = match buf.as_ptr().align_offset(ALIGN) {
@@ -93,7 +93,13 @@ impl PackWriter {
 
     /// Append one sealed blob given by its parts (copied once, from a
     /// sealing buffer or another pack).
-    pub fn add_sealed(&mut self, kind: BlobKind, id: BlobId, raw_length: u32, sealed: &[u8]) {
+    pub(crate) fn add_sealed(
+        &mut self,
+        kind: BlobKind,
+        id: BlobId,
+        raw_length: u32,
+        sealed: &[u8],
+    ) {
         let offset = u32::try_from(self.len()).unwrap_or(u32::MAX);
         self.entries.push(PackEntry {
             kind,
@@ -129,7 +135,7 @@ impl PackWriter {
 }
 
 /// The trailer plaintext.
-pub fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {
+pub(crate) fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {
     let mut w = Writer::new();
     w.buf.reserve(12 + entries.len() * ENTRY_LEN);
     w.raw(TRAILER_MAGIC);
@@ -140,7 +146,7 @@ pub fn encode_trailer(entries: &[PackEntry]) -> Vec<u8> {
     w.finish()
 }
 
-pub fn encode_entry(w: &mut Writer, e: &PackEntry) {
+pub(crate) fn encode_entry(w: &mut Writer, e: &PackEntry) {
     w.u8(e.kind as u8);
     w.raw(e.id.as_bytes());
     w.u32(e.offset);

@@ -53,7 +53,7 @@ impl Repository {
     /// for `check` and the repairs, whose findings a restore relies on.
     ///
     /// [`Index::integrity_ok`]: crate::index::Index::integrity_ok
-    pub fn audit_index(&self, full: bool) -> Result<IndexAudit> {
+    pub(crate) fn audit_index(&self, full: bool) -> Result<IndexAudit> {
         let mut audit = IndexAudit::default();
         if !self.verify_index_cache()? {
             audit.cache_rebuilt = Some("SQLite found it damaged".into());
@@ -175,7 +175,7 @@ impl Repository {
     /// rebuilt. Five seconds per million blobs: run by `check` and the
     /// repairs, and by prune only before it refuses. Returns why the cache
     /// was rebuilt, if it was.
-    pub fn confirm_index_cache(&self) -> Result<Option<String>> {
+    pub(crate) fn confirm_index_cache(&self) -> Result<Option<String>> {
         if self.cache_path().is_none() || self.index()?.integrity_ok()? {
             return Ok(None);
         }

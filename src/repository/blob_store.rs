@@ -184,7 +184,7 @@ impl BlobStore {
 
     /// Let the walk skip looking up the content ids it reuses from the
     /// parent snapshot (see [`crate::index::Index::mark_complete`]).
-    pub fn trust_parent(&self, known: bool) {
+    pub(crate) fn trust_parent(&self, known: bool) {
         self.parent_known.store(known, Ordering::Relaxed);
     }
 
@@ -319,7 +319,7 @@ impl BlobStore {
     /// one does ([`Repository::read_blob_body`]): sealed anew, not
     /// recompressed. `raw_length` is what it decodes to; the check before
     /// upload decodes it and compares its hash with `id`, as for every blob.
-    pub fn store_body(
+    pub(crate) fn store_body(
         &self,
         kind: BlobKind,
         id: BlobId,
@@ -415,7 +415,7 @@ impl BlobStore {
 /// does not verify stays unindexed, for prune to remove. Returns the
 /// number of packs indexed. The caller holds a lock (the segment write
 /// checks it).
-pub fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
+pub(crate) fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
     let idx = repo.index()?;
     let indexed: std::collections::HashMap<PackId, u64> = idx.packs()?.into_iter().collect();
     let listed: Vec<(PackId, u64)> = repo
@@ -814,7 +814,7 @@ fn seal_into_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> (Finished
 
 /// For tests: seal `blobs` into one new pack, listed by its own segment.
 #[cfg(test)]
-pub fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
+pub(crate) fn store_in_own_pack(repo: &Repository, blobs: &[(BlobKind, Vec<u8>)]) -> Vec<BlobId> {
     let (mut pack, ids) = seal_into_pack(repo, blobs);
     let p = upload_pack(repo, &mut pack).unwrap();
     repo.save_segment(&Segment { packs: vec![p] }).unwrap();

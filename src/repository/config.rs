@@ -15,7 +15,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::id::RepoId;
 
-pub const CONFIG_MAGIC: &[u8; 8] = b"cofferC1";
+pub(crate) const CONFIG_MAGIC: &[u8; 8] = b"cofferC1";
 /// The object name of the config.
 pub const CONFIG: &str = "config";
 /// The name of the config's copy: the same bytes, written by `init` right

@@ -51,7 +51,7 @@ impl Repository {
 
     /// Read slot `id` back from the backend and check that `secret` unwraps
     /// this repository's master key from it.
-    pub fn verify_key(&self, id: &KeyId, secret: &Secret) -> Result<()> {
+    pub(crate) fn verify_key(&self, id: &KeyId, secret: &Secret) -> Result<()> {
         let obj = FileKind::Key.path(&id.to_hex());
         let bytes = self.backend.get(FileKind::Key, &id.to_hex())?;
         let slot = KeySlot::decode(&bytes).map_err(|e| Error::corrupt(&obj, e.0))?;

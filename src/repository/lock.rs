@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const LOCK_MAGIC: &[u8; 8] = b"cofferL1";
+pub(crate) const LOCK_MAGIC: &[u8; 8] = b"cofferL1";
 
 /// How long locks live. Defaults: refresh every 5 minutes, stale after 30,
 /// and a holder gives up 5 minutes before it could be seen as stale.
@@ -147,7 +147,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 /// Seconds on `CLOCK_BOOTTIME`: monotonic, and counts suspend and SIGSTOP.
-pub fn boottime() -> Duration {
+pub(crate) fn boottime() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -157,11 +157,16 @@ pub fn boottime() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-pub fn seal_lock(keys: &KeySet, repo: &RepoId, id: &LockId, info: &LockInfo) -> Vec<u8> {
+pub(crate) fn seal_lock(keys: &KeySet, repo: &RepoId, id: &LockId, info: &LockInfo) -> Vec<u8> {
     envelope::seal(&keys.meta, &aad(repo, AadKind::Lock, &id.0), &info.encode())
 }
 
-pub fn open_lock(keys: &KeySet, repo: &RepoId, id: &LockId, sealed: &[u8]) -> Result<LockInfo> {
+pub(crate) fn open_lock(
+    keys: &KeySet,
+    repo: &RepoId,
+    id: &LockId,
+    sealed: &[u8],
+) -> Result<LockInfo> {
     let obj = FileKind::Lock.path(&id.to_hex());
     let plain = envelope::open(&keys.meta, &aad(repo, AadKind::Lock, &id.0), sealed)
         .map_err(|e| Error::corrupt(obj.clone(), e.to_string()))?;

@@ -401,7 +401,7 @@ impl Repository {
     }
 
     /// Path of the SQLite index cache, if it is on disk.
-    pub fn cache_path(&self) -> Option<PathBuf> {
+    pub(crate) fn cache_path(&self) -> Option<PathBuf> {
         self.cache_root
             .as_ref()
             .map(|r| r.join(self.repo_id.to_hex()).join("index.sqlite"))
@@ -486,7 +486,7 @@ impl Repository {
     /// ordinary opens skip for speed. A damaged cache is removed and the next
     /// `index()` rebuilds it. Returns false when that happened. No-op once
     /// the index is open in this process.
-    pub fn verify_index_cache(&self) -> Result<bool> {
+    pub(crate) fn verify_index_cache(&self) -> Result<bool> {
         match (self.index.get(), self.cache_path()) {
             (None, Some(p)) => Index::verify_file(&p),
             _ => Ok(true),
@@ -531,7 +531,7 @@ impl Repository {
     }
 
     /// The index segments the repository lists now.
-    pub fn segment_ids(&self) -> Result<Vec<SegmentId>> {
+    pub(crate) fn segment_ids(&self) -> Result<Vec<SegmentId>> {
         Ok(self
             .backend
             .list(FileKind::Index)?
@@ -559,7 +559,7 @@ impl Repository {
     }
 
     /// Re-list the segments and bring the loaded index up to date.
-    pub fn refresh_index(&self) -> Result<()> {
+    pub(crate) fn refresh_index(&self) -> Result<()> {
         match self.index.get() {
             Some(i) => self.sync_index(i),
             None => self.index().map(|_| ()),
@@ -674,7 +674,7 @@ impl Repository {
             .map(SnapshotId)
     }
 
-    pub fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
+    pub(crate) fn load_snapshot(&self, id: &SnapshotId) -> Result<Snapshot> {
         let key = self.keys.snapshot;
         let plain = self.load_named(FileKind::Snapshot, &id.0, &key, AadKind::Snapshot)?;
         Snapshot::decode(&plain)
@@ -686,7 +686,7 @@ impl Repository {
     }
 
     /// `Ok` unless this process took a lock and has lost it.
-    pub fn ensure_lock(&self) -> Result<()> {
+    pub(crate) fn ensure_lock(&self) -> Result<()> {
         let s = self
             .lock_state
             .lock()
@@ -754,7 +754,7 @@ impl Repository {
     /// Every readable snapshot, oldest first, and each snapshot file that
     /// does not read (damaged or vanished) with the reason.
     #[allow(clippy::type_complexity)]
-    pub fn list_snapshots_and_damaged(
+    pub(crate) fn list_snapshots_and_damaged(
         &self,
     ) -> Result<(Vec<(SnapshotId, Snapshot)>, Vec<(SnapshotId, Error)>)> {
         let ids: Vec<SnapshotId> = self
@@ -847,7 +847,7 @@ impl Repository {
     }
 
     /// Read one blob, locating it through the index.
-    pub fn read_blob_checked(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+    pub(crate) fn read_blob_checked(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
         self.with_sealed(kind, id, |entry, sealed| {
             crate::pack::open_blob(&self.keys, &self.repo_id, entry, sealed)
         })
@@ -855,7 +855,7 @@ impl Repository {
 
     /// Read one blob's body (`flag || payload`, still encoded) and the
     /// length it decodes to: what `copy` hands to a related repository.
-    pub fn read_blob_body(&self, kind: BlobKind, id: &BlobId) -> Result<(Vec<u8>, u32)> {
+    pub(crate) fn read_blob_body(&self, kind: BlobKind, id: &BlobId) -> Result<(Vec<u8>, u32)> {
         self.with_sealed(kind, id, |entry, sealed| {
             crate::pack::open_blob_body(&self.keys, &self.repo_id, entry, sealed)
                 .map(|body| (body, entry.raw_length))
@@ -949,7 +949,7 @@ impl Repository {
     /// tiling the pack). Catches bytes appended, cut or altered outside
     /// the blobs a reader uses (doc/reliability.md F1, F2, K9). Costs a stat
     /// and one small ranged read.
-    pub fn check_pack(&self, pack: &PackId) -> Result<()> {
+    pub(crate) fn check_pack(&self, pack: &PackId) -> Result<()> {
         let name = pack.to_hex();
         let obj = FileKind::Pack.path(&name);
         let indexed = self.index()?.pack_size(pack)?;
@@ -1403,7 +1403,7 @@ fn unlock_master(backend: &dyn Backend, repos: &[RepoId], secret: &Secret) -> Re
 /// Default location of the SQLite cache root: `$XDG_CACHE_HOME/coffer` or
 /// `~/.cache/coffer`.
 /// The signature a valid `CACHEDIR.TAG` starts with (bford.info/cachedir).
-pub const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+pub(crate) const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 /// Create the cache root `root` if needed and mark it with a
 /// `CACHEDIR.TAG`, so that backup tools (coffer's `--exclude-caches`,

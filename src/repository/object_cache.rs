@@ -38,7 +38,7 @@ impl ObjectCache {
     }
 
     /// `len` bytes at `offset` of the copy, if there is one that long.
-    pub fn get_range(
+    pub(crate) fn get_range(
         &self,
         kind: FileKind,
         name: &str,

@@ -12,7 +12,7 @@ use std::time::Duration;
 impl Repository {
     /// Every object under `packs/`: its name (not necessarily a valid pack
     /// id: a stray file is listed too) and its size in bytes.
-    pub fn list_packs(&self) -> Result<Vec<(String, u64)>> {
+    pub(crate) fn list_packs(&self) -> Result<Vec<(String, u64)>> {
         Ok(self
             .backend
             .list(FileKind::Pack)?
@@ -27,20 +27,25 @@ impl Repository {
     }
 
     /// `len` bytes of a pack from `offset`, unverified.
-    pub fn read_pack_range(&self, pack: &PackId, offset: u64, len: usize) -> Result<Vec<u8>> {
+    pub(crate) fn read_pack_range(
+        &self,
+        pack: &PackId,
+        offset: u64,
+        len: usize,
+    ) -> Result<Vec<u8>> {
         self.backend
             .get_range(FileKind::Pack, &pack.to_hex(), offset, len)
     }
 
     /// Temporary objects left in the repository: (count, bytes).
-    pub fn temp_usage(&self) -> Result<(u64, u64)> {
+    pub(crate) fn temp_usage(&self) -> Result<(u64, u64)> {
         self.backend.temp_usage()
     }
 
     /// Remove temporary objects older than `min_age` (the caller holds
     /// an exclusive lock, so no put of another process is live), while
     /// this process's lock is intact; returns how many.
-    pub fn remove_stale_temps(&self, min_age: Duration) -> Result<usize> {
+    pub(crate) fn remove_stale_temps(&self, min_age: Duration) -> Result<usize> {
         self.ensure_lock()?;
         self.backend.remove_stale_temps(min_age)
     }
@@ -67,7 +72,7 @@ impl Repository {
 
     /// [`Repository::connections`] for a remote store, `None` for a local
     /// disk: what [`crate::backend::in_io_pool`] takes.
-    pub fn requests_in_flight(&self) -> Option<usize> {
+    pub(crate) fn requests_in_flight(&self) -> Option<usize> {
         self.backend.is_remote().then(|| self.backend.connections())
     }
 
@@ -75,7 +80,7 @@ impl Repository {
     /// from `packs/`, so a crash in between leaves both and a rerun
     /// finishes. Their bytes are the only copy of the blobs that did not
     /// verify, kept for a later attempt or a forensic look.
-    pub fn quarantine_packs(&self, packs: &[PackId]) -> Result<()> {
+    pub(crate) fn quarantine_packs(&self, packs: &[PackId]) -> Result<()> {
         let names: Vec<String> = packs.iter().map(PackId::to_hex).collect();
         for name in &names {
             self.ensure_exclusive_lock("moving a damaged pack aside")?;
@@ -92,14 +97,14 @@ impl Repository {
     /// Delete objects of one kind, only while this process holds an
     /// intact exclusive lock: what a repair deletes may be what a
     /// concurrent backup is about to reference.
-    pub fn delete_exclusively(&self, kind: FileKind, names: &[String]) -> Result<()> {
+    pub(crate) fn delete_exclusively(&self, kind: FileKind, names: &[String]) -> Result<()> {
         self.ensure_exclusive_lock("deleting")?;
         self.forget_snapshot_names(kind);
         self.backend.delete_many(kind, names)
     }
 
     /// `Ok` only while this process holds an exclusive lock that is intact.
-    pub fn ensure_exclusive_lock(&self, action: &'static str) -> Result<()> {
+    pub(crate) fn ensure_exclusive_lock(&self, action: &'static str) -> Result<()> {
         let state = self
             .lock_state
             .lock()

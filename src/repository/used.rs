@@ -31,7 +31,7 @@ pub struct UsedSet<'a> {
 
 impl Repository {
     /// Start an empty used set (replacing any earlier one).
-    pub fn used_set(&self) -> Result<UsedSet<'_>> {
+    pub(crate) fn used_set(&self) -> Result<UsedSet<'_>> {
         let idx = self.index()?;
         idx.scratch().used_reset()?;
         idx.scratch().refs_reset()?;
@@ -42,7 +42,7 @@ impl Repository {
 impl UsedSet<'_> {
     /// Mark the tree `root` and every tree and blob below it. An error
     /// names the tree that could not be read; the set is then incomplete.
-    pub fn add_tree(&mut self, root: &BlobId) -> Result<()> {
+    pub(crate) fn add_tree(&mut self, root: &BlobId) -> Result<()> {
         let repo = self.repo;
         let idx = repo.index()?;
         let mut stack = vec![*root];

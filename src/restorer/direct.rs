@@ -30,14 +30,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Aligned unit of staging and writing.
-pub const SEGMENT: usize = 1 << 20;
+pub(crate) const SEGMENT: usize = 1 << 20;
 /// Files smaller than this go through the page cache: one write each, and
 /// a direct write would wait on the device for every small file.
-pub const MIN_FILE: u64 = SEGMENT as u64;
+pub(crate) const MIN_FILE: u64 = SEGMENT as u64;
 /// Segment buffers alive at once (staging, queued or being written).
 const BUDGET: usize = 32;
 /// Complete segments queued for the writer thread.
-pub const QUEUE: usize = 8;
+pub(crate) const QUEUE: usize = 8;
 
 /// The pool of segment buffers, shared by every file of a restore.
 pub struct Stager {

@@ -28,7 +28,7 @@ fn cstr(path: &Path) -> std::io::Result<CString> {
 /// The temporary name a file is restored under: in the same directory,
 /// derived from the final name, so a re-run after an interruption reuses
 /// (truncates) it instead of leaving another stray file.
-pub fn stable_temp_path(path: &Path) -> PathBuf {
+pub(crate) fn stable_temp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
     let h = blake3::hash(name);
     let tmp = format!(".coffer-tmp-{}", hex::encode(&h.as_bytes()[..8]));
@@ -38,7 +38,7 @@ pub fn stable_temp_path(path: &Path) -> PathBuf {
 /// Create (or truncate) an empty temporary file. Its size is set by the
 /// writes, or at commit when it ends in a hole, so the common case costs no
 /// extra `ftruncate`.
-pub fn create_empty(tmp: &Path) -> std::io::Result<File> {
+pub(crate) fn create_empty(tmp: &Path) -> std::io::Result<File> {
     // O_NOFOLLOW: a symlink planted under the temporary name is not followed.
     OpenOptions::new()
         .write(true)
@@ -79,7 +79,7 @@ fn in_the_way(e: &std::io::Error) -> bool {
 
 /// Remove whatever is at `path` unless it is a real directory: a symlink
 /// planted in the target is replaced, never followed (doc/reliability.md I4).
-pub fn clear_non_dir(path: &Path) -> Result<()> {
+pub(crate) fn clear_non_dir(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => std::fs::remove_file(path).map_err(|e| target_err(path, e)),
@@ -91,7 +91,7 @@ pub fn clear_non_dir(path: &Path) -> Result<()> {
 /// Make `path` a real directory (not a symlink to one). Returns whether
 /// this call created it: entries of a directory made here cannot exist yet,
 /// which spares a lookup per entry.
-pub fn ensure_dir(path: &Path) -> Result<bool> {
+pub(crate) fn ensure_dir(path: &Path) -> Result<bool> {
     match std::fs::create_dir(path) {
         Ok(()) => return Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -119,7 +119,7 @@ fn clear_any(path: &Path) -> Result<()> {
 }
 
 /// Create a symlink, FIFO or device node at `path` (replacing what is there).
-pub fn restore_special(node: &Node, path: &Path, as_root: bool) -> Result<Option<String>> {
+pub(crate) fn restore_special(node: &Node, path: &Path, as_root: bool) -> Result<Option<String>> {
     let made = match make_special(node, path, as_root) {
         Err(e) if in_the_way(&e) => {
             clear_any(path)?;
@@ -211,7 +211,7 @@ fn node_times(node: &Node) -> [libc::timespec; 2] {
 
 /// Owner (root only), mode, xattrs, then times last (setting anything else
 /// would bump them). Never follows a symlink.
-pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Result<()> {
+pub(crate) fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Result<()> {
     let c = cstr(path)?;
     if as_root {
         // SAFETY: `c` is a valid NUL-terminated path; lchown does not follow links.
@@ -253,7 +253,7 @@ pub fn apply_metadata(node: &Node, path: &Path, as_root: bool) -> std::io::Resul
 /// entry does not have, so a file kept as it was ends with the snapshot's
 /// xattrs. Other namespaces (security labels, ACLs) are the system's and
 /// are left alone.
-pub fn remove_extra_user_xattrs(node: &Node, file: &File) -> std::io::Result<()> {
+pub(crate) fn remove_extra_user_xattrs(node: &Node, file: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     // SAFETY: a null buffer of length 0 asks for the size of the list.
@@ -286,7 +286,7 @@ pub fn remove_extra_user_xattrs(node: &Node, file: &File) -> std::io::Result<()>
 }
 
 /// [`apply_metadata`] through an open descriptor of a regular file.
-pub fn apply_metadata_fd(node: &Node, file: &File, as_root: bool) -> std::io::Result<()> {
+pub(crate) fn apply_metadata_fd(node: &Node, file: &File, as_root: bool) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
     // SAFETY (all calls below): `fd` is an open descriptor owned by `file`,

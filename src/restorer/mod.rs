@@ -31,7 +31,7 @@ mod finish;
 mod plan;
 pub mod select;
 
-pub use plan::data_size;
+pub(crate) use plan::data_size;
 
 use crate::blob::PackedBlobSource;
 use crate::error::{Error, Result};

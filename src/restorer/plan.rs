@@ -167,7 +167,7 @@ fn free_space(path: &Path) -> Option<u64> {
 /// all-zero chunks, which are left as holes. A file holds at most its
 /// blobs' bytes, so a hostile declared size (2^63) cannot inflate, or
 /// overflow, the sum; such a file fails on its own when restored.
-pub fn data_size(node: &Node, zero: Option<(BlobId, u64)>) -> u64 {
+pub(crate) fn data_size(node: &Node, zero: Option<(BlobId, u64)>) -> u64 {
     let size = node.size.min(most_bytes(node));
     let Some((id, len)) = zero else { return size };
     let holes = node.content.iter().filter(|c| **c == id).count() as u64;

@@ -58,7 +58,7 @@ impl Selection {
         Pick::Skip
     }
 
-    pub fn root_pick(&self) -> Pick {
+    pub(crate) fn root_pick(&self) -> Pick {
         if self.includes.is_empty() {
             Pick::All
         } else {

@@ -60,7 +60,7 @@ pub struct Calendar {
 }
 
 /// The local calendar (the C library's zone, so `TZ` is honoured).
-pub fn local_calendar(ns: i64) -> Calendar {
+pub(crate) fn local_calendar(ns: i64) -> Calendar {
     let t = crate::localtime::local_ns(ns);
     let (year, yday, wday) = (t.year, t.yday as i64, t.wday as i64);
     // ISO week: the week with the year's first Thursday is week 1.
@@ -174,7 +174,7 @@ impl Default for GroupBy {
     }
 }
 
-pub fn group_key(s: &Snapshot, by: GroupBy) -> String {
+pub(crate) fn group_key(s: &Snapshot, by: GroupBy) -> String {
     let mut k = Vec::new();
     if by.host {
         k.push(format!("host {}", s.hostname));

@@ -84,7 +84,7 @@ impl PrunePlan {
             .sum::<u64>()
             + self.unindexed.iter().map(|p| p.1).sum::<u64>()
     }
-    pub fn is_noop(&self) -> bool {
+    pub(crate) fn is_noop(&self) -> bool {
         self.delete.is_empty() && self.repack.is_empty() && self.unindexed.is_empty()
     }
 }
@@ -107,7 +107,7 @@ const STALE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600)
 
 /// Mark every blob reachable from every snapshot but the `forgotten` in
 /// the index's used set. Returns the number of snapshots walked.
-pub fn mark_used(repo: &Repository, forgotten: &HashSet<SnapshotId>) -> Result<usize> {
+pub(crate) fn mark_used(repo: &Repository, forgotten: &HashSet<SnapshotId>) -> Result<usize> {
     let mut snaps = repo.list_snapshots()?;
     snaps.retain(|(id, _)| !forgotten.contains(id));
     let problems = repo.take_problems();

@@ -19,9 +19,9 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::id::{BlobId, SnapshotId};
 use std::collections::BTreeMap;
 
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"cofferS1";
-pub const MAX_PATHS: usize = 100_000;
-pub const MAX_TAGS: usize = 10_000;
+pub(crate) const SNAPSHOT_MAGIC: &[u8; 8] = b"cofferS1";
+pub(crate) const MAX_PATHS: usize = 100_000;
+pub(crate) const MAX_TAGS: usize = 10_000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {

@@ -20,17 +20,18 @@
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::id::BlobId;
 
-pub const TREE_MAGIC: &[u8; 8] = b"cofferT1";
-pub const MAX_NAME: usize = 4096;
+pub(crate) const TREE_MAGIC: &[u8; 8] = b"cofferT1";
+pub(crate) const MAX_NAME: usize = 4096;
 /// The smallest encoded node: a 1-byte name, empty strings and lists.
-pub const MIN_NODE_LEN: usize = 4 + 1 + 1 + 4 * 3 + 4 + 4 + 12 * 2 + 8 * 5 + 4 + 4 + 4 + 4 + 1;
-pub const MAX_LINK_TARGET: usize = 64 * 1024;
-pub const MAX_XATTRS: usize = 4096;
-pub const MAX_XATTR_VALUE: usize = 1024 * 1024;
+pub(crate) const MIN_NODE_LEN: usize =
+    4 + 1 + 1 + 4 * 3 + 4 + 4 + 12 * 2 + 8 * 5 + 4 + 4 + 4 + 4 + 1;
+pub(crate) const MAX_LINK_TARGET: usize = 64 * 1024;
+pub(crate) const MAX_XATTRS: usize = 4096;
+pub(crate) const MAX_XATTR_VALUE: usize = 1024 * 1024;
 /// Flag: the file changed while it was read; content is what was read.
-pub const FLAG_CHANGED_DURING_READ: u32 = 1;
+pub(crate) const FLAG_CHANGED_DURING_READ: u32 = 1;
 /// Flag: the file could not be read completely; content is incomplete.
-pub const FLAG_INCOMPLETE: u32 = 2;
+pub(crate) const FLAG_INCOMPLETE: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -45,7 +46,7 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
-    pub fn from_u8(v: u8) -> Option<Self> {
+    pub(crate) fn from_u8(v: u8) -> Option<Self> {
         Some(match v {
             1 => NodeKind::File,
             2 => NodeKind::Dir,

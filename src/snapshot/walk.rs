@@ -46,7 +46,7 @@ impl std::fmt::Display for Unreadable {
 /// Load the subtree of the directory at `path`: `Ok(None)`, with the damage
 /// recorded in `unreadable`, when the tree is corrupt or missing; any
 /// other failure (the repository cannot be reached) aborts.
-pub fn load_subtree(
+pub(crate) fn load_subtree(
     source: &dyn BlobSource,
     id: &BlobId,
     path: &[u8],

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 
 /// Bytes looked at: a whole tar header block, for the `ustar` magic at 257
 /// and the header checksum of old (v7) archives without magic.
-pub const PEEK: usize = 512;
+pub(crate) const PEEK: usize = 512;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Container {
@@ -35,7 +35,7 @@ pub struct Unrecognised(pub String);
 
 /// Classify the first bytes of a stream (fewer than [`PEEK`] only when the
 /// stream is that short).
-pub fn detect(head: &[u8]) -> Result<Container, Unrecognised> {
+pub(crate) fn detect(head: &[u8]) -> Result<Container, Unrecognised> {
     let other = |what: &str, tool: &str| {
         Unrecognised(format!(
             "it is {what}, which coffer does not read: decompress it first, e.g. `{tool} -dc FILE | coffer import-tar --name NAME -`"

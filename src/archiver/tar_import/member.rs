@@ -10,13 +10,13 @@ use crate::snapshot::tree::{MAX_NAME, MAX_XATTR_VALUE, MAX_XATTRS, Node, NodeKin
 /// Longest member name accepted. Tar itself has no limit (a PAX `path` can
 /// be any length); this bounds the depth of the staged tree and matches the
 /// longest path a snapshot records.
-pub const MAX_MEMBER_PATH: usize = 64 * 1024;
+pub(crate) const MAX_MEMBER_PATH: usize = 64 * 1024;
 /// Longest user or group name kept (the tree's limit).
 const MAX_OWNER_NAME: usize = 1024;
 
 /// Split a member name into tree names. `Ok(vec![])` is the archive's root
 /// (`.`, `./` or `/`).
-pub fn normalise(raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+pub(crate) fn normalise(raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     if raw.contains(&0) {
         return Err("its name contains a NUL byte".into());
     }
@@ -47,7 +47,7 @@ pub fn normalise(raw: &[u8]) -> Result<Vec<Vec<u8>>, String> {
 
 /// The metadata a tar header (with its PAX records) gives a node; content,
 /// subtree, size and hardlink fields are the caller's.
-pub fn node_from_header(
+pub(crate) fn node_from_header(
     name: Vec<u8>,
     kind: NodeKind,
     h: &tar::Header,
@@ -116,7 +116,7 @@ pub struct Pax {
 impl Pax {
     /// Collect from `(key, value)` records. Unknown keys are ignored, as
     /// POSIX asks; a malformed time is ignored in favour of the header's.
-    pub fn from_records<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Pax {
+    pub(crate) fn from_records<'a>(records: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> Pax {
         let mut p = Pax::default();
         for (k, v) in records {
             match k {

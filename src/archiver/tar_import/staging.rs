@@ -75,7 +75,7 @@ impl Staging {
     /// Date the top directory when the archive does not list `.`: with the
     /// newest member's mtime, so that importing the same archive twice
     /// gives the same top directory.
-    pub fn date_unlisted_root(&mut self, newest: Time) {
+    pub(crate) fn date_unlisted_root(&mut self, newest: Time) {
         if !self.root_listed {
             self.dirs[0].node.mtime = newest;
             self.dirs[0].node.ctime = newest;
@@ -151,7 +151,7 @@ impl Staging {
 
     /// Anything but a directory. A name already present is replaced, as
     /// extracting the archive would replace it.
-    pub fn put_leaf(&mut self, comps: &[Vec<u8>], node: Node) -> Result<Replaced, String> {
+    pub(crate) fn put_leaf(&mut self, comps: &[Vec<u8>], node: Node) -> Result<Replaced, String> {
         let Some(last) = comps.last() else {
             return Err("it names the archive's root `.` but is not a directory".into());
         };
@@ -191,7 +191,7 @@ impl Staging {
     /// A hard link `comps` to the earlier member `target`: both names then
     /// share one inode number (stable across imports: derived from the
     /// first name), so restore and export-tar link them again.
-    pub fn put_link(
+    pub(crate) fn put_link(
         &mut self,
         comps: &[Vec<u8>],
         target: &[Vec<u8>],
