@@ -19,7 +19,7 @@ impl std::fmt::Display for DecodeError {
 
 /// Appends encoded values to a byte vector.
 #[derive(Default)]
-pub struct Writer {
+pub(crate) struct Writer {
     pub buf: Vec<u8>,
 }
 

@@ -18,7 +18,7 @@ pub(crate) const ALIGN: usize = 4096;
 ///
 /// Over-allocating a `Vec` and starting at the first aligned byte needs no
 /// `unsafe` and no custom allocator.
-pub struct AlignedBuf {
+pub(crate) struct AlignedBuf {
     v: Vec<u8>,
     start: usize,
     len: usize,
@@ -31,12 +31,9 @@ impl AlignedBuf {
         AlignedBuf { v, start, len }
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn as_slice(&self) -> &[u8] {

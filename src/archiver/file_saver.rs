@@ -260,7 +260,7 @@ pub(crate) fn save_file(
 }
 
 /// What [`chunk_stream`] produced.
-pub struct Streamed {
+pub(crate) struct Streamed {
     pub content: Vec<BlobId>,
     pub read: u64,
     pub added: u64,
@@ -683,7 +683,6 @@ mod tests {
         let (tx, _rx) = crossbeam_channel::bounded(1);
         let job = FileJob {
             path: path.to_path_buf(),
-            size: 0,
             result: tx,
         };
         let chunker = Chunker::new(ChunkerParams::default(), 7);

@@ -13,7 +13,7 @@ use std::path::Path;
 
 /// uid/gid → name, looked up once per id.
 #[derive(Default)]
-pub struct NameCache {
+pub(crate) struct NameCache {
     users: HashMap<u32, String>,
     groups: HashMap<u32, String>,
 }

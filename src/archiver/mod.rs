@@ -49,9 +49,8 @@ const ITEM_QUEUE: usize = 32;
 /// Files waiting for a saver.
 const JOB_QUEUE: usize = 256;
 
-pub struct FileJob {
+pub(crate) struct FileJob {
     pub path: PathBuf,
-    pub size: u64,
     pub result: Sender<Result<FileOutcome>>,
 }
 
@@ -344,7 +343,6 @@ fn assemble(
                         let (tx, _rx) = bounded(1);
                         let job = FileJob {
                             path: path.clone(),
-                            size: node.size,
                             result: tx,
                         };
                         Some(file_saver::save_file(

@@ -65,7 +65,7 @@ struct State {
 }
 
 /// What the workers and the walker share.
-pub struct Prefetch<'a> {
+pub(crate) struct Prefetch<'a> {
     state: Mutex<State>,
     /// Workers wait here for work (or room).
     work: Condvar,

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 /// directories recorded only for their metadata, `target` nodes are walked
 /// completely.
 #[derive(Default, Debug)]
-pub struct PathTrie {
+pub(crate) struct PathTrie {
     children: BTreeMap<Vec<u8>, PathTrie>,
     target: bool,
 }
@@ -56,13 +56,13 @@ impl PathTrie {
 
 /// Where the walker's output goes: items to the assembler, files to the
 /// readers, warnings to the report.
-pub struct Outlets {
+pub(crate) struct Outlets {
     pub items: Sender<Vec<Item>>,
     pub jobs: Sender<FileJob>,
     pub warnings: Sender<SourceWarning>,
 }
 
-pub struct Walker<'a> {
+pub(crate) struct Walker<'a> {
     /// Items go out in batches: one channel operation (and one thread
     /// wake-up) per [`ITEM_BATCH`] entries, not per file.
     items: Sender<Vec<Item>>,
@@ -314,7 +314,6 @@ impl<'a> Walker<'a> {
                 self.jobs
                     .send(FileJob {
                         path: path.to_path_buf(),
-                        size: node.size,
                         result: tx,
                     })
                     .map_err(|_| Hangup)?;

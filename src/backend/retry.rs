@@ -28,7 +28,7 @@ pub fn set_reporter(f: Reporter) {
     let _ = REPORTER.set(f);
 }
 
-pub struct Retrying<B> {
+pub(crate) struct Retrying<B> {
     inner: B,
     tries: u32,
     base: Duration,

@@ -67,7 +67,7 @@ fn trace(method: &str, what: &str) {
     }
 }
 
-pub struct S3Backend {
+pub(crate) struct S3Backend {
     counts: Counts,
     bucket: Bucket,
     creds: Credentials,

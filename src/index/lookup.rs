@@ -171,7 +171,7 @@ impl Index {
 
 /// What [`Index::pack_digests`] read.
 #[derive(Debug, Default)]
-pub struct CacheDigests {
+pub(crate) struct CacheDigests {
     pub packs: HashMap<PackId, PackDigest>,
     /// Pids that have blob rows but no pack.
     pub orphans: u64,
@@ -183,7 +183,7 @@ pub struct CacheDigests {
 /// size and the sum of [`entry_digest`] over its blobs, read through the
 /// table and through the per-pack index.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PackDigest {
+pub(crate) struct PackDigest {
     pub size: u64,
     pub table: u128,
     pub by_pack: u128,

@@ -26,8 +26,9 @@ use rusqlite::Connection;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+pub use lookup::BlobTotals;
+pub(crate) use lookup::PackUsage;
 pub(crate) use lookup::entry_digest;
-pub use lookup::{BlobTotals, CacheDigests, PackDigest, PackUsage};
 pub use scratch::Scratch;
 
 /// One row of `id, kind, offset, length, raw_length`.

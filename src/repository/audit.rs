@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 /// What [`Repository::audit_index`] found.
 #[derive(Debug, Default)]
-pub struct IndexAudit {
+pub(crate) struct IndexAudit {
     /// A line for each index segment that does not read, naming it and
     /// the command that fixes it.
     pub damaged_segments: Vec<String>,

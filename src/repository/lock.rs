@@ -199,7 +199,7 @@ impl LockState {
 }
 
 /// Writes a fresh lock object for the holder (and deletes the old one).
-pub type RefreshFn = Box<dyn Fn(&LockState) -> Result<()> + Send + Sync>;
+pub(crate) type RefreshFn = Box<dyn Fn(&LockState) -> Result<()> + Send + Sync>;
 
 /// A held lock: refreshed in the background, removed on drop.
 pub struct LockGuard {
@@ -270,7 +270,7 @@ use super::Repository;
 use crate::id::LockId as Lid;
 
 /// A lock object as listed: readable, or why not.
-pub type ListedLock = (Lid, Result<LockInfo>);
+pub(crate) type ListedLock = (Lid, Result<LockInfo>);
 
 impl Repository {
     /// Every lock object in the repository.

@@ -49,7 +49,7 @@ pub enum InitSecret {
 
 /// A key slot as `key list` shows it: id, kind (if the slot parses), and
 /// its metadata or why it cannot be read.
-pub type KeyListing = (KeyId, Option<SlotKind>, Result<SlotMeta, String>);
+pub(crate) type KeyListing = (KeyId, Option<SlotKind>, Result<SlotMeta, String>);
 
 /// Most passphrase slots tried when opening: each costs one Argon2id run, so
 /// a repository with a thousand slots cannot stall every command (H-4).
@@ -92,7 +92,7 @@ pub struct Repository {
 }
 
 /// Receives informational lines; the CLI prints them on stderr.
-pub type Notifier = Box<dyn Fn(&str) + Send + Sync>;
+pub(crate) type Notifier = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Who is writing, for key slot metadata and snapshots.
 pub fn hostname() -> String {

@@ -25,7 +25,7 @@ const TREE_BATCH: usize = 256;
 const TREE_BYTES: u64 = if cfg!(test) { 64 } else { 8 << 20 };
 
 /// A used set being built; [`UsedSet::finish`] completes it.
-pub struct UsedSet<'a> {
+pub(crate) struct UsedSet<'a> {
     repo: &'a Repository,
 }
 

@@ -40,7 +40,7 @@ const BUDGET: usize = 32;
 pub(crate) const QUEUE: usize = 8;
 
 /// The pool of segment buffers, shared by every file of a restore.
-pub struct Stager {
+pub(crate) struct Stager {
     free: Mutex<Vec<AlignedBuf>>,
     live: AtomicU64,
 }
@@ -96,14 +96,14 @@ enum Segment {
 }
 
 /// A segment with all its bytes, for the writer thread.
-pub struct Ready {
+pub(crate) struct Ready {
     pub offset: u64,
     pub len: usize,
     pub buf: AlignedBuf,
 }
 
 /// Where one piece of a blob went.
-pub enum Placed {
+pub(crate) enum Placed {
     /// Staged; nothing to do now.
     Staged,
     /// Staged, and its segment is complete: write it.
@@ -113,7 +113,7 @@ pub enum Placed {
 }
 
 /// The O_DIRECT side of one restored file.
-pub struct DirectFile {
+pub(crate) struct DirectFile {
     fd: File,
     size: u64,
     segments: Mutex<HashMap<u64, Segment>>,

@@ -9,14 +9,14 @@ use crate::pattern::Pattern;
 
 /// Include and exclude patterns together.
 #[derive(Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     includes: Vec<Pattern>,
     excludes: Vec<Pattern>,
 }
 
 /// The verdict for one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pick {
+pub(crate) enum Pick {
     /// Restore it and everything below.
     All,
     /// Not selected itself, but something below may be: create the

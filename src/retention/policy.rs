@@ -49,7 +49,7 @@ pub struct Decision {
 
 /// Local calendar fields of a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Calendar {
+pub(crate) struct Calendar {
     pub year: i64,
     pub month: u32,
     pub day: u32,

@@ -31,7 +31,7 @@ impl Container {
 
 /// Why the first bytes are not something we can import.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Unrecognised(pub String);
+pub(crate) struct Unrecognised(pub String);
 
 /// Classify the first bytes of a stream (fewer than [`PEEK`] only when the
 /// stream is that short).

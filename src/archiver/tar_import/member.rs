@@ -102,7 +102,7 @@ fn owner_name(raw: &[u8]) -> String {
 
 /// The PAX records of one member that the tar crate does not apply itself.
 #[derive(Default, Debug, PartialEq, Eq)]
-pub struct Pax {
+pub(crate) struct Pax {
     pub mtime: Option<Time>,
     pub ctime: Option<Time>,
     pub uname: Option<Vec<u8>>,

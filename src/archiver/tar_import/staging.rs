@@ -36,7 +36,7 @@ struct Dir {
     dead: bool,
 }
 
-pub struct Staging {
+pub(crate) struct Staging {
     dirs: Vec<Dir>,
     /// Metadata for directories the archive never lists (owner and mode as
     /// extracting would create them).
@@ -48,7 +48,7 @@ pub struct Staging {
 }
 
 /// A member was placed, but something earlier was dropped for it.
-pub type Replaced = Option<String>;
+pub(crate) type Replaced = Option<String>;
 
 fn display(comps: &[Vec<u8>]) -> String {
     String::from_utf8_lossy(&comps.join(&b'/')).into_owned()
