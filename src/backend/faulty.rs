@@ -9,7 +9,7 @@
 //! too). `before-delete[:KIND]:N` does the same just before the N-th
 //! deletion. `enospc-put[:KIND]:N` does not kill: the local backend's N-th
 //! write stops half way with ENOSPC, as on a full disk (doc/reliability.md
-//! E1); the local backend asks [`enospc_now`]. Unset, nothing is wrapped.
+//! E1); the local backend asks `enospc_now`. Unset, nothing is wrapped.
 
 use super::{Backend, FileKind, ObjectInfo, PendingPut};
 use crate::error::Result;

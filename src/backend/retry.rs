@@ -1,6 +1,6 @@
 //! Retries for a remote store: 503 SlowDown, 429, 5xx, timeouts, resets
 //! and bodies cut short are routine on S3 (restic#1600, #4018), so every
-//! request that failed with a transient [`Failure`] is tried again, after
+//! request that failed with a transient [`crate::error::Failure`] is tried again, after
 //! a capped, jittered exponential pause, up to [`Options::retries`] tries.
 //! Anything else (denied, not found, a permanent error) is returned at once.
 //!
