@@ -3,7 +3,7 @@
 //! of known content cannot be predicted without the key (repo-format/README.md,
 //! "Chunking"; doc/reliability.md H-9).
 //!
-//! The chunker is a pure function of bytes: [`Chunker::next_cut`] finds the
+//! The chunker is a pure function of bytes: `Chunker::next_cut` finds the
 //! end of the chunk that starts at the beginning of a slice. Streaming callers
 //! keep the uncut tail of one buffer and prepend it to the next, which yields
 //! exactly the cuts of a single pass over the whole stream, because FastCDC

@@ -18,9 +18,9 @@
 //! snapshot is written.
 
 pub mod exclude;
-pub mod file_saver;
+pub(crate) mod file_saver;
 pub mod metadata;
-pub mod prefetch;
+pub(crate) mod prefetch;
 pub mod scan;
 pub mod stream;
 pub mod tar_import;

@@ -7,7 +7,7 @@
 //!
 //! The walk recurses; real filesystems bound the depth (PATH_MAX), and the
 //! walker thread is given a large stack. Listings, metadata and parent
-//! trees are prepared ahead of it by [`super::prefetch`].
+//! trees are prepared ahead of it by the `prefetch` module.
 
 use super::metadata::{NameCache, node_from_metadata, node_from_parts};
 use super::prefetch::{Listing, Prefetch};

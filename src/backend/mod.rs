@@ -9,7 +9,7 @@
 //! presented as complete (restic#4612).
 
 pub mod conformance;
-pub mod faulty;
+pub(crate) mod faulty;
 pub mod local;
 pub mod location;
 pub mod memory;

@@ -221,7 +221,7 @@ pub(crate) fn entry_digest(e: &PackEntry) -> u128 {
 }
 
 /// How much of a pack is in use (from [`Scratch::usage`](super::Scratch::usage)).
-/// Distinct blobs of one kind and their sizes, from [`Index::blob_totals`].
+/// Distinct blobs of one kind and their sizes, from `Index::blob_totals`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobTotals {
     pub kind: BlobKind,

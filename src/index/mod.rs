@@ -15,7 +15,7 @@
 
 mod cache;
 mod lookup;
-pub mod schema;
+pub(crate) mod schema;
 mod scratch;
 pub mod segment;
 mod sync;

@@ -8,7 +8,7 @@
 //! objects, and a slot's metadata, may be damaged without locking anyone
 //! out (repo-format/README.md, "What survives one damaged byte"). The index is loaded lazily: listing snapshots does not pay for it.
 
-pub mod audit;
+pub(crate) mod audit;
 pub mod blob_store;
 pub mod config;
 mod keys;

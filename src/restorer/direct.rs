@@ -4,15 +4,15 @@
 //! `--verify`), so copying it into the page cache only costs: on the
 //! 2-core VMs coffer is measured on, that copy was a third of a full
 //! restore's CPU (see [`crate::direct_io`]). Files of at least
-//! [`MIN_FILE`] bytes are therefore written with O_DIRECT, which needs
+//! `MIN_FILE` bytes are therefore written with O_DIRECT, which needs
 //! aligned offsets and lengths, while blobs arrive at arbitrary offsets and
 //! in any order (packs are read in parallel; a blob may serve several
-//! places). So each file is cut into aligned [`SEGMENT`]s: a blob's bytes
+//! places). So each file is cut into aligned `SEGMENT`s: a blob's bytes
 //! are copied into the buffers of the segments it covers, and a segment
 //! whose every byte has arrived is handed to a writer thread, which writes
 //! it with one O_DIRECT `pwrite` and returns the buffer to the pool.
 //!
-//! Memory is bounded by [`Stager`]'s buffer budget. When it is spent (a
+//! Memory is bounded by `Stager`'s buffer budget. When it is spent (a
 //! file whose blobs come in an order far from its own), a segment not yet
 //! started goes through the page cache instead; segments never mix the
 //! two, so a direct write never covers bytes written the other way.

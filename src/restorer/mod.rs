@@ -26,7 +26,7 @@
 pub mod direct;
 pub mod dump;
 mod fetch;
-pub mod file_writer;
+pub(crate) mod file_writer;
 mod finish;
 mod plan;
 pub mod select;

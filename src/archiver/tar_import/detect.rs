@@ -19,16 +19,6 @@ pub enum Container {
     Zstd,
 }
 
-impl Container {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Container::Tar => "tar",
-            Container::Gzip => "tar.gz",
-            Container::Zstd => "tar.zst",
-        }
-    }
-}
-
 /// Why the first bytes are not something we can import.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Unrecognised(pub String);

@@ -25,9 +25,9 @@
 //! truncated or corrupt archive is an [`Error::Archive`]: half an archive
 //! would look like a complete snapshot, so none is written.
 
-pub mod detect;
+pub(crate) mod detect;
 pub mod member;
-pub mod staging;
+pub(crate) mod staging;
 
 use super::file_saver::chunk_stream;
 use super::{BackupOutcome, SnapshotOptions, Summary, record_snapshot};
