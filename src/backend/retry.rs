@@ -20,12 +20,16 @@ use std::time::Duration;
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 type Reporter = Box<dyn Fn(&str) + Send + Sync>;
-static REPORTER: OnceLock<Reporter> = OnceLock::new();
+static REPORTER: OnceLock<(Reporter, bool)> = OnceLock::new();
+/// Set once the quiet one-time notice has been given.
+static NOTICED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Where a line per retried request goes (the CLI's `-v`); unset, retries
-/// are silent.
-pub fn set_reporter(f: Reporter) {
-    let _ = REPORTER.set(f);
+/// Where retries are reported: with `every`, a line per retried request
+/// (the CLI's `-v`); without, one line the first time a request needs a
+/// third try, so that a store that has stopped answering is not a silent
+/// wait of a minute or more. Unset, retries are silent.
+pub fn set_reporter(f: Reporter, every: bool) {
+    let _ = REPORTER.set((f, every));
 }
 
 pub(crate) struct Retrying<B> {
@@ -50,13 +54,23 @@ impl<B: Backend> Retrying<B> {
             match f() {
                 Err(e) if e.is_transient() && attempt < self.tries => {
                     let pause = pause(self.base, attempt);
-                    if let Some(r) = REPORTER.get() {
-                        r(&format!(
+                    match REPORTER.get() {
+                        Some((r, true)) => r(&format!(
                             "coffer: {op} {what} failed ({e}); try {} of {} in {} ms",
                             attempt + 1,
                             self.tries,
                             pause.as_millis()
-                        ));
+                        )),
+                        Some((r, false))
+                            if attempt == 2
+                                && !NOTICED.swap(true, std::sync::atomic::Ordering::Relaxed) =>
+                        {
+                            r(&format!(
+                                "coffer: the store is not answering as it should ({e}); retrying, up to {} tries per request (-v shows each)",
+                                self.tries
+                            ))
+                        }
+                        _ => {}
                     }
                     std::thread::sleep(pause);
                     attempt += 1;

@@ -141,8 +141,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
         }
     };
     let g = &cli.global;
-    if g.verbose > 0 {
-        coffer::backend::retry::set_reporter(Box::new(output::notice));
+    if !g.quiet || g.verbose > 0 {
+        coffer::backend::retry::set_reporter(Box::new(output::notice), g.verbose > 0);
     }
     coffer::backend::s3::set_trace(g.verbose > 1);
     let code = dispatch(&cli, g);
