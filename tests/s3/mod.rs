@@ -566,3 +566,66 @@ fn init_probes_create_once_and_a_no_change_backup_is_cheap() {
     assert!(n <= 12, "a no-change backup made {n} requests: {line}");
     assert!(!line.contains("HEAD"), "{line}");
 }
+
+/// A bucket that does not exist, credentials the store refuses, and a
+/// store that does not answer: each a one-line error saying what to do,
+/// exit 1, and nothing created.
+#[test]
+fn a_missing_bucket_wrong_credentials_and_a_dead_store_are_clear_errors() {
+    let Some(env) = Env::s3("a_missing_bucket_wrong_credentials_and_a_dead_store_are_clear_errors")
+    else {
+        return;
+    };
+    let location = env.s3_location().unwrap().to_string();
+    // s3:http://HOST:PORT/BUCKET/PREFIX → the same with another bucket.
+    let (scheme_host, rest) = location.split_at(location.find("//").unwrap() + 2);
+    let (host, path) = rest.split_once('/').unwrap();
+    let (_, prefix) = path.split_once('/').unwrap();
+    let no_bucket = format!("{scheme_host}{host}/no-such-bucket-coffer/{prefix}");
+    let r = env
+        .coffer()
+        .no_repo()
+        .args(["--repo", &no_bucket, "init"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("NoSuchBucket") && r.stderr.contains("create the bucket"),
+        "{}",
+        r.stderr
+    );
+
+    env.init_with(&[]);
+    let r = env
+        .coffer()
+        .env("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+        .args(["snapshots"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("access denied") && !r.stderr.contains("tries"),
+        "{}",
+        r.stderr
+    );
+
+    // Nothing listens on port 9 (discard) of loopback.
+    let dead = format!("s3:http://127.0.0.1:9/{path}");
+    let r = env
+        .coffer()
+        .no_repo()
+        .args([
+            "--repo",
+            &dead,
+            "--option",
+            "retries=2",
+            "--option",
+            "retry-base=10ms",
+        ])
+        .arg("snapshots")
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("still failing after 2 tries"),
+        "{}",
+        r.stderr
+    );
+}
