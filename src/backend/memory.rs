@@ -47,7 +47,14 @@ impl Backend for MemoryBackend {
             .ok_or(Error::NotFound { object: path })
     }
 
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn get_range_into(
+        &self,
+        kind: FileKind,
+        name: &str,
+        offset: u64,
+        len: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         let path = kind.path(name);
         let m = self.lock();
         let data = m.get(&path).ok_or_else(|| Error::NotFound {
@@ -55,7 +62,11 @@ impl Backend for MemoryBackend {
         })?;
         let start = usize::try_from(offset).unwrap_or(usize::MAX);
         match start.checked_add(len) {
-            Some(end) if end <= data.len() => Ok(data[start..end].to_vec()),
+            Some(end) if end <= data.len() => {
+                buf.clear();
+                buf.extend_from_slice(&data[start..end]);
+                Ok(())
+            }
             _ => Err(Error::corrupt(
                 path,
                 "object is shorter than the range read",

@@ -212,7 +212,11 @@ pub trait Backend: Send + Sync {
     /// Read a whole object.
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>>;
     /// Read `len` bytes at `offset`; a short object is an error.
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.get_range_into(kind, name, offset, len, &mut buf)?;
+        Ok(buf)
+    }
     /// [`Backend::get_range`] into `buf` (resized to `len`), so a caller
     /// that reads many ranges can reuse one buffer instead of faulting in
     /// fresh pages for each.
@@ -223,10 +227,7 @@ pub trait Backend: Send + Sync {
         offset: u64,
         len: usize,
         buf: &mut Vec<u8>,
-    ) -> Result<()> {
-        *buf = self.get_range(kind, name, offset, len)?;
-        Ok(())
-    }
+    ) -> Result<()>;
     /// Hand every object of a kind to `f`, in no particular order, page
     /// by page on a remote store: all of them, or an error.
     fn list_each(&self, kind: FileKind, f: &mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()>;

@@ -275,8 +275,15 @@ mod tests {
                 None => self.inner.get(kind, name),
             }
         }
-        fn get_range(&self, k: FileKind, n: &str, o: u64, l: usize) -> Result<Vec<u8>> {
-            self.inner.get_range(k, n, o, l)
+        fn get_range_into(
+            &self,
+            k: FileKind,
+            n: &str,
+            o: u64,
+            l: usize,
+            buf: &mut Vec<u8>,
+        ) -> Result<()> {
+            self.inner.get_range_into(k, n, o, l, buf)
         }
         fn list_each(
             &self,

@@ -565,12 +565,6 @@ impl Backend for S3Backend {
         Ok(buf)
     }
 
-    fn get_range(&self, kind: FileKind, name: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        self.get_range_into(kind, name, offset, len, &mut buf)?;
-        Ok(buf)
-    }
-
     fn get_range_into(
         &self,
         kind: FileKind,

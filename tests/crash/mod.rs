@@ -47,17 +47,6 @@ fn pack_names(env: &Env) -> BTreeSet<String> {
     env.objects("packs").iter().map(|p| file_name(p)).collect()
 }
 
-/// The infos of a clean check that say some packs are not indexed.
-fn unindexed_infos(check: &serde_json::Value) -> Vec<String> {
-    check["infos"]
-        .as_array()
-        .expect("infos")
-        .iter()
-        .map(|i| i.as_str().unwrap().to_string())
-        .filter(|i| i.contains("not in the index"))
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // backup
 

@@ -72,18 +72,6 @@ fn unlock_and_check(env: &Env, point: &str) {
     env.check_clean();
 }
 
-/// The infos of a clean check that say some packs are not indexed.
-fn unindexed_infos(check: &serde_json::Value) -> Vec<String> {
-    check["infos"]
-        .as_array()
-        .expect("infos")
-        .iter()
-        .filter_map(|i| i.as_str())
-        .filter(|i| i.contains("not in the index"))
-        .map(String::from)
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // backup
 

@@ -92,3 +92,15 @@ pub fn file_name(p: &Path) -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// The infos of a clean check that say some packs are not indexed.
+pub fn unindexed_infos(check: &serde_json::Value) -> Vec<String> {
+    check["infos"]
+        .as_array()
+        .expect("infos")
+        .iter()
+        .filter_map(|i| i.as_str())
+        .filter(|i| i.contains("not in the index"))
+        .map(String::from)
+        .collect()
+}
