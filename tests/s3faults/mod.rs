@@ -267,11 +267,13 @@ fn tries_per_object(seen: &[Seen]) -> BTreeMap<&str, usize> {
 }
 
 /// One line, the error: nothing else on stderr.
+/// The one error line of a failed run, besides the one notice (without
+/// `-v`) that the store is not answering and retries go on.
 fn one_error_line(run: &Run) -> &str {
     let lines: Vec<&str> = run
         .stderr
         .lines()
-        .filter(|l| !l.trim().is_empty())
+        .filter(|l| !l.trim().is_empty() && !l.contains("is not answering as it should"))
         .collect();
     assert_eq!(
         lines.len(),
