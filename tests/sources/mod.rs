@@ -361,3 +361,30 @@ fn a_dry_run_reports_what_a_backup_would_add_and_writes_nothing() {
         .stderr_has("no repository yet");
     assert!(!env.xdg_data.join("coffer/default").exists());
 }
+
+/// restic's spelling of the stream's name, `--stdin-filename`, works as
+/// coffer's `--stdin-name`: a restic user's nightly script runs as it is.
+#[test]
+fn restics_stdin_filename_names_the_stream() {
+    let env = Env::new();
+    env.init();
+    let mut child = env
+        .coffer()
+        .args(["backup", "--stdin", "--stdin-filename", "all.sql"])
+        .spawn();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"SELECT 1;\n")
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dumped = env.coffer().args(["dump", "latest", "/all.sql"]).run().ok();
+    assert_eq!(dumped.stdout, "SELECT 1;\n");
+}

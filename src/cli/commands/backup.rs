@@ -21,8 +21,9 @@ pub struct BackupArgs {
     /// Back up standard input as one file
     #[arg(long)]
     pub stdin: bool,
-    /// File name for --stdin / --stdin-from-command
-    #[arg(long, default_value = "stdin")]
+    /// File name for --stdin / --stdin-from-command (restic's
+    /// --stdin-filename works too)
+    #[arg(long, visible_alias = "stdin-filename", default_value = "stdin")]
     pub stdin_name: String,
     /// Run the command given after `--` and back up its output; if it
     /// exits non-zero, the backup fails and no snapshot is written
