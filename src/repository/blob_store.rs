@@ -45,15 +45,15 @@ pub const CHECKPOINT_BLOBS: usize = 100_000;
 /// thread, so a slow one stops neither.
 pub(crate) const UPLOADERS: usize = 2;
 
-/// Upload threads for `repo`: [`UPLOADERS`] on a local disk; on a remote
+/// Upload threads for `repo`, of which a local disk gets `local`; a remote
 /// store, where a put waits on the network rather than the disk, up to
-/// twice that (each holds one pack, so memory grows by at most two packs:
-/// the bound that keeps a backup to S3 within 1.3x the memory of one to a
-/// disk).
-pub(crate) fn upload_threads(repo: &Repository) -> usize {
+/// twice that (each holds one pack, so memory grows by at most `local`
+/// packs: the bound that keeps a backup to S3 within 1.3x the memory of
+/// one to a disk).
+pub(crate) fn upload_threads(repo: &Repository, local: usize) -> usize {
     match repo.requests_in_flight() {
-        Some(n) => n.clamp(UPLOADERS, 2 * UPLOADERS),
-        None => UPLOADERS,
+        Some(n) => n.clamp(local, 2 * local),
+        None => local,
     }
 }
 
@@ -160,7 +160,7 @@ impl BlobStore {
         let (tx, rx) = bounded::<FinishedPack>(0);
         // Written packs wait here for their fsyncs holding only a file.
         let (done_tx, done_rx) = bounded::<Result<Uploaded>>(PENDING_COMMITS);
-        for i in 0..upload_threads(&shared.repo) {
+        for i in 0..upload_threads(&shared.repo, UPLOADERS) {
             let (s, rx, done_tx) = (shared.clone(), rx.clone(), done_tx.clone());
             std::thread::Builder::new()
                 .name(format!("coffer-upload-{i}"))

@@ -398,9 +398,7 @@ impl Repository {
 
     /// Path of the SQLite index cache, if it is on disk.
     pub(crate) fn cache_path(&self) -> Option<PathBuf> {
-        self.cache_root
-            .as_ref()
-            .map(|r| r.join(self.repo_id.to_hex()).join("index.sqlite"))
+        self.cache_dir().map(|d| d.join("index.sqlite"))
     }
 
     /// Full integrity check of the on-disk index cache (every page), which

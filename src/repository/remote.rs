@@ -7,12 +7,28 @@ use super::{Repository, lock};
 use crate::backend::FileKind;
 use crate::error::Result;
 use crate::id::PackId;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// See [`Repository::pack_listing_due`].
 const WRITING: &str = "writing.";
 const PACKS_LISTED: &str = "packs-listed";
 const PACK_LISTING_EVERY: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// The `writing.<pid>` marks in `dir` whose process is gone: writers that
+/// died before they finished.
+fn dead_writer_marks(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(WRITING)?.parse().ok())
+                .is_some_and(|pid: u32| !lock::pid_alive(pid))
+        })
+        .map(|e| e.path())
+}
 
 impl Repository {
     /// Should a writer compare every pack in the store with the index now
@@ -26,17 +42,7 @@ impl Repository {
         let Some(dir) = self.cache_dir().filter(|_| self.backend.is_remote()) else {
             return true;
         };
-        let interrupted = std::fs::read_dir(&dir)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(|n| n.strip_prefix(WRITING))
-                    .and_then(|pid| pid.parse().ok())
-                    .is_some_and(|pid: u32| !lock::pid_alive(pid))
-            });
+        let interrupted = dead_writer_marks(&dir).next().is_some();
         let listed = std::fs::metadata(dir.join(PACKS_LISTED)).and_then(|m| m.modified());
         interrupted || !listed.is_ok_and(|t| t.elapsed().is_ok_and(|age| age < PACK_LISTING_EVERY))
     }
@@ -49,14 +55,8 @@ impl Repository {
             return;
         }
         let _ = std::fs::write(dir.join(PACKS_LISTED), b"");
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let pid = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix(WRITING)?.parse().ok());
-            if pid.is_some_and(|pid: u32| !lock::pid_alive(pid)) {
-                let _ = std::fs::remove_file(e.path());
-            }
+        for mark in dead_writer_marks(&dir) {
+            let _ = std::fs::remove_file(mark);
         }
     }
 
@@ -82,12 +82,9 @@ impl Repository {
     /// Copies of snapshots and tree packs, for a remote store with a cache
     /// directory (see [`object_cache`]).
     pub(super) fn object_cache(&self) -> Option<ObjectCache> {
-        if !self.backend.is_remote() {
-            return None;
-        }
-        self.cache_root
-            .as_ref()
-            .map(|r| ObjectCache::new(r.join(self.repo_id.to_hex()).join("objects")))
+        self.cache_dir()
+            .filter(|_| self.backend.is_remote())
+            .map(|d| ObjectCache::new(d.join("objects")))
     }
 
     /// Keep a copy of a tree pack this process uploads, so that the next

@@ -385,10 +385,7 @@ fn repack(
                 }
             }
         });
-        let uploaders = match repo.requests_in_flight() {
-            Some(n) => n.clamp(REPACK_UPLOADERS, 2 * REPACK_UPLOADERS),
-            None => REPACK_UPLOADERS,
-        };
+        let uploaders = crate::repository::blob_store::upload_threads(repo, REPACK_UPLOADERS);
         for _ in 0..uploaders {
             let (new_rx, done_tx) = (new_rx.clone(), done_tx.clone());
             scope.spawn(move || {
