@@ -61,37 +61,21 @@ fn kind_matches(k: &str, dir: &str) -> bool {
     k == dir || format!("{k}s") == dir || (k == "config" && dir.is_empty())
 }
 
-/// The point, if it is a kill point counting events of this kind.
-fn kill_point(delete: bool, kind: FileKind) -> Option<&'static Point> {
-    point().as_ref().filter(|p| {
-        p.delete == delete
-            && !p.enospc
-            && p.kind
-                .as_deref()
-                .is_none_or(|k| kind_matches(k, kind.dir()))
-    })
+/// Does the failpoint count events of this kind?
+fn counts_kind(p: &Point, kind: FileKind) -> bool {
+    p.kind
+        .as_deref()
+        .is_none_or(|k| kind_matches(k, kind.dir()))
 }
 
-fn before_put(kind: FileKind) {
-    if let Some(p) = kill_point(false, kind)
-        && !p.after
-        && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
-    {
-        std::process::abort();
-    }
-}
-
-fn after_put(kind: FileKind) {
-    if let Some(p) = kill_point(false, kind)
-        && p.after
-        && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
-    {
-        std::process::abort();
-    }
-}
-
-fn before_delete(kind: FileKind) {
-    if let Some(p) = kill_point(true, kind)
+/// Count the event (a delete, or a put before or after it is durable) if
+/// the failpoint is a kill point counting it, and die at the N-th.
+fn kill_at(delete: bool, after: bool, kind: FileKind) {
+    if let Some(p) = point()
+        && !p.enospc
+        && p.delete == delete
+        && p.after == after
+        && counts_kind(p, kind)
         && COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
     {
         std::process::abort();
@@ -101,12 +85,7 @@ fn before_delete(kind: FileKind) {
 /// Should this write run out of space (the N-th of an `enospc-put`)?
 pub(crate) fn enospc_now(kind: FileKind) -> bool {
     match point() {
-        Some(p)
-            if p.enospc
-                && p.kind
-                    .as_deref()
-                    .is_none_or(|k| kind_matches(k, kind.dir())) =>
-        {
+        Some(p) if p.enospc && counts_kind(p, kind) => {
             COUNT.fetch_add(1, Ordering::SeqCst) + 1 == p.n
         }
         _ => false,
@@ -131,7 +110,7 @@ struct CountedPut(Box<dyn PendingPut>, FileKind);
 impl PendingPut for CountedPut {
     fn commit(self: Box<Self>) -> Result<()> {
         self.0.commit()?;
-        after_put(self.1);
+        kill_at(false, true, self.1);
         Ok(())
     }
 }
@@ -144,7 +123,7 @@ impl Backend for Faulty {
         self.put_pending(kind, name, data)?.commit()
     }
     fn put_pending(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Box<dyn PendingPut>> {
-        before_put(kind);
+        kill_at(false, false, kind);
         let p = self.inner.put_pending(kind, name, data)?;
         Ok(Box::new(CountedPut(p, kind)))
     }
@@ -173,7 +152,7 @@ impl Backend for Faulty {
     fn connections(&self) -> usize {
         self.inner.connections()
     }
-    fn requests(&self) -> Vec<(&'static str, u64)> {
+    fn requests(&self) -> Option<super::Requests> {
         self.inner.requests()
     }
     fn is_remote(&self) -> bool {
@@ -186,7 +165,7 @@ impl Backend for Faulty {
         self.inner.size(kind, name)
     }
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        before_delete(kind);
+        kill_at(true, false, kind);
         self.inner.delete(kind, name)
     }
     /// One at a time, so a kill can fall in the middle of a batch.

@@ -44,6 +44,36 @@ impl ObjectInfo {
     }
 }
 
+/// What a command cost a remote store: requests by method, and the bytes
+/// of object data sent (puts) and received (gets).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Requests {
+    pub get: u64,
+    pub put: u64,
+    pub head: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub sent: u64,
+    pub received: u64,
+}
+
+impl Requests {
+    /// The request counts by method, in the order they are reported.
+    pub fn by_method(&self) -> [(&'static str, u64); 5] {
+        [
+            ("GET", self.get),
+            ("PUT", self.put),
+            ("HEAD", self.head),
+            ("LIST", self.list),
+            ("DELETE", self.delete),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.by_method().iter().map(|(_, n)| n).sum()
+    }
+}
+
 /// Open the store an existing repository lives in (nothing is created).
 /// Every command reaches its repository through this one function, so
 /// retries and crash-test failpoints wrap every backend alike.
@@ -261,10 +291,10 @@ pub trait Backend: Send + Sync {
     fn probe_create_once(&self) -> Result<Option<bool>> {
         Ok(None)
     }
-    /// Requests sent so far, by kind, on a store that counts them (a
-    /// remote one); empty for a local disk.
-    fn requests(&self) -> Vec<(&'static str, u64)> {
-        Vec::new()
+    /// Requests sent so far, on a store that counts them (a remote one);
+    /// `None` for a local disk.
+    fn requests(&self) -> Option<Requests> {
+        None
     }
     /// The size of one object.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;

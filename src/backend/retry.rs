@@ -182,7 +182,7 @@ impl<B: Backend> Backend for Retrying<B> {
     fn connections(&self) -> usize {
         self.inner.connections()
     }
-    fn requests(&self) -> Vec<(&'static str, u64)> {
+    fn requests(&self) -> Option<super::Requests> {
         self.inner.requests()
     }
     fn is_remote(&self) -> bool {

@@ -53,18 +53,36 @@ struct Counts {
     received: AtomicU64,
 }
 
+impl Counts {
+    /// Count a request about to be sent, and print it under `-vv` (`what`
+    /// is only formatted then: this runs for every ranged read).
+    fn request(&self, counter: &AtomicU64, method: &str, what: impl FnOnce() -> String) {
+        counter.fetch_add(1, Ordering::Relaxed);
+        if TRACE.load(Ordering::Relaxed) {
+            eprintln!("coffer: S3 {method} {}", what());
+        }
+    }
+
+    fn snapshot(&self) -> super::Requests {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        super::Requests {
+            get: n(&self.get),
+            put: n(&self.put),
+            head: n(&self.head),
+            list: n(&self.list),
+            delete: n(&self.delete),
+            sent: n(&self.sent),
+            received: n(&self.received),
+        }
+    }
+}
+
 static TRACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Print every request sent (the CLI's `-vv`): what a run costs, request
 /// by request.
 pub fn set_trace(on: bool) {
     TRACE.store(on, Ordering::Relaxed);
-}
-
-fn trace(method: &str, what: &str) {
-    if TRACE.load(Ordering::Relaxed) {
-        eprintln!("coffer: S3 {method} {what}");
-    }
 }
 
 pub(crate) struct S3Backend {
@@ -225,8 +243,8 @@ impl S3Backend {
     fn head(&self, kind: FileKind, name: &str) -> Result<Response<ureq::Body>> {
         let key = self.key(kind, name)?;
         let url = HeadObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
-        self.counts.head.fetch_add(1, Ordering::Relaxed);
-        trace("HEAD", &key);
+        let c = &self.counts;
+        c.request(&c.head, "HEAD", || key.clone());
         let resp = self
             .agent
             .head(url.as_str())
@@ -252,11 +270,9 @@ impl S3Backend {
         action.headers_mut().insert("content-md5", md5.clone());
         action.headers_mut().insert("if-none-match", "*");
         let url = action.sign(SIGN_FOR);
-        self.counts.put.fetch_add(1, Ordering::Relaxed);
-        self.counts
-            .sent
-            .fetch_add(data.len() as u64, Ordering::Relaxed);
-        trace("PUT", &key);
+        let c = &self.counts;
+        c.request(&c.put, "PUT", || key.clone());
+        c.sent.fetch_add(data.len() as u64, Ordering::Relaxed);
         let resp = self
             .agent
             .put(url.as_str())
@@ -289,8 +305,8 @@ impl S3Backend {
             action.with_continuation_token(t);
         }
         let url = action.sign(SIGN_FOR);
-        self.counts.list.fetch_add(1, Ordering::Relaxed);
-        trace("LIST", prefix);
+        let c = &self.counts;
+        c.request(&c.list, "LIST", || prefix.to_string());
         let mut resp = self
             .agent
             .get(url.as_str())
@@ -325,8 +341,8 @@ impl S3Backend {
         let url = action.sign(SIGN_FOR);
         let (body, md5) = action.body_with_md5();
         let what = format!("{} objects under {}", names.len(), kind.dir());
-        self.counts.delete.fetch_add(1, Ordering::Relaxed);
-        trace("DELETE", &what);
+        let c = &self.counts;
+        c.request(&c.delete, "DELETE", || what.clone());
         let mut resp = self
             .agent
             .post(url.as_str())
@@ -368,8 +384,8 @@ impl S3Backend {
     fn read_range(&self, key: &str, offset: u64, len: usize, buf: &mut Vec<u8>) -> Result<()> {
         let url = GetObject::new(&self.bucket, Some(&self.creds), key).sign(SIGN_FOR);
         let end = offset + len as u64 - 1;
-        self.counts.get.fetch_add(1, Ordering::Relaxed);
-        trace("GET", &format!("{key} bytes {offset}-{end}"));
+        let c = &self.counts;
+        c.request(&c.get, "GET", || format!("{key} bytes {offset}-{end}"));
         let mut resp = self
             .agent
             .get(url.as_str())
@@ -522,8 +538,8 @@ impl Backend for S3Backend {
     fn get(&self, kind: FileKind, name: &str) -> Result<Vec<u8>> {
         let key = self.key(kind, name)?;
         let url = GetObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
-        self.counts.get.fetch_add(1, Ordering::Relaxed);
-        trace("GET", &key);
+        let c = &self.counts;
+        c.request(&c.get, "GET", || key.clone());
         let mut resp = self
             .agent
             .get(url.as_str())
@@ -648,20 +664,8 @@ impl Backend for S3Backend {
         }
     }
 
-    fn requests(&self) -> Vec<(&'static str, u64)> {
-        let c = &self.counts;
-        [
-            ("GET", &c.get),
-            ("PUT", &c.put),
-            ("HEAD", &c.head),
-            ("LIST", &c.list),
-            ("DELETE", &c.delete),
-            ("bytes sent", &c.sent),
-            ("bytes received", &c.received),
-        ]
-        .into_iter()
-        .map(|(k, n)| (k, n.load(Ordering::Relaxed)))
-        .collect()
+    fn requests(&self) -> Option<super::Requests> {
+        Some(self.counts.snapshot())
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
@@ -706,8 +710,8 @@ impl S3Backend {
     fn delete_key(&self, key: &str) -> Result<()> {
         let key = key.to_string();
         let url = DeleteObject::new(&self.bucket, Some(&self.creds), &key).sign(SIGN_FOR);
-        self.counts.delete.fetch_add(1, Ordering::Relaxed);
-        trace("DELETE", &key);
+        let c = &self.counts;
+        c.request(&c.delete, "DELETE", || key.clone());
         let resp = self
             .agent
             .delete(url.as_str())

@@ -148,8 +148,10 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let code = dispatch(&cli, g);
     // Damaged objects that were skipped: name each, and never exit 0.
     if let Some(repo) = repo::OPENED.get() {
-        if g.verbose > 0 {
-            report_requests(&repo.location(), &repo.requests());
+        if g.verbose > 0
+            && let Some(r) = repo.requests()
+        {
+            report_requests(&repo.location(), &r);
         }
         let problems = repo.take_problems();
         for p in &problems {
@@ -164,26 +166,19 @@ pub fn run() -> anyhow::Result<ExitCode> {
 
 /// `-v`: what the command cost a remote store, e.g. "coffer: 11 requests
 /// to s3:… (GET 3, PUT 2, LIST 5, DELETE 1), 1.2 KiB sent, 3.4 KiB received".
-fn report_requests(location: &str, counts: &[(&'static str, u64)]) {
-    let (bytes, requests): (Vec<_>, Vec<_>) =
-        counts.iter().partition(|(k, _)| k.starts_with("bytes"));
-    if requests.is_empty() {
-        return;
-    }
-    let total: u64 = requests.iter().map(|(_, n)| n).sum();
-    let each: Vec<String> = requests
+fn report_requests(location: &str, r: &coffer::backend::Requests) {
+    let each: Vec<String> = r
+        .by_method()
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
-    let moved: Vec<String> = bytes
-        .iter()
-        .map(|(k, n)| format!("{} {}", output::bytes(*n), k.trim_start_matches("bytes ")))
-        .collect();
     output::notice(&format!(
-        "coffer: {total} requests to {location} ({}), {}",
+        "coffer: {} requests to {location} ({}), {} sent, {} received",
+        r.total(),
         each.join(", "),
-        moved.join(", ")
+        output::bytes(r.sent),
+        output::bytes(r.received)
     ));
 }
 

@@ -55,8 +55,8 @@ impl Repository {
         self.backend.location()
     }
 
-    /// Requests sent to a remote store so far, by kind (empty on a disk).
-    pub fn requests(&self) -> Vec<(&'static str, u64)> {
+    /// Requests sent to a remote store so far (`None` on a disk).
+    pub fn requests(&self) -> Option<crate::backend::Requests> {
         self.backend.requests()
     }
 
