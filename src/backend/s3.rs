@@ -435,23 +435,37 @@ impl S3Backend {
                 ));
             }
         }
+        self.read_body(key, &mut resp, len as u64 + 1, Some(len as u64), buf)
+    }
+
+    /// Read an answer's body into `buf`, at most `limit` bytes, counting
+    /// them; fewer or more than `want` (when the answer says) is a body
+    /// cut short, which a retry may well get whole.
+    fn read_body(
+        &self,
+        key: &str,
+        resp: &mut Response<ureq::Body>,
+        limit: u64,
+        want: Option<u64>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
         buf.clear();
-        buf.reserve(len);
-        let mut reader = resp.body_mut().with_config().limit(len as u64 + 1).reader();
+        buf.reserve(want.unwrap_or(0).min(limit) as usize);
+        let mut reader = resp.body_mut().with_config().limit(limit).reader();
         std::io::Read::read_to_end(&mut reader, buf)
             .map_err(|e| self.fail("read", key, Failure::Transient, e.to_string()))?;
         self.counts
             .received
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if buf.len() != len {
-            return Err(self.fail(
+        match want {
+            Some(n) if n != buf.len() as u64 => Err(self.fail(
                 "read",
                 key,
                 Failure::Transient,
-                format!("the body was cut short: {} of {len} bytes", buf.len()),
-            ));
+                format!("the body was cut short: {} of {n} bytes", buf.len()),
+            )),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -559,23 +573,14 @@ impl Backend for S3Backend {
                 ),
             ));
         }
-        let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
-        let mut reader = resp.body_mut().with_config().limit(max + 1).reader();
-        std::io::Read::read_to_end(&mut reader, &mut buf)
-            .map_err(|e| self.fail("read", &key, Failure::Transient, e.to_string()))?;
-        self.counts
-            .received
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        if declared.is_some_and(|n| n != buf.len() as u64) {
-            return Err(self.fail(
-                "read",
-                &key,
-                Failure::Transient,
-                format!(
-                    "the body was cut short: {} of {} bytes",
-                    buf.len(),
-                    declared.unwrap_or(0)
-                ),
+        let mut buf = Vec::new();
+        self.read_body(&key, &mut resp, max + 1, declared, &mut buf)?;
+        // An answer without a length is bounded while read, as a local
+        // file that grows is.
+        if buf.len() as u64 > max {
+            return Err(Error::corrupt(
+                self.full(&key),
+                format!("it is more than the {max} bytes an object of its kind may have"),
             ));
         }
         Ok(buf)
