@@ -59,23 +59,6 @@ fn json_lines(r: &Run) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Stdout of a command that writes bytes (dump), which must exit 0.
-fn stdout_bytes(env: &Env, args: &[&str]) -> Vec<u8> {
-    let out = env
-        .coffer()
-        .args(args)
-        .spawn()
-        .wait_with_output()
-        .expect("wait for coffer");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "coffer {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// Every regular file under `dir`, relative to it.
 fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
     let mut all = Vec::new();
@@ -136,7 +119,7 @@ fn backup_restore_and_every_reading_command_on_s3() {
     let stream = Rng::new(3).bytes(MIB + 5);
     let b3 = stdin_backup(&env, "stream.bin", &stream);
     let s3 = id(&b3);
-    assert!(stdout_bytes(&env, &["dump", &s3, "/stream.bin"]) == stream);
+    assert!(env.stdout_bytes(&["dump", &s3, "/stream.bin"]) == stream);
 
     // snapshots
     let snaps = env.coffer().args(["--json", "snapshots"]).run().ok().json();
@@ -197,7 +180,7 @@ fn backup_restore_and_every_reading_command_on_s3() {
 
     // dump of a file
     let big = t.path("data/big.bin");
-    assert!(stdout_bytes(&env, &["dump", &s1, big.to_str().unwrap()]) == fs::read(&big).unwrap());
+    assert!(env.stdout_bytes(&["dump", &s1, big.to_str().unwrap()]) == fs::read(&big).unwrap());
 
     // diff s1 s2
     let d = env.coffer().args(["--json", "diff", &s1, &s2]).run().ok();

@@ -46,6 +46,24 @@ impl Default for Env {
 }
 
 impl Env {
+    /// The raw stdout of a run that must exit 0 (`Run` holds text; a
+    /// dumped file or a tar is bytes).
+    pub fn stdout_bytes(&self, args: &[&str]) -> Vec<u8> {
+        let out = self
+            .coffer()
+            .args(args)
+            .spawn()
+            .wait_with_output()
+            .expect("wait for coffer");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "coffer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
     pub fn new() -> Env {
         let tmp = tempfile::Builder::new()
             .prefix("coffer-e2e-")

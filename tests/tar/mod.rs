@@ -276,23 +276,6 @@ fn parse_listing(text: &str) -> (BTreeMap<String, Listed>, BTreeSet<BTreeSet<Str
     (out, groups.into_iter().collect())
 }
 
-/// The raw stdout of a successful run (`Run` holds text, and a tar is not).
-fn stdout_bytes(env: &Env, args: &[&str]) -> Vec<u8> {
-    let out = env
-        .coffer()
-        .args(args)
-        .spawn()
-        .wait_with_output()
-        .expect("wait for coffer");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "coffer {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 #[test]
 fn export_tar_gives_the_archive_back() {
     let env = Env::new();
@@ -339,7 +322,7 @@ fn export_tar_gives_the_archive_back() {
     let sub = env.path("sub.tar");
     std::fs::write(
         &sub,
-        stdout_bytes(&env, &["export-tar", "latest", "/orig/data"]),
+        env.stdout_bytes(&["export-tar", "latest", "/orig/data"]),
     )
     .unwrap();
     let names: BTreeSet<String> = parse_listing(&listing(&sub)).0.into_keys().collect();
@@ -351,11 +334,7 @@ fn export_tar_gives_the_archive_back() {
 
     // `dump --archive tar` shares the writer: same entries, under the prefix.
     let dumped = env.path("dump.tar");
-    std::fs::write(
-        &dumped,
-        stdout_bytes(&env, &["dump", "latest", "/orig/data"]),
-    )
-    .unwrap();
+    std::fs::write(&dumped, env.stdout_bytes(&["dump", "latest", "/orig/data"])).unwrap();
     let names: BTreeSet<String> = parse_listing(&listing(&dumped)).0.into_keys().collect();
     let prefixed: BTreeSet<String> = expect.iter().map(|n| format!("orig/data/{n}")).collect();
     assert_eq!(names, prefixed);
