@@ -5,6 +5,11 @@ use std::io::Write;
 
 /// One line on stderr: `coffer: error: …` with the whole cause chain.
 pub fn error(e: &anyhow::Error) {
+    let _ = writeln!(std::io::stderr(), "coffer: error: {}", message(e));
+}
+
+/// An error with its whole cause chain, on one line.
+pub fn message(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();
@@ -13,7 +18,7 @@ pub fn error(e: &anyhow::Error) {
             msg.push_str(&c);
         }
     }
-    let _ = writeln!(std::io::stderr(), "coffer: error: {msg}");
+    msg
 }
 
 /// An informational message on stderr (stdout stays clean for data).

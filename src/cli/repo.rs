@@ -113,10 +113,10 @@ impl SecretOpts<'_> {
     /// The option `base` as this repository's user spells it: `--base`,
     /// or `--from-base` for `copy`'s and `init`'s source.
     fn flag(&self, base: &str) -> String {
-        if self.password_env == "COFFER_PASSWORD" {
-            format!("--{base}")
-        } else {
-            format!("--from-{base}")
+        match self.password_env {
+            "COFFER_PASSWORD" => format!("--{base}"),
+            "COFFER_FROM_PASSWORD" => format!("--from-{base}"),
+            _ => format!("the profile key copy-to-{base}"),
         }
     }
 }
@@ -246,6 +246,13 @@ pub fn has_config(path: &Path) -> bool {
 /// Open the repository the options name.
 pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (loc, is_default) = location(g)?;
+    // `coffer run` calls several commands in one process: they share the
+    // repository it opened (one password, one report of damage at exit).
+    if let Some(r) = OPENED.get()
+        && r.location() == loc.to_string()
+    {
+        return Ok(r.clone());
+    }
     let repo = open_at(g, &loc, is_default, &g.secret_opts(), cache_root(g))?;
     if !g.quiet {
         repo.set_notifier(Box::new(super::output::notice));
