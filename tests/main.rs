@@ -50,3 +50,5 @@ mod repolayer;
 mod s3;
 // S3 retries against a fault-injecting proxy in front of the real server (COFFER_TEST_S3): 500, SlowDown, cut bodies, held and lost answers.
 mod s3faults;
+// Profiles (issue 23): config.toml precedence and errors, hooks, `coffer run`, the metrics file, `config show`.
+mod profiles;

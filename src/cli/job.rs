@@ -67,7 +67,11 @@ impl<'a> Job<'a> {
     /// A short header before each step of `run`.
     pub fn header(&self, step: &str) {
         if !self.g.quiet {
-            output::notice(&format!("== {} {}: {step}", self.command, self.profile_name()));
+            output::notice(&format!(
+                "== {} {}: {step}",
+                self.command,
+                self.profile_name()
+            ));
         }
     }
 
@@ -83,7 +87,7 @@ impl<'a> Job<'a> {
             ("COFFER_SNAPSHOT_ID", id.clone()),
             ("COFFER_EXIT_CODE", self.code().to_string()),
             ("COFFER_SUMMARY", one_line(&done)),
-            ("COFFER_SUMMARY_JSON", done.json.to_string()),
+            ("COFFER_SUMMARY_JSON", output::json_line(&done.json)),
         ];
         self.backup = Some(done);
         self.hook("after-backup", &env)

@@ -87,9 +87,14 @@ pub fn line(s: &str) {
 /// One JSON value on one line. A field with no value is left out rather
 /// than printed as `null` (the documented convention: absent means none).
 pub fn json(v: &serde_json::Value) {
+    line(&json_line(v));
+}
+
+/// [`json`]'s line, for a hook's environment.
+pub fn json_line(v: &serde_json::Value) -> String {
     let mut v = v.clone();
     drop_nulls(&mut v);
-    line(&v.to_string());
+    v.to_string()
 }
 
 fn drop_nulls(v: &mut serde_json::Value) {

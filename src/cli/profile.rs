@@ -410,7 +410,10 @@ pub fn job_settings(p: &Profile) -> Result<Vec<Setting>> {
     fill.shown.extend(forget.shown);
     for (key, v) in [
         ("prune-every", &p.prune_every),
-        ("copy-to", &p.copy_to.as_ref().map(|x| x.display().to_string())),
+        (
+            "copy-to",
+            &p.copy_to.as_ref().map(|x| x.display().to_string()),
+        ),
         (
             "copy-to-password-file",
             &p.copy_to_password_file
@@ -506,7 +509,12 @@ impl<'a> Fill<'a> {
 
     fn global(&mut self, g: &mut GlobalOpts) {
         let p = self.p;
-        self.set("repository", "repo", &mut g.repo, p.repository.clone().map(Some));
+        self.set(
+            "repository",
+            "repo",
+            &mut g.repo,
+            p.repository.clone().map(Some),
+        );
         // The secret is one setting: a flag or variable for any part of it
         // replaces the profile's.
         let password_env = std::env::var_os("COFFER_PASSWORD").is_some();
@@ -516,9 +524,23 @@ impl<'a> Fill<'a> {
                 .any(|id| self.given(id).is_some());
         let pick = |v: &Option<PathBuf>| v.clone().filter(|_| !secret_given).map(Some);
         self.set("key-file", "key_file", &mut g.key_file, pick(&p.key_file));
-        self.set("password-file", "password_file", &mut g.password_file, pick(&p.password_file));
-        let cmd = p.password_command.clone().filter(|_| !secret_given).map(Some);
-        self.set("password-command", "password_command", &mut g.password_command, cmd);
+        self.set(
+            "password-file",
+            "password_file",
+            &mut g.password_file,
+            pick(&p.password_file),
+        );
+        let cmd = p
+            .password_command
+            .clone()
+            .filter(|_| !secret_given)
+            .map(Some);
+        self.set(
+            "password-command",
+            "password_command",
+            &mut g.password_command,
+            cmd,
+        );
         if password_env {
             self.shown.push(Setting {
                 key: "password",
@@ -526,9 +548,19 @@ impl<'a> Fill<'a> {
                 source: Source::Env("COFFER_PASSWORD".into()),
             });
         }
-        self.set("cache-dir", "cache_dir", &mut g.cache_dir, p.cache_dir.clone().map(Some));
+        self.set(
+            "cache-dir",
+            "cache_dir",
+            &mut g.cache_dir,
+            p.cache_dir.clone().map(Some),
+        );
         self.set("option", "options", &mut g.options, p.option.clone());
-        self.set("wait-lock", "wait_lock", &mut g.wait_lock, p.wait_lock.clone().map(Some));
+        self.set(
+            "wait-lock",
+            "wait_lock",
+            &mut g.wait_lock,
+            p.wait_lock.clone().map(Some),
+        );
         let metrics = p.metrics_file.clone().map(Some);
         self.set("metrics-file", "metrics_file", &mut g.metrics_file, metrics);
     }
@@ -550,42 +582,117 @@ impl<'a> Fill<'a> {
         match p.stdin_from_command.clone().filter(|_| !what_given) {
             Some(argv) => {
                 let argv: Vec<PathBuf> = argv.into_iter().map(PathBuf::from).collect();
-                self.set("stdin-from-command", "stdin_from_command", &mut a.stdin_from_command, Some(true));
+                self.set(
+                    "stdin-from-command",
+                    "stdin_from_command",
+                    &mut a.stdin_from_command,
+                    Some(true),
+                );
                 self.set("sources", "paths", &mut a.paths, Some(argv));
             }
             None => {
                 self.set("sources", "paths", &mut a.paths, take(&p.sources));
-                self.set("files-from", "files_from", &mut a.files_from, take(&p.files_from));
+                self.set(
+                    "files-from",
+                    "files_from",
+                    &mut a.files_from,
+                    take(&p.files_from),
+                );
             }
         }
-        self.set("stdin-name", "stdin_name", &mut a.stdin_name, p.stdin_name.clone());
+        self.set(
+            "stdin-name",
+            "stdin_name",
+            &mut a.stdin_name,
+            p.stdin_name.clone(),
+        );
         self.set("tag", "tags", &mut a.tags, p.tag.clone());
         self.set("host", "host", &mut a.host, p.host.clone().map(Some));
         self.set("exclude", "exclude", &mut a.exclude, p.exclude.clone());
         self.set("iexclude", "iexclude", &mut a.iexclude, p.iexclude.clone());
-        self.set("exclude-file", "exclude_file", &mut a.exclude_file, p.exclude_file.clone());
-        self.set("iexclude-file", "iexclude_file", &mut a.iexclude_file, p.iexclude_file.clone());
-        self.set("exclude-caches", "exclude_caches", &mut a.exclude_caches, p.exclude_caches);
+        self.set(
+            "exclude-file",
+            "exclude_file",
+            &mut a.exclude_file,
+            p.exclude_file.clone(),
+        );
+        self.set(
+            "iexclude-file",
+            "iexclude_file",
+            &mut a.iexclude_file,
+            p.iexclude_file.clone(),
+        );
+        self.set(
+            "exclude-caches",
+            "exclude_caches",
+            &mut a.exclude_caches,
+            p.exclude_caches,
+        );
         let present = p.exclude_if_present.clone();
-        self.set("exclude-if-present", "exclude_if_present", &mut a.exclude_if_present, present);
+        self.set(
+            "exclude-if-present",
+            "exclude_if_present",
+            &mut a.exclude_if_present,
+            present,
+        );
         let larger = p.exclude_larger_than.clone().map(Some);
-        self.set("exclude-larger-than", "exclude_larger_than", &mut a.exclude_larger_than, larger);
-        self.set("one-file-system", "one_file_system", &mut a.one_file_system, p.one_file_system);
+        self.set(
+            "exclude-larger-than",
+            "exclude_larger_than",
+            &mut a.exclude_larger_than,
+            larger,
+        );
+        self.set(
+            "one-file-system",
+            "one_file_system",
+            &mut a.one_file_system,
+            p.one_file_system,
+        );
     }
 
     fn forget(&mut self, a: &mut ForgetArgs) {
         let p = self.p;
         self.set("keep-last", "keep_last", &mut a.keep_last, p.keep_last);
-        self.set("keep-hourly", "keep_hourly", &mut a.keep_hourly, p.keep_hourly);
+        self.set(
+            "keep-hourly",
+            "keep_hourly",
+            &mut a.keep_hourly,
+            p.keep_hourly,
+        );
         self.set("keep-daily", "keep_daily", &mut a.keep_daily, p.keep_daily);
-        self.set("keep-weekly", "keep_weekly", &mut a.keep_weekly, p.keep_weekly);
-        self.set("keep-monthly", "keep_monthly", &mut a.keep_monthly, p.keep_monthly);
-        self.set("keep-yearly", "keep_yearly", &mut a.keep_yearly, p.keep_yearly);
-        self.set("keep-within", "keep_within", &mut a.keep_within, p.keep_within.clone().map(Some));
+        self.set(
+            "keep-weekly",
+            "keep_weekly",
+            &mut a.keep_weekly,
+            p.keep_weekly,
+        );
+        self.set(
+            "keep-monthly",
+            "keep_monthly",
+            &mut a.keep_monthly,
+            p.keep_monthly,
+        );
+        self.set(
+            "keep-yearly",
+            "keep_yearly",
+            &mut a.keep_yearly,
+            p.keep_yearly,
+        );
+        self.set(
+            "keep-within",
+            "keep_within",
+            &mut a.keep_within,
+            p.keep_within.clone().map(Some),
+        );
         self.set("keep-tag", "keep_tag", &mut a.keep_tag, p.keep_tag.clone());
         self.set("group-by", "group_by", &mut a.group_by, p.group_by.clone());
         let unused = p.max_unused.clone();
-        self.set("max-unused", "max_unused", &mut a.prune_args.max_unused, unused);
+        self.set(
+            "max-unused",
+            "max_unused",
+            &mut a.prune_args.max_unused,
+            unused,
+        );
     }
 }
 
@@ -614,7 +721,9 @@ mod tests {
 
     #[test]
     fn rotating_check_slices_cover_every_slice() {
-        let got: Vec<String> = (0..3).map(|d| check_subset("rotate/3", d).unwrap()).collect();
+        let got: Vec<String> = (0..3)
+            .map(|d| check_subset("rotate/3", d).unwrap())
+            .collect();
         assert_eq!(got, ["1/3", "2/3", "3/3"]);
         assert_eq!(check_subset("1/30", 7).unwrap(), "1/30");
         assert!(check_subset("rotate/0", 1).is_err());
