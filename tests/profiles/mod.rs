@@ -61,6 +61,16 @@ impl Setup {
         fs::write(dir.join("config.toml"), text).unwrap();
     }
 
+    /// `config.toml` with one profile `nightly`: repository, password file,
+    /// then `extra` lines (no sources).
+    fn config_without_sources(&self, extra: &str) {
+        let text = format!(
+            "[profiles.nightly]\nrepository = {:?}\npassword-file = {:?}\n{extra}\n",
+            self.repo, self.pw
+        );
+        fs::write(self.env.xdg_config.join("coffer/config.toml"), text).unwrap();
+    }
+
     /// `coffer -P nightly ARGS`, with only the isolated HOME and XDG.
     fn p(&self, args: &[&str]) -> Run {
         self.env.bare().args(["-P", "nightly"]).args(args).run()
@@ -592,4 +602,25 @@ fn metrics_file_matches_the_backup_summary_and_is_replaced_whole() {
         text.contains("coffer_exit_code{profile=\"\",command=\"backup\"} 0\n"),
         "{text}"
     );
+}
+
+#[test]
+fn a_profile_backs_up_a_command_s_output() {
+    let s = setup();
+    s.config("stdin-from-command = [\"sh\", \"-c\", \"echo dump\"]");
+    s.p(&["backup"])
+        .expect_code(1)
+        .stderr_has("stdin-from-command and sources/files-from");
+    s.config_without_sources(
+        "stdin-from-command = [\"sh\", \"-c\", \"echo dump of the night\"]\nstdin-name = \"db.sql\"",
+    );
+    s.p(&["backup"]).ok();
+    let dumped = s.p(&["dump", "latest", "/db.sql"]).ok();
+    assert_eq!(dumped.stdout, "dump of the night\n");
+    // A failing dump saves nothing, and says so.
+    s.config_without_sources("stdin-from-command = [\"sh\", \"-c\", \"echo half; exit 4\"]");
+    s.p(&["backup"])
+        .expect_code(1)
+        .stderr_has("no snapshot was written");
+    assert_eq!(s.snapshots(&s.repo).len(), 1);
 }
