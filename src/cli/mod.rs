@@ -102,6 +102,10 @@ pub enum Command {
     Init(commands::init::InitArgs),
     /// Back up files and directories into a new snapshot
     Backup(commands::backup::BackupArgs),
+    /// Run a profile's nightly job: backup, forget, prune, copy, check
+    Run(commands::run::RunArgs),
+    /// Show the settings in force (with -P: a profile's) and where each came from
+    Config(commands::config::ConfigArgs),
     /// List snapshots
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// List the files in a snapshot
@@ -138,10 +142,6 @@ pub enum Command {
     Cat(commands::cat::CatArgs),
     /// Manage the keys (passphrases and key files) that open the repository
     Key(commands::key::KeyArgs),
-    /// Run a profile's nightly job: backup, forget, prune, copy, check
-    Run(commands::run::RunArgs),
-    /// Show the settings in force (with -P: a profile's) and where each came from
-    Config(commands::config::ConfigArgs),
 }
 
 /// Parse arguments and run. Exit codes: 0 ok, 1 failure (as `Err`),
@@ -213,6 +213,8 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(a) => commands::init::run(g, a),
         Command::Backup(a) => job::backup(g, a),
+        Command::Run(a) => commands::run::run(g, a),
+        Command::Config(a) => commands::config::run(g, a),
         Command::Snapshots(a) => commands::snapshots::run(g, a),
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
@@ -231,7 +233,5 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Drill(a) => commands::drill::run(g, a),
         Command::Cat(a) => commands::cat::run(g, a),
         Command::Key(a) => commands::key::run(g, a),
-        Command::Run(a) => commands::run::run(g, a),
-        Command::Config(a) => commands::config::run(g, a),
     }
 }

@@ -125,7 +125,7 @@ pub struct Setting {
 pub fn config_path(g: &GlobalOpts) -> Result<PathBuf> {
     match &g.config {
         Some(p) => Ok(p.clone()),
-        None => Ok(super::repo::default_key_file()?.with_file_name("config.toml")),
+        None => super::repo::default_config_file(),
     }
 }
 
@@ -139,6 +139,7 @@ pub fn load(file: &Path, name: &str) -> Result<Loaded> {
         ),
         _ => anyhow!("cannot read config file {}: {e}", file.display()),
     })?;
+    refuse_writable_by_others(file)?;
     let at = file.display();
     let doc: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e
@@ -177,6 +178,24 @@ pub fn load(file: &Path, name: &str) -> Result<Loaded> {
         file: file.to_path_buf(),
         p,
     })
+}
+
+/// A profile names commands coffer runs (hooks, password-command): a file
+/// others can change would let them run theirs as this user.
+fn refuse_writable_by_others(file: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(file)
+        .map_err(|e| anyhow!("cannot read config file {}: {e}", file.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o022 != 0 {
+        bail!(
+            "config file {} can be changed by other users, and it names commands coffer runs: run `chmod go-w {}`",
+            file.display(),
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 fn one_line(s: &str) -> String {
@@ -365,6 +384,11 @@ pub fn apply(cli: &mut Cli, m: &ArgMatches) -> Result<()> {
             None
         }
     };
+    if m.value_source("metrics_file") == Some(ValueSource::CommandLine)
+        && !matches!(cli.command, Command::Backup(_) | Command::Run(_))
+    {
+        bail!("--metrics-file: only backup and run write metrics");
+    }
     let empty = Profile::default();
     let p = loaded.as_ref().map_or(&empty, |l| &l.p);
     let mut fill = Fill::new(m, &root, p);

@@ -46,6 +46,13 @@ pub fn default_key_file() -> Result<PathBuf> {
         .join("default.key"))
 }
 
+/// Where profiles are read from unless `--config` names another file.
+pub fn default_config_file() -> Result<PathBuf> {
+    Ok(xdg("XDG_CONFIG_HOME", ".config")?
+        .join("coffer")
+        .join("config.toml"))
+}
+
 /// The repository location and whether it is the default one.
 pub fn location(g: &GlobalOpts) -> Result<(Location, bool)> {
     match &g.repo {

@@ -280,6 +280,10 @@ fn profile_errors_name_the_key_the_profile_and_the_file() {
             .run(),
         &[missing.to_str().unwrap()],
     );
+    // A file others can change names commands coffer would run: refused.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o664)).unwrap();
+    one_line_error(s.p(&["backup"]), &[f, "chmod go-w"]);
     // Nothing was backed up by any of them.
     assert!(s.snapshots(&s.repo).is_empty());
 }
@@ -398,6 +402,11 @@ fn run_backs_up_forgets_prunes_copies_and_checks() {
          after-backup = 'echo \"after $COFFER_SNAPSHOT_ID\" >> {log}'",
         log = s.log.display()
     ));
+    // Another machine's snapshots in the same repository: its own rules
+    // keep them, not this profile's keep-last.
+    for _ in 0..3 {
+        s.p(&["backup", "--host", "elsewhere"]).ok();
+    }
     let mut ids = Vec::new();
     for night in 0..3u64 {
         s.src
@@ -424,16 +433,15 @@ fn run_backs_up_forgets_prunes_copies_and_checks() {
                 .to_string(),
         );
     }
-    // keep-last = 2: the two newest.
-    let kept: Vec<String> = s
-        .snapshots(&s.repo)
-        .iter()
-        .map(|v| v["id"].as_str().unwrap().to_string())
-        .collect();
+    // keep-last = 2: the two newest of this host; the other host's three stay.
+    let snaps = s.snapshots(&s.repo);
+    let (here, there): (Vec<_>, Vec<_>) = snaps.iter().partition(|v| v["hostname"] != "elsewhere");
+    let kept: Vec<&str> = here.iter().map(|v| v["id"].as_str().unwrap()).collect();
     assert_eq!(kept, ids[1..]);
-    // The replica got every night's snapshot (copy never removes), the
-    // last one with the last night's file.
-    assert_eq!(s.snapshots(&offsite).len(), 3);
+    assert_eq!(there.len(), 3);
+    // The replica got every snapshot (copy never removes), the last one
+    // with the last night's file.
+    assert_eq!(s.snapshots(&offsite).len(), 6);
     let ls = s
         .env
         .bare()
@@ -602,6 +610,10 @@ fn metrics_file_matches_the_backup_summary_and_is_replaced_whole() {
         text.contains("coffer_exit_code{profile=\"\",command=\"backup\"} 0\n"),
         "{text}"
     );
+    // Asked of a command that writes none, it is refused, not ignored.
+    s.p(&["snapshots", "--metrics-file", "x.prom"])
+        .expect_code(1)
+        .stderr_has("only backup and run write metrics");
 }
 
 #[test]

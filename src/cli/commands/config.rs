@@ -8,6 +8,9 @@ use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer -P nightly config show
+  coffer -P nightly config show --json")]
 pub struct ConfigArgs {
     #[command(subcommand)]
     pub command: ConfigCommand,
@@ -16,6 +19,9 @@ pub struct ConfigArgs {
 #[derive(Subcommand, Debug)]
 pub enum ConfigCommand {
     /// Print each setting in force and where it came from
+    #[command(after_help = "Examples:
+  coffer -P nightly config show
+  COFFER_REPOSITORY=/mnt/other coffer -P nightly config show --json")]
     Show,
 }
 

@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer -P nightly run
+  coffer -P nightly --json run")]
 pub struct RunArgs {}
 
 pub fn run(g: &GlobalOpts, _a: &RunArgs) -> Result<ExitCode> {
@@ -37,7 +40,17 @@ fn steps(g: &GlobalOpts, job: &mut Job, p: &Profile) -> Result<(), StepFailed> {
     job.header("backup");
     job.backup(&backup)?;
     if p.has_keep_rules() {
-        let a = profile::forget_args(p).map_err(failed("forget"))?;
+        let mut a = profile::forget_args(p).map_err(failed("forget"))?;
+        // This machine's job forgets this machine's snapshots, not those
+        // other hosts keep in the same repository by their own rules.
+        if a.filter.hosts.is_empty() {
+            a.filter.hosts.push(
+                backup
+                    .host
+                    .clone()
+                    .unwrap_or_else(coffer::repository::hostname),
+            );
+        }
         job.step("forget", || forget::run(g, &a))?;
         if prune_due(g, p).map_err(failed("prune"))? {
             let max_unused = a.prune_args.max_unused.clone();
