@@ -21,7 +21,7 @@ pub enum ConfigCommand {
     /// Print each setting in force and where it came from
     #[command(after_help = "Examples:
   coffer -P nightly config show
-  COFFER_REPOSITORY=/mnt/other coffer -P nightly config show --json")]
+  coffer -P nightly --repo /mnt/other config show --json")]
     Show,
 }
 
@@ -50,7 +50,7 @@ fn show(g: &GlobalOpts) -> Result<ExitCode> {
     match (loaded, &file) {
         (Some(l), Some(f)) => output::line(&format!("# profile {} in {f}", l.name)),
         _ => output::line(&format!(
-            "# no profile (-P NAME selects one of {})",
+            "# no profile (-P NAME selects a [profiles.NAME] of {})",
             profile::config_path(g)?.display()
         )),
     }
