@@ -24,6 +24,8 @@ mod crash;
 mod hostile;
 // Retention: forget policies and explanations, forget by id, prune (delete, repack, dry run, refusals).
 mod retention;
+// Profiles (issue 23): config.toml precedence and errors, hooks, `coffer run`, the metrics file, `config show`.
+mod profiles;
 // Locks: concurrent backups, prune against a running backup, stale and unreadable locks, SIGSTOP past the timeout.
 mod locks;
 // Streams from stdin and commands, and backup exclude rules (issue #8).
@@ -50,5 +52,3 @@ mod repolayer;
 mod s3;
 // S3 retries against a fault-injecting proxy in front of the real server (COFFER_TEST_S3): 500, SlowDown, cut bodies, held and lost answers.
 mod s3faults;
-// Profiles (issue 23): config.toml precedence and errors, hooks, `coffer run`, the metrics file, `config show`.
-mod profiles;

@@ -518,7 +518,14 @@ impl<'a> Fill<'a> {
         }
     }
 
-    fn set<T: Serialize>(&mut self, key: &'static str, id: &str, field: &mut T, p: Option<T>) {
+    /// Set the option named `key` (its clap id the same with `_`).
+    fn set<T: Serialize>(&mut self, key: &'static str, field: &mut T, p: Option<T>) {
+        self.set_as(key, &key.replace('-', "_"), field, p);
+    }
+
+    /// Set option `id` from the profile's `key`, unless a flag or the
+    /// environment gave it; record where the value in force came from.
+    fn set_as<T: Serialize>(&mut self, key: &'static str, id: &str, field: &mut T, p: Option<T>) {
         let source = match (self.given(id), p) {
             (Some(s), _) => s,
             (None, Some(v)) => {
@@ -533,7 +540,7 @@ impl<'a> Fill<'a> {
 
     fn global(&mut self, g: &mut GlobalOpts) {
         let p = self.p;
-        self.set(
+        self.set_as(
             "repository",
             "repo",
             &mut g.repo,
@@ -547,10 +554,9 @@ impl<'a> Fill<'a> {
                 .iter()
                 .any(|id| self.given(id).is_some());
         let pick = |v: &Option<PathBuf>| v.clone().filter(|_| !secret_given).map(Some);
-        self.set("key-file", "key_file", &mut g.key_file, pick(&p.key_file));
+        self.set("key-file", &mut g.key_file, pick(&p.key_file));
         self.set(
             "password-file",
-            "password_file",
             &mut g.password_file,
             pick(&p.password_file),
         );
@@ -559,12 +565,7 @@ impl<'a> Fill<'a> {
             .clone()
             .filter(|_| !secret_given)
             .map(Some);
-        self.set(
-            "password-command",
-            "password_command",
-            &mut g.password_command,
-            cmd,
-        );
+        self.set("password-command", &mut g.password_command, cmd);
         if password_env {
             self.shown.push(Setting {
                 key: "password",
@@ -572,21 +573,11 @@ impl<'a> Fill<'a> {
                 source: Source::Env("COFFER_PASSWORD".into()),
             });
         }
-        self.set(
-            "cache-dir",
-            "cache_dir",
-            &mut g.cache_dir,
-            p.cache_dir.clone().map(Some),
-        );
-        self.set("option", "options", &mut g.options, p.option.clone());
-        self.set(
-            "wait-lock",
-            "wait_lock",
-            &mut g.wait_lock,
-            p.wait_lock.clone().map(Some),
-        );
+        self.set("cache-dir", &mut g.cache_dir, p.cache_dir.clone().map(Some));
+        self.set_as("option", "options", &mut g.options, p.option.clone());
+        self.set("wait-lock", &mut g.wait_lock, p.wait_lock.clone().map(Some));
         let metrics = p.metrics_file.clone().map(Some);
-        self.set("metrics-file", "metrics_file", &mut g.metrics_file, metrics);
+        self.set("metrics-file", &mut g.metrics_file, metrics);
     }
 
     fn backup(&mut self, a: &mut BackupArgs) {
@@ -606,117 +597,50 @@ impl<'a> Fill<'a> {
         match p.stdin_from_command.clone().filter(|_| !what_given) {
             Some(argv) => {
                 let argv: Vec<PathBuf> = argv.into_iter().map(PathBuf::from).collect();
-                self.set(
-                    "stdin-from-command",
-                    "stdin_from_command",
-                    &mut a.stdin_from_command,
-                    Some(true),
-                );
-                self.set("sources", "paths", &mut a.paths, Some(argv));
+                self.set("stdin-from-command", &mut a.stdin_from_command, Some(true));
+                self.set_as("sources", "paths", &mut a.paths, Some(argv));
             }
             None => {
-                self.set("sources", "paths", &mut a.paths, take(&p.sources));
-                self.set(
-                    "files-from",
-                    "files_from",
-                    &mut a.files_from,
-                    take(&p.files_from),
-                );
+                self.set_as("sources", "paths", &mut a.paths, take(&p.sources));
+                self.set("files-from", &mut a.files_from, take(&p.files_from));
             }
         }
-        self.set(
-            "stdin-name",
-            "stdin_name",
-            &mut a.stdin_name,
-            p.stdin_name.clone(),
-        );
-        self.set("tag", "tags", &mut a.tags, p.tag.clone());
-        self.set("host", "host", &mut a.host, p.host.clone().map(Some));
-        self.set("exclude", "exclude", &mut a.exclude, p.exclude.clone());
-        self.set("iexclude", "iexclude", &mut a.iexclude, p.iexclude.clone());
-        self.set(
-            "exclude-file",
-            "exclude_file",
-            &mut a.exclude_file,
-            p.exclude_file.clone(),
-        );
+        self.set("stdin-name", &mut a.stdin_name, p.stdin_name.clone());
+        self.set_as("tag", "tags", &mut a.tags, p.tag.clone());
+        self.set("host", &mut a.host, p.host.clone().map(Some));
+        self.set("exclude", &mut a.exclude, p.exclude.clone());
+        self.set("iexclude", &mut a.iexclude, p.iexclude.clone());
+        self.set("exclude-file", &mut a.exclude_file, p.exclude_file.clone());
         self.set(
             "iexclude-file",
-            "iexclude_file",
             &mut a.iexclude_file,
             p.iexclude_file.clone(),
         );
-        self.set(
-            "exclude-caches",
-            "exclude_caches",
-            &mut a.exclude_caches,
-            p.exclude_caches,
-        );
+        self.set("exclude-caches", &mut a.exclude_caches, p.exclude_caches);
         let present = p.exclude_if_present.clone();
-        self.set(
-            "exclude-if-present",
-            "exclude_if_present",
-            &mut a.exclude_if_present,
-            present,
-        );
+        self.set("exclude-if-present", &mut a.exclude_if_present, present);
         let larger = p.exclude_larger_than.clone().map(Some);
-        self.set(
-            "exclude-larger-than",
-            "exclude_larger_than",
-            &mut a.exclude_larger_than,
-            larger,
-        );
-        self.set(
-            "one-file-system",
-            "one_file_system",
-            &mut a.one_file_system,
-            p.one_file_system,
-        );
+        self.set("exclude-larger-than", &mut a.exclude_larger_than, larger);
+        self.set("one-file-system", &mut a.one_file_system, p.one_file_system);
     }
 
     fn forget(&mut self, a: &mut ForgetArgs) {
         let p = self.p;
-        self.set("keep-last", "keep_last", &mut a.keep_last, p.keep_last);
-        self.set(
-            "keep-hourly",
-            "keep_hourly",
-            &mut a.keep_hourly,
-            p.keep_hourly,
-        );
-        self.set("keep-daily", "keep_daily", &mut a.keep_daily, p.keep_daily);
-        self.set(
-            "keep-weekly",
-            "keep_weekly",
-            &mut a.keep_weekly,
-            p.keep_weekly,
-        );
-        self.set(
-            "keep-monthly",
-            "keep_monthly",
-            &mut a.keep_monthly,
-            p.keep_monthly,
-        );
-        self.set(
-            "keep-yearly",
-            "keep_yearly",
-            &mut a.keep_yearly,
-            p.keep_yearly,
-        );
+        self.set("keep-last", &mut a.keep_last, p.keep_last);
+        self.set("keep-hourly", &mut a.keep_hourly, p.keep_hourly);
+        self.set("keep-daily", &mut a.keep_daily, p.keep_daily);
+        self.set("keep-weekly", &mut a.keep_weekly, p.keep_weekly);
+        self.set("keep-monthly", &mut a.keep_monthly, p.keep_monthly);
+        self.set("keep-yearly", &mut a.keep_yearly, p.keep_yearly);
         self.set(
             "keep-within",
-            "keep_within",
             &mut a.keep_within,
             p.keep_within.clone().map(Some),
         );
-        self.set("keep-tag", "keep_tag", &mut a.keep_tag, p.keep_tag.clone());
-        self.set("group-by", "group_by", &mut a.group_by, p.group_by.clone());
+        self.set("keep-tag", &mut a.keep_tag, p.keep_tag.clone());
+        self.set("group-by", &mut a.group_by, p.group_by.clone());
         let unused = p.max_unused.clone();
-        self.set(
-            "max-unused",
-            "max_unused",
-            &mut a.prune_args.max_unused,
-            unused,
-        );
+        self.set("max-unused", &mut a.prune_args.max_unused, unused);
     }
 }
 

@@ -28,26 +28,26 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
         );
     };
     let dst = repo::open(g)?;
-    copy(g, &src, &dst, a)
+    copy(g, src, dst, a)
 }
 
 /// Copy what `a` selects from `src` into `dst` (also `run`'s copy step).
 pub fn copy(
     g: &GlobalOpts,
-    src: &Arc<Repository>,
-    dst: &Arc<Repository>,
+    src: Arc<Repository>,
+    dst: Arc<Repository>,
     a: &CopyArgs,
 ) -> Result<ExitCode> {
     // Damage in the source (its config, a snapshot that does not read) is
     // named as met, and makes the copy exit 3: a skipped snapshot is never
     // silent.
-    let opened = super::report_problems(src);
+    let opened = super::report_problems(&src);
     // Shared locks: a prune of either side must not delete what is being
     // copied; the source gets nothing else written.
-    let _src_lock = repo::read_lock(g, src)?;
-    let _dst_lock = repo::lock_to_write(g, dst, false, "copy")?;
-    let snaps = a.filter.select(src, &a.snapshots)?;
-    if !src.shares_ids_with(dst) && !g.quiet {
+    let _src_lock = repo::read_lock(g, &src)?;
+    let _dst_lock = repo::lock_to_write(g, &dst, false, "copy")?;
+    let snaps = a.filter.select(&src, &a.snapshots)?;
+    if !src.shares_ids_with(&dst) && !g.quiet {
         output::notice(
             "coffer: the two repositories do not share keys: every blob of the copied snapshots is read to learn its id in the destination, and backups into the destination will not deduplicate against the copies (a destination made with `coffer init --from-repo` avoids both)",
         );
@@ -88,7 +88,7 @@ pub fn copy(
             ));
         }
     };
-    let run = replicate::copy_snapshots(src, dst, &snaps, report)?;
+    let run = replicate::copy_snapshots(&src, &dst, &snaps, report)?;
     let done = run.snapshots;
     let copied = done.iter().filter(|o| o.copied).count();
     if g.json {

@@ -139,7 +139,7 @@ fn copy_to(g: &GlobalOpts, p: &Profile, to: &Path) -> Result<ExitCode> {
     };
     let dst = repo::open_at(g, &loc, false, &secret, repo::cache_root(g))?;
     let (a, _, _) = profile::parse_args::<CopyArgs>("copy", &[])?;
-    copy::copy(g, &src, &dst, &a)
+    copy::copy(g, src, dst, &a)
 }
 
 /// `check --read-data-subset` with the profile's slice (`rotate/M`: the
