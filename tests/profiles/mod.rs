@@ -465,7 +465,9 @@ fn a_failing_step_stops_the_run_and_is_named() {
          on-failure = 'echo \"failure $COFFER_FAILED_STEP $COFFER_EXIT_CODE\" >> {log}'",
         log = s.log.display()
     ));
-    s.p(&["run"]).ok();
+    // -q: nothing but what went wrong.
+    let quiet = s.p(&["-q", "run"]).ok();
+    assert_eq!((quiet.stdout.as_str(), quiet.stderr.as_str()), ("", ""));
     let success = metric(
         &fs::read_to_string(&metrics).unwrap(),
         "coffer_last_success_timestamp_seconds",
