@@ -118,7 +118,8 @@ pub struct SecretOpts<'a> {
 
 impl SecretOpts<'_> {
     /// The option `base` as this repository's user spells it: `--base`,
-    /// or `--from-base` for `copy`'s and `init`'s source.
+    /// `--from-base` for `copy`'s and `init`'s source, or a profile's
+    /// `copy-to-base` for `run`'s copy destination.
     fn flag(&self, base: &str) -> String {
         match self.password_env {
             "COFFER_PASSWORD" => format!("--{base}"),
