@@ -52,23 +52,19 @@ impl Setup {
     /// `config.toml` with one profile `nightly`: repository, password file
     /// and sources, then `extra` lines.
     fn config(&self, extra: &str) {
-        let dir = self.env.xdg_config.join("coffer");
-        fs::create_dir_all(&dir).unwrap();
-        let text = format!(
-            "[profiles.nightly]\nrepository = {:?}\npassword-file = {:?}\nsources = [{:?}]\n{extra}\n",
-            self.repo, self.pw, self.src.root
-        );
-        fs::write(dir.join("config.toml"), text).unwrap();
+        self.config_without_sources(&format!("sources = [{:?}]\n{extra}", self.src.root));
     }
 
     /// `config.toml` with one profile `nightly`: repository, password file,
-    /// then `extra` lines (no sources).
+    /// then `extra` lines.
     fn config_without_sources(&self, extra: &str) {
+        let dir = self.env.xdg_config.join("coffer");
+        fs::create_dir_all(&dir).unwrap();
         let text = format!(
             "[profiles.nightly]\nrepository = {:?}\npassword-file = {:?}\n{extra}\n",
             self.repo, self.pw
         );
-        fs::write(self.env.xdg_config.join("coffer/config.toml"), text).unwrap();
+        fs::write(dir.join("config.toml"), text).unwrap();
     }
 
     /// `coffer -P nightly ARGS`, with only the isolated HOME and XDG.
@@ -637,4 +633,38 @@ fn a_profile_backs_up_a_command_s_output() {
         .expect_code(1)
         .stderr_has("no snapshot was written");
     assert_eq!(s.snapshots(&s.repo).len(), 1);
+}
+
+#[test]
+fn a_backup_with_warnings_does_not_stop_the_run_which_exits_3() {
+    let s = setup();
+    let metrics = s.env.path("coffer.prom");
+    // One source is missing: the backup saves the rest and exits 3.
+    s.config_without_sources(&format!(
+        "sources = [{:?}, {:?}]\nkeep-last = 3\ncheck-subset = \"1/1\"\nmetrics-file = {metrics:?}\n\
+         after-backup = 'echo \"after $COFFER_EXIT_CODE\" >> {log}'\n\
+         on-failure = 'echo failure >> {log}'",
+        s.src.root,
+        s.env.path("missing"),
+        log = s.log.display()
+    ));
+    let r = s.p(&["run"]).expect_code(3);
+    let headers: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("== run nightly: "))
+        .collect();
+    assert_eq!(
+        headers,
+        ["backup", "forget", "prune", "check"],
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("missing: does not exist"), "{}", r.stderr);
+    assert_eq!(s.log(), ["after 3"]);
+    assert_eq!(s.snapshots(&s.repo).len(), 1);
+    let text = fs::read_to_string(&metrics).unwrap();
+    assert_eq!(metric(&text, "coffer_exit_code"), 3.0);
+    assert_eq!(metric(&text, "coffer_warnings"), 1.0);
+    assert!(metric(&text, "coffer_last_success_timestamp_seconds") > 0.0);
 }
