@@ -24,6 +24,8 @@ mod crash;
 mod hostile;
 // Retention: forget policies and explanations, forget by id, prune (delete, repack, dry run, refusals).
 mod retention;
+// Profiles (issue 23): config.toml precedence and errors, hooks, `coffer run`, the metrics file, `config show`.
+mod profiles;
 // Locks: concurrent backups, prune against a running backup, stale and unreadable locks, SIGSTOP past the timeout.
 mod locks;
 // Streams from stdin and commands, and backup exclude rules (issue #8).

@@ -2,12 +2,15 @@
 //! restic user would look for them.
 
 pub mod commands;
+pub mod job;
+pub mod metrics;
 pub mod output;
+pub mod profile;
 pub mod progress_bars;
 pub mod repo;
 pub mod signals;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -77,6 +80,20 @@ pub struct GlobalOpts {
     /// write to; commands that write refuse it
     #[arg(long, global = true)]
     pub no_lock: bool,
+    /// Use the settings of this profile of the config file; flags and
+    /// environment variables override them
+    #[arg(short = 'P', long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// The config file of profiles (default: $XDG_CONFIG_HOME/coffer/config.toml)
+    #[arg(long, global = true, env = "COFFER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Write Prometheus metrics of a backup or run to FILE (node_exporter's
+    /// textfile collector), replaced atomically
+    #[arg(long, global = true, env = "COFFER_METRICS_FILE", value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+    /// The profile in use and where each setting came from
+    #[arg(skip)]
+    pub settings: std::sync::Arc<profile::Applied>,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +102,10 @@ pub enum Command {
     Init(commands::init::InitArgs),
     /// Back up files and directories into a new snapshot
     Backup(commands::backup::BackupArgs),
+    /// Run a profile's nightly job: backup, forget, prune, copy, check
+    Run(commands::run::RunArgs),
+    /// Show the settings in force (with -P: a profile's) and where each came from
+    Config(commands::config::ConfigArgs),
     /// List snapshots
     Snapshots(commands::snapshots::SnapshotsArgs),
     /// List the files in a snapshot
@@ -126,8 +147,14 @@ pub enum Command {
 /// Parse arguments and run. Exit codes: 0 ok, 1 failure (as `Err`),
 /// 3 completed with unreadable or changed files.
 pub fn run() -> anyhow::Result<ExitCode> {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|c| (c, m)));
+    let cli = match parsed {
+        Ok((mut cli, m)) => {
+            profile::apply(&mut cli, &m)?;
+            cli
+        }
         // A usage error is a failure like any other (exit 1, as restic's
         // are), not clap's own 2, which scripts would not expect; help and
         // --version are successes.
@@ -185,7 +212,9 @@ fn report_requests(location: &str, r: &coffer::backend::Requests) {
 fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Init(a) => commands::init::run(g, a),
-        Command::Backup(a) => commands::backup::run(g, a),
+        Command::Backup(a) => job::backup(g, a),
+        Command::Run(a) => commands::run::run(g, a),
+        Command::Config(a) => commands::config::run(g, a),
         Command::Snapshots(a) => commands::snapshots::run(g, a),
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),

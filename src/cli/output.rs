@@ -5,6 +5,11 @@ use std::io::Write;
 
 /// One line on stderr: `coffer: error: …` with the whole cause chain.
 pub fn error(e: &anyhow::Error) {
+    let _ = writeln!(std::io::stderr(), "coffer: error: {}", message(e));
+}
+
+/// An error with its whole cause chain, on one line.
+pub fn message(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {
         let c = cause.to_string();
@@ -13,7 +18,7 @@ pub fn error(e: &anyhow::Error) {
             msg.push_str(&c);
         }
     }
-    let _ = writeln!(std::io::stderr(), "coffer: error: {msg}");
+    msg
 }
 
 /// An informational message on stderr (stdout stays clean for data).
@@ -82,9 +87,14 @@ pub fn line(s: &str) {
 /// One JSON value on one line. A field with no value is left out rather
 /// than printed as `null` (the documented convention: absent means none).
 pub fn json(v: &serde_json::Value) {
+    line(&json_line(v));
+}
+
+/// [`json`]'s line, for a hook's environment.
+pub fn json_line(v: &serde_json::Value) -> String {
     let mut v = v.clone();
     drop_nulls(&mut v);
-    line(&v.to_string());
+    v.to_string()
 }
 
 fn drop_nulls(v: &mut serde_json::Value) {

@@ -46,6 +46,13 @@ pub fn default_key_file() -> Result<PathBuf> {
         .join("default.key"))
 }
 
+/// Where profiles are read from unless `--config` names another file.
+pub fn default_config_file() -> Result<PathBuf> {
+    Ok(xdg("XDG_CONFIG_HOME", ".config")?
+        .join("coffer")
+        .join("config.toml"))
+}
+
 /// The repository location and whether it is the default one.
 pub fn location(g: &GlobalOpts) -> Result<(Location, bool)> {
     match &g.repo {
@@ -111,12 +118,13 @@ pub struct SecretOpts<'a> {
 
 impl SecretOpts<'_> {
     /// The option `base` as this repository's user spells it: `--base`,
-    /// or `--from-base` for `copy`'s and `init`'s source.
+    /// `--from-base` for `copy`'s and `init`'s source, or a profile's
+    /// `copy-to-base` for `run`'s copy destination.
     fn flag(&self, base: &str) -> String {
-        if self.password_env == "COFFER_PASSWORD" {
-            format!("--{base}")
-        } else {
-            format!("--from-{base}")
+        match self.password_env {
+            "COFFER_PASSWORD" => format!("--{base}"),
+            "COFFER_FROM_PASSWORD" => format!("--from-{base}"),
+            _ => format!("the profile key copy-to-{base}"),
         }
     }
 }
@@ -246,6 +254,13 @@ pub fn has_config(path: &Path) -> bool {
 /// Open the repository the options name.
 pub fn open(g: &GlobalOpts) -> Result<Arc<Repository>> {
     let (loc, is_default) = location(g)?;
+    // `coffer run` calls several commands in one process: they share the
+    // repository it opened (one password, one report of damage at exit).
+    if let Some(r) = OPENED.get()
+        && r.location() == loc.to_string()
+    {
+        return Ok(r.clone());
+    }
     let repo = open_at(g, &loc, is_default, &g.secret_opts(), cache_root(g))?;
     if !g.quiet {
         repo.set_notifier(Box::new(super::output::notice));

@@ -12,7 +12,9 @@ use super::S3Repo;
 pub const PASSWORD: &str = "correct horse battery staple";
 
 /// Variables that would let the caller's configuration leak into a test.
-const COFFER_VARS: [&str; 6] = [
+const COFFER_VARS: [&str; 8] = [
+    "COFFER_CONFIG",
+    "COFFER_METRICS_FILE",
     "COFFER_REPOSITORY",
     "COFFER_PASSWORD",
     "COFFER_PASSWORD_FILE",

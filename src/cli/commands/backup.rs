@@ -143,6 +143,21 @@ fn listed_paths(file: &std::path::Path, form: ListForm) -> Result<Vec<PathBuf>> 
 }
 
 pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
+    Ok(backup(g, a)?.code)
+}
+
+/// What a backup did, for a profile's hooks and the metrics file.
+pub struct Done {
+    pub code: ExitCode,
+    /// None for a dry run.
+    pub snapshot: Option<SnapshotId>,
+    pub summary: archiver::Summary,
+    /// The `--json` summary object.
+    pub json: serde_json::Value,
+}
+
+/// [`run`], returning what the backup did.
+pub fn backup(g: &GlobalOpts, a: &BackupArgs) -> Result<Done> {
     if a.stdin || a.stdin_from_command {
         return run_stream(g, a);
     }
@@ -226,14 +241,36 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         progress.finish();
         let mut outcome = result?;
         outcome.summary.warnings += skipped;
-        return report_dry_run(g, &outcome);
+        let code = report_dry_run(g, &outcome)?;
+        return Ok(Done {
+            code,
+            snapshot: None,
+            json: dry_run_json(&outcome.summary),
+            summary: outcome.summary,
+        });
     }
     let result = archiver::snapshot(repo.clone(), &opts, &progress);
     progress.finish();
     let (id, snap, mut outcome) = result?;
     // A skipped path makes the snapshot incomplete, like an unreadable file.
     outcome.summary.warnings += skipped;
-    report(g, &id, &snap, &outcome)
+    done(g, id, &snap, outcome)
+}
+
+/// Report the backup, and what it did.
+fn done(
+    g: &GlobalOpts,
+    id: SnapshotId,
+    snap: &Snapshot,
+    outcome: archiver::BackupOutcome,
+) -> Result<Done> {
+    let code = report(g, &id, snap, &outcome)?;
+    Ok(Done {
+        code,
+        snapshot: Some(id),
+        json: saved_json(&id, snap, &outcome.summary),
+        summary: outcome.summary,
+    })
 }
 
 /// `--time` → ns since the epoch; a time still to come is allowed (a
@@ -352,7 +389,7 @@ pub(super) fn find_parent(
 }
 
 /// `--stdin` and `--stdin-from-command`.
-fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
+fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<Done> {
     if a.dry_run {
         bail!(
             "--dry-run compares files and directories with the repository; a stream has nothing to compare before it is read"
@@ -461,7 +498,7 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         let _ = c.wait();
     }
     let (id, snap, outcome) = result?;
-    report(g, &id, &snap, &outcome)
+    done(g, id, &snap, outcome)
 }
 
 /// The counts every backup summary reports, real or dry run, in restic's
@@ -512,10 +549,7 @@ fn exit_code(s: &archiver::Summary) -> ExitCode {
 fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
-        let mut m = summary_json(s);
-        m.insert("dry_run".into(), true.into());
-        m.insert("data_added_uncompressed".into(), s.bytes_added.into());
-        output::json(&serde_json::Value::Object(m));
+        output::json(&dry_run_json(s));
     } else if !g.quiet {
         print_counts(s);
         output::line(&format!(
@@ -528,6 +562,22 @@ fn report_dry_run(g: &GlobalOpts, outcome: &archiver::BackupOutcome) -> Result<E
         output::line("dry run: nothing was written");
     }
     Ok(exit_code(s))
+}
+
+fn dry_run_json(s: &archiver::Summary) -> serde_json::Value {
+    let mut m = summary_json(s);
+    m.insert("dry_run".into(), true.into());
+    m.insert("data_added_uncompressed".into(), s.bytes_added.into());
+    serde_json::Value::Object(m)
+}
+
+/// The summary object of a backup that saved snapshot `id`.
+fn saved_json(id: &SnapshotId, snap: &Snapshot, s: &archiver::Summary) -> serde_json::Value {
+    let mut m = summary_json(s);
+    m.insert("data_added".into(), s.bytes_added.into());
+    m.insert("snapshot_id".into(), id.to_hex().into());
+    m.insert("parent".into(), snap.parent.map(|p| p.to_hex()).into());
+    serde_json::Value::Object(m)
 }
 
 pub(super) fn report(
@@ -556,11 +606,7 @@ pub(super) fn report_as(
 ) -> Result<ExitCode> {
     let s = &outcome.summary;
     if g.json {
-        let mut m = summary_json(s);
-        m.insert("data_added".into(), s.bytes_added.into());
-        m.insert("snapshot_id".into(), id.to_hex().into());
-        m.insert("parent".into(), snap.parent.map(|p| p.to_hex()).into());
-        output::json(&serde_json::Value::Object(m));
+        output::json(&saved_json(id, snap, s));
     } else if !g.quiet {
         print_counts(s);
         output::line(&format!(

@@ -6,7 +6,9 @@ use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
 use coffer::replicate::{self, CopyOutcome};
+use coffer::repository::Repository;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Args, Debug)]
 pub struct CopyArgs {
@@ -25,11 +27,21 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
             "copy needs the repository to copy from: give --from-repo DIR (or COFFER_FROM_REPOSITORY)"
         );
     };
+    let dst = repo::open(g)?;
+    copy(g, src, dst, a)
+}
+
+/// Copy what `a` selects from `src` into `dst` (also `run`'s copy step).
+pub fn copy(
+    g: &GlobalOpts,
+    src: Arc<Repository>,
+    dst: Arc<Repository>,
+    a: &CopyArgs,
+) -> Result<ExitCode> {
     // Damage in the source (its config, a snapshot that does not read) is
     // named as met, and makes the copy exit 3: a skipped snapshot is never
     // silent.
     let opened = super::report_problems(&src);
-    let dst = repo::open(g)?;
     // Shared locks: a prune of either side must not delete what is being
     // copied; the source gets nothing else written.
     let _src_lock = repo::read_lock(g, &src)?;

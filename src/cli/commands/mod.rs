@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod cat;
 pub mod check;
+pub mod config;
 pub mod copy;
 pub mod diff;
 pub mod drill;
@@ -17,6 +18,7 @@ pub mod ls;
 pub mod prune;
 pub mod repair;
 pub mod restore;
+pub mod run;
 pub mod snapshots;
 pub mod stats;
 pub mod unlock;
