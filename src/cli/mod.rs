@@ -2,6 +2,8 @@
 //! restic user would look for them.
 
 pub mod commands;
+#[cfg(test)]
+mod help_examples;
 pub mod output;
 pub mod progress_bars;
 pub mod repo;
@@ -121,6 +123,10 @@ pub enum Command {
     Cat(commands::cat::CatArgs),
     /// Manage the keys (passphrases and key files) that open the repository
     Key(commands::key::KeyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(commands::completions::CompletionsArgs),
+    /// Write manual pages: the main page to stdout, or one per command into --dir
+    Manpage(commands::manpage::ManpageArgs),
 }
 
 /// Parse arguments and run. Exit codes: 0 ok, 1 failure (as `Err`),
@@ -204,5 +210,7 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Drill(a) => commands::drill::run(g, a),
         Command::Cat(a) => commands::cat::run(g, a),
         Command::Key(a) => commands::key::run(g, a),
+        Command::Completions(a) => commands::completions::run(a),
+        Command::Manpage(a) => commands::manpage::run(a),
     }
 }

@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer backup ~/projects /etc
+  coffer backup --exclude-caches --exclude '*.tmp' --tag nightly /srv
+  coffer backup --stdin-from-command --stdin-name db.sql -- pg_dumpall -U postgres")]
 pub struct BackupArgs {
     /// Files and directories to back up (with --stdin-from-command: the
     /// command and its arguments, after `--`)

@@ -8,6 +8,10 @@ use coffer::check::{ReadData, check};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer check
+  coffer check --read-data-subset 1/30
+  coffer check --read-data")]
 pub struct CheckArgs {
     /// Also read every pack and verify every blob
     #[arg(long)]

@@ -9,6 +9,9 @@ use coffer::replicate::{self, CopyOutcome};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer copy --repo /mnt/offsite/coffer --from-repo /mnt/backup/coffer
+  coffer copy --repo /mnt/offsite/coffer --from-repo /mnt/backup/coffer --host web1 latest")]
 pub struct CopyArgs {
     /// Snapshots to copy (id prefixes or `latest`); without them, every
     /// snapshot of the source the filters admit

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer import-tar site-2026-11-01.tar.gz
+  coffer import-tar --name site --tag imported - < site.tar.zst")]
 pub struct ImportTarArgs {
     /// The archive (plain, gzip or zstd, recognised by content), or `-` for stdin
     pub archive: PathBuf,

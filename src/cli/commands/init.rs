@@ -14,6 +14,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer init
+  coffer init --repo /mnt/backup/coffer --compression 6
+  coffer init --repo /mnt/offsite/coffer --from-repo /mnt/backup/coffer")]
 pub struct InitArgs {
     /// zstd compression level (1-22; 0 picks the default, 3)
     #[arg(long, default_value_t = 3)]

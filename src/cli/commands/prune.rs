@@ -9,6 +9,9 @@ use coffer::retention::prune::{self, PruneOptions};
 use std::process::ExitCode;
 
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:
+  coffer prune
+  coffer prune --max-unused 0% --dry-run")]
 pub struct PruneArgs {
     /// Unused space to tolerate, as a share of the data in use (repacks the emptiest packs until under it)
     #[arg(long, default_value = "5%")]

@@ -21,6 +21,10 @@ pub enum OverwriteArg {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer restore latest --target /tmp/r
+  coffer restore latest:/home/me/projects/app --target /tmp/app
+  coffer restore 1a2b3c4d --target /tmp/r --include '*.sql' --verify")]
 pub struct RestoreArgs {
     /// Snapshot id prefix or `latest`; `SNAPSHOT:PATH` restores the
     /// contents of PATH directly into the target
