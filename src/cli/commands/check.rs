@@ -31,7 +31,7 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
         }
         _ => ReadData::None,
     };
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).counting("packs", "verified");
     let f = check(&repo, read, &progress);
     progress.finish();
     let f = f?;

@@ -2,6 +2,7 @@
 //! into the repository of `--repo` (restic's direction).
 
 use crate::cli::commands::{FromRepo, SnapshotFilter};
+use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -43,7 +44,8 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
             "coffer: the two repositories do not share keys: every blob of the copied snapshots is read to learn its id in the destination, and backups into the destination will not deduplicate against the copies (a destination made with `coffer init --from-repo` avoids both)",
         );
     }
-    let report = |o: &CopyOutcome| {
+    let progress = CliProgress::new(g.json, g.quiet).counting("snapshots", "copied");
+    let report = |o: &CopyOutcome| progress.suspend(|| {
         if g.json {
             output::json(&serde_json::json!({
                 "message_type": "snapshot",
@@ -78,8 +80,10 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
                 o.destination.short()
             ));
         }
-    };
-    let run = replicate::copy_snapshots(&src, &dst, &snaps, report)?;
+    });
+    let run = replicate::copy_snapshots(&src, &dst, &snaps, &progress, report);
+    progress.finish();
+    let run = run?;
     let done = run.snapshots;
     let copied = done.iter().filter(|o| o.copied).count();
     if g.json {

@@ -1,5 +1,6 @@
 //! `coffer prune [--max-unused 5%] [--dry-run]`
 
+use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, anyhow};
 use clap::Args;
@@ -81,7 +82,10 @@ pub fn prune_locked(
         }
         return Ok(());
     }
-    let r = prune::execute(repo, &plan)?;
+    let progress = CliProgress::new(g.json, g.quiet).counting("packs", "repacked");
+    let r = prune::execute(repo, &plan, &progress);
+    progress.finish();
+    let r = r?;
     if g.json {
         output::json(&serde_json::json!({
             "message_type": "summary", "dry_run": false,
