@@ -50,7 +50,10 @@ fn examples(cmd: &mut clap::Command) -> Vec<String> {
             "`{name} --help`: {l:?} after Examples: is not a coffer command"
         );
     }
-    assert!(!lines.is_empty(), "`{name} --help` has an empty Examples: block");
+    assert!(
+        !lines.is_empty(),
+        "`{name} --help` has an empty Examples: block"
+    );
     lines
 }
 
@@ -77,8 +80,9 @@ fn shell_words_split_like_a_shell_and_stop_at_redirections() {
         shell_words("coffer find '*.sql' \"a b\" --long | wc -l"),
         ["coffer", "find", "*.sql", "a b", "--long"]
     );
-    assert_eq!(shell_words("coffer dump latest /etc > etc.tar"), [
-        "coffer", "dump", "latest", "/etc"
-    ]);
+    assert_eq!(
+        shell_words("coffer dump latest /etc > etc.tar"),
+        ["coffer", "dump", "latest", "/etc"]
+    );
     assert_eq!(shell_words("coffer x '' y"), ["coffer", "x", "", "y"]);
 }

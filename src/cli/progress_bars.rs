@@ -50,6 +50,8 @@ pub struct CliProgress {
     /// Print JSON status lines as bytes are read, not only per file.
     json_per_bytes: bool,
     units: Units,
+    /// `-v`: name each file read or written; `-vv`: unchanged ones too.
+    list: u8,
 }
 
 impl CliProgress {
@@ -78,7 +80,15 @@ impl CliProgress {
                 noun: "files",
                 verb: "read",
             },
+            list: 0,
         }
+    }
+
+    /// Name files as they are done, on stderr: at `verbose` 1 those read
+    /// or written, at 2 the unchanged ones too. `-q` names none.
+    pub fn listing(mut self, verbose: u8, quiet: bool) -> Self {
+        self.list = if quiet { 0 } else { verbose };
+        self
     }
 
     /// Count `noun` (packs, snapshots) instead of files, and name what is
@@ -174,6 +184,9 @@ impl Progress for CliProgress {
 
     fn file_done(&self, path: &Path, size: u64, read: u64) {
         self.counters.files.fetch_add(1, Ordering::Relaxed);
+        if let Some(line) = listed(self.list, self.units, path, size, read) {
+            self.suspend(|| super::output::notice(&line));
+        }
         if read == 0 {
             // Unchanged files count as done for the bar and its ETA.
             if let Display::Bar(b) = &self.display {
@@ -218,7 +231,14 @@ impl Progress for CliProgress {
 
 /// The line under the bar: `3/10 packs, 1.50 MiB verified (512.00 KiB/s)`
 /// and the file at work; `total` 0 when not known.
-fn status_line(done: u64, total: u64, units: Units, bytes: u64, secs: f64, current: &str) -> String {
+fn status_line(
+    done: u64,
+    total: u64,
+    units: Units,
+    bytes: u64,
+    secs: f64,
+    current: &str,
+) -> String {
     let of = if total > 0 {
         format!("/{total}")
     } else {
@@ -236,6 +256,21 @@ fn status_line(done: u64, total: u64, units: Units, bytes: u64, secs: f64, curre
         line
     } else {
         format!("{line} {current}")
+    }
+}
+
+/// The `-v` line for a finished file, if `list` asks for it:
+/// `read /srv/a.db (1.50 MiB)`, or at `-vv` `unchanged /srv/b.db`.
+fn listed(list: u8, units: Units, path: &Path, size: u64, read: u64) -> Option<String> {
+    match (list, read) {
+        (0, _) | (1, 0) => None,
+        (_, 0) => Some(format!("unchanged {}", path.display())),
+        _ => Some(format!(
+            "{} {} ({})",
+            units.verb,
+            path.display(),
+            super::output::bytes(size)
+        )),
     }
 }
 
@@ -265,6 +300,25 @@ mod tests {
         );
         // A status before any time has passed divides by no zero.
         assert!(status_line(0, 1, PACKS, 0, 0.0, "").starts_with("0/1 packs, 0 B verified"));
+    }
+
+    #[test]
+    fn verbose_names_files_read_and_very_verbose_unchanged_ones() {
+        let p = Path::new("/srv/a.db");
+        let units = Units {
+            noun: "files",
+            verb: "restored",
+        };
+        assert_eq!(listed(0, units, p, 10, 10), None);
+        assert_eq!(
+            listed(1, units, p, 1536, 1536).as_deref(),
+            Some("restored /srv/a.db (1.50 KiB)")
+        );
+        assert_eq!(listed(1, units, p, 10, 0), None);
+        assert_eq!(
+            listed(2, units, p, 10, 0).as_deref(),
+            Some("unchanged /srv/a.db")
+        );
     }
 
     #[test]

@@ -224,7 +224,9 @@ pub fn run(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         time_ns,
     };
     let _lock = repo::write_lock(g, &repo, false, "backup")?;
-    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
+    let progress = CliProgress::new(g.json, g.quiet)
+        .with_json_status_per_bytes()
+        .listing(g.verbose, g.quiet);
     if a.dry_run {
         let result = archiver::dry_run(repo.clone(), &opts, &progress);
         progress.finish();
@@ -408,7 +410,9 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<ExitCode> {
         time_ns,
     };
     let _lock = repo::write_lock(g, &repo, false, "backup")?;
-    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
+    let progress = CliProgress::new(g.json, g.quiet)
+        .with_json_status_per_bytes()
+        .listing(g.verbose, g.quiet);
     let cmd_name = a
         .paths
         .first()

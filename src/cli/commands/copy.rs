@@ -45,42 +45,52 @@ pub fn run(g: &GlobalOpts, a: &CopyArgs) -> Result<ExitCode> {
         );
     }
     let progress = CliProgress::new(g.json, g.quiet).counting("snapshots", "copied");
-    let report = |o: &CopyOutcome| progress.suspend(|| {
-        if g.json {
-            output::json(&serde_json::json!({
-                "message_type": "snapshot",
-                "source": o.source.to_hex(),
-                "destination": o.destination.to_hex(),
-                "copied": o.copied,
-                "trees_read": o.stats.trees_read,
-                "trees_skipped": o.stats.trees_skipped,
-                "trees_copied": o.stats.trees_copied,
-                "blobs_copied": o.stats.blobs_copied,
-                "bytes_copied": o.stats.bytes_copied,
-                "bytes_added": o.stats.bytes_added,
-            }));
-            return;
-        }
-        if g.quiet {
-            return;
-        }
-        if o.copied {
-            output::line(&format!(
-                "snapshot {} copied as {}: {}, {} ({} stored)",
-                o.source.short(),
-                o.destination.short(),
-                output::count(o.stats.blobs_copied + o.stats.trees_copied, "blob", "blobs"),
-                output::bytes(o.stats.bytes_copied),
-                output::bytes(o.stats.bytes_added),
-            ));
-        } else {
-            output::line(&format!(
-                "snapshot {} is already in the destination as {}",
-                o.source.short(),
-                o.destination.short()
-            ));
-        }
-    });
+    let report = |o: &CopyOutcome| {
+        progress.suspend(|| {
+            if g.json {
+                output::json(&serde_json::json!({
+                    "message_type": "snapshot",
+                    "source": o.source.to_hex(),
+                    "destination": o.destination.to_hex(),
+                    "copied": o.copied,
+                    "trees_read": o.stats.trees_read,
+                    "trees_skipped": o.stats.trees_skipped,
+                    "trees_copied": o.stats.trees_copied,
+                    "blobs_copied": o.stats.blobs_copied,
+                    "bytes_copied": o.stats.bytes_copied,
+                    "bytes_added": o.stats.bytes_added,
+                }));
+                return;
+            }
+            if g.quiet {
+                return;
+            }
+            if o.copied {
+                output::line(&format!(
+                    "snapshot {} copied as {}: {}, {} ({} stored)",
+                    o.source.short(),
+                    o.destination.short(),
+                    output::count(o.stats.blobs_copied + o.stats.trees_copied, "blob", "blobs"),
+                    output::bytes(o.stats.bytes_copied),
+                    output::bytes(o.stats.bytes_added),
+                ));
+                if g.verbose > 0 {
+                    output::line(&format!(
+                        "  {} read, {} skipped as complete in the destination, {} stored",
+                        output::count(o.stats.trees_read, "tree", "trees"),
+                        o.stats.trees_skipped,
+                        o.stats.trees_copied
+                    ));
+                }
+            } else {
+                output::line(&format!(
+                    "snapshot {} is already in the destination as {}",
+                    o.source.short(),
+                    o.destination.short()
+                ));
+            }
+        })
+    };
     let run = replicate::copy_snapshots(&src, &dst, &snaps, &progress, report);
     progress.finish();
     let run = run?;

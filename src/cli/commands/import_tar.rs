@@ -112,7 +112,9 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
         time_ns,
     };
     let _lock = repo::write_lock(g, &repo, false, "import-tar")?;
-    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
+    let progress = CliProgress::new(g.json, g.quiet)
+        .with_json_status_per_bytes()
+        .listing(g.verbose, g.quiet);
     let result = match file.as_mut() {
         Some(f) => snapshot_tar(repo.clone(), f, &name, &label, &opts, &progress),
         None => {

@@ -19,7 +19,8 @@ pub struct ManpageArgs {
 }
 
 pub fn run(a: &ManpageArgs) -> Result<ExitCode> {
-    let cmd = Cli::command();
+    // No page for clap's `help` command, so the main page names none.
+    let cmd = Cli::command().disable_help_subcommand(true);
     match &a.dir {
         Some(dir) => {
             std::fs::create_dir_all(dir)

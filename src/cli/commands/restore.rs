@@ -160,7 +160,9 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         skip_space_check: a.skip_space_check,
         stop: Some(signals::stop_on_signal()),
     };
-    let progress = CliProgress::new(g.json, g.quiet).counting("files", "restored");
+    let progress = CliProgress::new(g.json, g.quiet)
+        .counting("files", "restored")
+        .listing(g.verbose, g.quiet);
     let start = std::time::Instant::now();
     let result = restorer::restore(repo.as_ref(), &tree, &a.target, &opts, &progress);
     progress.finish();
