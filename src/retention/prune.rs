@@ -675,7 +675,9 @@ mod tests {
         let packs_before = backend.list(FileKind::Pack).unwrap();
         let p = plan(&repo, &zero_unused()).unwrap();
         assert_eq!(p.repack.len(), 1);
-        let err = execute(&repo, &p).unwrap_err().to_string();
+        let err = execute(&repo, &p, &crate::progress::NoProgress)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&damaged.to_hex()), "{err}");
         assert!(err.contains("not repacked"), "{err}");
         assert_eq!(backend.list(FileKind::Pack).unwrap(), packs_before);
@@ -703,7 +705,7 @@ mod tests {
         let p = plan(&repo, &zero_unused()).unwrap();
         assert_eq!(p.repack.len(), 1);
         assert_eq!(p.delete.len(), 2);
-        let r = execute(&repo, &p).unwrap();
+        let r = execute(&repo, &p, &crate::progress::NoProgress).unwrap();
         assert_eq!((r.packs_repacked, r.blobs_repacked), (1, 1));
         let after = dump(&repo);
         assert_eq!(after.len(), 3, "a, keep's tree pack and the new pack");
