@@ -1,4 +1,4 @@
-//! Every command's `--help` ends with examples, and every example parses
+//! Every command's `--help` (and `coffer --help`) ends with examples, and every example parses
 //! against the real definitions, so an example cannot outlive a flag.
 
 use super::Cli;
@@ -61,7 +61,7 @@ fn examples(cmd: &mut clap::Command) -> Vec<String> {
 fn every_command_help_ends_with_examples_that_parse() {
     let mut root = Cli::command();
     root.build();
-    let mut commands = Vec::new();
+    let mut commands = vec![root.clone()];
     all_commands(&root, &mut commands);
     assert!(commands.len() > 20, "{} commands", commands.len());
     for mut cmd in commands {

@@ -23,7 +23,11 @@ const LONG_VERSION: &str = concat!(
     name = "coffer",
     version = LONG_VERSION,
     about = "Content-addressed, deduplicating, encrypted backups",
-    long_about = "Content-addressed, deduplicating, encrypted backups.\n\nWith no --repo and no COFFER_REPOSITORY, coffer uses a default repository under $XDG_DATA_HOME/coffer/default, opened with a generated key file under $XDG_CONFIG_HOME/coffer/."
+    long_about = "Content-addressed, deduplicating, encrypted backups.\n\nWith no --repo and no COFFER_REPOSITORY, coffer uses a default repository under $XDG_DATA_HOME/coffer/default, opened with a generated key file under $XDG_CONFIG_HOME/coffer/.",
+    after_help = "Examples:
+  coffer backup ~/projects /etc
+  coffer snapshots
+  coffer restore latest --target /tmp/r"
 )]
 pub struct Cli {
     #[command(flatten)]

@@ -89,7 +89,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                     anyhow::anyhow!("{i:?} is not a pack id: give the 64 hex digits `coffer check --read-data` prints")
                 })?);
             }
-            let progress = CliProgress::new(g.json, g.quiet);
+            let progress = CliProgress::new(g.json, g.quiet).counting("packs", "read");
             let r = coffer::repair::repair_packs(&repo, &only, &progress);
             progress.finish();
             let r = r?;
