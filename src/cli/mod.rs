@@ -50,9 +50,9 @@ pub struct GlobalOpts {
     #[arg(long = "option", global = true, value_name = "KEY=VALUE")]
     pub options: Vec<String>,
     /// Say more: -v names each file backup and import-tar read and restore
-    /// writes, the trees copy read and skipped, each retried request to a
-    /// remote store and the requests a command sent; -vv also the files
-    /// left unchanged, and each request
+    /// writes, the packs prune removes or repacks, the trees copy read and
+    /// skipped, each retried request to a remote store and the requests a
+    /// command sent; -vv also the files left unchanged, and each request
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Read the repository password from a file (first line)

@@ -205,6 +205,34 @@ fn verbose_names_the_files_read_and_restored() {
     assert_eq!(r.stderr, "");
 }
 
+#[test]
+fn verbose_prune_names_each_pack_it_removes_or_repacks() {
+    let env = Env::new();
+    busy_repo(&env);
+    let plain = env
+        .coffer()
+        .args(["prune", "--dry-run", "--max-unused", "0%"])
+        .run()
+        .ok();
+    let verbose = env
+        .coffer()
+        .args(["-v", "prune", "--dry-run", "--max-unused", "0%"])
+        .run()
+        .ok();
+    let named: Vec<&str> = verbose
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  repack ") || l.starts_with("  unused "))
+        .collect();
+    assert!(!named.is_empty(), "{}", verbose.stdout);
+    for l in &named {
+        let id = l.split_whitespace().nth(1).unwrap();
+        let pack = env.repo.join("packs").join(&id[..2]).join(id);
+        assert!(pack.is_file(), "{l}: no such pack");
+    }
+    assert!(!plain.stdout.contains("  repack "), "{}", plain.stdout);
+}
+
 // ---------------------------------------------------------------------------
 // Completions and manual pages
 
@@ -254,24 +282,19 @@ fn manpage_writes_one_page_per_command_with_its_examples() {
 // ---------------------------------------------------------------------------
 // Progress bars
 
-/// A repository whose commands have work to show: two snapshots, packs
-/// of 1 MiB, and the older snapshot forgotten so that prune repacks.
+/// A repository whose commands have work to show: packs of 1 MiB that
+/// each hold files of both snapshots, the older one forgotten, so that
+/// prune repacks every pack.
 fn busy_repo(env: &Env) -> TreeBuilder {
-    env.init_with(&[
-        "--pack-size",
-        "1M",
-        "--chunk-min",
-        "64K",
-        "--chunk-avg",
-        "256K",
-        "--chunk-max",
-        "1M",
-    ]);
+    env.init_with(&["--pack-size", "1M"]);
     let t = TreeBuilder::new(env.path("src"));
-    t.random_file("keep.bin", 3 << 20, 1);
-    t.random_file("drop.bin", 3 << 20, 2);
+    for i in 0..60 {
+        t.random_file(format!("f{i:02}"), 50_000, i);
+    }
     env.coffer().arg("backup").arg(&t.root).run().ok();
-    fs::remove_file(t.path("drop.bin")).unwrap();
+    for i in (1..60).step_by(2) {
+        fs::remove_file(t.path(format!("f{i:02}"))).unwrap();
+    }
     env.coffer().arg("backup").arg(&t.root).run().ok();
     let oldest = env.snapshot_ids()[0].clone();
     env.coffer().args(["forget", &oldest]).run().ok();
@@ -373,7 +396,7 @@ fn progress_bars_show_counts_bytes_and_eta_on_a_terminal() {
         let shown = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{name}: {shown}");
         assert!(
-            shown.contains(noun) && shown.contains(verb) && shown.contains("/s)"),
+            shown.contains(noun) && shown.contains(&format!(" {verb} (")) && shown.contains("/s)"),
             "{name}: no progress line on the terminal:\n{shown:?}"
         );
         // Those that know their total ahead draw a bar with an ETA.

@@ -71,6 +71,9 @@ pub fn prune_locked(
             output::count(plan.unindexed.len(), "pack", "packs"),
             output::bytes(freed)
         ));
+        if g.verbose > 0 {
+            list_packs(&plan);
+        }
     }
     if a.dry_run {
         if g.json {
@@ -110,6 +113,19 @@ pub fn prune_locked(
         }
     }
     Ok(())
+}
+
+/// `-v`: each pack the plan removes or repacks, with its size.
+fn list_packs(plan: &prune::PrunePlan) {
+    let delete = plan.delete.iter().map(|(p, n)| ("unused", p.to_hex(), n));
+    let repack = plan.repack.iter().map(|(p, n)| ("repack", p.to_hex(), n));
+    let unindexed = plan
+        .unindexed
+        .iter()
+        .map(|(p, n)| ("unindexed", p.clone(), n));
+    for (why, pack, size) in delete.chain(repack).chain(unindexed) {
+        output::line(&format!("  {why:<9} {pack} ({})", output::bytes(*size)));
+    }
 }
 
 pub fn run(g: &GlobalOpts, a: &PruneArgs) -> Result<ExitCode> {
