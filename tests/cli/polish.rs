@@ -6,9 +6,18 @@ use crate::support::*;
 use std::fs;
 use std::path::Path;
 
+thread_local! {
+    /// The commands [`quiet`] ran, to find one the test leaves out.
+    static RUN_QUIET: std::cell::RefCell<std::collections::BTreeSet<String>> =
+        Default::default();
+}
+
 /// `coffer -q ARGS`: exit 0 and nothing on stderr; the run, for what
 /// its stdout must hold.
 fn quiet(inv: Invocation<'_>, args: &[&str]) -> Run {
+    if let Some(cmd) = args.iter().find(|a| !a.starts_with('-')) {
+        RUN_QUIET.with(|r| r.borrow_mut().insert(cmd.to_string()));
+    }
     let r = inv.arg("-q").args(args).run().ok();
     assert_eq!(r.stderr, "", "`coffer -q {args:?}` wrote to stderr");
     r
@@ -135,6 +144,22 @@ fn quiet_leaves_every_command_only_what_it_was_asked_to_show() {
         env.coffer(),
         &["key", "passwd", "--new-password-file", s(&new_pw)],
     );
+
+    // A command added later is added here too.
+    let help = env.bare().arg("--help").run().ok().stdout;
+    let commands = help
+        .split("Commands:\n")
+        .nth(1)
+        .expect("coffer --help lists commands")
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help");
+    RUN_QUIET.with(|r| {
+        for c in commands {
+            assert!(r.borrow().contains(c), "`coffer -q {c}` is not tried here");
+        }
+    });
 }
 
 #[test]
