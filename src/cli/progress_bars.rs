@@ -323,7 +323,13 @@ mod tests {
 
     #[test]
     fn nothing_is_drawn_when_quiet_or_stderr_is_not_a_terminal() {
-        // Under `cargo test` stderr is captured or a pipe; -q wins anyway.
+        use std::io::IsTerminal;
+        let p = CliProgress::new(false, false);
+        assert_eq!(
+            matches!(p.display, Display::Bar(_)),
+            std::io::stderr().is_terminal()
+        );
+        p.finish();
         let p = CliProgress::new(false, true);
         assert!(matches!(p.display, Display::Silent));
         assert!(!p.wants_totals());
