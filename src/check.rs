@@ -184,20 +184,22 @@ pub fn check(repo: &Repository, read: ReadData, progress: &dyn Progress) -> Resu
     if read != ReadData::None {
         let mut sorted = present.clone();
         sorted.sort();
-        let chosen: Vec<PackId> = sorted
+        let chosen: Vec<(PackId, u64)> = sorted
             .iter()
             .enumerate()
             .filter(|(i, (p, _))| read.selects(*i, p))
-            .map(|(_, (p, _))| *p)
+            .map(|(_, p)| *p)
             .collect();
+        progress.scan_total(chosen.len() as u64, chosen.iter().map(|(_, s)| s).sum());
         let results: Vec<(u64, u64, Vec<String>)> = crate::backend::in_io_pool(in_flight, || {
             chosen
                 .par_iter()
-                .map(|p| {
+                .map(|(p, size)| {
                     let r = read_pack(repo, p);
-                    if let Ok((_, bytes, _)) = r.as_ref() {
-                        progress.bytes_done(*bytes);
-                    }
+                    // A pack that fails counts as done too: the bar
+                    // measures the work, the findings the damage.
+                    progress.bytes_done(*size);
+                    progress.item_done();
                     r.unwrap_or_else(|e| (0, 0, vec![e.to_string()]))
                 })
                 .collect()

@@ -24,12 +24,17 @@ pub trait Progress: Sync {
     fn wants_totals(&self) -> bool {
         false
     }
-    /// The pre-scan found this many files and bytes in total.
+    /// The work ahead: this many files (or, for work counted by
+    /// [`Progress::item_done`], packs or snapshots) and bytes in total;
+    /// `bytes` 0 when it is not known ahead.
     fn scan_total(&self, _files: u64, _bytes: u64) {}
     /// A file is being read.
     fn file_started(&self, _path: &Path, _size: u64) {}
     /// A file is complete; `read` bytes were read (0 when unchanged).
     fn file_done(&self, _path: &Path, _size: u64, _read: u64) {}
+    /// One unit of work that is not a file is done: a pack verified or
+    /// repacked, a snapshot copied. Its bytes come through `bytes_done`.
+    fn item_done(&self) {}
     /// Bytes of content processed (read, restored or verified).
     fn bytes_done(&self, _n: u64) {}
     fn warning(&self, _w: &SourceWarning) {}

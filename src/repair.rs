@@ -332,12 +332,17 @@ pub fn repair_packs(
         c
     };
     report.packs_read = candidates.len() as u64;
+    progress.scan_total(
+        candidates.len() as u64,
+        candidates.iter().map(|(_, s)| s).sum(),
+    );
     // One pack per thread at a time bounds memory to a few packs.
     let verdicts: Vec<(PackId, Option<PackVerdict>)> = candidates
         .par_iter()
         .map(|(p, size)| {
             let v = examine_pack(repo, p)?;
             progress.bytes_done(*size);
+            progress.item_done();
             Ok((*p, v))
         })
         .collect::<Result<_>>()?;

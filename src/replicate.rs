@@ -37,6 +37,7 @@
 use crate::blob::{BlobKind, BlobSink, BlobSource};
 use crate::error::{Error, Result};
 use crate::id::{BlobId, SnapshotId};
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::repository::blob_store::BlobStore;
 use crate::snapshot::Snapshot;
@@ -85,6 +86,22 @@ pub struct CopyStats {
     pub bytes_added: u64,
 }
 
+/// One snapshot's [`CopyStats`] as they grow, each copied blob also
+/// reported to the progress display.
+struct Tally<'a> {
+    counts: CopyStats,
+    progress: &'a dyn Progress,
+}
+
+impl Tally<'_> {
+    fn blob_copied(&mut self, raw: u64, added: u64) {
+        self.counts.blobs_copied += 1;
+        self.counts.bytes_copied += raw;
+        self.counts.bytes_added += added;
+        self.progress.bytes_done(raw);
+    }
+}
+
 /// The same backup in both repositories? Everything but the parent,
 /// which names a snapshot of the repository it is in, and, between
 /// unrelated repositories (`same_ids` false), the tree, whose id differs.
@@ -117,14 +134,16 @@ impl Done {
 
 /// Copy `snaps` (of `src`) into `dst`, oldest first, calling `done` after
 /// each. Stops at the first error; the snapshots copied before it stay.
+/// `progress` counts snapshots and the source bytes read to copy them.
 pub fn copy_snapshots(
     src: &Repository,
     dst: &Arc<Repository>,
     snaps: &[(SnapshotId, Snapshot)],
+    progress: &dyn Progress,
     done: impl FnMut(&CopyOutcome),
 ) -> Result<CopyRun> {
     Ok(CopyRun {
-        snapshots: copy_each(src, dst, snaps, done)?,
+        snapshots: copy_each(src, dst, snaps, progress, done)?,
         source_damaged: src.take_damaged(),
         destination_damaged: dst.take_damaged(),
     })
@@ -134,6 +153,7 @@ fn copy_each(
     src: &Repository,
     dst: &Arc<Repository>,
     snaps: &[(SnapshotId, Snapshot)],
+    progress: &dyn Progress,
     mut done: impl FnMut(&CopyOutcome),
 ) -> Result<Vec<CopyOutcome>> {
     if src.id() == dst.id() {
@@ -149,6 +169,8 @@ fn copy_each(
     let mut trees_done = Done::default();
     let mut rekey = Rekey::default();
     let mut out = Vec::new();
+    // How many bytes a snapshot needs is learnt only by walking it.
+    progress.scan_total(order.len() as u64, 0);
     for (sid, snap) in order {
         if let Some((did, _)) = existing
             .iter()
@@ -160,12 +182,16 @@ fn copy_each(
                 copied: false,
                 stats: CopyStats::default(),
             };
+            progress.item_done();
             done(&o);
             out.push(o);
             continue;
         }
         let store = BlobStore::new(dst.clone())?;
-        let mut stats = CopyStats::default();
+        let mut stats = Tally {
+            counts: CopyStats::default(),
+            progress,
+        };
         let tree = if same_ids {
             let reference = complete_reference(dst, &existing, snap);
             copy_tree(
@@ -206,8 +232,9 @@ fn copy_each(
             source: *sid,
             destination: did,
             copied: true,
-            stats,
+            stats: stats.counts,
         };
+        progress.item_done();
         done(&o);
         out.push(o);
     }
@@ -246,10 +273,10 @@ fn copy_tree(
     root: BlobId,
     reference: Option<BlobId>,
     trees_done: &mut Done,
-    stats: &mut CopyStats,
+    stats: &mut Tally,
 ) -> Result<()> {
     if reference == Some(root) || trees_done.0.contains(&root) {
-        stats.trees_skipped += 1;
+        stats.counts.trees_skipped += 1;
         return Ok(());
     }
     let mut stack = vec![open_frame(src, dst, store, root, reference, stats)?];
@@ -266,7 +293,7 @@ fn copy_tree(
                 .filter(|r| r.kind == NodeKind::Dir)
                 .and_then(|r| r.subtree);
             if ref_sub == Some(sub) || trees_done.0.contains(&sub) {
-                stats.trees_skipped += 1;
+                stats.counts.trees_skipped += 1;
                 continue;
             }
             let frame = open_frame(src, dst, store, sub, ref_sub, stats)?;
@@ -283,8 +310,8 @@ fn copy_tree(
                     "it does not encode back to the bytes its id names",
                 ));
             }
-            stats.bytes_added += store.store_blob(BlobKind::Tree, f.id, &bytes)?;
-            stats.trees_copied += 1;
+            stats.counts.bytes_added += store.store_blob(BlobKind::Tree, f.id, &bytes)?;
+            stats.counts.trees_copied += 1;
         }
         trees_done.insert(f.id);
     }
@@ -299,10 +326,10 @@ fn open_frame(
     store: &BlobStore,
     id: BlobId,
     reference: Option<BlobId>,
-    stats: &mut CopyStats,
+    stats: &mut Tally,
 ) -> Result<Frame> {
     let tree = load_tree(src, &id)?;
-    stats.trees_read += 1;
+    stats.counts.trees_read += 1;
     // Unreadable in the destination: no reference, so nothing is skipped.
     let reference = reference.and_then(|r| load_tree(dst, &r).ok());
     let mut ids: Vec<BlobId> = tree
@@ -337,9 +364,7 @@ fn open_frame(
                 })
                 .collect::<Result<_>>()?;
             for (raw, added) in copied {
-                stats.blobs_copied += 1;
-                stats.bytes_copied += raw;
-                stats.bytes_added += added;
+                stats.blob_copied(raw, added);
             }
         }
     }
@@ -378,7 +403,7 @@ fn copy_tree_rekeyed(
     store: &BlobStore,
     root: BlobId,
     rekey: &mut Rekey,
-    stats: &mut CopyStats,
+    stats: &mut Tally,
 ) -> Result<BlobId> {
     struct Frame {
         id: BlobId,
@@ -387,12 +412,12 @@ fn copy_tree_rekeyed(
         next: usize,
     }
     if let Some(t) = rekey.trees.get(&root) {
-        stats.trees_skipped += 1;
+        stats.counts.trees_skipped += 1;
         return Ok(*t);
     }
-    let open = |id: BlobId, rekey: &mut Rekey, stats: &mut CopyStats| -> Result<Frame> {
+    let open = |id: BlobId, rekey: &mut Rekey, stats: &mut Tally| -> Result<Frame> {
         let mut tree = load_tree(src, &id)?;
-        stats.trees_read += 1;
+        stats.counts.trees_read += 1;
         rekey_content(src, store, &mut tree, rekey, stats)?;
         Ok(Frame { id, tree, next: 0 })
     };
@@ -408,7 +433,7 @@ fn copy_tree_rekeyed(
             };
             if let Some(t) = rekey.trees.get(&sub) {
                 n.subtree = Some(*t);
-                stats.trees_skipped += 1;
+                stats.counts.trees_skipped += 1;
                 continue;
             }
             let frame = open(sub, rekey, stats)?;
@@ -420,8 +445,8 @@ fn copy_tree_rekeyed(
         let new_id = store.blob_id(&bytes);
         let added = store.store_blob(BlobKind::Tree, new_id, &bytes)?;
         if added > 0 {
-            stats.trees_copied += 1;
-            stats.bytes_added += added;
+            stats.counts.trees_copied += 1;
+            stats.counts.bytes_added += added;
         }
         Rekey::remember(&mut rekey.trees, f.id, new_id);
         match stack.last_mut() {
@@ -438,7 +463,7 @@ fn rekey_content(
     store: &BlobStore,
     tree: &mut Tree,
     rekey: &mut Rekey,
-    stats: &mut CopyStats,
+    stats: &mut Tally,
 ) -> Result<()> {
     let mut todo: Vec<BlobId> = tree
         .nodes
@@ -461,9 +486,7 @@ fn rekey_content(
             .collect::<Result<_>>()?;
         for (old, new, raw, added) in done {
             if added > 0 {
-                stats.blobs_copied += 1;
-                stats.bytes_copied += raw;
-                stats.bytes_added += added;
+                stats.blob_copied(raw, added);
             }
             learnt.insert(old, new);
         }

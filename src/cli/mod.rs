@@ -2,6 +2,8 @@
 //! restic user would look for them.
 
 pub mod commands;
+#[cfg(test)]
+mod help_examples;
 pub mod job;
 pub mod metrics;
 pub mod output;
@@ -24,7 +26,11 @@ const LONG_VERSION: &str = concat!(
     name = "coffer",
     version = LONG_VERSION,
     about = "Content-addressed, deduplicating, encrypted backups",
-    long_about = "Content-addressed, deduplicating, encrypted backups.\n\nWith no --repo and no COFFER_REPOSITORY, coffer uses a default repository under $XDG_DATA_HOME/coffer/default, opened with a generated key file under $XDG_CONFIG_HOME/coffer/."
+    long_about = "Content-addressed, deduplicating, encrypted backups.\n\nWith no --repo and no COFFER_REPOSITORY, coffer uses a default repository under $XDG_DATA_HOME/coffer/default, opened with a generated key file under $XDG_CONFIG_HOME/coffer/.",
+    after_help = "Examples:
+  coffer backup ~/projects /etc
+  coffer snapshots
+  coffer restore latest --target /tmp/r"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -46,8 +52,10 @@ pub struct GlobalOpts {
     /// request), s3.virtual-host=true, retries=N (10), retry-base=250ms
     #[arg(long = "option", global = true, value_name = "KEY=VALUE")]
     pub options: Vec<String>,
-    /// Say more: -v reports each retried request to a remote store and
-    /// the requests a command sent, -vv each request
+    /// Say more: -v names each file backup and import-tar read and restore
+    /// writes, the packs prune removes or repacks, the trees copy read and
+    /// skipped, each retried request to a remote store and the requests a
+    /// command sent; -vv also the files left unchanged, and each request
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Read the repository password from a file (first line)
@@ -142,6 +150,10 @@ pub enum Command {
     Cat(commands::cat::CatArgs),
     /// Manage the keys (passphrases and key files) that open the repository
     Key(commands::key::KeyArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(commands::completions::CompletionsArgs),
+    /// Write manual pages: the main page to stdout, or one per command into --dir
+    Manpage(commands::manpage::ManpageArgs),
 }
 
 /// Parse arguments and run. Exit codes: 0 ok, 1 failure (as `Err`),
@@ -233,5 +245,7 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Drill(a) => commands::drill::run(g, a),
         Command::Cat(a) => commands::cat::run(g, a),
         Command::Key(a) => commands::key::run(g, a),
+        Command::Completions(a) => commands::completions::run(a),
+        Command::Manpage(a) => commands::manpage::run(a),
     }
 }

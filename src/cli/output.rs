@@ -84,6 +84,15 @@ pub fn line(s: &str) {
     }
 }
 
+/// Bytes to stdout as they are (a generated script or page); a closed
+/// pipe is not an error, as for [`line`].
+pub fn raw(b: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if out.write_all(b).and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+}
+
 /// One JSON value on one line. A field with no value is left out rather
 /// than printed as `null` (the documented convention: absent means none).
 pub fn json(v: &serde_json::Value) {

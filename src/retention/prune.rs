@@ -31,6 +31,7 @@ use crate::id::{PackId, SegmentId, SnapshotId};
 use crate::index::segment::{IndexedPack, Segment};
 use crate::pack::writer::PackWriter;
 use crate::pack::{PackEntry, open_blob};
+use crate::progress::Progress;
 use crate::repository::Repository;
 use crate::repository::audit::IndexAudit;
 use crate::repository::blob_store::{CHECKPOINT_BLOBS, put_verified, verify_sealed};
@@ -236,7 +237,12 @@ fn plan_once(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
 }
 
 /// Carry out a plan made by [`plan`] under the same exclusive lock.
-pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
+/// `progress` counts the packs repacked, the slow part.
+pub fn execute(
+    repo: &Repository,
+    plan: &PrunePlan,
+    progress: &dyn Progress,
+) -> Result<PruneReport> {
     let mut report = PruneReport::default();
     // Under the exclusive lock no put of this repository is live, so what
     // a killed backup left half-written is only taking space.
@@ -276,7 +282,7 @@ pub fn execute(repo: &Repository, plan: &PrunePlan) -> Result<PruneReport> {
         }
         Ok(())
     };
-    repack(repo, plan, &mut report, |p, report| {
+    repack(repo, plan, &mut report, progress, |p, report| {
         new_packs.packs.push(p);
         if new_packs.blob_count() >= CHECKPOINT_BLOBS {
             flush(&mut new_packs, report)?;
@@ -366,9 +372,12 @@ fn repack(
     repo: &Repository,
     plan: &PrunePlan,
     report: &mut PruneReport,
+    progress: &dyn Progress,
     mut uploaded: impl FnMut(IndexedPack, &mut PruneReport) -> Result<()>,
 ) -> Result<()> {
     let idx = repo.index()?;
+    let bytes = plan.repack.iter().map(|(_, s)| s).sum();
+    progress.scan_total(plan.repack.len() as u64, bytes);
     let pack_size = repo.config()?.pack_size as usize;
     let (src_tx, src_rx) = crossbeam_channel::bounded::<Result<SourcePack>>(0);
     let (new_tx, new_rx) = crossbeam_channel::bounded::<NewPack>(0);
@@ -461,6 +470,8 @@ fn repack(
                 }
             }
             report.packs_repacked += 1;
+            progress.bytes_done(src.bytes.len() as u64);
+            progress.item_done();
         }
         if report.packs_repacked != plan.repack.len() as u64 {
             return Err(Error::Internal("prune: the pack reader stopped".into()));
@@ -664,7 +675,9 @@ mod tests {
         let packs_before = backend.list(FileKind::Pack).unwrap();
         let p = plan(&repo, &zero_unused()).unwrap();
         assert_eq!(p.repack.len(), 1);
-        let err = execute(&repo, &p).unwrap_err().to_string();
+        let err = execute(&repo, &p, &crate::progress::NoProgress)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&damaged.to_hex()), "{err}");
         assert!(err.contains("not repacked"), "{err}");
         assert_eq!(backend.list(FileKind::Pack).unwrap(), packs_before);
@@ -692,7 +705,7 @@ mod tests {
         let p = plan(&repo, &zero_unused()).unwrap();
         assert_eq!(p.repack.len(), 1);
         assert_eq!(p.delete.len(), 2);
-        let r = execute(&repo, &p).unwrap();
+        let r = execute(&repo, &p, &crate::progress::NoProgress).unwrap();
         assert_eq!((r.packs_repacked, r.blobs_repacked), (1, 1));
         let after = dump(&repo);
         assert_eq!(after.len(), 3, "a, keep's tree pack and the new pack");

@@ -1,6 +1,8 @@
 //! The command line: the zero-configuration default repository, password
 //! sources, and the exit codes and messages of common mistakes.
 
+mod polish;
+
 use crate::support::*;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

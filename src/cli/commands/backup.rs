@@ -14,6 +14,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer backup ~/projects /etc
+  coffer backup --exclude-caches --exclude '*.tmp' --tag nightly /srv
+  coffer backup --stdin-from-command --stdin-name db.sql -- pg_dumpall -U postgres")]
 pub struct BackupArgs {
     /// Files and directories to back up (with --stdin-from-command: the
     /// command and its arguments, after `--`)
@@ -235,7 +239,9 @@ pub fn backup(g: &GlobalOpts, a: &BackupArgs) -> Result<Done> {
         time_ns,
     };
     let _lock = repo::write_lock(g, &repo, false, "backup")?;
-    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
+    let progress = CliProgress::new(g.json, g.quiet)
+        .with_json_status_per_bytes()
+        .listing(g.verbose, g.quiet);
     if a.dry_run {
         let result = archiver::dry_run(repo.clone(), &opts, &progress);
         progress.finish();
@@ -441,7 +447,9 @@ fn run_stream(g: &GlobalOpts, a: &BackupArgs) -> Result<Done> {
         time_ns,
     };
     let _lock = repo::write_lock(g, &repo, false, "backup")?;
-    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
+    let progress = CliProgress::new(g.json, g.quiet)
+        .with_json_status_per_bytes()
+        .listing(g.verbose, g.quiet);
     let cmd_name = a
         .paths
         .first()

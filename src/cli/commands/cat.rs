@@ -11,6 +11,10 @@ use serde_json::{Value, json};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer cat config
+  coffer cat snapshot latest
+  coffer cat tree latest:/etc")]
 pub struct CatArgs {
     /// config, snapshot, tree, index, pack or keys
     pub kind: String,

@@ -8,6 +8,10 @@ use coffer::check::{ReadData, check};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer check
+  coffer check --read-data-subset 1/30
+  coffer check --read-data")]
 pub struct CheckArgs {
     /// Also read every pack and verify every blob
     #[arg(long)]
@@ -27,7 +31,7 @@ pub fn run(g: &GlobalOpts, a: &CheckArgs) -> Result<ExitCode> {
         }
         _ => ReadData::None,
     };
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet).counting("packs", "verified");
     let f = check(&repo, read, &progress);
     progress.finish();
     let f = f?;

@@ -2,6 +2,7 @@
 //! into the repository of `--repo` (restic's direction).
 
 use crate::cli::commands::{FromRepo, SnapshotFilter};
+use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -11,6 +12,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer copy --repo /mnt/offsite/coffer --from-repo /mnt/backup/coffer
+  coffer copy --repo /mnt/offsite/coffer --from-repo /mnt/backup/coffer --host web1 latest")]
 pub struct CopyArgs {
     /// Snapshots to copy (id prefixes or `latest`); without them, every
     /// snapshot of the source the filters admit
@@ -52,43 +56,56 @@ pub fn copy(
             "coffer: the two repositories do not share keys: every blob of the copied snapshots is read to learn its id in the destination, and backups into the destination will not deduplicate against the copies (a destination made with `coffer init --from-repo` avoids both)",
         );
     }
+    let progress = CliProgress::new(g.json, g.quiet).counting("snapshots", "copied");
     let report = |o: &CopyOutcome| {
-        if g.json {
-            output::json(&serde_json::json!({
-                "message_type": "snapshot",
-                "source": o.source.to_hex(),
-                "destination": o.destination.to_hex(),
-                "copied": o.copied,
-                "trees_read": o.stats.trees_read,
-                "trees_skipped": o.stats.trees_skipped,
-                "trees_copied": o.stats.trees_copied,
-                "blobs_copied": o.stats.blobs_copied,
-                "bytes_copied": o.stats.bytes_copied,
-                "bytes_added": o.stats.bytes_added,
-            }));
-            return;
-        }
-        if g.quiet {
-            return;
-        }
-        if o.copied {
-            output::line(&format!(
-                "snapshot {} copied as {}: {}, {} ({} stored)",
-                o.source.short(),
-                o.destination.short(),
-                output::count(o.stats.blobs_copied + o.stats.trees_copied, "blob", "blobs"),
-                output::bytes(o.stats.bytes_copied),
-                output::bytes(o.stats.bytes_added),
-            ));
-        } else {
-            output::line(&format!(
-                "snapshot {} is already in the destination as {}",
-                o.source.short(),
-                o.destination.short()
-            ));
-        }
+        progress.suspend(|| {
+            if g.json {
+                output::json(&serde_json::json!({
+                    "message_type": "snapshot",
+                    "source": o.source.to_hex(),
+                    "destination": o.destination.to_hex(),
+                    "copied": o.copied,
+                    "trees_read": o.stats.trees_read,
+                    "trees_skipped": o.stats.trees_skipped,
+                    "trees_copied": o.stats.trees_copied,
+                    "blobs_copied": o.stats.blobs_copied,
+                    "bytes_copied": o.stats.bytes_copied,
+                    "bytes_added": o.stats.bytes_added,
+                }));
+                return;
+            }
+            if g.quiet {
+                return;
+            }
+            if o.copied {
+                output::line(&format!(
+                    "snapshot {} copied as {}: {}, {} ({} stored)",
+                    o.source.short(),
+                    o.destination.short(),
+                    output::count(o.stats.blobs_copied + o.stats.trees_copied, "blob", "blobs"),
+                    output::bytes(o.stats.bytes_copied),
+                    output::bytes(o.stats.bytes_added),
+                ));
+                if g.verbose > 0 {
+                    output::line(&format!(
+                        "  {} read, {} skipped as complete in the destination, {} stored",
+                        output::count(o.stats.trees_read, "tree", "trees"),
+                        o.stats.trees_skipped,
+                        o.stats.trees_copied
+                    ));
+                }
+            } else {
+                output::line(&format!(
+                    "snapshot {} is already in the destination as {}",
+                    o.source.short(),
+                    o.destination.short()
+                ));
+            }
+        })
     };
-    let run = replicate::copy_snapshots(&src, &dst, &snaps, report)?;
+    let run = replicate::copy_snapshots(&src, &dst, &snaps, &progress, report);
+    progress.finish();
+    let run = run?;
     let done = run.snapshots;
     let copied = done.iter().filter(|o| o.copied).count();
     if g.json {

@@ -10,6 +10,9 @@ use coffer::snapshot::walk::Unreadable;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer diff 1a2b3c4d latest
+  coffer diff 1a2b3c4d:/etc latest:/etc --metadata")]
 pub struct DiffArgs {
     /// The older snapshot (id prefix or `latest`), optionally `:PATH` to
     /// compare one directory

@@ -9,6 +9,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer drill
+  coffer drill latest --sample 2% --scratch-dir /var/tmp")]
 pub struct DrillArgs {
     /// Snapshot to drill (default: the newest, the oldest and one between)
     pub snapshot: Option<String>,

@@ -17,6 +17,9 @@ pub enum Archive {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer dump latest /etc/fstab
+  coffer dump latest /etc > etc.tar")]
 pub struct DumpArgs {
     /// Snapshot id prefix or `latest`
     pub snapshot: String,

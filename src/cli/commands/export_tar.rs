@@ -15,6 +15,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer export-tar latest /srv/app -o app.tar
+  coffer export-tar latest | tar -t")]
 pub struct ExportTarArgs {
     /// Snapshot id prefix or `latest`
     pub snapshot: String,

@@ -14,6 +14,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer find '*.sql' --oldest 2026-11-01
+  coffer find /home/*/models --long
+  coffer find --pack 3f2e1d0c")]
 pub struct FindArgs {
     /// Name patterns (`*.sql`, `config`) or path patterns (`/home/*/models`);
     /// an entry matching any of them is listed

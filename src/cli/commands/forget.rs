@@ -9,6 +9,10 @@ use coffer::retention::policy::{self, GroupBy, KeepPolicy};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer forget --keep-daily 7 --keep-weekly 4 --keep-monthly 12 --prune
+  coffer forget --keep-last 10 --host web1 --dry-run
+  coffer forget 1a2b3c4d")]
 pub struct ForgetArgs {
     /// Snapshots to remove (id prefixes); without them, the policy decides
     pub ids: Vec<String>,

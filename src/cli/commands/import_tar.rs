@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer import-tar site-2026-11-01.tar.gz
+  coffer import-tar --name site --tag imported - < site.tar.zst")]
 pub struct ImportTarArgs {
     /// The archive (plain, gzip or zstd, recognised by content), or `-` for stdin
     pub archive: PathBuf,
@@ -109,7 +112,9 @@ pub fn run(g: &GlobalOpts, a: &ImportTarArgs) -> Result<ExitCode> {
         time_ns,
     };
     let _lock = repo::write_lock(g, &repo, false, "import-tar")?;
-    let progress = CliProgress::new(g.json, g.quiet).with_json_status_per_bytes();
+    let progress = CliProgress::new(g.json, g.quiet)
+        .with_json_status_per_bytes()
+        .listing(g.verbose, g.quiet);
     let result = match file.as_mut() {
         Some(f) => snapshot_tar(repo.clone(), f, &name, &label, &opts, &progress),
         None => {

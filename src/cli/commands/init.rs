@@ -14,6 +14,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer init
+  coffer init --repo /mnt/backup/coffer --compression 6
+  coffer init --repo /mnt/offsite/coffer --from-repo /mnt/backup/coffer")]
 pub struct InitArgs {
     /// zstd compression level (1-22, or -7..-1 for faster still; 0 picks
     /// the default, 1). Higher levels store less and cost more CPU: 3 is

@@ -16,6 +16,10 @@ use std::process::ExitCode;
 use zeroize::Zeroizing;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer key list
+  coffer key add --new-key-file ~/coffer-second.key
+  coffer key passwd")]
 pub struct KeyArgs {
     #[command(subcommand)]
     pub command: KeyCommand,
@@ -24,6 +28,9 @@ pub struct KeyArgs {
 #[derive(Subcommand, Debug)]
 pub enum KeyCommand {
     /// List the keys (id, kind, user, host, creation time; `*` marks the one in use)
+    #[command(after_help = "Examples:
+  coffer key list
+  coffer key list --json")]
     List,
     /// Add a key: a new passphrase (asked twice, or from a file) or a new key file
     Add(AddArgs),
@@ -36,6 +43,10 @@ pub enum KeyCommand {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer key add
+  coffer key add --new-password-file ~/new-password
+  coffer key add --new-key-file ~/coffer-second.key")]
 pub struct AddArgs {
     /// Read the new passphrase from this file (first line) instead of the terminal
     #[arg(long, conflicts_with = "new_key_file")]
@@ -46,12 +57,17 @@ pub struct AddArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer key remove 1a2b3c4d")]
 pub struct RemoveArgs {
     /// The key id (or a unique prefix of at least 4 hex digits), from `coffer key list`
     pub id: String,
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer key passwd
+  coffer key passwd --new-password-file ~/new-password")]
 pub struct PasswdArgs {
     /// Read the new passphrase from this file (first line) instead of the terminal
     #[arg(long)]
@@ -59,6 +75,8 @@ pub struct PasswdArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer key export --file ~/coffer-recovery.key")]
 pub struct ExportArgs {
     /// Where to write the recovery key file (created 0600; never overwritten)
     #[arg(long)]

@@ -11,6 +11,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer ls latest
+  coffer ls latest /home/me/projects --long")]
 pub struct LsArgs {
     /// Snapshot id prefix or `latest`, optionally `SNAPSHOT:PATH`
     pub snapshot: std::ffi::OsString,

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod cat;
 pub mod check;
+pub mod completions;
 pub mod config;
 pub mod copy;
 pub mod diff;
@@ -15,6 +16,7 @@ pub mod import_tar;
 pub mod init;
 pub mod key;
 pub mod ls;
+pub mod manpage;
 pub mod prune;
 pub mod repair;
 pub mod restore;

@@ -1,5 +1,6 @@
 //! `coffer prune [--max-unused 5%] [--dry-run]`
 
+use crate::cli::progress_bars::CliProgress;
 use crate::cli::{GlobalOpts, output, repo};
 use anyhow::{Result, anyhow};
 use clap::Args;
@@ -9,6 +10,9 @@ use coffer::retention::prune::{self, PruneOptions};
 use std::process::ExitCode;
 
 #[derive(Args, Debug, Clone)]
+#[command(after_help = "Examples:
+  coffer prune
+  coffer prune --max-unused 0% --dry-run")]
 pub struct PruneArgs {
     /// Unused space to tolerate, as a share of the data in use (repacks the emptiest packs until under it)
     #[arg(long, default_value = "5%")]
@@ -67,6 +71,9 @@ pub fn prune_locked(
             output::count(plan.unindexed.len(), "pack", "packs"),
             output::bytes(freed)
         ));
+        if g.verbose > 0 {
+            list_packs(&plan);
+        }
     }
     if a.dry_run {
         if g.json {
@@ -78,7 +85,10 @@ pub fn prune_locked(
         }
         return Ok(());
     }
-    let r = prune::execute(repo, &plan)?;
+    let progress = CliProgress::new(g.json, g.quiet).counting("packs", "repacked");
+    let r = prune::execute(repo, &plan, &progress);
+    progress.finish();
+    let r = r?;
     if g.json {
         output::json(&serde_json::json!({
             "message_type": "summary", "dry_run": false,
@@ -103,6 +113,19 @@ pub fn prune_locked(
         }
     }
     Ok(())
+}
+
+/// `-v`: each pack the plan removes or repacks, with its size.
+fn list_packs(plan: &prune::PrunePlan) {
+    let delete = plan.delete.iter().map(|(p, n)| ("unused", p.to_hex(), n));
+    let repack = plan.repack.iter().map(|(p, n)| ("repack", p.to_hex(), n));
+    let unindexed = plan
+        .unindexed
+        .iter()
+        .map(|(p, n)| ("unindexed", p.clone(), n));
+    for (why, pack, size) in delete.chain(repack).chain(unindexed) {
+        output::line(&format!("  {why:<9} {pack} ({})", output::bytes(*size)));
+    }
 }
 
 pub fn run(g: &GlobalOpts, a: &PruneArgs) -> Result<ExitCode> {

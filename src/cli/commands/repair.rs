@@ -7,6 +7,10 @@ use clap::{Args, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer repair index
+  coffer repair snapshots --forget
+  coffer repair config")]
 pub struct RepairArgs {
     #[command(subcommand)]
     pub what: RepairWhat,
@@ -15,17 +19,28 @@ pub struct RepairArgs {
 #[derive(Subcommand, Debug)]
 pub enum RepairWhat {
     /// Rebuild the index from the packs' own trailers
+    #[command(after_help = "Examples:
+  coffer repair index
+  coffer check")]
     Index,
     /// Read packs whole (those given, or all) and move what still verifies
     /// out of damaged ones, so lost blobs are stored again by the next backup
+    #[command(after_help = "Examples:
+  coffer repair packs
+  coffer repair packs 3f2e1d0c")]
     Packs {
         /// Pack ids, as `coffer check --read-data` names them (default: every pack)
         ids: Vec<String>,
     },
     /// Rewrite a missing or damaged `config` from its intact copy, or the
     /// copy from `config` (which also gives an older repository its copy)
+    #[command(after_help = "Examples:
+  coffer repair config")]
     Config,
     /// Write new snapshots that leave out data that was lost
+    #[command(after_help = "Examples:
+  coffer repair snapshots
+  coffer repair snapshots --forget")]
     Snapshots {
         /// Remove the damaged originals once their repaired copies are stored
         #[arg(long)]
@@ -74,7 +89,7 @@ pub fn run(g: &GlobalOpts, a: &RepairArgs) -> Result<ExitCode> {
                     anyhow::anyhow!("{i:?} is not a pack id: give the 64 hex digits `coffer check --read-data` prints")
                 })?);
             }
-            let progress = CliProgress::new(g.json, g.quiet);
+            let progress = CliProgress::new(g.json, g.quiet).counting("packs", "read");
             let r = coffer::repair::repair_packs(&repo, &only, &progress);
             progress.finish();
             let r = r?;

@@ -21,6 +21,10 @@ pub enum OverwriteArg {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer restore latest --target /tmp/r
+  coffer restore latest:/home/me/projects/app --target /tmp/app
+  coffer restore 1a2b3c4d --target /tmp/r --include '*.sql' --verify")]
 pub struct RestoreArgs {
     /// Snapshot id prefix or `latest`; `SNAPSHOT:PATH` restores the
     /// contents of PATH directly into the target
@@ -156,7 +160,9 @@ pub fn run(g: &GlobalOpts, a: &RestoreArgs) -> Result<ExitCode> {
         skip_space_check: a.skip_space_check,
         stop: Some(signals::stop_on_signal()),
     };
-    let progress = CliProgress::new(g.json, g.quiet);
+    let progress = CliProgress::new(g.json, g.quiet)
+        .counting("files", "restored")
+        .listing(g.verbose, g.quiet);
     let start = std::time::Instant::now();
     let result = restorer::restore(repo.as_ref(), &tree, &a.target, &opts, &progress);
     progress.finish();

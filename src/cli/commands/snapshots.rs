@@ -8,6 +8,9 @@ use coffer::snapshot::Snapshot;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer snapshots
+  coffer snapshots --host web1 --json")]
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pub filter: super::SnapshotFilter,

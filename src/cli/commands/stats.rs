@@ -19,6 +19,10 @@ pub enum Mode {
 }
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer stats
+  coffer stats --mode raw-data
+  coffer stats latest --json")]
 pub struct StatsArgs {
     /// Snapshots (id prefixes or `latest`); without them, every snapshot
     pub snapshots: Vec<String>,

@@ -6,6 +6,9 @@ use clap::Args;
 use std::process::ExitCode;
 
 #[derive(Args, Debug)]
+#[command(after_help = "Examples:
+  coffer unlock
+  coffer unlock --remove-all")]
 pub struct UnlockArgs {
     /// Remove every lock, also live ones and unreadable lock objects
     #[arg(long)]
