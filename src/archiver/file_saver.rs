@@ -28,9 +28,17 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Bytes read per step for big files: several maximal chunks, so one
-/// buffer yields enough chunks to keep every core busy.
-pub(crate) const READ_BUF: usize = 4 * 1024 * 1024;
+/// Bytes read per step for big files; a buffer holds this plus one
+/// maximal chunk, and is cut into chunks once it holds a maximal chunk
+/// (or this, when larger), so at the default 1 MiB average one buffer
+/// still yields several chunks for the cores to seal at once. 1 MiB, not
+/// 4: up to four such buffers are alive while two big files are read, and
+/// the larger ones held 12 MiB more of a backup's peak memory.
+pub(crate) const READ_BUF: usize = 1024 * 1024;
+
+/// Files larger than this are read with [`chunk_stream_overlapped`]; it
+/// allocates its extra buffers per file, which is not worth it for less.
+const OVERLAP_ABOVE: u64 = 8 * 1024 * 1024;
 
 fn open_source(path: &Path) -> std::io::Result<File> {
     // O_NOFOLLOW: the entry was a regular file when listed; if it has been
@@ -217,7 +225,7 @@ pub(crate) fn save_file(
             progress.file_started(path, before.size());
         }
         let mut src = Source::new(&file, &before);
-        let streamed = if before.size() > 2 * READ_BUF as u64 {
+        let streamed = if before.size() > OVERLAP_ABOVE {
             chunk_stream_overlapped(&mut src, sink, chunker, progress, buf)?
         } else {
             chunk_stream(&mut src, before.size(), sink, chunker, progress, buf)?

@@ -28,31 +28,30 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 /// Blobs per index segment written during a backup: bounds the memory of
 /// not-yet-indexed ids and the work lost to a crash.
 pub const CHECKPOINT_BLOBS: usize = 100_000;
 
-/// Packs verified and written at once. On compressible data one keeps up
-/// with two cores' sealers; on data that does not compress, sealing is
-/// cheap next to verifying and writing, and a sealer that closed a pack
-/// waited for the single uploader: 2 GiB mixed corpus, 4 warm pairs,
-/// wall 5.79 -> 5.52 s with two, peak RSS +3 MiB (each holds one 8 MiB
-/// pack at most; their verifies share [`verify_pool`], whose second thread
-/// gained nothing). The fsyncs that make a pack durable run on the index
-/// thread, so a slow one stops neither.
-pub(crate) const UPLOADERS: usize = 2;
+/// Packs a backup verifies and writes at once on a local disk. One: a
+/// second let a sealer hand over a full pack sooner on data that does not
+/// compress (2 GiB mixed corpus, wall 5.79 -> 5.52 s at zstd level 3),
+/// but with the buffers it holds a backup of a 1.3 GB home tree peaked at
+/// 87 MiB instead of 79 (within the 80 MiB a backup may take), for no
+/// wall time measurable at zstd level 1 (13.4 s both, two runs each, on
+/// a loaded machine). The pack's verify runs on [`verify_pool`], and the
+/// fsyncs that make it durable on the index thread, so neither stops it.
+pub(crate) const UPLOADERS: usize = 1;
 
 /// Upload threads for `repo`, of which a local disk gets `local`; a remote
-/// store, where a put waits on the network rather than the disk, up to
-/// twice that (each holds one pack, so memory grows by at most `local`
-/// packs: the bound that keeps a backup to S3 within 1.3x the memory of
-/// one to a disk).
+/// store, where a put waits on the network rather than the disk, as many
+/// as it takes requests at once, 2 to 4 (each holds one pack: the bound
+/// that keeps a backup to S3 within 1.3x the memory of one to a disk).
 pub(crate) fn upload_threads(repo: &Repository, local: usize) -> usize {
     match repo.requests_in_flight() {
-        Some(n) => n.clamp(local, 2 * local),
+        Some(n) => n.clamp(2 * local.max(1), 4 * local.max(1)).min(4),
         None => local,
     }
 }
@@ -85,30 +84,51 @@ struct Shared {
     blobs_added: AtomicU64,
     raw_added: AtomicU64,
     stored_added: AtomicU64,
-    /// Buffers of uploaded data packs, for the next ones.
-    spare: Mutex<Vec<Vec<u8>>>,
+    /// The data pack buffers: those free, and how many exist.
+    buffers: Mutex<PackBuffers>,
+    /// Signalled when a data pack buffer is freed.
+    buffer_freed: Condvar,
+    /// The most data pack buffers that may exist at once.
+    buffer_cap: usize,
+}
+
+#[derive(Default)]
+struct PackBuffers {
+    free: Vec<Vec<u8>>,
+    alive: usize,
 }
 
 impl Shared {
-    /// Keep an uploaded data pack's buffer for a later pack: with a fresh
-    /// allocation per pack, faulting in its pages was 3% of a backup's CPU.
-    /// One spare at most: it exists only while fewer packs are in flight
-    /// than the most there can be (open, waiting, uploading), so no more
-    /// buffers are alive than without recycling.
+    /// Give an uploaded data pack's buffer back for a later pack: with a
+    /// fresh allocation per pack, faulting in its pages was 3% of a
+    /// backup's CPU.
     fn recycle(&self, buf: Vec<u8>) {
-        if buf.capacity() < data_pack_capacity(&self.config) {
-            return;
-        }
-        let mut spare = lock(&self.spare);
-        if spare.is_empty() {
-            spare.push(buf);
-        }
+        lock(&self.buffers).free.push(buf);
+        self.buffer_freed.notify_one();
     }
 
+    /// A writer for the next data pack, on a free buffer. When
+    /// `buffer_cap` buffers exist already, wait for an upload thread to
+    /// free one: sealers then wait for the uploads, which are the
+    /// bottleneck at that moment anyway, instead of filling more packs
+    /// than can be uploaded. Without the cap a second sealer filled
+    /// another 8 MiB pack while the first waited to hand over its own.
+    /// After a failure nothing waits.
     fn data_pack(&self) -> PackWriter {
-        match lock(&self.spare).pop() {
-            Some(buf) => PackWriter::with_buffer(buf),
-            None => PackWriter::with_capacity(data_pack_capacity(&self.config)),
+        let mut b = lock(&self.buffers);
+        loop {
+            if let Some(buf) = b.free.pop() {
+                return PackWriter::with_buffer(buf);
+            }
+            if b.alive < self.buffer_cap || lock(&self.failed).is_some() {
+                b.alive += 1;
+                return PackWriter::with_capacity(data_pack_capacity(&self.config));
+            }
+            b = self
+                .buffer_freed
+                .wait_timeout(b, std::time::Duration::from_millis(100))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 }
@@ -143,6 +163,7 @@ impl BlobStore {
         }
         repo.mark_writing(true);
         let capacity = data_pack_capacity(&config);
+        let uploaders = upload_threads(&repo, UPLOADERS);
         let shared = Arc::new(Shared {
             repo,
             config,
@@ -151,7 +172,15 @@ impl BlobStore {
             blobs_added: AtomicU64::new(0),
             raw_added: AtomicU64::new(0),
             stored_added: AtomicU64::new(0),
-            spare: Mutex::new(Vec::new()),
+            // The open pack (the first buffer) and one per upload thread:
+            // a sealer that closes a pack while every uploader is busy
+            // waits for one to free its buffer, then hands the pack over.
+            buffers: Mutex::new(PackBuffers {
+                free: Vec::new(),
+                alive: 1,
+            }),
+            buffer_freed: Condvar::new(),
+            buffer_cap: uploaders + 1,
         });
         // A full pack is handed over when an upload thread is free, so
         // sealing overlaps with upload. In memory: the open pack, the ones
@@ -160,7 +189,7 @@ impl BlobStore {
         let (tx, rx) = bounded::<FinishedPack>(0);
         // Written packs wait here for their fsyncs holding only a file.
         let (done_tx, done_rx) = bounded::<Result<Uploaded>>(PENDING_COMMITS);
-        for i in 0..upload_threads(&shared.repo, UPLOADERS) {
+        for i in 0..uploaders {
             let (s, rx, done_tx) = (shared.clone(), rx.clone(), done_tx.clone());
             std::thread::Builder::new()
                 .name(format!("coffer-upload-{i}"))
@@ -715,12 +744,21 @@ fn record_failure(shared: &Shared, e: &Error) {
 fn put_loop(shared: &Shared, rx: Receiver<FinishedPack>, done: Sender<Result<Uploaded>>) {
     let repo = &shared.repo;
     for mut pack in rx.iter() {
+        let data = pack
+            .entries
+            .first()
+            .is_some_and(|e| e.kind == BlobKind::Data);
         if lock(&shared.failed).is_some() {
+            if data {
+                shared.recycle(pack.into_buffer());
+            }
             continue;
         }
         let r = verify_pack(repo, &pack).and_then(|()| write_verified(repo, &mut pack));
         // The bytes are written: the buffer is free while the fsyncs run.
-        shared.recycle(pack.into_buffer());
+        if data {
+            shared.recycle(pack.into_buffer());
+        }
         if let Err(e) = &r {
             record_failure(shared, e);
         }
