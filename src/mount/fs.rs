@@ -9,9 +9,9 @@ use crate::id::SnapshotId;
 use crate::snapshot::Snapshot;
 use crate::snapshot::tree::{Node, NodeKind, Time};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry,
-    ReplyOpen, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    ReplyXattr, Request,
 };
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -268,7 +268,10 @@ impl Filesystem for MountFs {
             Ok(c) => c,
             Err(e) => return reply.error(e),
         };
-        let parent = self.inodes.get(ino.0).map_or(ROOT, |i: Arc<Inode>| i.parent);
+        let parent = self
+            .inodes
+            .get(ino.0)
+            .map_or(ROOT, |i: Arc<Inode>| i.parent);
         let dots = [(ino.0, &b"."[..]), (parent, &b".."[..])];
         let entries = dots
             .iter()
@@ -308,7 +311,13 @@ impl Filesystem for MountFs {
         xattr_reply(reply, size, &names);
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: fuser::ReplyEmpty) {
+    fn access(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mask: fuser::AccessFlags,
+        reply: fuser::ReplyEmpty,
+    ) {
         if self.inodes.get(ino.0).is_none() {
             reply.error(Errno::ENOENT);
         } else if mask.contains(fuser::AccessFlags::W_OK) {
@@ -328,7 +337,10 @@ mod tests {
         let dev = libc::makedev(8, 0x123);
         assert_eq!(fuse_rdev(dev), 0x23 | (8 << 8) | (0x100 << 12));
         assert_eq!(
-            system_time(Time { sec: -2, nsec: 500_000_000 }),
+            system_time(Time {
+                sec: -2,
+                nsec: 500_000_000
+            }),
             UNIX_EPOCH - Duration::from_millis(1500)
         );
     }

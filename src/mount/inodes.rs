@@ -97,7 +97,12 @@ impl Inodes {
     }
 
     /// The child `name` of directory `ino`.
-    pub(crate) fn lookup(&self, src: &dyn BlobSource, ino: u64, name: &[u8]) -> Result<Option<u64>> {
+    pub(crate) fn lookup(
+        &self,
+        src: &dyn BlobSource,
+        ino: u64,
+        name: &[u8],
+    ) -> Result<Option<u64>> {
         let Some(children) = self.children(src, ino)? else {
             return Ok(None);
         };

@@ -117,7 +117,10 @@ fn build_layout(t: &Inodes, snapshots: &[(SnapshotId, Snapshot)], uid: u32, gid:
     t.set_children(all, list);
 
     for (top, key) in [
-        (&b"hosts"[..], (|s: &Snapshot| vec![s.hostname.clone()]) as fn(&Snapshot) -> Vec<String>),
+        (
+            &b"hosts"[..],
+            (|s: &Snapshot| vec![s.hostname.clone()]) as fn(&Snapshot) -> Vec<String>,
+        ),
         (&b"tags"[..], |s: &Snapshot| s.tags.clone()),
     ] {
         let mut groups: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();

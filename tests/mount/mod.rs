@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 /// Can this machine mount FUSE filesystems? Says why not when it cannot.
 fn fuse_or_skip(test: &str) -> bool {
-    let dev = fs::OpenOptions::new().read(true).write(true).open("/dev/fuse");
+    let dev = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse");
     let helper = Command::new("fusermount3")
         .arg("-V")
         .stdout(Stdio::null())
@@ -53,10 +56,20 @@ impl Mounted {
         while !dir.join("snapshots").exists() {
             if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
                 let mut err = String::new();
-                let _ = m.child.as_mut().unwrap().stderr.take().unwrap().read_to_string(&mut err);
+                let _ = m
+                    .child
+                    .as_mut()
+                    .unwrap()
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
                 panic!("coffer mount exited ({status}) before mounting:\n{err}");
             }
-            assert!(Instant::now() < deadline, "coffer mount did not mount within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "coffer mount did not mount within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         m
@@ -76,7 +89,10 @@ impl Mounted {
             std::thread::sleep(Duration::from_millis(50));
         }
         let out = child.wait_with_output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 }
 
@@ -136,7 +152,10 @@ fn seen(p: &Path) -> Seen {
         gid: m.gid(),
         size: (!m.is_dir()).then_some(m.size()),
         mtime: (m.mtime(), m.mtime_nsec()),
-        target: m.file_type().is_symlink().then(|| fs::read_link(p).unwrap()),
+        target: m
+            .file_type()
+            .is_symlink()
+            .then(|| fs::read_link(p).unwrap()),
         xattrs: user_xattrs(p),
     }
 }
@@ -241,13 +260,19 @@ fn mount_shows_each_snapshot_as_its_tree_and_serves_any_byte_range() {
     }
     if xattrs {
         assert_eq!(
-            want[Path::new("big.bin")].xattrs.get(&b"user.origin"[..]).map(Vec::as_slice),
+            want[Path::new("big.bin")]
+                .xattrs
+                .get(&b"user.origin"[..])
+                .map(Vec::as_slice),
             Some(&b"camera \x00 roll"[..])
         );
     }
     // The same tree under hosts/ and tags/, and the first snapshot's bytes.
     let via_tag = inside(&mnt.join("tags/nightly").join(first_dir));
-    assert_eq!(fs::read(via_tag.join("docs/readme.txt")).unwrap(), old_readme);
+    assert_eq!(
+        fs::read(via_tag.join("docs/readme.txt")).unwrap(),
+        old_readme
+    );
     let via_host = inside(&mnt.join("hosts/other-host").join(second_dir));
     assert_eq!(
         fs::read(via_host.join("docs/readme.txt")).unwrap(),
@@ -257,7 +282,12 @@ fn mount_shows_each_snapshot_as_its_tree_and_serves_any_byte_range() {
     // Whole files, then reads at random offsets, each longer than the
     // largest chunk, so each crosses at least one blob boundary.
     let snap = inside(&mnt.join("latest"));
-    for rel in ["big.bin", "docs/empty", "docs/deep/nested/x.dat", "docs/link"] {
+    for rel in [
+        "big.bin",
+        "docs/empty",
+        "docs/deep/nested/x.dat",
+        "docs/link",
+    ] {
         assert!(
             fs::read(snap.join(rel)).unwrap() == fs::read(t.path(rel)).unwrap(),
             "{rel} differs"
@@ -282,7 +312,11 @@ fn mount_shows_each_snapshot_as_its_tree_and_serves_any_byte_range() {
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}"),
     };
     erofs(fs::File::create(snap.join("new.txt")));
-    erofs(fs::OpenOptions::new().write(true).open(snap.join("big.bin")));
+    erofs(
+        fs::OpenOptions::new()
+            .write(true)
+            .open(snap.join("big.bin")),
+    );
     erofs(
         fs::OpenOptions::new()
             .read(true)
@@ -357,7 +391,10 @@ fn a_damaged_blob_fails_the_read_with_eio_and_one_warning() {
         assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     }
     let (code, stderr) = m.stop(libc::SIGTERM);
-    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("victim.bin")).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("victim.bin"))
+        .collect();
     assert_eq!(lines.len(), 1, "one warning line for the file:\n{stderr}");
     assert!(lines[0].starts_with("coffer: warning: "), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");

@@ -35,8 +35,8 @@ pub struct MountArgs {
 
 pub fn run(g: &GlobalOpts, a: &MountArgs) -> Result<ExitCode> {
     let mp = &a.mountpoint;
-    let cache_bytes = usize::try_from(super::parse_size(&a.cache_size)?)
-        .context("--cache-size is too large")?;
+    let cache_bytes =
+        usize::try_from(super::parse_size(&a.cache_size)?).context("--cache-size is too large")?;
     if !mp.is_dir() {
         bail!(
             "mount point {} is not a directory: create it first (mkdir -p {})",
