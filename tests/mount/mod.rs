@@ -400,3 +400,36 @@ fn a_damaged_blob_fails_the_read_with_eio_and_one_warning() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(code.is_some(), "killed: {stderr}");
 }
+
+#[test]
+fn a_missing_mount_point_or_a_tiny_cache_is_refused_before_mounting() {
+    let env = Env::new();
+    env.init();
+    let r = env
+        .coffer()
+        .args(["mount", "no-such-dir"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("no-such-dir") && r.stderr.contains("mkdir"),
+        "{}",
+        r.stderr
+    );
+    fs::create_dir(env.path("mnt")).unwrap();
+    // The default chunks are up to 4 MiB: a 1 MiB cache could hold none.
+    let r = env
+        .coffer()
+        .args(["mount", "mnt", "--cache-size", "1M"])
+        .run()
+        .expect_code(1);
+    assert!(
+        r.stderr.contains("--cache-size 1M is too small"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("16.0 MiB") || r.stderr.contains("16 MiB"),
+        "{}",
+        r.stderr
+    );
+}

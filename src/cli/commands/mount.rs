@@ -45,6 +45,17 @@ pub fn run(g: &GlobalOpts, a: &MountArgs) -> Result<ExitCode> {
         );
     }
     let repo = repo::open(g)?;
+    // A blob larger than the cache is read again for each read of it, and
+    // read-ahead gets a quarter: room for four of the largest keeps both.
+    let least = 4 * u64::from(repo.config()?.chunker.max_size);
+    if (cache_bytes as u64) < least {
+        bail!(
+            "--cache-size {} is too small for this repository, whose chunks are up to {}: give at least {}",
+            a.cache_size,
+            output::bytes(least / 4),
+            output::bytes(least)
+        );
+    }
     let _lock = repo::read_lock(g, &repo)?;
     let snapshots: Vec<_> = repo
         .list_snapshots()?
