@@ -8,7 +8,7 @@
 //! ```
 //! Directories are listed from tree blobs alone; a file's read fetches the
 //! data blobs that cover the range asked for, through a cache bounded in
-//! bytes ([`cache`]), with read-ahead for sequential readers ([`reader`]).
+//! bytes (`cache.rs`), with read-ahead for sequential readers (`reader.rs`).
 //! Metadata is the snapshot's. The snapshots are those present when the
 //! mount starts.
 
