@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 
 /// The name of a snapshot's directory: its local time, then its id, so
 /// names sort by time and never collide.
-pub fn snapshot_dir_name(id: &SnapshotId, s: &Snapshot) -> String {
+fn snapshot_dir_name(id: &SnapshotId, s: &Snapshot) -> String {
     let t = local_ns(s.time_ns);
     let zone = if t.offset == 0 {
         "Z".to_string()
