@@ -10,6 +10,7 @@
 //! L5  archiver  restorer                         # user files in and out
 //!     retention  check  repair  drill            # forget/prune, verification
 //!     diff  find  stats                          # reading snapshots
+//!     mount                                      # snapshots as a read-only FUSE filesystem
 //!     replicate                                  # copy to another repository
 //! L4  repository                                 # config, keys, blob store, snapshots, cache audit
 //! L3  backend  index                             # object store; SQLite index cache
@@ -41,6 +42,7 @@ pub mod find;
 pub mod id;
 pub mod index;
 pub mod localtime;
+pub mod mount;
 pub mod pack;
 pub mod pattern;
 pub mod progress;

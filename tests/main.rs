@@ -52,3 +52,5 @@ mod repolayer;
 mod s3;
 // S3 retries against a fault-injecting proxy in front of the real server (COFFER_TEST_S3): 500, SlowDown, cut bodies, held and lost answers.
 mod s3faults;
+// `coffer mount` through the kernel (when /dev/fuse and fusermount3 are there): the layout, trees, byte ranges, read-only, signals, damage.
+mod mount;

@@ -132,6 +132,8 @@ pub enum Command {
     Unlock(commands::unlock::UnlockArgs),
     /// Restore a random sample into a temp dir and verify every byte
     Drill(commands::drill::DrillArgs),
+    /// Show the snapshots as a read-only filesystem (FUSE) until unmounted
+    Mount(commands::mount::MountArgs),
     /// Write a file from a snapshot to stdout (a directory as tar)
     Dump(commands::dump::DumpArgs),
     /// Show what changed between two snapshots
@@ -231,6 +233,7 @@ fn dispatch(cli: &Cli, g: &GlobalOpts) -> anyhow::Result<ExitCode> {
         Command::Ls(a) => commands::ls::run(g, a),
         Command::Restore(a) => commands::restore::run(g, a),
         Command::Dump(a) => commands::dump::run(g, a),
+        Command::Mount(a) => commands::mount::run(g, a),
         Command::Diff(a) => commands::diff::run(g, a),
         Command::Find(a) => commands::find::run(g, a),
         Command::Stats(a) => commands::stats::run(g, a),

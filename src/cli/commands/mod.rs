@@ -17,6 +17,7 @@ pub mod init;
 pub mod key;
 pub mod ls;
 pub mod manpage;
+pub mod mount;
 pub mod prune;
 pub mod repair;
 pub mod restore;
