@@ -67,13 +67,19 @@ fn component(s: &str) -> Vec<u8> {
 /// The metadata of a directory the layout makes up: readable by all,
 /// owned by whoever mounted, dated `time`.
 fn layout_dir(name: Vec<u8>, time: Time, uid: u32, gid: u32) -> Node {
-    let mut n = Node::new(name, NodeKind::Dir);
-    n.mode = 0o555;
+    layout_node(name, NodeKind::Dir, time, uid, gid)
+}
+
+/// A directory (mode 0555) or symlink (0777) the layout makes up.
+fn layout_node(name: Vec<u8>, kind: NodeKind, time: Time, uid: u32, gid: u32) -> Node {
+    let dir = kind == NodeKind::Dir;
+    let mut n = Node::new(name, kind);
+    n.mode = if dir { 0o555 } else { 0o777 };
     n.uid = uid;
     n.gid = gid;
     n.mtime = time;
     n.ctime = time;
-    n.links = 2;
+    n.links = if dir { 2 } else { 1 };
     n
 }
 
@@ -149,13 +155,7 @@ fn build_layout(t: &Inodes, snapshots: &[(SnapshotId, Snapshot)], uid: u32, gid:
 
     let newest_idx = (0..snapshots.len()).max_by_key(|&i| snapshots[i].1.time_ns);
     if let Some(i) = newest_idx {
-        let mut link = Node::new(b"latest".to_vec(), NodeKind::Symlink);
-        link.mode = 0o777;
-        link.uid = uid;
-        link.gid = gid;
-        link.mtime = newest;
-        link.ctime = newest;
-        link.links = 1;
+        let mut link = layout_node(b"latest".to_vec(), NodeKind::Symlink, newest, uid, gid);
         link.link_target = [&b"snapshots/"[..], &names[i]].concat();
         root.push(child(b"latest", t.add(ROOT, link), NodeKind::Symlink));
     }
