@@ -51,7 +51,7 @@ pub(crate) const UPLOADERS: usize = 1;
 /// that keeps a backup to S3 within 1.3x the memory of one to a disk).
 pub(crate) fn upload_threads(repo: &Repository, local: usize) -> usize {
     match repo.requests_in_flight() {
-        Some(n) => n.clamp(2 * local.max(1), 4 * local.max(1)).min(4),
+        Some(n) => n.clamp(2, 4),
         None => local,
     }
 }
