@@ -83,6 +83,11 @@ impl KeySet {
         }
     }
 
+    /// The hasher [`KeySet::blob_id`] runs, to name a blob fed in pieces.
+    pub(crate) fn blob_id_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.id_key)
+    }
+
     /// Blob id: keyed BLAKE3 of the plaintext, so ids do not reveal whether
     /// the repository holds a known file.
     pub fn blob_id(&self, plaintext: &[u8]) -> BlobId {

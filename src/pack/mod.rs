@@ -58,25 +58,30 @@ fn blob_aad(repo: &RepoId, kind: BlobKind, id: &BlobId) -> [u8; 65] {
     aad(repo, k, &id.0)
 }
 
+/// The piecewise verify's window: large enough for zstd and BLAKE3 to
+/// run at full speed, small enough to stay in a core's cache.
+const VERIFY_WINDOW: usize = 128 * 1024;
+
 thread_local! {
-    // Per-thread buffers for sealing and verifying blobs. Compressing and
-    // encrypting in place here, then copying once into the pack, replaces
-    // an allocation and three copies of every blob; verifying into them
-    // spares two allocations per blob.
-    static SCRATCH: [Cell<Vec<u8>>; 2] = const { [Cell::new(Vec::new()), Cell::new(Vec::new())] };
+    static VERIFY_WINDOWS: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0u8; 2 * VERIFY_WINDOW].into_boxed_slice());
+    // Per-thread buffer for sealing blobs. Compressing and encrypting in
+    // place here, then copying once into the pack, replaces an allocation
+    // and three copies of every blob.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 /// Larger scratch buffers (from a huge tree blob) are freed after use
 /// rather than kept for the thread's lifetime.
 const KEEP_SCRATCH: usize = 8 << 20;
 
-/// Run `f` with this thread's scratch buffer `i`. The buffer is taken out
+/// Run `f` with this thread's scratch buffer. The buffer is taken out
 /// while in use, so a nested call gets a fresh one instead of a conflict.
-fn with_scratch<R>(i: usize, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    let mut buf = SCRATCH.with(|s| s[i].take());
+fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    let mut buf = SCRATCH.with(|s| s.take());
     let r = f(&mut buf);
     if buf.capacity() <= KEEP_SCRATCH {
-        SCRATCH.with(|s| s[i].set(buf));
+        SCRATCH.with(|s| s.set(buf));
     }
     r
 }
@@ -120,7 +125,7 @@ pub fn seal_blob_with<R>(
     zstd_level: i32,
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
-    with_scratch(0, |buf| {
+    with_scratch(|buf| {
         let buf = at_least(buf, PAYLOAD + plaintext.len() + envelope::TAG_LEN);
         // zstd writes straight after the flag byte; its output must be
         // smaller than the plaintext to be worth keeping.
@@ -178,7 +183,7 @@ pub(crate) fn seal_body_with<R>(
     body: &[u8],
     f: impl FnOnce(&[u8]) -> R,
 ) -> R {
-    with_scratch(0, |buf| {
+    with_scratch(|buf| {
         let env = at_least(buf, FLAG + body.len() + envelope::TAG_LEN);
         env[FLAG..FLAG + body.len()].copy_from_slice(body);
         seal_scratch(keys, repo, kind, &id, env, f)
@@ -211,9 +216,11 @@ pub(crate) fn open_blob_body(
     }
 }
 
-/// Check one sealed blob the way [`open_blob`] does (authenticate,
-/// decompress, re-hash), in this thread's scratch buffers: the check run
-/// on every blob before its pack is uploaded.
+/// Decrypt, decompress and re-hash one sealed blob, checking it against
+/// its entry, in a window of [`VERIFY_WINDOW`] bytes at a time: the check
+/// before upload needs no buffer of a blob's size (two of up to a chunk
+/// each, decrypted and decompressed, were 8 MiB of a backup's peak
+/// memory), and each piece is hashed while it is still in the cache.
 pub fn verify_blob(
     keys: &KeySet,
     repo: &RepoId,
@@ -221,26 +228,90 @@ pub fn verify_blob(
     sealed: &[u8],
 ) -> Result<(), String> {
     check_raw_length(entry)?;
-    with_scratch(0, |body| {
-        envelope::open_into(
-            &keys.data,
-            &blob_aad(repo, entry.kind, &entry.id),
-            sealed,
-            body,
-        )
-        .map_err(|e| format!("blob {}: {e}", entry.id))?;
-        match body.split_first() {
-            Some((0, p)) => check_plain(keys, entry, p),
-            Some((1, c)) => with_scratch(1, |plain| {
-                let plain = at_least(plain, entry.raw_length as usize);
-                compression::decompress_into(c, plain)
-                    .map_err(|e| format!("blob {}: {e}", entry.id))?;
-                check_plain(keys, entry, plain)
-            }),
-            Some((f, _)) => Err(format!("blob {}: unknown encoding flag {f}", entry.id)),
-            None => Err(format!("blob {}: empty body", entry.id)),
-        }
+    VERIFY_WINDOWS.with(|w| {
+        let mut w = w.borrow_mut();
+        let (decrypted, decoded) = w.split_at_mut(VERIFY_WINDOW);
+        verify_in(keys, repo, entry, sealed, decrypted, decoded)
     })
+}
+
+/// What a blob's body turned out to be, as its pieces arrive.
+enum Body<'w> {
+    Start,
+    Plain,
+    Zstd(compression::PieceDecoder<'w>),
+    Bad(String),
+}
+
+fn verify_in(
+    keys: &KeySet,
+    repo: &RepoId,
+    entry: &PackEntry,
+    sealed: &[u8],
+    decrypted: &mut [u8],
+    decoded: &mut [u8],
+) -> Result<(), String> {
+    let raw = entry.raw_length as usize;
+    let mut hasher = keys.blob_id_hasher();
+    let mut plain = 0usize;
+    let mut body = Body::Start;
+    let mut decoded = Some(decoded);
+    let opened = envelope::open_each(
+        &keys.data,
+        &blob_aad(repo, entry.kind, &entry.id),
+        sealed,
+        decrypted,
+        |mut piece| {
+            if let Body::Start = body {
+                let Some((&flag, rest)) = piece.split_first() else {
+                    return;
+                };
+                piece = rest;
+                body = match (flag, decoded.take()) {
+                    (0, _) => Body::Plain,
+                    (1, Some(out)) => {
+                        compression::PieceDecoder::new(out, raw).map_or_else(Body::Bad, Body::Zstd)
+                    }
+                    (f, _) => Body::Bad(format!("unknown encoding flag {f}")),
+                };
+            }
+            let mut each = |p: &[u8]| {
+                hasher.update(p);
+                plain += p.len();
+            };
+            match &mut body {
+                Body::Plain => each(piece),
+                Body::Zstd(d) => d.feed(piece, &mut each),
+                Body::Start | Body::Bad(_) => {}
+            }
+        },
+    );
+    opened.map_err(|e| format!("blob {}: {e}", entry.id))?;
+    match body {
+        Body::Start => return Err(format!("blob {}: empty body", entry.id)),
+        Body::Bad(e) => return Err(format!("blob {}: {e}", entry.id)),
+        Body::Plain => {}
+        Body::Zstd(d) => {
+            d.finish(&mut |p: &[u8]| {
+                hasher.update(p);
+                plain += p.len();
+            })
+            .map_err(|e| format!("blob {}: {e}", entry.id))?;
+        }
+    }
+    if plain != raw {
+        return Err(format!(
+            "blob {}: {plain} bytes, index says {raw}",
+            entry.id
+        ));
+    }
+    if BlobId(*hasher.finalize().as_bytes()) != entry.id {
+        return Err(format!(
+            "blob {}: content does not hash to its id",
+            entry.id
+        ));
+    }
+    Ok(())
 }
 
 fn check_raw_length(entry: &PackEntry) -> Result<(), String> {
