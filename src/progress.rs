@@ -32,6 +32,14 @@ pub trait Progress: Sync {
     fn file_started(&self, _path: &Path, _size: u64) {}
     /// A file is complete; `read` bytes were read (0 when unchanged).
     fn file_done(&self, _path: &Path, _size: u64, _read: u64) {}
+    /// `files` unchanged files of `bytes` are done, passed over as a
+    /// whole with their unchanged directory.
+    fn unchanged_done(&self, _files: u64, _bytes: u64) {}
+    /// Must every unchanged file come through [`Progress::file_done`]
+    /// (to be named), or may an unchanged directory's come as a count?
+    fn names_unchanged(&self) -> bool {
+        false
+    }
     /// One unit of work that is not a file is done: a pack verified or
     /// repacked, a snapshot copied. Its bytes come through `bytes_done`.
     fn item_done(&self) {}

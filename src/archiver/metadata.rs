@@ -20,16 +20,17 @@ pub(crate) struct NameCache {
 
 impl NameCache {
     pub fn user(&mut self, uid: u32) -> String {
-        self.users
-            .entry(uid)
-            .or_insert_with(|| lookup_user(uid))
-            .clone()
+        self.user_ref(uid).to_owned()
     }
     pub fn group(&mut self, gid: u32) -> String {
-        self.groups
-            .entry(gid)
-            .or_insert_with(|| lookup_group(gid))
-            .clone()
+        self.group_ref(gid).to_owned()
+    }
+    /// The name, without a copy: comparing costs no allocation.
+    pub fn user_ref(&mut self, uid: u32) -> &str {
+        self.users.entry(uid).or_insert_with(|| lookup_user(uid))
+    }
+    pub fn group_ref(&mut self, gid: u32) -> &str {
+        self.groups.entry(gid).or_insert_with(|| lookup_group(gid))
     }
 }
 
@@ -135,6 +136,43 @@ pub(crate) fn node_from_parts(
     n
 }
 
+/// Would [`node_from_parts`] build `p` from this entry, content and
+/// subtree aside? Field by field, so that an unchanged directory's
+/// entries are compared with its parent's tree without building (and
+/// allocating) a node for each. `p.flags` must be clear: a node recorded
+/// with a problem is never reused as it is.
+pub(crate) fn same_node(
+    p: &Node,
+    md: &Metadata,
+    names: &mut NameCache,
+    link_target: &[u8],
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+) -> bool {
+    let kind = kind_of(md);
+    let (size, rdev, target): (u64, u64, &[u8]) = match kind {
+        NodeKind::File => (md.size(), 0, &[]),
+        NodeKind::Symlink => (link_target.len() as u64, 0, link_target),
+        NodeKind::CharDevice | NodeKind::BlockDevice => (0, md.rdev(), &[]),
+        _ => (0, 0, &[]),
+    };
+    p.flags == 0
+        && p.kind == kind
+        && p.mode == md.mode() & 0o7777
+        && p.uid == md.uid()
+        && p.gid == md.gid()
+        && p.mtime == Time::new(md.mtime(), md.mtime_nsec())
+        && p.ctime == Time::new(md.ctime(), md.ctime_nsec())
+        && p.inode == md.ino()
+        && p.device == md.dev()
+        && p.links == md.nlink()
+        && p.size == size
+        && p.rdev == rdev
+        && p.link_target == target
+        && p.xattrs == xattrs
+        && p.user == names.user_ref(p.uid)
+        && p.group == names.group_ref(p.gid)
+}
+
 /// Extended attributes of `path` itself (not of a symlink's target), sorted
 /// by name for a canonical tree. Unsupported or unreadable: none.
 pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -173,4 +211,75 @@ pub(crate) fn read_xattrs(path: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the walker reads of `path`, built into a node.
+    fn built(path: &Path, names: &mut NameCache) -> (Node, Metadata, Vec<u8>) {
+        let md = std::fs::symlink_metadata(path).unwrap();
+        let target = std::fs::read_link(path)
+            .map(|t| t.as_os_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        let node = node_from_parts(b"x".to_vec(), &md, names, target.clone(), read_xattrs(path));
+        (node, md, target)
+    }
+
+    #[test]
+    fn same_node_agrees_with_node_from_parts_field_by_field() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, b"some bytes").unwrap();
+        let link = d.path().join("l");
+        std::os::unix::fs::symlink("f", &link).unwrap();
+        let dir = d.path().join("d");
+        std::fs::create_dir(&dir).unwrap();
+        let mut names = NameCache::default();
+        for path in [&file, &link, &dir] {
+            let (node, md, target) = built(path, &mut names);
+            assert!(same_node(
+                &node,
+                &md,
+                &mut names,
+                &target,
+                &node.xattrs.clone()
+            ));
+            // Any one field off, and the entry is not the node.
+            let changes: Vec<fn(&mut Node)> = vec![
+                |n| n.mode ^= 0o1,
+                |n| n.uid += 1,
+                |n| n.gid += 1,
+                |n| n.user.push('x'),
+                |n| n.group.push('x'),
+                |n| n.mtime.nsec ^= 1,
+                |n| n.ctime.sec += 1,
+                |n| n.size += 1,
+                |n| n.inode += 1,
+                |n| n.device += 1,
+                |n| n.links += 1,
+                |n| n.rdev += 1,
+                |n| n.flags = 1,
+                |n| n.link_target.push(b'x'),
+                |n| n.xattrs.push((b"user.a".to_vec(), b"v".to_vec())),
+                |n| {
+                    n.kind = if n.kind == NodeKind::File {
+                        NodeKind::Dir
+                    } else {
+                        NodeKind::File
+                    }
+                },
+            ];
+            for (i, change) in changes.iter().enumerate() {
+                let mut p = node.clone();
+                change(&mut p);
+                assert!(
+                    !same_node(&p, &md, &mut names, &target, &node.xattrs),
+                    "change {i} of {} went unnoticed",
+                    path.display()
+                );
+            }
+        }
+    }
 }

@@ -84,6 +84,10 @@ pub enum Item {
     Enter {
         node: Node,
         parent_subtree: Option<BlobId>,
+        /// The directory is unchanged since the parent snapshot but maybe
+        /// for its subdirectories: only those follow, and the tree is the
+        /// parent's, rebuilt only if one of them changed.
+        reuse: Option<Reused>,
     },
     Leaf {
         path: PathBuf,
@@ -94,6 +98,16 @@ pub enum Item {
     Leave {
         flags: u32,
     },
+}
+
+/// An unchanged directory's tree in the parent snapshot, and how many
+/// files (and their bytes) it holds outside its subdirectories: what the
+/// assembler counts for them instead of handling each. No node is built,
+/// and no tree encoded or hashed, for a directory that did not change.
+pub struct Reused {
+    pub tree: Arc<Tree>,
+    pub files: u64,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -191,6 +205,11 @@ pub fn backup(
             &prefetch,
             opts.force,
         );
+        let walker = if progress.names_unchanged() {
+            walker.each_file()
+        } else {
+            walker
+        };
         let parent_root = parent.map(|p| p.1);
         let trie = &trie;
         let walk = std::thread::Builder::new()
@@ -261,6 +280,8 @@ struct Frame {
     node: Option<Node>,
     parent_subtree: Option<BlobId>,
     tree: Tree,
+    /// The parent's tree of an unchanged directory (see [`Reused`]).
+    reuse: Option<Arc<Tree>>,
 }
 
 /// Consume items in order, fill in file results, store finished trees.
@@ -278,6 +299,7 @@ fn assemble(
         node: None,
         parent_subtree: None,
         tree: Tree::default(),
+        reuse: None,
     }];
     let store_tree = |tree: &mut Tree, summary: &mut Summary| -> Result<BlobId> {
         tree.sort();
@@ -291,18 +313,37 @@ fn assemble(
             Item::Enter {
                 node,
                 parent_subtree,
+                reuse,
             } => {
+                if let Some(r) = &reuse {
+                    summary.total_files += r.files;
+                    summary.total_bytes += r.bytes;
+                    summary.files_unmodified += r.files;
+                    progress.unchanged_done(r.files, r.bytes);
+                }
                 stack.push(Frame {
                     node: Some(node),
                     parent_subtree,
                     tree: Tree::default(),
+                    reuse: reuse.map(|r| r.tree),
                 });
             }
             Item::Leave { flags } => {
                 let Some(mut f) = stack.pop().filter(|_| !stack.is_empty()) else {
                     return Err(Error::Internal("unbalanced directory walk".into()));
                 };
-                let id = store_tree(&mut f.tree, &mut summary)?;
+                let id = match (f.reuse.take(), f.parent_subtree) {
+                    (Some(old), Some(old_id)) => match reused_tree(&old, f.tree)? {
+                        None => old_id,
+                        Some(mut tree) => store_tree(&mut tree, &mut summary)?,
+                    },
+                    (Some(_), None) => {
+                        return Err(Error::Internal(
+                            "an unchanged directory without its parent tree".into(),
+                        ));
+                    }
+                    (None, _) => store_tree(&mut f.tree, &mut summary)?,
+                };
                 match f.parent_subtree {
                     None => summary.dirs_new += 1,
                     Some(p) if p == id => summary.dirs_unmodified += 1,
@@ -409,6 +450,40 @@ fn assemble(
         summary,
         warnings,
     })
+}
+
+/// The tree of a directory the walker found unchanged (see [`Reused`]):
+/// `None` when its subdirectories' nodes (`subdirs`, in order) are the
+/// parent's too, so the parent's tree id stands; otherwise the parent's
+/// tree with those nodes put in.
+fn reused_tree(old: &Tree, subdirs: Tree) -> Result<Option<Tree>> {
+    let mut fresh = subdirs.nodes.into_iter().peekable();
+    let mut same = true;
+    let mut nodes = Vec::with_capacity(old.nodes.len());
+    for p in &old.nodes {
+        if p.kind != NodeKind::Dir {
+            nodes.push(p.clone());
+            continue;
+        }
+        match fresh.next() {
+            Some(n) if n.name == p.name => {
+                same &= n == *p;
+                nodes.push(n);
+            }
+            _ => {
+                return Err(Error::Internal(format!(
+                    "the walk skipped subdirectory {} of an unchanged directory",
+                    String::from_utf8_lossy(&p.name)
+                )));
+            }
+        }
+    }
+    if fresh.peek().is_some() {
+        return Err(Error::Internal(
+            "the walk entered a directory its unchanged parent does not hold".into(),
+        ));
+    }
+    Ok((!same).then_some(Tree { nodes }))
 }
 
 /// What a backup into a repository needs besides the paths.

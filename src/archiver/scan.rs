@@ -9,9 +9,9 @@
 //! walker thread is given a large stack. Listings, metadata and parent
 //! trees are prepared ahead of it by the `prefetch` module.
 
-use super::metadata::{NameCache, node_from_metadata, node_from_parts};
-use super::prefetch::{Listing, Prefetch};
-use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState};
+use super::metadata::{NameCache, node_from_metadata, node_from_parts, same_node};
+use super::prefetch::{Listing, Prefetch, Scanned};
+use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState, Reused};
 use crate::blob::{BlobSink, BlobSource};
 use crate::error::Result;
 use crate::id::BlobId;
@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The backup paths as a tree of path components: inner nodes are
 /// directories recorded only for their metadata, `target` nodes are walked
@@ -79,6 +80,9 @@ pub(crate) struct Walker<'a> {
     /// A repository error met by the walker itself; aborts the backup.
     error: Option<crate::error::Error>,
     force: bool,
+    /// May an unchanged directory's files be passed over as a whole
+    /// (see [`Reused`])? Not when every file is to be re-read or named.
+    reuse_dirs: bool,
     names: NameCache,
     warnings: Sender<SourceWarning>,
     /// (device, inode) of multiply-linked files already sent for reading.
@@ -111,11 +115,19 @@ impl<'a> Walker<'a> {
             sink,
             error: None,
             force,
+            reuse_dirs: !force,
             names: Default::default(),
             warnings: out.warnings,
             linked: Default::default(),
             prefetch,
         }
+    }
+
+    /// Pass every file to the assembler, unchanged directories' too (for
+    /// a progress report that names each unchanged file).
+    pub fn each_file(mut self) -> Self {
+        self.reuse_dirs = false;
+        self
     }
 
     pub fn run(mut self, trie: &PathTrie, parent_root: Option<BlobId>) -> Result<()> {
@@ -136,7 +148,7 @@ impl<'a> Walker<'a> {
             self.fs_dev = std::fs::symlink_metadata("/")
                 .ok()
                 .map(|m| std::os::unix::fs::MetadataExt::dev(&m));
-            self.walk_dir(Path::new("/"), parent_root).map(|_| ())
+            self.walk_dir(Path::new("/"), parent_root, None).map(|_| ())
         } else {
             self.emit_trie(trie, Path::new("/"), parent.as_ref())
         };
@@ -223,6 +235,7 @@ impl<'a> Walker<'a> {
                 self.send(Item::Enter {
                     node,
                     parent_subtree: pnode.and_then(|p| p.subtree),
+                    reuse: None,
                 })?;
                 self.emit_trie(child, &path, sub.as_ref())?;
                 self.send(Item::Leave { flags: 0 })?;
@@ -256,15 +269,19 @@ impl<'a> Walker<'a> {
                 let psub = pnode
                     .filter(|p| p.kind == NodeKind::Dir)
                     .and_then(|p| p.subtree);
+                let parent_subtree = pnode.and_then(|p| p.subtree);
+                if !other_fs && !cache {
+                    let flags = self.walk_dir(path, psub, Some((node, parent_subtree)))?;
+                    return self.send(Item::Leave { flags });
+                }
                 self.send(Item::Enter {
                     node,
-                    parent_subtree: pnode.and_then(|p| p.subtree),
+                    parent_subtree,
+                    reuse: None,
                 })?;
-                let flags = if other_fs {
-                    // A mount point: recorded, not entered.
-                    0
-                } else if cache {
-                    // A cache directory: only its CACHEDIR.TAG is kept.
+                // A mount point is recorded, not entered; of a cache
+                // directory only its CACHEDIR.TAG is kept.
+                if cache {
                     let tag = path.join("CACHEDIR.TAG");
                     if let Ok(tmd) = std::fs::symlink_metadata(&tag) {
                         let sub = self.parent_subtree(pnode);
@@ -277,11 +294,8 @@ impl<'a> Walker<'a> {
                         );
                         self.emit_entry(&tag, node, &tmd, tnode, false)?;
                     }
-                    0
-                } else {
-                    self.walk_dir(path, psub)?
-                };
-                self.send(Item::Leave { flags })
+                }
+                self.send(Item::Leave { flags: 0 })
             }
             NodeKind::File => {
                 let state = match pnode {
@@ -358,24 +372,58 @@ impl<'a> Walker<'a> {
         Ok(true)
     }
 
+    /// Is every entry of this listing the parent's node for it, one for
+    /// one and in order, and every file's content still stored? Then the
+    /// directory's tree is the parent's but for its subdirectories, which
+    /// the walk still enters (a change deep down leaves a directory's own
+    /// metadata alone).
+    fn same_entries(&mut self, entries: &[Scanned], parent: &Tree) -> Result<bool, Hangup> {
+        if entries.len() != parent.nodes.len() {
+            return Ok(false);
+        }
+        for (e, p) in entries.iter().zip(&parent.nodes) {
+            if e.name != p.name
+                || e.cache_dir
+                || (e.md.is_dir() && self.other_fs(&e.md))
+                || !same_node(p, &e.md, &mut self.names, &e.link_target, &e.xattrs)
+            {
+                return Ok(false);
+            }
+            if p.kind == NodeKind::File && !self.all_known(&p.content)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Emit every entry of a directory; returns the directory's flags.
     /// `parent_subtree` is the parent snapshot's tree of this directory.
-    fn walk_dir(&mut self, path: &Path, parent_subtree: Option<BlobId>) -> Result<u32, Hangup> {
+    /// `enter` is the directory's own node and the id its `Enter` item
+    /// names, sent here once the listing tells whether the directory is
+    /// unchanged (none for the root of a backup of `/`).
+    fn walk_dir(
+        &mut self,
+        path: &Path,
+        parent_subtree: Option<BlobId>,
+        enter: Option<(Node, Option<BlobId>)>,
+    ) -> Result<u32, Hangup> {
         let Listing {
             flags,
             entries,
             warnings,
             parent,
         } = self.prefetch.take(path, parent_subtree);
+        let complete = flags == 0 && warnings.is_empty();
         for w in warnings {
             let _ = self.warnings.send(w);
         }
-        let parent = parent.as_ref();
+        let parent = parent.map(Arc::new);
         // Subdirectories this walk will enter are prepared while the files
         // before them are emitted.
+        let tree = parent.as_deref();
         for e in &entries {
             if e.md.is_dir() && !e.cache_dir && !self.other_fs(&e.md) {
-                let sub = parent
+                let sub = tree
                     .and_then(|t| t.find(&e.name))
                     .filter(|p| p.kind == NodeKind::Dir)
                     .and_then(|p| p.subtree);
@@ -387,7 +435,7 @@ impl<'a> Walker<'a> {
         self.known.clear();
         if !self.force
             && !self.sink.parent_blobs_known()
-            && let Some(parent) = parent
+            && let Some(parent) = tree
         {
             let mut ids = Vec::new();
             for e in &entries {
@@ -410,7 +458,40 @@ impl<'a> Walker<'a> {
                 }
             }
         }
+        let reused = match enter {
+            Some((node, enter_subtree)) => {
+                let reuse = match &parent {
+                    Some(t)
+                        if self.reuse_dirs
+                            && complete
+                            && enter_subtree == parent_subtree
+                            && self.same_entries(&entries, t)? =>
+                    {
+                        let files = entries.iter().filter(|e| e.md.is_file());
+                        Some(Reused {
+                            tree: Arc::clone(t),
+                            files: files.clone().count() as u64,
+                            bytes: files.map(|e| e.md.len()).sum(),
+                        })
+                    }
+                    _ => None,
+                };
+                let reused = reuse.is_some();
+                self.send(Item::Enter {
+                    node,
+                    parent_subtree: enter_subtree,
+                    reuse,
+                })?;
+                reused
+            }
+            None => false,
+        };
+        let parent = parent.as_deref();
         for e in entries {
+            if reused && !e.md.is_dir() {
+                // In the parent's tree, which the assembler reuses.
+                continue;
+            }
             let pnode = parent.and_then(|t| t.find(&e.name));
             let node = node_from_parts(e.name, &e.md, &mut self.names, e.link_target, e.xattrs);
             self.emit_entry(&e.path, node, &e.md, pnode, e.cache_dir)?;

@@ -196,6 +196,17 @@ impl Progress for CliProgress {
         self.status(Some(path));
     }
 
+    fn unchanged_done(&self, files: u64, bytes: u64) {
+        self.counters.files.fetch_add(files, Ordering::Relaxed);
+        if let Display::Bar(b) = &self.display {
+            b.inc(bytes);
+        }
+    }
+
+    fn names_unchanged(&self) -> bool {
+        self.list >= 2
+    }
+
     fn item_done(&self) {
         self.counters.files.fetch_add(1, Ordering::Relaxed);
         if matches!(self.display, Display::Bar(_)) || self.json_per_bytes {

@@ -168,3 +168,106 @@ fn new_file_with_known_content_is_deduplicated_across_snapshots() {
     );
     assert!(Path::new(&t.path("copy_of_three.bin")).exists());
 }
+
+/// A directory found unchanged is passed over as a whole (its tree reused
+/// from the parent snapshot, its subdirectories still entered). Whatever
+/// changed, and however deep, the snapshot must be the one the full walk
+/// makes: `-vv`, which names every unchanged file, walks file by file.
+#[test]
+fn unchanged_directories_reuse_their_trees_and_deep_changes_still_count() {
+    let env = Env::new();
+    env.init();
+    let t = TreeBuilder::new(env.path("src"));
+    for d in ["a", "a/b", "a/b/c", "a/b/c/d", "x", "x/y", "z"] {
+        for i in 0..3 {
+            t.file(format!("{d}/f{i}.txt"), format!("{d} {i}\n").as_bytes());
+        }
+    }
+    t.symlink("a/b/link", "f0.txt");
+    t.dir("a/empty");
+    t.set_all_mtimes();
+    let first = env.backup_json(&[&t.root], &[]);
+    assert_eq!(num(&first, "files_new"), 21, "{first}");
+
+    let same = env.backup_json(&[&t.root], &[]);
+    assert_eq!(num(&same, "files_unmodified"), 21, "{same}");
+    assert_eq!(num(&same, "total_files_processed"), 21, "{same}");
+    assert_eq!(
+        num(&same, "dirs_changed") + num(&same, "dirs_new"),
+        0,
+        "{same}"
+    );
+
+    // Each change, then a backup that may take the shortcut, then one that
+    // walks every file (from the first as parent): the second must find
+    // every directory and file as the first recorded it, so the first is
+    // exactly what the full walk makes. (Root trees are not compared: the
+    // ancestors of the backed-up directory change as the test runs.)
+    type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
+        (
+            "a file deep down",
+            Box::new(|| fs::write(t.path("a/b/c/d/f1.txt"), b"changed, and longer\n").unwrap()),
+        ),
+        (
+            "a new file",
+            Box::new(|| fs::write(t.path("x/y/new.txt"), b"new\n").unwrap()),
+        ),
+        (
+            "a removed file",
+            Box::new(|| fs::remove_file(t.path("z/f2.txt")).unwrap()),
+        ),
+        ("a mode", Box::new(|| t.mode("a/f0.txt", 0o600))),
+        (
+            "an mtime",
+            Box::new(|| set_mtime(&t.path("x/f1.txt"), 1_000_000, 5)),
+        ),
+        (
+            "a symlink's target",
+            Box::new(|| {
+                fs::remove_file(t.path("a/b/link")).unwrap();
+                t.symlink("a/b/link", "f1.txt");
+            }),
+        ),
+        (
+            "a new directory",
+            Box::new(|| {
+                t.file("a/b/c/new/inner.txt", b"inner\n");
+            }),
+        ),
+        (
+            "a removed directory",
+            Box::new(|| fs::remove_dir(t.path("a/empty")).unwrap()),
+        ),
+        ("a directory's mode", Box::new(|| t.mode("x/y", 0o700))),
+    ];
+    for (n, (what, change)) in changes.iter().enumerate() {
+        change();
+        let quick = env.backup_json(&[&t.root], &[]);
+        let recorded = num(&quick, "files_changed")
+            + num(&quick, "files_new")
+            + num(&quick, "dirs_changed")
+            + num(&quick, "dirs_new");
+        assert!(recorded > 0, "{what} was not recorded: {quick}");
+        let full = env.backup_json(&[&t.root], &["-vv"]);
+        assert_eq!(
+            num(&full, "dirs_changed") + num(&full, "dirs_new") + num(&full, "files_changed"),
+            0,
+            "after {what}, the full walk differs from the quick one: {quick} then {full}"
+        );
+        for k in ["total_files_processed", "total_bytes_processed"] {
+            assert_eq!(num(&quick, k), num(&full, k), "{k} after {what}");
+        }
+        assert_eq!(
+            num(&full, "files_unmodified"),
+            num(&full, "total_files_processed")
+        );
+        let target = env.path(format!("restore{n}"));
+        env.coffer()
+            .args(["restore", "latest", "--target"])
+            .arg(&target)
+            .run()
+            .ok();
+        compare_trees(&t.root, &restored(&target, &t.root));
+    }
+}
