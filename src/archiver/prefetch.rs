@@ -23,7 +23,7 @@ use crate::snapshot::walk::load_tree;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::Metadata;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -213,7 +213,7 @@ impl<'a> Prefetch<'a> {
         let mut names: Vec<(Vec<u8>, std::fs::DirEntry)> = Vec::new();
         for e in rd {
             match e {
-                Ok(e) => names.push((e.file_name().as_bytes().to_vec(), e)),
+                Ok(e) => names.push((e.file_name().into_vec(), e)),
                 Err(e) => {
                     warn(
                         &mut out,

@@ -16,6 +16,49 @@ use std::path::{Path, PathBuf};
 
 pub struct LocalBackend {
     root: PathBuf,
+    /// The packs read last, kept open (see [`OpenPacks`]).
+    open_packs: OpenPacks,
+}
+
+/// Packs recently read from, still open: a walk reads its parent's trees
+/// a few hundred bytes at a time from the same tree packs, and opening,
+/// checking and closing the pack for each was three syscalls per
+/// directory. A pack's bytes never change under its name (it is named by
+/// them), so a kept file reads what a fresh open would; a deleted pack is
+/// dropped here first, so that its space is freed when it is deleted.
+#[derive(Default)]
+struct OpenPacks(std::sync::Mutex<std::collections::VecDeque<(String, std::sync::Arc<File>)>>);
+
+const OPEN_PACKS: usize = 8;
+
+impl OpenPacks {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::VecDeque<(String, std::sync::Arc<File>)>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, name: &str) -> Option<std::sync::Arc<File>> {
+        self.lock()
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, f)| f.clone())
+    }
+
+    fn keep(&self, name: &str, f: std::sync::Arc<File>) {
+        let mut l = self.lock();
+        if l.iter().any(|(n, _)| n == name) {
+            return;
+        }
+        if l.len() >= OPEN_PACKS {
+            l.pop_front();
+        }
+        l.push_back((name.to_string(), f));
+    }
+
+    fn forget(&self, name: &str) {
+        self.lock().retain(|(n, _)| n != name);
+    }
 }
 
 const TEMP_INFIX: &str = ".tmp-";
@@ -67,6 +110,7 @@ impl LocalBackend {
     pub fn open(root: &Path) -> Self {
         LocalBackend {
             root: root.to_path_buf(),
+            open_packs: OpenPacks::default(),
         }
     }
 
@@ -74,6 +118,7 @@ impl LocalBackend {
     pub fn create(root: &Path) -> Result<Self> {
         let b = LocalBackend {
             root: root.to_path_buf(),
+            open_packs: OpenPacks::default(),
         };
         for d in ["keys", "packs", "index", "snapshots", "locks"] {
             let p = root.join(d);
@@ -483,6 +528,10 @@ impl Backend for LocalBackend {
     }
 
     fn put_pending(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Box<dyn PendingPut>> {
+        if kind == FileKind::Pack {
+            // A pack put again replaces a damaged copy: read the new one.
+            self.open_packs.forget(name);
+        }
         match self.write_temp(kind, name, data)? {
             Some(p) => Ok(Box::new(p)),
             // Already there: nothing to make durable, but still a put.
@@ -518,7 +567,16 @@ impl Backend for LocalBackend {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let (f, _) = self.open_object(kind, name)?;
+        let f = match (kind, self.open_packs.get(name)) {
+            (FileKind::Pack, Some(f)) => f,
+            _ => {
+                let f = std::sync::Arc::new(self.open_object(kind, name)?.0);
+                if kind == FileKind::Pack {
+                    self.open_packs.keep(name, f.clone());
+                }
+                f
+            }
+        };
         let obj = kind.path(name);
         // Only bytes beyond the buffer's old length are zeroed; the read
         // overwrites all of it.
@@ -568,6 +626,9 @@ impl Backend for LocalBackend {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
+        if kind == FileKind::Pack {
+            self.open_packs.forget(name);
+        }
         let path = self.full(kind, name)?;
         self.check_object_dirs(kind, name)?;
         match fs::remove_file(&path) {
@@ -588,6 +649,11 @@ impl Backend for LocalBackend {
     /// quarter of its time, while concurrent fsyncs share journal commits.
     /// The batch is durable when this returns, as the trait requires.
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
+        if kind == FileKind::Pack {
+            for n in names {
+                self.open_packs.forget(n);
+            }
+        }
         let paths: Vec<(PathBuf, &String)> = names
             .iter()
             .map(|n| {
@@ -657,6 +723,43 @@ mod tests {
 
     /// Large objects take the O_DIRECT path (or its fallback): every size
     /// around the alignment and the bounce buffer comes back exactly.
+    #[test]
+    fn packs_read_are_kept_open_until_deleted_or_put_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::create(dir.path()).unwrap();
+        let names: Vec<String> = (0..OPEN_PACKS + 2)
+            .map(|i| format!("{i:02x}{}", "ab".repeat(31)))
+            .collect();
+        for n in &names {
+            b.put(FileKind::Pack, n, n.as_bytes()).unwrap();
+            assert_eq!(
+                b.get_range(FileKind::Pack, n, 0, 4).unwrap(),
+                &n.as_bytes()[..4]
+            );
+        }
+        // At most OPEN_PACKS stay open, the most recent ones.
+        assert_eq!(b.open_packs.lock().len(), OPEN_PACKS);
+        assert!(b.open_packs.get(&names[0]).is_none());
+        let last = names.last().unwrap();
+        assert!(b.open_packs.get(last).is_some());
+        // Deleting one closes it (its space is freed now, not at exit).
+        b.delete(FileKind::Pack, last).unwrap();
+        assert!(b.open_packs.get(last).is_none());
+        assert!(b.get_range(FileKind::Pack, last, 0, 4).is_err());
+        // A pack put again (a damaged copy replaced) is read afresh.
+        let n = &names[names.len() - 2];
+        b.delete_many(FileKind::Pack, std::slice::from_ref(n))
+            .unwrap();
+        assert!(b.open_packs.get(n).is_none());
+        b.put(FileKind::Pack, n, b"replaced bytes").unwrap();
+        assert_eq!(b.get_range(FileKind::Pack, n, 0, 8).unwrap(), b"replaced");
+        let m = &names[names.len() - 3];
+        assert!(b.open_packs.get(m).is_some());
+        // (Refused here: same name, other size; still forgotten first.)
+        b.put(FileKind::Pack, m, b"other bytes").ok();
+        assert!(b.open_packs.get(m).is_none(), "a put forgets the open pack");
+    }
+
     #[test]
     fn large_objects_round_trip_at_awkward_sizes() {
         let dir = tempfile::tempdir().unwrap();
