@@ -217,7 +217,7 @@ pub(crate) fn open_blob_body(
 }
 
 /// Decrypt, decompress and re-hash one sealed blob, checking it against
-/// its entry, in a window of [`VERIFY_WINDOW`] bytes at a time: the check
+/// its entry, in windows of 128 KiB at a time: the check
 /// before upload needs no buffer of a blob's size (two of up to a chunk
 /// each, decrypted and decompressed, were 8 MiB of a backup's peak
 /// memory), and each piece is hashed while it is still in the cache.
