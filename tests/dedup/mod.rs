@@ -53,13 +53,7 @@ fn identical_files_in_one_backup_are_stored_once() {
     );
 
     // Both copies restore.
-    let target = env.path("restore");
-    env.coffer()
-        .args(["restore", "latest", "--target"])
-        .arg(&target)
-        .run()
-        .ok();
-    compare_trees(&t.root, &restored(&target, &t.root));
+    env.restore_latest_matches(&t.root, &env.path("restore"));
 }
 
 #[test]
@@ -262,12 +256,6 @@ fn unchanged_directories_reuse_their_trees_and_deep_changes_still_count() {
             num(&full, "files_unmodified"),
             num(&full, "total_files_processed")
         );
-        let target = env.path(format!("restore{n}"));
-        env.coffer()
-            .args(["restore", "latest", "--target"])
-            .arg(&target)
-            .run()
-            .ok();
-        compare_trees(&t.root, &restored(&target, &t.root));
+        env.restore_latest_matches(&t.root, &env.path(format!("restore{n}")));
     }
 }

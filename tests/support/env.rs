@@ -163,6 +163,17 @@ impl Env {
         assert_eq!(r.code, 128 + libc::SIGABRT, "{}", r.stderr);
     }
 
+    /// `restore latest --target TARGET` (expecting exit 0), then the
+    /// restored copy of `root` compared with `root`, metadata included.
+    pub fn restore_latest_matches(&self, root: &Path, target: &Path) {
+        self.coffer()
+            .args(["restore", "latest", "--target"])
+            .arg(target)
+            .run()
+            .ok();
+        crate::support::compare_trees(root, &crate::support::restored(target, root));
+    }
+
     /// Total bytes of all objects in the repository (on S3, locks excepted).
     pub fn repo_size(&self) -> u64 {
         match self.s3_location() {

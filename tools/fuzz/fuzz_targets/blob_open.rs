@@ -7,11 +7,14 @@
 //! bombs) sealed under the blob AAD with a fuzzer raw length: must not
 //! panic, must not return more than the raw length, and what it returns
 //! hashes to the id.
+//!
+//! In both, the piecewise check run before upload (`verify_blob`) must
+//! accept exactly what `open_blob` opens.
 #![no_main]
 use coffer::blob::BlobKind;
 use coffer::crypto::{AadKind, aad, envelope};
 use coffer::id::BlobId;
-use coffer::pack::{PackEntry, open_blob, seal_blob};
+use coffer::pack::{PackEntry, open_blob, seal_blob, verify_blob};
 use libfuzzer_sys::fuzz_target;
 
 #[path = "common.rs"]
@@ -44,8 +47,10 @@ fuzz_target!(|data: &[u8]| {
             open_blob(&keys, &common::REPO, &entry, &sealed).expect("a sealed blob opens"),
             rest
         );
+        verify_blob(&keys, &common::REPO, &entry, &sealed).expect("a sealed blob verifies");
         if common::damage(&mut sealed, how) {
             assert!(open_blob(&keys, &common::REPO, &entry, &sealed).is_err());
+            assert!(verify_blob(&keys, &common::REPO, &entry, &sealed).is_err());
         }
     } else {
         // Raw lengths up to 16 MiB (the cap itself is 256 MiB; larger only
@@ -69,9 +74,15 @@ fuzz_target!(|data: &[u8]| {
             length: sealed.len() as u32,
             raw_length,
         };
-        if let Ok(p) = open_blob(&keys, &common::REPO, &entry, &sealed) {
+        let opened = open_blob(&keys, &common::REPO, &entry, &sealed);
+        if let Ok(p) = &opened {
             assert_eq!(p.len(), raw_length as usize);
-            assert_eq!(keys.blob_id(&p), id);
+            assert_eq!(keys.blob_id(p), id);
         }
+        assert_eq!(
+            verify_blob(&keys, &common::REPO, &entry, &sealed).is_ok(),
+            opened.is_ok(),
+            "verify and open disagree"
+        );
     }
 });
