@@ -38,14 +38,21 @@ impl OpenPacks {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get(&self, name: &str) -> Option<std::sync::Arc<File>> {
+    /// The open file of object `name` of `kind`, if kept (only packs are).
+    fn get(&self, kind: FileKind, name: &str) -> Option<std::sync::Arc<File>> {
+        if kind != FileKind::Pack {
+            return None;
+        }
         self.lock()
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, f)| f.clone())
     }
 
-    fn keep(&self, name: &str, f: std::sync::Arc<File>) {
+    fn keep(&self, kind: FileKind, name: &str, f: std::sync::Arc<File>) {
+        if kind != FileKind::Pack {
+            return;
+        }
         let mut l = self.lock();
         if l.iter().any(|(n, _)| n == name) {
             return;
@@ -56,8 +63,10 @@ impl OpenPacks {
         l.push_back((name.to_string(), f));
     }
 
-    fn forget(&self, name: &str) {
-        self.lock().retain(|(n, _)| n != name);
+    fn forget(&self, kind: FileKind, name: &str) {
+        if kind == FileKind::Pack {
+            self.lock().retain(|(n, _)| n != name);
+        }
     }
 }
 
@@ -528,10 +537,8 @@ impl Backend for LocalBackend {
     }
 
     fn put_pending(&self, kind: FileKind, name: &str, data: &[u8]) -> Result<Box<dyn PendingPut>> {
-        if kind == FileKind::Pack {
-            // A pack put again replaces a damaged copy: read the new one.
-            self.open_packs.forget(name);
-        }
+        // A pack put again replaces a damaged copy: read the new one.
+        self.open_packs.forget(kind, name);
         match self.write_temp(kind, name, data)? {
             Some(p) => Ok(Box::new(p)),
             // Already there: nothing to make durable, but still a put.
@@ -567,13 +574,11 @@ impl Backend for LocalBackend {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let f = match (kind, self.open_packs.get(name)) {
-            (FileKind::Pack, Some(f)) => f,
-            _ => {
+        let f = match self.open_packs.get(kind, name) {
+            Some(f) => f,
+            None => {
                 let f = std::sync::Arc::new(self.open_object(kind, name)?.0);
-                if kind == FileKind::Pack {
-                    self.open_packs.keep(name, f.clone());
-                }
+                self.open_packs.keep(kind, name, f.clone());
                 f
             }
         };
@@ -626,9 +631,7 @@ impl Backend for LocalBackend {
     }
 
     fn delete(&self, kind: FileKind, name: &str) -> Result<()> {
-        if kind == FileKind::Pack {
-            self.open_packs.forget(name);
-        }
+        self.open_packs.forget(kind, name);
         let path = self.full(kind, name)?;
         self.check_object_dirs(kind, name)?;
         match fs::remove_file(&path) {
@@ -649,10 +652,8 @@ impl Backend for LocalBackend {
     /// quarter of its time, while concurrent fsyncs share journal commits.
     /// The batch is durable when this returns, as the trait requires.
     fn delete_many(&self, kind: FileKind, names: &[String]) -> Result<()> {
-        if kind == FileKind::Pack {
-            for n in names {
-                self.open_packs.forget(n);
-            }
+        for n in names {
+            self.open_packs.forget(kind, n);
         }
         let paths: Vec<(PathBuf, &String)> = names
             .iter()
@@ -739,25 +740,28 @@ mod tests {
         }
         // At most OPEN_PACKS stay open, the most recent ones.
         assert_eq!(b.open_packs.lock().len(), OPEN_PACKS);
-        assert!(b.open_packs.get(&names[0]).is_none());
+        assert!(b.open_packs.get(FileKind::Pack, &names[0]).is_none());
         let last = names.last().unwrap();
-        assert!(b.open_packs.get(last).is_some());
+        assert!(b.open_packs.get(FileKind::Pack, last).is_some());
         // Deleting one closes it (its space is freed now, not at exit).
         b.delete(FileKind::Pack, last).unwrap();
-        assert!(b.open_packs.get(last).is_none());
+        assert!(b.open_packs.get(FileKind::Pack, last).is_none());
         assert!(b.get_range(FileKind::Pack, last, 0, 4).is_err());
         // A pack put again (a damaged copy replaced) is read afresh.
         let n = &names[names.len() - 2];
         b.delete_many(FileKind::Pack, std::slice::from_ref(n))
             .unwrap();
-        assert!(b.open_packs.get(n).is_none());
+        assert!(b.open_packs.get(FileKind::Pack, n).is_none());
         b.put(FileKind::Pack, n, b"replaced bytes").unwrap();
         assert_eq!(b.get_range(FileKind::Pack, n, 0, 8).unwrap(), b"replaced");
         let m = &names[names.len() - 3];
-        assert!(b.open_packs.get(m).is_some());
+        assert!(b.open_packs.get(FileKind::Pack, m).is_some());
         // (Refused here: same name, other size; still forgotten first.)
         b.put(FileKind::Pack, m, b"other bytes").ok();
-        assert!(b.open_packs.get(m).is_none(), "a put forgets the open pack");
+        assert!(
+            b.open_packs.get(FileKind::Pack, m).is_none(),
+            "a put forgets the open pack"
+        );
     }
 
     #[test]

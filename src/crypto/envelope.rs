@@ -89,6 +89,23 @@ pub fn open(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenEr
     Ok(buf)
 }
 
+/// An envelope's parts: nonce, ciphertext, tag.
+struct Parts<'a> {
+    nonce: &'a [u8],
+    ct: &'a [u8],
+    tag: &'a [u8],
+}
+
+/// Split an envelope into its parts, or say why it cannot be one.
+fn parts(sealed: &[u8]) -> Result<Parts<'_>, OpenError> {
+    if sealed.len() < OVERHEAD {
+        return Err(OpenError::Truncated(sealed.len()));
+    }
+    let (nonce, rest) = sealed.split_at(NONCE_LEN);
+    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+    Ok(Parts { nonce, ct, tag })
+}
+
 /// [`open`] into a reused buffer (cleared first). On failure `out` holds
 /// no plaintext: it is cleared.
 pub(crate) fn open_into(
@@ -98,11 +115,7 @@ pub(crate) fn open_into(
     out: &mut Vec<u8>,
 ) -> Result<(), OpenError> {
     out.clear();
-    if sealed.len() < OVERHEAD {
-        return Err(OpenError::Truncated(sealed.len()));
-    }
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let Parts { nonce, ct, tag } = parts(sealed)?;
     out.extend_from_slice(ct);
     let cipher = XChaCha20Poly1305::new(<&Key>::from(key));
     let nonce = XNonce::try_from(nonce).unwrap_or_else(|_| unreachable!("split at NONCE_LEN"));
@@ -130,14 +143,10 @@ pub(crate) fn open_each(
 ) -> Result<(), OpenError> {
     use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
     use poly1305::universal_hash::{KeyInit as _, UniversalHash};
-    if sealed.len() < OVERHEAD {
-        return Err(OpenError::Truncated(sealed.len()));
-    }
     if window.is_empty() {
         panic!("open_each needs a window of at least one byte");
     }
-    let (nonce, rest) = sealed.split_at(NONCE_LEN);
-    let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
+    let Parts { nonce, ct, tag } = parts(sealed)?;
     // XChaCha20-Poly1305 as RFC 8439 composes it (and chacha20poly1305
     // implements it): the MAC key is the first 32 bytes of block 0, the
     // message is encrypted from block 1, and the tag covers the padded

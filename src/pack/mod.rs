@@ -299,19 +299,7 @@ fn verify_in(
             .map_err(|e| format!("blob {}: {e}", entry.id))?;
         }
     }
-    if plain != raw {
-        return Err(format!(
-            "blob {}: {plain} bytes, index says {raw}",
-            entry.id
-        ));
-    }
-    if BlobId(*hasher.finalize().as_bytes()) != entry.id {
-        return Err(format!(
-            "blob {}: content does not hash to its id",
-            entry.id
-        ));
-    }
-    Ok(())
+    check_decoded(entry, plain, || BlobId(*hasher.finalize().as_bytes()))
 }
 
 fn check_raw_length(entry: &PackEntry) -> Result<(), String> {
@@ -326,15 +314,19 @@ fn check_raw_length(entry: &PackEntry) -> Result<(), String> {
 
 /// The decoded plaintext has the length and id the pack entry records.
 fn check_plain(keys: &KeySet, entry: &PackEntry, plain: &[u8]) -> Result<(), String> {
-    if plain.len() != entry.raw_length as usize {
+    check_decoded(entry, plain.len(), || keys.blob_id(plain))
+}
+
+/// [`check_plain`] for a plaintext decoded `len` bytes long and hashed to
+/// `id` (asked only when the length is right), whole or in pieces.
+fn check_decoded(entry: &PackEntry, len: usize, id: impl FnOnce() -> BlobId) -> Result<(), String> {
+    if len != entry.raw_length as usize {
         return Err(format!(
-            "blob {}: {} bytes, index says {}",
-            entry.id,
-            plain.len(),
-            entry.raw_length
+            "blob {}: {len} bytes, index says {}",
+            entry.id, entry.raw_length
         ));
     }
-    if keys.blob_id(plain) != entry.id {
+    if id() != entry.id {
         return Err(format!(
             "blob {}: content does not hash to its id",
             entry.id
