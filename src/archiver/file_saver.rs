@@ -417,7 +417,7 @@ impl Drop for ActiveStream {
 /// threads hide this for many small files, not for one big one. Memory is
 /// bounded: `IN_FLIGHT` buffers being stored and one being read, or one
 /// and one while other big files are read too; `spare` (the calling
-/// thread's buffer) is one of them and is handed back.
+/// thread's buffer) is one of them and is freed at the end.
 pub(super) fn chunk_stream_overlapped(
     src: &mut dyn Read,
     sink: &dyn BlobSink,
@@ -482,7 +482,11 @@ pub(super) fn chunk_stream_overlapped(
             }
         }
         drop(full_tx);
-        *spare = buf;
+        // The last buffer is not handed back as the thread's spare: after
+        // a big file the next thousands of small ones would otherwise keep
+        // 5 MiB resident per reader thread for nothing, and faulting a
+        // buffer in again costs little next to reading a big file.
+        drop(buf);
         let (content, added) = storer
             .join()
             .map_err(|_| Error::Internal("the stream storer thread panicked".into()))??;

@@ -437,7 +437,11 @@ impl PendingPut for LocalPending {
 
 /// Objects at least this large (packs) bypass the page cache.
 const DIRECT_MIN: usize = 1 << 20;
-const DIRECT_BUF: usize = 4 << 20;
+/// The bounce buffer for what is not aligned in memory (segments, a pack's
+/// tail). 1 MiB, not more: every thread that ever writes keeps its own,
+/// and a backup's index thread copied whole 4 MiB segments through it;
+/// a larger buffer saves nothing but a few `pwrite` calls.
+const DIRECT_BUF: usize = 1 << 20;
 
 thread_local! {
     /// One bounce buffer per upload thread, reused: touching fresh pages

@@ -217,6 +217,18 @@ impl Index {
         cache_err(&self.path, e)
     }
 
+    /// Shrink the main schema's page cache to `kib` KiB for the rest of
+    /// this connection's life. A backup asks for a small one: its lookups
+    /// touch one leaf page each at random, which no cache we could afford
+    /// holds at scale, while 8 MiB still keeps the interior pages of a
+    /// ten-million-blob table; the 32 MiB default stays for check and
+    /// prune, which scan. SQLite frees pages beyond the new size.
+    pub(crate) fn limit_cache(&self, kib: u32) -> Result<()> {
+        self.conn()
+            .execute_batch(&format!("PRAGMA cache_size = -{kib}"))
+            .map_err(|e| self.err(e))
+    }
+
     /// Forget everything (the stamp stays).
     pub fn clear(&self) -> Result<()> {
         let c = self.conn();
