@@ -4,7 +4,7 @@
 //! delivered to the files it serves.
 //!
 //! [`Restorer::fetch`] is the one place that decides how pack reads run
-//! (today: one rayon task per pack, a thread-local buffer each).
+//! (today: one rayon task per piece of a pack, a thread-local buffer each).
 
 use super::{FileTask, Restorer, direct};
 use crate::blob::BlobPlace;
@@ -16,6 +16,9 @@ use std::sync::atomic::Ordering;
 
 /// Needed ranges of a pack closer than this are read as one.
 const COALESCE_GAP: u64 = 1024 * 1024;
+/// The most bytes of a pack one task reads and decodes (see
+/// [`split_into_pieces`]).
+const PIECE: u64 = 2 << 20;
 /// A pack buffer larger than this is not kept for the next pack.
 const KEEP_PACK_BUF: usize = 64 * 1024 * 1024;
 
@@ -28,7 +31,7 @@ thread_local! {
 
 /// Where a decoded blob goes: the batch's file (by index) and the offset.
 type Target = (usize, u64);
-/// The way complete O_DIRECT segments reach the writer thread.
+/// The way complete O_DIRECT segments reach the writer threads.
 type SegmentTx = crossbeam_channel::Sender<(usize, direct::Ready)>;
 
 /// A blob the batch needs, and where its bytes go.
@@ -73,10 +76,11 @@ pub(super) fn pack_reads(
     for n in needs.into_values() {
         by_pack.entry(n.place.pack).or_default().push(n);
     }
-    let mut reads: Vec<PackRead> = by_pack
-        .into_iter()
-        .map(|(pack, blobs)| PackRead { pack, blobs })
-        .collect();
+    let mut reads: Vec<PackRead> = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|n| n.place.offset);
+        split_into_pieces(pack, blobs, &mut reads);
+    }
     // In the order of the first file position each pack serves (about
     // the order the backup wrote them), not by pack id: rayon splits
     // the list into contiguous runs, so the threads then write
@@ -100,10 +104,13 @@ impl Restorer<'_> {
     /// Damage there is reported naming the pack; its blobs are still
     /// used, since each is authenticated and re-hashed on its own.
     pub(super) fn check_packs(&mut self, reads: &[PackRead]) {
+        // A pack read in several pieces is checked once.
         let unchecked: Vec<PackId> = reads
             .iter()
             .map(|r| r.pack)
             .filter(|p| !self.checked_packs.contains(p))
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
             .collect();
         let damaged: Vec<String> =
             crate::backend::in_io_pool(self.src.requests_in_flight(), || {
@@ -121,11 +128,15 @@ impl Restorer<'_> {
     /// read or decoded fails the files it serves.
     pub(super) fn fetch(&self, tasks: &[FileTask], reads: &mut [PackRead]) {
         std::thread::scope(|scope| {
-            // Complete segments of big files go to one writer thread, so
-            // the workers decode on while a direct write waits on the disk.
+            // Complete segments of big files go to the writer threads, so
+            // the workers decode on while direct writes wait on the disk.
             let (tx, rx) = crossbeam_channel::bounded::<(usize, direct::Ready)>(direct::QUEUE);
             let stager = &self.stager;
-            scope.spawn(move || write_segments(stager, tasks, rx));
+            for _ in 0..direct::WRITERS {
+                let rx = rx.clone();
+                scope.spawn(move || write_segments(stager, tasks, rx));
+            }
+            drop(rx);
             let in_flight = self.src.requests_in_flight();
             let segments = &tx;
             crate::backend::in_io_pool(in_flight, || {
@@ -220,13 +231,40 @@ impl Restorer<'_> {
                 direct::Placed::Complete(ready) => {
                     if let Err(e) = tx.send((ti, ready)) {
                         self.stager.give(e.into_inner().1.buf);
-                        t.fail(format!("{}: the writer thread stopped", t.path.display()));
+                        t.fail(format!("{}: the writer threads stopped", t.path.display()));
                     }
                 }
                 direct::Placed::Cached if !zero => cached(piece, at),
                 direct::Placed::Cached => {}
             }
         }
+    }
+}
+
+/// Split one pack's needed blobs (sorted by offset) into reads that span
+/// at most [`PIECE`] bytes each (a blob larger than that alone), so that
+/// the workers share a pack: a batch of small files often needs only one
+/// or two packs, and one task per pack left a core idle for most of a
+/// cold restore's fetch (2.3 of its 3.1 s).
+fn split_into_pieces(pack: PackId, blobs: Vec<Need>, out: &mut Vec<PackRead>) {
+    let mut piece: Vec<Need> = Vec::new();
+    let mut start = 0u64;
+    for n in blobs {
+        let off = u64::from(n.place.offset);
+        let end = off + u64::from(n.place.length);
+        if !piece.is_empty() && end - start > PIECE {
+            out.push(PackRead {
+                pack,
+                blobs: std::mem::take(&mut piece),
+            });
+        }
+        if piece.is_empty() {
+            start = off;
+        }
+        piece.push(n);
+    }
+    if !piece.is_empty() {
+        out.push(PackRead { pack, blobs: piece });
     }
 }
 
@@ -252,7 +290,7 @@ fn fail_targets(tasks: &[FileTask], targets: &[Target], why: &str) {
     }
 }
 
-/// The writer thread: each complete segment written with O_DIRECT into
+/// A writer thread: each complete segment written with O_DIRECT into
 /// its file; a failure fails that file.
 fn write_segments(
     stager: &direct::Stager,
@@ -270,6 +308,55 @@ fn write_segments(
                 t.written_end.fetch_max(end, Ordering::Relaxed);
             }
             Err(e) => t.fail(format!("{}: {e}", t.path.display())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::BlobKind;
+
+    fn need(i: u8, offset: u32, length: u32) -> Need {
+        Need {
+            id: BlobId([i; 32]),
+            place: BlobPlace {
+                kind: BlobKind::Data,
+                pack: PackId([7; 32]),
+                offset,
+                length,
+                raw_length: length,
+            },
+            targets: vec![(usize::from(i), 0)],
+        }
+    }
+
+    /// Pieces keep every blob once, in offset order, and span at most
+    /// `PIECE` bytes unless one blob alone is larger.
+    #[test]
+    fn a_pack_is_split_into_bounded_pieces() {
+        let mib = 1u32 << 20;
+        let sizes = [4096, mib, mib / 2, 3 * mib, 100, mib, mib, 10, 5 * mib / 2];
+        let mut blobs = Vec::new();
+        let mut off = 0;
+        for (i, len) in sizes.iter().enumerate() {
+            blobs.push(need(i as u8, off, *len));
+            off += len + 64;
+        }
+        let mut out = Vec::new();
+        split_into_pieces(PackId([7; 32]), blobs, &mut out);
+        assert!(out.len() >= 4, "{} pieces", out.len());
+        let order: Vec<u32> = out
+            .iter()
+            .flat_map(|r| r.blobs.iter().map(|n| n.place.offset))
+            .collect();
+        assert_eq!(order.len(), sizes.len());
+        assert!(order.windows(2).all(|w| w[0] < w[1]));
+        for r in &out {
+            let first = &r.blobs[0].place;
+            let last = &r.blobs[r.blobs.len() - 1].place;
+            let span = u64::from(last.offset + last.length - first.offset);
+            assert!(span <= PIECE || r.blobs.len() == 1, "span {span}");
         }
     }
 }
