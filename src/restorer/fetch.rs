@@ -6,7 +6,7 @@
 //! [`Restorer::fetch`] is the one place that decides how pack reads run
 //! (today: one rayon task per piece of a pack, a thread-local buffer each).
 
-use super::{FileTask, Restorer, direct};
+use super::{FileTask, Shared, direct};
 use crate::blob::BlobPlace;
 use crate::id::{BlobId, PackId};
 use rayon::prelude::*;
@@ -99,28 +99,26 @@ pub(super) fn pack_reads(
     reads
 }
 
-impl Restorer<'_> {
+impl Shared<'_> {
     /// Each pack's structure (size, trailer) is checked once per restore.
     /// Damage there is reported naming the pack; its blobs are still
     /// used, since each is authenticated and re-hashed on its own.
-    pub(super) fn check_packs(&mut self, reads: &[PackRead]) {
+    pub(super) fn check_packs(&self, reads: &[PackRead]) -> Vec<String> {
         // A pack read in several pieces is checked once.
-        let unchecked: Vec<PackId> = reads
-            .iter()
-            .map(|r| r.pack)
-            .filter(|p| !self.checked_packs.contains(p))
-            .collect::<std::collections::HashSet<_>>()
-            .into_iter()
-            .collect();
-        let damaged: Vec<String> =
-            crate::backend::in_io_pool(self.src.requests_in_flight(), || {
-                unchecked
-                    .par_iter()
-                    .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
-                    .collect()
-            });
-        self.checked_packs.extend(unchecked);
-        self.summary.damaged_packs.extend(damaged);
+        let unchecked: Vec<PackId> = {
+            let mut checked = self.checked_packs.lock().unwrap_or_else(|p| p.into_inner());
+            reads
+                .iter()
+                .map(|r| r.pack)
+                .filter(|p| checked.insert(*p))
+                .collect()
+        };
+        crate::backend::in_io_pool(self.src.requests_in_flight(), || {
+            unchecked
+                .par_iter()
+                .filter_map(|p| self.src.check_pack(p).err().map(|e| e.to_string()))
+                .collect()
+        })
     }
 
     /// Do every pack read of a batch, in parallel across packs, delivering

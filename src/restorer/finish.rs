@@ -3,7 +3,7 @@
 //! with wrong bytes, doc/reliability.md F1); hardlinks are made once their
 //! first name exists; directory metadata is applied last, deepest first.
 
-use super::{FileTask, Overwrite, Restorer, data_size, file_writer};
+use super::{FileTask, Overwrite, Restorer, Shared, data_size, file_writer};
 use crate::error::Error;
 use rayon::prelude::*;
 use std::sync::atomic::Ordering;
@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 /// or the error that names it.
 pub(super) type FileOutcome = std::result::Result<bool, String>;
 
-impl Restorer<'_> {
+impl Shared<'_> {
     /// Finish each file, in parallel: metadata, then the rename that
     /// makes it visible (and, with --verify, a re-read).
     pub(super) fn finish_files(&self, tasks: &mut [FileTask]) -> Vec<FileOutcome> {
@@ -65,7 +65,9 @@ impl Restorer<'_> {
             }
         }
     }
+}
 
+impl Restorer<'_> {
     /// Count each file of a batch in the summary, restored or failed.
     pub(super) fn tally(&mut self, tasks: &[FileTask], outcomes: Vec<FileOutcome>) {
         for (t, r) in tasks.iter().zip(outcomes) {

@@ -148,29 +148,60 @@ impl FileTask {
     }
 }
 
-/// One restore's state, shared by its steps (see the submodules).
-struct Restorer<'a> {
+/// Batches executed at once, each on its own thread, while the walk plans
+/// the next. A batch ends in phases (create, read, commit) whose tails
+/// leave a core idle; with two in flight the other fills it. Cold restore
+/// of the home tree: one at a time, after the walk, 2.30-2.34 s; one
+/// beside the walk 2.19-2.31 s; two 1.99-2.05 s; three no better.
+const EXECUTORS: usize = 2;
+
+/// What a batch's execution needs, shared by the walk (main thread) and
+/// the executor threads that run batches while the walk plans the next.
+struct Shared<'a> {
     src: &'a dyn PackedBlobSource,
     progress: &'a dyn Progress,
     opts: &'a RestoreOptions,
     as_root: bool,
+    /// Packs whose structure was already checked in this restore.
+    checked_packs: Mutex<std::collections::HashSet<PackId>>,
+    /// Segment buffers for files written with O_DIRECT.
+    stager: direct::Stager,
+}
+
+/// A batch handed to the executor: its files and where their blobs are.
+type Planned = (Vec<FileTask>, Vec<Option<plan::FilePlaces>>);
+/// A batch executed: its files, how each ended, damaged packs met.
+type Executed = (Vec<FileTask>, Vec<finish::FileOutcome>, Vec<String>);
+
+/// One restore's state, shared by its steps (see the submodules).
+struct Restorer<'a> {
+    sh: &'a Shared<'a>,
     summary: RestoreSummary,
     batch: Vec<FileTask>,
     batch_blobs: usize,
+    /// Full batches go to the executor threads; `None` runs them here.
+    exec: Option<crossbeam_channel::Sender<Planned>>,
+    /// Executed batches, to be counted.
+    executed: crossbeam_channel::Receiver<Executed>,
+    /// Batches sent and not yet counted.
+    in_flight: usize,
     /// (device, inode) → first restored path, for hardlinks.
     links: HashMap<(u64, u64), PathBuf>,
-    /// Packs whose structure was already checked in this restore.
-    checked_packs: std::collections::HashSet<PackId>,
     pending_links: Vec<(PathBuf, PathBuf)>,
     dirs: Vec<(PathBuf, Node)>,
     /// Directories (relative to the target, `""` for the target itself)
     /// this restore created: nothing can be in them yet, so their entries
     /// need no check for an existing file.
     fresh_dirs: std::collections::HashSet<Vec<u8>>,
-    /// Segment buffers for files written with O_DIRECT.
-    stager: direct::Stager,
     /// The chunk of a run of zeros, for [`data_size`].
     zero: Option<(BlobId, u64)>,
+}
+
+impl<'a> std::ops::Deref for Restorer<'a> {
+    type Target = Shared<'a>;
+    fn deref(&self) -> &Shared<'a> {
+        self.sh
+    }
 }
 
 /// Restore the tree `root` into `target`.
@@ -199,24 +230,62 @@ pub fn restore(
         plan.prepare_target(target, opts)?;
     }
 
-    let mut r = Restorer::new(src, progress, opts, zero);
-    if target_fresh {
-        r.fresh_dirs.insert(Vec::new());
-    }
-    let unreadable = r.restore_entries(root, target, &sel, &root_path)?;
-    r.run_batch();
-    r.check_stop()?;
-    r.finish_links();
-    r.summary.unreadable = unreadable
-        .into_iter()
-        .map(|u| Unreadable {
-            path: plan::join_path(&root_path, &u.path),
-            error: u.error,
-        })
-        .collect();
-    r.finish_dirs();
-    r.summary.damaged = src.take_damaged();
-    Ok(r.summary)
+    let shared = Shared {
+        src,
+        progress,
+        opts,
+        // SAFETY: geteuid cannot fail.
+        as_root: unsafe { libc::geteuid() } == 0,
+        checked_packs: Default::default(),
+        stager: Default::default(),
+    };
+    // Batches run on their own threads while this one walks the trees and
+    // plans the next batch: done one after the other, the walk (tree
+    // reads, directories, index lookups) left both cores idle for most of
+    // the small files of a cold restore.
+    std::thread::scope(|scope| {
+        let (exec_tx, exec_rx) = crossbeam_channel::bounded::<Planned>(0);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<Executed>();
+        let sh = &shared;
+        for _ in 0..EXECUTORS {
+            let (exec_rx, done_tx) = (exec_rx.clone(), done_tx.clone());
+            std::thread::Builder::new()
+                .name("coffer-restore".into())
+                .spawn_scoped(scope, move || {
+                    for (tasks, places) in exec_rx {
+                        if done_tx.send(sh.execute(tasks, places)).is_err() {
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a restore thread: {e}")))?;
+        }
+        drop((exec_rx, done_tx));
+        let mut r = Restorer::new(sh, zero, Some(exec_tx), done_rx);
+        if target_fresh {
+            r.fresh_dirs.insert(Vec::new());
+        }
+        let walked = r.restore_entries(root, target, &sel, &root_path);
+        if walked.is_ok() {
+            r.run_batch();
+        }
+        // Every batch sent is counted (and, when interrupted, its files
+        // cleaned up) before this returns, error or not.
+        r.wait_batches();
+        let unreadable = walked?;
+        r.check_stop()?;
+        r.finish_links();
+        r.summary.unreadable = unreadable
+            .into_iter()
+            .map(|u| Unreadable {
+                path: plan::join_path(&root_path, &u.path),
+                error: u.error,
+            })
+            .collect();
+        r.finish_dirs();
+        r.summary.damaged = src.take_damaged();
+        Ok(r.summary)
+    })
 }
 
 fn check_stop(opts: &RestoreOptions) -> Result<()> {
@@ -228,44 +297,83 @@ fn check_stop(opts: &RestoreOptions) -> Result<()> {
 
 impl<'a> Restorer<'a> {
     fn new(
-        src: &'a dyn PackedBlobSource,
-        progress: &'a dyn Progress,
-        opts: &'a RestoreOptions,
+        sh: &'a Shared<'a>,
         zero: Option<(BlobId, u64)>,
+        exec: Option<crossbeam_channel::Sender<Planned>>,
+        executed: crossbeam_channel::Receiver<Executed>,
     ) -> Restorer<'a> {
         Restorer {
-            src,
-            progress,
-            opts,
-            // SAFETY: geteuid cannot fail.
-            as_root: unsafe { libc::geteuid() } == 0,
+            sh,
             summary: RestoreSummary::default(),
             batch: Vec::new(),
             batch_blobs: 0,
+            exec,
+            executed,
+            in_flight: 0,
             links: HashMap::new(),
-            checked_packs: Default::default(),
             pending_links: Vec::new(),
             dirs: Vec::new(),
             fresh_dirs: Default::default(),
-            stager: Default::default(),
             zero,
         }
     }
 
-    fn check_stop(&self) -> Result<()> {
-        check_stop(self.opts)
-    }
-
-    /// Restore the batched files: plan them, create their temporary files,
-    /// read and write their blobs pack by pack, then commit each complete
-    /// file and count it.
+    /// Plan the batched files and hand them to an executor (the hand-over
+    /// waits until one is free), counting whatever batches finished
+    /// meanwhile.
     fn run_batch(&mut self) {
-        let mut tasks = std::mem::take(&mut self.batch);
+        let tasks = std::mem::take(&mut self.batch);
         self.batch_blobs = 0;
         if tasks.is_empty() {
             return;
         }
         let places = self.plan_batch(&tasks);
+        let planned = match &self.exec {
+            Some(tx) => match tx.send((tasks, places)) {
+                Ok(()) => {
+                    self.in_flight += 1;
+                    None
+                }
+                Err(e) => Some(e.into_inner()),
+            },
+            None => Some((tasks, places)),
+        };
+        if let Some((tasks, places)) = planned {
+            let done = self.sh.execute(tasks, places);
+            self.count(done);
+        }
+        while let Ok(done) = self.executed.try_recv() {
+            self.in_flight -= 1;
+            self.count(done);
+        }
+    }
+
+    /// Stop the executors and count every batch they still have.
+    fn wait_batches(&mut self) {
+        self.exec = None;
+        while self.in_flight > 0 {
+            let Ok(done) = self.executed.recv() else {
+                break;
+            };
+            self.in_flight -= 1;
+            self.count(done);
+        }
+    }
+
+    fn count(&mut self, (tasks, outcomes, damaged): Executed) {
+        self.summary.damaged_packs.extend(damaged);
+        self.tally(&tasks, outcomes);
+    }
+}
+
+impl Shared<'_> {
+    fn check_stop(&self) -> Result<()> {
+        check_stop(self.opts)
+    }
+
+    /// Restore a batch's files: create their temporary files, read and
+    /// write their blobs pack by pack, then commit each complete file.
+    fn execute(&self, mut tasks: Vec<FileTask>, places: Vec<Option<plan::FilePlaces>>) -> Executed {
         // Unwritten (zero) ranges of the temporary files stay holes. Made
         // in parallel: creating inodes is most of the cost of small files.
         tasks
@@ -274,10 +382,10 @@ impl<'a> Restorer<'a> {
             .filter(|(_, places)| places.is_some())
             .for_each(|(t, _)| t.create_temporary());
         let mut reads = fetch::pack_reads(&tasks, places);
-        self.check_packs(&reads);
+        let damaged = self.check_packs(&reads);
         self.fetch(&tasks, &mut reads);
         let outcomes = self.finish_files(&mut tasks);
-        self.tally(&tasks, outcomes);
+        (tasks, outcomes, damaged)
     }
 }
 

@@ -4,7 +4,7 @@
 //! where each batched file's blobs are.
 
 use super::select::{Pick, Selection};
-use super::{FileTask, Overwrite, RestoreOptions, Restorer, check_stop, file_writer};
+use super::{FileTask, Overwrite, RestoreOptions, Restorer, Shared, check_stop, file_writer};
 use crate::blob::{BlobPlace, PackedBlobSource};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
@@ -468,6 +468,41 @@ impl Restorer<'_> {
         }
     }
 
+    /// Plan each file of a batch before anything is created: every content
+    /// blob located, a data blob, and their lengths adding up to the
+    /// declared size. A file that fails here is failed now and gets no
+    /// temporary file at all, so a hostile size (2^62) is never
+    /// preallocated (doc/reliability.md I8). One entry per task.
+    pub(super) fn plan_batch(&self, tasks: &[FileTask]) -> Vec<Option<FilePlaces>> {
+        let located = self.locate_all(tasks);
+        tasks
+            .iter()
+            .map(|t| match place_file(t, &located) {
+                Ok(places) => Some(places),
+                Err(e) => {
+                    t.fail(e);
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// Every location the batch needs, in one query round.
+    fn locate_all(&self, tasks: &[FileTask]) -> Located {
+        let mut ids: Vec<BlobId> = tasks
+            .iter()
+            .flat_map(|t| t.node.content.iter().copied())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match self.src.locate_many(&ids) {
+            Ok(places) => ids.into_iter().zip(places.into_iter().map(Ok)).collect(),
+            Err(e) => ids.into_iter().map(|id| (id, Err(e.to_string()))).collect(),
+        }
+    }
+}
+
+impl Shared<'_> {
     /// Does the regular file at `path` hold exactly the node's content?
     pub(super) fn matches(&self, node: &Node, path: &Path) -> bool {
         self.open_matching(node, path).is_some()
@@ -507,39 +542,6 @@ impl Restorer<'_> {
             off += buf.len() as u64;
         }
         (off == node.size).then_some(f)
-    }
-
-    /// Plan each file of a batch before anything is created: every content
-    /// blob located, a data blob, and their lengths adding up to the
-    /// declared size. A file that fails here is failed now and gets no
-    /// temporary file at all, so a hostile size (2^62) is never
-    /// preallocated (doc/reliability.md I8). One entry per task.
-    pub(super) fn plan_batch(&self, tasks: &[FileTask]) -> Vec<Option<FilePlaces>> {
-        let located = self.locate_all(tasks);
-        tasks
-            .iter()
-            .map(|t| match place_file(t, &located) {
-                Ok(places) => Some(places),
-                Err(e) => {
-                    t.fail(e);
-                    None
-                }
-            })
-            .collect()
-    }
-
-    /// Every location the batch needs, in one query round.
-    fn locate_all(&self, tasks: &[FileTask]) -> Located {
-        let mut ids: Vec<BlobId> = tasks
-            .iter()
-            .flat_map(|t| t.node.content.iter().copied())
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        match self.src.locate_many(&ids) {
-            Ok(places) => ids.into_iter().zip(places.into_iter().map(Ok)).collect(),
-            Err(e) => ids.into_iter().map(|id| (id, Err(e.to_string()))).collect(),
-        }
     }
 }
 
