@@ -20,7 +20,6 @@ use crate::blob::BlobKind;
 use crate::compression;
 use crate::crypto::{AadKind, KeySet, aad, envelope};
 use crate::id::{BlobId, RepoId};
-use std::cell::Cell;
 
 pub(crate) const TRAILER_MAGIC: &[u8; 8] = b"cofferP1";
 pub(crate) const ENTRY_LEN: usize = 1 + 32 + 4 + 4 + 4;
@@ -65,23 +64,38 @@ const VERIFY_WINDOW: usize = 128 * 1024;
 thread_local! {
     static VERIFY_WINDOWS: std::cell::RefCell<Box<[u8]>> =
         std::cell::RefCell::new(vec![0u8; 2 * VERIFY_WINDOW].into_boxed_slice());
-    // Per-thread buffer for sealing blobs. Compressing and encrypting in
-    // place here, then copying once into the pack, replaces an allocation
-    // and three copies of every blob.
-    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
+/// Buffers for sealing blobs, shared by every thread that seals: compressing
+/// and encrypting in place here, then copying once into the pack, replaces
+/// an allocation and three copies of every blob. One buffer per thread
+/// that ever sealed used to be kept: the file savers (which seal one-chunk
+/// files themselves), the pool's workers, stream storers and the tree
+/// assembler each ended up holding a zeroed 4 MiB buffer, 18 MB of a home
+/// directory's backup. Only as many as there are cores are kept; a thread
+/// that finds none free makes one for the blob at hand.
+static SCRATCH: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
 /// Larger scratch buffers (from a huge tree blob) are freed after use
-/// rather than kept for the thread's lifetime.
+/// rather than kept.
 const KEEP_SCRATCH: usize = 8 << 20;
 
-/// Run `f` with this thread's scratch buffer. The buffer is taken out
-/// while in use, so a nested call gets a fresh one instead of a conflict.
+/// Run `f` with a scratch buffer of the pool (or a new one). The buffer is
+/// taken out while in use, so a nested call gets another one instead of a
+/// conflict.
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
-    let mut buf = SCRATCH.with(|s| s.take());
+    let lock = || SCRATCH.lock().unwrap_or_else(|p| p.into_inner());
+    let mut buf = lock().pop().unwrap_or_default();
     let r = f(&mut buf);
     if buf.capacity() <= KEEP_SCRATCH {
-        SCRATCH.with(|s| s.set(buf));
+        // Asked once: the answer costs system calls (and cgroup file reads).
+        static KEEP: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let keep =
+            *KEEP.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let mut pool = lock();
+        if pool.len() < keep {
+            pool.push(buf);
+        }
     }
     r
 }

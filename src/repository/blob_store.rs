@@ -49,15 +49,17 @@ const TREE_PACK_SIZE: usize = 2 << 20;
 /// The SQLite page cache a writing connection keeps (KiB).
 const BACKUP_INDEX_CACHE_KIB: u32 = 8 << 10;
 
-/// Packs a backup verifies and writes at once on a local disk. One: a
-/// second let a sealer hand over a full pack sooner on data that does not
-/// compress (2 GiB mixed corpus, wall 5.79 -> 5.52 s at zstd level 3),
-/// but with the buffers it holds a backup of a 1.3 GB home tree peaked at
-/// 87 MiB instead of 79 (within the 80 MiB a backup may take), for no
-/// wall time measurable at zstd level 1 (13.4 s both, two runs each, on
-/// a loaded machine). The pack's verify runs on [`verify_pool`], and the
-/// fsyncs that make it durable on the index thread, so neither stops it.
-pub(crate) const UPLOADERS: usize = 1;
+/// Packs a backup verifies and writes at once on a local disk. Two: a
+/// pack's O_DIRECT write returns only when the device has it, and with one
+/// upload thread the sealers waited for a free pack buffer through that
+/// wait (seen in a system-wide scheduler trace); the initial backup of the
+/// 1.4 GB home tree went from 3.97-4.23 s to 3.59-3.79 s. The third pack
+/// buffer this takes fits in 80 MiB since the backup's other buffers
+/// shrank (segments every 25 000 blobs, smaller item queue and caches, a
+/// shared pool of sealing buffers): 78-79.5 MiB peak on that tree. The
+/// pack's verify runs on [`verify_pool`], and the fsyncs that make it
+/// durable on the index thread.
+pub(crate) const UPLOADERS: usize = 2;
 
 /// Upload threads for `repo`, of which a local disk gets `local`; a remote
 /// store, where a put waits on the network rather than the disk, as many
