@@ -726,8 +726,6 @@ mod tests {
         assert!(b.put(FileKind::Key, "ABC", b"").is_err());
     }
 
-    /// Large objects take the O_DIRECT path (or its fallback): every size
-    /// around the alignment and the bounce buffer comes back exactly.
     #[test]
     fn packs_read_are_kept_open_until_deleted_or_put_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -768,6 +766,8 @@ mod tests {
         );
     }
 
+    /// Large objects take the O_DIRECT path (or its fallback): every size
+    /// around the alignment and the bounce buffer comes back exactly.
     #[test]
     fn large_objects_round_trip_at_awkward_sizes() {
         let dir = tempfile::tempdir().unwrap();

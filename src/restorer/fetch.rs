@@ -3,7 +3,7 @@
 //! authenticated, decompressed and re-hashed before any byte of it is
 //! delivered to the files it serves.
 //!
-//! [`Restorer::fetch`] is the one place that decides how pack reads run
+//! [`Shared::fetch`] is the one place that decides how pack reads run
 //! (today: one rayon task per piece of a pack, a thread-local buffer each).
 
 use super::{FileTask, Shared, direct};
@@ -41,7 +41,8 @@ pub(super) struct Need {
     targets: Vec<Target>,
 }
 
-/// One pack's share of a batch: the blobs to read from it.
+/// A piece of one pack's share of a batch: the blobs to read from it,
+/// sorted by offset (see [`split_into_pieces`]).
 pub(super) struct PackRead {
     pack: PackId,
     blobs: Vec<Need>,
@@ -81,7 +82,7 @@ pub(super) fn pack_reads(
         blobs.sort_by_key(|n| n.place.offset);
         split_into_pieces(pack, blobs, &mut reads);
     }
-    // In the order of the first file position each pack serves (about
+    // In the order of the first file position each piece serves (about
     // the order the backup wrote them), not by pack id: rayon splits
     // the list into contiguous runs, so the threads then write
     // different files. In id order both wrote the same big file at once
@@ -121,10 +122,10 @@ impl Shared<'_> {
         })
     }
 
-    /// Do every pack read of a batch, in parallel across packs, delivering
+    /// Do every pack read of a batch, in parallel across pieces, delivering
     /// each decoded blob into the files of `tasks`. A blob that cannot be
     /// read or decoded fails the files it serves.
-    pub(super) fn fetch(&self, tasks: &[FileTask], reads: &mut [PackRead]) {
+    pub(super) fn fetch(&self, tasks: &[FileTask], reads: &[PackRead]) {
         std::thread::scope(|scope| {
             // Complete segments of big files go to the writer threads, so
             // the workers decode on while direct writes wait on the disk.
@@ -138,9 +139,9 @@ impl Shared<'_> {
             let in_flight = self.src.requests_in_flight();
             let segments = &tx;
             crate::backend::in_io_pool(in_flight, || {
-                reads.par_iter_mut().for_each(|r| {
+                reads.par_iter().for_each(|r| {
                     PACK_BUF.with_borrow_mut(|buf| {
-                        self.restore_pack(tasks, &r.pack, &mut r.blobs, segments, buf);
+                        self.restore_pack(tasks, &r.pack, &r.blobs, segments, buf);
                         // Keep the buffer for the next pack, but not an outsized one.
                         if buf.capacity() > KEEP_PACK_BUF {
                             *buf = Vec::new();
@@ -152,18 +153,17 @@ impl Shared<'_> {
         });
     }
 
-    /// Read the ranges of `pack` that the batch needs (close ones as one
-    /// read), authenticate and decode each blob, and write it to every
-    /// place it serves.
+    /// Read the ranges of `pack` that `blobs` (sorted by offset) need
+    /// (close ones as one read), authenticate and decode each blob, and
+    /// write it to every place it serves.
     fn restore_pack(
         &self,
         tasks: &[FileTask],
         pack: &PackId,
-        blobs: &mut [Need],
+        blobs: &[Need],
         tx: &SegmentTx,
         buf: &mut Vec<u8>,
     ) {
-        blobs.sort_by_key(|n| n.place.offset);
         let mut i = 0;
         while i < blobs.len() {
             if self.check_stop().is_err() {

@@ -381,9 +381,9 @@ impl Shared<'_> {
             .zip(places.par_iter())
             .filter(|(_, places)| places.is_some())
             .for_each(|(t, _)| t.create_temporary());
-        let mut reads = fetch::pack_reads(&tasks, places);
+        let reads = fetch::pack_reads(&tasks, places);
         let damaged = self.check_packs(&reads);
-        self.fetch(&tasks, &mut reads);
+        self.fetch(&tasks, &reads);
         let outcomes = self.finish_files(&mut tasks);
         (tasks, outcomes, damaged)
     }
