@@ -310,10 +310,11 @@ impl Fill {
 }
 
 /// How much a buffer holds before it is cut: [`READ_BUF`], and never less
-/// than one maximal chunk. The chunker cuts nothing short of a maximal
-/// chunk until EOF, so a buffer filled by short reads (a pipe) to less
-/// than that would be cut into nothing, again and again: a repository made
-/// with `--chunk-max` above `READ_BUF` hung on a piped dump.
+/// than one maximal chunk. Short of EOF the chunker may find no final cut
+/// in less than a maximal chunk (a run without content boundaries), so a
+/// buffer filled by short reads (a pipe) to less than that could be cut
+/// into nothing, again and again: a repository made with `--chunk-max`
+/// above `READ_BUF` hung on a piped dump.
 fn fill_target(chunker: &Chunker) -> usize {
     READ_BUF.max(chunker.params().max_size as usize)
 }
