@@ -704,9 +704,11 @@ fn write_verified(repo: &Repository, pack: &mut FinishedPack) -> Result<Uploaded
 /// on another: a deadlock (seen with two reader threads and one pack in
 /// flight). Threads of this pool never block on the channel.
 ///
-/// Half as many threads as cores: verifying is about a sixth of a
-/// backup's CPU, so this keeps up with the sealers, and each thread keeps
-/// two scratch buffers of up to a maximal chunk (4 MiB) resident.
+/// Half as many threads as cores: verifying is about a fifth of a
+/// backup's CPU (a profile of the home tree's initial backup: 23%), so
+/// this keeps up with the sealers; each thread keeps two 128 KiB windows.
+/// As many threads as cores made no measurable difference (3.64 s
+/// against 3.63 s, medians of five alternated runs).
 fn verify_pool() -> Option<&'static rayon::ThreadPool> {
     static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
     POOL.get_or_init(|| {
