@@ -13,7 +13,7 @@
 //! tests hold every length to that crate's output), for two reasons of
 //! speed. Poly1305's AVX2 code takes four blocks at a time only while its
 //! input stays four-block aligned, and a blob's 65-byte AAD is five blocks,
-//! so the crate MACed every ciphertext one block at a time: [`Mac`] keeps
+//! so the crate MACed every ciphertext one block at a time: `Mac` keeps
 //! the alignment. And sealing encrypts and MACs one cache-sized piece at a
 //! time, so the ciphertext is MACed while it is still in the core's cache.
 //! Together about 15-30% more throughput for a 1-4 MiB blob.
