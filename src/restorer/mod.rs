@@ -179,7 +179,9 @@ struct Restorer<'a> {
     summary: RestoreSummary,
     batch: Vec<FileTask>,
     batch_blobs: usize,
-    /// Full batches go to the executor threads; `None` runs them here.
+    /// Full batches go to the executor threads. Taken (dropped) by
+    /// `wait_batches`, which stops them; a batch that finds it gone, or
+    /// every executor gone, runs here.
     exec: Option<crossbeam_channel::Sender<Planned>>,
     /// Executed batches, to be counted.
     executed: crossbeam_channel::Receiver<Executed>,
@@ -261,7 +263,7 @@ pub fn restore(
                 .map_err(|e| Error::Internal(format!("cannot start a restore thread: {e}")))?;
         }
         drop((exec_rx, done_tx));
-        let mut r = Restorer::new(sh, zero, Some(exec_tx), done_rx);
+        let mut r = Restorer::new(sh, zero, exec_tx, done_rx);
         if target_fresh {
             r.fresh_dirs.insert(Vec::new());
         }
@@ -299,7 +301,7 @@ impl<'a> Restorer<'a> {
     fn new(
         sh: &'a Shared<'a>,
         zero: Option<(BlobId, u64)>,
-        exec: Option<crossbeam_channel::Sender<Planned>>,
+        exec: crossbeam_channel::Sender<Planned>,
         executed: crossbeam_channel::Receiver<Executed>,
     ) -> Restorer<'a> {
         Restorer {
@@ -307,7 +309,7 @@ impl<'a> Restorer<'a> {
             summary: RestoreSummary::default(),
             batch: Vec::new(),
             batch_blobs: 0,
-            exec,
+            exec: Some(exec),
             executed,
             in_flight: 0,
             links: HashMap::new(),
@@ -350,7 +352,7 @@ impl<'a> Restorer<'a> {
 
     /// Stop the executors and count every batch they still have.
     fn wait_batches(&mut self) {
-        self.exec = None;
+        drop(self.exec.take());
         while self.in_flight > 0 {
             let Ok(done) = self.executed.recv() else {
                 break;
