@@ -123,7 +123,13 @@ fn kek(
                 argon2::Params::new(kdf.memory_kib, kdf.iterations, kdf.lanes, Some(32)).ok()?;
             let a =
                 argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-            a.hash_password_into(p, salt, &mut out[..]).ok()?;
+            match super::kdf_memory::KdfMemory::new(a.params().block_count()) {
+                Some(mut mem) => {
+                    a.hash_password_into_with_memory(p, salt, &mut out[..], mem.blocks())
+                }
+                None => a.hash_password_into(p, salt, &mut out[..]),
+            }
+            .ok()?;
         }
         (SlotKind::KeyFile, Unlock::KeyFile(s)) => {
             out.copy_from_slice(blake3::keyed_hash(s, salt).as_bytes());

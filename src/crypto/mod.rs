@@ -9,6 +9,7 @@
 //! (doc/reliability.md H-6).
 
 pub mod envelope;
+mod kdf_memory;
 pub mod key_file;
 
 use crate::id::{BlobId, RepoId};
