@@ -12,15 +12,25 @@
 //! listings wait for the walker, which bounds memory; a directory the
 //! walker needs before any worker started on it is listed by the walker
 //! itself, so a full window of far-ahead listings can never stall it.
+//!
+//! A worker queues the subdirectories of each directory it lists (with
+//! their parent subtrees, from the parent tree it loaded), the same ones
+//! the walker will enter. Were they queued only when the walker took the
+//! listing, the walker would reach a directory's first subdirectory before
+//! any worker could start on it and list it itself, all the way down: in
+//! a no-change backup of a 35k-file home tree the walker spent 63% of its
+//! time listing and loading parent trees. Since the walker takes
+//! directories in increasing key order, whatever is queued or ready below
+//! the key it last took will never be taken, and is dropped.
 
 use super::exclude::Excludes;
 use super::metadata::{kind_of, read_xattrs};
 use crate::blob::BlobSource;
 use crate::id::BlobId;
 use crate::progress::SourceWarning;
-use crate::snapshot::tree::{FLAG_INCOMPLETE, Node, Time, Tree};
+use crate::snapshot::tree::{FLAG_INCOMPLETE, Node, NodeKind, Time, Tree};
 use crate::snapshot::walk::load_tree;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -29,6 +39,10 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// Prepared listings that may wait for the walker.
 const READY_MAX: usize = 32;
+
+/// Idle workers woken for the subdirectories one listing queues: more
+/// than the pool would only wake threads that find nothing.
+const PREFETCH_WAKE: usize = 4;
 
 /// One directory entry, read and checked.
 pub struct Scanned {
@@ -54,14 +68,33 @@ pub struct Listing {
 struct Job {
     path: PathBuf,
     parent_subtree: Option<BlobId>,
+    /// Under `--one-file-system`, the device the walk stays on.
+    dev: Option<u64>,
 }
 
 #[derive(Default)]
 struct State {
     queued: BTreeMap<Vec<u8>, Job>,
     running: HashSet<Vec<u8>>,
-    ready: HashMap<Vec<u8>, Listing>,
+    ready: BTreeMap<Vec<u8>, Listing>,
+    /// The key the walker took last: nothing at or below it is wanted.
+    taken: Option<Vec<u8>>,
     shutdown: bool,
+}
+
+impl State {
+    /// Queue `job` unless it is known already or behind the walker.
+    fn queue(&mut self, k: Vec<u8>, job: Job) -> bool {
+        if self.shutdown
+            || self.taken.as_ref().is_some_and(|t| k <= *t)
+            || self.ready.contains_key(&k)
+            || self.running.contains(&k)
+        {
+            return false;
+        }
+        self.queued.entry(k).or_insert(job);
+        true
+    }
 }
 
 /// What the workers and the walker share.
@@ -102,27 +135,30 @@ impl<'a> Prefetch<'a> {
     }
 
     /// Ask for `path` to be prepared; the walker will `take` it later.
-    pub(crate) fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>) {
+    /// `dev`: under `--one-file-system`, the device the walk stays on.
+    pub(crate) fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>, dev: Option<u64>) {
         let k = key(&path);
-        let mut st = self.lock();
-        if st.shutdown || st.ready.contains_key(&k) || st.running.contains(&k) {
-            return;
+        let job = Job {
+            path,
+            parent_subtree,
+            dev,
+        };
+        if self.lock().queue(k, job) {
+            self.work.notify_one();
         }
-        st.queued.insert(
-            k,
-            Job {
-                path,
-                parent_subtree,
-            },
-        );
-        drop(st);
-        self.work.notify_one();
     }
 
     /// The listing of `path`: prepared by a worker, or made here.
     pub fn take(&self, path: &Path, parent_subtree: Option<BlobId>) -> Listing {
         let k = key(path);
         let mut st = self.lock();
+        // Whatever sorts before `path` was passed by (excluded, or on
+        // another file system): drop it so it holds no room.
+        let later = st.ready.split_off(&k);
+        st.ready = later;
+        let later = st.queued.split_off(&k);
+        st.queued = later;
+        st.taken = Some(k.clone());
         loop {
             if let Some(l) = st.ready.remove(&k) {
                 drop(st);
@@ -158,14 +194,49 @@ impl<'a> Prefetch<'a> {
             st.running.insert(k.clone());
             drop(st);
             let listing = self.list(&job.path, job.parent_subtree);
+            let subdirs = self.subdirs(&listing, job.dev);
             let mut st = self.lock();
             st.running.remove(&k);
-            if !st.shutdown {
+            let wanted = st.taken.as_ref().is_none_or(|t| k > *t);
+            let mut queued = 0;
+            if !st.shutdown && wanted {
                 st.ready.insert(k, listing);
+                for (k, job) in subdirs {
+                    queued += usize::from(st.queue(k, job));
+                }
             }
             drop(st);
             self.done.notify_all();
+            for _ in 0..queued.min(PREFETCH_WAKE) {
+                self.work.notify_one();
+            }
         }
+    }
+
+    /// The subdirectories of a listing the walker will enter, as jobs.
+    /// Must agree with the walker's choice (`Walker::walk_dir`); one it
+    /// passes by is dropped when it passes.
+    fn subdirs(&self, listing: &Listing, dev: Option<u64>) -> Vec<(Vec<u8>, Job)> {
+        use std::os::unix::fs::MetadataExt;
+        listing
+            .entries
+            .iter()
+            .filter(|e| e.md.is_dir() && !e.cache_dir && dev.is_none_or(|d| d == e.md.dev()))
+            .map(|e| {
+                let parent_subtree = listing
+                    .parent
+                    .as_ref()
+                    .and_then(|t| t.find(&e.name))
+                    .filter(|p| p.kind == NodeKind::Dir)
+                    .and_then(|p| p.subtree);
+                let job = Job {
+                    path: e.path.clone(),
+                    parent_subtree,
+                    dev,
+                };
+                (key(&e.path), job)
+            })
+            .collect()
     }
 
     /// Stop the workers (queued and ready listings are dropped).
@@ -296,6 +367,70 @@ mod tests {
         );
     }
 
+    /// Waits (up to ten seconds) until the workers have `path` ready.
+    fn wait_ready(pf: &Prefetch, path: &Path) -> bool {
+        for _ in 0..1000 {
+            if pf.lock().ready.contains_key(&key(path)) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn workers_prepare_subdirectories_before_the_walker_asks() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = d.path().join("a/b/c");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), "x").unwrap();
+        std::fs::create_dir(d.path().join("a/b/cache")).unwrap();
+        std::fs::write(
+            d.path().join("a/b/cache/CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .unwrap();
+        let mut ex = Excludes::default();
+        ex.exclude_caches = true;
+        let pf = Prefetch::new(&ex, None);
+        std::thread::scope(|s| {
+            s.spawn(|| pf.work());
+            // Only the top is asked for: the rest follows from listings.
+            pf.schedule(d.path().to_path_buf(), None, None);
+            assert!(wait_ready(&pf, &deep), "a/b/c was never prepared");
+            // The walker does not enter a cache directory: nor do workers.
+            assert!(!pf.lock().ready.contains_key(&key(&d.path().join("a/b/cache"))));
+            let l = pf.take(&deep, None);
+            assert_eq!(l.entries.len(), 1);
+            // Passing a/b/c by drops what sorts before it.
+            assert!(pf.lock().ready.is_empty() && pf.lock().queued.is_empty());
+            // And a listing behind the walker is not queued again.
+            pf.schedule(d.path().join("a"), None, None);
+            assert!(pf.lock().queued.is_empty());
+            pf.shutdown();
+        });
+    }
+
+    #[test]
+    fn workers_stay_on_the_walks_file_system() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        let dev = std::fs::metadata(d.path()).unwrap().dev();
+        let ex = Excludes::default();
+        let pf = Prefetch::new(&ex, None);
+        std::thread::scope(|s| {
+            s.spawn(|| pf.work());
+            // A device no entry is on: nothing below the top is queued.
+            pf.schedule(d.path().to_path_buf(), None, Some(dev.wrapping_add(1)));
+            assert!(wait_ready(&pf, d.path()));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(pf.lock().ready.len(), 1);
+            assert!(pf.lock().queued.is_empty() && pf.lock().running.is_empty());
+            pf.shutdown();
+        });
+    }
+
     #[test]
     fn listings_come_back_in_name_order_with_metadata_and_excludes() {
         let d = tempfile::tempdir().unwrap();
@@ -309,7 +444,7 @@ mod tests {
         let pf = Prefetch::new(&ex, None);
         std::thread::scope(|s| {
             s.spawn(|| pf.work());
-            pf.schedule(d.path().to_path_buf(), None);
+            pf.schedule(d.path().to_path_buf(), None, None);
             let l = pf.take(d.path(), None);
             let names: Vec<&[u8]> = l.entries.iter().map(|e| e.name.as_slice()).collect();
             assert_eq!(names, [&b"a"[..], b"b", b"link", b"sub"]);

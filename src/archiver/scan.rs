@@ -427,7 +427,8 @@ impl<'a> Walker<'a> {
                     .and_then(|t| t.find(&e.name))
                     .filter(|p| p.kind == NodeKind::Dir)
                     .and_then(|p| p.subtree);
-                self.prefetch.schedule(e.path.clone(), sub);
+                let dev = self.fs_dev.filter(|_| self.excludes.one_file_system);
+                self.prefetch.schedule(e.path.clone(), sub, dev);
             }
         }
         // One batched index query for the content the parent lets us reuse,
