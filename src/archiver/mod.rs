@@ -461,19 +461,15 @@ fn assemble(
 /// parent's too, so the parent's tree id stands; otherwise the parent's
 /// tree with those nodes put in.
 fn reused_tree(old: &Tree, subdirs: Tree) -> Result<Option<Tree>> {
-    let mut fresh = subdirs.nodes.into_iter().peekable();
+    // Checked first and built only on a change: most unchanged directories
+    // stay unchanged all the way down, and copying every file node of
+    // every one of them only to drop the copy was a tenth of the
+    // assembler's time in a no-change backup.
+    let mut fresh = subdirs.nodes.iter();
     let mut same = true;
-    let mut nodes = Vec::with_capacity(old.nodes.len());
-    for p in &old.nodes {
-        if p.kind != NodeKind::Dir {
-            nodes.push(p.clone());
-            continue;
-        }
+    for p in old.nodes.iter().filter(|p| p.kind == NodeKind::Dir) {
         match fresh.next() {
-            Some(n) if n.name == p.name => {
-                same &= n == *p;
-                nodes.push(n);
-            }
+            Some(n) if n.name == p.name => same &= n == p,
             _ => {
                 return Err(Error::Internal(format!(
                     "the walk skipped subdirectory {} of an unchanged directory",
@@ -482,12 +478,24 @@ fn reused_tree(old: &Tree, subdirs: Tree) -> Result<Option<Tree>> {
             }
         }
     }
-    if fresh.peek().is_some() {
+    if fresh.next().is_some() {
         return Err(Error::Internal(
             "the walk entered a directory its unchanged parent does not hold".into(),
         ));
     }
-    Ok((!same).then_some(Tree { nodes }))
+    if same {
+        return Ok(None);
+    }
+    let mut fresh = subdirs.nodes.into_iter();
+    let nodes = old
+        .nodes
+        .iter()
+        .map(|p| match p.kind {
+            NodeKind::Dir => fresh.next().unwrap_or_else(|| p.clone()),
+            _ => p.clone(),
+        })
+        .collect();
+    Ok(Some(Tree { nodes }))
 }
 
 /// What a backup into a repository needs besides the paths.

@@ -399,7 +399,11 @@ mod tests {
             pf.schedule(d.path().to_path_buf(), None, None);
             assert!(wait_ready(&pf, &deep), "a/b/c was never prepared");
             // The walker does not enter a cache directory: nor do workers.
-            assert!(!pf.lock().ready.contains_key(&key(&d.path().join("a/b/cache"))));
+            assert!(
+                !pf.lock()
+                    .ready
+                    .contains_key(&key(&d.path().join("a/b/cache")))
+            );
             let l = pf.take(&deep, None);
             assert_eq!(l.entries.len(), 1);
             // Passing a/b/c by drops what sorts before it.
