@@ -189,6 +189,8 @@ pub fn run() -> anyhow::Result<ExitCode> {
     let code = dispatch(&cli, g);
     // Damaged objects that were skipped: name each, and never exit 0.
     if let Some(repo) = repo::OPENED.get() {
+        // The repository lives in a static, which is never dropped.
+        repo.close_cache();
         if g.verbose > 0
             && let Some(r) = repo.requests()
         {

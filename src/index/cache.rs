@@ -180,6 +180,22 @@ impl Index {
         Ok(idx)
     }
 
+    /// Close the cache file now, leaving an empty in-memory database that
+    /// fails every later query. SQLite folds the write-ahead log into the
+    /// file and removes it when the last connection closes; a process that
+    /// exits with the connection open leaves the log behind, and the next
+    /// one to open the cache must first read and checksum all of it (a
+    /// 6 MB log, 1 000 frames, after some hundred backups). Another process
+    /// still using the cache keeps its log: closing never waits for it.
+    pub fn close(&self) {
+        let Ok(empty) = Connection::open_in_memory() else {
+            return;
+        };
+        let old = std::mem::replace(&mut *self.conn(), empty);
+        // A failed close leaves the log as a crash would: still valid.
+        let _ = old.close();
+    }
+
     pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // SQLite keeps its own consistency; a poisoned guard still holds a
         // usable connection.

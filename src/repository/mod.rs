@@ -412,6 +412,14 @@ impl Repository {
         }
     }
 
+    /// Close the index cache for good, once this process is done with the
+    /// repository (see [`Index::close`]); later index queries fail.
+    pub fn close_cache(&self) {
+        if let Some(i) = self.index.get() {
+            i.close();
+        }
+    }
+
     /// The index, synced with the repository's segments on first use.
     pub fn index(&self) -> Result<&Index> {
         if let Some(i) = self.index.get() {

@@ -439,3 +439,31 @@ fn an_empty_coffer_password_is_refused() {
         .stderr_has("COFFER_PASSWORD");
     assert!(!env.repo.join("config").exists());
 }
+
+/// Every command closes the index cache on its way out, so SQLite folds
+/// its write-ahead log into the file: a log left behind would have to be
+/// read and checksummed whole by the next command that opens the cache.
+#[test]
+fn commands_leave_no_write_ahead_log_in_the_cache() {
+    let env = Env::new();
+    env.init();
+    let data = TreeBuilder::new(env.path("data"));
+    data.file("a.txt", b"a");
+    data.file("b.txt", b"b");
+    let logs = || {
+        let mut files = Vec::new();
+        collect_files(&env.cache, &mut files);
+        let sqlite = files.iter().filter(|f| f.ends_with("index.sqlite")).count();
+        let wal: Vec<_> = files
+            .into_iter()
+            .filter(|f| f.to_string_lossy().ends_with("-wal"))
+            .collect();
+        (sqlite, wal)
+    };
+    env.coffer().arg("backup").arg(env.path("data")).run().ok();
+    assert_eq!(logs(), (1, vec![]), "after a backup");
+    env.coffer().arg("backup").arg(env.path("data")).run().ok();
+    env.coffer().args(["ls", "latest"]).run().ok();
+    env.coffer().arg("check").run().ok();
+    assert_eq!(logs(), (1, vec![]), "after backup, ls and check");
+}
