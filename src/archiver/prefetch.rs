@@ -367,6 +367,16 @@ mod tests {
         );
     }
 
+    /// Shuts the workers down when dropped, so that a failed assertion
+    /// ends the test instead of leaving the scope waiting for them.
+    struct Stop<'p, 'a>(&'p Prefetch<'a>);
+
+    impl Drop for Stop<'_, '_> {
+        fn drop(&mut self) {
+            self.0.shutdown();
+        }
+    }
+
     /// Waits (up to ten seconds) until the workers have `path` ready.
     fn wait_ready(pf: &Prefetch, path: &Path) -> bool {
         for _ in 0..1000 {
@@ -395,15 +405,19 @@ mod tests {
         let pf = Prefetch::new(&ex, None);
         std::thread::scope(|s| {
             s.spawn(|| pf.work());
+            let _stop = Stop(&pf);
             // Only the top is asked for: the rest follows from listings.
             pf.schedule(d.path().to_path_buf(), None, None);
             assert!(wait_ready(&pf, &deep), "a/b/c was never prepared");
             // The walker does not enter a cache directory: nor do workers.
+            let cache = key(&d.path().join("a/b/cache"));
+            let st = pf.lock();
             assert!(
-                !pf.lock()
-                    .ready
-                    .contains_key(&key(&d.path().join("a/b/cache")))
+                !st.ready.contains_key(&cache)
+                    && !st.queued.contains_key(&cache)
+                    && !st.running.contains(&cache)
             );
+            drop(st);
             let l = pf.take(&deep, None);
             assert_eq!(l.entries.len(), 1);
             // Passing a/b/c by drops what sorts before it.
@@ -411,7 +425,6 @@ mod tests {
             // And a listing behind the walker is not queued again.
             pf.schedule(d.path().join("a"), None, None);
             assert!(pf.lock().queued.is_empty());
-            pf.shutdown();
         });
     }
 
@@ -425,13 +438,13 @@ mod tests {
         let pf = Prefetch::new(&ex, None);
         std::thread::scope(|s| {
             s.spawn(|| pf.work());
+            let _stop = Stop(&pf);
             // A device no entry is on: nothing below the top is queued.
             pf.schedule(d.path().to_path_buf(), None, Some(dev.wrapping_add(1)));
             assert!(wait_ready(&pf, d.path()));
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert_eq!(pf.lock().ready.len(), 1);
             assert!(pf.lock().queued.is_empty() && pf.lock().running.is_empty());
-            pf.shutdown();
         });
     }
 
@@ -448,6 +461,7 @@ mod tests {
         let pf = Prefetch::new(&ex, None);
         std::thread::scope(|s| {
             s.spawn(|| pf.work());
+            let _stop = Stop(&pf);
             pf.schedule(d.path().to_path_buf(), None, None);
             let l = pf.take(d.path(), None);
             let names: Vec<&[u8]> = l.entries.iter().map(|e| e.name.as_slice()).collect();
@@ -457,7 +471,6 @@ mod tests {
             // Not scheduled: listed by the caller itself.
             let l = pf.take(&d.path().join("sub"), None);
             assert!(l.entries.is_empty() && l.flags == 0);
-            pf.shutdown();
         });
     }
 }
