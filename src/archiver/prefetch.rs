@@ -136,7 +136,10 @@ impl<'a> Prefetch<'a> {
 
     /// Ask for `path` to be prepared; the walker will `take` it later.
     /// `dev`: under `--one-file-system`, the device the walk stays on.
-    pub(crate) fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>, dev: Option<u64>) {
+    /// The walk asks through [`Prefetch::schedule_subdirs`]; tests start
+    /// workers on a directory with this.
+    #[cfg(test)]
+    fn schedule(&self, path: PathBuf, parent_subtree: Option<BlobId>, dev: Option<u64>) {
         let k = key(&path);
         let job = Job {
             path,
@@ -194,7 +197,7 @@ impl<'a> Prefetch<'a> {
             st.running.insert(k.clone());
             drop(st);
             let listing = self.list(&job.path, job.parent_subtree);
-            let subdirs = self.subdirs(&listing, job.dev);
+            let subdirs = subdirs(&listing.entries, listing.parent.as_ref(), job.dev);
             let mut st = self.lock();
             st.running.remove(&k);
             let wanted = st.taken.as_ref().is_none_or(|t| k > *t);
@@ -213,30 +216,24 @@ impl<'a> Prefetch<'a> {
         }
     }
 
-    /// The subdirectories of a listing the walker will enter, as jobs.
-    /// Must agree with the walker's choice (`Walker::walk_dir`); one it
-    /// passes by is dropped when it passes.
-    fn subdirs(&self, listing: &Listing, dev: Option<u64>) -> Vec<(Vec<u8>, Job)> {
-        use std::os::unix::fs::MetadataExt;
-        listing
-            .entries
-            .iter()
-            .filter(|e| e.md.is_dir() && !e.cache_dir && dev.is_none_or(|d| d == e.md.dev()))
-            .map(|e| {
-                let parent_subtree = listing
-                    .parent
-                    .as_ref()
-                    .and_then(|t| t.find(&e.name))
-                    .filter(|p| p.kind == NodeKind::Dir)
-                    .and_then(|p| p.subtree);
-                let job = Job {
-                    path: e.path.clone(),
-                    parent_subtree,
-                    dev,
-                };
-                (key(&e.path), job)
-            })
-            .collect()
+    /// Ask for the subdirectories of a listing the walker made itself
+    /// (see [`enters`]).
+    pub(crate) fn schedule_subdirs(
+        &self,
+        entries: &[Scanned],
+        parent: Option<&Tree>,
+        dev: Option<u64>,
+    ) {
+        let jobs = subdirs(entries, parent, dev);
+        let mut st = self.lock();
+        let mut queued = 0;
+        for (k, job) in jobs {
+            queued += usize::from(st.queue(k, job));
+        }
+        drop(st);
+        for _ in 0..queued.min(PREFETCH_WAKE) {
+            self.work.notify_one();
+        }
     }
 
     /// Stop the workers (queued and ready listings are dropped).
@@ -339,6 +336,35 @@ impl<'a> Prefetch<'a> {
         }
         out
     }
+}
+
+/// Does the walk enter this entry? A directory, not a cache directory left
+/// out by `--exclude-caches`, and under `--one-file-system` (`dev`) on the
+/// walk's device. Workers and the walker ask the same question.
+pub(crate) fn enters(e: &Scanned, dev: Option<u64>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    e.md.is_dir() && !e.cache_dir && dev.is_none_or(|d| d == e.md.dev())
+}
+
+/// The subdirectories of a listing the walk will enter, as jobs, with
+/// their parent subtrees from `parent` (the directory's parent tree).
+fn subdirs(entries: &[Scanned], parent: Option<&Tree>, dev: Option<u64>) -> Vec<(Vec<u8>, Job)> {
+    entries
+        .iter()
+        .filter(|e| enters(e, dev))
+        .map(|e| {
+            let parent_subtree = parent
+                .and_then(|t| t.find(&e.name))
+                .filter(|p| p.kind == NodeKind::Dir)
+                .and_then(|p| p.subtree);
+            let job = Job {
+                path: e.path.clone(),
+                parent_subtree,
+                dev,
+            };
+            (key(&e.path), job)
+        })
+        .collect()
 }
 
 /// Is `md` the same inode, untouched since the parent recorded `p`?

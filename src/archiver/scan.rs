@@ -244,12 +244,15 @@ impl<'a> Walker<'a> {
         Ok(())
     }
 
+    /// The device `--one-file-system` keeps the walk on, if any.
+    fn walk_dev(&self) -> Option<u64> {
+        self.fs_dev.filter(|_| self.excludes.one_file_system)
+    }
+
     /// Does `--one-file-system` keep the walk out of this directory?
     fn other_fs(&self, md: &std::fs::Metadata) -> bool {
-        self.excludes.one_file_system
-            && self
-                .fs_dev
-                .is_some_and(|d| d != std::os::unix::fs::MetadataExt::dev(md))
+        self.walk_dev()
+            .is_some_and(|d| d != std::os::unix::fs::MetadataExt::dev(md))
     }
 
     /// Emit one entry; `cache_dir` when it is a directory with a valid
@@ -419,18 +422,11 @@ impl<'a> Walker<'a> {
         }
         let parent = parent.map(Arc::new);
         // Subdirectories this walk will enter are prepared while the files
-        // before them are emitted.
+        // before them are emitted (a no-op when a worker made the listing
+        // and queued them already).
         let tree = parent.as_deref();
-        for e in &entries {
-            if e.md.is_dir() && !e.cache_dir && !self.other_fs(&e.md) {
-                let sub = tree
-                    .and_then(|t| t.find(&e.name))
-                    .filter(|p| p.kind == NodeKind::Dir)
-                    .and_then(|p| p.subtree);
-                let dev = self.fs_dev.filter(|_| self.excludes.one_file_system);
-                self.prefetch.schedule(e.path.clone(), sub, dev);
-            }
-        }
+        self.prefetch
+            .schedule_subdirs(&entries, tree, self.walk_dev());
         // One batched index query for the content the parent lets us reuse,
         // instead of one per file.
         self.known.clear();
