@@ -10,27 +10,33 @@ use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::sync::Arc;
 
 /// uid/gid → name, looked up once per id.
 #[derive(Default)]
 pub(crate) struct NameCache {
-    users: HashMap<u32, String>,
-    groups: HashMap<u32, String>,
+    users: HashMap<u32, Arc<str>>,
+    groups: HashMap<u32, Arc<str>>,
 }
 
 impl NameCache {
-    pub fn user(&mut self, uid: u32) -> String {
-        self.user_ref(uid).to_owned()
+    /// The name, shared with every node of the same owner.
+    pub fn user(&mut self, uid: u32) -> Arc<str> {
+        self.user_ref(uid).clone()
     }
-    pub fn group(&mut self, gid: u32) -> String {
-        self.group_ref(gid).to_owned()
+    pub fn group(&mut self, gid: u32) -> Arc<str> {
+        self.group_ref(gid).clone()
     }
     /// The name, without a copy: comparing costs no allocation.
-    pub fn user_ref(&mut self, uid: u32) -> &str {
-        self.users.entry(uid).or_insert_with(|| lookup_user(uid))
+    pub fn user_ref(&mut self, uid: u32) -> &Arc<str> {
+        self.users
+            .entry(uid)
+            .or_insert_with(|| lookup_user(uid).into())
     }
-    pub fn group_ref(&mut self, gid: u32) -> &str {
-        self.groups.entry(gid).or_insert_with(|| lookup_group(gid))
+    pub fn group_ref(&mut self, gid: u32) -> &Arc<str> {
+        self.groups
+            .entry(gid)
+            .or_insert_with(|| lookup_group(gid).into())
     }
 }
 
@@ -169,8 +175,8 @@ pub(crate) fn same_node(
         && p.rdev == rdev
         && p.link_target == target
         && p.xattrs == xattrs
-        && p.user == names.user_ref(p.uid)
-        && p.group == names.group_ref(p.gid)
+        && p.user == *names.user_ref(p.uid)
+        && p.group == *names.group_ref(p.gid)
 }
 
 /// Extended attributes of `path` itself (not of a symlink's target), sorted
@@ -251,8 +257,8 @@ mod tests {
                 |n| n.mode ^= 0o1,
                 |n| n.uid += 1,
                 |n| n.gid += 1,
-                |n| n.user.push('x'),
-                |n| n.group.push('x'),
+                |n| n.user = format!("{}x", n.user).into(),
+                |n| n.group = format!("{}x", n.group).into(),
                 |n| n.mtime.nsec ^= 1,
                 |n| n.ctime.sec += 1,
                 |n| n.size += 1,

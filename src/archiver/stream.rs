@@ -78,7 +78,7 @@ pub fn snapshot_stream(
     // SAFETY: getuid/getgid cannot fail and touch no memory.
     node.uid = unsafe { libc::getuid() };
     node.gid = unsafe { libc::getgid() };
-    node.user = crate::repository::username();
+    node.user = crate::repository::username().into();
     node.mtime = crate::snapshot::tree::Time::now();
     node.ctime = node.mtime;
     node.size = streamed.read;

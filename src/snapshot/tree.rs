@@ -19,6 +19,7 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::id::BlobId;
+use std::sync::Arc;
 
 pub(crate) const TREE_MAGIC: &[u8; 8] = b"cofferT1";
 pub(crate) const MAX_NAME: usize = 4096;
@@ -114,8 +115,10 @@ pub struct Node {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
-    pub user: String,
-    pub group: String,
+    /// Owner names, shared: a tree's nodes nearly all name the same few,
+    /// and two allocations per node were a tenth of decoding a tree.
+    pub user: Arc<str>,
+    pub group: Arc<str>,
     pub mtime: Time,
     pub ctime: Time,
     pub size: u64,
@@ -138,8 +141,8 @@ impl Node {
             mode: 0,
             uid: 0,
             gid: 0,
-            user: String::new(),
-            group: String::new(),
+            user: empty_name(),
+            group: empty_name(),
             mtime: Time::default(),
             ctime: Time::default(),
             size: 0,
@@ -234,6 +237,7 @@ impl Tree {
         }
         let count = r.count(usize::MAX, MIN_NODE_LEN, "tree node")?;
         let mut nodes: Vec<Node> = Vec::with_capacity(count);
+        let mut names = OwnerNames::default();
         for _ in 0..count {
             let name = r.bytes(MAX_NAME, "name")?.to_vec();
             if !valid_name(&name) {
@@ -253,21 +257,29 @@ impl Tree {
             let k = r.u8()?;
             let kind = NodeKind::from_u8(k)
                 .ok_or_else(|| DecodeError(format!("unknown node kind {k}")))?;
-            let mut n = Node::new(name, kind);
-            n.mode = r.u32()?;
-            n.uid = r.u32()?;
-            n.gid = r.u32()?;
-            n.user = r.string(1024, "user name")?;
-            n.group = r.string(1024, "group name")?;
-            n.mtime = read_time(&mut r)?;
-            n.ctime = read_time(&mut r)?;
-            n.size = r.u64()?;
-            n.inode = r.u64()?;
-            n.device = r.u64()?;
-            n.links = r.u64()?;
-            n.rdev = r.u64()?;
-            n.flags = r.u32()?;
-            n.link_target = r.bytes(MAX_LINK_TARGET, "symlink target")?.to_vec();
+            // Built whole, not from `Node::new`: its placeholder owner
+            // names would be made only to be replaced.
+            let mut n = Node {
+                name,
+                kind,
+                mode: r.u32()?,
+                uid: r.u32()?,
+                gid: r.u32()?,
+                user: names.get(r.bytes(1024, "user name")?, "user name")?,
+                group: names.get(r.bytes(1024, "group name")?, "group name")?,
+                mtime: read_time(&mut r)?,
+                ctime: read_time(&mut r)?,
+                size: r.u64()?,
+                inode: r.u64()?,
+                device: r.u64()?,
+                links: r.u64()?,
+                rdev: r.u64()?,
+                flags: r.u32()?,
+                link_target: r.bytes(MAX_LINK_TARGET, "symlink target")?.to_vec(),
+                xattrs: Vec::new(),
+                content: Vec::new(),
+                subtree: None,
+            };
             let nx = r.count(MAX_XATTRS, 8, "xattr")?;
             for _ in 0..nx {
                 let k = r.bytes(MAX_NAME, "xattr name")?.to_vec();
@@ -299,6 +311,33 @@ impl Tree {
         }
         r.finish()?;
         Ok(Tree { nodes })
+    }
+}
+
+/// The empty owner name, shared by every node made without one.
+fn empty_name() -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(|| Arc::from("")).clone()
+}
+
+/// Owner names met while decoding one tree: each distinct name is
+/// allocated once and shared by the nodes naming it.
+#[derive(Default)]
+struct OwnerNames(Vec<Arc<str>>);
+
+impl OwnerNames {
+    fn get(&mut self, b: &[u8], what: &str) -> Result<Arc<str>, DecodeError> {
+        if let Some(n) = self.0.iter().find(|n| n.as_bytes() == b) {
+            return Ok(n.clone());
+        }
+        let s = std::str::from_utf8(b).map_err(|_| DecodeError(format!("{what} is not UTF-8")))?;
+        let n: Arc<str> = Arc::from(s);
+        // A hostile tree could name a new owner on every node: the list
+        // stays short, and past it names are simply not shared.
+        if self.0.len() < 16 {
+            self.0.push(n.clone());
+        }
+        Ok(n)
     }
 }
 

@@ -91,13 +91,13 @@ pub(crate) fn node_from_header(
     Ok(n)
 }
 
-fn owner_name(raw: &[u8]) -> String {
+fn owner_name(raw: &[u8]) -> std::sync::Arc<str> {
     let s = String::from_utf8_lossy(raw);
     let mut end = s.len().min(MAX_OWNER_NAME);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    s[..end].into()
 }
 
 /// The PAX records of one member that the tar crate does not apply itself.

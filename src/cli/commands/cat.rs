@@ -32,7 +32,7 @@ fn node_json(n: &Node) -> Value {
         "name": String::from_utf8_lossy(&n.name),
         "type": n.kind.as_str(),
         "mode": format!("{:o}", n.mode),
-        "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
+        "uid": n.uid, "gid": n.gid, "user": &*n.user, "group": &*n.group,
         "mtime": output::rfc3339_time(n.mtime.sec, n.mtime.nsec), "ctime": output::rfc3339_time(n.ctime.sec, n.ctime.nsec),
         "size": n.size, "inode": n.inode, "device": n.device, "links": n.links,
         "flags": n.flags,
