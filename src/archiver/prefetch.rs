@@ -44,9 +44,10 @@ const READY_MAX: usize = 32;
 /// than the pool would only wake threads that find nothing.
 const PREFETCH_WAKE: usize = 4;
 
-/// One directory entry, read and checked.
+/// One directory entry, read and checked. Its path is its directory's
+/// joined with `name`, built only where it is needed: a no-change backup
+/// never needs the paths of the files it passes over.
 pub struct Scanned {
-    pub path: PathBuf,
     pub name: Vec<u8>,
     pub md: Metadata,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
@@ -197,7 +198,12 @@ impl<'a> Prefetch<'a> {
             st.running.insert(k.clone());
             drop(st);
             let listing = self.list(&job.path, job.parent_subtree);
-            let subdirs = subdirs(&listing.entries, listing.parent.as_ref(), job.dev);
+            let subdirs = subdirs(
+                &job.path,
+                &listing.entries,
+                listing.parent.as_ref(),
+                job.dev,
+            );
             let mut st = self.lock();
             st.running.remove(&k);
             let wanted = st.taken.as_ref().is_none_or(|t| k > *t);
@@ -220,11 +226,12 @@ impl<'a> Prefetch<'a> {
     /// (see [`enters`]).
     pub(crate) fn schedule_subdirs(
         &self,
+        dir: &Path,
         entries: &[Scanned],
         parent: Option<&Tree>,
         dev: Option<u64>,
     ) {
-        let jobs = subdirs(entries, parent, dev);
+        let jobs = subdirs(dir, entries, parent, dev);
         let mut st = self.lock();
         let mut queued = 0;
         for (k, job) in jobs {
@@ -294,20 +301,25 @@ impl<'a> Prefetch<'a> {
         }
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         out.entries.reserve(names.len());
+        // One path, each entry's name pushed onto it and popped again.
+        let mut child = path.to_path_buf();
         for (name, entry) in names {
-            let child = path.join(OsStr::from_bytes(&name));
+            child.push(OsStr::from_bytes(&name));
             let md = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     warn(&mut out, &child, "vanished before it could be read".into());
+                    child.pop();
                     continue;
                 }
                 Err(e) => {
                     warn(&mut out, &child, format!("cannot read metadata: {e}"));
+                    child.pop();
                     continue;
                 }
             };
             if self.excludes.excluded(&child, &md) {
+                child.pop();
                 continue;
             }
             let link_target = if md.file_type().is_symlink() {
@@ -325,9 +337,9 @@ impl<'a> Prefetch<'a> {
                 Some(p) if same_inode_state(p, &md) => p.xattrs.clone(),
                 _ => read_xattrs(&child),
             };
+            child.pop();
             out.entries.push(Scanned {
                 xattrs,
-                path: child,
                 name,
                 md,
                 link_target,
@@ -348,21 +360,29 @@ pub(crate) fn enters(e: &Scanned, dev: Option<u64>) -> bool {
 
 /// The subdirectories of a listing the walk will enter, as jobs, with
 /// their parent subtrees from `parent` (the directory's parent tree).
-fn subdirs(entries: &[Scanned], parent: Option<&Tree>, dev: Option<u64>) -> Vec<(Vec<u8>, Job)> {
+fn subdirs(
+    dir: &Path,
+    entries: &[Scanned],
+    parent: Option<&Tree>,
+    dev: Option<u64>,
+) -> Vec<(Vec<u8>, Job)> {
     entries
         .iter()
         .filter(|e| enters(e, dev))
         .map(|e| {
+            let path = dir.join(OsStr::from_bytes(&e.name));
             let parent_subtree = parent
                 .and_then(|t| t.find(&e.name))
                 .filter(|p| p.kind == NodeKind::Dir)
                 .and_then(|p| p.subtree);
-            let job = Job {
-                path: e.path.clone(),
-                parent_subtree,
-                dev,
-            };
-            (key(&e.path), job)
+            (
+                key(&path),
+                Job {
+                    path,
+                    parent_subtree,
+                    dev,
+                },
+            )
         })
         .collect()
 }

@@ -426,7 +426,7 @@ impl<'a> Walker<'a> {
         // and queued them already).
         let tree = parent.as_deref();
         self.prefetch
-            .schedule_subdirs(&entries, tree, self.walk_dev());
+            .schedule_subdirs(path, &entries, tree, self.walk_dev());
         // One batched index query for the content the parent lets us reuse,
         // instead of one per file.
         self.known.clear();
@@ -491,7 +491,8 @@ impl<'a> Walker<'a> {
             }
             let pnode = parent.and_then(|t| t.find(&e.name));
             let node = node_from_parts(e.name, &e.md, &mut self.names, e.link_target, e.xattrs);
-            self.emit_entry(&e.path, node, &e.md, pnode, e.cache_dir)?;
+            let child = path.join(OsStr::from_bytes(&node.name));
+            self.emit_entry(&child, node, &e.md, pnode, e.cache_dir)?;
         }
         Ok(flags)
     }
