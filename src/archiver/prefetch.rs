@@ -206,7 +206,9 @@ impl<'a> Prefetch<'a> {
             );
             let mut st = self.lock();
             st.running.remove(&k);
-            let wanted = st.taken.as_ref().is_none_or(|t| k > *t);
+            // The key the walker took last may be this one: it is waiting
+            // for it (keys below it are passed).
+            let wanted = st.taken.as_ref().is_none_or(|t| k >= *t);
             let mut queued = 0;
             if !st.shutdown && wanted {
                 st.ready.insert(k, listing);
