@@ -476,6 +476,53 @@ mod tests {
         });
     }
 
+    /// A parent source whose first read waits for a signal, counting reads.
+    struct SlowParent {
+        go: Mutex<std::sync::mpsc::Receiver<()>>,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl BlobSource for SlowParent {
+        fn read_blob(
+            &self,
+            _: crate::blob::BlobKind,
+            id: &BlobId,
+        ) -> crate::error::Result<Vec<u8>> {
+            if self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                let _ = self.go.lock().unwrap().recv();
+            }
+            Err(crate::error::Error::BlobMissing { id: id.to_hex() })
+        }
+    }
+
+    #[test]
+    fn a_listing_the_walker_waits_for_is_handed_over() {
+        let d = tempfile::tempdir().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let src = SlowParent {
+            go: Mutex::new(rx),
+            reads: Default::default(),
+        };
+        let ex = Excludes::default();
+        let pf = Prefetch::new(&ex, Some(&src));
+        std::thread::scope(|s| {
+            s.spawn(|| pf.work());
+            let _stop = Stop(&pf);
+            pf.schedule(d.path().to_path_buf(), Some(BlobId([1; 32])), None);
+            // The worker is now inside the listing, reading the parent tree.
+            while src.reads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            let walker = s.spawn(|| pf.take(d.path(), Some(BlobId([1; 32]))));
+            // Let the walker start waiting for the running listing.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            tx.send(()).unwrap();
+            walker.join().unwrap();
+            // Listed once: the walker got the worker's listing.
+            assert_eq!(src.reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        });
+    }
+
     #[test]
     fn workers_stay_on_the_walks_file_system() {
         use std::os::unix::fs::MetadataExt;
