@@ -110,9 +110,13 @@ impl<'a> Reader<'a> {
         }
         self.take(n)
     }
-    pub fn string(&mut self, max: usize, what: &str) -> Result<String, DecodeError> {
+    /// A UTF-8 `u32 length || bytes` string of at most `max` bytes, borrowed.
+    pub fn str(&mut self, max: usize, what: &str) -> Result<&'a str, DecodeError> {
         let b = self.bytes(max, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError(format!("{what} is not UTF-8")))
+        std::str::from_utf8(b).map_err(|_| DecodeError(format!("{what} is not UTF-8")))
+    }
+    pub fn string(&mut self, max: usize, what: &str) -> Result<String, DecodeError> {
+        self.str(max, what).map(str::to_owned)
     }
     /// A `u32` item count, checked against `max` and against what the
     /// remaining bytes could hold at `min_item` bytes per item.

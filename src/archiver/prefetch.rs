@@ -96,6 +96,13 @@ impl State {
         self.queued.entry(k).or_insert(job);
         true
     }
+
+    /// Queue each of `jobs` (see [`State::queue`]); how many went in.
+    fn queue_all(&mut self, jobs: Vec<(Vec<u8>, Job)>) -> usize {
+        jobs.into_iter()
+            .map(|(k, job)| usize::from(self.queue(k, job)))
+            .sum()
+    }
 }
 
 /// What the workers and the walker share.
@@ -147,9 +154,8 @@ impl<'a> Prefetch<'a> {
             parent_subtree,
             dev,
         };
-        if self.lock().queue(k, job) {
-            self.work.notify_one();
-        }
+        let queued = usize::from(self.lock().queue(k, job));
+        self.wake(queued);
     }
 
     /// The listing of `path`: prepared by a worker, or made here.
@@ -158,10 +164,8 @@ impl<'a> Prefetch<'a> {
         let mut st = self.lock();
         // Whatever sorts before `path` was passed by (excluded, or on
         // another file system): drop it so it holds no room.
-        let later = st.ready.split_off(&k);
-        st.ready = later;
-        let later = st.queued.split_off(&k);
-        st.queued = later;
+        st.ready = st.ready.split_off(&k);
+        st.queued = st.queued.split_off(&k);
         st.taken = Some(k.clone());
         loop {
             if let Some(l) = st.ready.remove(&k) {
@@ -212,15 +216,18 @@ impl<'a> Prefetch<'a> {
             let mut queued = 0;
             if !st.shutdown && wanted {
                 st.ready.insert(k, listing);
-                for (k, job) in subdirs {
-                    queued += usize::from(st.queue(k, job));
-                }
+                queued = st.queue_all(subdirs);
             }
             drop(st);
             self.done.notify_all();
-            for _ in 0..queued.min(PREFETCH_WAKE) {
-                self.work.notify_one();
-            }
+            self.wake(queued);
+        }
+    }
+
+    /// Wake idle workers for `queued` new jobs.
+    fn wake(&self, queued: usize) {
+        for _ in 0..queued.min(PREFETCH_WAKE) {
+            self.work.notify_one();
         }
     }
 
@@ -234,15 +241,8 @@ impl<'a> Prefetch<'a> {
         dev: Option<u64>,
     ) {
         let jobs = subdirs(dir, entries, parent, dev);
-        let mut st = self.lock();
-        let mut queued = 0;
-        for (k, job) in jobs {
-            queued += usize::from(st.queue(k, job));
-        }
-        drop(st);
-        for _ in 0..queued.min(PREFETCH_WAKE) {
-            self.work.notify_one();
-        }
+        let queued = self.lock().queue_all(jobs);
+        self.wake(queued);
     }
 
     /// Stop the workers (queued and ready listings are dropped).
@@ -355,7 +355,7 @@ impl<'a> Prefetch<'a> {
 /// Does the walk enter this entry? A directory, not a cache directory left
 /// out by `--exclude-caches`, and under `--one-file-system` (`dev`) on the
 /// walk's device. Workers and the walker ask the same question.
-pub(crate) fn enters(e: &Scanned, dev: Option<u64>) -> bool {
+fn enters(e: &Scanned, dev: Option<u64>) -> bool {
     use std::os::unix::fs::MetadataExt;
     e.md.is_dir() && !e.cache_dir && dev.is_none_or(|d| d == e.md.dev())
 }

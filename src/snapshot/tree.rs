@@ -265,8 +265,8 @@ impl Tree {
                 mode: r.u32()?,
                 uid: r.u32()?,
                 gid: r.u32()?,
-                user: names.get(r.bytes(1024, "user name")?, "user name")?,
-                group: names.get(r.bytes(1024, "group name")?, "group name")?,
+                user: names.get(r.str(1024, "user name")?),
+                group: names.get(r.str(1024, "group name")?),
                 mtime: read_time(&mut r)?,
                 ctime: read_time(&mut r)?,
                 size: r.u64()?,
@@ -326,18 +326,17 @@ fn empty_name() -> Arc<str> {
 struct OwnerNames(Vec<Arc<str>>);
 
 impl OwnerNames {
-    fn get(&mut self, b: &[u8], what: &str) -> Result<Arc<str>, DecodeError> {
-        if let Some(n) = self.0.iter().find(|n| n.as_bytes() == b) {
-            return Ok(n.clone());
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(n) = self.0.iter().find(|n| n.as_ref() == s) {
+            return n.clone();
         }
-        let s = std::str::from_utf8(b).map_err(|_| DecodeError(format!("{what} is not UTF-8")))?;
         let n: Arc<str> = Arc::from(s);
         // A hostile tree could name a new owner on every node: the list
         // stays short, and past it names are simply not shared.
         if self.0.len() < 16 {
             self.0.push(n.clone());
         }
-        Ok(n)
+        n
     }
 }
 
