@@ -161,6 +161,17 @@ impl Backend for Faulty {
     fn probe_create_once(&self) -> Result<Option<bool>> {
         self.inner.probe_create_once()
     }
+    fn dir_stamps(&self, kind: FileKind) -> Result<Option<Vec<super::DirStamp>>> {
+        self.inner.dir_stamps(kind)
+    }
+    fn list_dir_each(
+        &self,
+        kind: FileKind,
+        dir: &str,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        self.inner.list_dir_each(kind, dir, f)
+    }
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
         self.inner.size(kind, name)
     }

@@ -6,7 +6,7 @@
 //! rustic#1731). Temporary files carry a `.tmp-` infix, are never listed,
 //! and are removed by [`Backend::remove_stale_temps`].
 
-use super::{Backend, FileKind, ObjectInfo, PendingPut};
+use super::{Backend, DirStamp, FileKind, ObjectInfo, PendingPut};
 use crate::direct_io::{self, AlignedBuf};
 use crate::error::{Error, Result};
 use std::fs::{self, File, OpenOptions};
@@ -511,6 +511,30 @@ fn unique_suffix() -> String {
     hex::encode(b)
 }
 
+/// Hand each object of `kind` in the directory `dir` to `f`.
+fn list_dir(kind: FileKind, dir: &Path, f: &mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()> {
+    let rd =
+        fs::read_dir(dir).map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
+    for e in rd {
+        let e = e.map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.contains(TEMP_INFIX) || super::valid_name(kind, &name).is_err() {
+            continue;
+        }
+        let m = e
+            .metadata()
+            .map_err(|e| Error::backend_io("stat", name.clone(), e))?;
+        if m.is_file() {
+            f(ObjectInfo {
+                name,
+                size: m.len(),
+                modified: m.modified().ok(),
+            })?;
+        }
+    }
+    Ok(())
+}
+
 impl Backend for LocalBackend {
     fn location(&self) -> String {
         self.root.display().to_string()
@@ -604,27 +628,72 @@ impl Backend for LocalBackend {
 
     fn list_each(&self, kind: FileKind, f: &mut dyn FnMut(ObjectInfo) -> Result<()>) -> Result<()> {
         for dir in self.kind_dirs(kind)? {
-            let rd = fs::read_dir(&dir)
-                .map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
-            for e in rd {
-                let e = e.map_err(|e| Error::backend_io("list", dir.display().to_string(), e))?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.contains(TEMP_INFIX) || super::valid_name(kind, &name).is_err() {
-                    continue;
-                }
-                let m = e
-                    .metadata()
-                    .map_err(|e| Error::backend_io("stat", name.clone(), e))?;
-                if m.is_file() {
-                    f(ObjectInfo {
-                        name,
-                        size: m.len(),
-                        modified: m.modified().ok(),
-                    })?;
-                }
-            }
+            list_dir(kind, &dir, f)?;
         }
         Ok(())
+    }
+
+    /// Each directory's stamp is its inode number, modification and
+    /// change times: creating, removing or renaming an entry sets both
+    /// times, and no user call sets the change time back.
+    fn dir_stamps(&self, kind: FileKind) -> Result<Option<Vec<DirStamp>>> {
+        use std::os::unix::fs::MetadataExt;
+        let base = self.root.join(kind.dir());
+        let stamp = |dir: String, path: &Path| -> Result<DirStamp> {
+            let m = fs::symlink_metadata(path)
+                .map_err(|e| Error::backend_io("stat", path.display().to_string(), e))?;
+            let changed = std::time::UNIX_EPOCH
+                .checked_add(std::time::Duration::new(
+                    m.ctime().max(0) as u64,
+                    m.ctime_nsec().clamp(0, 999_999_999) as u32,
+                ))
+                .unwrap_or(std::time::UNIX_EPOCH);
+            Ok(DirStamp {
+                dir,
+                stamp: format!(
+                    "{}.{}.{}.{}.{}",
+                    m.ino(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec()
+                ),
+                changed,
+            })
+        };
+        let mut out = vec![stamp(String::new(), &base)?];
+        for dir in self.kind_dirs(kind)? {
+            if dir == base {
+                continue;
+            }
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            out.push(stamp(name, &dir)?);
+        }
+        Ok(Some(out))
+    }
+
+    fn list_dir_each(
+        &self,
+        kind: FileKind,
+        dir: &str,
+        f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        if dir.is_empty() || dir == "." || dir == ".." || dir.contains('/') {
+            return Err(Error::Internal(format!(
+                "{dir:?} is not a directory of {}",
+                kind.dir()
+            )));
+        }
+        let path = self.root.join(kind.dir()).join(dir);
+        self.check_real_dir(&path)?;
+        if !path.exists() {
+            // Gone since it was stamped: it holds no objects.
+            return Ok(());
+        }
+        list_dir(kind, &path, f)
     }
 
     fn size(&self, kind: FileKind, name: &str) -> Result<u64> {
@@ -712,6 +781,65 @@ fn for_each_parallel<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pack_directory_stamp_changes_with_its_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = LocalBackend::create(dir.path()).unwrap();
+        let stamps = || b.dir_stamps(FileKind::Pack).unwrap().unwrap();
+        // Directory times move in clock ticks (up to 10 ms): a change in
+        // the same tick as the stamp may leave it as it was, which is why
+        // a directory stamped right after a change is listed again.
+        let tick = || std::thread::sleep(std::time::Duration::from_millis(30));
+        let name = |c: char| c.to_string().repeat(64);
+        b.put(FileKind::Pack, &name('a'), b"one").unwrap();
+        b.put(FileKind::Pack, &name('b'), b"two").unwrap();
+        let before = stamps();
+        assert_eq!(before[0].dir, "");
+        let mut dirs: Vec<_> = before[1..].iter().map(|d| d.dir.clone()).collect();
+        dirs.sort();
+        assert_eq!(dirs, ["aa", "bb"]);
+        assert_eq!(stamps(), before, "nothing changed");
+        let get = |stamps: &[DirStamp], d: &str| {
+            stamps.iter().find(|s| s.dir == d).map(|s| s.stamp.clone())
+        };
+        // Another pack in "bb", then one removed: "bb" changes each time, "aa" never.
+        let mut other = name('b');
+        other.replace_range(63.., "c");
+        tick();
+        b.put(FileKind::Pack, &other, b"three").unwrap();
+        let added = stamps();
+        assert_ne!(get(&added, "bb"), get(&before, "bb"));
+        assert_eq!(get(&added, "aa"), get(&before, "aa"));
+        assert_eq!(added[0], before[0], "no directory came or went");
+        tick();
+        b.delete(FileKind::Pack, &other).unwrap();
+        let removed = stamps();
+        assert_ne!(get(&removed, "bb"), get(&added, "bb"));
+        assert_eq!(get(&removed, "aa"), get(&before, "aa"));
+        // A new directory changes the base.
+        tick();
+        b.put(FileKind::Pack, &name('c'), b"four").unwrap();
+        assert_ne!(stamps()[0], before[0]);
+
+        let mut listed = Vec::new();
+        b.list_dir_each(FileKind::Pack, "bb", &mut |o| {
+            listed.push((o.name, o.size));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(listed, [(name('b'), 3)]);
+        // A directory that is gone holds nothing; a path is refused.
+        b.list_dir_each(FileKind::Pack, "dd", &mut |_| panic!("nothing there"))
+            .unwrap();
+        for bad in ["", ".", "..", "aa/..", "../keys"] {
+            assert!(
+                b.list_dir_each(FileKind::Pack, bad, &mut |_| Ok(()))
+                    .is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn conformance_and_hostile_names() {

@@ -44,6 +44,20 @@ impl ObjectInfo {
     }
 }
 
+/// A directory that holds objects of one kind on a store that has
+/// directories (a local disk), with a stamp that changes whenever an entry
+/// is added to it, removed or renamed: see [`Backend::dir_stamps`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirStamp {
+    /// The directory's name inside the kind's directory; empty for the
+    /// kind's directory itself.
+    pub dir: String,
+    /// Opaque; equal stamps mean no entry came, went or was renamed.
+    pub stamp: String,
+    /// When the directory last changed (its inode change time).
+    pub changed: SystemTime,
+}
+
 /// What a command cost a remote store: requests by method, and the bytes
 /// of object data sent (puts) and received (gets).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -295,6 +309,27 @@ pub trait Backend: Send + Sync {
     /// `None` for a local disk.
     fn requests(&self) -> Option<Requests> {
         None
+    }
+    /// The directories that hold objects of `kind`, the kind's own
+    /// directory first (its stamp changes when a directory comes or goes),
+    /// so that a caller remembering them can list only those that changed
+    /// since ([`Backend::list_dir_each`]). `None` for a store without
+    /// directories, such as an object store: list everything.
+    fn dir_stamps(&self, _kind: FileKind) -> Result<Option<Vec<DirStamp>>> {
+        Ok(None)
+    }
+    /// [`Backend::list_each`] for one directory [`Backend::dir_stamps`]
+    /// named (not the kind's own).
+    fn list_dir_each(
+        &self,
+        _kind: FileKind,
+        dir: &str,
+        _f: &mut dyn FnMut(ObjectInfo) -> Result<()>,
+    ) -> Result<()> {
+        Err(crate::error::Error::Internal(format!(
+            "{} has no directory {dir} to list",
+            self.location()
+        )))
     }
     /// The size of one object.
     fn size(&self, kind: FileKind, name: &str) -> Result<u64>;

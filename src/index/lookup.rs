@@ -77,13 +77,35 @@ impl Index {
 
     /// Every indexed pack and its recorded size.
     pub fn packs(&self) -> Result<Vec<(PackId, u64)>> {
+        self.packs_between(None)
+    }
+
+    /// The indexed packs whose id starts with the byte `first`, and their
+    /// recorded sizes: those of one directory of a local repository.
+    pub(crate) fn packs_starting_with(&self, first: u8) -> Result<Vec<(PackId, u64)>> {
+        // Past every 32-byte id that starts with `first`: blobs compare
+        // byte by byte, a prefix first.
+        let end = match first.checked_add(1) {
+            Some(next) => vec![next],
+            None => vec![0xff; 33],
+        };
+        self.packs_between(Some((vec![first], end)))
+    }
+
+    /// Packs with `start <= id < end`, or all of them.
+    fn packs_between(&self, range: Option<(Vec<u8>, Vec<u8>)>) -> Result<Vec<(PackId, u64)>> {
         let c = self.conn();
-        let mut st = c
-            .prepare("SELECT id, size FROM packs ORDER BY id")
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)))
-            .map_err(|e| self.err(e))?;
+        let sql = match range {
+            Some(_) => "SELECT id, size FROM packs WHERE id >= ?1 AND id < ?2 ORDER BY id",
+            None => "SELECT id, size FROM packs ORDER BY id",
+        };
+        let mut st = c.prepare(sql).map_err(|e| self.err(e))?;
+        let row = |r: &rusqlite::Row<'_>| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?));
+        let rows = match &range {
+            Some((start, end)) => st.query_map(params![start, end], row),
+            None => st.query_map([], row),
+        }
+        .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for r in rows {
             let (id, size) = r.map_err(|e| self.err(e))?;
@@ -493,6 +515,30 @@ mod tests {
         let pe = idx.pack_entries(&PackId([2; 32])).unwrap();
         assert_eq!(pe.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 100]);
         assert_eq!(pe[1].id, BlobId([7; 32]));
+    }
+
+    /// A local repository's pack directories hold the packs whose names
+    /// start with their two hex digits, `ff` included.
+    #[test]
+    fn packs_starting_with_a_byte_are_those_of_its_directory() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        for (i, p) in [0x00u8, 0x0a, 0xfe, 0xff].into_iter().enumerate() {
+            idx.add_segment(&SegmentId([i as u8; 32]), &seg(p, &[p, 1]))
+                .unwrap();
+        }
+        let firsts = |b: u8| -> Vec<u8> {
+            idx.packs_starting_with(b)
+                .unwrap()
+                .into_iter()
+                .map(|(p, _)| p.0[0])
+                .collect()
+        };
+        assert_eq!(firsts(0x0a), [0x0a]);
+        assert_eq!(firsts(0xfe), [0xfe]);
+        assert_eq!(firsts(0xff), [0xff]);
+        assert_eq!(firsts(0x00), [0x00]);
+        assert!(firsts(0x01).is_empty());
+        assert_eq!(idx.packs().unwrap().len(), 4);
     }
 
     /// The digests of a cache agree with the segments it was built from,

@@ -17,6 +17,7 @@
 
 use super::Repository;
 use super::config::Config;
+use super::remote::{PackCheck, is_pack_dir};
 use crate::backend::{FileKind, PendingPut};
 use crate::blob::{BlobKind, BlobSink};
 use crate::error::{Error, Result};
@@ -175,10 +176,17 @@ impl BlobStore {
         // 8 MiB of page cache, not 32: a 200k-file backup's peak memory
         // fell by 4 MB, and see `limit_cache`.
         repo.index()?.limit_cache(BACKUP_INDEX_CACHE_KIB)?;
-        if repo.pack_listing_due() {
-            adopt_unindexed_packs(&repo)?;
-            repo.pack_listing_done();
+        let plan = repo.pack_check_plan();
+        match &plan.check {
+            PackCheck::Skip => {}
+            PackCheck::All => {
+                adopt_unindexed_packs(&repo, None)?;
+            }
+            PackCheck::Dirs(dirs) => {
+                adopt_unindexed_packs(&repo, Some(dirs))?;
+            }
         }
+        repo.pack_check_done(plan);
         repo.mark_writing(true);
         let capacity = data_pack_capacity(&config);
         let uploaders = upload_threads(&repo, UPLOADERS);
@@ -464,15 +472,40 @@ impl BlobStore {
 /// does not verify stays unindexed, for prune to remove. Returns the
 /// number of packs indexed. The caller holds a lock (the segment write
 /// checks it).
-pub(crate) fn adopt_unindexed_packs(repo: &Repository) -> Result<u64> {
+pub(crate) fn adopt_unindexed_packs(repo: &Repository, dirs: Option<&[String]>) -> Result<u64> {
     let idx = repo.index()?;
-    let indexed: std::collections::HashMap<PackId, u64> = idx.packs()?.into_iter().collect();
-    let listed: Vec<(PackId, u64)> = repo
-        .backend()
-        .list(FileKind::Pack)?
-        .into_iter()
-        .filter_map(|o| PackId::from_hex(&o.name).map(|p| (p, o.size)))
-        .collect();
+    let (indexed, listed) = match dirs {
+        None => (
+            idx.packs()?,
+            repo.backend()
+                .list(FileKind::Pack)?
+                .into_iter()
+                .filter_map(|o| PackId::from_hex(&o.name).map(|p| (p, o.size)))
+                .collect(),
+        ),
+        Some(dirs) => {
+            let (mut indexed, mut listed) = (Vec::new(), Vec::new());
+            for d in dirs {
+                let first = u8::from_str_radix(d, 16).ok().filter(|_| is_pack_dir(d));
+                let Some(first) = first else {
+                    return Err(Error::Internal(format!("{d:?} is not a pack directory")));
+                };
+                indexed.extend(idx.packs_starting_with(first)?);
+                repo.backend().list_dir_each(FileKind::Pack, d, &mut |o| {
+                    // A name that does not belong here is not a pack
+                    // of this directory (a full listing finds it).
+                    if o.name.starts_with(d.as_str())
+                        && let Some(p) = PackId::from_hex(&o.name)
+                    {
+                        listed.push((p, o.size));
+                    }
+                    Ok(())
+                })?;
+            }
+            (indexed, listed)
+        }
+    };
+    let indexed: std::collections::HashMap<PackId, u64> = indexed.into_iter().collect();
     refuse_lost_packs(&indexed, &listed)?;
     let orphans: Vec<(PackId, u64)> = listed
         .into_iter()

@@ -15,7 +15,7 @@ mod keys;
 pub mod lock;
 mod object_cache;
 mod packs;
-mod remote;
+pub(crate) mod remote;
 pub mod used;
 
 use crate::backend::{Backend, FileKind};

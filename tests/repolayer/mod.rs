@@ -222,6 +222,83 @@ fn a_backup_refuses_to_build_on_a_truncated_pack() {
     compare_trees(&t.root, &env.restore_of(id, &t.root));
 }
 
+/// A backup to a local disk compares with the index only the pack
+/// directories that changed since the last comparison (a nightly backup of
+/// a terabyte repository would otherwise stat its 100 000 packs): a pack
+/// removed from a directory untouched for a while is still refused at
+/// once, because removing it changed the directory. A pack cut short in
+/// place leaves its directory as it was; the full listing, due a week
+/// after the last one, refuses it.
+#[test]
+fn a_backup_lists_only_changed_pack_directories_and_still_finds_lost_packs() {
+    let env = Env::new();
+    env.init_with(&["--pack-size", "1M"]);
+    let t = TreeBuilder::new(env.path("src"));
+    for i in 0..6 {
+        t.random_file(format!("f{i}.bin"), 700 * 1024, i);
+    }
+    env.backup_json(&[&t.root], &[]);
+    let packs = env.objects("packs");
+    let dir_of = |p: &std::path::PathBuf| p.parent().unwrap().to_path_buf();
+    let (lost, damaged) = {
+        let mut by_dir: Vec<_> = packs
+            .iter()
+            .filter(|p| fs::metadata(p).unwrap().len() > 200_000)
+            .collect();
+        by_dir.sort();
+        by_dir.dedup_by(|a, b| dir_of(a) == dir_of(b));
+        assert!(
+            by_dir.len() >= 2,
+            "data packs in fewer than two directories: {packs:?}"
+        );
+        (by_dir[0].clone(), by_dir[1].clone())
+    };
+    // Directories changed within the last two seconds are listed again next
+    // time (coarse timestamps): let these settle, then a backup remembers them.
+    std::thread::sleep(Duration::from_millis(2200));
+    env.backup_json(&[&t.root], &[]);
+
+    // Removed: its directory changed, so the next backup lists it and refuses.
+    let bytes = fs::read(&lost).unwrap();
+    fs::remove_file(&lost).unwrap();
+    let r = env.coffer().arg("backup").arg(&t.root).run().expect_code(1);
+    assert!(r.stderr.contains(&file_name(&lost)), "{}", r.stderr);
+    assert!(r.stderr.contains("repair snapshots"), "{}", r.stderr);
+    // Put back: listed again (its directory changed again), and accepted.
+    fs::write(&lost, &bytes).unwrap();
+    std::thread::sleep(Duration::from_millis(2200));
+    env.backup_json(&[&t.root], &[]);
+
+    // Cut short in place: its directory is as it was, so a backup does not
+    // list it; `check` finds it, and so does the weekly full listing.
+    let len = fs::metadata(&damaged).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&damaged)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    env.backup_json(&[&t.root], &[]);
+    let r = env.coffer().arg("check").run().expect_code(1);
+    assert!(r.stdout.contains(&file_name(&damaged)), "{}", r.stdout);
+    let listed: Vec<_> = fs::read_dir(&env.cache)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("packs-listed"))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let week_ago = std::time::SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+    fs::File::options()
+        .write(true)
+        .open(&listed[0])
+        .unwrap()
+        .set_modified(week_ago)
+        .unwrap();
+    let r = env.coffer().arg("backup").arg(&t.root).run().expect_code(1);
+    assert!(r.stderr.contains(&file_name(&damaged)), "{}", r.stderr);
+    assert!(r.stderr.contains("coffer repair packs"), "{}", r.stderr);
+}
+
 /// 19.6: an unreadable lock blocks only while it is younger than the stale
 /// time; then it is reported and ignored, and plain `unlock` removes it.
 #[test]
