@@ -372,6 +372,14 @@ pub(crate) fn chunk_stream(
     Ok(out)
 }
 
+/// Room in a big file's buffer past [`fill_target`]: the buffer is cut
+/// once it holds that much, and the tail carried to the next one is less
+/// than a maximal chunk, so the next read always has at least this much
+/// room. It used to be a whole [`READ_BUF`]: three 5 MiB buffers of a big
+/// file were the largest part of an initial backup's peak memory after
+/// the pack buffers.
+const STREAM_SLACK: usize = 256 * 1024;
+
 /// Buffers of one big file whose chunks may be in the pool at once.
 const IN_FLIGHT: usize = 2;
 
@@ -426,8 +434,8 @@ pub(super) fn chunk_stream_overlapped(
     progress: &dyn Progress,
     spare: &mut Vec<u8>,
 ) -> Result<Streamed> {
-    let buf_len = READ_BUF + chunker.params().max_size as usize;
     let fill_to = fill_target(chunker);
+    let buf_len = fill_to + STREAM_SLACK;
     // Rendezvous: a full buffer is handed over only when the storer has
     // room for it, so at most IN_FLIGHT + 1 buffers exist.
     let (full_tx, full_rx) = crossbeam_channel::bounded::<FullBuffer>(0);
@@ -485,7 +493,7 @@ pub(super) fn chunk_stream_overlapped(
         drop(full_tx);
         // The last buffer is not handed back as the thread's spare: after
         // a big file the next thousands of small ones would otherwise keep
-        // 5 MiB resident per reader thread for nothing, and faulting a
+        // 4 MiB resident per reader thread for nothing, and faulting a
         // buffer in again costs little next to reading a big file.
         drop(buf);
         let (content, added) = storer
