@@ -163,6 +163,9 @@ pub struct BlobStore {
     uploader: Option<JoinHandle<UploadResult>>,
     /// See [`BlobSink::parent_blobs_known`]; set by [`BlobStore::trust_parent`].
     parent_known: AtomicBool,
+    /// Packs of a local repository that new content was deduplicated
+    /// against and that were found whole (see [`BlobStore::claim`]).
+    sound_packs: Mutex<HashSet<PackId>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -234,6 +237,7 @@ impl BlobStore {
             tx: Some(tx),
             uploader: Some(uploader),
             parent_known: AtomicBool::new(false),
+            sound_packs: Mutex::new(HashSet::new()),
         })
     }
 
@@ -256,7 +260,7 @@ impl BlobStore {
 
     /// Is this blob already stored or queued? Claims it if not.
     fn claim(&self, id: &BlobId) -> Result<bool> {
-        {
+        let stored = {
             let mut p = lock(&self.shared.pending);
             if p.contains(id) {
                 return Ok(false);
@@ -264,12 +268,43 @@ impl BlobStore {
             // Checked under the pending lock: the uploader removes ids from
             // `pending` only after they are in SQLite, so no id is missed
             // in between.
-            if self.shared.repo.index()?.contains(id)? {
-                return Ok(false);
+            match self.shared.repo.index()?.lookup(id)? {
+                Some(loc) => loc.pack,
+                None => {
+                    p.insert(*id);
+                    return Ok(true);
+                }
             }
-            p.insert(*id);
+        };
+        self.check_dedup_pack(&stored)?;
+        Ok(false)
+    }
+
+    /// New content is about to be stored as a reference to a blob of
+    /// `pack`: on a local disk, make sure the pack is there at the size the
+    /// index records, once per pack and run. Between full listings a backup
+    /// lists only the pack directories that changed (see
+    /// [`Repository::pack_check_plan`]), and a pack cut short in place
+    /// leaves its directory as it was: without this, content read intact
+    /// from the source would be recorded as a blob in that damaged pack
+    /// (restic#2571). A remote store relies on its weekly listing: a size
+    /// request per pack would be a round trip each.
+    fn check_dedup_pack(&self, pack: &PackId) -> Result<()> {
+        let repo = &self.shared.repo;
+        if repo.backend().is_remote() || lock(&self.sound_packs).contains(pack) {
+            return Ok(());
         }
-        Ok(true)
+        let Some(want) = repo.index()?.pack_size(pack)? else {
+            return Ok(());
+        };
+        let listed = match repo.backend().size(FileKind::Pack, &pack.to_hex()) {
+            Ok(size) => vec![(*pack, size)],
+            Err(Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        refuse_lost_packs(&std::collections::HashMap::from([(*pack, want)]), &listed)?;
+        lock(&self.sound_packs).insert(*pack);
+        Ok(())
     }
 
     fn send(&self, pack: PackWriter) -> Result<()> {

@@ -227,8 +227,9 @@ fn a_backup_refuses_to_build_on_a_truncated_pack() {
 /// a terabyte repository would otherwise stat its 100 000 packs): a pack
 /// removed from a directory untouched for a while is still refused at
 /// once, because removing it changed the directory. A pack cut short in
-/// place leaves its directory as it was; the full listing, due a week
-/// after the last one, refuses it.
+/// place leaves its directory as it was: new content that would refer into
+/// it checks it first, and the full listing, due a week after the last
+/// one, refuses it.
 #[test]
 fn a_backup_lists_only_changed_pack_directories_and_still_finds_lost_packs() {
     let env = Env::new();
@@ -269,8 +270,8 @@ fn a_backup_lists_only_changed_pack_directories_and_still_finds_lost_packs() {
     std::thread::sleep(Duration::from_millis(2200));
     env.backup_json(&[&t.root], &[]);
 
-    // Cut short in place: its directory is as it was, so a backup does not
-    // list it; `check` finds it, and so does the weekly full listing.
+    // Cut short in place: its directory is as it was, so a backup that
+    // only reuses what its parent holds does not list it...
     let len = fs::metadata(&damaged).unwrap().len();
     fs::OpenOptions::new()
         .write(true)
@@ -281,6 +282,25 @@ fn a_backup_lists_only_changed_pack_directories_and_still_finds_lost_packs() {
     env.backup_json(&[&t.root], &[]);
     let r = env.coffer().arg("check").run().expect_code(1);
     assert!(r.stdout.contains(&file_name(&damaged)), "{}", r.stdout);
+    // ...but new content is never recorded as a reference into it: copies
+    // of the files (new paths, the same chunks) are refused, naming it.
+    let copies = TreeBuilder::new(env.path("copies"));
+    for i in 0..6 {
+        fs::copy(
+            t.root.join(format!("f{i}.bin")),
+            copies.root.join(format!("f{i}.bin")),
+        )
+        .unwrap();
+    }
+    let r = env
+        .coffer()
+        .arg("backup")
+        .arg(&copies.root)
+        .run()
+        .expect_code(1);
+    assert!(r.stderr.contains(&file_name(&damaged)), "{}", r.stderr);
+    assert!(r.stderr.contains("coffer repair packs"), "{}", r.stderr);
+    // And the full listing, due a week after the last, refuses any backup.
     let listed: Vec<_> = fs::read_dir(&env.cache)
         .unwrap()
         .map(|e| e.unwrap().path().join("packs-listed"))
