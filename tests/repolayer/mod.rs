@@ -181,17 +181,24 @@ fn largest_pack(env: &Env) -> (std::path::PathBuf, u64) {
         .expect("a pack")
 }
 
+/// A repository of 1 MiB packs holding one backup of `n` random files of
+/// 700 KiB (`f0.bin`...): several data packs.
+fn backed_up_in_small_packs(n: u64) -> (Env, TreeBuilder) {
+    let env = Env::new();
+    env.init_with(&["--pack-size", "1M"]);
+    let t = TreeBuilder::new(env.path("src"));
+    for i in 0..n {
+        t.random_file(format!("f{i}.bin"), 700 * 1024, i);
+    }
+    env.backup_json(&[&t.root], &[]);
+    (env, t)
+}
+
 /// 19.4: a pack cut short is refused like a missing one, naming it and
 /// the repair; after the repair the next backup stores its content again.
 #[test]
 fn a_backup_refuses_to_build_on_a_truncated_pack() {
-    let env = Env::new();
-    env.init_with(&["--pack-size", "1M"]);
-    let t = TreeBuilder::new(env.path("src"));
-    for i in 0..4 {
-        t.random_file(format!("f{i}.bin"), 700 * 1024, i);
-    }
-    env.backup_json(&[&t.root], &[]);
+    let (env, t) = backed_up_in_small_packs(4);
     let (victim, len) = largest_pack(&env);
     let hex = file_name(&victim);
     fs::OpenOptions::new()
@@ -232,28 +239,23 @@ fn a_backup_refuses_to_build_on_a_truncated_pack() {
 /// one, refuses it.
 #[test]
 fn a_backup_lists_only_changed_pack_directories_and_still_finds_lost_packs() {
-    let env = Env::new();
-    env.init_with(&["--pack-size", "1M"]);
-    let t = TreeBuilder::new(env.path("src"));
-    for i in 0..6 {
-        t.random_file(format!("f{i}.bin"), 700 * 1024, i);
+    let (env, t) = backed_up_in_small_packs(6);
+    // As in a repository of more than a few thousand packs, every pack
+    // directory exists: a new one changes the directory above them all,
+    // and then every pack is listed.
+    for b in 0..=255u8 {
+        fs::create_dir_all(env.repo.join("packs").join(format!("{b:02x}"))).unwrap();
     }
-    env.backup_json(&[&t.root], &[]);
-    let packs = env.objects("packs");
-    let dir_of = |p: &std::path::PathBuf| p.parent().unwrap().to_path_buf();
-    let (lost, damaged) = {
-        let mut by_dir: Vec<_> = packs
-            .iter()
+    let data_packs = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = env
+            .objects("packs")
+            .into_iter()
             .filter(|p| fs::metadata(p).unwrap().len() > 200_000)
             .collect();
-        by_dir.sort();
-        by_dir.dedup_by(|a, b| dir_of(a) == dir_of(b));
-        assert!(
-            by_dir.len() >= 2,
-            "data packs in fewer than two directories: {packs:?}"
-        );
-        (by_dir[0].clone(), by_dir[1].clone())
+        v.sort();
+        v
     };
+    let lost = data_packs()[0].clone();
     // Directories changed within the last two seconds are listed again next
     // time (coarse timestamps): let these settle, then a backup remembers them.
     std::thread::sleep(Duration::from_millis(2200));
@@ -268,10 +270,23 @@ fn a_backup_lists_only_changed_pack_directories_and_still_finds_lost_packs() {
     // Put back: listed again (its directory changed again), and accepted.
     fs::write(&lost, &bytes).unwrap();
     std::thread::sleep(Duration::from_millis(2200));
+    let settled = std::time::SystemTime::now() - Duration::from_secs(2);
     env.backup_json(&[&t.root], &[]);
 
-    // Cut short in place: its directory is as it was, so a backup that
-    // only reuses what its parent holds does not list it...
+    // Cut short in place, in a directory that backup did not write to: the
+    // directory is as it was, so a backup that only reuses what its parent
+    // holds does not list it...
+    let damaged = data_packs()
+        .into_iter()
+        .find(|p| {
+            p.parent() != lost.parent()
+                && fs::metadata(p.parent().unwrap())
+                    .unwrap()
+                    .modified()
+                    .unwrap()
+                    < settled
+        })
+        .expect("a data pack in a directory untouched since it settled");
     let len = fs::metadata(&damaged).unwrap().len();
     fs::OpenOptions::new()
         .write(true)
