@@ -1,28 +1,31 @@
-//! The memory Argon2id fills, mapped straight from the kernel and backed by
-//! huge pages where the kernel allows them.
+//! The memory Argon2id fills, mapped straight from the kernel and faulted
+//! in with one call, in ordinary 4 KiB pages.
 //!
 //! A passphrase slot's 64 MiB would otherwise come from
 //! `vec![Block::default(); n]`: a memset of the whole area and one page
 //! fault per 4 KiB page, 16 384 of them, which was a third of the key
 //! derivation's time when opening a repository (`perf record` of a
 //! no-change backup: 7.6% of all its CPU outside Argon2's compression
-//! function). A fresh anonymous mapping is already zero and, advised as
-//! huge pages, faults in 2 MiB at a time: the derivation went from about
-//! 70 ms to about 47 ms on a 2-core machine. Where huge pages are
-//! disabled the mapping still saves the memset.
+//! function). A fresh anonymous mapping is already zero, and
+//! `MADV_POPULATE_WRITE` (Linux 5.14) faults it all in at once.
+//!
+//! Not huge pages, although they fault in 2 MiB at a time and made the
+//! derivation fastest when run again and again (about 47 against 70 ms):
+//! on a virtual machine the host takes back the free 2 MiB blocks a while
+//! after they are freed, and zeroing memory it must first supply again
+//! was 60% of the derivation's CPU. Run as a nightly job runs (after the
+//! machine did other work: `tools/compare` reads the whole tree and
+//! repository first), `coffer snapshots` took 0.14-0.17 s with huge pages
+//! against 0.09-0.11 s with small ones, and a no-change backup of the home
+//! tree 0.27-0.44 s (median 0.34) against 0.24-0.32 s (median 0.30).
 
 use argon2::Block;
 
-const HUGE_PAGE: usize = 2 << 20;
-
-/// An anonymous private mapping of at least `blocks` Argon2 blocks,
-/// unmapped on drop.
+/// An anonymous private mapping of `blocks` Argon2 blocks, unmapped on
+/// drop.
 pub(super) struct KdfMemory {
     base: *mut libc::c_void,
     map_len: usize,
-    /// Offset of the first block: the mapping's first 2 MiB boundary, so
-    /// every huge page lies wholly inside the area.
-    start: usize,
     blocks: usize,
 }
 
@@ -30,8 +33,7 @@ impl KdfMemory {
     /// Map memory for `blocks` blocks; `None` if the kernel refuses (the
     /// caller then lets Argon2 allocate as usual).
     pub(super) fn new(blocks: usize) -> Option<KdfMemory> {
-        let len = blocks.checked_mul(size_of::<Block>())?;
-        let map_len = len.checked_add(HUGE_PAGE)?;
+        let map_len = blocks.checked_mul(size_of::<Block>())?;
         // SAFETY: an anonymous private mapping with no address hint touches
         // no existing memory; failure is reported as MAP_FAILED.
         let base = unsafe {
@@ -47,38 +49,30 @@ impl KdfMemory {
         if base == libc::MAP_FAILED {
             return None;
         }
-        let start = (base as usize).next_multiple_of(HUGE_PAGE) - base as usize;
-        // SAFETY: the range lies inside the mapping just made. The advice is
-        // only a hint: if the kernel has huge pages off it fails, and the
-        // memory is still ordinary zeroed memory.
+        // SAFETY: both calls cover exactly the mapping just made, and both
+        // are only advice: small pages even where the system makes every
+        // large mapping huge, then all of them faulted in now. A kernel
+        // that knows neither leaves ordinary zeroed memory, faulted in as
+        // Argon2 first writes it.
         unsafe {
-            libc::madvise(
-                base.cast::<u8>().add(start).cast(),
-                len,
-                libc::MADV_HUGEPAGE,
-            );
+            libc::madvise(base, map_len, libc::MADV_NOHUGEPAGE);
+            libc::madvise(base, map_len, libc::MADV_POPULATE_WRITE);
         }
         Some(KdfMemory {
             base,
             map_len,
-            start,
             blocks,
         })
     }
 
     pub(super) fn blocks(&mut self) -> &mut [Block] {
-        // SAFETY: `start + blocks * 1024 <= map_len`, so the slice lies inside
-        // the mapping, which lives (readable and writable) until `self`
-        // drops, and `&mut self` makes the borrow unique. mmap returns
-        // page-aligned memory and `start` is a multiple of 2 MiB, which
-        // satisfies Block's 64-byte alignment. A Block is an array of u64,
-        // for which every bit pattern (here, zeros) is a valid value.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.base.cast::<u8>().add(self.start).cast::<Block>(),
-                self.blocks,
-            )
-        }
+        // SAFETY: `blocks * 1024 == map_len`, so the slice is the mapping,
+        // which lives (readable and writable) until `self` drops, and
+        // `&mut self` makes the borrow unique. mmap returns page-aligned
+        // memory, which satisfies Block's 64-byte alignment. A Block is an
+        // array of u64, for which every bit pattern (here, zeros) is a
+        // valid value.
+        unsafe { std::slice::from_raw_parts_mut(self.base.cast::<Block>(), self.blocks) }
     }
 }
 
