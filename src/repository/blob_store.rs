@@ -17,7 +17,7 @@
 
 use super::Repository;
 use super::config::Config;
-use super::remote::{PackCheck, is_pack_dir};
+use super::remote::PackCheck;
 use crate::backend::{FileKind, PendingPut};
 use crate::blob::{BlobKind, BlobSink};
 use crate::error::{Error, Result};
@@ -507,7 +507,7 @@ impl BlobStore {
 /// does not verify stays unindexed, for prune to remove. Returns the
 /// number of packs indexed. The caller holds a lock (the segment write
 /// checks it).
-pub(crate) fn adopt_unindexed_packs(repo: &Repository, dirs: Option<&[String]>) -> Result<u64> {
+pub(crate) fn adopt_unindexed_packs(repo: &Repository, dirs: Option<&[u8]>) -> Result<u64> {
     let idx = repo.index()?;
     let (indexed, listed) = match dirs {
         None => (
@@ -520,13 +520,10 @@ pub(crate) fn adopt_unindexed_packs(repo: &Repository, dirs: Option<&[String]>) 
         ),
         Some(dirs) => {
             let (mut indexed, mut listed) = (Vec::new(), Vec::new());
-            for d in dirs {
-                let first = u8::from_str_radix(d, 16).ok().filter(|_| is_pack_dir(d));
-                let Some(first) = first else {
-                    return Err(Error::Internal(format!("{d:?} is not a pack directory")));
-                };
+            for &first in dirs {
+                let d = format!("{first:02x}");
                 indexed.extend(idx.packs_starting_with(first)?);
-                repo.backend().list_dir_each(FileKind::Pack, d, &mut |o| {
+                repo.backend().list_dir_each(FileKind::Pack, &d, &mut |o| {
                     // A name that does not belong here is not a pack
                     // of this directory (a full listing finds it).
                     if o.name.starts_with(d.as_str())

@@ -32,9 +32,10 @@ pub(crate) enum PackCheck {
     Skip,
     /// Every pack.
     All,
-    /// The packs of these directories of a local repository (two hex
-    /// digits, the start of their names), the only ones that changed.
-    Dirs(Vec<String>),
+    /// The packs of the directories of a local repository named by these
+    /// first bytes of their packs' names (`0a` for 0x0a), the only ones
+    /// that changed.
+    Dirs(Vec<u8>),
 }
 
 /// A [`PackCheck`] and the directory stamps it was decided on, which
@@ -60,10 +61,10 @@ fn changed_dirs(saved: &HashMap<String, String>, now: &[DirStamp]) -> PackCheck 
         if saved.get(&d.dir) == Some(&d.stamp) {
             continue;
         }
-        if !is_pack_dir(&d.dir) {
-            return PackCheck::All;
+        match pack_dir_byte(&d.dir) {
+            Some(b) => changed.push(b),
+            None => return PackCheck::All,
         }
-        changed.push(d.dir.clone());
     }
     if changed.is_empty() {
         PackCheck::Skip
@@ -72,10 +73,11 @@ fn changed_dirs(saved: &HashMap<String, String>, now: &[DirStamp]) -> PackCheck 
     }
 }
 
-/// Two lowercase hex digits: the directory of the packs whose names
-/// start with them.
-pub(crate) fn is_pack_dir(d: &str) -> bool {
-    d.len() == 2 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+/// The first byte of the names of the packs in the directory `d`, which
+/// must be two lowercase hex digits.
+fn pack_dir_byte(d: &str) -> Option<u8> {
+    let hex = d.len() == 2 && d.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    u8::from_str_radix(d, 16).ok().filter(|_| hex)
 }
 
 /// The stamps saved in `file`; `None` if it is missing or not wholly
@@ -153,18 +155,22 @@ impl Repository {
     /// 100 requests a night, every pack on those same conditions and none
     /// otherwise. `check` and `prune` list every time.
     pub(crate) fn pack_check_plan(&self) -> PackCheckPlan {
+        let Some(dir) = self.cache_dir() else {
+            // Nowhere to remember stamps: nothing to compare them with.
+            return PackCheckPlan {
+                check: PackCheck::All,
+                stamps: None,
+            };
+        };
         let stamps = self.backend.dir_stamps(FileKind::Pack).ok().flatten();
-        let check = match self.cache_dir() {
-            None => PackCheck::All,
-            Some(dir) if full_listing_due(&dir) => PackCheck::All,
-            Some(dir) => match &stamps {
-                Some(now) => match read_stamps(&dir.join(PACK_DIRS)) {
-                    Some(saved) => changed_dirs(&saved, now),
-                    None => PackCheck::All,
-                },
-                None if self.backend.is_remote() => PackCheck::Skip,
+        let check = match &stamps {
+            _ if full_listing_due(&dir) => PackCheck::All,
+            Some(now) => match read_stamps(&dir.join(PACK_DIRS)) {
+                Some(saved) => changed_dirs(&saved, now),
                 None => PackCheck::All,
             },
+            None if self.backend.is_remote() => PackCheck::Skip,
+            None => PackCheck::All,
         };
         PackCheckPlan { check, stamps }
     }
@@ -279,10 +285,7 @@ mod tests {
         assert_eq!(changed_dirs(&saved, &old), PackCheck::Skip);
         let mut now_dirs = old.to_vec();
         now_dirs[2].stamp = "s2b".into();
-        assert_eq!(
-            changed_dirs(&saved, &now_dirs),
-            PackCheck::Dirs(vec!["ff".into()])
-        );
+        assert_eq!(changed_dirs(&saved, &now_dirs), PackCheck::Dirs(vec![0xff]));
         // A directory came or went: the base changed, list everything.
         now_dirs[0].stamp = "base2".into();
         assert_eq!(changed_dirs(&saved, &now_dirs), PackCheck::All);
@@ -316,7 +319,7 @@ mod tests {
         let saved = read_back(&stamps_text(&dirs, now));
         assert_eq!(
             changed_dirs(&saved, &dirs),
-            PackCheck::Dirs(vec!["01".into(), "03".into()])
+            PackCheck::Dirs(vec![0x01, 0x03])
         );
     }
 
