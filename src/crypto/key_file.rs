@@ -125,7 +125,9 @@ fn kek(
                 argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             match super::kdf_memory::KdfMemory::new(a.params().block_count()) {
                 Some(mut mem) => {
-                    a.hash_password_into_with_memory(p, salt, &mut out[..], mem.blocks())
+                    let r = a.hash_password_into_with_memory(p, salt, &mut out[..], mem.blocks());
+                    mem.release();
+                    r
                 }
                 None => a.hash_password_into(p, salt, &mut out[..]),
             }
