@@ -63,6 +63,14 @@ pub trait BlobSink: Sync {
     /// Store `data` unless a blob with `id` is already stored or queued.
     /// Returns the number of bytes added to the repository (0 when deduplicated).
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;
+    /// The encoded memo of tree `id` kept in the local cache, if any
+    /// (`archiver::memo`): only a cache, so failing to read one is a miss.
+    fn tree_memo(&self, _id: &BlobId) -> Option<Vec<u8>> {
+        None
+    }
+    /// Keep these encoded tree memos in the local cache, where there is
+    /// one; failing to is only a miss next time.
+    fn keep_tree_memos(&self, _memos: Vec<(BlobId, Vec<u8>)>) {}
 }
 
 /// Where a stored blob lives: the pack and byte range the restorer reads.

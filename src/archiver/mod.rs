@@ -19,6 +19,7 @@
 
 pub mod exclude;
 pub(crate) mod file_saver;
+mod memo;
 pub mod metadata;
 pub(crate) mod prefetch;
 pub mod scan;
@@ -109,9 +110,17 @@ pub enum Item {
 /// assembler counts for them instead of handling each. No node is built,
 /// and no tree encoded or hashed, for a directory that did not change.
 pub struct Reused {
-    pub tree: Arc<Tree>,
+    pub(crate) tree: ReusedTree,
     pub files: u64,
     pub bytes: u64,
+}
+
+/// The parent's tree of an unchanged directory: read, or known by its
+/// memo (read only if a subdirectory changed).
+#[derive(Clone)]
+pub(crate) enum ReusedTree {
+    Loaded(Arc<Tree>),
+    Memo(Arc<memo::TreeMemo>),
 }
 
 #[derive(Clone, Debug)]
@@ -193,7 +202,11 @@ pub fn backup(
     let trie = scan::PathTrie::new(&opts.paths);
     let stop = AtomicBool::new(false);
     let (warn_tx, warn_rx) = unbounded::<SourceWarning>();
-    let prefetch = prefetch::Prefetch::new(&opts.excludes, parent.map(|p| p.0));
+    let memos = memo::Memos::new(sink);
+    let mut prefetch = prefetch::Prefetch::new(&opts.excludes, parent.map(|p| p.0));
+    if !opts.force && !progress.names_unchanged() && sink.parent_blobs_known() {
+        prefetch = prefetch.with_memos(&memos);
+    }
     let mut outcome = std::thread::scope(|s| -> Result<BackupOutcome> {
         let (item_tx, item_rx) = bounded::<Vec<Item>>(ITEM_QUEUE);
         let (job_tx, job_rx) = bounded::<FileJob>(JOB_QUEUE);
@@ -257,7 +270,14 @@ pub fn backup(
             let (paths, stop) = (&opts.paths, &stop);
             s.spawn(move || scan::prescan(paths, stop, progress));
         }
-        let r = assemble(sink, chunker, item_rx, progress);
+        let r = assemble(
+            sink,
+            parent.map(|p| p.0),
+            &memos,
+            chunker,
+            item_rx,
+            progress,
+        );
         // Stops the savers' remaining jobs after an error, and the pre-scan
         // in any case: the backup is done either way.
         stop.store(true, Ordering::Relaxed);
@@ -269,6 +289,7 @@ pub fn backup(
         walked?;
         r
     })?;
+    memos.flush();
     drop(warn_tx);
     let early: Vec<SourceWarning> = warn_rx.iter().collect();
     for w in &early {
@@ -285,12 +306,14 @@ struct Frame {
     parent_subtree: Option<BlobId>,
     tree: Tree,
     /// The parent's tree of an unchanged directory (see [`Reused`]).
-    reuse: Option<Arc<Tree>>,
+    reuse: Option<ReusedTree>,
 }
 
 /// Consume items in order, fill in file results, store finished trees.
 fn assemble(
     sink: &dyn BlobSink,
+    parent_source: Option<&dyn BlobSource>,
+    memos: &memo::Memos,
     chunker: &Chunker,
     items: Receiver<Vec<Item>>,
     progress: &dyn Progress,
@@ -310,6 +333,8 @@ fn assemble(
         let bytes = tree.encode();
         let id = sink.blob_id(&bytes);
         summary.bytes_added += sink.store_blob(BlobKind::Tree, id, &bytes)?;
+        // The next backup finds this directory unchanged by its memo.
+        memos.keep(id, tree);
         Ok(id)
     };
     for item in items.iter().flatten() {
@@ -337,10 +362,30 @@ fn assemble(
                     return Err(Error::Internal("unbalanced directory walk".into()));
                 };
                 let id = match (f.reuse.take(), f.parent_subtree) {
-                    (Some(old), Some(old_id)) => match reused_tree(&old, f.tree)? {
-                        None => old_id,
-                        Some(mut tree) => store_tree(&mut tree, &mut summary)?,
-                    },
+                    (Some(ReusedTree::Memo(m)), Some(old_id)) if m.same_subdirs(&f.tree.nodes) => {
+                        old_id
+                    }
+                    (Some(old), Some(old_id)) => {
+                        let old = match old {
+                            ReusedTree::Loaded(t) => t,
+                            // A subdirectory changed: the parent's tree is
+                            // rebuilt, so it is read after all.
+                            ReusedTree::Memo(_) => match parent_source {
+                                Some(src) => {
+                                    Arc::new(crate::snapshot::walk::load_tree(src, &old_id)?)
+                                }
+                                None => {
+                                    return Err(Error::Internal(
+                                        "an unchanged directory without a parent snapshot".into(),
+                                    ));
+                                }
+                            },
+                        };
+                        match reused_tree(&old, f.tree)? {
+                            None => old_id,
+                            Some(mut tree) => store_tree(&mut tree, &mut summary)?,
+                        }
+                    }
                     (Some(_), None) => {
                         return Err(Error::Internal(
                             "an unchanged directory without its parent tree".into(),
@@ -772,6 +817,110 @@ mod tests {
         // `src` and `sub` at least.
         assert!(second.summary.dirs_unmodified >= 2);
         assert!(second.warnings.is_empty());
+    }
+
+    /// A parent source that counts the trees read through it.
+    struct Counting<'a>(&'a Repository, std::sync::atomic::AtomicUsize);
+
+    impl BlobSource for Counting<'_> {
+        fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+            if kind == BlobKind::Tree {
+                self.1.fetch_add(1, Ordering::Relaxed);
+            }
+            self.0.read_blob(kind, id)
+        }
+    }
+
+    /// [`backup_dir`] with the parent read through `source` and its
+    /// content vouched for, as a parent the index marked complete: the
+    /// case where unchanged directories are known by their memos.
+    fn backup_trusting(
+        repo: &Arc<Repository>,
+        dir: &Path,
+        parent: BlobId,
+        source: &dyn BlobSource,
+    ) -> BackupOutcome {
+        let store = BlobStore::new(repo.clone()).unwrap();
+        store.trust_parent(true);
+        let opts = BackupOptions {
+            paths: vec![dir.to_path_buf()],
+            force: false,
+            threads: 2,
+            excludes: Default::default(),
+        };
+        let chunker = repo.chunker().unwrap();
+        let out = backup(&store, Some((source, parent)), &chunker, &opts, &NoProgress).unwrap();
+        store.finish().unwrap();
+        out
+    }
+
+    #[test]
+    fn unchanged_directories_are_known_by_their_memos_without_reading_their_trees() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("src");
+        std::fs::create_dir_all(dir.join("sub/deep")).unwrap();
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        std::fs::write(dir.join("a"), b"alpha").unwrap();
+        std::fs::write(dir.join("sub/b"), b"beta").unwrap();
+        std::fs::write(dir.join("sub/deep/c"), b"gamma").unwrap();
+        std::fs::write(dir.join("other/d"), b"delta").unwrap();
+        let first = backup_dir(&repo, &dir, None);
+        let tree_of = |root| node_at(&repo, root, &dir).subtree.unwrap();
+        // Only the directories above `dir`, which are not walked but
+        // recorded for their metadata, have their trees read.
+        let above = dir.ancestors().count() - 1;
+
+        let counting = Counting(&repo, Default::default());
+        let second = backup_trusting(&repo, &dir, first.tree, &counting);
+        assert_eq!(tree_of(second.tree), tree_of(first.tree));
+        assert_eq!(second.summary.files_unmodified, 4);
+        // `src` and the three below it; those above change under
+        // parallel tests.
+        assert!(second.summary.dirs_unmodified >= 4);
+        assert_eq!(counting.1.load(Ordering::Relaxed), above, "trees read");
+
+        // A change deep down: its directories are rebuilt from the parent's
+        // trees (read for it), the same as a backup without memos makes.
+        std::fs::write(dir.join("sub/deep/c"), b"gamma, longer").unwrap();
+        let counting = Counting(&repo, Default::default());
+        let third = backup_trusting(&repo, &dir, second.tree, &counting);
+        let plain = backup_dir(&repo, &dir, Some(second.tree));
+        assert_eq!(tree_of(third.tree), tree_of(plain.tree));
+        assert_ne!(tree_of(third.tree), tree_of(second.tree));
+        assert_eq!(third.summary.files_changed, 1);
+        assert_eq!(node_at(&repo, third.tree, &dir.join("sub/deep/c")).size, 13);
+        assert_eq!(
+            node_at(&repo, third.tree, &dir.join("other")).subtree,
+            node_at(&repo, second.tree, &dir.join("other")).subtree
+        );
+        // `src` and `sub` (rebuilt) and `deep` (changed entries) at most.
+        assert!(counting.1.load(Ordering::Relaxed) <= above + 3);
+
+        // An extended attribute set since (where the file system has
+        // them): the change time moved, so the file's attributes are read.
+        let b = std::ffi::CString::new(dir.join("sub/b").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path and name, and a value of the
+        // length given.
+        let set = unsafe {
+            libc::setxattr(
+                b.as_ptr(),
+                c"user.memo".as_ptr(),
+                b"v".as_ptr().cast(),
+                1,
+                0,
+            )
+        };
+        if set == 0 {
+            let counting = Counting(&repo, Default::default());
+            let fourth = backup_trusting(&repo, &dir, third.tree, &counting);
+            let node = node_at(&repo, fourth.tree, &dir.join("sub/b"));
+            assert_eq!(node.xattrs, vec![(b"user.memo".to_vec(), b"v".to_vec())]);
+            assert_eq!(
+                tree_of(fourth.tree),
+                tree_of(backup_dir(&repo, &dir, Some(third.tree)).tree)
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! the key it last took will never be taken, and is dropped.
 
 use super::exclude::Excludes;
-use super::metadata::{kind_of, read_xattrs};
+use super::memo::{Memos, TreeMemo};
+use super::metadata::{NameCache, kind_of, read_xattrs};
 use crate::blob::BlobSource;
 use crate::id::BlobId;
 use crate::progress::SourceWarning;
@@ -62,8 +63,13 @@ pub struct Listing {
     pub flags: u32,
     pub entries: Vec<Scanned>,
     pub warnings: Vec<SourceWarning>,
-    /// The parent snapshot's tree for this directory, when it has one.
+    /// The parent snapshot's tree for this directory, when it has one
+    /// and it was read.
     pub parent: Option<Tree>,
+    /// Instead of `parent`: its memo, which these entries match (so the
+    /// tree was not read, and only the subdirectories' extended
+    /// attributes were).
+    pub memo: Option<TreeMemo>,
 }
 
 struct Job {
@@ -114,6 +120,14 @@ pub(crate) struct Prefetch<'a> {
     done: Condvar,
     excludes: &'a Excludes,
     parent_source: Option<&'a dyn BlobSource>,
+    /// Where unchanged directories are recognised by their parent tree's
+    /// memo; only when the walk may reuse them as a whole.
+    memos: Option<&'a Memos<'a>>,
+}
+
+thread_local! {
+    /// Owner names for matching memos, one cache per listing thread.
+    static NAMES: std::cell::RefCell<NameCache> = Default::default();
 }
 
 /// The queue key: depth-first order of sorted names.
@@ -133,7 +147,16 @@ impl<'a> Prefetch<'a> {
             done: Condvar::new(),
             excludes,
             parent_source,
+            memos: None,
         }
+    }
+
+    /// Recognise unchanged directories by memo (see `archiver::memo`):
+    /// only when the walk passes over an unchanged directory's files as
+    /// a whole, trusting the parent's content to be stored.
+    pub fn with_memos(mut self, memos: &'a Memos<'a>) -> Self {
+        self.memos = Some(memos);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -159,7 +182,8 @@ impl<'a> Prefetch<'a> {
     }
 
     /// The listing of `path`: prepared by a worker, or made here.
-    pub fn take(&self, path: &Path, parent_subtree: Option<BlobId>) -> Listing {
+    /// `dev`: under `--one-file-system`, the device the walk stays on.
+    pub fn take(&self, path: &Path, parent_subtree: Option<BlobId>, dev: Option<u64>) -> Listing {
         let k = key(path);
         let mut st = self.lock();
         // Whatever sorts before `path` was passed by (excluded, or on
@@ -180,7 +204,7 @@ impl<'a> Prefetch<'a> {
             let job = st.queued.remove(&k);
             drop(st);
             let sub = job.map_or(parent_subtree, |j| j.parent_subtree);
-            return self.list(path, sub);
+            return self.list(path, sub, dev);
         }
     }
 
@@ -201,13 +225,8 @@ impl<'a> Prefetch<'a> {
             };
             st.running.insert(k.clone());
             drop(st);
-            let listing = self.list(&job.path, job.parent_subtree);
-            let subdirs = subdirs(
-                &job.path,
-                &listing.entries,
-                listing.parent.as_ref(),
-                job.dev,
-            );
+            let listing = self.list(&job.path, job.parent_subtree, job.dev);
+            let subdirs = subdirs(&job.path, &listing, job.dev);
             let mut st = self.lock();
             st.running.remove(&k);
             // The key the walker took last may be this one: it is waiting
@@ -233,14 +252,8 @@ impl<'a> Prefetch<'a> {
 
     /// Ask for the subdirectories of a listing the walker made itself
     /// (see [`enters`]).
-    pub(crate) fn schedule_subdirs(
-        &self,
-        dir: &Path,
-        entries: &[Scanned],
-        parent: Option<&Tree>,
-        dev: Option<u64>,
-    ) {
-        let jobs = subdirs(dir, entries, parent, dev);
+    pub(crate) fn schedule_subdirs(&self, dir: &Path, listing: &Listing, dev: Option<u64>) {
+        let jobs = subdirs(dir, listing, dev);
         let queued = self.lock().queue_all(jobs);
         self.wake(queued);
     }
@@ -257,19 +270,59 @@ impl<'a> Prefetch<'a> {
     }
 
     /// List one directory: names in byte order, each entry's metadata,
-    /// exclusions applied.
-    fn list(&self, path: &Path, parent_subtree: Option<BlobId>) -> Listing {
+    /// exclusions applied; with the parent's tree, or the memo that shows
+    /// the directory unchanged without it.
+    fn list(&self, path: &Path, parent_subtree: Option<BlobId>, dev: Option<u64>) -> Listing {
         let mut out = Listing {
             flags: 0,
             entries: Vec::new(),
             warnings: Vec::new(),
-            // An unreadable parent only costs a re-read of what is below
-            // it; it must not stop the backup.
-            parent: match (self.parent_source, parent_subtree) {
-                (Some(src), Some(id)) => load_tree(src, &id).ok(),
-                _ => None,
-            },
+            parent: None,
+            memo: None,
         };
+        self.read_entries(path, &mut out);
+        let memos = self.memos.filter(|_| {
+            out.flags == 0
+                && out.warnings.is_empty()
+                && !out
+                    .entries
+                    .iter()
+                    .any(|e| e.cache_dir || !enters_fs(e, dev))
+        });
+        let mut missing = None;
+        if let (Some(memos), Some(id)) = (memos, parent_subtree) {
+            match memos.get(&id) {
+                Some(m) if NAMES.with_borrow_mut(|n| m.matches(&out.entries, n)) => {
+                    // Only the subdirectories become nodes of their own.
+                    let mut child = path.to_path_buf();
+                    for e in out.entries.iter_mut().filter(|e| e.md.is_dir()) {
+                        child.push(OsStr::from_bytes(&e.name));
+                        e.xattrs = read_xattrs(&child);
+                        child.pop();
+                    }
+                    out.memo = Some(m);
+                    return out;
+                }
+                Some(_) => {}
+                None => missing = Some((memos, id)),
+            }
+        }
+        // An unreadable parent only costs a re-read of what is below it;
+        // it must not stop the backup.
+        out.parent = match (self.parent_source, parent_subtree) {
+            (Some(src), Some(id)) => load_tree(src, &id).ok(),
+            _ => None,
+        };
+        if let (Some((memos, id)), Some(tree)) = (missing, &out.parent) {
+            memos.keep(id, tree);
+        }
+        fill_xattrs(path, &mut out.entries, out.parent.as_ref());
+        out
+    }
+
+    /// The entries of `path` in name order, without their extended
+    /// attributes (see [`fill_xattrs`]).
+    fn read_entries(&self, path: &Path, out: &mut Listing) {
         let warn = |out: &mut Listing, path: &Path, message: String| {
             out.warnings.push(SourceWarning {
                 path: path.to_path_buf(),
@@ -279,9 +332,9 @@ impl<'a> Prefetch<'a> {
         let rd = match std::fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) => {
-                warn(&mut out, path, format!("cannot list directory: {e}"));
+                warn(out, path, format!("cannot list directory: {e}"));
                 out.flags |= FLAG_INCOMPLETE;
-                return out;
+                return;
             }
         };
         // Entries are kept, not just names: `DirEntry::metadata` stats
@@ -292,11 +345,7 @@ impl<'a> Prefetch<'a> {
             match e {
                 Ok(e) => names.push((e.file_name().into_vec(), e)),
                 Err(e) => {
-                    warn(
-                        &mut out,
-                        path,
-                        format!("error while listing directory: {e}"),
-                    );
+                    warn(out, path, format!("error while listing directory: {e}"));
                     out.flags |= FLAG_INCOMPLETE;
                 }
             }
@@ -310,12 +359,12 @@ impl<'a> Prefetch<'a> {
             let md = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    warn(&mut out, &child, "vanished before it could be read".into());
+                    warn(out, &child, "vanished before it could be read".into());
                     child.pop();
                     continue;
                 }
                 Err(e) => {
-                    warn(&mut out, &child, format!("cannot read metadata: {e}"));
+                    warn(out, &child, format!("cannot read metadata: {e}"));
                     child.pop();
                     continue;
                 }
@@ -332,51 +381,61 @@ impl<'a> Prefetch<'a> {
                 Vec::new()
             };
             let cache_dir = md.is_dir() && self.excludes.is_cache_dir(&child);
-            // Setting or removing an xattr changes the ctime, so an inode
-            // whose ctime the parent snapshot recorded still has the
-            // xattrs recorded with it: two syscalls per file saved.
-            let xattrs = match out.parent.as_ref().and_then(|t| t.find(&name)) {
-                Some(p) if same_inode_state(p, &md) => p.xattrs.clone(),
-                _ => read_xattrs(&child),
-            };
             child.pop();
             out.entries.push(Scanned {
-                xattrs,
+                xattrs: Vec::new(),
                 name,
                 md,
                 link_target,
                 cache_dir,
             });
         }
-        out
     }
+}
+
+/// Read the extended attributes of `entries` (of directory `path`).
+/// Setting or removing one changes the ctime, so an inode whose ctime the
+/// parent snapshot recorded still has the xattrs recorded with it: two
+/// syscalls per file saved.
+pub(crate) fn fill_xattrs(path: &Path, entries: &mut [Scanned], parent: Option<&Tree>) {
+    let mut child = path.to_path_buf();
+    for e in entries {
+        e.xattrs = match parent.and_then(|t| t.find(&e.name)) {
+            Some(p) if same_inode_state(p, &e.md) => p.xattrs.clone(),
+            _ => {
+                child.push(OsStr::from_bytes(&e.name));
+                let x = read_xattrs(&child);
+                child.pop();
+                x
+            }
+        };
+    }
+}
+
+/// Is this entry on the walk's device, when `--one-file-system` keeps the
+/// walk on one (`dev`)? Only a directory on another is treated apart.
+fn enters_fs(e: &Scanned, dev: Option<u64>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    !e.md.is_dir() || dev.is_none_or(|d| d == e.md.dev())
 }
 
 /// Does the walk enter this entry? A directory, not a cache directory left
 /// out by `--exclude-caches`, and under `--one-file-system` (`dev`) on the
 /// walk's device. Workers and the walker ask the same question.
 fn enters(e: &Scanned, dev: Option<u64>) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    e.md.is_dir() && !e.cache_dir && dev.is_none_or(|d| d == e.md.dev())
+    e.md.is_dir() && !e.cache_dir && enters_fs(e, dev)
 }
 
 /// The subdirectories of a listing the walk will enter, as jobs, with
-/// their parent subtrees from `parent` (the directory's parent tree).
-fn subdirs(
-    dir: &Path,
-    entries: &[Scanned],
-    parent: Option<&Tree>,
-    dev: Option<u64>,
-) -> Vec<(Vec<u8>, Job)> {
-    entries
+/// their parent subtrees from the listing's parent tree or memo.
+fn subdirs(dir: &Path, listing: &Listing, dev: Option<u64>) -> Vec<(Vec<u8>, Job)> {
+    listing
+        .entries
         .iter()
         .filter(|e| enters(e, dev))
         .map(|e| {
             let path = dir.join(OsStr::from_bytes(&e.name));
-            let parent_subtree = parent
-                .and_then(|t| t.find(&e.name))
-                .filter(|p| p.kind == NodeKind::Dir)
-                .and_then(|p| p.subtree);
+            let parent_subtree = listing.parent_subtree(&e.name);
             (
                 key(&path),
                 Job {
@@ -387,6 +446,20 @@ fn subdirs(
             )
         })
         .collect()
+}
+
+impl Listing {
+    /// The parent snapshot's subtree of subdirectory `name`.
+    pub fn parent_subtree(&self, name: &[u8]) -> Option<BlobId> {
+        match (&self.parent, &self.memo) {
+            (Some(t), _) => t
+                .find(name)
+                .filter(|p| p.kind == NodeKind::Dir)
+                .and_then(|p| p.subtree),
+            (None, Some(m)) => m.subtree(name),
+            (None, None) => None,
+        }
+    }
 }
 
 /// Is `md` the same inode, untouched since the parent recorded `p`?
@@ -466,7 +539,7 @@ mod tests {
                     && !st.running.contains(&cache)
             );
             drop(st);
-            let l = pf.take(&deep, None);
+            let l = pf.take(&deep, None, None);
             assert_eq!(l.entries.len(), 1);
             // Passing a/b/c by drops what sorts before it.
             assert!(pf.lock().ready.is_empty() && pf.lock().queued.is_empty());
@@ -513,7 +586,7 @@ mod tests {
             while src.reads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            let walker = s.spawn(|| pf.take(d.path(), Some(BlobId([1; 32]))));
+            let walker = s.spawn(|| pf.take(d.path(), Some(BlobId([1; 32])), None));
             // Let the walker start waiting for the running listing.
             std::thread::sleep(std::time::Duration::from_millis(100));
             tx.send(()).unwrap();
@@ -558,13 +631,13 @@ mod tests {
             s.spawn(|| pf.work());
             let _stop = Stop(&pf);
             pf.schedule(d.path().to_path_buf(), None, None);
-            let l = pf.take(d.path(), None);
+            let l = pf.take(d.path(), None, None);
             let names: Vec<&[u8]> = l.entries.iter().map(|e| e.name.as_slice()).collect();
             assert_eq!(names, [&b"a"[..], b"b", b"link", b"sub"]);
             assert_eq!(l.entries[2].link_target, b"a");
             assert!(l.entries[3].md.is_dir());
             // Not scheduled: listed by the caller itself.
-            let l = pf.take(&d.path().join("sub"), None);
+            let l = pf.take(&d.path().join("sub"), None, None);
             assert!(l.entries.is_empty() && l.flags == 0);
         });
     }

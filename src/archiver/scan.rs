@@ -10,8 +10,8 @@
 //! trees are prepared ahead of it by the `prefetch` module.
 
 use super::metadata::{NameCache, node_from_metadata, node_from_parts, same_node};
-use super::prefetch::{Listing, Prefetch, Scanned};
-use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState, Reused};
+use super::prefetch::{Listing, Prefetch, Scanned, fill_xattrs};
+use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState, Reused, ReusedTree};
 use crate::blob::{BlobSink, BlobSource};
 use crate::error::Result;
 use crate::id::BlobId;
@@ -410,23 +410,37 @@ impl<'a> Walker<'a> {
         parent_subtree: Option<BlobId>,
         enter: Option<(Node, Option<BlobId>)>,
     ) -> Result<u32, Hangup> {
-        let Listing {
-            flags,
-            entries,
-            warnings,
-            parent,
-        } = self.prefetch.take(path, parent_subtree);
-        let complete = flags == 0 && warnings.is_empty();
-        for w in warnings {
+        let mut listing = self.prefetch.take(path, parent_subtree, self.walk_dev());
+        let complete = listing.flags == 0 && listing.warnings.is_empty();
+        for w in std::mem::take(&mut listing.warnings) {
             let _ = self.warnings.send(w);
         }
-        let parent = parent.map(Arc::new);
+        // A memo only stands for the parent's tree when the directory is
+        // passed over as a whole; otherwise the tree is read after all.
+        let memo_usable = self.reuse_dirs
+            && complete
+            && self.sink.parent_blobs_known()
+            && enter.as_ref().is_some_and(|(_, s)| *s == parent_subtree);
+        if listing.memo.is_some() && !memo_usable {
+            listing.memo = None;
+            listing.parent = self.load_parent(parent_subtree).ok().flatten();
+            fill_xattrs(path, &mut listing.entries, listing.parent.as_ref());
+        }
         // Subdirectories this walk will enter are prepared while the files
         // before them are emitted (a no-op when a worker made the listing
         // and queued them already).
-        let tree = parent.as_deref();
         self.prefetch
-            .schedule_subdirs(path, &entries, tree, self.walk_dev());
+            .schedule_subdirs(path, &listing, self.walk_dev());
+        let Listing {
+            flags,
+            entries,
+            parent,
+            memo,
+            ..
+        } = listing;
+        let parent = parent.map(Arc::new);
+        let memo = memo.map(Arc::new);
+        let tree = parent.as_deref();
         // One batched index query for the content the parent lets us reuse,
         // instead of one per file.
         self.known.clear();
@@ -457,22 +471,27 @@ impl<'a> Walker<'a> {
         }
         let reused = match enter {
             Some((node, enter_subtree)) => {
-                let reuse = match &parent {
-                    Some(t)
+                let tree = match (&parent, &memo) {
+                    // Matched where it was listed; `memo_usable` held.
+                    (_, Some(m)) => Some(ReusedTree::Memo(Arc::clone(m))),
+                    (Some(t), None)
                         if self.reuse_dirs
                             && complete
                             && enter_subtree == parent_subtree
                             && self.same_entries(&entries, t)? =>
                     {
-                        let files = entries.iter().filter(|e| e.md.is_file());
-                        Some(Reused {
-                            tree: Arc::clone(t),
-                            files: files.clone().count() as u64,
-                            bytes: files.map(|e| e.md.len()).sum(),
-                        })
+                        Some(ReusedTree::Loaded(Arc::clone(t)))
                     }
                     _ => None,
                 };
+                let reuse = tree.map(|tree| {
+                    let files = entries.iter().filter(|e| e.md.is_file());
+                    Reused {
+                        tree,
+                        files: files.clone().count() as u64,
+                        bytes: files.map(|e| e.md.len()).sum(),
+                    }
+                });
                 let reused = reuse.is_some();
                 self.send(Item::Enter {
                     node,
@@ -489,7 +508,12 @@ impl<'a> Walker<'a> {
                 // In the parent's tree, which the assembler reuses.
                 continue;
             }
-            let pnode = parent.and_then(|t| t.find(&e.name));
+            // Under a memo, a subdirectory's parent node is its subtree.
+            let from_memo = memo.as_ref().filter(|_| e.md.is_dir()).map(|m| Node {
+                subtree: m.subtree(&e.name),
+                ..Node::new(e.name.clone(), NodeKind::Dir)
+            });
+            let pnode = parent.and_then(|t| t.find(&e.name)).or(from_memo.as_ref());
             let node = node_from_parts(e.name, &e.md, &mut self.names, e.link_target, e.xattrs);
             let child = path.join(OsStr::from_bytes(&node.name));
             self.emit_entry(&child, node, &e.md, pnode, e.cache_dir)?;

@@ -2,7 +2,7 @@
 
 use super::{Index, schema};
 use crate::error::{Error, Result};
-use crate::id::{RepoId, SnapshotId};
+use crate::id::{BlobId, RepoId, SnapshotId};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -12,6 +12,9 @@ use std::sync::Mutex;
 pub(super) fn complete_key(snap: &SnapshotId) -> String {
     format!("complete:{}", snap.to_hex())
 }
+
+/// Days a tree memo is kept after it was made.
+const TREE_MEMO_DAYS: i64 = 90;
 
 /// Remove the cache database and its WAL and shared-memory files.
 pub(super) fn discard_cache_files(path: &Path) {
@@ -269,6 +272,42 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
+    /// The encoded memo of tree `id` (`archiver::memo`), if one is kept.
+    pub(crate) fn tree_memo(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
+        self.conn()
+            .prepare_cached("SELECT memo FROM tree_memos WHERE id = ?1")
+            .and_then(|mut st| {
+                st.query_row(params![id.as_bytes()], |r| r.get(0))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))
+    }
+
+    /// Keep tree memos made on `day` (days since the epoch), and forget
+    /// those kept more than [`TREE_MEMO_DAYS`] before: a tree still in
+    /// use is read again once and its memo made anew.
+    pub(crate) fn keep_tree_memos(&self, memos: &[(BlobId, Vec<u8>)], day: i64) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO tree_memos (id, memo, day) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(|e| self.err(e))?;
+            for (id, memo) in memos {
+                st.execute(params![id.as_bytes(), memo, day])
+                    .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM tree_memos WHERE day < ?1",
+            params![day - TREE_MEMO_DAYS],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
     /// Does `snap` carry the mark of [`Index::mark_complete`]?
     pub(crate) fn is_complete(&self, snap: &SnapshotId) -> Result<bool> {
         self.conn()
@@ -291,6 +330,27 @@ mod tests {
 
     /// SQLITE_FULL (here from `max_page_count`, as a full disk gives it)
     /// becomes an error that says what to do, and the cache is kept.
+    #[test]
+    fn tree_memos_are_kept_replaced_and_forgotten_after_their_days() {
+        let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
+        let (a, b) = (BlobId([1; 32]), BlobId([2; 32]));
+        assert_eq!(idx.tree_memo(&a).unwrap(), None);
+        idx.keep_tree_memos(&[(a, vec![1]), (b, vec![2])], 100)
+            .unwrap();
+        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![1]));
+        idx.keep_tree_memos(&[(a, vec![3])], 100 + TREE_MEMO_DAYS)
+            .unwrap();
+        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![3]));
+        assert_eq!(idx.tree_memo(&b).unwrap(), Some(vec![2]));
+        idx.keep_tree_memos(&[], 101 + TREE_MEMO_DAYS).unwrap();
+        assert_eq!(idx.tree_memo(&b).unwrap(), None, "kept past its days");
+        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![3]));
+        // They describe a tree's bytes, not what the repository holds: a
+        // cache cleared to be synced again keeps them.
+        idx.clear().unwrap();
+        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![3]));
+    }
+
     #[test]
     fn a_full_cache_disk_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -35,6 +35,12 @@ CREATE TABLE IF NOT EXISTS blobs (
     raw_length INTEGER NOT NULL,
     PRIMARY KEY (id, pid)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tree_memos (
+    id BLOB PRIMARY KEY,
+    memo BLOB NOT NULL,
+    day INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tree_memos_by_day ON tree_memos(day);
 ",
     by_pack_index!()
 );
@@ -138,6 +144,7 @@ DROP TABLE IF EXISTS meta;
 DROP TABLE IF EXISTS segments;
 DROP TABLE IF EXISTS packs;
 DROP TABLE IF EXISTS blobs;
+DROP TABLE IF EXISTS tree_memos;
 ";
 
 /// The set of blobs in use, built by prune and check, and the blobs prune

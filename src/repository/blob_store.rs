@@ -370,6 +370,17 @@ impl BlobSink for BlobStore {
         self.parent_known.load(Ordering::Relaxed)
     }
 
+    fn tree_memo(&self, id: &BlobId) -> Option<Vec<u8>> {
+        self.shared.repo.index().ok()?.tree_memo(id).ok().flatten()
+    }
+
+    fn keep_tree_memos(&self, memos: Vec<(BlobId, Vec<u8>)>) {
+        if let Ok(index) = self.shared.repo.index() {
+            let day = super::now_ns() / 86_400_000_000_000;
+            let _ = index.keep_tree_memos(&memos, day);
+        }
+    }
+
     fn blob_id(&self, data: &[u8]) -> BlobId {
         self.shared.repo.keys().blob_id(data)
     }

@@ -235,6 +235,22 @@ fn unchanged_directories_reuse_their_trees_and_deep_changes_still_count() {
         ),
         ("a directory's mode", Box::new(|| t.mode("x/y", 0o700))),
     ];
+    // Where the file system has user xattrs: setting one moves only the
+    // change time, which is all a directory found unchanged by its memo
+    // (archiver/memo.rs) has to notice it by.
+    let mut changes = changes;
+    let probe = env.path("xattr-probe");
+    fs::write(&probe, b"").unwrap();
+    if set_xattr(&probe, "user.coffer.probe", b"").is_ok() {
+        changes.push((
+            "a file's extended attribute",
+            Box::new(|| set_xattr(&t.path("x/y/f0.txt"), "user.coffer.memo", b"1").unwrap()),
+        ));
+        changes.push((
+            "a directory's extended attribute",
+            Box::new(|| set_xattr(&t.path("a/b"), "user.coffer.memo", b"2").unwrap()),
+        ));
+    }
     for (n, (what, change)) in changes.iter().enumerate() {
         change();
         let quick = env.backup_json(&[&t.root], &[]);
