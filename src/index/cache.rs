@@ -13,8 +13,11 @@ pub(super) fn complete_key(snap: &SnapshotId) -> String {
     format!("complete:{}", snap.to_hex())
 }
 
-/// Days a tree memo is kept after it was made.
+/// Days a tree memo is kept after it was made or last kept on.
 const TREE_MEMO_DAYS: i64 = 90;
+
+/// Age in days at which a tree memo in use is kept on.
+const TREE_MEMO_REFRESH: i64 = 30;
 
 /// Remove the cache database and its WAL and shared-memory files.
 pub(super) fn discard_cache_files(path: &Path) {
@@ -272,15 +275,28 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
-    /// The encoded memo of tree `id` (`archiver::memo`), if one is kept.
-    pub(crate) fn tree_memo(&self, id: &BlobId) -> Result<Option<Vec<u8>>> {
-        self.conn()
-            .prepare_cached("SELECT memo FROM tree_memos WHERE id = ?1")
+    /// The encoded memo of tree `id` (`archiver::memo`), if one is kept;
+    /// used on `day`. A memo in use is kept on: once it is
+    /// [`TREE_MEMO_REFRESH`] days old its day moves to this one, so the
+    /// memos of a tree that never changes do not all lapse on one night.
+    pub(crate) fn tree_memo(&self, id: &BlobId, day: i64) -> Result<Option<Vec<u8>>> {
+        let conn = self.conn();
+        let found: Option<(Vec<u8>, i64)> = conn
+            .prepare_cached("SELECT memo, day FROM tree_memos WHERE id = ?1")
             .and_then(|mut st| {
-                st.query_row(params![id.as_bytes()], |r| r.get(0))
+                st.query_row(params![id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        let Some((memo, kept)) = found else {
+            return Ok(None);
+        };
+        if kept < day - TREE_MEMO_REFRESH {
+            conn.prepare_cached("UPDATE tree_memos SET day = ?2 WHERE id = ?1")
+                .and_then(|mut st| st.execute(params![id.as_bytes(), day]))
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(Some(memo))
     }
 
     /// Keep tree memos made on `day` (days since the epoch), and forget
@@ -333,22 +349,29 @@ mod tests {
     #[test]
     fn tree_memos_are_kept_replaced_and_forgotten_after_their_days() {
         let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
-        let (a, b) = (BlobId([1; 32]), BlobId([2; 32]));
-        assert_eq!(idx.tree_memo(&a).unwrap(), None);
-        idx.keep_tree_memos(&[(a, vec![1]), (b, vec![2])], 100)
+        let (a, b, c) = (BlobId([1; 32]), BlobId([2; 32]), BlobId([3; 32]));
+        assert_eq!(idx.tree_memo(&a, 100).unwrap(), None);
+        idx.keep_tree_memos(&[(a, vec![1]), (b, vec![2]), (c, vec![4])], 100)
             .unwrap();
-        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![1]));
+        assert_eq!(idx.tree_memo(&a, 100).unwrap(), Some(vec![1]));
         idx.keep_tree_memos(&[(a, vec![3])], 100 + TREE_MEMO_DAYS)
             .unwrap();
-        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![3]));
-        assert_eq!(idx.tree_memo(&b).unwrap(), Some(vec![2]));
-        idx.keep_tree_memos(&[], 101 + TREE_MEMO_DAYS).unwrap();
-        assert_eq!(idx.tree_memo(&b).unwrap(), None, "kept past its days");
-        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![3]));
+        assert_eq!(idx.tree_memo(&a, 100).unwrap(), Some(vec![3]));
+        assert_eq!(idx.tree_memo(&b, 100).unwrap(), Some(vec![2]));
+        // Used once it was a month old, `c` is kept on; `b` lapses.
+        assert_eq!(
+            idx.tree_memo(&c, 101 + TREE_MEMO_REFRESH).unwrap(),
+            Some(vec![4])
+        );
+        let day = 101 + TREE_MEMO_DAYS;
+        idx.keep_tree_memos(&[], day).unwrap();
+        assert_eq!(idx.tree_memo(&b, day).unwrap(), None, "kept past its days");
+        assert_eq!(idx.tree_memo(&c, day).unwrap(), Some(vec![4]));
+        assert_eq!(idx.tree_memo(&a, day).unwrap(), Some(vec![3]));
         // They describe a tree's bytes, not what the repository holds: a
         // cache cleared to be synced again keeps them.
         idx.clear().unwrap();
-        assert_eq!(idx.tree_memo(&a).unwrap(), Some(vec![3]));
+        assert_eq!(idx.tree_memo(&a, day).unwrap(), Some(vec![3]));
     }
 
     #[test]

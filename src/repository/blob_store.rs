@@ -365,19 +365,24 @@ impl Drop for BlobStore {
     }
 }
 
+/// Days since the epoch, the age of cached tree memos.
+fn today() -> i64 {
+    super::now_ns() / 86_400_000_000_000
+}
+
 impl BlobSink for BlobStore {
     fn parent_blobs_known(&self) -> bool {
         self.parent_known.load(Ordering::Relaxed)
     }
 
     fn tree_memo(&self, id: &BlobId) -> Option<Vec<u8>> {
-        self.shared.repo.index().ok()?.tree_memo(id).ok().flatten()
+        let index = self.shared.repo.index().ok()?;
+        index.tree_memo(id, today()).ok().flatten()
     }
 
     fn keep_tree_memos(&self, memos: Vec<(BlobId, Vec<u8>)>) {
         if let Ok(index) = self.shared.repo.index() {
-            let day = super::now_ns() / 86_400_000_000_000;
-            let _ = index.keep_tree_memos(&memos, day);
+            let _ = index.keep_tree_memos(&memos, today());
         }
     }
 
