@@ -64,8 +64,9 @@ pub trait BlobSink: Sync {
     /// Returns the number of bytes added to the repository (0 when deduplicated).
     fn store_blob(&self, kind: BlobKind, id: BlobId, data: &[u8]) -> Result<u64>;
     /// The encoded memo of tree `id` kept in the local cache, if any
-    /// (`archiver::memo`): only a cache, so failing to read one is a miss.
-    fn tree_memo(&self, _id: &BlobId) -> Option<Vec<u8>> {
+    /// (`archiver::memo`), and whether it is due to be kept on (written
+    /// again): only a cache, so failing to read one is a miss.
+    fn tree_memo(&self, _id: &BlobId) -> Option<(Vec<u8>, bool)> {
         None
     }
     /// Keep these encoded tree memos in the local cache, where there is

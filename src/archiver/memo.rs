@@ -15,9 +15,11 @@
 //!   links, size, device number, symlink target, in order;
 //! - the owner names the nodes record, by id, since a renamed user makes
 //!   every node of that owner different;
-//! - each subdirectory's name, subtree id and a digest of its whole node,
-//!   for the walk to go on below and for the assembler to see whether the
-//!   subdirectory's node came out the same.
+//! - each subdirectory's name, subtree id, extended attributes and a
+//!   digest of its whole node, for the walk to go on below (with the
+//!   attributes the parent recorded, as it takes them from the parent's
+//!   node) and for the assembler to see whether the subdirectory's node
+//!   came out the same.
 //!
 //! The same digest over a fresh listing equal to the memo's means every
 //! entry passes `same_node` against the parent's node: extended attributes
@@ -26,9 +28,8 @@
 //! change time). A tree with a node recorded with a problem gets no memo:
 //! such a node is never reused as it is.
 //!
-//! A memo that cannot be decoded is a miss; a wrong one (a damaged cache
-//! page) cannot make a directory look unchanged, since its digest would
-//! have to equal one computed from the live metadata.
+//! A memo that cannot be decoded, or whose checksum fails (a damaged
+//! cache page), is a miss.
 
 use super::metadata::{NameCache, kind_of};
 use super::prefetch::Scanned;
@@ -41,7 +42,10 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 /// First byte of an encoded memo: another layout is a miss.
-const MEMO_VERSION: u8 = 1;
+const MEMO_VERSION: u8 = 2;
+
+/// Bytes of the BLAKE3 checksum that ends an encoded memo.
+const CHECKSUM_LEN: usize = 16;
 
 /// Memos sent to the cache at once.
 const KEEP_BATCH: usize = 256;
@@ -59,6 +63,7 @@ pub(crate) struct TreeMemo {
 pub(crate) struct SubdirMemo {
     pub name: Vec<u8>,
     pub subtree: Option<BlobId>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
     /// [`node_digest`] of the subdirectory's node.
     pub node: [u8; 32],
 }
@@ -177,6 +182,7 @@ impl TreeMemo {
                 subdirs.push(SubdirMemo {
                     name: n.name.clone(),
                     subtree: n.subtree,
+                    xattrs: n.xattrs.clone(),
                     node: node_digest(n),
                 });
             }
@@ -202,12 +208,17 @@ impl TreeMemo {
             && self.groups.iter().all(|(id, n)| names.group_ref(*id) == n)
     }
 
-    /// The subtree id the parent recorded for subdirectory `name`.
-    pub fn subtree(&self, name: &[u8]) -> Option<BlobId> {
+    /// What the parent recorded for subdirectory `name`.
+    pub fn subdir(&self, name: &[u8]) -> Option<&SubdirMemo> {
         self.subdirs
             .binary_search_by(|s| s.name.as_slice().cmp(name))
             .ok()
-            .and_then(|i| self.subdirs[i].subtree)
+            .map(|i| &self.subdirs[i])
+    }
+
+    /// The subtree id the parent recorded for subdirectory `name`.
+    pub fn subtree(&self, name: &[u8]) -> Option<BlobId> {
+        self.subdir(name).and_then(|s| s.subtree)
     }
 
     /// Are `fresh` (the subdirectories' nodes as this backup built them,
@@ -241,13 +252,28 @@ impl TreeMemo {
                 }
                 None => w.u8(0),
             }
+            w.u32(s.xattrs.len() as u32);
+            for (k, v) in &s.xattrs {
+                w.bytes(k);
+                w.bytes(v);
+            }
             w.raw(&s.node);
         }
-        w.finish()
+        let mut out = w.finish();
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(&sum.as_bytes()[..CHECKSUM_LEN]);
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<TreeMemo, DecodeError> {
-        let mut r = Reader::new(bytes);
+        let Some(body_len) = bytes.len().checked_sub(CHECKSUM_LEN) else {
+            return Err(DecodeError("tree memo too short".into()));
+        };
+        let (body, sum) = bytes.split_at(body_len);
+        if blake3::hash(body).as_bytes()[..CHECKSUM_LEN] != *sum {
+            return Err(DecodeError("tree memo checksum mismatch".into()));
+        }
+        let mut r = Reader::new(body);
         if r.u8()? != MEMO_VERSION {
             return Err(DecodeError("unknown tree memo version".into()));
         }
@@ -270,6 +296,13 @@ impl TreeMemo {
                 1 => Some(BlobId(r.array::<32>()?)),
                 _ => return Err(DecodeError("bad subtree flag".into())),
             };
+            let n_x = r.count(1 << 16, 8, "extended attributes")?;
+            let mut xattrs = Vec::with_capacity(n_x);
+            for _ in 0..n_x {
+                let k = r.bytes(1 << 16, "xattr name")?.to_vec();
+                let v = r.bytes(1 << 26, "xattr value")?.to_vec();
+                xattrs.push((k, v));
+            }
             let node = r.array::<32>()?;
             if subdirs
                 .last()
@@ -280,6 +313,7 @@ impl TreeMemo {
             subdirs.push(SubdirMemo {
                 name,
                 subtree,
+                xattrs,
                 node,
             });
         }
@@ -308,20 +342,28 @@ impl<'a> Memos<'a> {
         }
     }
 
+    /// The memo of tree `id`; one due to be kept on is written again
+    /// with the next batch.
     pub fn get(&self, id: &BlobId) -> Option<TreeMemo> {
-        self.sink
-            .tree_memo(id)
-            .and_then(|b| TreeMemo::decode(&b).ok())
+        let (bytes, due) = self.sink.tree_memo(id)?;
+        let memo = TreeMemo::decode(&bytes).ok()?;
+        if due {
+            self.push(*id, bytes);
+        }
+        Some(memo)
     }
 
     /// Keep the memo of `tree`, stored or found under `id`.
     pub fn keep(&self, id: BlobId, tree: &Tree) {
-        let Some(memo) = TreeMemo::of_tree(tree) else {
-            return;
-        };
+        if let Some(memo) = TreeMemo::of_tree(tree) {
+            self.push(id, memo.encode());
+        }
+    }
+
+    fn push(&self, id: BlobId, encoded: Vec<u8>) {
         let batch = {
             let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            p.push((id, memo.encode()));
+            p.push((id, encoded));
             if p.len() < KEEP_BATCH {
                 return;
             }
@@ -497,12 +539,21 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(TreeMemo::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
-        let mut other = bytes.clone();
-        other[0] = MEMO_VERSION + 1;
-        assert!(TreeMemo::decode(&other).is_err());
+        // Any byte flipped (a damaged cache page): the checksum fails.
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x10;
+            assert!(TreeMemo::decode(&flipped).is_err(), "flip at {at}");
+        }
         let mut swapped = memo.clone();
         swapped.subdirs.reverse();
         assert!(TreeMemo::decode(&swapped.encode()).is_err());
+        // The subdirectories' recorded attributes come back as recorded.
+        let want = vec![(b"user.a".to_vec(), b"1".to_vec())];
+        let mut t = tree.clone();
+        t.nodes.iter_mut().find(|n| n.name == b"d").unwrap().xattrs = want.clone();
+        let m = TreeMemo::decode(&TreeMemo::of_tree(&t).unwrap().encode()).unwrap();
+        assert_eq!(m.subdir(b"d").unwrap().xattrs, want);
     }
 
     proptest::proptest! {

@@ -190,6 +190,30 @@ pub fn backup(
     opts: &BackupOptions,
     progress: &dyn Progress,
 ) -> Result<BackupOutcome> {
+    let memo_failed = AtomicBool::new(false);
+    match walk(sink, parent, chunker, opts, progress, Some(&memo_failed)) {
+        // A directory passed over by its memo had a subdirectory change,
+        // and then its parent tree could not be read to rebuild it. The
+        // walk that reads every parent tree copes with that (it walks the
+        // directory as new), so it runs again that way; what the first
+        // stored is deduplicated.
+        Err(_) if memo_failed.load(Ordering::Relaxed) => {
+            walk(sink, parent, chunker, opts, progress, None)
+        }
+        r => r,
+    }
+}
+
+/// [`backup`], with unchanged directories recognised by their memos when
+/// `memo_failed` is given (set if a memo's tree then could not be read).
+fn walk(
+    sink: &dyn BlobSink,
+    parent: Option<(&dyn BlobSource, BlobId)>,
+    chunker: &Chunker,
+    opts: &BackupOptions,
+    progress: &dyn Progress,
+    memo_failed: Option<&AtomicBool>,
+) -> Result<BackupOutcome> {
     let start = std::time::Instant::now();
     for p in &opts.paths {
         if !p.is_absolute() {
@@ -204,7 +228,11 @@ pub fn backup(
     let (warn_tx, warn_rx) = unbounded::<SourceWarning>();
     let memos = memo::Memos::new(sink);
     let mut prefetch = prefetch::Prefetch::new(&opts.excludes, parent.map(|p| p.0));
-    if !opts.force && !progress.names_unchanged() && sink.parent_blobs_known() {
+    if memo_failed.is_some()
+        && !opts.force
+        && !progress.names_unchanged()
+        && sink.parent_blobs_known()
+    {
         prefetch = prefetch.with_memos(&memos);
     }
     let mut outcome = std::thread::scope(|s| -> Result<BackupOutcome> {
@@ -273,7 +301,7 @@ pub fn backup(
         let r = assemble(
             sink,
             parent.map(|p| p.0),
-            &memos,
+            (&memos, memo_failed),
             chunker,
             item_rx,
             progress,
@@ -313,7 +341,7 @@ struct Frame {
 fn assemble(
     sink: &dyn BlobSink,
     parent_source: Option<&dyn BlobSource>,
-    memos: &memo::Memos,
+    (memos, memo_failed): (&memo::Memos, Option<&AtomicBool>),
     chunker: &Chunker,
     items: Receiver<Vec<Item>>,
     progress: &dyn Progress,
@@ -370,16 +398,20 @@ fn assemble(
                             ReusedTree::Loaded(t) => t,
                             // A subdirectory changed: the parent's tree is
                             // rebuilt, so it is read after all.
-                            ReusedTree::Memo(_) => match parent_source {
-                                Some(src) => {
-                                    Arc::new(crate::snapshot::walk::load_tree(src, &old_id)?)
-                                }
-                                None => {
-                                    return Err(Error::Internal(
+                            ReusedTree::Memo(_) => {
+                                let loaded = match parent_source {
+                                    Some(src) => crate::snapshot::walk::load_tree(src, &old_id),
+                                    None => Err(Error::Internal(
                                         "an unchanged directory without a parent snapshot".into(),
-                                    ));
+                                    )),
+                                };
+                                if loaded.is_err()
+                                    && let Some(failed) = memo_failed
+                                {
+                                    failed.store(true, Ordering::Relaxed);
                                 }
-                            },
+                                Arc::new(loaded?)
+                            }
                         };
                         match reused_tree(&old, f.tree)? {
                             None => old_id,
@@ -921,6 +953,44 @@ mod tests {
                 tree_of(backup_dir(&repo, &dir, Some(third.tree)).tree)
             );
         }
+    }
+
+    /// A parent source for which one tree cannot be read.
+    struct Unreadable<'a>(&'a Repository, BlobId);
+
+    impl BlobSource for Unreadable<'_> {
+        fn read_blob(&self, kind: BlobKind, id: &BlobId) -> Result<Vec<u8>> {
+            if *id == self.1 {
+                return Err(Error::corrupt(format!("tree {id}"), "damaged in its pack"));
+            }
+            self.0.read_blob(kind, id)
+        }
+    }
+
+    #[test]
+    fn a_memo_whose_tree_cannot_be_read_when_needed_costs_a_second_walk_not_the_backup() {
+        let repo = repo();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("src");
+        std::fs::create_dir_all(dir.join("sub/deep")).unwrap();
+        std::fs::write(dir.join("sub/b"), b"beta").unwrap();
+        std::fs::write(dir.join("sub/deep/c"), b"gamma").unwrap();
+        let first = backup_dir(&repo, &dir, None);
+        // `sub` is unchanged (its memo matches) but `deep` below it
+        // changes, so `sub`'s tree must be read to rebuild it: it cannot.
+        std::fs::write(dir.join("sub/deep/c"), b"gamma, longer").unwrap();
+        let sub = node_at(&repo, first.tree, &dir.join("sub"))
+            .subtree
+            .unwrap();
+        let source = Unreadable(&repo, sub);
+        let second = backup_trusting(&repo, &dir, first.tree, &source);
+        assert_eq!(
+            node_at(&repo, second.tree, &dir.join("sub/deep/c")).size,
+            13
+        );
+        assert_eq!(node_at(&repo, second.tree, &dir.join("sub/b")).size, 4);
+        // Walked again reading the trees: `sub` was read as new.
+        assert_eq!(second.summary.files_new, 2, "{:?}", second.summary);
     }
 
     #[test]

@@ -67,9 +67,11 @@ pub struct Listing {
     /// and it was read.
     pub parent: Option<Tree>,
     /// Instead of `parent`: its memo, which these entries match (so the
-    /// tree was not read, and only the subdirectories' extended
-    /// attributes were).
+    /// tree was not read; the subdirectories' extended attributes are
+    /// the memo's, as they would be the parent nodes').
     pub memo: Option<TreeMemo>,
+    /// The parent subtree id this listing was made against.
+    pub against: Option<BlobId>,
 }
 
 struct Job {
@@ -279,6 +281,7 @@ impl<'a> Prefetch<'a> {
             warnings: Vec::new(),
             parent: None,
             memo: None,
+            against: parent_subtree,
         };
         self.read_entries(path, &mut out);
         let memos = self.memos.filter(|_| {
@@ -293,12 +296,15 @@ impl<'a> Prefetch<'a> {
         if let (Some(memos), Some(id)) = (memos, parent_subtree) {
             match memos.get(&id) {
                 Some(m) if NAMES.with_borrow_mut(|n| m.matches(&out.entries, n)) => {
-                    // Only the subdirectories become nodes of their own.
-                    let mut child = path.to_path_buf();
+                    // Only the subdirectories become nodes of their own;
+                    // each matched its parent node's kind, change time,
+                    // inode and device, so it keeps the recorded
+                    // attributes, as `fill_xattrs` would.
                     for e in out.entries.iter_mut().filter(|e| e.md.is_dir()) {
-                        child.push(OsStr::from_bytes(&e.name));
-                        e.xattrs = read_xattrs(&child);
-                        child.pop();
+                        e.xattrs = m
+                            .subdir(&e.name)
+                            .map(|s| s.xattrs.clone())
+                            .unwrap_or_default();
                     }
                     out.memo = Some(m);
                     return out;

@@ -420,6 +420,7 @@ impl<'a> Walker<'a> {
         let memo_usable = self.reuse_dirs
             && complete
             && self.sink.parent_blobs_known()
+            && listing.against == parent_subtree
             && enter.as_ref().is_some_and(|(_, s)| *s == parent_subtree);
         if listing.memo.is_some() && !memo_usable {
             listing.memo = None;

@@ -16,7 +16,9 @@ pub(super) fn complete_key(snap: &SnapshotId) -> String {
 /// Days a tree memo is kept after it was made or last kept on.
 const TREE_MEMO_DAYS: i64 = 90;
 
-/// Age in days at which a tree memo in use is kept on.
+/// Age in days from which a tree memo in use is kept on (see
+/// [`Index::tree_memo`]): below half of [`TREE_MEMO_DAYS`] with its
+/// spread, so a memo used every month never lapses.
 const TREE_MEMO_REFRESH: i64 = 30;
 
 /// Remove the cache database and its WAL and shared-memory files.
@@ -275,33 +277,27 @@ impl Index {
             .map_err(|e| self.err(e))
     }
 
-    /// The encoded memo of tree `id` (`archiver::memo`), if one is kept;
-    /// used on `day`. A memo in use is kept on: once it is
-    /// [`TREE_MEMO_REFRESH`] days old its day moves to this one, so the
-    /// memos of a tree that never changes do not all lapse on one night.
-    pub(crate) fn tree_memo(&self, id: &BlobId, day: i64) -> Result<Option<Vec<u8>>> {
-        let conn = self.conn();
-        let found: Option<(Vec<u8>, i64)> = conn
+    /// The encoded memo of tree `id` (`archiver::memo`), if one is kept,
+    /// and whether, used on `day`, it is due to be kept on (written again
+    /// with this day): once [`TREE_MEMO_REFRESH`] days old, plus up to as
+    /// many again by the id, so that the memos of a tree written on one
+    /// night are not all due on one later night. Only a read: a lookup
+    /// never waits for another writer of the cache.
+    pub(crate) fn tree_memo(&self, id: &BlobId, day: i64) -> Result<Option<(Vec<u8>, bool)>> {
+        let found: Option<(Vec<u8>, i64)> = self
+            .conn()
             .prepare_cached("SELECT memo, day FROM tree_memos WHERE id = ?1")
             .and_then(|mut st| {
                 st.query_row(params![id.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
             .map_err(|e| self.err(e))?;
-        let Some((memo, kept)) = found else {
-            return Ok(None);
-        };
-        if kept < day - TREE_MEMO_REFRESH {
-            conn.prepare_cached("UPDATE tree_memos SET day = ?2 WHERE id = ?1")
-                .and_then(|mut st| st.execute(params![id.as_bytes(), day]))
-                .map_err(|e| self.err(e))?;
-        }
-        Ok(Some(memo))
+        let spread = i64::from(id.as_bytes()[0]) * TREE_MEMO_REFRESH / 256;
+        Ok(found.map(|(memo, kept)| (memo, kept < day - TREE_MEMO_REFRESH - spread)))
     }
 
-    /// Keep tree memos made on `day` (days since the epoch), and forget
-    /// those kept more than [`TREE_MEMO_DAYS`] before: a tree still in
-    /// use is read again once and its memo made anew.
+    /// Keep tree memos made (or kept on) on `day`, days since the epoch,
+    /// and forget those kept more than [`TREE_MEMO_DAYS`] before.
     pub(crate) fn keep_tree_memos(&self, memos: &[(BlobId, Vec<u8>)], day: i64) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(|e| self.err(e))?;
@@ -344,36 +340,50 @@ mod tests {
     use crate::id::{BlobId, PackId, SegmentId};
     use crate::index::test_seg as seg;
 
-    /// SQLITE_FULL (here from `max_page_count`, as a full disk gives it)
-    /// becomes an error that says what to do, and the cache is kept.
     #[test]
     fn tree_memos_are_kept_replaced_and_forgotten_after_their_days() {
         let idx = Index::in_memory(&RepoId([1; 32]), 1).unwrap();
-        let (a, b, c) = (BlobId([1; 32]), BlobId([2; 32]), BlobId([3; 32]));
+        // `c` sorts first: no spread added to its age.
+        let (a, b, c) = (BlobId([1; 32]), BlobId([2; 32]), BlobId([0; 32]));
         assert_eq!(idx.tree_memo(&a, 100).unwrap(), None);
         idx.keep_tree_memos(&[(a, vec![1]), (b, vec![2]), (c, vec![4])], 100)
             .unwrap();
-        assert_eq!(idx.tree_memo(&a, 100).unwrap(), Some(vec![1]));
+        assert_eq!(idx.tree_memo(&a, 100).unwrap(), Some((vec![1], false)));
         idx.keep_tree_memos(&[(a, vec![3])], 100 + TREE_MEMO_DAYS)
             .unwrap();
-        assert_eq!(idx.tree_memo(&a, 100).unwrap(), Some(vec![3]));
-        assert_eq!(idx.tree_memo(&b, 100).unwrap(), Some(vec![2]));
-        // Used once it was a month old, `c` is kept on; `b` lapses.
+        assert_eq!(idx.tree_memo(&a, 100).unwrap(), Some((vec![3], false)));
+        assert_eq!(idx.tree_memo(&b, 100).unwrap(), Some((vec![2], false)));
+        // A month on, `c` is due to be kept on: written again, it stays.
+        let month = 101 + TREE_MEMO_REFRESH;
+        assert_eq!(idx.tree_memo(&c, month).unwrap(), Some((vec![4], true)));
         assert_eq!(
-            idx.tree_memo(&c, 101 + TREE_MEMO_REFRESH).unwrap(),
-            Some(vec![4])
+            idx.tree_memo(&c, month - 1).unwrap(),
+            Some((vec![4], false))
         );
+        idx.keep_tree_memos(&[(c, vec![4])], month).unwrap();
         let day = 101 + TREE_MEMO_DAYS;
         idx.keep_tree_memos(&[], day).unwrap();
         assert_eq!(idx.tree_memo(&b, day).unwrap(), None, "kept past its days");
-        assert_eq!(idx.tree_memo(&c, day).unwrap(), Some(vec![4]));
-        assert_eq!(idx.tree_memo(&a, day).unwrap(), Some(vec![3]));
+        // Kept on two months ago, it is due again.
+        assert_eq!(idx.tree_memo(&c, day).unwrap(), Some((vec![4], true)));
+        assert_eq!(idx.tree_memo(&a, day).unwrap(), Some((vec![3], false)));
+        // Spread by id: an id sorting last is due up to a month later.
+        let late = BlobId([255; 32]);
+        idx.keep_tree_memos(&[(late, vec![5])], day).unwrap();
+        let due = day + 1 + TREE_MEMO_REFRESH;
+        assert_eq!(idx.tree_memo(&late, due).unwrap(), Some((vec![5], false)));
+        assert_eq!(
+            idx.tree_memo(&late, due + TREE_MEMO_REFRESH).unwrap(),
+            Some((vec![5], true))
+        );
         // They describe a tree's bytes, not what the repository holds: a
         // cache cleared to be synced again keeps them.
         idx.clear().unwrap();
-        assert_eq!(idx.tree_memo(&a, day).unwrap(), Some(vec![3]));
+        assert_eq!(idx.tree_memo(&a, day).unwrap(), Some((vec![3], false)));
     }
 
+    /// SQLITE_FULL (here from `max_page_count`, as a full disk gives it)
+    /// becomes an error that says what to do, and the cache is kept.
     #[test]
     fn a_full_cache_disk_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -375,7 +375,7 @@ impl BlobSink for BlobStore {
         self.parent_known.load(Ordering::Relaxed)
     }
 
-    fn tree_memo(&self, id: &BlobId) -> Option<Vec<u8>> {
+    fn tree_memo(&self, id: &BlobId) -> Option<(Vec<u8>, bool)> {
         let index = self.shared.repo.index().ok()?;
         index.tree_memo(id, today()).ok().flatten()
     }
