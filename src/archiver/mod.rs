@@ -749,7 +749,20 @@ mod tests {
     /// Back up `dir` (with `parent`'s tree to compare with) and make it
     /// durable, as `snapshot` does, without writing a snapshot.
     fn backup_dir(repo: &Arc<Repository>, dir: &Path, parent: Option<BlobId>) -> BackupOutcome {
+        let source: &dyn BlobSource = repo.as_ref();
+        backup_from(repo, dir, parent.map(|p| (source, p)), false)
+    }
+
+    /// [`backup_dir`] with the parent read through any source; `trusted`:
+    /// its content vouched for, as a parent the index marked complete.
+    fn backup_from(
+        repo: &Arc<Repository>,
+        dir: &Path,
+        parent: Option<(&dyn BlobSource, BlobId)>,
+        trusted: bool,
+    ) -> BackupOutcome {
         let store = BlobStore::new(repo.clone()).unwrap();
+        store.trust_parent(trusted);
         let opts = BackupOptions {
             paths: vec![dir.to_path_buf()],
             force: false,
@@ -757,15 +770,7 @@ mod tests {
             excludes: Default::default(),
         };
         let chunker = repo.chunker().unwrap();
-        let source: &dyn BlobSource = repo.as_ref();
-        let out = backup(
-            &store,
-            parent.map(|p| (source, p)),
-            &chunker,
-            &opts,
-            &NoProgress,
-        )
-        .unwrap();
+        let out = backup(&store, parent, &chunker, &opts, &NoProgress).unwrap();
         store.finish().unwrap();
         out
     }
@@ -872,18 +877,7 @@ mod tests {
         parent: BlobId,
         source: &dyn BlobSource,
     ) -> BackupOutcome {
-        let store = BlobStore::new(repo.clone()).unwrap();
-        store.trust_parent(true);
-        let opts = BackupOptions {
-            paths: vec![dir.to_path_buf()],
-            force: false,
-            threads: 2,
-            excludes: Default::default(),
-        };
-        let chunker = repo.chunker().unwrap();
-        let out = backup(&store, Some((source, parent)), &chunker, &opts, &NoProgress).unwrap();
-        store.finish().unwrap();
-        out
+        backup_from(repo, dir, Some((source, parent)), true)
     }
 
     #[test]
