@@ -313,17 +313,30 @@ impl<'a> Prefetch<'a> {
                 None => missing = Some((memos, id)),
             }
         }
-        // An unreadable parent only costs a re-read of what is below it;
-        // it must not stop the backup.
-        out.parent = match (self.parent_source, parent_subtree) {
-            (Some(src), Some(id)) => load_tree(src, &id).ok(),
-            _ => None,
-        };
+        self.read_parent(path, &mut out, parent_subtree);
         if let (Some((memos, id)), Some(tree)) = (missing, &out.parent) {
             memos.keep(id, tree);
         }
-        fill_xattrs(path, &mut out.entries, out.parent.as_ref());
         out
+    }
+
+    /// Give `listing` (of `path`) the parent's tree `parent_subtree` in
+    /// place of any memo, and its entries their extended attributes.
+    pub(crate) fn read_parent(
+        &self,
+        path: &Path,
+        listing: &mut Listing,
+        parent_subtree: Option<BlobId>,
+    ) {
+        // An unreadable parent only costs a re-read of what is below it;
+        // it must not stop the backup.
+        listing.parent = match (self.parent_source, parent_subtree) {
+            (Some(src), Some(id)) => load_tree(src, &id).ok(),
+            _ => None,
+        };
+        listing.memo = None;
+        listing.against = parent_subtree;
+        fill_xattrs(path, &mut listing.entries, listing.parent.as_ref());
     }
 
     /// The entries of `path` in name order, without their extended
@@ -403,7 +416,7 @@ impl<'a> Prefetch<'a> {
 /// Setting or removing one changes the ctime, so an inode whose ctime the
 /// parent snapshot recorded still has the xattrs recorded with it: two
 /// syscalls per file saved.
-pub(crate) fn fill_xattrs(path: &Path, entries: &mut [Scanned], parent: Option<&Tree>) {
+fn fill_xattrs(path: &Path, entries: &mut [Scanned], parent: Option<&Tree>) {
     let mut child = path.to_path_buf();
     for e in entries {
         e.xattrs = match parent.and_then(|t| t.find(&e.name)) {

@@ -10,7 +10,7 @@
 //! trees are prepared ahead of it by the `prefetch` module.
 
 use super::metadata::{NameCache, node_from_metadata, node_from_parts, same_node};
-use super::prefetch::{Listing, Prefetch, Scanned, fill_xattrs};
+use super::prefetch::{Listing, Prefetch, Scanned};
 use super::{FileJob, FileOutcome, ITEM_BATCH, Item, ParentState, Reused, ReusedTree};
 use crate::blob::{BlobSink, BlobSource};
 use crate::error::Result;
@@ -423,9 +423,8 @@ impl<'a> Walker<'a> {
             && listing.against == parent_subtree
             && enter.as_ref().is_some_and(|(_, s)| *s == parent_subtree);
         if listing.memo.is_some() && !memo_usable {
-            listing.memo = None;
-            listing.parent = self.load_parent(parent_subtree).ok().flatten();
-            fill_xattrs(path, &mut listing.entries, listing.parent.as_ref());
+            self.prefetch
+                .read_parent(path, &mut listing, parent_subtree);
         }
         // Subdirectories this walk will enter are prepared while the files
         // before them are emitted (a no-op when a worker made the listing
